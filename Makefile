@@ -1,0 +1,34 @@
+# Two entry points, each sets itself up: `make demo` (the whole pipeline on the embedded real AIS
+# data) and `make test` (the test suite). The venv is built once: torch (CPU wheel) first, then
+# the project with its extras; later calls only re-install when pyproject.toml changes.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.trajfm-installed
+
+.PHONY: demo test setup bench clean ui-prefect ui-mlflow
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/trajfm demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+clean:
+	rm -rf .trajfm
+
+# The UIs over the demo's data (both bind 127.0.0.1 only).
+ui-prefect: $(STAMP)
+	PREFECT_HOME=$(CURDIR)/.trajfm/prefect $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+ui-mlflow: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.trajfm/mlflow.db --host 127.0.0.1 --port 5000

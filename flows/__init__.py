@@ -1,0 +1,1 @@
+"""Prefect flows: compose tasks, choose runners; no data logic of their own."""

@@ -1,0 +1,54 @@
+"""The main job: ingest -> validate raw -> preprocess -> validate processed -> features -> train
+-> evaluate -> register. Each stage is its own flow (a subflow here), so a run shows up in the
+Prefect UI as the chain of stages, each with its tasks, retries, logs and artifacts."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.evaluate import evaluate_flow
+from flows.features import features_flow
+from flows.ingest import ingest_flow
+from flows.preprocess import preprocess_flow
+from flows.register import register_flow
+from flows.train import train_flow
+from flows.validate import validate_flow
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    sources: list[str] | None = None,
+    data_root: str | None = None,
+    preset: str = "tutorial",
+    epochs: int = 3,
+    preprocess_params: dict | None = None,
+    window_params: dict | None = None,
+    train_overrides: dict | None = None,
+    dask_address: str | None = None,
+    n_workers: int = 2,
+    context_len: int = 20,
+    horizon: int = 10,
+    model_name: str = "trajfm",
+) -> dict:
+    """Run every stage on ``sources`` (default: all embedded tracktable-data AIS files)."""
+    ingest_dir = ingest_flow(sources=sources, data_root=data_root)
+    raw_report = validate_flow(ingest_dir, stage="raw", data_root=data_root)
+    processed_dir = preprocess_flow(
+        ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers
+    )
+    processed_report = validate_flow(processed_dir, stage="processed", params=preprocess_params, data_root=data_root)
+    features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
+    train_dir = train_flow(
+        features_dir, data_root=data_root, preset=preset, train_overrides={"epochs": epochs, **(train_overrides or {})}
+    )
+    metrics = evaluate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    registration = register_flow(train_dir, features_dir, metrics, data_root=data_root, name=model_name)
+    return {
+        "ingest_dir": ingest_dir,
+        "preprocess_dir": processed_dir,
+        "features_dir": features_dir,
+        "train_dir": train_dir,
+        "validation": {"raw": raw_report["success"], "processed": processed_report["success"]},
+        "metrics": metrics,
+        "registration": registration,
+    }

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.train import train_task
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    features_dir: str, data_root: str | None = None, preset: str = "tutorial",
+    model_overrides: dict | None = None, train_overrides: dict | None = None,
+) -> str:
+    """Train a model preset on a features stage (GPU when present, CPU otherwise)."""
+    return train_task(features_dir, data_root=data_root, preset=preset, model_overrides=model_overrides, train_overrides=train_overrides)

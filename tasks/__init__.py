@@ -1,0 +1,1 @@
+"""Prefect tasks: one thin wrapper per library step (retries, caching, artifacts, logging)."""

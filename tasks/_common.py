@@ -1,0 +1,37 @@
+"""What every trajfm task shares: the cache policy, retry defaults, artifact helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+
+from trajfm.store import file_fingerprint, root_identity, stable_hash
+
+
+@dataclass
+class DataRootAndFiles(CachePolicy):
+    """Extends an inputs-based key with the identity of the data root (a wiped root misses the
+    cache) and the size/mtime of any source files (an edited file misses the cache)."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
+        parts: dict[str, Any] = {"root": root_identity(inputs.get("data_root"))}
+        sources = inputs.get("sources")
+        if sources:
+            parts["files"] = [file_fingerprint(p) if Path(p).exists() else str(p) for p in sources]
+        return stable_hash(parts)
+
+
+# Inputs + the task's code + the data root and source files: a re-run with the same inputs
+# returns the cached result; change the code, the data or the root and the task runs again.
+STAGE_CACHE = INPUTS + TASK_SOURCE + DataRootAndFiles()
+
+RETRIES = 2
+RETRY_DELAY_S = [2, 10]
+
+
+def manifest_table(manifest: dict, keys: list[str]) -> list[dict]:
+    """Rows for a Prefect table artifact (JSON-serialisable cells only)."""
+    return [{"quantity": k, "value": str(manifest.get(k, ""))} for k in keys]

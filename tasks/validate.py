@@ -1,0 +1,37 @@
+"""Prefect task over ``trajfm.quality``: Great Expectations gate on a stage's points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks._common import RETRIES, RETRY_DELAY_S
+from trajfm.quality.gate import ValidationFailed, gate, validate_points
+
+
+def _retry_unless_data_failed(task, task_run, state) -> bool:
+    """Retry infrastructure hiccups, never a failed expectation: the data will not change."""
+    try:
+        state.result()
+    except ValidationFailed:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(name="validate", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=_retry_unless_data_failed)
+def validate_task(stage_dir: str, stage: str, params: dict | None = None, data_root: str | None = None) -> dict:
+    """Validate ``points.parquet`` of a stage; publish the report; raise if a critical check fails.
+
+    Not cached: validation is the gate and is cheap next to what it protects.
+    """
+    points = pd.read_parquet(Path(stage_dir) / "points.parquet")
+    report = validate_points(points, stage=stage, params=params or {})
+    create_markdown_artifact(report.to_markdown(), key=f"validation-{stage}", description=f"Great Expectations: {stage} points")
+    get_run_logger().info("validation %s: success=%s on %s rows", stage, report.success, report.n_rows)
+    gate(report)  # raises ValidationFailed naming each failed critical expectation and its count
+    return report.to_dict()

@@ -1,0 +1,1 @@
+"""Data layer: canonical schema, readers, ingest, cleaning and preprocessing."""

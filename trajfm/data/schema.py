@@ -1,0 +1,70 @@
+"""The canonical point table every stage reads and writes (see DESIGN.md, "Data contract").
+
+One row per fix, sorted by ``traj_id, t``. Coordinates are WGS84 degrees in ``lon, lat`` order
+(x first, like GeoJSON); time is ``datetime64[ns, UTC]`` and is never converted to float seconds.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+POINT_COLUMNS = ["traj_id", "obj_id", "t", "lon", "lat", "kind", "source"]
+OPTIONAL_COLUMNS = ["sog", "cog", "alt", "mode"]
+QUARANTINE_COLUMNS = ["reason", "detail"]
+
+# Reason codes written to quarantine tables. Stable strings: tests and dashboards key on them.
+REASONS = {
+    "parse_error": "a field could not be parsed (text in a number, wrong field count)",
+    "missing_value": "an id, time or coordinate is empty",
+    "nonfinite_coord": "lon or lat is NaN or infinite",
+    "coord_out_of_range": "lat outside [-90, 90] or lon outside [-180, 180]",
+    "null_island": "lon = lat = 0, a receiver's placeholder, not a position",
+    "bad_time": "timestamp unparseable or outside the plausible range",
+    "duplicate_fix": "same mover, same time, same position as an earlier fix",
+    "duplicate_time": "same mover and time as an earlier fix, different position",
+    "speed_outlier": "implied speed from the previous kept fix exceeds the mover kind's maximum",
+    "short_trajectory": "segment shorter than the minimum length or duration after splitting",
+}
+
+MIN_TIME = pd.Timestamp("1990-01-01", tz="UTC")  # GPS fixes before this are clock errors
+MAX_TIME_AHEAD = pd.Timedelta(days=2)  # fixes more than this in the future are clock errors
+
+
+def empty_points() -> pd.DataFrame:
+    """A zero-row frame with the canonical dtypes."""
+    return pd.DataFrame(
+        {
+            "traj_id": pd.Series(dtype="string"),
+            "obj_id": pd.Series(dtype="string"),
+            "t": pd.Series(dtype="datetime64[ns, UTC]"),
+            "lon": pd.Series(dtype="float64"),
+            "lat": pd.Series(dtype="float64"),
+            "kind": pd.Series(dtype="category"),
+            "source": pd.Series(dtype="category"),
+        }
+    )
+
+
+def to_canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """Cast a frame holding the canonical columns to the canonical dtypes and order.
+
+    Extra optional columns (sog, cog, alt, mode) are kept as float/strings after the canonical ones.
+    """
+    missing = [c for c in POINT_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"points table lacks canonical columns {missing}")
+    out = pd.DataFrame(
+        {
+            "traj_id": df["traj_id"].astype("string"),
+            "obj_id": df["obj_id"].astype("string"),
+            "t": pd.to_datetime(df["t"], utc=True).astype("datetime64[ns, UTC]"),
+            "lon": df["lon"].astype("float64"),
+            "lat": df["lat"].astype("float64"),
+            "kind": df["kind"].astype("string").astype("category"),
+            "source": df["source"].astype("string").astype("category"),
+        }
+    )
+    for col in OPTIONAL_COLUMNS:
+        if col in df.columns:
+            out[col] = df[col].astype("string") if col == "mode" else df[col].astype("float64")
+    return out.reset_index(drop=True)

@@ -1,0 +1,1 @@
+"""From cleaned trajectories to model tensors: per-point encodings, windows, splits, statistics."""

@@ -1,0 +1,197 @@
+"""Fixed-length windows of encoded points, split chronologically, with train-only statistics.
+
+Chronological split, per ``source``: the time span of each source is cut at the
+``train_frac`` and ``train_frac + val_frac`` quantiles of its fix times; train is the earliest
+period, test the latest. Trajectories that cross a cut are cut there too, so no window mixes
+periods and nothing from the test period leaks into training. Each piece is encoded on its own
+(its first point has zero displacement) and cut into windows of ``window`` points every
+``stride`` points; a piece shorter than one window (but with at least ``min_points``) becomes one
+window padded at the end, and ``mask`` marks the real points.
+
+Normalization statistics come from the real (unpadded) points of the train split only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trajfm.features.encode import FEATURE_NAMES, N_FEATURES, encode_points
+from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class WindowSet:
+    """A batch of windows. Shapes: N windows of L points, F = len(FEATURE_NAMES)."""
+
+    x: np.ndarray  # (N, L, F) float32 raw features (metres, log1p seconds, cycles)
+    mask: np.ndarray  # (N, L) bool, True for real points; padding only at the end
+    lon: np.ndarray  # (N, L) float64 WGS84 degrees
+    lat: np.ndarray  # (N, L) float64 WGS84 degrees
+    t_ns: np.ndarray  # (N, L) int64 nanoseconds since epoch, UTC
+    traj_id: np.ndarray  # (N,) str
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def n_points(self) -> int:
+        return int(self.mask.sum())
+
+    def save(self, path: Path) -> None:
+        np.savez(path, **{k: getattr(self, k) for k in ("x", "mask", "lon", "lat", "t_ns", "traj_id")})
+
+    @classmethod
+    def load(cls, path: Path) -> "WindowSet":
+        with np.load(path, allow_pickle=False) as z:  # never unpickle
+            return cls(**{k: z[k] for k in ("x", "mask", "lon", "lat", "t_ns", "traj_id")})
+
+    def subset(self, index) -> "WindowSet":
+        return WindowSet(self.x[index], self.mask[index], self.lon[index], self.lat[index], self.t_ns[index], self.traj_id[index])
+
+    @classmethod
+    def empty(cls, window: int) -> "WindowSet":
+        return cls(
+            np.zeros((0, window, N_FEATURES), np.float32),
+            np.zeros((0, window), bool),
+            np.zeros((0, window)),
+            np.zeros((0, window)),
+            np.zeros((0, window), np.int64),
+            np.zeros((0,), "<U1"),
+        )
+
+
+@dataclass
+class WindowParams:
+    window: int = 32  # points per window
+    stride: int = 16  # points between window starts
+    min_points: int = 12  # shortest piece kept (padded to a full window)
+    train_frac: float = 0.7
+    val_frac: float = 0.15
+    extra: dict = field(default_factory=dict)
+
+
+def split_periods(points: pd.DataFrame, train_frac: float, val_frac: float) -> pd.Series:
+    """Label each fix 'train' / 'val' / 'test' by time quantiles within its source."""
+    if not 0 < train_frac < 1 or not 0 <= val_frac < 1 - train_frac:
+        raise ValueError(f"need 0 < train_frac < 1 and 0 <= val_frac < 1 - train_frac, got {train_frac}, {val_frac}")
+    t = points["t"].astype("int64")  # exact int64 ns, never float seconds
+    period = pd.Series("train", index=points.index, dtype=object)
+    for _, idx in points.groupby(points["source"].astype(str), sort=True, observed=True).groups.items():
+        ts = t.loc[idx]
+        cut1 = np.quantile(ts.to_numpy(), train_frac, method="lower")
+        cut2 = np.quantile(ts.to_numpy(), train_frac + val_frac, method="lower")
+        period.loc[idx[(ts > cut1).to_numpy()]] = "val"
+        period.loc[idx[(ts > cut2).to_numpy()]] = "test"
+    return period
+
+
+def _windows_of_piece(n: int, window: int, stride: int) -> list[tuple[int, int]]:
+    if n <= window:
+        return [(0, n)]
+    starts = list(range(0, n - window + 1, stride))
+    if starts[-1] + window < n:  # cover the tail too
+        starts.append(n - window)
+    return [(s, s + window) for s in starts]
+
+
+def build_windows(points: pd.DataFrame, params: WindowParams) -> tuple[dict[str, WindowSet], dict]:
+    """Cut processed points (canonical schema) into windows per split; returns sets and counts."""
+    points = points.sort_values(["traj_id", "t"], kind="stable").reset_index(drop=True)
+    period = split_periods(points, params.train_frac, params.val_frac)
+    buckets: dict[str, list] = {s: [] for s in SPLITS}
+    counts = {s: {"pieces": 0, "pieces_too_short": 0, "points_too_short": 0, "windows": 0} for s in SPLITS}
+    L = params.window
+    key = points["traj_id"].astype(str) + "\x00" + period
+    for _, idx in points.groupby(key, sort=True).indices.items():
+        split = period.iat[idx[0]]
+        c = counts[split]
+        c["pieces"] += 1
+        if len(idx) < params.min_points:
+            c["pieces_too_short"] += 1
+            c["points_too_short"] += len(idx)
+            continue
+        lon = points["lon"].to_numpy()[idx]
+        lat = points["lat"].to_numpy()[idx]
+        t_ns = points["t"].to_numpy().astype("datetime64[ns]").astype(np.int64)[idx]
+        feats = encode_points(lon, lat, t_ns)
+        tid = str(points["traj_id"].iat[idx[0]])
+        for a, b in _windows_of_piece(len(idx), L, params.stride):
+            buckets[split].append((feats[a:b], lon[a:b], lat[a:b], t_ns[a:b], tid))
+            c["windows"] += 1
+    sets = {s: _stack(buckets[s], L) for s in SPLITS}
+    return sets, counts
+
+
+def _stack(items: list, L: int) -> WindowSet:
+    if not items:
+        return WindowSet.empty(L)
+    n = len(items)
+    ws = WindowSet(
+        x=np.zeros((n, L, N_FEATURES), np.float32),
+        mask=np.zeros((n, L), bool),
+        lon=np.zeros((n, L)),
+        lat=np.zeros((n, L)),
+        t_ns=np.zeros((n, L), np.int64),
+        traj_id=np.array([it[4] for it in items]),
+    )
+    for i, (f, lo, la, t, _) in enumerate(items):
+        k = len(f)
+        ws.x[i, :k], ws.mask[i, :k], ws.lon[i, :k], ws.lat[i, :k], ws.t_ns[i, :k] = f, True, lo, la, t
+    return ws
+
+
+def normalization_stats(train: WindowSet) -> dict:
+    """Mean/std of each feature over real train points only (padding never counts).
+
+    Cycle features are left as they are (mean 0, std 1); a constant feature gets std 1.
+    """
+    real = train.x[train.mask].astype(np.float64)  # (n_points, F)
+    if len(real) == 0:
+        raise ValueError("the train split has no points: cannot compute normalization statistics")
+    mean, std = real.mean(axis=0), real.std(axis=0)
+    std = np.where(std < 1e-6, 1.0, std)
+    n_cont = 3
+    mean[n_cont:], std[n_cont:] = 0.0, 1.0
+    return {"features": FEATURE_NAMES, "mean": mean.tolist(), "std": std.tolist(), "n_points": int(len(real))}
+
+
+def make_features(preprocess_dir: str | Path, root=None, params: WindowParams | None = None) -> Path:
+    """Stage ``features``: windows + stats from a preprocess output; returns the stage directory."""
+    params = params or WindowParams()
+    root = data_root(root)
+    upstream = read_manifest(preprocess_dir)
+    key = stable_hash({"upstream": upstream["files"], "params": asdict(params), "v": 1})
+    out = root / "features" / key
+    if is_complete(out):
+        return out
+    points = pd.read_parquet(Path(preprocess_dir) / "points.parquet")
+    sets, counts = build_windows(points, params)
+    if len(sets["train"]) == 0:
+        raise ValueError(f"no training windows from {preprocess_dir}: {counts['train']}")
+    stats = normalization_stats(sets["train"])
+    with StageWriter(root, "features", key) as w:
+        for split, ws in sets.items():
+            ws.save(w.path / f"{split}.npz")
+        w.write_json("stats", stats)
+        w.manifest.update(
+            params=asdict(params),
+            upstream=str(preprocess_dir),
+            counts=counts,
+            windows={s: len(ws) for s, ws in sets.items()},
+            points={s: ws.n_points for s, ws in sets.items()},
+        )
+    return out
+
+
+def load_features(features_dir: str | Path) -> tuple[dict[str, WindowSet], dict]:
+    """(window sets by split, normalization stats) from a features stage directory."""
+    d = Path(features_dir)
+    sets = {s: WindowSet.load(d / f"{s}.npz") for s in SPLITS}
+    return sets, json.loads((d / "stats.json").read_text())

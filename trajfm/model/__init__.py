@@ -1,0 +1,7 @@
+"""The model: config and presets, the GPT-2 backbone over trajectory points, checkpoints."""
+
+from trajfm.model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from trajfm.model.config import GPTConfig, list_presets, load_preset
+from trajfm.model.gpt import TrajGPT
+
+__all__ = ["GPTConfig", "TrajGPT", "list_presets", "load_checkpoint", "load_model", "load_preset", "save_checkpoint"]
