@@ -23,6 +23,7 @@ def pipeline(
     epochs: int = 3,
     preprocess_params: dict | None = None,
     window_params: dict | None = None,
+    quality_params: dict | None = None,
     train_overrides: dict | None = None,
     dask_address: str | None = None,
     n_workers: int = 2,
@@ -32,11 +33,11 @@ def pipeline(
 ) -> dict:
     """Run every stage on ``sources`` (default: all embedded tracktable-data AIS files)."""
     ingest_dir = ingest_flow(sources=sources, data_root=data_root)
-    raw_report = validate_flow(ingest_dir, stage="raw", data_root=data_root)
+    raw_report = validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
     processed_dir = preprocess_flow(
         ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers
     )
-    processed_report = validate_flow(processed_dir, stage="processed", params=preprocess_params, data_root=data_root)
+    processed_report = validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
     train_dir = train_flow(
         features_dir, data_root=data_root, preset=preset, train_overrides={"epochs": epochs, **(train_overrides or {})}

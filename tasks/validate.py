@@ -10,6 +10,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks._common import RETRIES, RETRY_DELAY_S
 from trajfm.quality.gate import ValidationFailed, gate, validate_points
+from trajfm.quality.params import processed_gate_params
+from trajfm.store import read_manifest
 
 
 def _retry_unless_data_failed(task, task_run, state) -> bool:
@@ -30,6 +32,9 @@ def validate_task(stage_dir: str, stage: str, params: dict | None = None, data_r
     Not cached: validation is the gate and is cheap next to what it protects.
     """
     points = pd.read_parquet(Path(stage_dir) / "points.parquet")
+    if stage == "processed":
+        kinds = sorted(points["kind"].astype(str).unique())
+        params = processed_gate_params(read_manifest(stage_dir), kinds, overrides=params)
     report = validate_points(points, stage=stage, params=params or {})
     create_markdown_artifact(report.to_markdown(), key=f"validation-{stage}", description=f"Great Expectations: {stage} points")
     get_run_logger().info("validation %s: success=%s on %s rows", stage, report.success, report.n_rows)

@@ -89,7 +89,7 @@ def attention_mask(mask: torch.Tensor) -> torch.Tensor:
     L = mask.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()  # (L, L)
     self_key = torch.eye(L, dtype=torch.bool, device=mask.device)  # (L, L)
-    return (causal & (mask[:, None, None, :] | self_key))  # (B, 1, L, L)
+    return causal & (mask[:, None, None, :] | self_key)  # (B, 1, L, L)
 
 
 class TrajGPT(nn.Module):

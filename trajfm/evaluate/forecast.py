@@ -1,0 +1,211 @@
+"""Forecasting: autoregressive rollout of a TrajGPT, the constant-velocity baseline, ADE/FDE.
+
+A forecast window is one with at least ``context_len + horizon`` real points: its first
+``context_len`` points are the context, the next ``horizon`` the ground truth. Every step the
+model predicts (dx_m, dy_m, log_dt_s) in raw units; ``decode_step`` turns that into the next
+(lon, lat, t_ns) in float64 degrees and int64 nanoseconds, and ``next_point_features`` encodes
+it for the next step, so positions and times never pass through float32. The full prefix (at
+most the last ``block_size`` points) is recomputed every step; there is no KV cache yet.
+Errors are great-circle distances in metres (``haversine_m``), averaged in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trajfm.features.encode import decode_step, encode_points, next_point_features
+from trajfm.features.windows import WindowSet
+from trajfm.geo import displacement_m, haversine_m, offset_lonlat
+from trajfm.model.gpt import TrajGPT
+
+
+def forecastable(ws: WindowSet, context_len: int, horizon: int) -> np.ndarray:
+    """Indices of windows with at least ``context_len + horizon`` real points."""
+    if context_len < 1 or horizon < 1:
+        raise ValueError(f"need context_len >= 1 and horizon >= 1, got {context_len}, {horizon}")
+    return np.flatnonzero(ws.mask.sum(axis=1) >= context_len + horizon)
+
+
+@torch.no_grad()
+def rollout_points(
+    model: TrajGPT,
+    x: np.ndarray,
+    n_real: np.ndarray,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    t_ns: np.ndarray,
+    horizon: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Roll one batch forward ``horizon`` steps; returns (lon, lat, t_ns) each (B, horizon).
+
+    ``x`` (B, L, F) raw features of the contexts, padded at the end, ``n_real`` (B,) their real
+    lengths (>= 1); ``lon, lat, t_ns`` (B,) the last real fix of each context (degrees, UTC ns).
+    """
+    device = next(model.parameters()).device
+    B, L, F = x.shape
+    block = model.config.block_size
+    buf = np.zeros((B, L + horizon, F), dtype=np.float32)  # contexts + generated points
+    buf[:, :L] = x
+    n = np.asarray(n_real, dtype=np.int64).copy()
+    lon, lat, t_ns = np.asarray(lon, np.float64), np.asarray(lat, np.float64), np.asarray(t_ns, np.int64)
+    rows = np.arange(B)
+    out_lon, out_lat = np.zeros((B, horizon)), np.zeros((B, horizon))
+    out_t = np.zeros((B, horizon), dtype=np.int64)
+    for h in range(horizon):
+        start = np.maximum(n - block, 0)  # keep the last block_size points of each sequence
+        width = int(min(n.max(), block))
+        idx = start[:, None] + np.arange(width)[None, :]  # (B, width)
+        window = buf[rows[:, None], np.minimum(idx, buf.shape[1] - 1)]  # (B, width, F)
+        valid = idx < n[:, None]  # (B, width)
+        pred = model.predict_next(torch.from_numpy(window).to(device), torch.from_numpy(valid).to(device))
+        pred = pred.double().cpu().numpy()  # (B, 3) raw: dx_m, dy_m, log_dt_s
+        lon2, lat2, t2 = decode_step(lon, lat, t_ns, pred[:, 0], pred[:, 1], pred[:, 2])
+        buf[rows, n] = next_point_features(lon, lat, t_ns, lon2, lat2, t2)
+        n += 1
+        lon, lat, t_ns = lon2, lat2, t2
+        out_lon[:, h], out_lat[:, h], out_t[:, h] = lon, lat, t_ns
+    return out_lon, out_lat, out_t
+
+
+def rollout(
+    model: TrajGPT, ws: WindowSet, context_len: int, horizon: int, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
+
+    The context is each window's first ``context_len`` points; degrees float64, UTC ns int64.
+    """
+    sel = forecastable(ws, context_len, horizon)
+    out_lon, out_lat = np.zeros((len(sel), horizon)), np.zeros((len(sel), horizon))
+    out_t = np.zeros((len(sel), horizon), dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        c = context_len - 1
+        for i in range(0, len(sel), batch_size):
+            b = sel[i : i + batch_size]
+            n_real = np.full(len(b), context_len)
+            lo, la, t = rollout_points(
+                model, ws.x[b, :context_len], n_real, ws.lon[b, c], ws.lat[b, c], ws.t_ns[b, c], horizon
+            )
+            out_lon[i : i + len(b)], out_lat[i : i + len(b)], out_t[i : i + len(b)] = lo, la, t
+    finally:
+        model.train(was_training)
+    return out_lon, out_lat, out_t
+
+
+def constant_velocity(
+    ws: WindowSet, context_len: int, horizon: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Baseline forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
+
+    Repeats the last displacement (east/north metres in the tangent plane at the previous fix)
+    and the last time gap (exact int64 ns) of the context.
+    """
+    if context_len < 2:
+        raise ValueError("constant velocity needs context_len >= 2 (a last displacement)")
+    sel = forecastable(ws, context_len, horizon)
+    a, b = context_len - 2, context_len - 1
+    east, north = displacement_m(ws.lon[sel, a], ws.lat[sel, a], ws.lon[sel, b], ws.lat[sel, b])
+    dt_ns = ws.t_ns[sel, b] - ws.t_ns[sel, a]
+    lon, lat, t_ns = ws.lon[sel, b].astype(np.float64), ws.lat[sel, b].astype(np.float64), ws.t_ns[sel, b]
+    out_lon, out_lat = np.zeros((len(sel), horizon)), np.zeros((len(sel), horizon))
+    out_t = np.zeros((len(sel), horizon), dtype=np.int64)
+    for h in range(horizon):
+        lon, lat = offset_lonlat(lon, lat, east, north)
+        t_ns = t_ns + dt_ns
+        out_lon[:, h], out_lat[:, h], out_t[:, h] = lon, lat, t_ns
+    return out_lon, out_lat, out_t
+
+
+def _errors(pred_lon, pred_lat, true_lon, true_lat) -> dict:
+    err = haversine_m(pred_lon, pred_lat, true_lon, true_lat)  # (N, horizon) metres, float64
+    return {"ade_m": float(err.mean()), "fde_m": float(err[:, -1].mean()), "step1_m": float(err[:, 0].mean())}
+
+
+def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: int, batch_size: int = 256) -> dict:
+    """ADE, FDE and 1-step error in metres of the model and of constant velocity, same windows.
+
+    Keys: ``n_windows, ade_m, fde_m, step1_m, cv_ade_m, cv_fde_m, cv_step1_m``.
+    """
+    sel = forecastable(ws, context_len, horizon)
+    if len(sel) == 0:
+        raise ValueError(
+            f"no window has {context_len + horizon} real points (context_len {context_len} + horizon {horizon})"
+        )
+    truth = slice(context_len, context_len + horizon)
+    true_lon, true_lat = ws.lon[sel, truth], ws.lat[sel, truth]
+    model_err = _errors(*rollout(model, ws, context_len, horizon, batch_size)[:2], true_lon, true_lat)
+    cv_err = _errors(*constant_velocity(ws, context_len, horizon)[:2], true_lon, true_lat)
+    return {"n_windows": int(len(sel)), **model_err, **{f"cv_{k}": v for k, v in cv_err.items()}}
+
+
+def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256) -> pd.DataFrame:
+    """Forecast ``horizon`` next fixes of every trajectory in ``points``.
+
+    ``points`` has columns ``traj_id, t`` (datetime; tz-aware, or naive meaning UTC), ``lon, lat``
+    (WGS84 degrees). Each trajectory is sorted by time and encoded whole; its last (up to)
+    ``block_size`` points are the context. Returns columns ``traj_id, step`` (1..horizon), ``t``
+    (datetime64[ns, UTC]), ``lon, lat`` (degrees), sorted by traj_id then step.
+    """
+    missing = [c for c in ("traj_id", "t", "lon", "lat") if c not in points.columns]
+    if missing:
+        raise ValueError(f"points is missing columns {missing}; need traj_id, t, lon, lat")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if points[["traj_id", "t", "lon", "lat"]].isna().any().any():
+        raise ValueError("points has missing traj_id, t, lon or lat values")
+    df = pd.DataFrame(
+        {
+            "traj_id": points["traj_id"].to_numpy(),
+            "t_ns": pd.to_datetime(points["t"], utc=True).dt.as_unit("ns").astype("int64").to_numpy(),
+            "lon": points["lon"].to_numpy(dtype=np.float64),
+            "lat": points["lat"].to_numpy(dtype=np.float64),
+        }
+    )
+    groups = df.sort_values(["traj_id", "t_ns"], kind="stable").groupby("traj_id", sort=True)
+    sizes = groups.size()
+    short = sizes.index[sizes < 2].tolist()
+    if short:
+        raise ValueError(f"{len(short)} trajectories have fewer than 2 points, e.g. {short[:5]}")
+    block = model.config.block_size
+    ids, contexts = [], []
+    for tid, g in groups:
+        lon, lat, t_ns = g["lon"].to_numpy(), g["lat"].to_numpy(), g["t_ns"].to_numpy()
+        feats = encode_points(lon, lat, t_ns)[-block:]  # whole-track encoding: true first delta
+        ids.append(tid)
+        contexts.append((feats, lon[-1], lat[-1], t_ns[-1]))
+
+    was_training = model.training
+    model.eval()
+    out_lon, out_lat, out_t = [], [], []
+    try:
+        for i in range(0, len(contexts), batch_size):
+            chunk = contexts[i : i + batch_size]
+            n_real = np.array([len(c[0]) for c in chunk])
+            x = np.zeros((len(chunk), n_real.max(), model.config.n_features), dtype=np.float32)
+            for j, c in enumerate(chunk):
+                x[j, : len(c[0])] = c[0]
+            lo, la, t = rollout_points(
+                model,
+                x,
+                n_real,
+                np.array([c[1] for c in chunk]),
+                np.array([c[2] for c in chunk]),
+                np.array([c[3] for c in chunk], dtype=np.int64),
+                horizon,
+            )
+            out_lon.append(lo), out_lat.append(la), out_t.append(t)
+    finally:
+        model.train(was_training)
+    lon, lat, t_ns = np.concatenate(out_lon), np.concatenate(out_lat), np.concatenate(out_t)
+    return pd.DataFrame(
+        {
+            "traj_id": pd.Series(np.repeat(np.asarray(ids, dtype=object), horizon)).astype(points["traj_id"].dtype),
+            "step": np.tile(np.arange(1, horizon + 1), len(ids)),
+            "t": pd.to_datetime(t_ns.ravel(), unit="ns", utc=True),
+            "lon": lon.ravel(),
+            "lat": lat.ravel(),
+        }
+    )

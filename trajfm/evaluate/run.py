@@ -1,0 +1,60 @@
+"""The ``evaluate`` stage: a trained model on a held-out split, next to the baselines.
+
+Writes ``<root>/evaluate/<key>/metrics.json`` and returns the metrics (metres):
+``ade_m`` (mean error over the horizon), ``fde_m`` (error at the last step), ``step1_m``
+(one step ahead), and the same for the constant-velocity baseline (``cv_*``), computed on exactly
+the same windows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash
+
+
+def run_evaluation(
+    features_dir: str | Path, train_dir: str | Path, root=None, split: str = "test",
+    context_len: int = 20, horizon: int = 10, batch_size: int = 256,
+) -> dict:
+    from trajfm.evaluate.forecast import evaluate_forecast
+    from trajfm.features.windows import WindowSet
+    from trajfm.model.checkpoint import load_model
+
+    root = data_root(root)
+    train_manifest = read_manifest(train_dir)
+    key = stable_hash({
+        "features": read_manifest(features_dir)["key"], "train": train_manifest["key"], "split": split,
+        "context_len": context_len, "horizon": horizon, "v": 1,
+    })
+    out = root / "evaluate" / key
+    if is_complete(out):
+        return json.loads((out / "metrics.json").read_text())
+    model = load_model(Path(train_dir) / "model.pt")
+    ws = WindowSet.load(Path(features_dir) / f"{split}.npz")
+    if context_len + horizon > model.config.block_size:
+        raise ValueError(f"context_len + horizon = {context_len + horizon} exceeds the model's block_size {model.config.block_size}")
+    metrics = evaluate_forecast(model, ws, context_len=context_len, horizon=horizon, batch_size=batch_size)
+    if metrics["n_windows"] == 0:
+        raise ValueError(
+            f"no {split} window has {context_len + horizon} real points: lower context_len/horizon or use longer windows"
+        )
+    metrics = {
+        **{k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()},
+        "split": split, "context_len": context_len, "horizon": horizon, "preset": train_manifest.get("preset", "?"),
+    }
+    with StageWriter(root, "evaluate", key) as w:
+        w.write_json("metrics", metrics)
+        w.manifest.update(features_dir=str(features_dir), train_dir=str(train_dir), split=split)
+    return metrics
+
+
+def metrics_table(metrics: dict) -> list[dict]:
+    """Rows model vs baseline for a Prefect table artifact or a printed table."""
+    return [
+        {"predictor": f"model ({metrics.get('preset', '?')})", "ade_m": round(metrics["ade_m"], 1),
+         "fde_m": round(metrics["fde_m"], 1), "step1_m": round(metrics["step1_m"], 1)},
+        {"predictor": "constant velocity", "ade_m": round(metrics["cv_ade_m"], 1),
+         "fde_m": round(metrics["cv_fde_m"], 1), "step1_m": round(metrics["cv_step1_m"], 1)},
+    ]

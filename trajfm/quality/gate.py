@@ -1,0 +1,312 @@
+"""Run a stage's suite on a points frame and gate the pipeline on critical failures.
+
+>>> report = validate_points(points, "processed", params={"v_max_mps": 30})   # doctest: +SKIP
+>>> gate(report)          # raises ValidationFailed naming each failed critical expectation
+>>> report.to_markdown()  # a table for a Prefect artifact or a run log
+
+By default an ephemeral GX context is used (nothing written). With ``context_root`` a file
+context lives under ``<context_root>/gx``: the suite and validation definition are stored
+there, every run is kept as a validation result, and Data Docs are rebuilt at
+``<context_root>/gx/uncommitted/data_docs/local_site/index.html``.
+
+Large frames are validated in chunks of ``chunk_rows`` rows. The per-trajectory columns are
+derived on the whole frame first, so chunk boundaries may cut trajectories without changing
+any result; counts are summed over chunks and success is recomputed with GX's own ``mostly``
+rule ((considered - unexpected) / considered >= mostly; vacuously true on nothing considered).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from trajfm.quality.suites import STAGES, _jsonable, derive_columns, resolve_params, suite_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_ROWS = 2_000_000
+DATA_DOCS_INDEX = Path("gx/uncommitted/data_docs/local_site/index.html")
+_MAX_EXAMPLES = 5
+
+
+class ValidationFailed(ValueError):
+    """A critical expectation failed; ``report`` holds every result."""
+
+    def __init__(self, message: str, report: "ValidationReport"):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of validating one frame against one stage's suite.
+
+    ``success`` is True when every *critical* expectation passed (warnings do not count).
+    Each entry of ``results``: expectation (GX type), column, check, success,
+    unexpected_count, unexpected_percent (of the rows considered: non-null rows, or all rows for
+    not-null checks; of trajectories for ``traj_length``), critical, severity, mostly,
+    element_count, considered_count, examples (a few offending traj_ids), exception.
+    """
+
+    stage: str
+    success: bool
+    n_rows: int
+    results: list[dict] = field(default_factory=list)
+    n_trajectories: int = 0
+    params: dict = field(default_factory=dict)
+    data_docs: str | None = None
+
+    @property
+    def failed_critical(self) -> list[dict]:
+        return [r for r in self.results if r["critical"] and not r["success"]]
+
+    @property
+    def failed_warnings(self) -> list[dict]:
+        return [r for r in self.results if not r["critical"] and not r["success"]]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (for manifests, Prefect artifacts, MLflow)."""
+        return _jsonable(asdict(self))
+
+    def to_markdown(self) -> str:
+        status = "PASSED" if self.success else "FAILED"
+        lines = [
+            f"### Data quality: `{self.stage}` {status}",
+            "",
+            f"{self.n_rows:,} rows, {self.n_trajectories:,} trajectories; "
+            f"{len(self.failed_critical)} critical and {len(self.failed_warnings)} warning failure(s) "
+            f"of {len(self.results)} expectations.",
+            "",
+            "| | severity | expectation | column | unexpected | % | mostly | examples |",
+            "|---|---|---|---|---:|---:|---:|---|",
+        ]
+        for r in self.results:
+            mark = "ok" if r["success"] else ("**FAIL**" if r["critical"] else "warn")
+            count = "error" if r["exception"] else (r["unexpected_count"] if r["unexpected_count"] is not None else "")
+            pct = f"{r['unexpected_percent']:.3g}" if r["unexpected_percent"] is not None else ""
+            examples = ", ".join(f"`{e}`" for e in r["examples"])
+            lines.append(
+                f"| {mark} | {r['severity']} | `{r['expectation']}` | `{r['column']}` | {count} | {pct} "
+                f"| {r['mostly']:g} | {examples} |"
+            )
+        errors = [r for r in self.results if r["exception"]]
+        for r in errors:
+            lines += ["", f"- `{r['expectation']}` on `{r['column']}` raised: {r['exception']}"]
+        if self.data_docs:
+            lines += ["", f"Data Docs: {self.data_docs}"]
+        return "\n".join(lines) + "\n"
+
+
+def _describe(r: dict) -> str:
+    where = f"{r['expectation']} on column '{r['column']}' [{r['check']}]"
+    if r["exception"]:
+        return f"{where}: raised {r['exception']}"
+    text = f"{where}: {r['unexpected_count']} unexpected"
+    if r["unexpected_percent"] is not None:
+        text += f" ({r['unexpected_percent']:.3g}% of {r['considered_count']}, mostly={r['mostly']:g})"
+    if r["examples"]:
+        text += f", e.g. traj_id {', '.join(map(str, r['examples']))}"
+    return text
+
+
+def gate(report: ValidationReport) -> ValidationReport:
+    """Raise :class:`ValidationFailed` if any critical expectation failed; else return the report.
+
+    The message names every failed critical expectation, its column and unexpected count.
+    Warning failures are logged, never raised.
+    """
+    for r in report.failed_warnings:
+        log.warning("data quality warning (%s): %s", report.stage, _describe(r))
+    failed = report.failed_critical
+    if failed:
+        lines = [f"{report.stage} points failed {len(failed)} critical expectation(s) ({report.n_rows} rows):"]
+        lines += [f"  - {_describe(r)}" for r in failed]
+        raise ValidationFailed("\n".join(lines), report)
+    return report
+
+
+def _silence(context) -> None:
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+
+
+def _build(stage: str, params: dict, context_root: Path | None):
+    """(context, validation definition, checkpoint or None) for ``stage``."""
+    import great_expectations as gx
+
+    if context_root is None:
+        context = gx.get_context(mode="ephemeral")
+    else:
+        Path(context_root).mkdir(parents=True, exist_ok=True)
+        context = gx.get_context(mode="file", project_root_dir=str(context_root))
+    _silence(context)
+
+    # add_or_update replaces a stored datasource with a fresh one without assets; add them anew.
+    source = context.data_sources.add_or_update_pandas(name="trajfm_points")
+    asset = source.add_dataframe_asset(name=f"{stage}_points")
+    batch_definition = asset.add_batch_definition_whole_dataframe(name="whole_frame")
+    suite = context.suites.add_or_update(suite_for(stage, params))
+    definition = gx.ValidationDefinition(name=f"trajfm_{stage}_points", data=batch_definition, suite=suite)
+    definition = context.validation_definitions.add_or_update(definition)
+    checkpoint = None
+    if context_root is not None:
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=f"trajfm_{stage}_points",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+                result_format="SUMMARY",
+            )
+        )
+    return context, definition, checkpoint
+
+
+def _result_key(config) -> tuple:
+    return (config.type, config.kwargs.get("column"), (config.meta or {}).get("check"))
+
+
+def _exception_message(result) -> str | None:
+    info = result.exception_info or {}
+    if info.get("raised_exception"):
+        return info.get("exception_message") or "exception"
+    # When several metrics fail, GX nests one info dict per metric.
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return value.get("exception_message") or "exception"
+    return None
+
+
+def _mostly(config) -> float:
+    mostly = config.kwargs.get("mostly")
+    return 1.0 if mostly is None else float(mostly)
+
+
+def _accumulate(acc: dict, suite_result, frame: pd.DataFrame) -> None:
+    """Add one chunk's GX results to ``acc`` (keyed by expectation type, column, check)."""
+    for er in suite_result.results:
+        config = er.expectation_config
+        key = _result_key(config)
+        meta = config.meta or {}
+        entry = acc.setdefault(
+            key,
+            {
+                "expectation": config.type,
+                "column": config.kwargs.get("column"),
+                "check": meta.get("check"),
+                "severity": meta.get("severity", "critical"),
+                "mostly": _mostly(config),
+                "element_count": 0,
+                "considered_count": 0,
+                "unexpected_count": 0,
+                "examples": [],
+                "exception": None,
+            },
+        )
+        message = _exception_message(er)
+        if message is not None:
+            entry["exception"] = entry["exception"] or message
+            continue
+        res = er.result or {}
+        elements = int(res.get("element_count") or 0)
+        missing = int(res.get("missing_count") or 0)  # absent for not-null checks: all rows count
+        entry["element_count"] += elements
+        entry["considered_count"] += elements - missing
+        entry["unexpected_count"] += int(res.get("unexpected_count") or 0)
+        if not er.success and len(entry["examples"]) < _MAX_EXAMPLES:
+            # GX reports index labels; the frame's labels are row positions of the whole frame.
+            for index in res.get("partial_unexpected_index_list") or []:
+                example = frame["traj_id"].get(index)
+                if example is None or pd.isna(example):
+                    continue
+                if str(example) not in entry["examples"]:
+                    entry["examples"].append(str(example))
+                if len(entry["examples"]) >= _MAX_EXAMPLES:
+                    break
+
+
+def _finish(entry: dict) -> dict:
+    considered, unexpected = entry["considered_count"], entry["unexpected_count"]
+    if entry["exception"]:
+        success, percent, unexpected = False, None, None
+    elif considered == 0:
+        success, percent = True, 0.0
+    else:
+        success = (considered - unexpected) / considered >= entry["mostly"]
+        percent = 100.0 * unexpected / considered
+    return {
+        "expectation": entry["expectation"],
+        "column": entry["column"],
+        "success": bool(success),
+        "unexpected_count": unexpected,
+        "unexpected_percent": percent,
+        "critical": entry["severity"] == "critical",
+        "check": entry["check"],
+        "severity": entry["severity"],
+        "mostly": entry["mostly"],
+        "element_count": entry["element_count"],
+        "considered_count": considered,
+        "examples": entry["examples"],
+        "exception": entry["exception"],
+    }
+
+
+def validate_points(
+    df: pd.DataFrame,
+    stage: str,
+    params: dict | None = None,
+    context_root: Path | str | None = None,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> ValidationReport:
+    """Validate canonical points against the ``stage`` suite ("raw" or "processed").
+
+    ``params``: see :data:`trajfm.quality.suites.DEFAULT_PARAMS` (``v_max_mps`` in m/s,
+    ``min_points``, ``mostly`` and ``severity`` per check); other keys are ignored.
+    ``context_root``: None for an ephemeral GX context, else a directory for a file context
+    with Data Docs. Does not raise on failed expectations; pass the report to :func:`gate`.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    resolved = resolve_params(params)
+    frame = derive_columns(df)
+    if stage == "raw":
+        frame = frame.drop(columns=["dt_s", "speed_mps", "traj_len"])
+
+    context_root = Path(context_root) if context_root is not None else None
+    context, definition, checkpoint = _build(stage, resolved, context_root)
+
+    acc: dict[tuple, dict] = {}
+    starts = range(0, max(len(frame), 1), chunk_rows)  # an empty frame is still validated once
+    for start in starts:
+        chunk = frame.iloc[start : start + chunk_rows]
+        if checkpoint is not None:
+            run = checkpoint.run(batch_parameters={"dataframe": chunk})
+            suite_results = list(run.run_results.values())
+        else:
+            suite_results = [definition.run(batch_parameters={"dataframe": chunk}, result_format="SUMMARY")]
+        for suite_result in suite_results:
+            _accumulate(acc, suite_result, chunk)
+
+    # Report in suite order (GX returns results in evaluation order).
+    order = {_result_key(e.configuration): i for i, e in enumerate(definition.suite.expectations)}
+    results = [_finish(entry) for key, entry in sorted(acc.items(), key=lambda kv: order.get(kv[0], len(order)))]
+    data_docs = None
+    if context_root is not None:
+        index = context_root / DATA_DOCS_INDEX
+        data_docs = str(index) if index.exists() else None
+
+    return ValidationReport(
+        stage=stage,
+        success=all(r["success"] for r in results if r["critical"]),
+        n_rows=int(len(frame)),
+        results=results,
+        n_trajectories=int(frame["traj_id"].nunique(dropna=True)),
+        params=resolved,
+        data_docs=data_docs,
+    )

@@ -1,0 +1,23 @@
+"""Gate thresholds that follow from the preprocessing that produced a stage."""
+
+from __future__ import annotations
+
+import math
+
+
+def processed_gate_params(preprocess_manifest: dict, kinds: list[str], overrides: dict | None = None) -> dict:
+    """Thresholds for the ``processed`` suite from the preprocess manifest's per-kind params.
+
+    ``v_max_mps``: the largest speed limit among the kinds present (the cleaner enforced each
+    kind's own, so none may exceed it); ``min_points``: the fewest resampled fixes a kept segment
+    can have, ``floor(min_duration_s / interval_s) + 1``, at least 2. ``overrides`` win.
+    """
+    table = preprocess_manifest.get("params", {})
+    chosen = [table.get(k) or table.get("*") for k in kinds]
+    chosen = [p for p in chosen if p]
+    out: dict = {}
+    if chosen:
+        out["v_max_mps"] = max(float(p["v_max_mps"]) for p in chosen)
+        out["min_points"] = max(2, min(int(math.floor(p["min_duration_s"] / p["interval_s"])) + 1 for p in chosen))
+    out.update(overrides or {})
+    return out

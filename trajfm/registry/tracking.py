@@ -1,0 +1,373 @@
+"""MLflow tracking and registration: where runs go, what a training run logs, who is champion.
+
+Defaults are embedded: runs and the model registry live in ``sqlite:///<root>/mlflow.db`` and
+artifacts under ``<root>/mlartifacts`` (``root`` is the data root, see ``trajfm.store``).
+Setting ``$MLFLOW_TRACKING_URI`` (e.g. ``http://127.0.0.1:5000``) sends everything to a
+tracking server instead; artifacts then go where the server says.
+
+Promotion rule: every registered version is tagged with its value of ``promote_metric``; the
+alias ``champion`` moves to the new version only when that value strictly beats the current
+champion's (lower or higher is better, per ``lower_is_better``). The first version always
+becomes champion. Read aliases from ``get_registered_model(name).aliases``:
+``search_model_versions`` returns empty ``aliases`` (an MLflow bug).
+
+MLflow is imported inside the functions so ``import trajfm.registry`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from trajfm.store import data_root
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "trajfm"
+DEFAULT_MODEL_NAME = "trajfm"
+CHAMPION = "champion"
+MODEL_ARTIFACT_NAME = "model"
+LOSS_CURVE_ARTIFACT = "plots/loss_curve.png"
+_MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+_SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@dataclass
+class RegistrationResult:
+    """What ``log_and_register`` did: the run, the registered version, and the champion after."""
+
+    run_id: str
+    model_uri: str  # models:/<name>/<version>
+    version: int
+    promoted: bool
+    champion_version: int  # the champion after this registration (== version when promoted)
+    previous_champion_metric: float | None  # None when there was no comparable champion
+    metric_value: float
+
+
+def tracking_uri(root: str | os.PathLike | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` (absolute path)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{data_root(root) / 'mlflow.db'}"
+
+
+def _server_stores_artifacts(uri: str) -> bool:
+    """True for a tracking server (it has its own artifact root); False for a database store."""
+    return uri.split(":", 1)[0].lower() in _SERVER_SCHEMES
+
+
+def setup_mlflow(root: str | os.PathLike | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow (tracking and registry) at ``tracking_uri(root)`` and select ``experiment``.
+
+    A new experiment gets the artifact location ``<root>/mlartifacts/<experiment>`` when the store
+    is a database (so nothing lands in ``./mlruns``); with a tracking server the server decides.
+    Returns the experiment id. Sets MLflow's process-global tracking URI and experiment.
+    """
+    import mlflow
+
+    uri = tracking_uri(root)
+    # mlflow.set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ,
+    # which would make every later tracking_uri(other_root) answer this root. Keep the
+    # process-global URI (what start_run uses) but restore the environment as it was.
+    saved = {key: os.environ.get(key) for key in _URI_ENV}
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    existing = mlflow.get_experiment_by_name(experiment)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            mlflow.MlflowClient().restore_experiment(existing.experiment_id)
+        experiment_id = existing.experiment_id
+    else:
+        artifact_location = None
+        if not _server_stores_artifacts(uri):
+            artifacts = data_root(root) / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+            artifacts.mkdir(parents=True, exist_ok=True)
+            artifact_location = artifacts.as_uri()
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _client(root):
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(root)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _params_for_mlflow(params: dict) -> dict[str, str]:
+    """Nested dicts become dotted keys; values become strings, cut to MLflow's length limit."""
+    out = {}
+    for key, value in _flatten(params).items():
+        text = str(value)
+        if len(text) > _MAX_PARAM_LENGTH:
+            log.warning("param %s is %d characters; truncated to %d", key, len(text), _MAX_PARAM_LENGTH)
+            text = text[: _MAX_PARAM_LENGTH - 3] + "..."
+        out[key] = text
+    return out
+
+
+def _as_float(value: Any) -> float | None:
+    """A finite-or-NaN float for numbers (bools included), None for anything else."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _numeric_metrics(metrics: dict) -> dict[str, float]:
+    out = {}
+    for key, value in _flatten(metrics).items():
+        number = _as_float(value)
+        if number is None:
+            log.warning("metric %s=%r is not a number; not logged", key, value)
+        else:
+            out[key] = number
+    return out
+
+
+def _log_history(client, run_id: str, history: list[dict]) -> None:
+    """Per-epoch values as metric steps; the step is the record's ``epoch`` (else its index)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = []
+    for index, record in enumerate(history):
+        step = int(record.get("epoch", record.get("step", index)))
+        for key, value in record.items():
+            if key in ("epoch", "step"):
+                continue
+            number = _as_float(value)
+            if number is not None:
+                batch.append(Metric(key=key, value=number, timestamp=now, step=step))
+    for start in range(0, len(batch), 1000):  # log_batch accepts at most 1000 metrics
+        client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+
+def loss_curve_figure(history: list[dict]):
+    """A matplotlib Figure of train/val loss per epoch (no pyplot, so no global backend change)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    keys = [k for k in ("train_loss", "val_loss") if any(k in r for r in history)]
+    keys += sorted({k for r in history for k in r if k.endswith("_loss") and k not in keys})
+    positive = True
+    for key in keys:
+        points = [
+            (int(r.get("epoch", r.get("step", i))), _as_float(r[key])) for i, r in enumerate(history) if key in r
+        ]
+        points = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=3, label=key)
+            positive = positive and min(ys) > 0
+    if keys and positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("training curve")
+    ax.grid(True, alpha=0.3)
+    if keys:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned requirements of the served model; ``trajfm`` itself holds the code."""
+    import trajfm
+
+    reqs = []
+    for dist in ("mlflow", "torch", "numpy", "pandas"):
+        try:
+            version = metadata.version(dist).split("+")[0]  # torch 2.13.0+cpu -> 2.13.0
+            reqs.append(f"{dist}=={version}")
+        except metadata.PackageNotFoundError:
+            reqs.append(dist)
+    try:
+        reqs.append(f"trajfm=={metadata.version('trajfm')}")
+    except metadata.PackageNotFoundError:
+        reqs.append(f"trajfm=={trajfm.__version__}")
+    return reqs
+
+
+def _version_metric(client, name: str, version, metric: str) -> float | None:
+    """``metric`` of a model version: its tag, else the metric of the run that produced it."""
+    mv = client.get_model_version(name, str(version))
+    value = _as_float((mv.tags or {}).get(metric))
+    if value is None and mv.run_id:
+        value = _as_float(client.get_run(mv.run_id).data.metrics.get(metric))
+    return value
+
+
+def _current_champion(client, name: str) -> tuple[int | None, Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = client.get_registered_model(name).aliases or {}
+    except MlflowException:
+        return None, None
+    version = aliases.get(CHAMPION)
+    return (int(version), version) if version is not None else (None, None)
+
+
+def log_and_register(
+    root: str | os.PathLike | None,
+    run_name: str,
+    params: dict,
+    metrics: dict,
+    history: list[dict],
+    checkpoint_path: str | os.PathLike,
+    tags: dict | None = None,
+    name: str = DEFAULT_MODEL_NAME,
+    promote_metric: str = "test_ade_m",
+    lower_is_better: bool = True,
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    input_example=None,
+    pip_requirements: list[str] | None = None,
+) -> RegistrationResult:
+    """Log a training run, register its pyfunc model as a new version of ``name``, and move
+    the ``champion`` alias to it if its ``promote_metric`` beats the current champion's.
+
+    Logs ``params`` (nested dicts flattened to dotted keys), ``metrics``, ``history`` (one
+    record per epoch, e.g. ``{"epoch": 3, "train_loss": .., "val_loss": ..}``, as metric
+    steps), a loss-curve PNG and the model (:class:`~trajfm.registry.pyfunc.TrajFMPyfunc` with
+    the checkpoint as artifact ``checkpoint``). ``metrics[promote_metric]`` must be a finite
+    number. Ties do not move the alias. Not safe against two registrations of the same ``name``
+    racing; run registrations one at a time.
+    """
+    import mlflow
+
+    from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT, TrajFMPyfunc, example_points, model_signature
+
+    metric_value = _as_float(_flatten(metrics).get(promote_metric))
+    if metric_value is None or not math.isfinite(metric_value):
+        raise ValueError(
+            f"metrics must hold a finite {promote_metric!r} to decide promotion; got {metrics.get(promote_metric)!r}"
+        )
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist")
+
+    experiment_id = setup_mlflow(root, experiment)
+    client = _client(root)
+    run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    run_tags.update({"trajfm.promote_metric": promote_metric, "trajfm.registered_model": name})
+
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags=run_tags, nested=mlflow.active_run() is not None
+    ) as run:
+        run_id = run.info.run_id
+        if params:
+            mlflow.log_params(_params_for_mlflow(params))
+        mlflow.log_metrics(_numeric_metrics(metrics))
+        if history:
+            _log_history(client, run_id, history)
+            mlflow.log_figure(loss_curve_figure(history), LOSS_CURVE_ARTIFACT)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT_NAME,
+            python_model=TrajFMPyfunc(),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_path.resolve())},
+            signature=model_signature(),
+            input_example=(example_points() if input_example is None else input_example, {"horizon": 3}),
+            pip_requirements=pip_requirements if pip_requirements is not None else _pip_requirements(),
+            registered_model_name=name,
+        )
+        version = int(info.registered_model_version)
+
+    client.set_model_version_tag(name, str(version), promote_metric, repr(metric_value))
+    client.set_model_version_tag(name, str(version), "trajfm.lower_is_better", str(bool(lower_is_better)))
+
+    champion, champion_raw = _current_champion(client, name)
+    previous = None
+    if champion is None or champion == version:
+        promoted = True
+    else:
+        previous = _version_metric(client, name, champion_raw, promote_metric)
+        if previous is None or not math.isfinite(previous):
+            log.warning(
+                "champion v%s of %s has no %s; promoting v%s, which does", champion, name, promote_metric, version
+            )
+            promoted = True
+        else:
+            promoted = metric_value < previous if lower_is_better else metric_value > previous
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        log.info("%s v%d is champion (%s=%g, previous %s)", name, version, promote_metric, metric_value, previous)
+    else:
+        log.info(
+            "%s v%d not promoted: %s=%g does not beat champion v%d (%g)",
+            name, version, promote_metric, metric_value, champion, previous,
+        )
+    client.set_model_version_tag(name, str(version), "trajfm.promoted", str(promoted).lower())
+
+    return RegistrationResult(
+        run_id=run_id,
+        model_uri=f"models:/{name}/{version}",
+        version=version,
+        promoted=promoted,
+        champion_version=version if promoted else int(champion),
+        previous_champion_metric=previous,
+        metric_value=metric_value,
+    )
+
+
+def champion_info(root: str | os.PathLike | None = None, name: str = DEFAULT_MODEL_NAME) -> dict | None:
+    """The current champion of ``name`` (version, run, tags, run metrics, URIs), or None.
+
+    Does not change MLflow's global tracking URI, and does not create a store that is not
+    there (a fresh SQLite store costs seconds of schema migrations).
+    """
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        return None
+    client = _client(root)
+    champion, raw = _current_champion(client, name)
+    if champion is None:
+        return None
+    mv = client.get_model_version(name, str(raw))
+    run = client.get_run(mv.run_id) if mv.run_id else None
+    return {
+        "name": name,
+        "version": champion,
+        "model_uri": f"models:/{name}@{CHAMPION}",
+        "version_uri": f"models:/{name}/{champion}",
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "tags": dict(mv.tags or {}),
+        "metrics": dict(run.data.metrics) if run else {},
+        "created_ms": mv.creation_timestamp,
+    }
