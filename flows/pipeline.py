@@ -20,7 +20,8 @@ def pipeline(
     sources: list[str] | None = None,
     data_root: str | None = None,
     preset: str = "tutorial",
-    epochs: int = 3,
+    epochs: int = 5,
+    batch_size: int = 128,
     preprocess_params: dict | None = None,
     window_params: dict | None = None,
     quality_params: dict | None = None,
@@ -40,7 +41,7 @@ def pipeline(
     processed_report = validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
     train_dir = train_flow(
-        features_dir, data_root=data_root, preset=preset, train_overrides={"epochs": epochs, **(train_overrides or {})}
+        features_dir, data_root=data_root, preset=preset, train_overrides={"epochs": epochs, "batch_size": batch_size, **(train_overrides or {})},
     )
     metrics = evaluate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
     registration = register_flow(train_dir, features_dir, metrics, data_root=data_root, name=model_name)

@@ -5,7 +5,6 @@ Every test checks the accounting: rows_read == kept + quarantined, each rejectio
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded real AIS data")
     demo.add_argument("--data-root", default=None, help="default: $TRAJFM_HOME or ./.trajfm")
     demo.add_argument("--preset", default="tutorial")
-    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--epochs", type=int, default=5)
     run = sub.add_parser("run", help="run one flow: trajfm run FLOW --param value ...")
     run.add_argument("flow", choices=sorted(FLOWS))
     sub.add_parser("flows", help="list flows and their parameters")

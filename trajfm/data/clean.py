@@ -128,7 +128,9 @@ def normalize_params(params: ParamsLike = None) -> dict[str, PreprocessParams]:
         elif isinstance(value, Mapping):
             unknown = set(value) - _FIELD_NAMES
             if unknown:
-                raise ValueError(f"unknown parameter(s) {sorted(unknown)} for kind {kind!r}; known: {sorted(_FIELD_NAMES)}")
+                raise ValueError(
+                    f"unknown parameter(s) {sorted(unknown)} for kind {kind!r}; known: {sorted(_FIELD_NAMES)}"
+                )
             table[kind] = replace(KIND_DEFAULTS.get(kind, PreprocessParams()), **value)
         else:
             raise ValueError(f"params[{kind!r}] must be PreprocessParams or a mapping, got {value!r}")
@@ -443,7 +445,12 @@ def clean_partition(df: pd.DataFrame, params: ParamsLike = None) -> tuple[pd.Dat
             f"segment {traj_names[c]}_{k}: {p} fixes over {d / NS_PER_S:.0f} s "
             f"(needs {mp:g} fixes, {md / NS_PER_S:g} s, 2 resampled fixes)"
             for c, k, p, d, mp, md in zip(
-                seg_traj[short], k_of_seg[short], n_pts[short], (t_last - t_first)[short], min_points[short], min_dur_ns[short]
+                seg_traj[short],
+                k_of_seg[short],
+                n_pts[short],
+                (t_last - t_first)[short],
+                min_points[short],
+                min_dur_ns[short],
             )
         ]
         detail[rows] = np.repeat(np.asarray(seg_detail, dtype=object), n_pts[short])

@@ -68,3 +68,15 @@ def to_canonical(df: pd.DataFrame) -> pd.DataFrame:
         if col in df.columns:
             out[col] = df[col].astype("string") if col == "mode" else df[col].astype("float64")
     return out.reset_index(drop=True)
+
+
+def time_ns(t: pd.Series):
+    """int64 nanoseconds since the epoch (UTC) of a datetime column, whatever its unit or zone.
+
+    Exact: no float seconds on the way (the tutorial's float32 epoch-seconds trap).
+    """
+    import numpy as np
+
+    if not isinstance(t.dtype, pd.DatetimeTZDtype):
+        t = pd.to_datetime(t, utc=True)
+    return t.dt.tz_convert("UTC").to_numpy(dtype="datetime64[ns]").view(np.int64)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trajfm.data.schema import time_ns
 from trajfm.features.encode import FEATURE_NAMES, N_FEATURES, encode_points
 from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash
 
@@ -70,7 +71,7 @@ class WindowSet:
 @dataclass
 class WindowParams:
     window: int = 32  # points per window
-    stride: int = 16  # points between window starts
+    stride: int = 32  # points between window starts (= window: no overlap)
     min_points: int = 12  # shortest piece kept (padded to a full window)
     train_frac: float = 0.7
     val_frac: float = 0.15
@@ -81,15 +82,17 @@ def split_periods(points: pd.DataFrame, train_frac: float, val_frac: float) -> p
     """Label each fix 'train' / 'val' / 'test' by time quantiles within its source."""
     if not 0 < train_frac < 1 or not 0 <= val_frac < 1 - train_frac:
         raise ValueError(f"need 0 < train_frac < 1 and 0 <= val_frac < 1 - train_frac, got {train_frac}, {val_frac}")
-    t = points["t"].astype("int64")  # exact int64 ns, never float seconds
-    period = pd.Series("train", index=points.index, dtype=object)
-    for _, idx in points.groupby(points["source"].astype(str), sort=True, observed=True).groups.items():
-        ts = t.loc[idx]
-        cut1 = np.quantile(ts.to_numpy(), train_frac, method="lower")
-        cut2 = np.quantile(ts.to_numpy(), train_frac + val_frac, method="lower")
-        period.loc[idx[(ts > cut1).to_numpy()]] = "val"
-        period.loc[idx[(ts > cut2).to_numpy()]] = "test"
-    return period
+    t = time_ns(points["t"])  # exact int64 ns, never float seconds
+    source = points["source"].astype(str).to_numpy()
+    period = np.full(len(points), "train", dtype=object)
+    for src in np.unique(source):
+        rows = np.flatnonzero(source == src)
+        ts = t[rows]
+        cut1 = np.quantile(ts, train_frac, method="lower")
+        cut2 = np.quantile(ts, train_frac + val_frac, method="lower")
+        period[rows[ts > cut1]] = "val"
+        period[rows[ts > cut2]] = "test"
+    return pd.Series(period, index=points.index)
 
 
 def _windows_of_piece(n: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -108,22 +111,27 @@ def build_windows(points: pd.DataFrame, params: WindowParams) -> tuple[dict[str,
     buckets: dict[str, list] = {s: [] for s in SPLITS}
     counts = {s: {"pieces": 0, "pieces_too_short": 0, "points_too_short": 0, "windows": 0} for s in SPLITS}
     L = params.window
-    key = points["traj_id"].astype(str) + "\x00" + period
-    for _, idx in points.groupby(key, sort=True).indices.items():
-        split = period.iat[idx[0]]
+    all_lon = points["lon"].to_numpy(np.float64)
+    all_lat = points["lat"].to_numpy(np.float64)
+    all_t = time_ns(points["t"])
+    traj = points["traj_id"].astype(str).to_numpy()
+    per = period.to_numpy()
+    # Rows are sorted by (traj_id, t), so each (trajectory, period) piece is a contiguous run.
+    starts = np.flatnonzero(np.r_[True, (traj[1:] != traj[:-1]) | (per[1:] != per[:-1])])
+    ends = np.r_[starts[1:], len(points)]
+    for s0, e0 in zip(starts, ends):
+        split = per[s0]
         c = counts[split]
         c["pieces"] += 1
-        if len(idx) < params.min_points:
+        n = e0 - s0
+        if n < params.min_points:
             c["pieces_too_short"] += 1
-            c["points_too_short"] += len(idx)
+            c["points_too_short"] += int(n)
             continue
-        lon = points["lon"].to_numpy()[idx]
-        lat = points["lat"].to_numpy()[idx]
-        t_ns = points["t"].to_numpy().astype("datetime64[ns]").astype(np.int64)[idx]
+        lon, lat, t_ns = all_lon[s0:e0], all_lat[s0:e0], all_t[s0:e0]
         feats = encode_points(lon, lat, t_ns)
-        tid = str(points["traj_id"].iat[idx[0]])
-        for a, b in _windows_of_piece(len(idx), L, params.stride):
-            buckets[split].append((feats[a:b], lon[a:b], lat[a:b], t_ns[a:b], tid))
+        for a, b in _windows_of_piece(int(n), L, params.stride):
+            buckets[split].append((feats[a:b], lon[a:b], lat[a:b], t_ns[a:b], traj[s0]))
             c["windows"] += 1
     sets = {s: _stack(buckets[s], L) for s in SPLITS}
     return sets, counts

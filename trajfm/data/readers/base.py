@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from trajfm.data.schema import MAX_TIME_AHEAD, MIN_TIME, REASONS
 
@@ -176,16 +177,16 @@ def _is_blank(text: np.ndarray) -> np.ndarray:
 
 
 def validate_fixes(
-    obj_id: pd.Series,
-    t_text: pd.Series,
-    lon_text: pd.Series,
-    lat_text: pd.Series,
+    obj_id: ArrayLike,
+    t_text: ArrayLike,
+    lon_text: ArrayLike,
+    lat_text: ArrayLike,
     time_formats: tuple[str, ...],
     pre_reason: np.ndarray | None = None,
     pre_detail: np.ndarray | None = None,
     obj_id_pattern: str | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Check and parse the fields of n fixes at once.
+    """Check and parse the text fields of n fixes at once (each argument: n strings).
 
     Returns ``(parsed, reason, detail)``: ``parsed`` has ``obj_id, t (datetime64[ns, UTC]), lon,
     lat`` (degrees) for every row (NaT/NaN where invalid); ``reason`` is an object array holding
@@ -231,7 +232,8 @@ def validate_fixes(
 
     with np.errstate(invalid="ignore"):
         flag(~np.isfinite(lon) | ~np.isfinite(lat), "nonfinite_coord", "lon or lat is NaN or infinite")
-        flag((np.abs(lat) > 90.0) | (np.abs(lon) > 180.0), "coord_out_of_range", "lat outside [-90, 90] or lon outside [-180, 180]")
+        out_of_range = (np.abs(lat) > 90.0) | (np.abs(lon) > 180.0)
+        flag(out_of_range, "coord_out_of_range", "lat outside [-90, 90] or lon outside [-180, 180]")
         flag((lon == 0.0) & (lat == 0.0), "null_island", "lon = lat = 0")
 
     latest = pd.Timestamp.now(tz="UTC") + MAX_TIME_AHEAD

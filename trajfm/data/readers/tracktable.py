@@ -23,6 +23,7 @@ later point, and a shifted point never parses as a strict timestamp); a trailing
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ EXTENSIONS = (".traj",)
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S.%f")
 GEOGRAPHIC_DOMAINS = ("terrestrial",)  # coordinates are (lon, lat) degrees only in this domain
 
+_MISALIGNED = "_misaligned"  # internal marker: point of a record whose fields do not split evenly
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -88,6 +90,34 @@ def _parse_header(tokens: list[str]) -> dict:
     }
 
 
+@dataclass
+class _Gathered:
+    """Text fields of every point, gathered record by record, checked together at the end.
+
+    Only lines are looped over in Python; each record's points arrive as numpy blocks.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    times: list[str] = field(default_factory=list)
+    lons: list[str] = field(default_factory=list)
+    lats: list[str] = field(default_factory=list)
+    record: list[np.ndarray] = field(default_factory=list)  # record index of each point
+    reason: list[np.ndarray] = field(default_factory=list)  # reason known before parsing, or None
+    detail: list[np.ndarray] = field(default_factory=list)
+    blocks: dict[int, np.ndarray] = field(default_factory=dict)  # record -> (n, k) point tokens
+    record_line: list[int] = field(default_factory=list)  # 1-based line of each record
+    record_base: list[str] = field(default_factory=list)  # traj_id of each record
+    # Rows rejected before field parsing (bad header, incomplete last point): one row each.
+    bad_line: list[int] = field(default_factory=list)
+    bad_raw: list[str] = field(default_factory=list)
+    bad_detail: list[str] = field(default_factory=list)
+
+    def reject_row(self, line_no: int, raw: str, detail: str) -> None:
+        self.bad_line.append(line_no)
+        self.bad_raw.append(raw)
+        self.bad_detail.append(detail)
+
+
 def read_tracktable(path: str | Path, kind: str = "vessel") -> ReadResult:
     """Read a ``.traj`` file into canonical points (lon/lat degrees, ``t`` UTC) and quarantine.
 
@@ -99,21 +129,8 @@ def read_tracktable(path: str | Path, kind: str = "vessel") -> ReadResult:
     path = Path(path)
     source = path.stem
     lines, undecodable = decode_lines(path.read_bytes())
-
-    # Column pieces gathered record by record (Python loop over lines only, not over points).
-    obj_ids: list[str] = []
-    times: list[str] = []
-    lons: list[str] = []
-    lats: list[str] = []
-    rec_of_point: list[np.ndarray] = []  # index into `records` for each point
-    pre_reason: list[np.ndarray] = []
-    pre_detail: list[np.ndarray] = []
-    token_blocks: dict[int, np.ndarray] = {}  # record -> (n_points, k) tokens, for raw text
-    records: list[tuple[int, str]] = []  # (1-based line, traj_id base)
-
-    bad_lines, bad_raw, bad_reason, bad_detail = [], [], [], []
+    acc = _Gathered()
     notes: list[str] = []
-
     for line_no, (line, line_undecodable) in enumerate(zip(lines, undecodable), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -121,101 +138,94 @@ def read_tracktable(path: str | Path, kind: str = "vessel") -> ReadResult:
         try:
             hdr = _parse_header(tokens)
         except _HeaderError as exc:
-            bad_lines.append(line_no)
-            bad_raw.append(line)
-            bad_reason.append("parse_error")
-            bad_detail.append(str(exc) + ("; line has non-UTF-8 bytes" if line_undecodable else ""))
+            acc.reject_row(line_no, line, str(exc) + ("; line has non-UTF-8 bytes" if line_undecodable else ""))
             continue
+        note = _gather_record(acc, hdr, tokens, line_no, line_undecodable, source)
+        if note:
+            notes.append(note)
 
-        k = hdr["fields_per_point"]
-        rest = tokens[hdr["first_point_token"] :]
-        n_complete, leftover = divmod(len(rest), k) if k > 0 else (0, len(rest))
-        rec = len(records)
-        base = f"{source}:{hdr['uuid']}" if hdr["uuid"] else f"{source}:L{line_no}"
-        records.append((line_no, base))
-
-        if n_complete:
-            point_tokens = np.asarray(rest[: n_complete * k], dtype=object).reshape(n_complete, k)
-            reason = np.full(n_complete, None, dtype=object)
-            detail = np.full(n_complete, None, dtype=object)
-            col = 0
-            if hdr["has_object_id"]:
-                ids = point_tokens[:, col]
-                col += 1
-            else:
-                ids = np.full(n_complete, "", dtype=object)
-                reason[:], detail[:] = "missing_value", "record has no object ids (has_object_id = 0)"
-            if hdr["has_timestamp"]:
-                ts = point_tokens[:, col]
-                col += 1
-            else:
-                ts = np.full(n_complete, "", dtype=object)
-                reason[pd.isna(reason)] = "missing_value"
-                detail[pd.isna(detail)] = "record has no timestamps (has_timestamp = 0)"
-            if hdr["domain"] in GEOGRAPHIC_DOMAINS and hdr["point_domain"] in GEOGRAPHIC_DOMAINS and hdr["dimension"] == 2:
-                lon_t, lat_t = point_tokens[:, col], point_tokens[:, col + 1]
-            else:
-                lon_t = lat_t = np.full(n_complete, "", dtype=object)
-                reason[pd.isna(reason)] = "parse_error"
-                detail[pd.isna(detail)] = (
-                    f"domain {hdr['domain']!r} dimension {hdr['dimension']} holds no (lon, lat)"
-                )
-            if n_complete != hdr["num_points"] or leftover:
-                # Misaligned record: whatever fails in it failed because fields are missing or extra.
-                reason[pd.isna(reason)] = "_misaligned"
-            if line_undecodable:
-                bad_bytes = np.asarray(["\ufffd" in ",".join(row) for row in point_tokens], dtype=bool)
-                reason[bad_bytes & pd.isna(reason)] = "parse_error"
-                detail[bad_bytes & pd.isna(detail)] = "point has non-UTF-8 bytes"
-            obj_ids.extend(ids)
-            times.extend(ts)
-            lons.extend(lon_t)
-            lats.extend(lat_t)
-            rec_of_point.append(np.full(n_complete, rec, dtype=np.int64))
-            pre_reason.append(reason)
-            pre_detail.append(detail)
-            token_blocks[rec] = point_tokens
-        if leftover:
-            bad_lines.append(line_no)
-            bad_raw.append(",".join(rest[n_complete * k :]))
-            bad_reason.append("parse_error")
-            bad_detail.append(
-                f"incomplete point: {leftover} of {k} fields after {n_complete} points "
-                f"(header says {hdr['num_points']}; truncated or missing fields)"
-            )
-        elif n_complete != hdr["num_points"]:
-            notes.append(f"line {line_no}: header says {hdr['num_points']} points, record holds {n_complete}")
-
-    points, quarantine, n_points = _assemble(
-        path, source, kind, records, obj_ids, times, lons, lats, rec_of_point, pre_reason, pre_detail, token_blocks
-    )
-    if bad_lines:
-        extra = quarantine_frame(str(path), bad_lines, bad_raw, bad_reason, bad_detail)
+    points, quarantine, n_points = _check_points(acc, path, source, kind)
+    if acc.bad_line:
+        extra = quarantine_frame(str(path), acc.bad_line, acc.bad_raw, ["parse_error"] * len(acc.bad_line), acc.bad_detail)
         quarantine = extra if quarantine.empty else pd.concat([quarantine, extra], ignore_index=True)
         quarantine = quarantine.sort_values("line", kind="stable").reset_index(drop=True)
-    result = ReadResult(points, quarantine, n_points + len(bad_lines), path, FORMAT, notes)
+    result = ReadResult(points, quarantine, n_points + len(acc.bad_line), path, FORMAT, notes)
     result.check_accounting()
     return result
 
 
-def _assemble(path, source, kind, records, obj_ids, times, lons, lats, rec_of_point, pre_reason, pre_detail, token_blocks):
-    """Validate all gathered points at once and split them into points and quarantine."""
-    n = len(obj_ids)
+def _gather_record(acc: _Gathered, hdr: dict, tokens: list[str], line_no: int, undecodable: bool, source: str):
+    """Cut one record's tokens into points and add them to ``acc``; returns a note or ``None``."""
+    k = hdr["fields_per_point"]
+    rest = tokens[hdr["first_point_token"] :]
+    n_complete, leftover = divmod(len(rest), k) if k > 0 else (0, len(rest))
+    rec = len(acc.record_line)
+    acc.record_line.append(line_no)
+    acc.record_base.append(f"{source}:{hdr['uuid']}" if hdr["uuid"] else f"{source}:L{line_no}")
+
+    if n_complete:
+        block = np.asarray(rest[: n_complete * k], dtype=object).reshape(n_complete, k)
+        reason = np.full(n_complete, None, dtype=object)
+        detail = np.full(n_complete, None, dtype=object)
+
+        def reject_all(code: str, text: str) -> None:
+            unset = pd.isna(reason)
+            reason[unset], detail[unset] = code, text
+
+        empty = np.full(n_complete, "", dtype=object)
+        col = 0
+        ids = block[:, col] if hdr["has_object_id"] else empty
+        col += int(hdr["has_object_id"])
+        times = block[:, col] if hdr["has_timestamp"] else empty
+        col += int(hdr["has_timestamp"])
+        if not hdr["has_object_id"]:
+            reject_all("missing_value", "record has no object ids (has_object_id = 0)")
+        if not hdr["has_timestamp"]:
+            reject_all("missing_value", "record has no timestamps (has_timestamp = 0)")
+        geographic = hdr["domain"] in GEOGRAPHIC_DOMAINS and hdr["point_domain"] in GEOGRAPHIC_DOMAINS
+        if geographic and hdr["dimension"] == 2:
+            lons, lats = block[:, col], block[:, col + 1]
+        else:
+            lons = lats = empty
+            reject_all("parse_error", f"domain {hdr['domain']!r} dimension {hdr['dimension']} holds no (lon, lat)")
+        if undecodable:
+            bad_bytes = np.asarray(["\ufffd" in ",".join(row) for row in block], dtype=bool) & pd.isna(reason)
+            reason[bad_bytes], detail[bad_bytes] = "parse_error", "point has non-UTF-8 bytes"
+        if n_complete != hdr["num_points"] or leftover:
+            # Fields missing or extra: whatever fails to parse in this record failed because of it.
+            reason[pd.isna(reason)] = _MISALIGNED
+        acc.ids.extend(ids)
+        acc.times.extend(times)
+        acc.lons.extend(lons)
+        acc.lats.extend(lats)
+        acc.record.append(np.full(n_complete, rec, dtype=np.int64))
+        acc.reason.append(reason)
+        acc.detail.append(detail)
+        acc.blocks[rec] = block
+    if leftover:
+        acc.reject_row(
+            line_no,
+            ",".join(rest[n_complete * k :]),
+            f"incomplete point: {leftover} of {k} fields after {n_complete} points "
+            f"(header says {hdr['num_points']}; truncated or missing fields)",
+        )
+    elif n_complete != hdr["num_points"]:
+        return f"line {line_no}: header says {hdr['num_points']} points, record holds {n_complete}"
+    return None
+
+
+def _check_points(acc: _Gathered, path: Path, source: str, kind: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Validate all gathered points at once; split them into canonical points and quarantine."""
+    n = len(acc.ids)
     if n == 0:
         return empty_points(), empty_quarantine(), 0
-    rec = np.concatenate(rec_of_point)
-    reason = np.concatenate(pre_reason)
-    detail = np.concatenate(pre_detail)
-    misaligned = reason == "_misaligned"
+    rec = np.concatenate(acc.record)
+    reason = np.concatenate(acc.reason)
+    detail = np.concatenate(acc.detail)
+    misaligned = reason == _MISALIGNED
     reason[misaligned] = None
     parsed, reason, detail = validate_fixes(
-        pd.Series(obj_ids, dtype=object),
-        pd.Series(times, dtype=object),
-        pd.Series(lons, dtype=object),
-        pd.Series(lats, dtype=object),
-        TIME_FORMATS,
-        pre_reason=reason,
-        pre_detail=detail,
+        acc.ids, acc.times, acc.lons, acc.lats, TIME_FORMATS, pre_reason=reason, pre_detail=detail
     )
     failed_in_misaligned = misaligned & ~pd.isna(reason)
     if failed_in_misaligned.any():
@@ -224,15 +234,11 @@ def _assemble(path, source, kind, records, obj_ids, times, lons, lats, rec_of_po
         ]
         reason[failed_in_misaligned] = "parse_error"
 
-    line_of_rec = np.asarray([r[0] for r in records], dtype=np.int64)
-    base_of_rec = np.asarray([r[1] for r in records], dtype=object)
     good = pd.isna(reason)
-
     kept = parsed.loc[good].reset_index(drop=True)
-    traj_id = pd.Series(base_of_rec[rec[good]], dtype=object)
+    traj_id = pd.Series(np.asarray(acc.record_base, dtype=object)[rec[good]], dtype=object)
     # A traj_id must belong to one mover: records mixing object ids get the id appended.
-    n_ids = kept.groupby(rec[good])["obj_id"].transform("nunique").to_numpy()
-    mixed = n_ids > 1
+    mixed = kept.groupby(rec[good])["obj_id"].transform("nunique").to_numpy() > 1
     if mixed.any():
         traj_id[mixed] = traj_id[mixed] + ":" + kept.loc[mixed, "obj_id"]
     points = pd.DataFrame(
@@ -249,6 +255,7 @@ def _assemble(path, source, kind, records, obj_ids, times, lons, lats, rec_of_po
     bad = ~good
     # Raw text is rebuilt only for rejected points: (record, position in record) -> its tokens.
     pos_in_rec = np.arange(n) - np.searchsorted(rec, rec, side="left")  # rec is non-decreasing
-    raw = [",".join(token_blocks[r][p]) for r, p in zip(rec[bad], pos_in_rec[bad])]
-    quarantine = quarantine_frame(str(path), line_of_rec[rec[bad]], raw, reason[bad], detail[bad])
+    raw = [",".join(acc.blocks[r][p]) for r, p in zip(rec[bad], pos_in_rec[bad])]
+    line = np.asarray(acc.record_line, dtype=np.int64)[rec[bad]]
+    quarantine = quarantine_frame(str(path), line, raw, reason[bad], detail[bad])
     return points, quarantine, n

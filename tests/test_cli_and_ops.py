@@ -1,0 +1,81 @@
+"""The command line, the data root, the stage writer and the library's import hygiene."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from trajfm.cli import _parse_params, main
+from trajfm.quality.params import processed_gate_params
+from trajfm.store import StageWriter, data_root, frame_hash, is_complete, root_identity
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_param_parsing_reads_json_values_and_strings():
+    p = _parse_params(["--epochs", "2", "--preset", "tutorial", "--sources", '["a.traj"]', "--window-params", '{"window": 16}'])
+    assert p == {"epochs": 2, "preset": "tutorial", "sources": ["a.traj"], "window_params": {"window": 16}}
+    with pytest.raises(SystemExit):
+        _parse_params(["epochs", "2"])
+
+
+def test_unknown_flow_is_refused():
+    with pytest.raises(SystemExit):
+        main(["run", "nope"])
+
+
+def test_data_root_follows_argument_then_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAJFM_HOME", str(tmp_path / "env"))
+    assert data_root() == (tmp_path / "env").resolve()
+    assert data_root(tmp_path / "arg") == (tmp_path / "arg").resolve()
+
+
+def test_root_identity_is_stable_and_changes_when_the_root_is_wiped(tmp_path):
+    a = root_identity(tmp_path / "r")
+    assert root_identity(tmp_path / "r") == a
+    import shutil
+
+    shutil.rmtree(tmp_path / "r")
+    assert root_identity(tmp_path / "r") != a
+
+
+def test_stage_writer_is_atomic(tmp_path):
+    df = pd.DataFrame({"a": [1, 2]})
+    with pytest.raises(RuntimeError):
+        with StageWriter(tmp_path, "s", "k") as w:
+            w.write_frame("points", df)
+            raise RuntimeError("crash mid-write")
+    assert not (tmp_path / "s" / "k").exists() and list((tmp_path / "s").iterdir()) == []
+    with StageWriter(tmp_path, "s", "k") as w:
+        w.write_frame("points", df)
+    assert is_complete(tmp_path / "s" / "k")
+    assert json.loads((tmp_path / "s" / "k" / "manifest.json").read_text())["files"]["points"]["hash"] == frame_hash(df)
+
+
+def test_processed_gate_params_follow_the_preprocess_params():
+    manifest = {"params": {"vessel": {"v_max_mps": 30.0, "min_duration_s": 600.0, "interval_s": 60.0},
+                           "person": {"v_max_mps": 50.0, "min_duration_s": 120.0, "interval_s": 10.0}}}
+    assert processed_gate_params(manifest, ["vessel"]) == {"v_max_mps": 30.0, "min_points": 10}
+    assert processed_gate_params(manifest, ["vessel", "person"])["v_max_mps"] == 50.0
+    assert processed_gate_params(manifest, ["vessel"], {"v_max_mps": 1.0})["v_max_mps"] == 1.0
+
+
+def test_library_imports_without_prefect_mlflow_or_gx():
+    code = (
+        "import sys, trajfm, trajfm.data.ingest, trajfm.data.preprocess, trajfm.features.windows, trajfm.train, "
+        "trajfm.evaluate.run, trajfm.registry, trajfm.quality.gate, trajfm.cli\n"
+        "heavy = [m for m in ('prefect', 'mlflow', 'great_expectations') if m in sys.modules]\n"
+        "print(heavy); assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_no_library_module_imports_prefect():
+    offenders = [p for p in (REPO / "trajfm").rglob("*.py") if any(
+        line.lstrip().startswith(("import prefect", "from prefect")) for line in p.read_text().splitlines())]
+    assert offenders == []
