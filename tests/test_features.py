@@ -110,3 +110,17 @@ def test_empty_train_split_is_a_clear_error(tmp_path):
         w.write_frame("points", pts)
     with pytest.raises(ValueError, match="no training windows"):
         make_features(w.final, root=tmp_path, params=WindowParams(min_points=12))
+
+
+def test_global_split_keeps_duplicated_fixes_of_overlapping_sources_in_one_split():
+    # The same vessel reported by two files over the same hour, plus a later file.
+    a = track_frame("x1", 60, -74.0, 40.6, "2020-06-30 00:00", source="coastal")
+    b = track_frame("x2", 60, -74.0, 40.6, "2020-06-30 00:00", source="harbour_hour")
+    later = track_frame("y", 200, -70.0, 41.0, "2020-12-01 00:00", source="december")
+    pts = pd.concat([a, b, later])
+    sets, _ = build_windows(pts, WindowParams(window=16, stride=16, min_points=8))
+    assert not {"x1", "x2"} & set(sets["test"].traj_id)  # the latest period is December only
+    by_source, _ = build_windows(pts, WindowParams(window=16, stride=16, min_points=8, split_by="source"))
+    assert {"x1", "x2"} <= set(by_source["test"].traj_id)  # per-source cuts: each source has a test tail
+    with pytest.raises(ValueError, match="split_by"):
+        build_windows(pts, WindowParams(split_by="nope"))

@@ -138,6 +138,17 @@ def cmd_flows(_args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """``trajfm.bench.<name>.main(out=Path, argv=[...])`` writes JSON + a markdown table."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"trajfm.bench.{args.name}")
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"no benchmark named {args.name!r} (trajfm/bench/{args.name}.py): {exc}")
+    return int(module.main(out=Path(args.out)) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trajfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run one flow: trajfm run FLOW --param value ...")
     run.add_argument("flow", choices=sorted(FLOWS))
     sub.add_parser("flows", help="list flows and their parameters")
+    bench = sub.add_parser("bench", help="run a benchmark: trajfm bench NAME --out FILE.json")
+    bench.add_argument("name", help="a module of trajfm.bench, e.g. preprocess or model")
+    bench.add_argument("--out", required=True, help="JSON results file (a markdown table is written beside it)")
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
         return cmd_run(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return {"demo": cmd_demo, "flows": cmd_flows}[args.command](args)
+    return {"demo": cmd_demo, "flows": cmd_flows, "bench": cmd_bench}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Fixed-length windows of encoded points, split chronologically, with train-only statistics.
 
-Chronological split, per ``source``: the time span of each source is cut at the
-``train_frac`` and ``train_frac + val_frac`` quantiles of its fix times; train is the earliest
-period, test the latest. Trajectories that cross a cut are cut there too, so no window mixes
-periods and nothing from the test period leaks into training. Each piece is encoded on its own
+Chronological split: fix times are cut at their ``train_frac`` and ``train_frac + val_frac``
+quantiles; train is the earliest period, test the latest. ``split_by="global"`` (default) uses one
+pair of cut times for all data, so a fix seen twice (the same vessel in two overlapping source
+files) always lands in the same split; ``split_by="source"`` cuts each source's own span (every
+source then contributes to test, but overlapping sources can leak across splits). Trajectories
+that cross a cut are cut there too, so no window mixes periods. Each piece is encoded on its own
 (its first point has zero displacement) and cut into windows of ``window`` points every
 ``stride`` points; a piece shorter than one window (but with at least ``min_points``) becomes one
 window padded at the end, and ``mask`` marks the real points.
@@ -75,15 +77,18 @@ class WindowParams:
     min_points: int = 12  # shortest piece kept (padded to a full window)
     train_frac: float = 0.7
     val_frac: float = 0.15
+    split_by: str = "global"  # "global": one set of cut times; "source": cut each source's span
     extra: dict = field(default_factory=dict)
 
 
-def split_periods(points: pd.DataFrame, train_frac: float, val_frac: float) -> pd.Series:
-    """Label each fix 'train' / 'val' / 'test' by time quantiles within its source."""
+def split_periods(points: pd.DataFrame, train_frac: float, val_frac: float, split_by: str = "global") -> pd.Series:
+    """Label each fix 'train' / 'val' / 'test' by time quantiles (of all fixes, or per source)."""
     if not 0 < train_frac < 1 or not 0 <= val_frac < 1 - train_frac:
         raise ValueError(f"need 0 < train_frac < 1 and 0 <= val_frac < 1 - train_frac, got {train_frac}, {val_frac}")
     t = time_ns(points["t"])  # exact int64 ns, never float seconds
-    source = points["source"].astype(str).to_numpy()
+    if split_by not in ("global", "source"):
+        raise ValueError(f"split_by must be 'global' or 'source', got {split_by!r}")
+    source = points["source"].astype(str).to_numpy() if split_by == "source" else np.zeros(len(points), dtype=object)
     period = np.full(len(points), "train", dtype=object)
     for src in np.unique(source):
         rows = np.flatnonzero(source == src)
@@ -107,7 +112,7 @@ def _windows_of_piece(n: int, window: int, stride: int) -> list[tuple[int, int]]
 def build_windows(points: pd.DataFrame, params: WindowParams) -> tuple[dict[str, WindowSet], dict]:
     """Cut processed points (canonical schema) into windows per split; returns sets and counts."""
     points = points.sort_values(["traj_id", "t"], kind="stable").reset_index(drop=True)
-    period = split_periods(points, params.train_frac, params.val_frac)
+    period = split_periods(points, params.train_frac, params.val_frac, params.split_by)
     buckets: dict[str, list] = {s: [] for s in SPLITS}
     counts = {s: {"pieces": 0, "pieces_too_short": 0, "points_too_short": 0, "windows": 0} for s in SPLITS}
     L = params.window
