@@ -48,6 +48,15 @@ def vessel_track(rng: np.random.Generator, n: int, lon0: float = -74.02, lat0: f
     return lon, lat, t_ns.astype(np.int64)
 
 
+def straight_track(n: int, east_m: float, north_m: float, dt_ns: int, lon0=-74.0, lat0=40.6, t0_ns=T0_NS):
+    """Constant step in the local tangent plane and a constant time gap (int64 ns)."""
+    lon, lat = np.empty(n), np.empty(n)
+    lon[0], lat[0] = lon0, lat0
+    for i in range(1, n):
+        lon[i], lat[i] = offset_lonlat(lon[i - 1], lat[i - 1], east_m, north_m)
+    return lon, lat, t0_ns + dt_ns * np.arange(n, dtype=np.int64)
+
+
 def windows_from_tracks(tracks: list[tuple], window: int, stride: int | None = None) -> WindowSet:
     """Encode each (traj_id, lon, lat, t_ns) whole and cut windows, padding short ones at the end."""
     stride = stride or window

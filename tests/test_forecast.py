@@ -10,22 +10,13 @@ import pytest
 import torch
 
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import T0_NS, make_windows, stats_of, track_frame, vessel_track, windows_from_tracks
+from synthetic_tracks import T0_NS, make_windows, stats_of, straight_track, track_frame, vessel_track, windows_from_tracks
 from trajfm.evaluate import constant_velocity, evaluate_forecast, forecast_points, rollout
 from trajfm.evaluate.forecast import forecastable
 from trajfm.geo import haversine_m, offset_lonlat
 from trajfm.model import GPTConfig, TrajGPT
 
 NS = 1_000_000_000
-
-
-def straight_track(n: int, east_m: float, north_m: float, dt_ns: int, lon0=-74.0, lat0=40.6, t0_ns=T0_NS):
-    """Constant step in the local tangent plane and a constant time gap (int64 ns)."""
-    lon, lat = np.empty(n), np.empty(n)
-    lon[0], lat[0] = lon0, lat0
-    for i in range(1, n):
-        lon[i], lat[i] = offset_lonlat(lon[i - 1], lat[i - 1], east_m, north_m)
-    return lon, lat, t0_ns + dt_ns * np.arange(n, dtype=np.int64)
 
 
 def oracle_model(east_m: float, north_m: float, dt_s: float, block_size: int = 32) -> TrajGPT:

@@ -48,7 +48,9 @@ def test_ingest_accounts_for_every_row(tmp_path, sources):
     assert sum(f["rows_read"] for f in m["per_file"].values()) == m["rows_read"]
     assert m["files"]["points"]["rows"] == m["rows_kept"]
     assert m["files"]["quarantine"]["rows"] == m["rows_quarantined"]
-    assert len(m["sources"]) == 2 and m["params"]["kind"] == "vessel"
+    # kind=None: each format's default kind (vessel for AIS), recorded per file.
+    assert len(m["sources"]) == 2 and m["params"]["kind"] is None
+    assert m["per_file"]["broken.traj"]["kinds"] == ["vessel"]
 
     summary = read_ingest_summary(out)
     assert isinstance(summary, IngestSummary)

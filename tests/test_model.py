@@ -11,7 +11,7 @@ import torch
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from synthetic_tracks import make_windows, stats_of
 from trajfm.features.encode import N_FEATURES, N_TARGETS
-from trajfm.model import GPTConfig, TrajGPT, list_presets, load_model, load_preset, save_checkpoint
+from trajfm.model import GPTConfig, TrajGPT, describe_presets, list_presets, load_model, load_preset, save_checkpoint
 from trajfm.model.checkpoint import load_checkpoint
 
 SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)
@@ -39,10 +39,18 @@ def batch(ws, idx=slice(None)):
 
 
 def test_presets_are_listed_and_load():
-    assert {"tutorial", "trajgpt2-small"} <= set(list_presets())
+    assert {"tutorial", "trajgpt2-small", "trajfm-rope", "timesfm-patch"} <= set(list_presets())
+    assert set(describe_presets()) == set(list_presets()) and all(describe_presets().values())
     tut = load_preset("tutorial")
     assert (tut.n_layer, tut.n_head, tut.d_model, tut.block_size) == (2, 4, 96, 64)
     assert (tut.n_features, tut.n_targets) == (N_FEATURES, N_TARGETS)
+    assert (tut.position, tut.head, tut.patch_in, tut.patch_out) == ("learned", "mse", 1, 1)
+    assert (tut.space_encoding, tut.time_encoding, tut.n_kinds) == ("none", "none", 0)
+    assert tut == GPTConfig(**{**GPTConfig().to_dict(), "n_layer": 2, "n_head": 4, "d_model": 96})  # the defaults
+    rope = load_preset("trajfm-rope")
+    assert (rope.position, rope.head) == ("st-rope", "mixture")
+    patch = load_preset("timesfm-patch")
+    assert patch.patch_out > patch.patch_in > 1
     small = load_preset("trajgpt2-small")
     assert small.n_layer >= tut.n_layer and small.d_model >= tut.d_model
     assert load_preset("tutorial", dropout=0.0, block_size=16).block_size == 16
@@ -58,6 +66,12 @@ def test_bad_overrides_and_configs_are_rejected():
         load_preset("tutorial", n_layers=3)
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(d_model=30, n_head=4)
+    with pytest.raises(ValueError, match="position must be one of"):
+        GPTConfig(position="alibi")
+    with pytest.raises(ValueError, match="multiple of patch_in"):
+        GPTConfig(block_size=30, patch_in=4)
+    with pytest.raises(ValueError, match="even head size"):
+        GPTConfig(d_model=36, n_head=4, position="rope")
 
 
 def test_preset_from_json_path(tmp_path):
@@ -134,6 +148,44 @@ def test_padding_never_changes_real_outputs_or_loss(model, windows):
         for i, n in enumerate(n_real.tolist()):
             alone = model(x[i : i + 1, :n], mask[i : i + 1, :n])
             torch.testing.assert_close(alone[0], ref[i, :n], rtol=1e-5, atol=1e-5)
+
+
+VARIANTS = [
+    dict(position="rope"),
+    dict(position="st-rope", head="mixture", n_mixture=3),
+    dict(time_encoding="time2vec", space_encoding="sinusoidal", n_kinds=2),
+    dict(patch_in=4, patch_out=8, position="st-rope", time_encoding="time2vec"),
+]
+
+
+@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: "+".join(f"{k}={v}" for k, v in o.items()))
+def test_every_variant_is_causal_and_blind_to_padding(options, windows):
+    """NaN or garbage in padded points (features and lon/lat) never reaches a real output."""
+    torch.manual_seed(0)
+    m = TrajGPT(GPTConfig(**{**SMALL, **options}))
+    st = stats_of(windows)
+    m.set_normalization(st["mean"], st["std"])
+    m.eval()
+    full = np.flatnonzero(windows.mask.all(axis=1))[:3]
+    x, mask = batch(windows, full)
+    lonlat = torch.from_numpy(np.stack([windows.lon[full], windows.lat[full]], axis=-1))
+    mask = mask.clone()
+    mask[1, 20:] = False
+    mask[2, 9:] = False
+    nan_x, nan_ll = x.clone(), lonlat.clone()
+    nan_x[~mask], nan_ll[~mask] = float("nan"), float("nan")
+    P = m.config.patch_in
+    with torch.no_grad():
+        ref = m(x, mask, lonlat=lonlat)
+        out = m(nan_x, mask, lonlat=nan_ll)
+        real_tokens = mask[:, P - 1 :: P]
+        assert torch.equal(out[real_tokens], ref[real_tokens]) and torch.isfinite(out).all()
+        assert m.loss(nan_x, mask, lonlat=nan_ll) == m.loss(x, mask, lonlat=lonlat)
+        later = x.clone()
+        later[:, 16:] = torch.randn_like(later[:, 16:]) * 300  # points 16.. change: tokens before stay
+        out2 = m(later, mask, lonlat=lonlat)
+        n_before = 16 // P
+        assert torch.equal(out2[:, :n_before], ref[:, :n_before])
 
 
 def test_loss_counts_only_real_consecutive_pairs(model, windows):
@@ -236,3 +288,37 @@ def test_checkpoint_rejects_unsafe_extra_and_foreign_files(model, tmp_path):
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a trajfm checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("preset", ["tutorial", "trajgpt2-small", "trajfm-rope", "timesfm-patch"])
+def test_every_preset_trains_a_step_and_round_trips_weights_only(preset, windows, tmp_path):
+    cfg = load_preset(preset, block_size=32, dropout=0.0)
+    torch.manual_seed(0)
+    m = TrajGPT(cfg)
+    st = stats_of(windows)
+    m.set_normalization(st["mean"], st["std"])
+    x, mask = batch(windows)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    loss = m.loss(x, mask)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    loaded = load_model(save_checkpoint(tmp_path / "m.pt", m.eval()))
+    assert loaded.config == cfg
+    with torch.no_grad():
+        assert torch.equal(loaded.predict(x, mask), m.predict(x, mask))
+        assert loaded.predict(x, mask).shape == (len(windows), cfg.patch_out, N_TARGETS)
+
+
+def test_checkpoints_written_before_the_new_options_still_load(model, windows, tmp_path):
+    """A config dict without the fields added for positions/heads/patching/encodings."""
+    path = save_checkpoint(tmp_path / "old.pt", model)
+    ckpt = torch.load(path, weights_only=True)
+    old_fields = {"n_layer", "n_head", "d_model", "block_size", "dropout", "bias", "n_features", "n_targets"}
+    ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k in old_fields}
+    assert set(ckpt["model"]) == set(model.state_dict())
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    x, mask = batch(windows, slice(0, 3))
+    with torch.no_grad():
+        assert torch.equal(loaded(x, mask), model(x, mask))

@@ -100,6 +100,11 @@ def _tensors(ws: WindowSet, block_size: int, n_features: int) -> tuple[torch.Ten
     return x, mask
 
 
+def _lonlat(ws: WindowSet, block_size: int) -> torch.Tensor:
+    """(N, L', 2) float64 (lon, lat) degrees, for models that encode absolute position."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack([ws.lon, ws.lat], axis=-1)[:, :block_size], dtype=np.float64))
+
+
 def _fingerprint(x: torch.Tensor, mask: torch.Tensor) -> str:
     h = hashlib.sha256(str(tuple(x.shape)).encode())
     h.update(x.numpy().tobytes())
@@ -136,16 +141,21 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate_loss(model: TrajGPT, x: torch.Tensor, mask: torch.Tensor, batch_size: int, device: torch.device) -> float:
-    """Mean next-point MSE (normalized units) over all real consecutive pairs of a dataset."""
+def evaluate_loss(
+    model: TrajGPT, x: torch.Tensor, mask: torch.Tensor, batch_size: int, device: torch.device, lonlat: torch.Tensor | None = None
+) -> float:
+    """Mean next-point loss (``model.loss``: MSE in normalized units, or mixture NLL) over a
+    dataset, each batch weighted by its real consecutive pairs. ``lonlat`` (N, L, 2) degrees
+    only for models that encode absolute position."""
     was_training = model.training
     model.eval()
     total, pairs = 0.0, 0
     for i in range(0, len(x), batch_size):
         xb, mb = x[i : i + batch_size].to(device), mask[i : i + batch_size].to(device)
+        lb = None if lonlat is None else lonlat[i : i + batch_size].to(device)
         n = int((mb[:, :-1] & mb[:, 1:]).sum())
         if n:
-            total += float(model.loss(xb, mb)) * n
+            total += float(model.loss(xb, mb, lonlat=lb)) * n
             pairs += n
     model.train(was_training)
     return total / pairs if pairs else float("nan")
@@ -182,6 +192,9 @@ def train(
         vx, vmask = _tensors(val, model_config.block_size, model_config.n_features)
     else:
         vx = vmask = None
+    spatial = model_config.space_encoding != "none"  # the model reads absolute (lon, lat)
+    lonlat = _lonlat(train, model_config.block_size) if spatial else None
+    vlonlat = _lonlat(val, model_config.block_size) if spatial and vx is not None else None
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total_steps = planned_steps(len(x), cfg)
 
@@ -238,8 +251,9 @@ def train(
             order, order_epoch = _epoch_order(cfg.seed, epoch, len(x)), epoch
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         xb, mb = x[idx].to(device, non_blocking=True), mask[idx].to(device, non_blocking=True)
+        lb = lonlat[idx].to(device, non_blocking=True) if lonlat is not None else None
 
-        loss = model.loss(xb, mb)
+        loss = model.loss(xb, mb, lonlat=lb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -258,7 +272,7 @@ def train(
         epoch_done = step % steps_per_epoch == 0 or step == total_steps
         if epoch_done:
             acc["seconds"] += time.perf_counter() - t0
-            val_loss = evaluate_loss(model, vx, vmask, cfg.batch_size, device) if vx is not None else None
+            val_loss = evaluate_loss(model, vx, vmask, cfg.batch_size, device, vlonlat) if vx is not None else None
             record = {
                 "epoch": epoch + 1,
                 "step": step,

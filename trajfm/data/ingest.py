@@ -1,34 +1,48 @@
 """Ingest: read raw source files into one canonical points table plus one quarantine table.
 
-``ingest(sources, root)`` writes ``<root>/ingest/<key>/`` with
+``ingest(sources, root, params)`` writes ``<root>/ingest/<key>/`` with
 
 - ``points.parquet``: canonical points (``schema.to_canonical``: lon/lat WGS84 degrees, ``t``
   ``datetime64[ns, UTC]``), sorted by ``traj_id, t`` (ties keep file order);
 - ``quarantine.parquet``: ``file, line, raw, reason, detail`` for every rejected row;
 - ``manifest.json``: ``rows_read == rows_kept + rows_quarantined``, counts by reason and per file,
-  the source fingerprints and parameters.
+  the source fingerprints, the parameters, and the sources a directory scan skipped (and why).
 
-``key`` hashes the files' fingerprints (path, size, mtime) and the parameters, so re-ingesting
-unchanged files returns the existing directory without reading anything.
+Sources: files, directories (searched recursively for the formats' extensions), glob patterns
+(``data/**/*.plt``) and fsspec URLs (``memory://...``, ``s3://...``, ``file://...``), in any mix.
+
+Bounded memory: files are read in chunks (``chunk_rows`` lines); points are held in memory up to
+``memory_rows`` rows, then spilled to disk as sorted runs and merged into ``points.parquet`` in
+batches, so the output (byte-for-byte the same rows and content hash) does not depend on how
+much fits in memory. Quarantined rows are written as they come.
+
+``key`` hashes the files' fingerprints (path, size, modification time or ETag) and the
+parameters that change the output (not the memory knobs), so re-ingesting unchanged files returns
+the existing directory without reading anything.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from trajfm.data.readers import READERS, ReadResult, read_file
-from trajfm.data.readers.base import empty_quarantine
-from trajfm.data.schema import empty_points, to_canonical
+from trajfm.data.readers import READERS, SourceFile, detect_format, known_extensions
+from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, empty_quarantine
+from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, empty_points, to_canonical
 from trajfm.store import (
     SCHEMA_VERSION,
     StageWriter,
     data_root,
     file_fingerprint,
+    frame_hash,
     is_complete,
     read_manifest,
     stable_hash,
@@ -36,9 +50,22 @@ from trajfm.store import (
 )
 
 STAGE = "ingest"
-INGEST_VERSION = 1  # bump when reader behaviour changes, so cached outputs are not reused
-DEFAULT_PARAMS = {"kind": "vessel", "format": None}
-SOURCE_SUFFIXES = (".traj", ".csv")  # files picked up when a source is a directory
+INGEST_VERSION = 2  # bump when reader behaviour changes, so cached outputs are not reused
+# Parameters that shape the output (all in the cache key). None: the format's default / not used.
+DEFAULT_PARAMS = {
+    "kind": None,  # mover kind for every point (default: the format's, e.g. vessel for AIS)
+    "format": None,  # force one reader for all files (default: detected per file)
+    "source": None,  # the `source` tag (default: the format's, e.g. the file stem or "geolife")
+    "columns": None,  # generic: canonical name -> file column
+    "timezone": None,  # generic / tdrive: zone of naive times
+    "time_format": None,  # generic: auto, epoch_s, epoch_ms, ... or a strftime pattern
+    "delimiter": None,  # generic CSV
+}
+READER_OPTIONS = ("columns", "timezone", "time_format", "delimiter")
+DEFAULT_MEMORY_ROWS = 2_000_000  # points held in memory before sorted runs are spilled to disk
+# Memory knobs: accepted in params, never in the cache key (the output does not depend on them).
+PERFORMANCE_PARAMS = {"chunk_rows": DEFAULT_CHUNK_ROWS, "chunk_bytes": DEFAULT_CHUNK_BYTES, "memory_rows": DEFAULT_MEMORY_ROWS}
+_GLOB_CHARS = set("*?[")
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,7 @@ class IngestSummary:
     n_objects: int
     params: dict = field(default_factory=dict)
     sources: list[dict] = field(default_factory=list)
+    skipped_sources: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> "IngestSummary":
@@ -72,6 +100,7 @@ class IngestSummary:
             n_objects=m["n_objects"],
             params=m["params"],
             sources=m["sources"],
+            skipped_sources=m.get("skipped_sources", []),
         )
 
 
@@ -90,54 +119,173 @@ def load_quarantine(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_parquet(Path(path) / "quarantine.parquet")
 
 
-def resolve_sources(sources: list[str | os.PathLike] | str | os.PathLike) -> list[Path]:
-    """Absolute, de-duplicated, sorted file paths; a directory contributes its .traj/.csv files.
+# ---------------------------------------------------------------------------------------------
+# Sources
 
-    Sorting makes the output and the cache key independent of the order sources are given in.
-    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` when two files share a
-    stem (the stem is the ``source`` name and prefixes every ``traj_id``, so it must be unique).
+
+@dataclass(frozen=True)
+class Source:
+    """One file to read and the reader chosen for it."""
+
+    file: SourceFile
+    format: str
+
+
+def _scan_suffix_ok(url: str, extensions: tuple[str, ...]) -> bool:
+    return SourceFile.of(url).suffix in extensions and not os.path.basename(url.rstrip("/")).startswith(".")
+
+
+def _expand(src: str | os.PathLike, extensions: tuple[str, ...]) -> tuple[list[str], bool]:
+    """Files named by one source: ``(urls, scanned)``; ``scanned`` when it was a directory or glob."""
+    file = SourceFile.of(src)
+    text = file.url
+    has_glob = any(c in text for c in _GLOB_CHARS)
+    if file.is_local:
+        local = os.path.expanduser(text)
+        if has_glob:
+            found = [p for p in glob.glob(local, recursive=True) if os.path.isfile(p)]
+            if not found:
+                raise FileNotFoundError(f"ingest source matches no files: {src}")
+            return [str(Path(p).resolve()) for p in found if _scan_suffix_ok(p, extensions)], True
+        path = Path(local).resolve()
+        if path.is_dir():
+            found = [str(p) for p in path.rglob("*") if p.is_file() and _scan_suffix_ok(str(p), extensions)]
+            return found, True
+        if path.is_file():
+            return [str(path)], False
+        raise FileNotFoundError(f"ingest source not found: {src}")
+
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(text)
+    if has_glob:
+        found = [p for p in fs.glob(path) if fs.isfile(p)]
+        if not found:
+            raise FileNotFoundError(f"ingest source matches no files: {src}")
+        return [fs.unstrip_protocol(p) for p in found if _scan_suffix_ok(p, extensions)], True
+    if fs.isdir(path):
+        return [fs.unstrip_protocol(p) for p in fs.find(path) if _scan_suffix_ok(p, extensions)], True
+    if fs.isfile(path):
+        return [text], False
+    raise FileNotFoundError(f"ingest source not found: {src}")
+
+
+def resolve_sources(
+    sources: list[str | os.PathLike] | str | os.PathLike, format: str | None = None
+) -> tuple[list[Source], list[dict]]:
+    """The files to read, sorted and de-duplicated, each with its reader; plus the skipped ones.
+
+    A directory or glob contributes its files with the extensions of ``format`` (of every format
+    when ``None``, see ``readers.known_extensions``); those whose format cannot be detected are
+    skipped and listed (``{"path", "why"}``), never read half-way. A file named directly must be
+    readable: an unknown format raises ``ValueError``. Sorting makes the output and the cache key
+    independent of the order sources are given in.
+
+    Raises ``FileNotFoundError`` for a missing path or an empty glob, and ``ValueError`` when two
+    files would share ``traj_id`` values (same name in the same format, see ``Format.namespace``)
+    or when nothing readable is left.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    paths: set[Path] = set()
+    extensions = known_extensions(format)
+    scanned: set[str] = set()
+    named: set[str] = set()
     for src in sources:
-        p = Path(src).expanduser().resolve()
-        if p.is_dir():
-            paths.update(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SOURCE_SUFFIXES)
-        elif p.is_file():
-            paths.add(p)
-        else:
-            raise FileNotFoundError(f"ingest source not found: {src}")
-    ordered = sorted(paths, key=str)
-    stems: dict[str, Path] = {}
-    for p in ordered:
-        if p.stem in stems:
-            raise ValueError(f"two sources share the name {p.stem!r}: {stems[p.stem]} and {p}")
-        stems[p.stem] = p
-    return ordered
+        urls, from_scan = _expand(src, extensions)
+        (scanned if from_scan else named).update(urls)
+    chosen: list[Source] = []
+    skipped: list[dict] = []
+    for url in sorted(scanned | named):
+        if format is not None:
+            chosen.append(Source(SourceFile.of(url), format))
+            continue
+        try:
+            chosen.append(Source(SourceFile.of(url), detect_format(url)))
+        except ValueError as exc:
+            if url in named:
+                raise
+            skipped.append({"path": url, "why": str(exc)})
+    if not chosen and skipped:
+        raise ValueError(f"no readable files among the sources; skipped: {skipped[:5]}")
+    owners: dict[tuple[str, str], str] = {}
+    for s in chosen:
+        space = (s.format, READERS[s.format].traj_namespace(s.file))
+        if space in owners:
+            raise ValueError(
+                f"two sources share the name {space[1]!r} ({s.format}): {owners[space]} and {s.file} "
+                f"(their traj_ids would collide)"
+            )
+        owners[space] = s.file.url
+    return chosen, skipped
+
+
+def fingerprint(file: SourceFile) -> dict:
+    """Identity of an input file for cache keys: path, size and modification time (or ETag)."""
+    if file.is_local:
+        return file_fingerprint(file.url)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(file.url)
+    info = fs.info(path)
+    out = {"path": file.url, "size": info.get("size")}
+    for k in ("mtime", "LastModified", "last_modified", "ETag", "etag", "md5", "generation", "created"):
+        if k in info:
+            out[k] = str(info[k])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters and key
 
 
 def _check_params(params: dict | None) -> dict:
-    merged = {**DEFAULT_PARAMS, **(params or {})}
-    unknown = set(merged) - set(DEFAULT_PARAMS)
+    given = dict(params or {})
+    unknown = set(given) - set(DEFAULT_PARAMS) - set(PERFORMANCE_PARAMS)
     if unknown:
-        raise ValueError(f"unknown ingest params {sorted(unknown)}; known: {sorted(DEFAULT_PARAMS)}")
+        raise ValueError(
+            f"unknown ingest params {sorted(unknown)}; known: {sorted(DEFAULT_PARAMS) + sorted(PERFORMANCE_PARAMS)}"
+        )
+    merged = {**DEFAULT_PARAMS, **PERFORMANCE_PARAMS, **given}
     if merged["format"] is not None and merged["format"] not in READERS:
         raise ValueError(f"unknown format {merged['format']!r}; known: {sorted(READERS)}")
+    for name in PERFORMANCE_PARAMS:
+        if not isinstance(merged[name], int) or merged[name] < 1:
+            raise ValueError(f"{name} must be a positive integer, got {merged[name]!r}")
     return merged
 
 
-def ingest_key(paths: list[Path], params: dict) -> str:
-    """Cache key: input file fingerprints, parameters, reader and schema versions."""
+def _output_params(params: dict) -> dict:
+    return {k: params[k] for k in DEFAULT_PARAMS}
+
+
+def _reader_options(params: dict, source: Source) -> dict:
+    """The options passed to the reader of ``source`` (``None`` ones are left to its defaults)."""
+    options = {k: params[k] for k in READER_OPTIONS if params[k] is not None}
+    try:
+        READERS[source.format].check_options(options)
+    except ValueError as exc:
+        raise ValueError(f"{source.file}: {exc}") from None
+    return options
+
+
+def ingest_key(files: list[Source] | list[Path], params: dict) -> str:
+    """Cache key: input file fingerprints, output-shaping parameters, reader and schema versions."""
+    prints = [fingerprint(f.file if isinstance(f, Source) else SourceFile.of(f)) for f in files]
+    formats = [f.format for f in files if isinstance(f, Source)]
     return stable_hash(
         {
             "stage": STAGE,
             "version": INGEST_VERSION,
             "schema_version": SCHEMA_VERSION,
-            "files": [file_fingerprint(p) for p in paths],
-            "params": params,
+            "files": prints,
+            "formats": formats,
+            "params": {k: params.get(k) for k in DEFAULT_PARAMS},
         }
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
 
 
 def ingest(
@@ -147,76 +295,328 @@ def ingest(
 ) -> Path:
     """Read every source file and write the ``ingest`` stage; returns its directory.
 
-    ``params``: ``kind`` (mover kind written to every point, default ``"vessel"``) and ``format``
-    (force a reader for all files; default ``None`` detects per file). A complete directory for
-    the same key is returned as is.
+    ``params`` (all optional): ``kind`` (mover kind of every point; default the format's),
+    ``format`` (force one reader; default detected per file), ``source`` (the ``source`` tag),
+    the generic reader's ``columns``, ``timezone``, ``time_format``, ``delimiter`` (``timezone``
+    also for tdrive), and the memory knobs ``chunk_rows`` (lines read at once), ``chunk_bytes``,
+    ``memory_rows`` (points held before spilling sorted runs to disk), which do not change the
+    output or the key. A complete directory for the same key is returned as is.
     """
     params = _check_params(params)
-    paths = resolve_sources(sources)
+    files, skipped = resolve_sources(sources, params["format"])
+    options = {s.file.url: _reader_options(params, s) for s in files}  # fails before any reading
     root = data_root(root)
-    key = ingest_key(paths, params)
+    key = ingest_key(files, params)
     out = stage_dir(root, STAGE, key)
     if is_complete(out):
         return out
 
     started = time.perf_counter()
-    results = [read_file(p, format=params["format"], kind=params["kind"]) for p in paths]
-    points = _combine_points(results)
-    quarantine = _combine_quarantine(results)
-    rows_read = sum(r.rows_read for r in results)
-    if rows_read != len(points) + len(quarantine):
-        raise AssertionError(f"ingest lost rows: read {rows_read}, kept {len(points)}, quarantined {len(quarantine)}")
-
+    names = _display_names([s.file for s in files])
+    per_file: dict[str, dict] = {}
     with StageWriter(root, STAGE, key) as writer:
-        writer.write_frame("points", points)
-        writer.write_frame("quarantine", quarantine)
+        spill = writer.path / "_spill"
+        points = _PointSink(spill, params["memory_rows"])
+        quarantine = _QuarantineSink(writer.path / "quarantine.parquet")
+        try:
+            for s in files:
+                per_file[names[s.file.url]] = _read_one(s, params, options[s.file.url], points, quarantine)
+            rows_read = sum(f["rows_read"] for f in per_file.values())
+            points_info = points.finish(writer.path / "points.parquet")
+            quarantine_info = quarantine.finish()
+        finally:
+            points.close()
+            quarantine.close()
+            shutil.rmtree(spill, ignore_errors=True)
+        kept, quarantined = points_info["rows"], quarantine_info["rows"]
+        if rows_read != kept + quarantined:
+            raise AssertionError(f"ingest lost rows: read {rows_read}, kept {kept}, quarantined {quarantined}")
+        elapsed = time.perf_counter() - started
+        writer.manifest["files"]["points"] = {"rows": kept, "hash": points_info["hash"]}
+        writer.manifest["files"]["quarantine"] = {"rows": quarantined, "hash": quarantine_info["hash"]}
         writer.manifest.update(
             rows_read=int(rows_read),
-            rows_kept=int(len(points)),
-            rows_quarantined=int(len(quarantine)),
-            quarantined_by_reason=_count_reasons(quarantine),
-            per_file={r.path.name: _file_counts(r) for r in results},
-            n_trajectories=int(points["traj_id"].nunique()),
-            n_objects=int(points["obj_id"].nunique()),
-            t_min=str(points["t"].min()) if len(points) else None,
-            t_max=str(points["t"].max()) if len(points) else None,
-            sources=[file_fingerprint(p) for p in paths],
-            params=params,
-            elapsed_s=round(time.perf_counter() - started, 3),
+            rows_kept=int(kept),
+            rows_quarantined=int(quarantined),
+            quarantined_by_reason=quarantine_info["by_reason"],
+            per_file=per_file,
+            n_trajectories=points_info["n_trajectories"],
+            n_objects=points_info["n_objects"],
+            t_min=points_info["t_min"],
+            t_max=points_info["t_max"],
+            time_reversals=int(sum(f["time_reversals"] for f in per_file.values())),
+            sources=[fingerprint(s.file) for s in files],
+            skipped_sources=skipped,
+            params=_output_params(params),
+            performance={k: params[k] for k in PERFORMANCE_PARAMS} | {"spilled_runs": points_info["runs"]},
+            elapsed_s=round(elapsed, 3),
+            rows_per_s=int(rows_read / elapsed) if elapsed > 0 else None,
         )
     return writer.final
 
 
-def _combine_points(results: list[ReadResult]) -> pd.DataFrame:
-    frames = [r.points for r in results if len(r.points)]
-    if not frames:
-        return to_canonical(empty_points())
-    points = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    points = to_canonical(points)
-    # Stable sort: fixes of one track at the same instant keep their file order.
-    return points.sort_values(["traj_id", "t"], kind="stable", ignore_index=True)
-
-
-def _combine_quarantine(results: list[ReadResult]) -> pd.DataFrame:
-    frames = [r.quarantine for r in results if len(r.quarantine)]
-    if not frames:
-        return empty_quarantine()
-    return pd.concat(frames, ignore_index=True)
-
-
-def _count_reasons(quarantine: pd.DataFrame) -> dict[str, int]:
-    if quarantine.empty:
-        return {}
-    return {str(k): int(v) for k, v in sorted(quarantine["reason"].value_counts().items())}
-
-
-def _file_counts(result: ReadResult) -> dict:
+def _read_one(source: Source, params: dict, options: dict, points: "_PointSink", quarantine: "_QuarantineSink") -> dict:
+    """Stream one file into the sinks; returns its counts."""
+    fmt = READERS[source.format]
+    counts = {"rows_read": 0, "rows_kept": 0, "rows_quarantined": 0, "time_reversals": 0}
+    by_reason: dict[str, int] = {}
+    notes: list[str] = []
+    kind = None
+    for chunk in fmt.chunks(
+        source.file,
+        kind=params["kind"],
+        source=params["source"],
+        chunk_rows=params["chunk_rows"],
+        chunk_bytes=params["chunk_bytes"],
+        **options,
+    ):
+        points.add(chunk.points)
+        quarantine.add(chunk.quarantine)
+        counts["rows_read"] += chunk.rows_read
+        counts["rows_kept"] += chunk.rows_kept
+        counts["rows_quarantined"] += chunk.rows_quarantined
+        counts["time_reversals"] += chunk.time_reversals
+        for reason, n in chunk.quarantined_by_reason().items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+        notes.extend(chunk.notes[: max(0, 20 - len(notes))])
+        if kind is None and len(chunk.points):
+            kind = sorted(str(k) for k in chunk.points["kind"].unique())
     return {
-        "path": str(result.path),
-        "format": result.format,
-        "rows_read": result.rows_read,
-        "rows_kept": result.rows_kept,
-        "rows_quarantined": result.rows_quarantined,
-        "quarantined_by_reason": result.quarantined_by_reason(),
-        "notes": result.notes[:20],
+        "path": source.file.url,
+        "format": source.format,
+        **counts,
+        "quarantined_by_reason": dict(sorted(by_reason.items())),
+        "kinds": kind or [],
+        "notes": notes,
     }
+
+
+def _display_names(files: list[SourceFile]) -> dict[str, str]:
+    """Per-file manifest keys: the file name, with as many parent folders as make it unique."""
+    parts = {f.url: f.url.replace("\\", "/").rstrip("/").split("/") for f in files}
+    depth = 1
+    while True:
+        names = {url: "/".join(p[-depth:]) for url, p in parts.items()}
+        if len(set(names.values())) == len(names) or depth > max((len(p) for p in parts.values()), default=1):
+            return names
+        depth += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinks: where chunks go
+
+
+def _hash_rows(h, df: pd.DataFrame) -> None:
+    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+
+
+class _QuarantineSink:
+    """Appends quarantine chunks to a Parquet file as they come (file order)."""
+
+    def __init__(self, path: Path):
+        import pyarrow as pa
+
+        self.path = path
+        self.template = empty_quarantine()
+        self.schema = pa.Schema.from_pandas(self.template, preserve_index=False)
+        self.writer = None
+        self.rows = 0
+        self.by_reason: dict[str, int] = {}
+        self.hash = hashlib.sha256(",".join(self.template.columns).encode())
+
+    def add(self, q: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not len(q):
+            return
+        q = q[self.template.columns].astype(self.template.dtypes.to_dict()).reset_index(drop=True)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, self.schema)
+        self.writer.write_table(pa.Table.from_pandas(q, schema=self.schema, preserve_index=False))
+        _hash_rows(self.hash, q)
+        self.rows += len(q)
+        for reason, n in q["reason"].value_counts().items():
+            self.by_reason[str(reason)] = self.by_reason.get(str(reason), 0) + int(n)
+
+    def finish(self) -> dict:
+        if self.writer is None:
+            self.template.to_parquet(self.path, index=False)
+        self.close()
+        return {"rows": self.rows, "hash": self.hash.hexdigest()[:16], "by_reason": dict(sorted(self.by_reason.items()))}
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class _PointSink:
+    """Collects canonical point chunks and writes them sorted by ``traj_id, t`` (ties: file order).
+
+    Up to ``memory_rows`` points stay in memory; beyond, each batch is sorted and spilled to disk
+    as a run, and ``finish`` merges the runs batch by batch (a k-way merge: each step emits every
+    buffered row not after the smallest of the buffers' last keys). Memory: about
+    ``memory_rows`` points either way. Same rows, order, dtypes and content hash as sorting
+    everything at once.
+    """
+
+    def __init__(self, spill_dir: Path, memory_rows: int):
+        self.spill_dir = spill_dir
+        self.memory_rows = memory_rows
+        self.frames: list[pd.DataFrame] = []
+        self.in_memory = 0
+        self.runs: list[Path] = []
+        self.seq = 0
+        self.objects: set[str] = set()
+        self.kinds: set[str] = set()
+        self.sources: set[str] = set()
+        self.optional: set[str] = set()
+        self.t_min = self.t_max = None
+        self.writer = None
+
+    def add(self, points: pd.DataFrame) -> None:
+        if not len(points):
+            return
+        p = to_canonical(points)
+        p["_seq"] = np.arange(self.seq, self.seq + len(p), dtype=np.int64)
+        self.seq += len(p)
+        self.objects.update(p["obj_id"].unique().tolist())
+        self.kinds.update(str(k) for k in p["kind"].cat.categories)
+        self.sources.update(str(s) for s in p["source"].cat.categories)
+        self.optional.update(c for c in OPTIONAL_COLUMNS if c in p.columns)
+        lo, hi = p["t"].min(), p["t"].max()
+        self.t_min = lo if self.t_min is None else min(self.t_min, lo)
+        self.t_max = hi if self.t_max is None else max(self.t_max, hi)
+        self.frames.append(p)
+        self.in_memory += len(p)
+        if self.in_memory >= self.memory_rows:
+            self._spill()
+
+    def _sorted_frames(self) -> pd.DataFrame:
+        df = pd.concat(self.frames, ignore_index=True) if len(self.frames) > 1 else self.frames[0]
+        self.frames, self.in_memory = [], 0
+        return df.sort_values(["traj_id", "t", "_seq"], kind="stable", ignore_index=True)
+
+    def _spill(self) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        run = self.spill_dir / f"run{len(self.runs):05d}.parquet"
+        df = self._sorted_frames()
+        for col in ("kind", "source"):
+            df[col] = df[col].astype("string")
+        df.to_parquet(run, index=False, row_group_size=max(1_000, self.memory_rows // 16))
+        self.runs.append(run)
+
+    def _batch_rows(self) -> int:
+        """Rows read from each run per merge step: the runs' buffers share about half the budget."""
+        return max(1_000, self.memory_rows // (2 * max(len(self.runs), 1)))
+
+    def _stats(self, n_trajectories: int, hash_hex: str, rows: int) -> dict:
+        return {
+            "rows": int(rows),
+            "hash": hash_hex,
+            "n_trajectories": int(n_trajectories),
+            "n_objects": len(self.objects),
+            "t_min": str(self.t_min) if self.t_min is not None else None,
+            "t_max": str(self.t_max) if self.t_max is not None else None,
+            "runs": len(self.runs),
+        }
+
+    def finish(self, path: Path) -> dict:
+        if not self.runs:
+            # Everything fitted in memory: one sort, one write (the common case).
+            if self.frames:
+                points = to_canonical(self._sorted_frames().drop(columns="_seq"))
+            else:
+                points = to_canonical(empty_points())
+            points.to_parquet(path, index=False)
+            return self._stats(points["traj_id"].nunique(), frame_hash(points), len(points))
+        if self.frames:
+            self._spill()
+        return self._merge(path)
+
+    def _final_dtypes(self, df: pd.DataFrame) -> pd.DataFrame:
+        """A merged batch in the exact dtypes of the in-memory path (categories: all values, sorted)."""
+        for col in sorted(self.optional - set(df.columns), key=OPTIONAL_COLUMNS.index):
+            df[col] = pd.NA if col == "mode" else np.nan
+        out = to_canonical(df[POINT_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in self.optional]])
+        out["kind"] = pd.Categorical(out["kind"].astype("string"), categories=sorted(self.kinds))
+        out["source"] = pd.Categorical(out["source"].astype("string"), categories=sorted(self.sources))
+        return out
+
+    def _merge(self, path: Path) -> dict:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        batch = self._batch_rows()
+        readers = [pq.ParquetFile(r).iter_batches(batch_size=batch) for r in self.runs]
+        buffers: list[pd.DataFrame | None] = [None] * len(readers)
+        h = None
+        rows = 0
+        n_traj = 0
+        last_traj = None
+        while True:
+            for i, reader in enumerate(readers):
+                while reader is not None and (buffers[i] is None or not len(buffers[i])):
+                    nxt = next(reader, None)
+                    if nxt is None:
+                        readers[i] = reader = None
+                        buffers[i] = None
+                    else:
+                        buffers[i] = nxt.to_pandas()
+            live = [i for i, b in enumerate(buffers) if b is not None and len(b)]
+            if not live:
+                break
+            bound = min(_last_key(buffers[i]) for i in live)
+            pieces = []
+            for i in live:
+                n = _rows_up_to(buffers[i], bound)
+                pieces.append(buffers[i].iloc[:n])
+                buffers[i] = buffers[i].iloc[n:]
+            merged = pd.concat(pieces, ignore_index=True).sort_values(["traj_id", "t", "_seq"], ignore_index=True)
+            out = self._final_dtypes(merged)
+            if self.writer is None:
+                schema = pa.Schema.from_pandas(out, preserve_index=False)
+                self.writer = pq.ParquetWriter(path, schema)
+                h = hashlib.sha256(",".join(map(str, out.columns)).encode())
+            self.writer.write_table(pa.Table.from_pandas(out, schema=self.writer.schema, preserve_index=False))
+            _hash_rows(h, out)
+            rows += len(out)
+            ids = out["traj_id"].to_numpy(dtype=object)
+            n_traj += int((ids[1:] != ids[:-1]).sum()) + int(ids[0] != last_traj)
+            last_traj = ids[-1]
+        self.close()
+        return self._stats(n_traj, h.hexdigest()[:16], rows)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _last_key(df: pd.DataFrame) -> tuple:
+    row = df.iloc[-1]
+    return (row["traj_id"], pd.Timestamp(row["t"]).value, int(row["_seq"]))
+
+
+def _rows_up_to(df: pd.DataFrame, bound: tuple) -> int:
+    """Rows of a sorted buffer whose ``(traj_id, t, _seq)`` is not after ``bound`` (a prefix)."""
+    tid = df["traj_id"].to_numpy(dtype=object)
+    t = df["t"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    seq = df["_seq"].to_numpy()
+    b_tid, b_t, b_seq = bound
+    same = tid == b_tid
+    le = (tid < b_tid) | (same & ((t < b_t) | ((t == b_t) & (seq <= b_seq))))
+    return int(le.sum())
+
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "IngestSummary",
+    "ingest",
+    "ingest_key",
+    "load_points",
+    "load_quarantine",
+    "read_ingest_summary",
+    "resolve_sources",
+]

@@ -24,6 +24,8 @@ REASONS = {
     "duplicate_time": "same mover and time as an earlier fix, different position",
     "speed_outlier": "implied speed from the previous kept fix exceeds the mover kind's maximum",
     "short_trajectory": "segment shorter than the minimum length or duration after splitting",
+    "source_flagged": "the source itself marks the record as incomplete (Porto MISSING_DATA=True: "
+    "fixes are missing, so the times of the fixes after the gap cannot be known)",
 }
 
 MIN_TIME = pd.Timestamp("1990-01-01", tz="UTC")  # GPS fixes before this are clock errors

@@ -4,8 +4,9 @@ A forecast window is one with at least ``context_len + horizon`` real points: it
 ``context_len`` points are the context, the next ``horizon`` the ground truth. Every step the
 model predicts (dx_m, dy_m, log_dt_s) in raw units; ``decode_step`` turns that into the next
 (lon, lat, t_ns) in float64 degrees and int64 nanoseconds, and ``next_point_features`` encodes
-it for the next step, so positions and times never pass through float32. The full prefix (at
-most the last ``block_size`` points) is recomputed every step; there is no KV cache yet.
+it for the next step, so positions and times never pass through float32. Generation uses the
+model's KV cache (``trajfm.model.generate.Rollout``) up to ``block_size`` points and then
+recomputes the last ``block_size`` points each step; a patched model takes Q points per call.
 Errors are great-circle distances in metres (``haversine_m``), averaged in float64.
 """
 
@@ -18,6 +19,7 @@ import torch
 from trajfm.features.encode import decode_step, encode_points, next_point_features
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, haversine_m, offset_lonlat
+from trajfm.model.generate import Rollout
 from trajfm.model.gpt import TrajGPT
 
 
@@ -37,44 +39,58 @@ def rollout_points(
     lat: np.ndarray,
     t_ns: np.ndarray,
     horizon: int,
+    *,
+    how: str = "mode",
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    context_lonlat: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Roll one batch forward ``horizon`` steps; returns (lon, lat, t_ns) each (B, horizon).
 
     ``x`` (B, L, F) raw features of the contexts, padded at the end, ``n_real`` (B,) their real
     lengths (>= 1); ``lon, lat, t_ns`` (B,) the last real fix of each context (degrees, UTC ns).
+    ``how``: "mode" (deterministic: the MSE point or the most likely mixture component's mean),
+    "mean" (mixture mean) or "sample" (a draw at ``temperature`` from ``generator``).
+    ``use_cache``: KV-cache generation (``trajfm.model.generate``); same numbers either way.
+    ``context_lonlat`` (B, L, 2) degrees: needed by models that encode absolute position.
     """
     device = next(model.parameters()).device
-    B, L, F = x.shape
-    block = model.config.block_size
-    buf = np.zeros((B, L + horizon, F), dtype=np.float32)  # contexts + generated points
-    buf[:, :L] = x
-    n = np.asarray(n_real, dtype=np.int64).copy()
     lon, lat, t_ns = np.asarray(lon, np.float64), np.asarray(lat, np.float64), np.asarray(t_ns, np.int64)
-    rows = np.arange(B)
+    B = len(lon)
+    if model.needs_lonlat and context_lonlat is None:
+        raise ValueError("this model encodes absolute position: pass context_lonlat (B, L, 2) degrees")
+    state = Rollout(
+        model, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(n_real, np.int64)),
+        lonlat=None if context_lonlat is None else torch.from_numpy(np.asarray(context_lonlat, np.float64)),
+        use_cache=use_cache,
+    )
     out_lon, out_lat = np.zeros((B, horizon)), np.zeros((B, horizon))
     out_t = np.zeros((B, horizon), dtype=np.int64)
-    for h in range(horizon):
-        start = np.maximum(n - block, 0)  # keep the last block_size points of each sequence
-        width = int(min(n.max(), block))
-        idx = start[:, None] + np.arange(width)[None, :]  # (B, width)
-        window = buf[rows[:, None], np.minimum(idx, buf.shape[1] - 1)]  # (B, width, F)
-        valid = idx < n[:, None]  # (B, width)
-        pred = model.predict_next(torch.from_numpy(window).to(device), torch.from_numpy(valid).to(device))
-        pred = pred.double().cpu().numpy()  # (B, 3) raw: dx_m, dy_m, log_dt_s
-        lon2, lat2, t2 = decode_step(lon, lat, t_ns, pred[:, 0], pred[:, 1], pred[:, 2])
-        buf[rows, n] = next_point_features(lon, lat, t_ns, lon2, lat2, t2)
-        n += 1
-        lon, lat, t_ns = lon2, lat2, t2
-        out_lon[:, h], out_lat[:, h], out_t[:, h] = lon, lat, t_ns
+    h = 0
+    while h < horizon:
+        pred = state.predict(how, temperature, generator).double().cpu().numpy()  # (B, Q, 3) raw
+        k = min(pred.shape[1], horizon - h)  # a patched model gives Q points per call
+        feats, fixes = [], []
+        for q in range(k):
+            lon2, lat2, t2 = decode_step(lon, lat, t_ns, pred[:, q, 0], pred[:, q, 1], pred[:, q, 2])
+            feats.append(next_point_features(lon, lat, t_ns, lon2, lat2, t2))
+            fixes.append(np.stack([lon2, lat2], axis=-1))
+            lon, lat, t_ns = lon2, lat2, t2
+            out_lon[:, h], out_lat[:, h], out_t[:, h] = lon, lat, t_ns
+            h += 1
+        if h < horizon:  # the last points need no encoding
+            state.extend(torch.from_numpy(np.stack(feats, axis=1)), torch.from_numpy(np.stack(fixes, axis=1)))
     return out_lon, out_lat, out_t
 
 
 def rollout(
-    model: TrajGPT, ws: WindowSet, context_len: int, horizon: int, batch_size: int = 256
+    model: TrajGPT, ws: WindowSet, context_len: int, horizon: int, batch_size: int = 256, **options
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
 
     The context is each window's first ``context_len`` points; degrees float64, UTC ns int64.
+    ``options`` go to ``rollout_points`` (``how``, ``temperature``, ``generator``, ``use_cache``).
     """
     sel = forecastable(ws, context_len, horizon)
     out_lon, out_lat = np.zeros((len(sel), horizon)), np.zeros((len(sel), horizon))
@@ -86,8 +102,10 @@ def rollout(
         for i in range(0, len(sel), batch_size):
             b = sel[i : i + batch_size]
             n_real = np.full(len(b), context_len)
+            lonlat = np.stack([ws.lon[b, :context_len], ws.lat[b, :context_len]], axis=-1) if model.needs_lonlat else None
             lo, la, t = rollout_points(
-                model, ws.x[b, :context_len], n_real, ws.lon[b, c], ws.lat[b, c], ws.t_ns[b, c], horizon
+                model, ws.x[b, :context_len], n_real, ws.lon[b, c], ws.lat[b, c], ws.t_ns[b, c], horizon,
+                context_lonlat=lonlat, **options,
             )
             out_lon[i : i + len(b)], out_lat[i : i + len(b)], out_t[i : i + len(b)] = lo, la, t
     finally:
@@ -175,7 +193,7 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
         lon, lat, t_ns = g["lon"].to_numpy(), g["lat"].to_numpy(), g["t_ns"].to_numpy()
         feats = encode_points(lon, lat, t_ns)[-block:]  # whole-track encoding: true first delta
         ids.append(tid)
-        contexts.append((feats, lon[-1], lat[-1], t_ns[-1]))
+        contexts.append((feats, lon[-1], lat[-1], t_ns[-1], np.stack([lon, lat], axis=-1)[-block:]))
 
     was_training = model.training
     model.eval()
@@ -185,8 +203,10 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
             chunk = contexts[i : i + batch_size]
             n_real = np.array([len(c[0]) for c in chunk])
             x = np.zeros((len(chunk), n_real.max(), model.config.n_features), dtype=np.float32)
+            lonlat = np.zeros((len(chunk), n_real.max(), 2))
             for j, c in enumerate(chunk):
                 x[j, : len(c[0])] = c[0]
+                lonlat[j, : len(c[0])] = c[4]
             lo, la, t = rollout_points(
                 model,
                 x,
@@ -195,6 +215,7 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
                 np.array([c[2] for c in chunk]),
                 np.array([c[3] for c in chunk], dtype=np.int64),
                 horizon,
+                context_lonlat=lonlat if model.needs_lonlat else None,
             )
             out_lon.append(lo), out_lat.append(la), out_t.append(t)
     finally:

@@ -1,7 +1,9 @@
 """Model configuration: one dataclass, and named presets stored as JSON files in ``presets/``.
 
 A preset is the JSON of a ``GPTConfig``; ``load_preset("tutorial", dropout=0.0)`` reads it and
-applies overrides. A path to a ``.json`` file works in place of a name.
+applies overrides. A path to a ``.json`` file works in place of a name. Every field added after
+the first release has a default that reproduces the original model (learned positions, MSE head,
+one point per token, no extra encodings), so older checkpoints and presets load unchanged.
 """
 
 from __future__ import annotations
@@ -14,20 +16,47 @@ from trajfm.features.encode import N_FEATURES, N_TARGETS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
+POSITIONS = ("learned", "rope", "st-rope")
+HEADS = ("mse", "mixture")
+SPACE_ENCODINGS = ("none", "sinusoidal")
+TIME_ENCODINGS = ("none", "time2vec")
+
 
 @dataclass
 class GPTConfig:
     n_layer: int = 2  # transformer blocks
     n_head: int = 4  # attention heads per block
     d_model: int = 96  # width of the residual stream (GPT-2's n_embd)
-    block_size: int = 64  # longest sequence in points (size of the position table)
+    block_size: int = 64  # longest sequence in points (size of the position table x patch_in)
     dropout: float = 0.1  # on embeddings, attention weights and residual branches
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
     n_features: int = N_FEATURES  # raw inputs per point (trajfm.features.encode.FEATURE_NAMES)
     n_targets: int = N_TARGETS  # predicted features of the next point (TARGET_NAMES)
+    # --- positions (trajfm/model/positions.py) ---
+    position: str = "learned"  # "learned" (GPT-2 table), "rope" (sequence index), "st-rope" (metres, seconds)
+    rope_base: float = 10_000.0  # "rope": wavelengths from 2*pi to 2*pi*rope_base tokens
+    st_rope_min_m: float = 20.0  # "st-rope": shortest / longest wavelength of east and north rotations, metres
+    st_rope_max_m: float = 200_000.0
+    st_rope_min_s: float = 10.0  # "st-rope": shortest / longest wavelength of time rotations, seconds
+    st_rope_max_s: float = 100_000.0
+    # --- head (trajfm/model/heads.py) ---
+    head: str = "mse"  # "mse": point regression; "mixture": Gaussian mixture over (dx, dy, log dt)
+    n_mixture: int = 5  # "mixture": components K (diagonal covariances)
+    # --- patching (trajfm/model/patching.py, TimesFM) ---
+    patch_in: int = 1  # points per input token P (1: no patching)
+    patch_out: int = 1  # points predicted per token Q (may exceed patch_in)
+    # --- extra input encodings (trajfm/model/embeddings.py) ---
+    space_encoding: str = "none"  # "sinusoidal": multi-scale sin/cos of absolute position (needs lonlat)
+    space_min_m: float = 100.0  # shortest / longest wavelength of the absolute-position encoding, metres
+    space_max_m: float = 1_000_000.0
+    space_scales: int = 8  # wavelengths, geometrically spaced
+    time_encoding: str = "none"  # "time2vec": learned periodic encoding of elapsed time and time of week
+    time2vec_dim: int = 8  # per time scalar: 1 linear + (time2vec_dim - 1) periodic
+    n_kinds: int = 0  # > 0: a learned embedding per mover kind (index 0 = unknown)
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "d_model", "block_size", "n_features", "n_targets"):
+        for name in ("n_layer", "n_head", "d_model", "block_size", "n_features", "n_targets", "n_mixture",
+                     "patch_in", "patch_out", "space_scales", "time2vec_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_head:
@@ -36,6 +65,30 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.n_targets > self.n_features:
             raise ValueError("targets are the first n_targets input features: need n_targets <= n_features")
+        for name, allowed in (("position", POSITIONS), ("head", HEADS), ("space_encoding", SPACE_ENCODINGS),
+                              ("time_encoding", TIME_ENCODINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.position != "learned" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head size, got d_model/n_head = {self.head_dim}")
+        if self.position == "st-rope" and self.head_dim < 6:
+            raise ValueError("st-rope needs a head size >= 6 (a rotation pair each for east, north, time)")
+        if self.block_size % self.patch_in:
+            raise ValueError(f"block_size ({self.block_size}) must be a multiple of patch_in ({self.patch_in})")
+        if self.n_kinds < 0:
+            raise ValueError(f"n_kinds must be >= 0, got {self.n_kinds}")
+        if self.time_encoding != "none" and self.n_features < 7:
+            raise ValueError("time2vec reads log_dt_s and the day-of-week cycle: needs the 7 standard features")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_head
+
+    @property
+    def n_tokens(self) -> int:
+        """Longest sequence in tokens (= block_size points / patch_in)."""
+        return self.block_size // self.patch_in
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +107,11 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
+def describe_presets() -> dict[str, str]:
+    """Name -> one-line description (the preset file's ``_comment``) of every bundled preset."""
+    return {name: json.loads((PRESET_DIR / f"{name}.json").read_text()).get("_comment", "") for name in list_presets()}
+
+
 def load_preset(name: str, **overrides) -> GPTConfig:
     """The ``GPTConfig`` of a named preset (or a ``.json`` path), with ``overrides`` applied."""
     path = Path(name)
@@ -62,5 +120,6 @@ def load_preset(name: str, **overrides) -> GPTConfig:
         if not path.is_file():
             raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(list_presets())}")
     d = json.loads(path.read_text())
+    d.pop("_comment", None)  # presets may explain themselves
     d.update(overrides)
     return GPTConfig.from_dict(d)

@@ -1,11 +1,13 @@
 """TrajGPT: GPT-2 over trajectory points, predicting the next point's (dx_m, dy_m, log_dt_s).
 
 Read top to bottom, as nanoGPT's ``model.py``: attention, MLP, block, then the model. Shapes:
-B batch, L points (L <= block_size), F raw features, D = d_model, H heads, T targets.
+B batch, L points, Lt tokens (= L / patch_in; = L by default), F raw features, D = d_model,
+H heads, Dh = D / H, T targets, Q = patch_out points predicted per token, W numbers per
+predicted point (``heads.output_width``: T for the MSE head).
 
 The model takes RAW features (metres, log1p seconds, cycles) and normalizes inside with buffers
-saved in its state_dict, and ``predict_next`` returns raw units again: nothing outside the model
-ever sees normalized numbers, so they cannot be mistaken for metres or degrees.
+saved in its state_dict, and ``predict``/``predict_next`` return raw units again: nothing
+outside the model ever sees normalized numbers, so they cannot be mistaken for metres or degrees.
 
 Padding (``mask`` False) is zeroed before the input projection and masked out of attention as a
 key, so padded points never change the outputs at real points, whatever values they hold.
@@ -13,9 +15,15 @@ key, so padded points never change the outputs at real points, whatever values t
 Submodule names follow GPT-2 (``transformer.wpe``, ``transformer.h.{i}.ln_1``, ``.attn.c_attn``,
 ``.attn.c_proj``, ``.ln_2``, ``.mlp.c_fc``, ``.mlp.c_proj``, ``transformer.ln_f``), so
 ``model.transformer`` holds the keys of ``transformers.GPT2Model`` minus ``wte`` (GPT-2's
-``Conv1D`` weights are stored (in, out): transpose them into our ``nn.Linear`` (out, in)). The
-token embedding is replaced by ``in_proj`` (features -> D) and the LM head by ``head`` (D -> T).
-GELU uses the tanh approximation, GPT-2's ``gelu_new``.
+``Conv1D`` weights are stored (in, out): transpose them into our ``nn.Linear`` (out, in)), and
+``backbone`` computes what ``GPT2Model(inputs_embeds=...)`` computes (tests/test_gpt2_equivalence.py).
+The token embedding is replaced by ``in_proj`` (features -> D; a residual MLP over a patch when
+``patch_in > 1``) and the LM head by ``head`` (D -> Q * W). GELU uses the tanh approximation,
+GPT-2's ``gelu_new``; LayerNorm eps is 1e-5, GPT-2's ``layer_norm_epsilon``.
+
+Which idea lives where: positions (learned / rope / st-rope) in ``positions.py``, extra input
+encodings in ``embeddings.py``, patching in ``patching.py``, the MSE and Gaussian-mixture heads
+in ``heads.py``, KV-cache generation in ``generate.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trajfm.model import heads
 from trajfm.model.config import GPTConfig
+from trajfm.model.embeddings import SpaceEncoding, Time2Vec, time_scalars
+from trajfm.model.patching import ResidualMLP, last_points, next_points, pad_to_patches, patchify, token_mask
+from trajfm.model.positions import Rotary, apply_rotary, point_coords
 
 
 class CausalSelfAttention(nn.Module):
@@ -39,15 +51,22 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        B, L, D = x.shape  # attn_mask: (B, 1, L, L) bool, True where a query may attend a key
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, rotary=None, kv=None) -> torch.Tensor:
+        """``attn_mask`` (B, 1, L, S) bool, True where a query may attend a key (S = L, or the
+        cache's capacity with ``kv``); ``rotary`` (cos, sin) each (B, 1, L, Dh/2) or None;
+        ``kv`` a ``generate.LayerKV`` that stores this call's keys/values and returns all of them."""
+        B, L, D = x.shape
         q, k, v = self.c_attn(x).split(D, dim=2)
-        q = q.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # (B, H, L, D/H)
+        q = q.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # (B, H, L, Dh)
         k = k.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)
         v = v.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)
+        if rotary is not None:  # rotate before caching: a key's angle depends on its own position only
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if kv is not None:
+            k, v = kv.update(k, v)  # (B, H, S, Dh)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, D/H)
+        )  # (B, H, L, Dh)
         y = y.transpose(1, 2).contiguous().view(B, L, D)
         return self.resid_dropout(self.c_proj(y))
 
@@ -74,8 +93,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, rotary=None, kv=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, rotary, kv)
         x = x + self.mlp(self.ln_2(x))
         return x  # (B, L, D)
 
@@ -96,23 +115,36 @@ class TrajGPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        c = config
         # Normalization of the raw inputs; targets use the first n_targets entries.
-        self.register_buffer("feat_mean", torch.zeros(config.n_features))
-        self.register_buffer("feat_std", torch.ones(config.n_features))
-        self.in_proj = nn.Linear(config.n_features, config.d_model, bias=config.bias)  # replaces wte
-        self.transformer = nn.ModuleDict(
-            dict(
-                wpe=nn.Embedding(config.block_size, config.d_model),  # learned absolute positions
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.d_model, bias=config.bias),
-            )
+        self.register_buffer("feat_mean", torch.zeros(c.n_features))
+        self.register_buffer("feat_std", torch.ones(c.n_features))
+        if c.patch_in == 1:
+            self.in_proj = nn.Linear(c.n_features, c.d_model, bias=c.bias)  # replaces wte
+        else:  # TimesFM: P points (features + mask bit) -> one token
+            self.in_proj = ResidualMLP(c.patch_in * (c.n_features + 1), c.d_model, c.d_model, c.bias, c.dropout)
+        if c.time_encoding == "time2vec":
+            self.time2vec = Time2Vec(2, c.time2vec_dim)
+            self.time_proj = nn.Linear(2 * c.time2vec_dim, c.d_model, bias=False)
+        if c.space_encoding == "sinusoidal":
+            self.space_enc = SpaceEncoding(c)
+            self.space_proj = nn.Linear(self.space_enc.width, c.d_model, bias=False)
+        if c.n_kinds > 0:
+            self.kind_emb = nn.Embedding(c.n_kinds, c.d_model)
+        trunk = dict(
+            drop=nn.Dropout(c.dropout),
+            h=nn.ModuleList([Block(c) for _ in range(c.n_layer)]),
+            ln_f=nn.LayerNorm(c.d_model, bias=c.bias),
         )
-        self.head = nn.Linear(config.d_model, config.n_targets, bias=config.bias)
+        if c.position == "learned":
+            trunk = dict(wpe=nn.Embedding(c.n_tokens, c.d_model), **trunk)  # learned absolute positions
+        self.transformer = nn.ModuleDict(trunk)
+        self.rotary = Rotary(c) if c.position != "learned" else None
+        self.head = nn.Linear(c.d_model, c.patch_out * heads.output_width(c), bias=c.bias)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -125,6 +157,11 @@ class TrajGPT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @property
+    def needs_lonlat(self) -> bool:
+        """True when inputs must include absolute (lon, lat) degrees per point."""
+        return self.config.space_encoding != "none"
 
     @torch.no_grad()
     def set_normalization(self, mean, std, min_std: float = 1e-6) -> None:
@@ -145,33 +182,137 @@ class TrajGPT(nn.Module):
         x = (x_raw - self.feat_mean) / self.feat_std
         return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
 
-    def forward(self, x_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, L, T) normalized predictions of the NEXT point's targets, from raw (B, L, F)."""
-        B, L, _ = x_raw.shape
-        if L > self.config.block_size:
-            raise ValueError(f"sequence of {L} points is longer than block_size {self.config.block_size}")
+    # --- the forward pass: embed -> backbone -> head --------------------------------------
+
+    def embed(self, x_raw, mask, coords=None, lonlat=None, kind=None) -> torch.Tensor:
+        """(B, Lt, D) token embeddings, without positions. ``mask`` (B, L), L a multiple of P;
+        ``coords`` (B, L, 3) from ``point_coords`` (needed for time2vec), ``lonlat`` (B, L, 2)
+        degrees (needed for the space encoding), ``kind`` (B,) long mover kinds."""
+        c, P = self.config, self.config.patch_in
+        x = self.normalize(x_raw, mask)  # (B, L, F)
+        h = self.in_proj(x if P == 1 else patchify(x, mask, P))  # (B, Lt, D)
+        last = slice(P - 1, None, P)  # the point that closes each token
+        real = mask[:, last, None]  # (B, Lt, 1): padded tokens get 0, never NaN (0 * NaN leaks through attention)
+        if c.time_encoding == "time2vec":
+            tau = time_scalars(x_raw[:, last], coords[:, last])  # (B, Lt, 2) hours
+            h = h + self.time_proj(self.time2vec(torch.where(real, tau, torch.zeros((), dtype=tau.dtype, device=tau.device))))
+        if c.space_encoding == "sinusoidal":
+            if lonlat is None:
+                raise ValueError("this model encodes absolute position: pass lonlat (B, L, 2) degrees")
+            ll = torch.where(real, lonlat[:, last].double(), torch.zeros((), dtype=torch.float64, device=h.device))
+            h = h + self.space_proj(self.space_enc(ll))
+        if c.n_kinds > 0:
+            kinds = torch.zeros(h.shape[0], dtype=torch.long, device=h.device) if kind is None else kind
+            h = h + self.kind_emb(kinds)[:, None, :]
+        return h
+
+    def backbone(self, h: torch.Tensor, tmask: torch.Tensor, index=None, tok_coords=None, cache=None) -> torch.Tensor:
+        """GPT-2's trunk: (B, Lt, D) token embeddings -> (B, Lt, D) final hidden states.
+
+        ``tmask`` (B, Lt) real tokens; ``index`` (B or 1, Lt) token positions (default 0..Lt-1);
+        ``tok_coords`` (B, Lt, 3) st-rope coordinates; ``cache`` a ``generate.KVCache`` that
+        these tokens are appended to (their positions then continue the cached ones).
+        """
+        c = self.config
+        Lt = h.shape[1]
+        if cache is not None:
+            index = cache.begin(Lt)  # (B, Lt) the slots these tokens take
+            attn_mask = cache.attention_mask(tmask)  # (B, 1, Lt, capacity)
+        else:
+            attn_mask = attention_mask(tmask)  # (B, 1, Lt, Lt)
+        if index is None:
+            index = torch.arange(Lt, device=h.device)[None, :]  # (1, Lt)
+        if c.position == "learned":
+            h = h + self.transformer.wpe(index)
+            rotary = None
+        else:
+            rotary = self.rotary(index if c.position == "rope" else tok_coords, h.dtype)
+        h = self.transformer.drop(h)
+        for i, block in enumerate(self.transformer.h):
+            h = block(h, attn_mask, rotary, cache.layer(i) if cache is not None else None)
+        return self.transformer.ln_f(h)
+
+    def forward(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None, coords=None, cache=None) -> torch.Tensor:
+        """(B, Lt, Q*W) normalized head outputs from raw (B, L, F) features and a (B, L) mask.
+
+        By default (one point per token, MSE head) that is (B, L, T): the normalized prediction
+        of the NEXT point's targets at every point. ``lonlat`` (B, L, 2) float64 degrees is
+        needed only with ``space_encoding``; ``kind`` (B,) long only with ``n_kinds``;
+        ``coords`` (B, L, 3) east m, north m, seconds from any origin replaces the default
+        running sums of the steps (st-rope and time2vec read it). With ``cache`` (a
+        ``generate.KVCache``), these points continue the cached sequences (see ``Rollout``).
+        L is padded up to whole patches.
+        """
+        c, P = self.config, self.config.patch_in
+        x_raw, mask = pad_to_patches(x_raw, P), pad_to_patches(mask.to(torch.bool), P)
+        lonlat = None if lonlat is None else pad_to_patches(lonlat, P)
+        coords = None if coords is None else pad_to_patches(coords, P)
+        if x_raw.shape[1] // P > c.n_tokens:
+            raise ValueError(f"sequence of {x_raw.shape[1]} points is longer than block_size {c.block_size}")
+        if coords is None and (c.position == "st-rope" or c.time_encoding != "none"):
+            coords = point_coords(x_raw, mask)  # (B, L, 3) float64
+            if cache is not None:
+                coords = coords + cache.last_coords[:, None, :]  # continue from the cached points
+        h = self.embed(x_raw, mask, coords, lonlat, kind)  # (B, Lt, D)
+        tmask = token_mask(mask, P)  # (B, Lt)
+        tok_coords = coords[:, P - 1 :: P] if coords is not None else None
+        out = self.head(self.backbone(h, tmask, tok_coords=tok_coords, cache=cache))
+        if cache is not None:
+            cache.advance(tmask, tok_coords)
+        return out
+
+
+    def loss(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None) -> torch.Tensor:
+        """Next-point loss in normalized units: MSE (per target value) or mixture NLL (per point).
+
+        Token i is scored on points (i+1)P .. (i+1)P+Q-1 (point i+1 by default); only pairs where
+        the token and the target point are real count; a batch with no pair gives 0.
+        """
+        c, P, Q = self.config, self.config.patch_in, self.config.patch_out
         mask = mask.to(torch.bool)
-        pos = torch.arange(L, device=x_raw.device)  # (L,)
-        x = self.in_proj(self.normalize(x_raw, mask)) + self.transformer.wpe(pos)  # (B, L, D)
-        x = self.transformer.drop(x)
-        attn_mask = attention_mask(mask)  # (B, 1, L, L)
-        for block in self.transformer.h:
-            x = block(x, attn_mask)
-        x = self.transformer.ln_f(x)
-        return self.head(x)  # (B, L, T)
+        out = self(x_raw, mask, lonlat, kind)  # (B, Lt, Q*W)
+        x_raw, mask = pad_to_patches(x_raw, P), pad_to_patches(mask, P)
+        target, valid = next_points(self.normalize(x_raw, mask)[..., : c.n_targets], mask, P, Q)  # (B, Lt, Q, T)
+        return heads.head_loss(c, out.unflatten(-1, (Q, -1)), target, valid)
 
-    def loss(self, x_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error (normalized units) of the prediction at point i against point i+1.
+    # --- predictions in raw units ----------------------------------------------------------
 
-        Only pairs where both i and i+1 are real count; a batch with no pair gives 0.
+    def decode(self, out: torch.Tensor, how: str = "mode", temperature: float = 1.0, generator=None) -> torch.Tensor:
+        """(..., Q*W) head outputs -> (..., Q, T) raw (dx_m, dy_m, log_dt_s).
+
+        ``how``: "mode" (MSE point, or mean of the most likely mixture component), "mean"
+        (mixture mean), or "sample" (a draw at ``temperature``, with ``generator``).
+        """
+        c = self.config
+        out = out.unflatten(-1, (c.patch_out, -1))  # (..., Q, W)
+        if how == "sample":
+            p = heads.sample(c, out, temperature, generator)
+        else:
+            p = heads.point_estimate(c, out, how)  # (..., Q, T)
+        T = c.n_targets
+        return p * self.feat_std[:T] + self.feat_mean[:T]
+
+    @torch.no_grad()
+    def predict(self, x_raw, mask, how: str = "mode", temperature: float = 1.0, generator=None, lonlat=None, kind=None):
+        """(B, Q, T) raw predictions of the Q points after each sequence's last real point.
+
+        Masks must be prefixes (padding at the end). With patches, a row keeps its last
+        ``P * floor(n / P)`` points (or one left-padded patch if n < P), so its last token ends
+        at its last real point. A row without any real point gets a finite, meaningless answer.
         """
         mask = mask.to(torch.bool)
-        T = self.config.n_targets
-        pred = self(x_raw, mask)[:, :-1]  # (B, L-1, T)
-        target = self.normalize(x_raw, mask)[:, 1:, :T]  # (B, L-1, T), 0 at padding
-        pair = (mask[:, :-1] & mask[:, 1:])[..., None]  # (B, L-1, 1)
-        sq = torch.where(pair, (pred - target) ** 2, torch.zeros((), dtype=pred.dtype, device=pred.device))
-        return sq.sum() / (pair.sum() * T).clamp_min(1)
+        P = self.config.patch_in
+        if P > 1:
+            n = mask.sum(1)
+            keep = torch.where(n >= P, (n // P) * P, torch.full_like(n, P))
+            x_raw, mask = last_points(x_raw, n, keep)
+            if lonlat is not None:
+                lonlat, _ = last_points(lonlat, n, keep)
+        out = self(x_raw, mask, lonlat, kind)  # (B, Lt, Q*W)
+        tmask = token_mask(mask, P)  # every width here is a whole number of patches
+        idx = torch.arange(tmask.shape[1], device=mask.device)
+        last = torch.where(tmask, idx, -1).max(dim=1).values.clamp_min(0)  # (B,)
+        return self.decode(out[torch.arange(out.shape[0], device=out.device), last], how, temperature, generator)
 
     @torch.no_grad()
     def predict_next(self, x_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -179,10 +320,4 @@ class TrajGPT(nn.Module):
 
         A row without any real point gets the prediction at position 0 (finite, meaningless).
         """
-        mask = mask.to(torch.bool)
-        pred = self(x_raw, mask)  # (B, L, T)
-        idx = torch.arange(mask.shape[1], device=mask.device)
-        last = torch.where(mask, idx, -1).max(dim=1).values.clamp_min(0)  # (B,)
-        p = pred[torch.arange(pred.shape[0], device=pred.device), last]  # (B, T)
-        T = self.config.n_targets
-        return p * self.feat_std[:T] + self.feat_mean[:T]
+        return self.predict(x_raw, mask)[:, 0]

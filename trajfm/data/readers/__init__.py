@@ -1,82 +1,167 @@
-"""Readers, one per source format, behind one call: ``read_file(path, format=None)``.
+"""Readers, one module per source format, behind one registry and one call: ``read_file``.
 
-Every reader has the signature ``reader(path, kind=...) -> ReadResult`` (see ``base.py``): canonical
-points (lon/lat WGS84 degrees, ``t`` ``datetime64[ns, UTC]``) plus a quarantine table, with
-``rows_read == len(points) + len(quarantine)``.
+=================  ==========================  ==================================  ========
+format             module                      files                               kind
+=================  ==========================  ==================================  ========
+``tracktable``     ``tracktable.py``           ``.traj`` (tracktable-data AIS)     vessel
+``marinecadastre`` ``marinecadastre.py``       ``.csv`` with MarineCadastre header vessel
+``geolife``        ``geolife.py``              ``.plt`` in ``USER/Trajectory/``    person
+``porto``          ``porto.py``                ``.csv`` with TRIP_ID, POLYLINE     vehicle
+``tdrive``         ``tdrive.py``               ``.txt``: ``id,datetime,lon,lat``   vehicle
+``generic``        ``generic.py``              ``.csv``/``.parquet`` + ``columns`` (given)
+=================  ==========================  ==================================  ========
 
-Format detection by extension: ``.traj`` -> ``tracktable``; ``.csv`` whose header names the
-MarineCadastre columns (BaseDateTime, LON, LAT, MMSI) -> ``marinecadastre``. Anything else raises
-``ValueError`` naming the file; pass ``format=`` to force a reader.
+Every reader turns a file (a local path or any fsspec URL; ``.gz``/``.bz2``/``.xz`` are
+decompressed) into canonical points (lon/lat WGS84 degrees, ``t`` ``datetime64[ns, UTC]``) plus a
+quarantine table, with ``rows_read == len(points) + len(quarantine)``, streaming in chunks of at
+most ``chunk_rows`` lines (``iter_file``) so memory does not grow with the file.
+
+Format detection (``format=None``) by extension, and for ``.csv``/``.txt`` by the first line:
+``.traj`` -> tracktable, ``.plt`` -> geolife, ``.csv`` naming BaseDateTime/LON/LAT/MMSI ->
+marinecadastre, ``.csv`` naming TRIP_ID/POLYLINE -> porto, ``.txt`` whose first line is
+``id,YYYY-MM-DD HH:MM:SS,lon,lat`` -> tdrive. Anything else (e.g. the generic format, which needs
+a column mapping) raises ``ValueError`` naming the file; pass ``format=`` to choose a reader.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+import os
+from typing import Callable, Iterator
 
-from trajfm.data.readers.base import QUARANTINE_FILE_COLUMNS, ReadResult
-from trajfm.data.readers.marinecadastre import looks_like_marinecadastre, read_marinecadastre
-from trajfm.data.readers.tracktable import read_tracktable
+from trajfm.data.readers.base import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_CHUNK_ROWS,
+    QUARANTINE_FILE_COLUMNS,
+    Format,
+    ReadResult,
+    SourceFile,
+    SourceFormatError,
+)
+from trajfm.data.readers.generic import GENERIC
+from trajfm.data.readers.geolife import GEOLIFE
+from trajfm.data.readers.marinecadastre import MARINECADASTRE, looks_like_marinecadastre, read_marinecadastre
+from trajfm.data.readers.porto import PORTO
+from trajfm.data.readers.tdrive import TDRIVE
+from trajfm.data.readers.tracktable import TRACKTABLE, read_tracktable
 
 Reader = Callable[..., ReadResult]
 
-READERS: dict[str, Reader] = {
-    "tracktable": read_tracktable,
-    "marinecadastre": read_marinecadastre,
-}
+READERS: dict[str, Format] = {f.name: f for f in (TRACKTABLE, MARINECADASTRE, GEOLIFE, PORTO, TDRIVE, GENERIC)}
 
-__all__ = ["READERS", "QUARANTINE_FILE_COLUMNS", "ReadResult", "detect_format", "read_file", "register_reader"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_CHUNK_ROWS",
+    "Format",
+    "QUARANTINE_FILE_COLUMNS",
+    "READERS",
+    "ReadResult",
+    "SourceFile",
+    "SourceFormatError",
+    "detect_format",
+    "iter_file",
+    "known_extensions",
+    "read_file",
+    "read_marinecadastre",
+    "read_tracktable",
+    "register_reader",
+]
 
 
-# An empty file has no header to detect from; its extension picks a reader that reads zero rows.
-_READER_OF_EMPTY = {".traj": "tracktable", ".csv": "marinecadastre"}
+def register_reader(name: str, reader: "Reader | Format") -> None:
+    """Add a reader for a new source format.
+
+    ``reader`` is a ``Format`` (streaming, detectable), or a plain function
+    ``reader(path, kind=...) -> ReadResult`` that reads a whole file at once.
+    """
+    if isinstance(reader, Format):
+        READERS[name] = reader if reader.name == name else Format(**{**reader.__dict__, "name": name})
+        return
+
+    def whole_file(file: SourceFile, kind=None, source_tag=None, chunk_rows=None, chunk_bytes=None):
+        yield reader(file.display(), kind=kind)
+
+    READERS[name] = Format(name=name, iter_chunks=whole_file, description=getattr(reader, "__doc__", "") or "")
 
 
-def register_reader(name: str, reader: Reader) -> None:
-    """Add a reader for a new source format (``reader(path, kind=...) -> ReadResult``)."""
-    READERS[name] = reader
+def known_extensions(format: str | None = None) -> tuple[str, ...]:
+    """File extensions a directory scan picks up: those of ``format``, or of every format."""
+    formats = [READERS[format]] if format else READERS.values()
+    return tuple(sorted({ext for f in formats for ext in f.extensions}))
 
 
-def _first_line(path: Path, limit: int = 65536) -> str:
-    with open(path, "rb") as f:
-        head = f.read(limit)
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+def _first_line(file: SourceFile, limit: int = 65536) -> str:
+    text = file.head(limit).decode("utf-8", errors="replace").lstrip("\ufeff")
     for line in text.splitlines():
         if line.strip():
             return line
     return ""
 
 
-def detect_format(path: str | Path) -> str:
-    """Name of the reader for ``path``, from its extension and (for CSV) its header line."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".traj":
-        return "tracktable"
-    if suffix == ".csv":
-        first = _first_line(path)
-        if looks_like_marinecadastre(first):
-            return "marinecadastre"
+def detect_format(path: "str | os.PathLike | SourceFile") -> str:
+    """Name of the reader for ``path``, from its extension and (for text) its first line.
+
+    An empty file gets the reader of its extension (it reads zero rows). Raises ``ValueError``
+    naming the file when no reader recognises it.
+    """
+    file = SourceFile.of(path)
+    candidates = [f for f in READERS.values() if file.suffix in f.extensions and f.detectable]
+    if not candidates:
         raise ValueError(
-            f"{path}: CSV header is not a known format (MarineCadastre needs BaseDateTime, LON, LAT, "
-            f"MMSI); first line: {first[:120]!r}. Pass format= one of {sorted(READERS)}"
+            f"{file}: no reader recognises {file.suffix!r} files; pass format= one of {sorted(READERS)} "
+            f"(the generic format also needs columns=)"
         )
-    raise ValueError(f"{path}: unknown file format {suffix!r}; pass format= one of {sorted(READERS)}")
+    first = _first_line(file)
+    for fmt in candidates:
+        if fmt.sniff is None or not first or fmt.sniff(first):
+            return fmt.name
+    hints = "; ".join(f"{f.name}: {f.description}" for f in candidates)
+    raise ValueError(
+        f"{file}: first line is not a known {file.suffix} format ({hints}); first line: {first[:120]!r}. "
+        f"Pass format= one of {sorted(READERS)} (generic needs columns=)"
+    )
 
 
-def read_file(path: str | Path, format: str | None = None, kind: str = "vessel") -> ReadResult:
+def _resolve(path, format: str | None) -> tuple[SourceFile, Format]:
+    file = SourceFile.of(path)
+    if not file.exists():
+        raise FileNotFoundError(f"no such file: {file}")
+    if format is None:
+        format = detect_format(file)
+    if format not in READERS:
+        raise ValueError(f"{file}: unknown format {format!r}; known: {sorted(READERS)}")
+    return file, READERS[format]
+
+
+def iter_file(
+    path: "str | os.PathLike | SourceFile",
+    format: str | None = None,
+    kind: str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    **options,
+) -> Iterator[ReadResult]:
+    """Read one file chunk by chunk: each ``ReadResult`` covers at most ``chunk_rows`` lines
+    (Parquet: rows) and about ``chunk_bytes`` bytes of text, with its own accounting.
+
+    ``options``: ``source`` (the ``source`` tag) and the format's own options (generic:
+    ``columns``, ``timezone``, ``time_format``, ``delimiter``; tdrive: ``timezone``).
+    """
+    file, fmt = _resolve(path, format)
+    return fmt.chunks(file, kind=kind, chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, **options)
+
+
+def read_file(
+    path: "str | os.PathLike | SourceFile",
+    format: str | None = None,
+    kind: str | None = None,
+    **options,
+) -> ReadResult:
     """Read one file with the reader named ``format`` (detected when ``None``).
 
-    ``kind`` is the mover kind written to every point (the AIS sources are vessels). An empty file
-    reads zero rows. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an
-    unknown format.
+    ``kind`` is the mover kind written to every point (default: the format's, e.g. ``vessel``
+    for AIS, ``person`` for GeoLife). An empty file reads zero rows. Raises
+    ``FileNotFoundError`` for a missing file, ``ValueError`` for an unknown format and
+    ``SourceFormatError`` (a ``ValueError`` naming file and line) for a file that is not the format.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    if format is None:
-        empty_ok = path.stat().st_size == 0 and path.suffix.lower() in _READER_OF_EMPTY
-        format = _READER_OF_EMPTY[path.suffix.lower()] if empty_ok else detect_format(path)
-    if format not in READERS:
-        raise ValueError(f"{path}: unknown format {format!r}; known: {sorted(READERS)}")
-    return READERS[format](path, kind=kind)
+    file, fmt = _resolve(path, format)
+    return fmt.read(file, kind=kind, **options)

@@ -25,20 +25,29 @@ ids: one vessel's fixes in one file form one track until preprocessing splits it
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from trajfm.data.readers.base import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_CHUNK_ROWS,
+    Format,
     ReadResult,
-    decode_lines,
-    empty_quarantine,
-    quarantine_frame,
+    SourceFile,
+    SourceFormatError,
+    columns_of,
+    field_count_problems,
+    flag_undecodable,
+    header_then_chunks,
+    non_blank,
+    raw_lines,
+    split_checked,
+    split_fields,
     validate_fixes,
 )
-from trajfm.data.schema import empty_points
 
 FORMAT = "marinecadastre"
 EXTENSIONS = (".csv",)
@@ -80,98 +89,70 @@ def looks_like_marinecadastre(first_line: str) -> bool:
     return column_positions(_split_header(first_line)) is not None
 
 
-def _split_fields(line: str) -> list[str] | None:
-    """Split one CSV line; quoted fields (vessel names with commas) go through ``csv``."""
-    if '"' not in line:
-        return line.split(",")
-    try:
-        return next(csv.reader([line]))
-    except (csv.Error, StopIteration):
-        return None
-
-
-def read_marinecadastre(path: str | Path, kind: str = "vessel") -> ReadResult:
-    """Read a MarineCadastre AIS CSV into canonical points (lon/lat degrees, ``t`` UTC) and quarantine.
+def iter_marinecadastre(
+    file: SourceFile,
+    kind: str = "vessel",
+    source_tag: str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[ReadResult]:
+    """Read a MarineCadastre AIS CSV chunk by chunk into canonical points and quarantine.
 
     Adds ``sog`` (knots) and ``cog`` (degrees) columns. An empty file or a header-only file reads
-    zero rows. A file whose first line is not a MarineCadastre header raises ``ValueError``.
+    zero rows. A file whose first line is not a MarineCadastre header raises ``SourceFormatError``.
     """
-    path = Path(path)
-    source = path.stem
-    lines, undecodable = decode_lines(path.read_bytes())
-    header_at = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    if header_at is None:
-        return ReadResult(empty_points(), empty_quarantine(), 0, path, FORMAT)
-    header = _split_header(lines[header_at])
+    stem = file.stem
+    tag = source_tag or stem
+    header_line, chunks = header_then_chunks(file, chunk_rows, chunk_bytes)
+    if header_line is None:
+        return
+    header = _split_header(header_line[1])
     pos = column_positions(header)
     if pos is None:
-        raise ValueError(
-            f"{path}: not a MarineCadastre CSV: header lacks one of "
-            f"{[COLUMN_ALIASES[c][0] for c in REQUIRED]} (found {header[:8]})"
+        raise SourceFormatError(
+            str(file),
+            header_line[0],
+            f"not a MarineCadastre CSV: header lacks one of {[COLUMN_ALIASES[c][0] for c in REQUIRED]} "
+            f"(found {header[:8]})",
         )
-
-    line_nos, rows = [], []
-    for i in range(header_at + 1, len(lines)):
-        if lines[i].strip():
-            line_nos.append(i + 1)
-            rows.append(_split_fields(lines[i]))
-    n = len(rows)
-    if n == 0:
-        return ReadResult(empty_points(), empty_quarantine(), 0, path, FORMAT)
-
     n_fields = len(header)
-    reason = np.full(n, None, dtype=object)
-    detail = np.full(n, None, dtype=object)
-    field_counts = np.asarray([-1 if r is None else len(r) for r in rows])
-    wrong_count = field_counts != n_fields
-    reason[wrong_count] = "parse_error"
-    detail[wrong_count] = [
-        "unbalanced quotes" if c < 0 else f"{c} fields, header has {n_fields}" for c in field_counts[wrong_count]
-    ]
-    bad_bytes = undecodable[np.asarray(line_nos) - 1]
-    fresh = bad_bytes & pd.isna(reason)
-    reason[fresh] = "parse_error"
-    detail[fresh] = "line has non-UTF-8 bytes"
+    names = list(pos)
+    for chunk in chunks:
+        lines, line_nos, undecodable = non_blank(chunk)
+        n = len(lines)
+        if n == 0:
+            continue
+        columns, counts = columns_of(split_fields(lines), n_fields, [pos[c] for c in names])
+        col = dict(zip(names, columns))
+        reason, detail = field_count_problems(counts, n_fields)
+        flag_undecodable(reason, detail, undecodable)
+        empty = np.full(n, "", dtype=object)
+        parsed, reason, detail = validate_fixes(
+            col["mmsi"],
+            col["t"],
+            col["lon"],
+            col["lat"],
+            TIME_FORMATS,
+            pre_reason=reason,
+            pre_detail=detail,
+            obj_id_pattern=r"\d+",
+        )
+        sog, cog = _optional_kinematics(
+            pd.Series(col.get("sog", empty), dtype=object), pd.Series(col.get("cog", empty), dtype=object), reason, detail
+        )
+        traj_id = (stem + ":" + parsed["obj_id"]).to_numpy(dtype=object)
+        points, quarantine = split_checked(
+            file, parsed, reason, detail, traj_id, kind, tag, line_nos, raw_lines(lines), {"sog": sog, "cog": cog}
+        )
+        yield ReadResult(points, quarantine, n, file.display(), FORMAT)
 
-    def column(name: str) -> pd.Series:
-        if name not in pos:
-            return pd.Series([""] * n, dtype=object)
-        j = pos[name]
-        return pd.Series([r[j] if r is not None and len(r) == n_fields else "" for r in rows], dtype=object)
 
-    parsed, reason, detail = validate_fixes(
-        column("mmsi"),
-        column("t"),
-        column("lon"),
-        column("lat"),
-        TIME_FORMATS,
-        pre_reason=reason,
-        pre_detail=detail,
-        obj_id_pattern=r"\d+",
-    )
-    sog, cog = _optional_kinematics(column("sog"), column("cog"), reason, detail)
+def read_marinecadastre(path: str | Path, kind: str = "vessel", **kwargs) -> ReadResult:
+    """Read a MarineCadastre AIS CSV into canonical points (lon/lat degrees, ``t`` UTC) and quarantine.
 
-    good = pd.isna(reason)
-    kept = parsed.loc[good]
-    points = pd.DataFrame(
-        {
-            "traj_id": (source + ":" + kept["obj_id"]).astype("string"),
-            "obj_id": kept["obj_id"].astype("string"),
-            "t": kept["t"],
-            "lon": kept["lon"],
-            "lat": kept["lat"],
-            "kind": pd.Categorical([kind] * len(kept)),
-            "source": pd.Categorical([source] * len(kept)),
-            "sog": sog[good],
-            "cog": cog[good],
-        }
-    ).reset_index(drop=True)
-    bad = ~good
-    raw = np.asarray(lines, dtype=object)[np.asarray(line_nos)[bad] - 1]
-    quarantine = quarantine_frame(str(path), np.asarray(line_nos)[bad], list(raw), reason[bad], detail[bad])
-    result = ReadResult(points, quarantine, n, path, FORMAT)
-    result.check_accounting()
-    return result
+    See ``iter_marinecadastre``; ``kwargs``: ``source``, ``chunk_rows``, ``chunk_bytes``.
+    """
+    return MARINECADASTRE.read(path, kind=kind, **kwargs)
 
 
 def _optional_kinematics(sog_text: pd.Series, cog_text: pd.Series, reason: np.ndarray, detail: np.ndarray):
@@ -192,3 +173,13 @@ def _optional_kinematics(sog_text: pd.Series, cog_text: pd.Series, reason: np.nd
         cog = np.where(cog < 0.0, cog + COG_WRAP_DEG, cog)
         cog = np.where((cog >= 0.0) & (cog < 360.0), cog, np.nan)
     return sog, cog
+
+
+MARINECADASTRE = Format(
+    name=FORMAT,
+    iter_chunks=iter_marinecadastre,
+    extensions=EXTENSIONS,
+    kind="vessel",
+    sniff=looks_like_marinecadastre,
+    description="MarineCadastre / NOAA AIS point CSV (BaseDateTime, LON, LAT, MMSI, SOG, COG, ...)",
+)

@@ -25,14 +25,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from trajfm.data.readers.base import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_CHUNK_ROWS,
+    Format,
     ReadResult,
-    decode_lines,
+    SourceFile,
+    constant_category,
     empty_quarantine,
+    gc_paused,
+    iter_line_chunks,
     quarantine_frame,
     validate_fixes,
 )
@@ -118,40 +125,57 @@ class _Gathered:
         self.bad_detail.append(detail)
 
 
-def read_tracktable(path: str | Path, kind: str = "vessel") -> ReadResult:
-    """Read a ``.traj`` file into canonical points (lon/lat degrees, ``t`` UTC) and quarantine.
+def iter_tracktable(
+    file: SourceFile,
+    kind: str = "vessel",
+    source_tag: str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[ReadResult]:
+    """Read a ``.traj`` file chunk by chunk (a chunk: whole lines, so whole records).
 
     ``traj_id`` is ``"<file stem>:<record uuid>"`` (``"<file stem>:L<line>"`` without a uuid;
     ``":<obj_id>"`` is appended when one record mixes several object ids, so a traj_id always
     belongs to one mover). ``obj_id`` is the point's object id (the MMSI for AIS), ``kind`` the
-    given mover kind, ``source`` the file stem.
+    given mover kind, ``source`` the file stem (or ``source_tag``).
     """
-    path = Path(path)
-    source = path.stem
-    lines, undecodable = decode_lines(path.read_bytes())
-    acc = _Gathered()
-    notes: list[str] = []
-    for line_no, (line, line_undecodable) in enumerate(zip(lines, undecodable), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        tokens = line.split(",")
-        try:
-            hdr = _parse_header(tokens)
-        except _HeaderError as exc:
-            acc.reject_row(line_no, line, str(exc) + ("; line has non-UTF-8 bytes" if line_undecodable else ""))
-            continue
-        note = _gather_record(acc, hdr, tokens, line_no, line_undecodable, source)
-        if note:
-            notes.append(note)
+    stem = file.stem
+    tag = source_tag or stem
+    for chunk in iter_line_chunks(file, chunk_rows, chunk_bytes):
+        acc = _Gathered()
+        notes: list[str] = []
+        with gc_paused():
+            for line_no, line, line_undecodable in zip(chunk.line_numbers.tolist(), chunk.lines, chunk.undecodable):
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                tokens = line.split(",")
+                try:
+                    hdr = _parse_header(tokens)
+                except _HeaderError as exc:
+                    acc.reject_row(line_no, line, str(exc) + ("; line has non-UTF-8 bytes" if line_undecodable else ""))
+                    continue
+                note = _gather_record(acc, hdr, tokens, line_no, line_undecodable, stem)
+                if note:
+                    notes.append(note)
 
-    points, quarantine, n_points = _check_points(acc, path, source, kind)
-    if acc.bad_line:
-        extra = quarantine_frame(str(path), acc.bad_line, acc.bad_raw, ["parse_error"] * len(acc.bad_line), acc.bad_detail)
-        quarantine = extra if quarantine.empty else pd.concat([quarantine, extra], ignore_index=True)
-        quarantine = quarantine.sort_values("line", kind="stable").reset_index(drop=True)
-    result = ReadResult(points, quarantine, n_points + len(acc.bad_line), path, FORMAT, notes)
-    result.check_accounting()
-    return result
+        points, quarantine, n_points = _check_points(acc, file, tag, kind)
+        if acc.bad_line:
+            extra = quarantine_frame(
+                str(file), acc.bad_line, acc.bad_raw, ["parse_error"] * len(acc.bad_line), acc.bad_detail
+            )
+            quarantine = extra if quarantine.empty else pd.concat([quarantine, extra], ignore_index=True)
+            quarantine = quarantine.sort_values("line", kind="stable").reset_index(drop=True)
+        result = ReadResult(points, quarantine, n_points + len(acc.bad_line), file.display(), FORMAT, notes)
+        result.check_accounting()
+        yield result
+
+
+def read_tracktable(path: str | Path, kind: str = "vessel", **kwargs) -> ReadResult:
+    """Read a ``.traj`` file into canonical points (lon/lat degrees, ``t`` UTC) and quarantine.
+
+    See ``iter_tracktable``; ``kwargs``: ``source``, ``chunk_rows``, ``chunk_bytes``.
+    """
+    return TRACKTABLE.read(path, kind=kind, **kwargs)
 
 
 def _gather_record(acc: _Gathered, hdr: dict, tokens: list[str], line_no: int, undecodable: bool, source: str):
@@ -214,7 +238,7 @@ def _gather_record(acc: _Gathered, hdr: dict, tokens: list[str], line_no: int, u
     return None
 
 
-def _check_points(acc: _Gathered, path: Path, source: str, kind: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def _check_points(acc: _Gathered, path: SourceFile, source: str, kind: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Validate all gathered points at once; split them into canonical points and quarantine."""
     n = len(acc.ids)
     if n == 0:
@@ -248,8 +272,8 @@ def _check_points(acc: _Gathered, path: Path, source: str, kind: str) -> tuple[p
             "t": kept["t"],
             "lon": kept["lon"],
             "lat": kept["lat"],
-            "kind": pd.Categorical([kind] * len(kept)),
-            "source": pd.Categorical([source] * len(kept)),
+            "kind": constant_category(kind, len(kept)),
+            "source": constant_category(source, len(kept)),
         }
     )
     bad = ~good
@@ -259,3 +283,12 @@ def _check_points(acc: _Gathered, path: Path, source: str, kind: str) -> tuple[p
     line = np.asarray(acc.record_line, dtype=np.int64)[rec[bad]]
     quarantine = quarantine_frame(str(path), line, raw, reason[bad], detail[bad])
     return points, quarantine, n
+
+
+TRACKTABLE = Format(
+    name=FORMAT,
+    iter_chunks=iter_tracktable,
+    extensions=EXTENSIONS,
+    kind="vessel",
+    description="Tracktable .traj text: one trajectory per line (tracktable-data AIS)",
+)
