@@ -79,3 +79,32 @@ def test_no_library_module_imports_prefect():
     offenders = [p for p in (REPO / "trajfm").rglob("*.py") if any(
         line.lstrip().startswith(("import prefect", "from prefect")) for line in p.read_text().splitlines())]
     assert offenders == []
+
+
+def test_train_command_trains_a_preset_on_a_features_stage(tmp_path, capsys):
+    import numpy as np
+
+    from trajfm.features.windows import WindowParams, make_features
+    from trajfm.geo import offset_lonlat
+
+    frames = []
+    for i in range(8):  # eight gently turning tracks over eight days, 60 s apart
+        n = 70
+        t = pd.date_range(f"2020-06-{1 + i} 00:00", periods=n, freq="60s", tz="UTC")
+        heading = np.cumsum(np.full(n, 0.02 * (i % 3 - 1)))
+        east, north = np.cumsum(300 * np.cos(heading)), np.cumsum(300 * np.sin(heading))
+        lon, lat = offset_lonlat(np.full(n, -74.0 + 0.05 * i), np.full(n, 40.5), east, north)
+        frames.append(pd.DataFrame({"traj_id": f"v{i}", "obj_id": f"v{i}", "t": t, "lon": lon, "lat": lat,
+                                    "kind": "vessel", "source": "gen"}))
+    with StageWriter(tmp_path, "preprocess", "gen") as w:
+        w.write_frame("points", pd.concat(frames, ignore_index=True))
+    feats = make_features(w.final, root=tmp_path, params=WindowParams(window=16, stride=16, min_points=8))
+    assert main(["train", "--preset", "tutorial", "--features-dir", str(feats), "--data-root", str(tmp_path),
+                 "--epochs", "1", "--batch-size", "8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (Path(out["train_dir"]) / "model.pt").is_file() and out["n_params"] > 0
+
+
+def test_presets_command_lists_the_tutorial(capsys):
+    assert main(["presets"]) == 0
+    assert "tutorial" in capsys.readouterr().out

@@ -3,6 +3,9 @@
     trajfm demo [--data-root DIR] [--epochs N] [--preset NAME]
     trajfm run FLOW [--param value ...]      e.g. trajfm run pipeline --epochs 2 --preset tutorial
     trajfm flows                             list the flows and their parameters
+    trajfm presets                           list the model presets
+    trajfm train --preset NAME [--features-dir DIR] [--epochs N]
+    trajfm bench NAME --out FILE.json        run a benchmark (preprocess, model)
 
 Flows live in the top-level ``flows`` package and import Prefect; they are imported only when a
 command needs them, so ``import trajfm`` stays Prefect-free.
@@ -138,6 +141,33 @@ def cmd_flows(_args) -> int:
     return 0
 
 
+def cmd_presets(_args) -> int:
+    from trajfm.model.config import describe_presets
+
+    for name, text in describe_presets().items():
+        print(f"{name:16} {text}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train a preset: on an existing features stage (library call, no Prefect), or through the
+    pipeline flow on the embedded data (every stage before training is reused from cache)."""
+    root = _prepare_env(args.data_root)
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
+    if args.features_dir:
+        from trajfm.store import read_manifest
+        from trajfm.train import run_training
+
+        out = run_training(args.features_dir, root=root, preset=args.preset, train_overrides=overrides)
+        print(json.dumps({"train_dir": str(out), **read_manifest(out).get("final", {})}, indent=2, default=str))
+        return 0
+    pipeline = _load_flow("pipeline")
+    started = time.perf_counter()
+    result = pipeline(data_root=str(root), preset=args.preset, epochs=args.epochs, batch_size=args.batch_size)
+    print(summary_text(result, root, time.perf_counter() - started))
+    return 0
+
+
 def cmd_bench(args) -> int:
     """``trajfm.bench.<name>.main(out=Path, argv=[...])`` writes JSON + a markdown table."""
     import importlib
@@ -159,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run one flow: trajfm run FLOW --param value ...")
     run.add_argument("flow", choices=sorted(FLOWS))
     sub.add_parser("flows", help="list flows and their parameters")
+    sub.add_parser("presets", help="list the model presets")
+    train = sub.add_parser("train", help="train a model preset")
+    train.add_argument("--preset", default="tutorial")
+    train.add_argument("--features-dir", default=None, help="a features stage directory; default: run the pipeline")
+    train.add_argument("--data-root", default=None)
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--batch-size", type=int, default=128)
     bench = sub.add_parser("bench", help="run a benchmark: trajfm bench NAME --out FILE.json")
     bench.add_argument("name", help="a module of trajfm.bench, e.g. preprocess or model")
     bench.add_argument("--out", required=True, help="JSON results file (a markdown table is written beside it)")
@@ -167,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return {"demo": cmd_demo, "flows": cmd_flows, "bench": cmd_bench}[args.command](args)
+    return {"demo": cmd_demo, "flows": cmd_flows, "bench": cmd_bench, "presets": cmd_presets, "train": cmd_train}[args.command](args)
 
 
 if __name__ == "__main__":
