@@ -23,7 +23,6 @@ the existing directory without reading anything.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import shutil
@@ -34,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trajfm.data.readers import READERS, SourceFile, detect_format, known_extensions
-from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, empty_quarantine
+from trajfm.data.readers import READERS, SourceFile
+from trajfm.data.readers.sources import Source, resolve_sources
+from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, check_timezone, empty_quarantine
+from trajfm.data.readers.generic import check_mapping
 from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, empty_points, to_canonical
 from trajfm.store import (
     SCHEMA_VERSION,
@@ -65,7 +66,6 @@ READER_OPTIONS = ("columns", "timezone", "time_format", "delimiter")
 DEFAULT_MEMORY_ROWS = 2_000_000  # points held in memory before sorted runs are spilled to disk
 # Memory knobs: accepted in params, never in the cache key (the output does not depend on them).
 PERFORMANCE_PARAMS = {"chunk_rows": DEFAULT_CHUNK_ROWS, "chunk_bytes": DEFAULT_CHUNK_BYTES, "memory_rows": DEFAULT_MEMORY_ROWS}
-_GLOB_CHARS = set("*?[")
 
 
 @dataclass(frozen=True)
@@ -123,102 +123,6 @@ def load_quarantine(path: str | os.PathLike) -> pd.DataFrame:
 # Sources
 
 
-@dataclass(frozen=True)
-class Source:
-    """One file to read and the reader chosen for it."""
-
-    file: SourceFile
-    format: str
-
-
-def _scan_suffix_ok(url: str, extensions: tuple[str, ...]) -> bool:
-    return SourceFile.of(url).suffix in extensions and not os.path.basename(url.rstrip("/")).startswith(".")
-
-
-def _expand(src: str | os.PathLike, extensions: tuple[str, ...]) -> tuple[list[str], bool]:
-    """Files named by one source: ``(urls, scanned)``; ``scanned`` when it was a directory or glob."""
-    file = SourceFile.of(src)
-    text = file.url
-    has_glob = any(c in text for c in _GLOB_CHARS)
-    if file.is_local:
-        local = os.path.expanduser(text)
-        if has_glob:
-            found = [p for p in glob.glob(local, recursive=True) if os.path.isfile(p)]
-            if not found:
-                raise FileNotFoundError(f"ingest source matches no files: {src}")
-            return [str(Path(p).resolve()) for p in found if _scan_suffix_ok(p, extensions)], True
-        path = Path(local).resolve()
-        if path.is_dir():
-            found = [str(p) for p in path.rglob("*") if p.is_file() and _scan_suffix_ok(str(p), extensions)]
-            return found, True
-        if path.is_file():
-            return [str(path)], False
-        raise FileNotFoundError(f"ingest source not found: {src}")
-
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(text)
-    if has_glob:
-        found = [p for p in fs.glob(path) if fs.isfile(p)]
-        if not found:
-            raise FileNotFoundError(f"ingest source matches no files: {src}")
-        return [fs.unstrip_protocol(p) for p in found if _scan_suffix_ok(p, extensions)], True
-    if fs.isdir(path):
-        return [fs.unstrip_protocol(p) for p in fs.find(path) if _scan_suffix_ok(p, extensions)], True
-    if fs.isfile(path):
-        return [text], False
-    raise FileNotFoundError(f"ingest source not found: {src}")
-
-
-def resolve_sources(
-    sources: list[str | os.PathLike] | str | os.PathLike, format: str | None = None
-) -> tuple[list[Source], list[dict]]:
-    """The files to read, sorted and de-duplicated, each with its reader; plus the skipped ones.
-
-    A directory or glob contributes its files with the extensions of ``format`` (of every format
-    when ``None``, see ``readers.known_extensions``); those whose format cannot be detected are
-    skipped and listed (``{"path", "why"}``), never read half-way. A file named directly must be
-    readable: an unknown format raises ``ValueError``. Sorting makes the output and the cache key
-    independent of the order sources are given in.
-
-    Raises ``FileNotFoundError`` for a missing path or an empty glob, and ``ValueError`` when two
-    files would share ``traj_id`` values (same name in the same format, see ``Format.namespace``)
-    or when nothing readable is left.
-    """
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    extensions = known_extensions(format)
-    scanned: set[str] = set()
-    named: set[str] = set()
-    for src in sources:
-        urls, from_scan = _expand(src, extensions)
-        (scanned if from_scan else named).update(urls)
-    chosen: list[Source] = []
-    skipped: list[dict] = []
-    for url in sorted(scanned | named):
-        if format is not None:
-            chosen.append(Source(SourceFile.of(url), format))
-            continue
-        try:
-            chosen.append(Source(SourceFile.of(url), detect_format(url)))
-        except ValueError as exc:
-            if url in named:
-                raise
-            skipped.append({"path": url, "why": str(exc)})
-    if not chosen and skipped:
-        raise ValueError(f"no readable files among the sources; skipped: {skipped[:5]}")
-    owners: dict[tuple[str, str], str] = {}
-    for s in chosen:
-        space = (s.format, READERS[s.format].traj_namespace(s.file))
-        if space in owners:
-            raise ValueError(
-                f"two sources share the name {space[1]!r} ({s.format}): {owners[space]} and {s.file} "
-                f"(their traj_ids would collide)"
-            )
-        owners[space] = s.file.url
-    return chosen, skipped
-
-
 def fingerprint(file: SourceFile) -> dict:
     """Identity of an input file for cache keys: path, size and modification time (or ETag)."""
     if file.is_local:
@@ -251,6 +155,9 @@ def _check_params(params: dict | None) -> dict:
     for name in PERFORMANCE_PARAMS:
         if not isinstance(merged[name], int) or merged[name] < 1:
             raise ValueError(f"{name} must be a positive integer, got {merged[name]!r}")
+    check_timezone(merged["timezone"])
+    if merged["format"] == "generic":
+        check_mapping(merged["columns"], merged["kind"], merged["time_format"] or "auto")
     return merged
 
 
@@ -361,7 +268,7 @@ def _read_one(source: Source, params: dict, options: dict, points: "_PointSink",
     counts = {"rows_read": 0, "rows_kept": 0, "rows_quarantined": 0, "time_reversals": 0}
     by_reason: dict[str, int] = {}
     notes: list[str] = []
-    kind = None
+    kinds: set[str] = set()
     for chunk in fmt.chunks(
         source.file,
         kind=params["kind"],
@@ -379,14 +286,14 @@ def _read_one(source: Source, params: dict, options: dict, points: "_PointSink",
         for reason, n in chunk.quarantined_by_reason().items():
             by_reason[reason] = by_reason.get(reason, 0) + n
         notes.extend(chunk.notes[: max(0, 20 - len(notes))])
-        if kind is None and len(chunk.points):
-            kind = sorted(str(k) for k in chunk.points["kind"].unique())
+        if len(chunk.points):
+            kinds.update(str(k) for k in chunk.points["kind"].unique())
     return {
         "path": source.file.url,
         "format": source.format,
         **counts,
         "quarantined_by_reason": dict(sorted(by_reason.items())),
-        "kinds": kind or [],
+        "kinds": sorted(kinds),
         "notes": notes,
     }
 
@@ -478,14 +385,17 @@ class _PointSink:
     def add(self, points: pd.DataFrame) -> None:
         if not len(points):
             return
-        p = to_canonical(points)
-        p["_seq"] = np.arange(self.seq, self.seq + len(p), dtype=np.int64)
+        missing = [c for c in POINT_COLUMNS if c not in points.columns]
+        if missing:
+            raise ValueError(f"a reader returned points without the canonical columns {missing}")
+        p = points.assign(_seq=np.arange(self.seq, self.seq + len(points), dtype=np.int64))
         self.seq += len(p)
-        self.objects.update(p["obj_id"].unique().tolist())
-        self.kinds.update(str(k) for k in p["kind"].cat.categories)
-        self.sources.update(str(s) for s in p["source"].cat.categories)
+        self.objects.update(p["obj_id"].dropna().unique().tolist())
+        self.kinds.update(_values_of(p["kind"]))
+        self.sources.update(_values_of(p["source"]))
         self.optional.update(c for c in OPTIONAL_COLUMNS if c in p.columns)
-        lo, hi = p["t"].min(), p["t"].max()
+        t = pd.to_datetime(p["t"], utc=True)
+        lo, hi = t.min(), t.max()
         self.t_min = lo if self.t_min is None else min(self.t_min, lo)
         self.t_max = hi if self.t_max is None else max(self.t_max, hi)
         self.frames.append(p)
@@ -502,8 +412,6 @@ class _PointSink:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         run = self.spill_dir / f"run{len(self.runs):05d}.parquet"
         df = self._sorted_frames()
-        for col in ("kind", "source"):
-            df[col] = df[col].astype("string")
         df.to_parquet(run, index=False, row_group_size=max(1_000, self.memory_rows // 16))
         self.runs.append(run)
 
@@ -526,7 +434,7 @@ class _PointSink:
         if not self.runs:
             # Everything fitted in memory: one sort, one write (the common case).
             if self.frames:
-                points = to_canonical(self._sorted_frames().drop(columns="_seq"))
+                points = self._final_dtypes(self._sorted_frames())
             else:
                 points = to_canonical(empty_points())
             points.to_parquet(path, index=False)
@@ -536,13 +444,22 @@ class _PointSink:
         return self._merge(path)
 
     def _final_dtypes(self, df: pd.DataFrame) -> pd.DataFrame:
-        """A merged batch in the exact dtypes of the in-memory path (categories: all values, sorted)."""
-        for col in sorted(self.optional - set(df.columns), key=OPTIONAL_COLUMNS.index):
-            df[col] = pd.NA if col == "mode" else np.nan
-        out = to_canonical(df[POINT_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in self.optional]])
-        out["kind"] = pd.Categorical(out["kind"].astype("string"), categories=sorted(self.kinds))
-        out["source"] = pd.Categorical(out["source"].astype("string"), categories=sorted(self.sources))
-        return out
+        """Sorted points in the canonical dtypes, the same for every batch: categories are all the
+        values seen, sorted; optional columns missing from a file are NaN (``mode``: NA)."""
+        out = {
+            "traj_id": _as_dtype(df["traj_id"], "string"),
+            "obj_id": _as_dtype(df["obj_id"], "string"),
+            "t": df["t"] if str(df["t"].dtype) == "datetime64[ns, UTC]" else pd.to_datetime(df["t"], utc=True).astype("datetime64[ns, UTC]"),
+            "lon": _as_dtype(df["lon"], "float64"),
+            "lat": _as_dtype(df["lat"], "float64"),
+            "kind": _as_category(df["kind"], sorted(self.kinds)),
+            "source": _as_category(df["source"], sorted(self.sources)),
+        }
+        for col in OPTIONAL_COLUMNS:
+            if col in self.optional:
+                dtype = "string" if col == "mode" else "float64"
+                out[col] = _as_dtype(df[col], dtype) if col in df.columns else pd.Series(pd.NA if col == "mode" else np.nan, index=df.index, dtype=dtype)
+        return pd.DataFrame(out).reset_index(drop=True)
 
     def _merge(self, path: Path) -> dict:
         import pyarrow as pa
@@ -592,6 +509,23 @@ class _PointSink:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _values_of(column: pd.Series) -> list[str]:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return [str(v) for v in column.cat.categories]
+    return [str(v) for v in column.dropna().unique()]
+
+
+def _as_dtype(column: pd.Series, dtype: str) -> pd.Series:
+    return column if str(column.dtype) == dtype else column.astype(dtype)
+
+
+def _as_category(column: pd.Series, categories: list[str]) -> pd.Categorical:
+    """``column`` as a categorical over exactly ``categories`` (recoding codes, not strings)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.set_categories(categories).array
+    return pd.Categorical(column.astype("string"), categories=categories)
 
 
 def _last_key(df: pd.DataFrame) -> tuple:

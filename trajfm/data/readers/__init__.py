@@ -15,6 +15,12 @@ Every reader turns a file (a local path or any fsspec URL; ``.gz``/``.bz2``/``.x
 decompressed) into canonical points (lon/lat WGS84 degrees, ``t`` ``datetime64[ns, UTC]``) plus a
 quarantine table, with ``rows_read == len(points) + len(quarantine)``, streaming in chunks of at
 most ``chunk_rows`` lines (``iter_file``) so memory does not grow with the file.
+``iter_sources`` does the same for directories, globs and lists of them (``sources.py``).
+
+API: ``read_file(path, format=None, kind=None, **options) -> ReadResult``;
+``iter_file(path, ..., chunk_rows=, chunk_bytes=)`` and ``iter_sources(sources, ...)`` yield one
+``ReadResult`` per chunk; ``READERS[name]`` is the ``Format`` (``.read``, ``.chunks``);
+``register_reader(name, reader)`` adds one.
 
 Format detection (``format=None``) by extension, and for ``.csv``/``.txt`` by the first line:
 ``.traj`` -> tracktable, ``.plt`` -> geolife, ``.csv`` naming BaseDateTime/LON/LAT/MMSI ->
@@ -39,8 +45,9 @@ from trajfm.data.readers.base import (
 )
 from trajfm.data.readers.generic import GENERIC
 from trajfm.data.readers.geolife import GEOLIFE
-from trajfm.data.readers.marinecadastre import MARINECADASTRE, looks_like_marinecadastre, read_marinecadastre
+from trajfm.data.readers.marinecadastre import MARINECADASTRE, read_marinecadastre
 from trajfm.data.readers.porto import PORTO
+from trajfm.data.readers.sources import Source, iter_sources, resolve_sources
 from trajfm.data.readers.tdrive import TDRIVE
 from trajfm.data.readers.tracktable import TRACKTABLE, read_tracktable
 
@@ -55,15 +62,18 @@ __all__ = [
     "QUARANTINE_FILE_COLUMNS",
     "READERS",
     "ReadResult",
+    "Source",
     "SourceFile",
     "SourceFormatError",
     "detect_format",
     "iter_file",
+    "iter_sources",
     "known_extensions",
     "read_file",
     "read_marinecadastre",
     "read_tracktable",
     "register_reader",
+    "resolve_sources",
 ]
 
 

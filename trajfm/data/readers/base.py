@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import gc
 import os
 import re
@@ -270,9 +271,14 @@ def quarantine_frame(file: str, line, raw, reason, detail) -> pd.DataFrame:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _one_category(value: str) -> pd.CategoricalDtype:
+    return pd.CategoricalDtype(pd.Index([value], dtype="str"))
+
+
 def constant_category(value: str, n: int) -> pd.Categorical:
     """``n`` copies of ``value`` as a categorical, without building an n-element list."""
-    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[value])
+    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), dtype=_one_category(value))
 
 
 def count_time_reversals(traj_id: pd.Series, t: pd.Series, previous: tuple | None) -> tuple[int, tuple | None]:
@@ -437,7 +443,10 @@ def iter_line_chunks(
             data = f.read(block)
             eof = not data
             data = carry + data
-            if first and (len(data) >= 3 or eof):
+            if first:
+                if len(data) < 3 and not eof:
+                    carry = data  # a short read: wait for enough bytes to see a byte-order mark
+                    continue
                 first = False
                 if data.startswith(b"\xef\xbb\xbf"):
                     data = data[3:]
@@ -461,7 +470,7 @@ def iter_line_chunks(
 
 @dataclass
 class FastTable:
-    """Columns of a chunk parsed by pandas' C parser (see ``fast_fields``).
+    """Columns of a chunk parsed by Arrow's CSV reader (see ``fast_fields``).
 
     ``columns[j]``: field ``j`` of every non-blank line (float64 for the numeric fields asked
     for, else object strings); ``line_numbers``: 1-based line of each row; ``raw_of(rows)``: the
@@ -631,7 +640,14 @@ def parse_time_utc(text: pd.Series, formats: tuple[str, ...]) -> pd.Series:
 def _parse_time_utc(text: ArrayLike, formats: tuple[str, ...]) -> tuple[pd.Series, np.ndarray]:
     """``parse_time_utc`` plus a mask of rows parsed by a strict format without ``%z`` (so
     certainly naive: no need to look for an offset in their text)."""
-    text = pd.Series(np.asarray(text, dtype=object), dtype=object)
+    arr = np.asarray(text, dtype=object)
+    if formats and len(arr):
+        # The common case: every row parses with the first format; one C call, no Series juggling.
+        first = pd.to_datetime(arr, format=formats[0], utc=True, errors="coerce")
+        if not first.isna().any():
+            strict = "%z" not in formats[0] and "%Z" not in formats[0]
+            return pd.Series(first.astype("datetime64[us, UTC]")), np.full(len(arr), strict, dtype=bool)
+    text = pd.Series(arr, dtype=object)
     out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
     naive = np.zeros(len(text), dtype=bool)
     todo = np.ones(len(text), dtype=bool)
@@ -659,16 +675,27 @@ def has_utc_offset(text: ArrayLike) -> np.ndarray:
     return s.str.contains(_UTC_OFFSET, regex=True).fillna(False).to_numpy(dtype=bool)
 
 
+def check_timezone(timezone: str | None) -> None:
+    """Raise ``ValueError`` (not a deep zoneinfo error) for a timezone name that does not exist."""
+    if timezone is None:
+        return
+    try:
+        pd.Timestamp("2000-01-01").tz_localize(timezone)
+    except Exception as exc:  # zoneinfo, pytz and dateutil raise different types
+        raise ValueError(f"unknown timezone {timezone!r} (use an IANA name such as 'Europe/London')") from exc
+
+
 def wall_time_to_utc(wall: pd.Series, timezone: str) -> tuple[pd.Series, np.ndarray]:
     """Wall-clock times in ``timezone`` (held as if UTC) -> UTC instants.
 
     Returns the UTC times and a mask of local times that do not exist (skipped at a DST change) or
     happen twice (repeated at a DST change): those are NaT, to be quarantined, never guessed.
     """
-    naive = wall.dt.tz_localize(None)
-    local = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
-    dst = (local.isna() & naive.notna()).to_numpy(dtype=bool)
-    return local.dt.tz_convert("UTC").astype("datetime64[us, UTC]"), dst
+    naive = pd.DatetimeIndex(wall).tz_localize(None)
+    local = naive.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+    dst = np.asarray(local.isna() & ~naive.isna(), dtype=bool)
+    utc = local.tz_convert("UTC").astype("datetime64[us, UTC]")
+    return pd.Series(utc, index=wall.index), dst
 
 
 def parse_times(
@@ -696,8 +723,11 @@ def parse_times(
         t[naive] = pd.NaT
         detail[naive] = "naive time (no UTC offset) and no timezone given; pass timezone="
         return t, detail
-    local, dst = wall_time_to_utc(t[naive], timezone)
-    t[naive] = local
+    if naive.all():
+        t, dst = wall_time_to_utc(t, timezone)
+    else:
+        local, dst = wall_time_to_utc(t[naive], timezone)
+        t[naive] = local
     rows = np.flatnonzero(naive)[dst]
     detail[rows] = f"local time in {timezone} is skipped or repeated at a DST change"
     return t, detail
@@ -870,34 +900,32 @@ def split_checked(
     """
     good = pd.isna(reason)
     all_good = bool(good.all())
-    kept = parsed if all_good else parsed.loc[good]
-    n_kept = len(kept)
+    n_kept = int(good.sum())
 
     def take(values):
-        arr = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+        arr = values if isinstance(values, (np.ndarray, pd.api.extensions.ExtensionArray)) else np.asarray(values, dtype=object)
         return arr if all_good else arr[good]
 
     def category(value) -> pd.Categorical:
         if isinstance(value, str):
             return constant_category(value, n_kept)
-        return pd.Categorical(pd.Series(take(value), dtype="string"))
+        return pd.Categorical(pd.array(take(np.asarray(value, dtype=object)), dtype="string"))
 
-    kept = kept.reset_index(drop=True)
-    points = pd.DataFrame(
-        {
-            "traj_id": pd.array(take(traj_id), dtype="string"),
-            "obj_id": kept["obj_id"].astype("string"),
-            "t": kept["t"],
-            "lon": kept["lon"],
-            "lat": kept["lat"],
-            "kind": category(kind),
-            "source": category(source),
-        }
-    )
+    columns = {
+        "traj_id": pd.array(take(np.asarray(traj_id, dtype=object)), dtype="string"),
+        "obj_id": pd.array(take(parsed["obj_id"].to_numpy(dtype=object)), dtype="string"),
+        "t": take(parsed["t"].array),
+        "lon": take(parsed["lon"].to_numpy()),
+        "lat": take(parsed["lat"].to_numpy()),
+        "kind": category(kind),
+        "source": category(source),
+    }
     for name, values in (optional or {}).items():
-        points[name] = take(values) if name == "mode" else np.asarray(take(values), dtype=np.float64)
-    if "mode" in points.columns:
-        points["mode"] = points["mode"].astype("string")
+        if name == "mode":
+            columns[name] = pd.array(take(np.asarray(values, dtype=object)), dtype="string")
+        else:
+            columns[name] = take(np.asarray(values, dtype=np.float64))
+    points = pd.DataFrame(columns)
     if all_good:
         return points, empty_quarantine()
     bad = np.flatnonzero(~good)
@@ -919,11 +947,11 @@ def header_then_chunks(
     """
     chunks = iter_line_chunks(source, chunk_rows, chunk_bytes)
     for chunk in chunks:
-        at = next((i for i, ln in enumerate(chunk.lines) if ln.strip()), None)
+        at, text, bad = _first_non_blank(chunk)
         if at is None:
             continue
-        header = (chunk.start + at, chunk.lines[at], bool(chunk.undecodable[at]))
-        rest = chunk.tail(at + 1)
+        header = (chunk.start + at, text, bad)
+        rest = chunk.tail(at + 1) if at + 1 < len(chunk) else LineChunk.from_lines(chunk.start + at + 1, [], [])
 
         def after() -> Iterator[LineChunk]:
             if len(rest):
@@ -932,6 +960,25 @@ def header_then_chunks(
 
         return header, after()
     return None, iter(())
+
+
+def _first_non_blank(chunk: LineChunk) -> tuple[int | None, str, bool]:
+    """(index, text, has non-UTF-8 bytes) of the chunk's first non-blank line, decoding only it."""
+    if chunk._lines is not None:
+        at = next((i for i, ln in enumerate(chunk.lines) if ln.strip()), None)
+        return (None, "", False) if at is None else (at, chunk.lines[at], bool(chunk.undecodable[at]))
+    pos = 0
+    for i in range(len(chunk)):
+        end = chunk.data.find(b"\n", pos)
+        end = len(chunk.data) if end < 0 else end
+        raw = chunk.data[pos:end]
+        if raw.strip():
+            try:
+                return i, raw.decode("utf-8").rstrip("\r"), False
+            except UnicodeDecodeError:
+                return i, raw.decode("utf-8", errors="replace").rstrip("\r"), True
+        pos = end + 1
+    return None, "", False
 
 
 def non_blank(chunk: LineChunk) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -50,7 +50,9 @@ from trajfm.data.readers.base import (
     ReadResult,
     SourceFile,
     SourceFormatError,
+    check_timezone,
     columns_of,
+    fast_fields,
     field_count_problems,
     flag_undecodable,
     header_then_chunks,
@@ -124,8 +126,7 @@ def iter_generic(
 ) -> Iterator[ReadResult]:
     """Read a CSV or Parquet table of fixes chunk by chunk (see the module docstring)."""
     mapping = check_mapping(columns, kind, time_format)
-    if timezone is not None:
-        pd.Timestamp("2000-01-01").tz_localize(timezone)  # an unknown zone fails here, once
+    check_timezone(timezone)
     opts = {"kind": kind, "tag": source_tag or file.stem, "timezone": timezone, "time_format": time_format}
     if file.suffix in PARQUET_EXTENSIONS:
         yield from _iter_parquet(file, mapping, chunk_rows, opts)
@@ -160,14 +161,23 @@ def _iter_csv(file, mapping, chunk_rows, chunk_bytes, delimiter, opts) -> Iterat
         )
     keys = list(mapping)
     n_fields = len(header)
+    positions = [header.index(mapping[k]) for k in keys]
+    numeric = tuple(header.index(mapping[k]) for k in ("lon", "lat") + NUMERIC_OPTIONAL if k in mapping)
     for chunk in chunks:
-        lines, line_nos, undecodable = non_blank(chunk)
-        if not lines:
-            continue
-        values, counts = columns_of(split_fields(lines, delimiter), n_fields, [header.index(mapping[k]) for k in keys])
-        reason, detail = field_count_problems(counts, n_fields)
-        flag_undecodable(reason, detail, undecodable)
-        yield _check_chunk(file, dict(zip(keys, values)), line_nos, reason, detail, raw_lines(lines), opts)
+        fast = fast_fields(chunk, n_fields, positions, numeric=numeric, delimiter=delimiter)
+        if fast is not None:
+            values = [fast.columns[j] for j in positions]
+            line_nos, raw_of = fast.line_numbers, fast.raw_of
+            reason = np.full(len(line_nos), None, dtype=object)
+            detail = np.full(len(line_nos), None, dtype=object)
+        else:
+            lines, line_nos, undecodable = non_blank(chunk)
+            values, counts = columns_of(split_fields(lines, delimiter), n_fields, positions)
+            reason, detail = field_count_problems(counts, n_fields)
+            flag_undecodable(reason, detail, undecodable)
+            raw_of = raw_lines(lines)
+        if len(line_nos):
+            yield _check_chunk(file, dict(zip(keys, values)), line_nos, reason, detail, raw_of, opts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +306,9 @@ def _epoch(values, time_format: str) -> tuple[pd.Series, np.ndarray, np.ndarray]
     if arr.dtype.kind in "iu":
         text = np.full(len(arr), "n", dtype=object)
         nums = pd.Series(arr.astype(np.int64))
+    elif arr.dtype.kind == "f":
+        text = np.where(np.isnan(arr), "", "n").astype(object)  # NaN: no time given
+        nums = pd.Series(arr.astype(np.float64))
     else:
         text = _text(values)
         nums = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce")

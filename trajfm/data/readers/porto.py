@@ -60,6 +60,7 @@ REQUIRED = ("TRIP_ID", "TAXI_ID", "TIMESTAMP", "POLYLINE")
 OPTIONAL = ("MISSING_DATA",)
 SAMPLING_S = 15
 NS_PER_S = 1_000_000_000
+MAX_CHUNK_BYTES = 4 << 20  # ~4 MB of trips (~200k points) per chunk, whatever chunk_bytes says
 MAX_EPOCH_S = 2**32  # year 2106: beyond it a TIMESTAMP is garbage (and ns arithmetic stays in int64)
 
 
@@ -104,8 +105,8 @@ class _Trips:
     """Per-point arrays of one chunk, built trip by trip (a Python loop over trips, not points)."""
 
     def __init__(self) -> None:
-        self.trip: list[np.ndarray] = []  # index of the trip (row of the chunk) of each point
-        self.pos: list[np.ndarray] = []  # index of the point in its POLYLINE
+        self.trips: list[int] = []  # index (row of the chunk) of each trip with points
+        self.lengths: list[int] = []  # its number of points
         self.lonlat: list[np.ndarray] = []
         self.bad_points: dict[tuple[int, int], str] = {}  # (trip, pos) -> raw text of a non-pair
         # trips counted as one rejected row
@@ -119,10 +120,16 @@ class _Trips:
         self.row_detail.append(detail)
 
     def add(self, i: int, arr: np.ndarray) -> None:
-        k = len(arr)
-        self.trip.append(np.full(k, i, dtype=np.int64))
-        self.pos.append(np.arange(k, dtype=np.int64))
+        self.trips.append(i)
+        self.lengths.append(len(arr))
         self.lonlat.append(arr)
+
+    def point_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(trip row, position in its POLYLINE) of every point."""
+        lengths = np.asarray(self.lengths, dtype=np.int64)
+        trip = np.repeat(np.asarray(self.trips, dtype=np.int64), lengths)
+        first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return trip, np.arange(len(trip), dtype=np.int64) - first
 
 
 def iter_porto(
@@ -134,7 +141,8 @@ def iter_porto(
 ) -> Iterator[ReadResult]:
     """Read a Porto trips CSV chunk by chunk (whole trips per chunk) into canonical points."""
     tag = source_tag or SOURCE
-    header_line, chunks = header_then_chunks(file, chunk_rows, chunk_bytes)
+    # A line holds a whole trip (~50 points, parsed into Python lists): cap the text per chunk.
+    header_line, chunks = header_then_chunks(file, chunk_rows, min(chunk_bytes, MAX_CHUNK_BYTES))
     if header_line is None:
         return
     header = _header(header_line[1])
@@ -179,7 +187,7 @@ def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kin
                             trips.bad_points[(i, j)] = json.dumps(element)[:200]
                     trips.add(i, pairs)
 
-    n_points = sum(len(a) for a in trips.trip)
+    n_points = sum(trips.lengths)
     rows_read = n_points + len(trips.row_trip)
     whole_rows = quarantine_frame(
         str(file),
@@ -193,15 +201,15 @@ def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kin
 
         return ReadResult(empty_points(), whole_rows, rows_read, file.display(), FORMAT)
 
-    trip = np.concatenate(trips.trip)
-    pos = np.concatenate(trips.pos)
+    trip, pos = trips.point_index()
     lonlat = np.concatenate(trips.lonlat)
     reason = np.full(n_points, None, dtype=object)
     detail = np.full(n_points, None, dtype=object)
     if trips.bad_points:
-        where = {key: idx for idx, key in enumerate(zip(trip.tolist(), pos.tolist())) if key in trips.bad_points}
-        for key, idx in where.items():
-            reason[idx], detail[idx] = "parse_error", "POLYLINE point is not [lon, lat] numbers"
+        lengths = np.asarray(trips.lengths, dtype=np.int64)
+        start_of = dict(zip(trips.trips, (np.cumsum(lengths) - lengths).tolist()))
+        for i, j in trips.bad_points:
+            reason[start_of[i] + j], detail[start_of[i] + j] = "parse_error", "POLYLINE point is not [lon, lat] numbers"
 
     # Trip-level fields, spread over the trip's points.
     trip_id = np.asarray([s.strip() for s in col["TRIP_ID"]], dtype=object)
@@ -256,7 +264,7 @@ def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kin
 def _start_seconds(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """TIMESTAMP text -> whole seconds (float, NaN where not usable) and why not (or None)."""
     stripped = pd.Series(text, dtype=object).str.strip()
-    values = pd.to_numeric(stripped, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    values = pd.to_numeric(stripped, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan).copy()
     detail = np.full(len(text), None, dtype=object)
     with np.errstate(invalid="ignore"):
         unusable = np.isnan(values) | (values != np.round(values)) | (np.abs(values) > MAX_EPOCH_S)

@@ -21,7 +21,6 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 
 from trajfm.data.readers.base import (
     DEFAULT_CHUNK_BYTES,
@@ -29,6 +28,7 @@ from trajfm.data.readers.base import (
     Format,
     ReadResult,
     SourceFile,
+    check_timezone,
     columns_of,
     fast_fields,
     field_count_problems,
@@ -47,7 +47,7 @@ EXTENSIONS = (".txt",)
 N_FIELDS = 4
 TIMEZONE = "Asia/Shanghai"
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S",)
-_LINE = re.compile(r"^\s*[^,]+,\s*\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\s*,\s*[-+]?[\d.]+\s*,\s*[-+]?[\d.]+\s*$")
+_LINE = re.compile(r"^\s*[^,]+,\s*\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\s*,[^,]*,[^,]*$")  # 4 fields, a time 2nd
 
 
 def _looks_like_tdrive(first_line: str) -> bool:
@@ -64,6 +64,7 @@ def iter_tdrive(
 ) -> Iterator[ReadResult]:
     """Read one T-Drive file chunk by chunk into canonical points (lon/lat degrees, ``t`` UTC)."""
     tag = source_tag or SOURCE
+    check_timezone(timezone)
     for chunk in iter_line_chunks(file, chunk_rows, chunk_bytes):
         fast = fast_fields(chunk, N_FIELDS, [0, 1, 2, 3], numeric=(2, 3))
         if fast is not None:

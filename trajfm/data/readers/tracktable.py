@@ -48,6 +48,7 @@ from trajfm.data.schema import empty_points
 FORMAT = "tracktable"
 EXTENSIONS = (".traj",)
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S.%f")
+MAX_CHUNK_BYTES = 8 << 20  # ~8 MB of records (~200k points) per chunk, whatever chunk_bytes says
 GEOGRAPHIC_DOMAINS = ("terrestrial",)  # coordinates are (lon, lat) degrees only in this domain
 
 _MISALIGNED = "_misaligned"  # internal marker: point of a record whose fields do not split evenly
@@ -141,7 +142,8 @@ def iter_tracktable(
     """
     stem = file.stem
     tag = source_tag or stem
-    for chunk in iter_line_chunks(file, chunk_rows, chunk_bytes):
+    # A line holds a whole trajectory, split into Python strings: cap the text per chunk.
+    for chunk in iter_line_chunks(file, chunk_rows, min(chunk_bytes, MAX_CHUNK_BYTES)):
         acc = _Gathered()
         notes: list[str] = []
         with gc_paused():
