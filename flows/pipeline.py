@@ -28,6 +28,7 @@ def pipeline(
     train_overrides: dict | None = None,
     dask_address: str | None = None,
     n_workers: int = 2,
+    preprocess_engine: str = "vectorized",
     context_len: int = 20,
     horizon: int = 10,
     model_name: str = "trajfm",
@@ -36,7 +37,8 @@ def pipeline(
     ingest_dir = ingest_flow(sources=sources, data_root=data_root)
     raw_report = validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
     processed_dir = preprocess_flow(
-        ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers
+        ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers,
+        engine=preprocess_engine,
     )
     processed_report = validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)

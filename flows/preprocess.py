@@ -8,7 +8,11 @@ from tasks.preprocess import preprocess_task
 @flow(name="preprocess", log_prints=True)
 def preprocess_flow(
     ingest_dir: str, data_root: str | None = None, params: dict | None = None,
-    dask_address: str | None = None, n_workers: int = 2,
+    dask_address: str | None = None, n_workers: int = 2, engine: str = "vectorized",
 ) -> str:
-    """Clean, split and resample per mover on Dask (a LocalCluster, or the scheduler at ``dask_address``)."""
-    return preprocess_task(ingest_dir, data_root=data_root, params=params, dask_address=dask_address, n_workers=n_workers)
+    """Clean, split and resample per mover on Dask (a LocalCluster, or the scheduler at ``dask_address``).
+
+    ``engine``: "vectorized" (default) or "movingpandas" (the reference implementation, slow)."""
+    return preprocess_task(
+        ingest_dir, data_root=data_root, params=params, dask_address=dask_address, n_workers=n_workers, engine=engine,
+    )

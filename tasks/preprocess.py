@@ -13,10 +13,14 @@ from trajfm.store import read_manifest
 @task(name="preprocess", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True)
 def preprocess_task(
     ingest_dir: str, data_root: str | None = None, params: dict | None = None,
-    dask_address: str | None = None, n_workers: int = 2,
+    dask_address: str | None = None, n_workers: int = 2, engine: str = "vectorized",
 ) -> str:
-    """Clean per mover on a Dask cluster (LocalCluster, or ``dask_address``); return the stage dir."""
-    out = preprocess(ingest_dir, root=data_root, params=params or {}, dask_address=dask_address, n_workers=n_workers)
+    """Clean per mover on a Dask cluster (LocalCluster, or ``dask_address``); return the stage dir.
+
+    ``engine``: "vectorized" (default, numpy) or "movingpandas" (the reference implementation)."""
+    out = preprocess(
+        ingest_dir, root=data_root, params=params or None, dask_address=dask_address, n_workers=n_workers, engine=engine,
+    )
     m = read_manifest(out)
     get_run_logger().info(
         "preprocess: %s in = %s kept + %s quarantined; %s resampled points in %s trajectories",

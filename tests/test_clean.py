@@ -1,4 +1,5 @@
-"""Cleaning, splitting, resampling: synthetic tracks with known defects, plus MovingPandas parity."""
+"""Cleaning, splitting, resampling: synthetic tracks with known defects, plus MovingPandas parity
+(synthetic here; real AIS and GeoLife data in ``test_engines_agree_on_real_ais_and_geolife``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import pytest
 
 from trajfm.data.clean import (
     KIND_DEFAULTS,
+    KNOWN_REASONS,
     PreprocessParams,
     clean_partition,
+    min_time_delta,
     normalize_params,
     speed_outliers,
 )
-from trajfm.data.schema import POINT_COLUMNS, REASONS
-from trajfm.geo import haversine_m
+from trajfm.data.schema import POINT_COLUMNS
+from trajfm.data.stops import detect_stops
+from trajfm.geo import haversine_m, offset_lonlat
 
 T0 = pd.Timestamp("2020-12-08 00:00:10", tz="UTC")  # deliberately off the 60 s grid
 VESSEL = KIND_DEFAULTS["vessel"]
@@ -43,7 +47,7 @@ def check_accounting(df_in, counts, quarantine):
     assert counts["rows_in"] == counts["rows_kept"] + counts["rows_quarantined"]
     assert counts["rows_quarantined"] == len(quarantine)
     assert sum(counts["quarantined_by_reason"].values()) == len(quarantine)
-    assert set(quarantine["reason"]) <= set(REASONS)
+    assert set(quarantine["reason"]) <= set(KNOWN_REASONS)
 
 
 def test_clean_track_is_resampled_on_the_interval_grid():
@@ -130,6 +134,33 @@ def test_long_jump_drops_fixes_until_reachable_again():
             prev = i
     assert np.flatnonzero(outlier).tolist() == expected
     assert len(expected) > _window_size()  # the search crossed more than one window
+
+
+def test_speed_outliers_match_the_sequential_loop_on_random_tracks():
+    """Spikes, runs, teleports and tracks that end inside a run, many tracks at once."""
+    rng = np.random.default_rng(7)
+    n_tracks, n = 60, 120
+    t = np.tile(np.cumsum(rng.integers(5, 60, n)), n_tracks).astype(np.int64) * 10**9
+    east = np.cumsum(rng.uniform(0, 400, (n_tracks, n)), axis=1)
+    jumps = rng.random((n_tracks, n)) < 0.06
+    east = east + np.where(jumps, rng.choice([5e3, 5e4, -2e4], size=(n_tracks, n)), 0.0)
+    teleport = rng.random(n_tracks) < 0.2  # a lasting displacement from a random fix on
+    east += np.where(teleport[:, None] & (np.arange(n)[None, :] > rng.integers(0, n, n_tracks)[:, None]), 3e5, 0.0)
+    lon, lat = offset_lonlat(np.full(east.size, 10.0), np.full(east.size, 50.0), east.ravel(), np.zeros(east.size))
+    new_group = np.zeros(n_tracks * n, dtype=bool)
+    new_group[::n] = True
+    v_max = np.full(len(t), 25.0)
+    outlier, speed = speed_outliers(t, lon, lat, new_group, v_max)
+    expected = np.zeros(len(t), dtype=bool)
+    for g in range(n_tracks):
+        prev = g * n
+        for i in range(g * n + 1, (g + 1) * n):
+            if haversine_m(lon[prev], lat[prev], lon[i], lat[i]) / ((t[i] - t[prev]) / 1e9) > 25.0:
+                expected[i] = True
+            else:
+                prev = i
+    assert (outlier == expected).all() and expected.sum() > 300
+    assert (speed[outlier] > 25.0).all()
 
 
 def _window_size() -> int:
@@ -268,3 +299,239 @@ def test_parity_with_movingpandas_on_real_tracks():
     for _, row in mine.iterrows():
         p = tr.get_position_at(row["t"].tz_localize(None), method="interpolated")
         assert (p.x, p.y) == pytest.approx((row["lon"], row["lat"]), abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stops, generalization, zero-length segments, and the MovingPandas engine
+
+STOPS = {"split_stops": True, "stop_max_diameter_m": 100.0, "stop_min_duration_s": 600.0}
+
+
+def stop_track(n_move=30, n_stop=30, dt_s=50.0, jitter_m=15.0, seed=0, traj_id="src:A", stop_first=False):
+    """East at 5 m/s, ``n_stop`` fixes jittering within ``jitter_m`` of one place, east again.
+
+    With ``stop_first`` the track starts with the stop.
+    """
+    rng = np.random.default_rng(seed)
+    moving = lambda n, lon0: track(traj_id=traj_id, n=n, dt_s=dt_s, lon0=lon0)[["lon", "lat"]]  # noqa: E731
+    first = moving(0 if stop_first else n_move, -74.0)
+    here_lon = first["lon"].iloc[-1] if len(first) else -74.0
+    lon, lat = offset_lonlat(np.full(n_stop, here_lon), np.full(n_stop, 40.6), *rng.uniform(-jitter_m, jitter_m, (2, n_stop)))
+    after = moving(n_move, float(lon[-1]))
+    xy = pd.concat([first, pd.DataFrame({"lon": lon, "lat": lat}), after], ignore_index=True)
+    n = len(xy)
+    return xy.assign(
+        traj_id=traj_id, obj_id=traj_id[-1], t=T0 + pd.to_timedelta(np.arange(n) * dt_s, unit="s"), kind="vessel", source="src"
+    )[POINT_COLUMNS]
+
+
+def mpd_stop_ranges(df, max_diameter, min_duration_s):
+    """(first, last) times of MovingPandas' stops on a one-trajectory frame."""
+    mpd = pytest.importorskip("movingpandas")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traj = mpd.Trajectory(df.assign(t=df["t"].dt.tz_localize(None)), "x", t="t", x="lon", y="lat", crs="EPSG:4326")
+        ranges = mpd.TrajectoryStopDetector(traj).get_stop_time_ranges(
+            max_diameter=max_diameter, min_duration=pd.Timedelta(seconds=min_duration_s)
+        )
+    return [(pd.Timestamp(r.t_0, tz="UTC"), pd.Timestamp(r.t_n, tz="UTC")) for r in ranges]
+
+
+def test_stop_split_cuts_the_track_at_the_stop_like_movingpandas():
+    df = stop_track()
+    pts, q, counts = clean_partition(df, {"vessel": STOPS})
+    check_accounting(df, counts, q)
+    [(t_first, t_last)] = mpd_stop_ranges(df, 100.0, 600.0)
+    assert set(pts["traj_id"]) == {"src:A_0", "src:A_1"} and counts["n_segments"] == 1
+    # The stop's first fix ends piece 0, its last fix starts piece 1, the fixes between are "stop".
+    inside = df.loc[(df["t"] > t_first) & (df["t"] < t_last), "t"]
+    assert q.loc[q["reason"] == "stop", "t"].tolist() == inside.tolist() and len(inside) > 10
+    assert pts.loc[pts["traj_id"] == "src:A_0", "t"].max() <= t_first
+    assert pts.loc[pts["traj_id"] == "src:A_1", "t"].min() >= t_last
+    # Off by default: the same track is one piece.
+    pts, q, _ = clean_partition(df)
+    assert set(pts["traj_id"]) == {"src:A_0"} and q.empty
+
+
+def test_stop_at_the_start_leaves_a_one_fix_piece_that_is_short():
+    df = stop_track(stop_first=True)
+    pts, q, counts = clean_partition(df, {"vessel": STOPS})
+    check_accounting(df, counts, q)
+    assert set(pts["traj_id"]) == {"src:A_1"}  # piece 0 is the stop's first fix alone
+    assert q.loc[q["t"] == df["t"].iloc[0], "reason"].tolist() == ["short_trajectory"]
+    assert counts["quarantined_by_reason"]["stop"] > 10
+
+
+def test_detect_stops_matches_movingpandas_on_noisy_walks():
+    """Slow and fast phases with GPS noise: every stop of MovingPandas' detector, no other."""
+    rng = np.random.default_rng(3)
+    frames = []
+    for k in range(4):
+        n = 240
+        speed = np.repeat(rng.choice([0.0, 0.05, 0.3, 2.0, 6.0], size=n // 20), 20)  # m/s, in phases
+        heading = np.cumsum(rng.normal(0, 0.3, n))
+        dt = rng.choice([10.0, 20.0, 30.0], size=n)
+        east, north = np.cumsum(speed * dt * np.sin(heading)), np.cumsum(speed * dt * np.cos(heading))
+        lon, lat = offset_lonlat(116.3 + k, 39.9, east + rng.normal(0, 8, n), north + rng.normal(0, 8, n))
+        t = T0 + pd.to_timedelta(np.cumsum(dt), unit="s")
+        frames.append(pd.DataFrame({"traj_id": f"w{k}", "t": t, "lon": lon, "lat": lat}))
+    found = theirs = 0
+    for diameter, minutes in ((60.0, 5), (150.0, 10)):
+        for f in frames:
+            t_ns = f["t"].to_numpy("datetime64[ns]").view(np.int64)
+            first, last = detect_stops(
+                t_ns, f["lon"].to_numpy(), f["lat"].to_numpy(), np.array([0]), np.array([len(f)]),
+                np.array([diameter]), np.array([minutes * 60 * 10**9]),
+            )
+            mine = list(zip(f["t"].iloc[first], f["t"].iloc[last]))
+            ref = mpd_stop_ranges(f, diameter, minutes * 60)
+            assert mine == ref
+            found, theirs = found + len(mine), theirs + len(ref)
+    assert found >= 8
+
+
+def test_generalization_keeps_fixes_min_time_delta_apart():
+    rng = np.random.default_rng(1)
+    t = np.cumsum(rng.integers(1, 30, 400)).astype(np.int64) * NS
+    start, end, tol = np.array([0, 150]), np.array([150, 400]), np.array([60, 45]) * NS
+    keep = min_time_delta(t, start, end, tol)
+    expected = np.zeros(len(t), bool)
+    for s, e, tl in zip(start, end, tol):  # MovingPandas' loop
+        prev = t[s]
+        expected[s] = expected[e - 1] = True
+        for i in range(s, e):
+            if t[i] - prev >= tl:
+                expected[i], prev = True, t[i]
+    assert (keep == expected).all()
+
+    df = track(n=60, dt_s=10.0)
+    pts, q, counts = clean_partition(df, {"vessel": {"generalize_s": 30.0, "min_duration_s": 60}})
+    check_accounting(df, counts, q)
+    assert counts["quarantined_by_reason"]["generalized"] == 60 - 21  # every third fix, and the last
+    assert counts["rows_kept"] == 21 and len(pts) > 0
+
+
+NS = 10**9
+
+
+def test_zero_length_segment_is_short_like_movingpandas():
+    moving = track(n=30)
+    parked = track(n=30, t0=T0 + pd.Timedelta(hours=3), east_mps=0.0)  # 30 fixes at one position
+    df = pd.concat([moving, parked], ignore_index=True)
+    pts, q, counts = clean_partition(df)
+    check_accounting(df, counts, q)
+    assert set(pts["traj_id"]) == {"src:A_0"}
+    assert (q["reason"] == "short_trajectory").sum() == 30 and q["detail"].str.contains("0 m").all()
+
+
+def test_movingpandas_engine_gives_the_same_output_on_synthetic_defects():
+    pytest.importorskip("movingpandas")
+    a = stop_track()
+    a.loc[10, "lat"] += 0.2  # a spike
+    a.loc[len(a) - 40 :, "t"] += pd.Timedelta(hours=2)  # a gap
+    b = stop_track(traj_id="src:B", seed=2, stop_first=True).assign(obj_id="B")
+    df = pd.concat([a, b, a.iloc[[3]], track(traj_id="src:C", obj_id="C", n=1)], ignore_index=True)
+    params = {"vessel": {**STOPS, "min_points": 2, "min_duration_s": 0.0, "generalize_s": 90.0}}
+    fast = clean_partition(df, params)
+    ref = clean_partition(df, params, engine="movingpandas")
+    for (pts, q, counts) in (fast, ref):
+        check_accounting(df, counts, q)
+    assert fast[2] == ref[2]
+    pd.testing.assert_frame_equal(fast[1].drop(columns="detail"), ref[1].drop(columns="detail"))
+    pd.testing.assert_frame_equal(fast[0], ref[0], check_exact=False, atol=1e-9)
+    assert {"speed_outlier", "stop", "duplicate_fix", "generalized", "short_trajectory"} <= set(fast[1]["reason"])
+
+
+def read_plt(path, n=None):
+    """A GeoLife .plt file (6 header lines; lat, lon, 0, alt ft, days, date, time) as canonical points."""
+    raw = pd.read_csv(path, skiprows=6, header=None, names=["lat", "lon", "zero", "alt", "days", "date", "time"], nrows=n)
+    user = path.parent.parent.name
+    return pd.DataFrame(
+        {
+            "traj_id": f"geolife:{user}/{path.stem}",
+            "obj_id": f"geolife:{user}",
+            "t": pd.to_datetime(raw["date"] + " " + raw["time"], utc=True),
+            "lon": raw["lon"],
+            "lat": raw["lat"],
+            "kind": "person",
+            "source": "geolife",
+        }
+    )
+
+
+def test_engines_agree_on_real_ais_and_geolife(shared_data):
+    """Real AIS (tracktable-data) and a real GeoLife file, spikes and a gap injected: the
+    vectorized engine, the MovingPandas engine and MovingPandas' own OutlierCleaner ->
+    ObservationGapSplitter -> StopSplitter chain give the same pieces; positions within 1 m."""
+    mpd = pytest.importorskip("movingpandas")
+    import warnings
+
+    from trajfm.data.catalog import embedded_files
+    from trajfm.data.readers import read_file
+
+    ais = read_file(embedded_files("small")[0]).points
+    ais = ais[ais["traj_id"].isin(ais["traj_id"].drop_duplicates().iloc[[0, 2, 5]])]
+    plt = sorted((shared_data / "geolife" / "000" / "Trajectory").glob("*.plt"))[0]
+    df = pd.concat([ais, read_plt(plt, n=700)], ignore_index=True)[POINT_COLUMNS]
+    rng = np.random.default_rng(0)
+    spikes = rng.choice(len(df), size=8, replace=False)
+    df.loc[spikes, "lat"] += rng.uniform(0.05, 0.2, size=len(spikes))
+    later = (df["traj_id"] == df["traj_id"].iloc[-1]) & (df.index > len(df) - 200)
+    df.loc[later, "t"] += pd.Timedelta(hours=1)
+    params = {
+        "vessel": {"split_stops": True, "stop_max_diameter_m": 150.0, "stop_min_duration_s": 600.0, "interval_s": 120.0,
+                   "min_points": 2, "min_duration_s": 0.0},
+        "person": {"split_stops": True, "stop_max_diameter_m": 50.0, "stop_min_duration_s": 60.0, "interval_s": 30.0,
+                   "min_points": 2, "min_duration_s": 0.0},
+    }
+    fast_pts, fast_q, fast_counts = clean_partition(df, params)
+    ref_pts, ref_q, ref_counts = clean_partition(df, params, engine="movingpandas")
+    check_accounting(df, fast_counts, fast_q)
+    check_accounting(df, ref_counts, ref_q)
+    assert fast_counts == ref_counts
+    assert fast_counts["quarantined_by_reason"]["stop"] > 0 and fast_counts["quarantined_by_reason"]["speed_outlier"] >= 8
+    assert fast_pts["traj_id"].tolist() == ref_pts["traj_id"].tolist() and (fast_pts["t"] == ref_pts["t"]).all()
+    assert haversine_m(fast_pts["lon"], fast_pts["lat"], ref_pts["lon"], ref_pts["lat"]).max() < 1.0
+
+    # MovingPandas' public chain, kind by kind: same pieces (as their grid times), same positions.
+    pieces = {}
+    for kind, p in normalize_params(params).items():
+        sub = df[df["kind"] == kind].drop_duplicates(["traj_id", "t"])
+        if sub.empty:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tc = mpd.TrajectoryCollection(sub.assign(t=sub["t"].dt.tz_localize(None)), traj_id_col="traj_id", t="t",
+                                          x="lon", y="lat", crs="EPSG:4326")
+            tc = mpd.OutlierCleaner(tc).clean(v_max=p.v_max_mps, units=("m", "s"))
+            tc = mpd.ObservationGapSplitter(tc).split(gap=pd.Timedelta(seconds=p.max_gap_s))
+            tc = mpd.StopSplitter(tc).split(max_diameter=p.stop_max_diameter_m,
+                                            min_duration=pd.Timedelta(seconds=p.stop_min_duration_s))
+        step = pd.Timedelta(seconds=p.interval_s)
+        for tr in tc:
+            grid = pd.date_range(pd.Timestamp(tr.get_start_time()).ceil(step), pd.Timestamp(tr.get_end_time()).floor(step), freq=step)
+            if len(grid) >= 2:
+                pieces[tuple(grid)] = tr
+    ours = {tuple(g["t"].dt.tz_localize(None)): g for _, g in fast_pts.groupby("traj_id")}
+    assert set(ours) == set(pieces) and len(ours) >= 6
+    for times, g in list(ours.items())[::3]:
+        tr = pieces[times]
+        p = [tr.get_position_at(t) for t in times[::4]]
+        assert haversine_m([q.x for q in p], [q.y for q in p], g["lon"].iloc[::4], g["lat"].iloc[::4]).max() < 1.0
+
+
+@pytest.mark.parametrize("engine", ["vectorized", "movingpandas"])
+def test_degenerate_inputs_on_both_engines(engine):
+    if engine == "movingpandas":
+        pytest.importorskip("movingpandas")
+    cases = {
+        "no valid fix": track(n=5).assign(lon=np.nan),
+        "one fix": track(n=1),
+        "never moves": track(n=3, east_mps=0.0),
+    }
+    for name, df in cases.items():
+        pts, q, counts = clean_partition(df, {"vessel": {**STOPS, "min_points": 1, "min_duration_s": 0.0}}, engine=engine)
+        check_accounting(df, counts, q)
+        assert pts.empty and len(q) == len(df), name

@@ -1,34 +1,51 @@
 """Preprocess: clean, split, filter and resample the ingested points in parallel with Dask.
 
-``preprocess(ingest_dir)`` reads ``<ingest_dir>/points.parquet`` as a Dask DataFrame, shuffles it
-so that every mover (``obj_id``) lands in exactly one partition (no trajectory is cut), runs
-``trajfm.data.clean.clean_partition`` on each partition, and writes ``<root>/preprocess/<key>/``:
+``preprocess(ingest_dir)`` runs ``trajfm.data.clean.clean_partition`` on partitions of
+``<ingest_dir>/points.parquet`` that never cut a trajectory, and writes
+``<root>/preprocess/<key>/``:
 
-- ``points.parquet``: resampled canonical points sorted by ``traj_id, t``;
-- ``quarantine.parquet``: rejected input fixes with ``reason, detail``;
+- ``points.parquet/``: resampled canonical points sorted by ``traj_id, t``, as a Parquet dataset
+  of ``part-NNNNN.parquet`` files in that order (``pd.read_parquet`` on the folder reads the whole
+  table in order; ``read_points`` does the same);
+- ``quarantine.parquet/``: rejected input fixes with ``reason, detail``, the same way;
 - ``manifest.json``: ``rows_in == rows_kept + rows_quarantined``, counts by reason, ``rows_out``,
-  ``n_trajectories``, the parameters and the Dask scheduler used.
+  ``n_trajectories``, the parameters, the engine and the Dask scheduler used; ``files`` holds each
+  table's row count and content hash (``store.frame_hash`` of the whole table as read back).
 
-The outputs are sorted by content, so the same input gives byte-identical tables (same content
-hash) on the synchronous scheduler, a LocalCluster of any size, or a remote scheduler.
-``key`` hashes the ingest output (its key and table hashes) and the normalized parameters;
-a complete directory for that key is returned without work.
+Partitioning: the ingest output is sorted by ``traj_id`` (its contract), so partition ``i`` takes
+the trajectories that *start* in rows ``[i * N / P, (i + 1) * N / P)``: every trajectory lands
+whole in one partition, no shuffle moves data, each worker reads its own rows (the Parquet row
+groups that hold them) and writes its own part files, and the parts in order are the sorted
+table. Only counts and per-row content hashes travel back to the client. When the input is not
+sorted that way (``partition_by="mover"``, or a check fails) the stage falls back to Dask's
+shuffle by ``obj_id`` (one mover -> one partition) and a sort on the client.
+
+The same input gives the same tables and content hashes on the synchronous scheduler, a
+LocalCluster of any size, or a remote scheduler; with the same ``npartitions`` the part files are
+byte-identical too. ``key`` hashes the ingest output (its key and table hashes), the normalized
+parameters and the engine; a complete directory for that key is returned without work.
 
 Schedulers: ``"distributed"`` (default) starts a ``LocalCluster`` (processes, ``n_workers``, one
 thread each, dashboard on a free port) and closes it afterwards, or connects to ``dask_address``
-(``tcp://host:port``) when given; ``"threads"`` and ``"sync"`` use Dask's local schedulers (sync
-runs everything in this process: for tests and debugging).
+(``tcp://host:port``) when given (the data root must then be reachable from the workers at the
+same path); ``"threads"`` and ``"sync"`` use Dask's local schedulers (sync runs everything in this
+process: for tests and debugging).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from trajfm.data.clean import (
+    ENGINES,
     ParamsLike,
     clean_partition,
     empty_clean_quarantine,
@@ -48,15 +65,17 @@ from trajfm.store import (
 )
 
 STAGE = "preprocess"
-PREPROCESS_VERSION = 1  # bump when cleaning behaviour changes, so cached outputs are not reused
+PREPROCESS_VERSION = 2  # bump when cleaning behaviour or layout changes, so cached outputs are not reused
 SCHEDULERS = ("distributed", "threads", "sync")
-# Task-based shuffle: at this project's sizes (about 1M fixes) it is faster than p2p and does not
-# log p2p's per-shuffle warnings; switch to "p2p" for data larger than the workers' memory.
+PARTITIONINGS = ("range", "mover")
+ROWS_PER_PARTITION = 1_000_000  # default partition size (input fixes); at least one per worker
+TABLES = ("points", "quarantine")
+# Task-based shuffle (mover partitioning only): at this project's sizes it is faster than p2p.
 SHUFFLE_METHOD = "tasks"
 
 
-def preprocess_key(ingest_manifest: dict, params: ParamsLike = None) -> str:
-    """Cache key: the ingest output's key and table hashes, normalized parameters, versions."""
+def preprocess_key(ingest_manifest: dict, params: ParamsLike = None, engine: str = "vectorized") -> str:
+    """Cache key: the ingest output's key and table hashes, normalized parameters, engine, versions."""
     return stable_hash(
         {
             "stage": STAGE,
@@ -64,6 +83,7 @@ def preprocess_key(ingest_manifest: dict, params: ParamsLike = None) -> str:
             "schema_version": SCHEMA_VERSION,
             "ingest": {"key": ingest_manifest.get("key"), "files": ingest_manifest.get("files")},
             "params": params_to_json(params),
+            "engine": engine,
         }
     )
 
@@ -83,6 +103,8 @@ def preprocess(
     n_workers: int = 2,
     scheduler: str = "distributed",
     npartitions: int | None = None,
+    engine: str = "vectorized",
+    partition_by: str = "range",
 ) -> Path:
     """Run the preprocess stage on an ingest output directory; returns the stage directory.
 
@@ -90,100 +112,67 @@ def preprocess(
     ``params``: cleaning parameters (``trajfm.data.clean.normalize_params``; per-kind defaults
     when ``None``). ``dask_address``: an existing Dask scheduler to use instead of a LocalCluster.
     ``n_workers``: LocalCluster worker processes. ``scheduler``: ``"distributed"``, ``"threads"``
-    or ``"sync"``. ``npartitions``: partitions after the shuffle by ``obj_id`` (default
-    ``2 * n_workers``); it changes the work split, never the result. A ``dask_address`` always
-    means the distributed scheduler at that address, whatever ``scheduler`` says.
+    or ``"sync"``. ``npartitions``: partitions (default: one per worker, more when the input has
+    over ``ROWS_PER_PARTITION`` fixes per worker); it changes the work split and the part files,
+    never the tables. ``engine``: ``"vectorized"`` or ``"movingpandas"`` (the reference; slow).
+    ``partition_by``: ``"range"`` (contiguous trajectories of the sorted input, no shuffle) or
+    ``"mover"`` (Dask shuffle by ``obj_id``). A ``dask_address`` always means the distributed
+    scheduler at that address, whatever ``scheduler`` says.
     """
     ingest_dir = Path(ingest_dir)
     if not is_complete(ingest_dir):
         raise FileNotFoundError(f"{ingest_dir} is not a complete stage directory (no manifest.json)")
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if partition_by not in PARTITIONINGS:
+        raise ValueError(f"partition_by must be one of {PARTITIONINGS}, got {partition_by!r}")
     ingest_manifest = read_manifest(ingest_dir)
     table = normalize_params(params)
     root = data_root(root) if root not in (None, "") else _default_root(ingest_dir)
-    key = preprocess_key(ingest_manifest, table)
+    key = preprocess_key(ingest_manifest, table, engine)
     out = stage_dir(root, STAGE, key)
     if is_complete(out):
         return out
 
-    npartitions = int(npartitions or max(1, 2 * n_workers))
+    points_path = ingest_dir / "points.parquet"
     started = time.perf_counter()
-    results, dask_info = _run_partitions(
-        ingest_dir / "points.parquet", table, npartitions, scheduler, dask_address, n_workers
-    )
-    points, quarantine, counts = _gather(results)
-    elapsed = time.perf_counter() - started
-
-    if counts["rows_in"] != ingest_manifest.get("rows_kept", counts["rows_in"]):
-        raise AssertionError(
-            f"preprocess read {counts['rows_in']} rows, ingest kept {ingest_manifest.get('rows_kept')}"
-        )
-    with StageWriter(root, STAGE, key) as writer:
-        writer.write_frame("points", points)
-        writer.write_frame("quarantine", quarantine)
+    with _runner(scheduler, dask_address, n_workers) as runner, StageWriter(root, STAGE, key) as writer:
+        n_rows = _num_rows(points_path)
+        parts = int(npartitions or default_npartitions(n_rows, runner.n_workers))
+        job = _Job(str(points_path), table, engine, str(writer.path))
+        written = None
+        if partition_by == "range":
+            written = _run_ranges(runner, job, n_rows, parts)
+        if written is None:  # not sorted by trajectory: shuffle by mover, sort on the client
+            written = _run_movers(runner, job, parts)
+        counts, files = _summarize(written)
+        if counts["rows_in"] != ingest_manifest.get("rows_kept", counts["rows_in"]):
+            raise AssertionError(
+                f"preprocess read {counts['rows_in']} rows, ingest kept {ingest_manifest.get('rows_kept')}"
+            )
+        writer.manifest["files"].update(files)
         writer.manifest.update(
             counts,
             params=params_to_json(table),
-            dask=dask_info,
+            engine=engine,
+            dask=dict(runner.info, npartitions=parts, partition_by=written.partition_by, parts_written=written.n_parts),
             ingest={"dir": str(ingest_dir), "key": ingest_manifest.get("key")},
-            elapsed_s=round(elapsed, 3),
+            elapsed_s=round(time.perf_counter() - started, 3),
         )
     return writer.final
 
 
-def _run_partitions(
-    points_path: Path, table: dict, npartitions: int, scheduler: str, address: str | None, n_workers: int
-) -> tuple[list, dict]:
-    """Shuffle by mover and clean each partition; returns the per-partition results."""
-    import dask
-    import dask.dataframe as dd
-
-    ddf = dd.read_parquet(str(points_path))
-    # One mover -> one partition: a deterministic hash of obj_id picks the partition.
-    ddf = ddf.shuffle(on="obj_id", npartitions=npartitions, shuffle_method=SHUFFLE_METHOD)
-    tasks = [dask.delayed(clean_partition)(part, table) for part in ddf.to_delayed()]
-    info = {"scheduler": scheduler, "npartitions": npartitions}
-
-    if scheduler in ("sync", "threads") and address is None:
-        return list(dask.compute(*tasks, scheduler="sync" if scheduler == "sync" else "threads")), info
-
-    from distributed import Client, LocalCluster
-
-    if address is not None:
-        info.update(scheduler="distributed", address=address)
-        with Client(address) as client:
-            info["n_workers"] = len(client.scheduler_info().get("workers", {}))
-            return client.gather(client.compute(tasks)), info
-    info.update(scheduler="distributed-local", n_workers=n_workers)
-    with LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, Client(cluster) as client:
-        return client.gather(client.compute(tasks)), info
+def default_npartitions(n_rows: int, n_workers: int) -> int:
+    """One partition per worker, times enough to keep each under ``ROWS_PER_PARTITION`` fixes."""
+    n_workers = max(1, int(n_workers))
+    return n_workers * max(1, math.ceil(n_rows / (n_workers * ROWS_PER_PARTITION)))
 
 
-def _gather(results: list[tuple[pd.DataFrame, pd.DataFrame, dict]]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Concatenate partition outputs and sort them by content (scheduler-independent result)."""
-    counts = merge_counts([r[2] for r in results])
-    point_frames = [r[0] for r in results if len(r[0])]
-    points = to_canonical(pd.concat(point_frames, ignore_index=True)) if point_frames else to_canonical(empty_points())
-    points = points.sort_values(["traj_id", "t"], ignore_index=True)
-
-    q_frames = [r[1] for r in results if len(r[1])]
-    if q_frames:
-        quarantine = pd.concat(q_frames, ignore_index=True)
-        reason, detail = quarantine.pop("reason"), quarantine.pop("detail")
-        quarantine = to_canonical(quarantine)
-        quarantine["reason"] = reason.astype("string").reset_index(drop=True)
-        quarantine["detail"] = detail.astype("string").reset_index(drop=True)
-        optional = [c for c in OPTIONAL_COLUMNS if c in quarantine.columns and c != "mode"]
-        by = ["traj_id", "t", "lon", "lat", *optional, "reason", "detail"]
-        quarantine = quarantine.sort_values(by, ignore_index=True)
-    else:
-        columns = results[0][1].columns if results else []
-        quarantine = empty_clean_quarantine([c for c in columns if c in OPTIONAL_COLUMNS])
-    counts["n_trajectories"] = int(points["traj_id"].nunique())
-    return points, quarantine, counts
+def read_points(stage: str | os.PathLike, table: str = "points") -> pd.DataFrame:
+    """A table of a preprocess directory (``points`` or ``quarantine``), all parts in order."""
+    return pd.read_parquet(Path(stage) / f"{table}.parquet")
 
 
 def read_preprocess_counts(path: str | os.PathLike) -> dict:
@@ -193,4 +182,385 @@ def read_preprocess_counts(path: str | os.PathLike) -> dict:
     return {k: m[k] for k in keys}
 
 
-__all__ = ["preprocess", "preprocess_key", "read_preprocess_counts", "SCHEDULERS"]
+# ----------------------------------------------------------------------------------------------
+# Schedulers
+
+
+class _Runner:
+    """Runs a function over arguments on Dask's local schedulers or a distributed cluster.
+
+    ``map`` returns handles (results, or futures that stay on the workers); ``gather`` fetches.
+    """
+
+    def __init__(self, scheduler: str, client=None, cluster=None):
+        self.scheduler, self.client, self.cluster = scheduler, client, cluster
+        self.info: dict = {"scheduler": scheduler}
+        self.n_workers = 1
+        if client is not None:
+            self.n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+            self.info["n_workers"] = self.n_workers
+
+    def map(self, fn, *iterables):
+        if self.client is not None:
+            return self.client.map(fn, *iterables, pure=False)
+        import dask
+
+        tasks = [dask.delayed(fn)(*args) for args in zip(*iterables)]
+        return list(dask.compute(*tasks, scheduler=self.scheduler))
+
+    def gather(self, handles):
+        return self.client.gather(handles) if self.client is not None else handles
+
+    def __enter__(self) -> "_Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def _runner(scheduler: str, address: str | None, n_workers: int) -> _Runner:
+    if scheduler in ("sync", "threads") and address is None:
+        runner = _Runner(scheduler)
+        if scheduler == "threads":
+            runner.n_workers = max(1, int(n_workers))
+        return runner
+    from distributed import Client, LocalCluster
+
+    if address is not None:
+        runner = _Runner("distributed", client=Client(address))
+        runner.info["address"] = address
+        return runner
+    import logging
+
+    # The dashboard binds loopback only; worker/scheduler chatter is kept to warnings.
+    cluster = LocalCluster(
+        n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+        silence_logs=logging.WARNING,
+    )
+    runner = _Runner("distributed-local", client=Client(cluster), cluster=cluster)
+    return runner
+
+
+# ----------------------------------------------------------------------------------------------
+# Work on the workers
+
+
+@dataclass(frozen=True)
+class _Job:
+    points_path: str
+    table: dict
+    engine: str
+    out_dir: str
+
+
+@dataclass
+class _Part:
+    """One partition's result, kept on its worker until written."""
+
+    points: pd.DataFrame
+    quarantine: pd.DataFrame
+    counts: dict
+    sorted_input: bool = True
+    categories: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Written:
+    """Everything the client needs of the written parts (small: counts and row hashes)."""
+
+    partition_by: str
+    n_parts: int
+    counts: list
+    row_hashes: dict  # table -> list of uint64 arrays, in part order
+    columns: dict  # table -> column names
+    rows: dict  # table -> rows per part
+
+
+def _num_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def _read_trajectories(path: str, lo: int, hi: int) -> tuple[pd.DataFrame, bool]:
+    """Rows of the trajectories that start in rows ``[lo, hi)`` of a Parquet file sorted by traj_id,
+    and whether they are in traj_id order (when not, the caller must not rely on the ranges).
+
+    Reads only the row groups that hold them, plus the row before ``lo`` (to see whether a
+    trajectory starts at ``lo``) and the rows after ``hi`` up to the next trajectory's start.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    groups = _RowGroups(pq.ParquetFile(path))
+    if lo >= hi or lo >= groups.n_rows:
+        return groups.empty(), True
+    groups.load_from(max(lo - 1, 0))
+    start = 0 if lo == 0 else groups.first_change(lo, limit=hi)
+    if start is None:  # no trajectory starts in [lo, hi): an earlier partition has them all
+        return groups.empty(), True
+    end = groups.n_rows if hi >= groups.n_rows else groups.first_change(hi, limit=groups.n_rows)
+    part = groups.rows(start, groups.n_rows if end is None else end)
+    ids = part.column("traj_id")
+    in_order = len(part) < 2 or pc.all(pc.less_equal(ids.slice(0, len(part) - 1), ids.slice(1))).as_py()
+    return part.to_pandas(), bool(in_order)
+
+
+class _RowGroups:
+    """The row groups of a Parquet file, loaded in order on demand; rows addressed absolutely."""
+
+    def __init__(self, pf):
+        self.pf = pf
+        md = pf.metadata
+        self.sizes = np.array([md.row_group(g).num_rows for g in range(md.num_row_groups)], dtype=np.int64)
+        self.first = np.cumsum(self.sizes) - self.sizes
+        self.n_rows = int(self.sizes.sum())
+        self.tables: list = []
+        self.base = self.loaded_end = 0
+        self.next_group = 0
+
+    def empty(self) -> pd.DataFrame:
+        return self.pf.schema_arrow.empty_table().to_pandas()
+
+    def load_from(self, row: int) -> None:
+        self.next_group = int(np.searchsorted(self.first, row, side="right") - 1)
+        self.base = self.loaded_end = int(self.first[self.next_group])
+
+    def _load_next(self) -> bool:
+        if self.next_group >= len(self.sizes):
+            return False
+        self.tables.append(self.pf.read_row_group(self.next_group))
+        self.loaded_end += int(self.sizes[self.next_group])
+        self.next_group += 1
+        return True
+
+    def rows(self, start: int, end: int):
+        import pyarrow as pa
+
+        while self.loaded_end < end and self._load_next():
+            pass
+        return pa.concat_tables(self.tables).slice(start - self.base, end - start)
+
+    def first_change(self, at: int, limit: int) -> int | None:
+        """First row p in ``[at, limit)`` whose traj_id differs from row p - 1's (None: none)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        pos = at
+        while pos < limit:
+            while self.loaded_end <= pos and self._load_next():
+                pass
+            stop = min(self.loaded_end, limit)
+            if stop <= pos:
+                return None
+            chunks = [c for t in self.tables for c in t.column("traj_id").chunks]
+            ids = pa.chunked_array(chunks).slice(pos - 1 - self.base, stop - pos + 1)
+            ids = ids.combine_chunks()
+            change = np.flatnonzero(pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1)).to_numpy(zero_copy_only=False))
+            if len(change):
+                return int(pos + change[0])
+            pos = stop
+            if pos < limit and not self._load_next():
+                return None
+        return None
+
+
+def _clean_range(job: _Job, lo: int, hi: int) -> _Part:
+    df, in_order = _read_trajectories(job.points_path, lo, hi)
+    if not in_order:  # not sorted by traj_id: the client falls back to the shuffle by mover
+        return _Part(df.iloc[:0], df.iloc[:0], {}, sorted_input=False)
+    return _clean(df, job)
+
+
+def _clean(df: pd.DataFrame, job: _Job) -> _Part:
+    points, quarantine, counts = clean_partition(df, job.table, engine=job.engine)
+    categories = {c: _category_values(df[c]) for c in ("kind", "source") if len(df)}
+    return _Part(points, quarantine, counts, categories=categories)
+
+
+def _category_values(col: pd.Series) -> set[str]:
+    values = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.dropna().unique()
+    return set(map(str, values))
+
+
+def _part_summary(part: _Part) -> dict:
+    ids = part.points["traj_id"]
+    return {
+        "sorted_input": part.sorted_input,
+        "categories": part.categories,
+        "first": None if ids.empty else str(ids.iloc[0]),
+        "last": None if ids.empty else str(ids.iloc[-1]),
+        "q_first": None if part.quarantine.empty else str(part.quarantine["traj_id"].iloc[0]),
+        "q_last": None if part.quarantine.empty else str(part.quarantine["traj_id"].iloc[-1]),
+    }
+
+
+def _write_part(part: _Part, index: int, out_dir: str, categories: dict, always: bool) -> dict:
+    """Write a partition's tables as part files with the global categories; return their hashes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    result = {"counts": part.counts, "rows": {}, "row_hashes": {}, "columns": {}}
+    for name, frame in (("points", part.points), ("quarantine", part.quarantine)):
+        frame = _with_categories(frame, categories)
+        result["columns"][name] = list(map(str, frame.columns))
+        result["rows"][name] = int(len(frame))
+        result["row_hashes"][name] = row_hashes(frame)
+        if len(frame) or always:
+            folder = Path(out_dir) / f"{name}.parquet"
+            folder.mkdir(parents=True, exist_ok=True)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            pq.write_table(table, folder / f"part-{index:05d}.parquet", **_parquet_options(table.schema))
+    return result
+
+
+def _parquet_options(schema) -> dict:
+    """Dictionary encoding for text columns only (floats and times are nearly all distinct: trying
+    a dictionary on them costs time for nothing); byte-stream-split floats compress better."""
+    import pyarrow as pa
+
+    text = [f.name for f in schema if pa.types.is_dictionary(f.type) or pa.types.is_large_string(f.type) or pa.types.is_string(f.type)]
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    return {"use_dictionary": text, "use_byte_stream_split": floats or False}
+
+
+def row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """``pd.util.hash_pandas_object(frame, index=False)`` as uint64, the way ``store.frame_hash``
+    hashes rows, but each run of equal strings is hashed once (traj_id, obj_id come in runs)."""
+    from pandas.core.util.hashing import combine_hash_arrays
+
+    columns = [_column_hash(frame[c]) for c in frame.columns]
+    return combine_hash_arrays(iter(columns), len(columns), len(frame)).astype(np.uint64, copy=False)
+
+
+def _column_hash(col: pd.Series) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    if isinstance(col.dtype, pd.StringDtype) and len(col) > 1 and not col.hasnans:
+        arr = _arrow_of(col)
+        change = np.r_[True, pc.not_equal(arr.slice(0, len(arr) - 1), arr.slice(1)).to_numpy(zero_copy_only=False)]
+        starts = np.flatnonzero(change)
+        if len(starts) * 4 < len(col):
+            runs = pd.util.hash_pandas_object(col.iloc[starts], index=False).to_numpy(np.uint64)
+            return np.repeat(runs, np.diff(np.append(starts, len(col))))
+    return pd.util.hash_pandas_object(col, index=False).to_numpy(np.uint64)
+
+
+def _arrow_of(col: pd.Series):
+    import pyarrow as pa
+
+    arr = col.array._pa_array if hasattr(col.array, "_pa_array") else pa.array(col.array)
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _with_categories(frame: pd.DataFrame, categories: dict) -> pd.DataFrame:
+    """The frame with ``kind``/``source`` on the stage-wide categories (same dictionary in every part)."""
+    frame = frame.copy(deep=False)
+    for col, cats in categories.items():
+        if cats:
+            frame[col] = frame[col].cat.set_categories(cats)
+    return frame
+
+
+def _run_ranges(runner: _Runner, job: _Job, n_rows: int, parts: int) -> _Written | None:
+    """Range partitions; None when the input turns out not to be sorted by trajectory."""
+    bounds = [round(i * n_rows / parts) for i in range(parts + 1)]
+    handles = runner.map(_clean_range, [job] * parts, bounds[:-1], bounds[1:])
+    summaries = runner.gather(runner.map(_part_summary, handles))
+    if not all(s["sorted_input"] for s in summaries):
+        return None
+    # Parts must follow one another in table order (a traj_id that is a prefix of another can
+    # break this: "a_5" > "a_1_0" although "a" < "a_1").
+    for key_first, key_last in (("first", "last"), ("q_first", "q_last")):
+        seq = [(s[key_first], s[key_last]) for s in summaries if s[key_first] is not None]
+        if any(prev[1] >= nxt[0] for prev, nxt in zip(seq, seq[1:])):
+            return None
+    categories = _global_categories(summaries)
+    written = runner.gather(
+        runner.map(_write_part, handles, range(parts), [job.out_dir] * parts, [categories] * parts, [i == 0 for i in range(parts)])
+    )
+    return _collect("range", written)
+
+
+def _run_movers(runner: _Runner, job: _Job, parts: int) -> _Written:
+    """Shuffle by ``obj_id`` with Dask, clean each partition, sort on the client, write one part."""
+    import dask.dataframe as dd
+
+    for name in TABLES:  # drop anything a failed range attempt wrote
+        folder = Path(job.out_dir) / f"{name}.parquet"
+        if folder.exists():
+            for f in folder.iterdir():
+                f.unlink()
+    ddf = dd.read_parquet(job.points_path)
+    ddf = ddf.shuffle(on="obj_id", npartitions=parts, shuffle_method=SHUFFLE_METHOD)
+    if runner.client is not None:
+        futures = runner.client.compute(ddf.to_delayed())
+        results = runner.client.gather(runner.client.map(_clean, futures, [job] * parts, pure=False))
+    else:
+        import dask
+
+        frames = dask.compute(*ddf.to_delayed(), scheduler=runner.scheduler)
+        results = [_clean(f, job) for f in frames]
+    merged = _sort_on_client(results)
+    categories = {c: sorted(set().union(*(r.categories.get(c, set()) for r in results))) for c in ("kind", "source")}
+    return _collect("mover", [_write_part(merged, 0, job.out_dir, categories, True)])
+
+
+def _sort_on_client(results: list[_Part]) -> _Part:
+    """Concatenate partition results into table order: a stable sort by ``traj_id`` keeps each
+    trajectory's rows in the order ``clean_partition`` gave them, as the range path does."""
+    counts = merge_counts([r.counts for r in results])
+    point_frames = [r.points for r in results if len(r.points)]
+    points = to_canonical(pd.concat(point_frames, ignore_index=True)) if point_frames else to_canonical(empty_points())
+    points = points.sort_values("traj_id", kind="stable", ignore_index=True)
+    q_frames = [r.quarantine for r in results if len(r.quarantine)]
+    if q_frames:
+        quarantine = pd.concat(q_frames, ignore_index=True)
+        reason, detail = quarantine.pop("reason"), quarantine.pop("detail")
+        quarantine = to_canonical(quarantine)
+        quarantine["reason"] = reason.astype("string").reset_index(drop=True)
+        quarantine["detail"] = detail.astype("string").reset_index(drop=True)
+        quarantine = quarantine.sort_values("traj_id", kind="stable", ignore_index=True)
+    else:
+        columns = results[0].quarantine.columns if results else []
+        quarantine = empty_clean_quarantine([c for c in columns if c in OPTIONAL_COLUMNS])
+    return _Part(points, quarantine, counts)
+
+
+def _global_categories(summaries: list[dict]) -> dict:
+    return {c: sorted(set().union(*(s["categories"].get(c, set()) for s in summaries))) for c in ("kind", "source")}
+
+
+def _collect(partition_by: str, written: list[dict]) -> _Written:
+    return _Written(
+        partition_by=partition_by,
+        n_parts=sum(1 for w in written if w["rows"]["points"] or w["rows"]["quarantine"]),
+        counts=[w["counts"] for w in written],
+        row_hashes={t: [w["row_hashes"][t] for w in written] for t in TABLES},
+        columns={t: written[0]["columns"][t] for t in TABLES},
+        rows={t: [w["rows"][t] for w in written] for t in TABLES},
+    )
+
+
+def table_hash(columns: list[str], row_hashes: list[np.ndarray]) -> str:
+    """``store.frame_hash`` of the concatenation of parts, from each part's row hashes."""
+    h = hashlib.sha256()
+    h.update(",".join(map(str, columns)).encode())
+    for part in row_hashes:
+        h.update(np.ascontiguousarray(part, dtype=np.uint64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _summarize(written: _Written) -> tuple[dict, dict]:
+    counts = merge_counts(written.counts)
+    files = {
+        t: {"rows": int(sum(written.rows[t])), "hash": table_hash(written.columns[t], written.row_hashes[t])}
+        for t in TABLES
+    }
+    return counts, files
+
+
+__all__ = ["preprocess", "preprocess_key", "read_points", "read_preprocess_counts", "default_npartitions", "SCHEDULERS"]

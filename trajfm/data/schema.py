@@ -24,6 +24,8 @@ REASONS = {
     "duplicate_time": "same mover and time as an earlier fix, different position",
     "speed_outlier": "implied speed from the previous kept fix exceeds the mover kind's maximum",
     "short_trajectory": "segment shorter than the minimum length or duration after splitting",
+    "stop": "inside a detected stop (between the stop's first and last fix), removed by the stop split",
+    "generalized": "dropped by time generalization: less than generalize_s after the previous kept fix",
     "source_flagged": "the source itself marks the record as incomplete (Porto MISSING_DATA=True: "
     "fixes are missing, so the times of the fixes after the gap cannot be known)",
 }

@@ -256,13 +256,16 @@ def _first_stopped_window(x, y, a, cls, rx, ry, base, j, end, diam):
         decided = np.flatnonzero(c == STOPPED)
         limit = decided[0] if len(decided) else len(p)
         undecided = np.flatnonzero(c[:limit] == UNDECIDED)
-        if len(undecided):
-            sizes = p[undecided] - win[undecided] + 1
-            pts = _ranges(win[undecided], p[undecided] + 1)
+        batch = 4  # measured in growing batches: the first stop found ends the search
+        while len(undecided):
+            now, undecided = undecided[:batch], undecided[batch:]
+            sizes = p[now] - win[now] + 1
+            pts = _ranges(win[now], p[now] + 1)
             hit = np.flatnonzero(_exactly_stopped(x[pts], y[pts], sizes, diam))
             if len(hit):
-                i = undecided[hit[0]]
+                i = now[hit[0]]
                 return int(p[i]), int(win[i])
+            batch *= 4
         if len(decided):
             return int(p[limit]), int(win[limit])
         j = stop
@@ -307,7 +310,6 @@ def _first_break(x, y, s, j0, end, diam):
             if trusted:
                 hx, hy = _hull_xy(hull)
                 idx = _ranges(np.full(len(qs), in_hull + 1), qs + 1)
-                group = np.repeat(np.arange(len(qs)), qs - in_hull)
                 # Each window: the hull's vertices, then the fixes since the hull was taken.
                 sizes = len(hx) + (qs - in_hull)
                 px = np.empty(int(sizes.sum()))
@@ -315,9 +317,9 @@ def _first_break(x, y, s, j0, end, diam):
                 first = np.cumsum(sizes) - sizes
                 head = (first[:, None] + np.arange(len(hx))[None, :]).ravel()
                 px[head], py[head] = np.tile(hx, len(qs)), np.tile(hy, len(qs))
-                tail = np.setdiff1d(np.arange(len(px)), head, assume_unique=True)
+                tail = np.ones(len(px), dtype=bool)
+                tail[head] = False
                 px[tail], py[tail] = x[idx], y[idx]
-                del group
             else:
                 idx = _ranges(np.full(len(qs), s), qs + 1)
                 px, py, sizes = x[idx], y[idx], qs - s + 1
