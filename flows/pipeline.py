@@ -22,6 +22,7 @@ def pipeline(
     preset: str = "tutorial",
     epochs: int = 5,
     batch_size: int = 128,
+    ingest_params: dict | None = None,
     preprocess_params: dict | None = None,
     window_params: dict | None = None,
     quality_params: dict | None = None,
@@ -34,7 +35,7 @@ def pipeline(
     model_name: str = "trajfm",
 ) -> dict:
     """Run every stage on ``sources`` (default: all embedded tracktable-data AIS files)."""
-    ingest_dir = ingest_flow(sources=sources, data_root=data_root)
+    ingest_dir = ingest_flow(sources=sources, data_root=data_root, params=ingest_params)
     raw_report = validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
     processed_dir = preprocess_flow(
         ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers,

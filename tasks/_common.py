@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
-from trajfm.store import file_fingerprint, root_identity, stable_hash
+from trajfm.store import root_identity, stable_hash
 
 
 @dataclass
 class DataRootAndFiles(CachePolicy):
     """Extends an inputs-based key with the identity of the data root (a wiped root misses the
-    cache) and the size/mtime of any source files (an edited file misses the cache)."""
+    cache) and the fingerprints of the files behind ``sources`` (an added or edited file inside a
+    source directory misses the cache)."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
         parts: dict[str, Any] = {"root": root_identity(inputs.get("data_root"))}
         sources = inputs.get("sources")
         if sources:
-            parts["files"] = [file_fingerprint(p) if Path(p).exists() else str(p) for p in sources]
+            from trajfm.data.ingest import planned_key
+
+            try:  # expands directories and globs, fingerprints every file (size, mtime / ETag)
+                parts["files"] = planned_key(sources, inputs.get("params"))
+            except Exception as exc:  # unreadable source: key on the error, the task reports it
+                parts["files"] = f"{type(exc).__name__}: {exc}"
         return stable_hash(parts)
 
 

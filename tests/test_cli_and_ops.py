@@ -108,3 +108,17 @@ def test_train_command_trains_a_preset_on_a_features_stage(tmp_path, capsys):
 def test_presets_command_lists_the_tutorial(capsys):
     assert main(["presets"]) == 0
     assert "tutorial" in capsys.readouterr().out
+
+
+def test_ingest_cache_key_sees_files_added_to_a_source_directory(tmp_path):
+    from trajfm.data.catalog import SMALL_SLICE, embedded_files
+    from trajfm.data.ingest import planned_key
+
+    src = tmp_path / "src"
+    src.mkdir()
+    small = embedded_files(SMALL_SLICE)[0]
+    (src / "a.traj").write_bytes(small.read_bytes())
+    before = planned_key([str(src)])
+    assert planned_key([str(src)]) == before
+    (src / "b.traj").write_bytes(small.read_bytes())
+    assert planned_key([str(src)]) != before

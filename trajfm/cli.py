@@ -45,6 +45,8 @@ def _prepare_env(data_root: str | None) -> Path:
     for var in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(var, "true")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # A fresh Prefect database takes a while to migrate on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     return root
 
 

@@ -191,6 +191,14 @@ def ingest_key(files: list[Source] | list[Path], params: dict) -> str:
     )
 
 
+def planned_key(sources, params: dict | None = None) -> str:
+    """The key ``ingest`` would use now: expands directories/globs and fingerprints every file,
+    so a cache keyed on it misses when any file is added, removed or modified."""
+    params = _check_params(params)
+    files, _ = resolve_sources(sources, params["format"])
+    return ingest_key(files, params)
+
+
 # ---------------------------------------------------------------------------------------------
 # The stage
 
