@@ -176,3 +176,131 @@ def test_run_training_stage_writes_model_and_is_cached(data, tmp_path):
         train_overrides=overrides, on_epoch=lambda record, fraction: fractions.append(fraction),
     )
     assert again == out and len(fractions) == 2  # finished stage: returned without training
+    quiet = run_training(  # settings that change no number do not change the stage
+        features_dir, root=tmp_path, preset="tutorial", model_overrides={"block_size": 32, "d_model": 32},
+        train_overrides={**overrides, "log_every": 7, "progress": False}, on_epoch=lambda record, fraction: fractions.append(fraction),
+    )
+    assert quiet == out and len(fractions) == 2
+
+
+# --- gradient accumulation, SIGTERM, MLflow, autocast, compatibility --------------------------
+
+NO_DROPOUT = GPTConfig(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)
+
+
+def test_gradient_accumulation_learns_what_one_batch_learns(data, tmp_path):
+    tr, va, st = data
+    one = train(tr, va, NO_DROPOUT, st, cfg(epochs=2, batch_size=13), tmp_path / "one")
+    acc = train(tr, va, NO_DROPOUT, st, cfg(epochs=2, batch_size=13, grad_accum_steps=3), tmp_path / "acc")
+    for a, b in zip(one.history, acc.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    for k, v in one.model.state_dict().items():
+        torch.testing.assert_close(acc.model.state_dict()[k], v, rtol=1e-4, atol=2e-5, msg=k)  # Adam magnifies rounding in ~0 gradients (key biases)
+
+
+@pytest.mark.parametrize("patch_in,patch_out", [(1, 1), (4, 8), (2, 3)])
+def test_target_count_is_what_the_loss_averages_over(patch_in, patch_out):
+    from trajfm.model.patching import next_points, pad_to_patches
+
+    mask = torch.zeros(5, 30, dtype=torch.bool)
+    for row, n in enumerate([30, 1, 7, 12, 29]):
+        mask[row, :n] = True
+    m = pad_to_patches(mask, patch_in)
+    _, valid = next_points(torch.zeros(*m.shape, 3), m, patch_in, patch_out)
+    assert train_mod.target_count(mask, patch_in, patch_out) == int(valid.sum())
+    assert train_mod.target_count(mask) == int((mask[:, :-1] & mask[:, 1:]).sum())
+
+
+def test_sigterm_checkpoints_raises_and_resumes(data, tmp_path):
+    import os
+    import signal
+
+    tr, va, st = data
+    full = train(tr, va, MODEL, st, cfg(), tmp_path / "full")
+    sentinel = lambda signum, frame: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, sentinel)
+    try:
+        def terminate_in_epoch_2(record):
+            if record["epoch"] == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled at the end of the next step
+
+        with pytest.raises(train_mod.TrainingInterrupted, match="SIGTERM received: training stopped after step") as info:
+            train(tr, va, MODEL, st, cfg(), tmp_path / "run", on_epoch=terminate_in_epoch_2)
+        assert signal.getsignal(signal.SIGTERM) is sentinel  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    steps_per_epoch = -(-len(tr) // 16)
+    assert info.value.step == steps_per_epoch + 1 and info.value.checkpoint == tmp_path / "run" / "last.pt"
+    assert torch.load(info.value.checkpoint, weights_only=True)["extra"]["step"] == info.value.step
+    resumed = train(tr, va, MODEL, st, cfg(), tmp_path / "run")
+    assert losses(resumed.history) == losses(full.history)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+class FakeMlflow:
+    def __init__(self, active: bool):
+        self.active, self.logged = active, []
+
+    def active_run(self):
+        return object() if self.active else None
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append((step, dict(metrics)))
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_metrics_go_to_an_active_mlflow_run_only(data, tmp_path, monkeypatch, active):
+    import sys
+
+    tr, va, st = data
+    fake = FakeMlflow(active)
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    res = train(tr, va, MODEL, st, cfg(epochs=2, log_every=2), tmp_path)
+    if not active:
+        assert fake.logged == []
+        return
+    steps = res.history[-1]["step"]
+    step_logs = [(s, m) for s, m in fake.logged if "train/step_loss" in m]
+    assert [s for s, _ in step_logs] == list(range(2, steps + 1, 2))
+    epoch_logs = [(s, m) for s, m in fake.logged if "val/loss" in m]
+    assert [s for s, _ in epoch_logs] == [h["step"] for h in res.history]
+    assert [m["val/loss"] for _, m in epoch_logs] == [h["val_loss"] for h in res.history]
+
+
+def test_mlflow_is_never_imported_by_training(data, tmp_path, monkeypatch):
+    import sys
+
+    tr, _, st = data
+    monkeypatch.delitem(sys.modules, "mlflow", raising=False)
+    train(tr, None, MODEL, st, cfg(epochs=1, max_steps=2, log_every=1), tmp_path)
+    assert "mlflow" not in sys.modules
+
+
+def test_bf16_autocast_on_cpu_when_asked(data, tmp_path):
+    tr, va, st = data
+    assert train_mod.autocast_dtype("auto", torch.device("cpu")) is None  # CPU default: float32
+    assert train_mod.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    res = train(tr, va, NO_DROPOUT, st, cfg(epochs=1, amp="bf16"), tmp_path)
+    plain = train(tr, va, NO_DROPOUT, st, cfg(epochs=1), tmp_path / "plain")
+    assert res.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=0.05)
+    assert res.history[0]["train_loss"] != plain.history[0]["train_loss"]  # it did run in bf16
+    with pytest.raises(ValueError, match="amp must be one of"):
+        TrainConfig(amp="fp8")
+
+
+def test_added_settings_keep_old_checkpoints_and_keys():
+    """Settings added after the first release stay out of resume identities at their defaults."""
+    ident = train_mod._config_identity(TrainConfig())
+    first_release = {"epochs", "batch_size", "lr", "min_lr_ratio", "weight_decay", "warmup_steps", "grad_clip", "seed", "max_steps"}
+    assert set(ident) == first_release
+    assert "grad_accum_steps" in train_mod._config_identity(TrainConfig(grad_accum_steps=2))
+    assert train_mod._config_identity(TrainConfig(log_every=3, progress=False, checkpoint_every=9)) == ident
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(data, tmp_path):
+    tr, va, st = data
+    eager = train(tr, va, NO_DROPOUT, st, cfg(epochs=1, max_steps=3), tmp_path / "eager")
+    compiled = train(tr, va, NO_DROPOUT, st, cfg(epochs=1, max_steps=3, compile=True), tmp_path / "compiled")
+    assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=1e-4)

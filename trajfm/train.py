@@ -1,23 +1,51 @@
-"""Training loop: AdamW, linear warmup + cosine decay, gradient clipping, atomic resumable checkpoints.
+"""Training loop: AdamW, linear warmup + cosine decay, gradient clipping and accumulation, bf16
+autocast on CUDA, optional ``torch.compile``, atomic resumable checkpoints, data parallel under
+``torchrun``.
 
 Deterministic: the same windows, statistics and configs give the same losses. Model init uses
 ``torch.manual_seed(seed)``; the batch order of epoch ``e`` is a permutation drawn from its own
 generator seeded from ``(seed, e)``, so a run resumed at any step sees exactly the batches and
 dropout masks (global RNG state is checkpointed) an uninterrupted run would.
 
+``batch_size`` is the number of windows per optimizer step, whatever the number of processes and
+``grad_accum_steps``: a step takes the next ``batch_size`` windows of the epoch's order (the
+global batch), gives process ``r`` of ``W`` the r-th of W contiguous slices of it, and cuts that
+slice into ``grad_accum_steps`` micro-batches. Each micro-batch's loss is weighted by its share
+of the global batch's scored targets (``target_count``) before ``backward``, and the gradients
+are summed over processes, so one process, W processes and any accumulation compute the same
+gradient up to float rounding (tests/test_train_ddp.py). Accumulation and processes are then
+memory and speed knobs; they never change what is learned.
+
 ``checkpoint_dir/last.pt`` holds everything needed to resume (model, optimizer, scheduler, step,
-RNG states, history) and is rewritten atomically every ``checkpoint_every`` steps and at the end
-of each epoch. When it exists and was written for the same model config, train config (ignoring
-``device`` and ``checkpoint_every``), statistics and data, ``train`` resumes from it; a run that
-had finished returns at once. With validation data, ``best.pt`` keeps the weights of the epoch
-with the lowest validation loss.
+RNG states, history) and is rewritten atomically every ``checkpoint_every`` steps, at the end of
+each epoch, and when the process receives SIGTERM (the loop finishes its step, writes the
+checkpoint and raises ``TrainingInterrupted``; the previous handler is restored afterwards).
+When it exists and was written for the same model config, train config (ignoring the settings
+in ``_RESUME_IGNORES``, which change nothing in the numbers), statistics and data, ``train``
+resumes from it; a run that had finished returns at once. With validation data, ``best.pt``
+keeps the weights of the epoch with the lowest validation loss.
+
+Distributed: when launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) ``train``
+joins the process group (gloo on CPU, nccl on CUDA, one GPU per ``LOCAL_RANK``), or uses one the
+caller already set up. Every process holds all windows and computes the same batch order; only
+rank 0 writes checkpoints, shows progress and logs metrics. ``checkpoint_dir`` must be on a
+file system every process sees. ``python -m trajfm.train`` runs the ``train`` stage from the
+command line, e.g. ``torchrun --nproc_per_node 2 -m trajfm.train --features-dir DIR``.
+
+Metrics go to MLflow only when the caller has an active run (``mlflow.active_run()``); MLflow is
+never imported here, and no run is started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,13 +64,18 @@ log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
-_RESUME_IGNORES = ("device", "checkpoint_every")  # change nothing in the numbers
+# Settings that change nothing in the numbers: a checkpoint written under other values resumes.
+_RESUME_IGNORES = ("device", "checkpoint_every", "log_every", "progress")
+# Settings added after the first release, with the defaults that reproduce it: left out of
+# resume identities and stage keys at these values, so older checkpoints and stages still match.
+_ADDED_DEFAULTS = {"grad_accum_steps": 1, "amp": "auto", "compile": False}
+AMP_MODES = ("auto", "bf16", "off")
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 64  # windows per step
+    batch_size: int = 64  # windows per optimizer step (the global batch, over all processes)
     lr: float = 1e-3  # peak learning rate, after warmup
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
     weight_decay: float = 0.1  # AdamW, on weight matrices and embeddings only
@@ -50,8 +83,13 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     seed: int = 0
     device: str = "auto"  # "auto" -> cuda if available else cpu; or any torch device string
-    checkpoint_every: int = 500  # steps between last.pt rewrites (also written every epoch end)
+    checkpoint_every: int = 500  # steps between last.pt rewrites (also written every epoch end and on SIGTERM)
     max_steps: int | None = None  # cap on total steps (the schedule is laid out over the cap)
+    grad_accum_steps: int = 1  # micro-batches per step (per process); same gradient, less memory
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA (when supported), off elsewhere; "bf16"; "off"
+    compile: bool = False  # torch.compile the loss (forward + head); numbers may differ in the last bits
+    log_every: int = 50  # steps between step metrics sent to an active MLflow run; 0: epoch metrics only
+    progress: bool | None = None  # progress bar: None shows it on a terminal only (tqdm's rule)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
@@ -60,6 +98,10 @@ class TrainConfig:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1: {self}")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0 or None, got {self.max_steps}")
+        if self.grad_accum_steps < 1 or self.log_every < 0:
+            raise ValueError(f"need grad_accum_steps >= 1 and log_every >= 0: {self}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
 
 
 @dataclass
@@ -70,10 +112,38 @@ class TrainResult:
     last_checkpoint: Path | None = None  # full training state (for resuming)
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM stopped training after ``step``; the state is in ``checkpoint``: train again to resume."""
+
+    def __init__(self, step: int, total_steps: int, checkpoint: Path, signum: int = signal.SIGTERM):
+        self.step, self.total_steps, self.checkpoint, self.signum = step, total_steps, checkpoint, signum
+        super().__init__(
+            f"{signal.Signals(signum).name} received: training stopped after step {step}/{total_steps}; "
+            f"its state is saved in {checkpoint} and the same call resumes from there"
+        )
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device``: bf16, or None (full float32)."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def planned_steps(n_windows: int, cfg: TrainConfig) -> int:
@@ -89,6 +159,29 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     span = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / span, 1.0)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def target_count(mask: torch.Tensor, patch_in: int = 1, patch_out: int = 1) -> int:
+    """Targets the next-point loss scores in a (B, L) batch: (token, predicted point) pairs where
+    the token (its last point) and the predicted point are real, as ``TrajGPT.loss`` counts them.
+
+    With one point per token that is the number of real consecutive pairs. ``TrajGPT.loss`` is a
+    mean over these (times the number of target values for the MSE head), so a micro-batch's
+    loss times its count over the global batch's count adds up to the global batch's loss.
+    """
+    P, Q = patch_in, patch_out
+    m = mask.to(torch.bool)
+    extra = (-m.shape[1]) % P
+    if extra:
+        m = torch.cat([m, m.new_zeros(m.shape[0], extra)], dim=1)
+    L = m.shape[1]
+    token = m[:, P - 1 :: P]  # (B, Lt) real tokens
+    total = 0
+    for q in range(Q):  # output q of token i is point (i+1)P + q
+        idx = torch.arange(1, token.shape[1] + 1) * P + q
+        inside = idx < L
+        total += int((token[:, inside] & m[:, idx[inside]]).sum())
+    return total
 
 
 def _tensors(ws: WindowSet, block_size: int, n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +213,14 @@ def _plain_stats(stats: dict, n_features: int) -> dict:
     return {"mean": mean, "std": std}
 
 
+def _config_identity(cfg: TrainConfig, ignore: tuple[str, ...] = _RESUME_IGNORES) -> dict:
+    """The settings that decide the numbers: all but ``ignore``, and added ones left at their default."""
+    return {
+        k: v for k, v in asdict(cfg).items()
+        if k not in ignore and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])
+    }
+
+
 def _param_groups(model: TrajGPT, weight_decay: float) -> list[dict]:
     """Decay matrices and embeddings (dim >= 2); never biases or LayerNorm gains (nanoGPT)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -140,30 +241,229 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-@torch.no_grad()
-def evaluate_loss(
-    model: TrajGPT, x: torch.Tensor, mask: torch.Tensor, batch_size: int, device: torch.device, lonlat: torch.Tensor | None = None
-) -> float:
-    """Mean next-point loss (``model.loss``: MSE in normalized units, or mixture NLL) over a
-    dataset, each batch weighted by its real consecutive pairs. ``lonlat`` (N, L, 2) degrees
-    only for models that encode absolute position."""
-    was_training = model.training
-    model.eval()
+# --- processes: one, or a torchrun group ----------------------------------------------------
+
+
+@dataclass
+class _Group:
+    """This process's place in data-parallel training (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    owns: bool = False  # this ``train`` call created the process group (and destroys it)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.world > 1
+
+
+def _join_group(device: torch.device) -> tuple[_Group, torch.device]:
+    """The process group from torchrun's environment (or the caller's), and this rank's device."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        group = _Group(dist.get_rank(), dist.get_world_size(), owns=False)
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not dist.is_available():
+            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        group = None
+    else:
+        return _Group(), device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if group is None:  # env:// rendezvous: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE from torchrun
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        group = _Group(dist.get_rank(), dist.get_world_size(), owns=True)
+    return group, device
+
+
+def _global_rank() -> int:
+    """Rank of this process (0 without torchrun), whether or not the group is still up."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _barrier(group: _Group) -> None:
+    if group.parallel:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _sum_over_ranks(values: list[float], group: _Group, device: torch.device) -> list[float]:
+    """Element-wise sum of small float64 vectors over all processes."""
+    if not group.parallel:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _sum_gradients(params: list[torch.nn.Parameter], group: _Group, device: torch.device) -> None:
+    """Sum gradients over processes in one flat buffer. A parameter some process used gets a
+    gradient everywhere (zeros where unused); one no process used keeps ``grad = None`` (AdamW then
+    leaves it alone, as a single process would)."""
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    used = _sum_over_ranks([float(p.grad is not None) for p in params], group, device)
+    live = [p for p, u in zip(params, used) if u > 0]
+    for p in live:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in live]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    for g, summed in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(summed)
+
+
+def _broadcast_state(model: TrajGPT, group: _Group) -> None:
+    """Rank 0's parameters and buffers everywhere (same seed gives the same init; this makes sure)."""
+    if group.parallel:
+        import torch.distributed as dist
+
+        for t in model.state_dict().values():
+            dist.broadcast(t, 0)
+
+
+def _gather_rng(device: torch.device, group: _Group) -> dict:
+    """RNG state to checkpoint: this process's, or, in a group, every rank's (list by rank)."""
+    state = _rng_state(device)
+    if not group.parallel:
+        return state
+    import torch.distributed as dist
+
+    states = [None] * group.world
+    dist.all_gather_object(states, state)
+    return {"ranks": states}
+
+
+def _restore_rng(state: dict, device: torch.device, group: _Group) -> None:
+    if "ranks" in state:  # written by a group
+        ranks = state["ranks"]
+        if len(ranks) == group.world:
+            _set_rng_state(ranks[group.rank], device)
+        else:  # other world size: the run continues, not bit for bit
+            log.warning("checkpoint written by %d processes, resuming with %d: RNG streams restart", len(ranks), group.world)
+            torch.manual_seed(torch.initial_seed() + group.rank)
+    elif group.parallel and not group.main:  # a single process wrote it: rank 0 takes its stream
+        torch.manual_seed(torch.initial_seed() + 7919 * group.rank)
+    else:
+        _set_rng_state(state, device)
+
+
+# --- signals, metrics --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stop_on(signals: tuple[int, ...] = (signal.SIGTERM,)):
+    """While active, the signals set ``flag["signum"]`` instead of killing the process; the
+    previous handlers come back afterwards. Only the main thread can install handlers (a Prefect
+    task may run in a worker thread): elsewhere the flag is never set."""
+    flag: dict = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, _frame):
+        flag["signum"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _mlflow_run():
+    """The ``mlflow`` module when the caller has an active run, else None (never imports it)."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return None
+    try:
+        return mlflow if mlflow.active_run() is not None else None
+    except Exception:  # a half-initialised or mocked module
+        return None
+
+
+def _log_metrics(mlflow, metrics: dict, step: int) -> None:
+    if mlflow is None:
+        return
+    try:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}, step=step)
+    except Exception as exc:  # tracking trouble must never stop training
+        log.warning("could not log metrics to MLflow: %s", exc)
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def _loss_sums(model, x, mask, batch_size, device, lonlat=None, amp_dtype=None) -> tuple[float, int]:
+    """(sum over batches of loss x real pairs, real pairs) of ``model.loss`` over a dataset."""
     total, pairs = 0.0, 0
     for i in range(0, len(x), batch_size):
         xb, mb = x[i : i + batch_size].to(device), mask[i : i + batch_size].to(device)
         lb = None if lonlat is None else lonlat[i : i + batch_size].to(device)
         n = int((mb[:, :-1] & mb[:, 1:]).sum())
         if n:
-            total += float(model.loss(xb, mb, lonlat=lb)) * n
+            with _autocast(device, amp_dtype):
+                total += float(model.loss(xb, mb, lonlat=lb)) * n
             pairs += n
+    return total, pairs
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: TrajGPT, x: torch.Tensor, mask: torch.Tensor, batch_size: int, device: torch.device,
+    lonlat: torch.Tensor | None = None, amp_dtype: torch.dtype | None = None,
+) -> float:
+    """Mean next-point loss (``model.loss``: MSE in normalized units, or mixture NLL) over a
+    dataset, each batch weighted by its real consecutive pairs. ``lonlat`` (N, L, 2) degrees
+    only for models that encode absolute position; ``amp_dtype`` an autocast dtype (or None)."""
+    was_training = model.training
+    model.eval()
+    total, pairs = _loss_sums(model, x, mask, batch_size, device, lonlat, amp_dtype)
     model.train(was_training)
+    return total / pairs if pairs else float("nan")
+
+
+@torch.no_grad()
+def _validation_loss(model, vx, vmask, vlonlat, batch_size, device, amp_dtype, group: _Group) -> float:
+    """``evaluate_loss``; in a group each process scores a contiguous slice and the sums add up."""
+    if not group.parallel:
+        return evaluate_loss(model, vx, vmask, batch_size, device, vlonlat, amp_dtype)
+    part = torch.tensor_split(torch.arange(len(vx)), group.world)[group.rank]
+    lo, hi = (int(part[0]), int(part[-1]) + 1) if len(part) else (0, 0)
+    was_training = model.training
+    model.eval()
+    total, pairs = _loss_sums(model, vx[lo:hi], vmask[lo:hi], batch_size, device,
+                              None if vlonlat is None else vlonlat[lo:hi], amp_dtype)
+    model.train(was_training)
+    total, pairs = _sum_over_ranks([total, float(pairs)], group, device)
     return total / pairs if pairs else float("nan")
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # independent of global RNG
     return torch.randperm(n, generator=g)
+
+
+# --- the loop ----------------------------------------------------------------------------------
 
 
 def train(
@@ -178,12 +478,26 @@ def train(
     """Train a ``TrajGPT`` on ``train`` windows (raw features); returns the model and history.
 
     ``stats`` is ``{"mean": [F], "std": [F]}`` of the train split (raw units). ``on_epoch`` gets
-    each history record as it is made (for logging). Windows longer than ``block_size`` keep
-    their first ``block_size`` points.
+    each history record as it is made (for logging; rank 0 only under torchrun). Windows longer
+    than ``block_size`` keep their first ``block_size`` points. Raises ``TrainingInterrupted``
+    after SIGTERM, once the state is checkpointed.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    group, device = _join_group(resolve_device(cfg.device))
+    try:
+        with _stop_on() as stop:
+            return _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, group, device, stop)
+    finally:
+        if group.owns:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, group: _Group, device, stop) -> TrainResult:
+    if group.main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    amp_dtype = autocast_dtype(cfg.amp, device)
     stats = _plain_stats(stats, model_config.n_features)
     x, mask = _tensors(train, model_config.block_size, model_config.n_features)
     if len(x) == 0:
@@ -197,11 +511,13 @@ def train(
     vlonlat = _lonlat(val, model_config.block_size) if spatial and vx is not None else None
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total_steps = planned_steps(len(x), cfg)
+    P, Q = model_config.patch_in, model_config.patch_out
 
     torch.manual_seed(cfg.seed)
     model = TrajGPT(model_config)
     model.set_normalization(stats["mean"], stats["std"])
     model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda"
     )
@@ -210,7 +526,7 @@ def train(
     )
     identity = {
         "model_config": model_config.to_dict(),
-        "train_config": {k: v for k, v in asdict(cfg).items() if k not in _RESUME_IGNORES},
+        "train_config": _config_identity(cfg),
         "stats": stats,
         "train_data": _fingerprint(x, mask),
         "val_data": _fingerprint(vx, vmask) if vx is not None else None,
@@ -220,14 +536,24 @@ def train(
     step, history, best_val = 0, [], None
     acc = {"loss_sum": 0.0, "batches": 0, "points": 0, "seconds": 0.0}  # running over the current epoch
     last_path, best_path = checkpoint_dir / LAST, checkpoint_dir / BEST
-    resumed = _try_resume(last_path, identity, model, optimizer, scheduler, device)
+    resumed = _try_resume(last_path, identity, model, optimizer, scheduler, device, group)
     if resumed is not None:
         step, history, best_val, acc = resumed["step"], resumed["history"], resumed["best_val"], resumed["acc"]
-        log.info("resuming from %s at step %d/%d", last_path, step, total_steps)
-    elif best_path.exists():
-        best_path.unlink()  # stale: belongs to another run
+        if group.main:
+            log.info("resuming from %s at step %d/%d", last_path, step, total_steps)
+    else:
+        if group.parallel and not group.main:  # dropout masks differ between ranks (rank 0 keeps the seed's stream)
+            torch.manual_seed(cfg.seed * 1_000_003 + 7919 * group.rank)
+        if group.main and best_path.exists():
+            best_path.unlink()  # stale: belongs to another run
+    _broadcast_state(model, group)
+    _barrier(group)  # every rank has read last.pt before rank 0 may rewrite it
+    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
 
     def save_last() -> None:
+        rng = _gather_rng(device, group)  # collective: every rank calls save_last
+        if not group.main:
+            return
         extra = {
             "kind": "train_state",
             "identity": identity,
@@ -237,42 +563,63 @@ def train(
             "best_val": best_val,
             "acc": acc,
             "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(device),
+            "rng": rng,
+            "world_size": group.world,
         }
         save_checkpoint(last_path, model, optimizer, extra)
 
+    mlflow = _mlflow_run() if group.main else None
     model.train()
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=None, leave=False)
+    show = cfg.progress if group.main else False
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=None if show is None else not show, leave=False)
     order, order_epoch = None, -1
     t0 = time.perf_counter()
     while step < total_steps:
         epoch, i = divmod(step, steps_per_epoch)
         if order_epoch != epoch:
             order, order_epoch = _epoch_order(cfg.seed, epoch, len(x)), epoch
-        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        xb, mb = x[idx].to(device, non_blocking=True), mask[idx].to(device, non_blocking=True)
-        lb = lonlat[idx].to(device, non_blocking=True) if lonlat is not None else None
+        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]  # the global batch
+        micro = [m for m in torch.tensor_split(torch.tensor_split(idx, group.world)[group.rank], cfg.grad_accum_steps) if len(m)]
+        whole = len(micro) == 1 and not group.parallel  # one process, one micro-batch: the plain step
+        n_targets = max(target_count(mask[idx], P, Q), 1)
 
-        loss = model.loss(xb, mb, lonlat=lb)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = torch.zeros((), device=device)
+        for mi in micro:
+            xb, mb = x[mi].to(device, non_blocking=True), mask[mi].to(device, non_blocking=True)
+            lb = lonlat[mi].to(device, non_blocking=True) if lonlat is not None else None
+            with _autocast(device, amp_dtype):
+                loss = loss_fn(xb, mb, lonlat=lb)
+            if not whole:  # this micro-batch's share of the global batch's mean
+                loss = loss * (target_count(mask[mi], P, Q) / n_targets)
+            loss.backward()
+            loss_sum = loss_sum + loss.detach().float()
+        loss_value = float(loss_sum)
+        if group.parallel:
+            loss_value, stopping = _sum_over_ranks([loss_value, float(stop["signum"] is not None)], group, device)
+            _sum_gradients(params, group, device)
+        else:
+            stopping = stop["signum"] is not None
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         step += 1
 
-        loss_value = float(loss.detach())
         acc["loss_sum"] += loss_value
         acc["batches"] += 1
-        acc["points"] += int(mb.sum())
+        acc["points"] += int(mask[idx].sum())
+        elapsed = acc["seconds"] + time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
+        bar.set_postfix(loss=f"{loss_value:.4f}", pts_s=f"{acc['points'] / max(elapsed, 1e-9):.0f}")
+        if cfg.log_every and step % cfg.log_every == 0:
+            _log_metrics(mlflow, {"train/step_loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
+                                  "train/points_per_s": acc["points"] / max(elapsed, 1e-9)}, step)
 
         epoch_done = step % steps_per_epoch == 0 or step == total_steps
         if epoch_done:
             acc["seconds"] += time.perf_counter() - t0
-            val_loss = evaluate_loss(model, vx, vmask, cfg.batch_size, device, vlonlat) if vx is not None else None
+            val_loss = _validation_loss(model, vx, vmask, vlonlat, cfg.batch_size, device, amp_dtype, group) if vx is not None else None
             record = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -285,19 +632,27 @@ def train(
             acc = {"loss_sum": 0.0, "batches": 0, "points": 0, "seconds": 0.0}
             if val_loss is not None and math.isfinite(val_loss) and (best_val is None or val_loss < best_val):
                 best_val = val_loss
-                save_checkpoint(best_path, model, None, {"kind": "best", "epoch": epoch + 1, "step": step, "val_loss": val_loss, "stats": stats})
+                if group.main:
+                    save_checkpoint(best_path, model, None, {"kind": "best", "epoch": epoch + 1, "step": step, "val_loss": val_loss, "stats": stats})
             save_last()
-            log.info("epoch %d step %d train %.5f val %s", record["epoch"], step, record["train_loss"], val_loss)
-            if on_epoch is not None:
-                on_epoch(dict(record))
+            _log_metrics(mlflow, {"train/epoch_loss": record["train_loss"], "val/loss": val_loss, "epoch": epoch + 1}, step)
+            if group.main:
+                log.info("epoch %d step %d train %.5f val %s", record["epoch"], step, record["train_loss"], val_loss)
+                if on_epoch is not None:
+                    on_epoch(dict(record))
             t0 = time.perf_counter()
-        elif cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
+        elif (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or stopping:
             acc["seconds"] += time.perf_counter() - t0
             save_last()
             t0 = time.perf_counter()
+        if stopping and step < total_steps:
+            bar.close()
+            _barrier(group)
+            raise TrainingInterrupted(step, total_steps, last_path, stop["signum"] or signal.SIGTERM)
     bar.close()
-    if not last_path.exists():  # zero steps to run (e.g. max_steps=0)
+    if resumed is None and total_steps == 0:  # zero steps to run (e.g. max_steps=0)
         save_last()
+    _barrier(group)  # rank 0 has written best.pt and last.pt
 
     use_best = vx is not None and best_path.exists()
     final_path = best_path if use_best else last_path
@@ -306,7 +661,7 @@ def train(
     return TrainResult(model=model.eval(), history=history, checkpoint=final_path, last_checkpoint=last_path)
 
 
-def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device: torch.device) -> dict | None:
+def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device: torch.device, group: _Group) -> dict | None:
     """Load training state from ``path`` into model/optimizer/scheduler/RNG if it matches ``identity``."""
     if not path.exists():
         return None
@@ -322,7 +677,7 @@ def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device:
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
-    _set_rng_state(extra["rng"], device)
+    _restore_rng(extra["rng"], device, group)
     return {"step": int(extra["step"]), "history": list(extra["history"]), "best_val": extra["best_val"], "acc": dict(extra["acc"])}
 
 
@@ -344,10 +699,12 @@ def run_training(
     The directory holds ``model.pt`` (a ``save_checkpoint`` file: the best-validation weights
     with their normalization), ``history.json`` and a manifest with ``preset``, the configs and
     ``final`` (last epoch's losses, best validation loss, parameter count). Its key hashes the
-    features and every setting except ``device``, so identical requests return the finished
-    directory at once. Checkpoints for resuming live under ``<root>/checkpoints/<key>/``, outside
-    the stage's temporary directory, so a crashed or retried run continues where it stopped.
-    ``on_epoch(record, fraction_done)`` is called after every epoch.
+    features and every setting that can change the numbers (not ``device``, ``log_every``,
+    ``progress``), so identical requests return the finished directory at once. Checkpoints for
+    resuming live under ``<root>/checkpoints/<key>/``, outside the stage's temporary directory,
+    so a crashed, retried or SIGTERM-stopped run continues where it stopped.
+    ``on_epoch(record, fraction_done)`` is called after every epoch. Under torchrun every process
+    trains and rank 0 alone writes the stage (the others return its path at once).
     """
     from trajfm.features.windows import load_features
     from trajfm.model.config import load_preset
@@ -356,7 +713,7 @@ def run_training(
     root = data_root(root)
     model_config = load_preset(preset, **(model_overrides or {}))
     cfg = TrainConfig(**(train_overrides or {}))
-    settings = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    settings = _config_identity(cfg, ignore=("device", "log_every", "progress"))
     key = stable_hash(
         {"features": read_manifest(features_dir)["key"], "preset": preset, "model": model_config.to_dict(), "train": settings, "v": 1}
     )
@@ -371,6 +728,8 @@ def run_training(
             on_epoch(record, min(record["step"] / total, 1.0))
 
     result = train(sets["train"], sets["val"], model_config, stats, cfg, root / CHECKPOINT_STAGE / key, on_epoch=report)
+    if _global_rank() != 0:
+        return out
     last = result.history[-1] if result.history else {}
     val_losses = [h["val_loss"] for h in result.history if h.get("val_loss") is not None]
     final = {
@@ -395,6 +754,31 @@ def run_training(
             train_config=asdict(cfg),
             features_dir=str(features_dir),
             device=str(resolve_device(cfg.device)),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
             final=final,
         )
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trajfm.train --features-dir DIR [--root R] [--preset P] [--model JSON] [--train JSON]``;
+    under ``torchrun --nproc_per_node N`` it trains data-parallel. Prints the stage directory."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m trajfm.train", description=main.__doc__)
+    parser.add_argument("--features-dir", required=True, help="a features stage directory")
+    parser.add_argument("--root", default=None, help="data root (default: $TRAJFM_HOME or ./.trajfm)")
+    parser.add_argument("--preset", default="tutorial")
+    parser.add_argument("--model", default="{}", help='GPTConfig overrides as JSON, e.g. \'{"dropout": 0}\'')
+    parser.add_argument("--train", default="{}", help='TrainConfig overrides as JSON, e.g. \'{"epochs": 2}\'')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = run_training(args.features_dir, args.root, args.preset, json.loads(args.model), json.loads(args.train))
+    if _global_rank() == 0:
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,629 @@
+"""Model benchmark: training speed against ``transformers`` GPT-2, KV-cache generation, memory, and
+forecast quality of every preset on held-out real data.
+
+``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
+``python -m trajfm.bench.model --out FILE [--budget quick|default|full] [--root DIR]``) writes the
+JSON results and a markdown table beside it (same stem, ``.md``). The budget can also come from
+``$TRAJFM_BENCH_BUDGET``. The JSON is rewritten after each part, so a long run leaves what it has.
+
+**Speed** (one process, ``threads`` torch threads, interleaved so both contenders see the same
+machine load; medians of ``speed_reps`` timed steps after ``speed_warmup`` untimed ones):
+
+- ``train_speed_ratio_vs_hf``: one training step (``loss``, ``backward``, AdamW ``step``) of
+  ``TrajGPT`` against the same model written with ``transformers.GPT2Model``: the same input
+  projection, GPT-2 trunk (same d_model, layers, heads, learned positions, GELU-tanh, dropout,
+  SDPA attention), head and masked next-point MSE, on the same batch (``B`` windows of
+  ``block_size`` points, a quarter of them shorter, padded at the end, as real windows are).
+  Ratio = trajfm points/s over transformers points/s (> 1: trajfm is faster). Wall time and
+  thread CPU time both reported (CPU time is less sensitive to other jobs on the machine).
+- ``kv_cache_speedup``: ``trajfm.model.generate.Rollout`` of ``GEN_STEPS`` = 64 steps from a
+  32-point context, ``use_cache=True`` against ``False`` (recomputing the whole prefix each step),
+  with ``block_size`` 128 so the cache holds the whole rollout.
+- Memory: bytes the autograd graph saves during one training step (the activations a backward
+  needs, measured with ``saved_tensors_hooks``, shared storages counted once), parameter +
+  gradient + AdamW state bytes, the KV cache size, and the peak resident memory of the process.
+
+**Quality**: the real pipeline stages as library calls into a data root (default
+``$TMPDIR/trajfm-bench-model``; stages are cached there, so a rerun reuses them):
+``ingest`` of the embedded AIS files -> ``preprocess(scheduler="sync")`` -> ``make_features``
+(32-point windows, chronological 70/15/15 split) -> ``run_training`` per preset -> forecasts on
+the **test split** (the latest 15% of the time span), ``CONTEXT_LEN`` = 20 points of context,
+``HORIZONS`` up to 10 steps ahead, ADE (mean error over steps 1..k) and FDE (error at step k) in
+metres (great-circle), for every preset of ``trajfm.model.config.list_presets()``, constant
+velocity (``trajfm.evaluate.forecast.constant_velocity``) and ``linear_extrapolation`` (below),
+all on exactly the same windows. The same for the shared GeoLife files
+(``../shared/data/geolife``) when they and the ``geolife`` reader exist; otherwise a note says
+why not. The training budget (``Budget``: optimizer steps of ``batch_size`` windows per preset
+and dataset, AdamW lr 1e-3 with warmup then cosine, best validation epoch kept) is modest so the
+default run fits about 20 minutes on 2 shared CPU cores; ``full`` trains ~10x longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+HORIZONS = (1, 5, 10)
+CONTEXT_LEN = 20  # points of context before the forecast
+GEN_STEPS = 64  # rollout length of the KV-cache benchmark
+GEN_CONTEXT = 32
+SPEED_PRESET = "trajgpt2-small"  # the largest one-point-per-token GPT-2 preset: the HF comparison
+LINEAR_FIT_POINTS = 5  # fixes the linear extrapolation fits
+DEFAULT_ROOT = Path(tempfile.gettempdir()) / "trajfm-bench-model"
+ENV_BUDGET = "TRAJFM_BENCH_BUDGET"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each part does."""
+
+    name: str
+    ais_steps: int  # optimizer steps per preset on AIS
+    geolife_steps: int  # optimizer steps per preset on GeoLife
+    batch_size: int = 64  # windows per training step
+    speed_batch: int = 64  # windows per timed training step
+    speed_reps: int = 9  # timed steps per contender
+    speed_warmup: int = 2
+    gen_batch: int = 32  # rollouts at once in the KV-cache benchmark
+    gen_reps: int = 3
+    max_test_windows: int | None = None  # cap on forecast windows per dataset (None: all)
+    threads: int = 1  # torch threads (1: steady on a shared machine)
+
+
+BUDGETS = {
+    "quick": Budget("quick", ais_steps=20, geolife_steps=10, speed_batch=16, speed_reps=3, speed_warmup=1,
+                    gen_batch=4, gen_reps=1, max_test_windows=128),
+    "default": Budget("default", ais_steps=250, geolife_steps=125),
+    "full": Budget("full", ais_steps=3000, geolife_steps=1000, speed_reps=15, gen_reps=5),
+}
+
+
+# --- baselines ---------------------------------------------------------------------------------
+
+
+def linear_extrapolation(ws, context_len: int, horizon: int, fit_points: int = LINEAR_FIT_POINTS):
+    """Baseline forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
+
+    Fits east and north (metres, tangent plane at the last context fix) as straight lines in time
+    over the last ``fit_points`` context fixes (least squares), and moves along that velocity
+    from the last fix; future times repeat the last time gap (exact int64 ns), as constant
+    velocity does. With ``fit_points=2`` it is constant velocity. Less sensitive to GPS noise in
+    one step than constant velocity; blind to turns, like it.
+    """
+    from trajfm.evaluate.forecast import forecastable
+    from trajfm.geo import displacement_m, offset_lonlat
+
+    if context_len < 2 or fit_points < 2:
+        raise ValueError("linear extrapolation needs context_len >= 2 and fit_points >= 2")
+    k = min(fit_points, context_len)
+    sel = forecastable(ws, context_len, horizon)
+    b = context_len - 1
+    cols = np.arange(context_len - k, context_len)
+    lon0, lat0, t0 = ws.lon[sel, b].astype(np.float64), ws.lat[sel, b].astype(np.float64), ws.t_ns[sel, b]
+    east, north = displacement_m(lon0[:, None], lat0[:, None], ws.lon[sel][:, cols], ws.lat[sel][:, cols])  # (N, k)
+    t_s = (ws.t_ns[sel][:, cols] - t0[:, None]).astype(np.float64) / 1e9  # (N, k) seconds, <= 0, exact ints first
+    tc = t_s - t_s.mean(axis=1, keepdims=True)
+    denom = (tc**2).sum(axis=1)
+    safe = np.where(denom > 0, denom, 1.0)
+    v_east = np.where(denom > 0, (tc * (east - east.mean(axis=1, keepdims=True))).sum(axis=1) / safe, 0.0)  # m/s
+    v_north = np.where(denom > 0, (tc * (north - north.mean(axis=1, keepdims=True))).sum(axis=1) / safe, 0.0)
+    dt_ns = ws.t_ns[sel, b] - ws.t_ns[sel, b - 1]
+    steps = np.arange(1, horizon + 1)
+    ahead_s = (dt_ns[:, None] * steps).astype(np.float64) / 1e9  # (N, horizon)
+    lon, lat = offset_lonlat(lon0[:, None], lat0[:, None], v_east[:, None] * ahead_s, v_north[:, None] * ahead_s)
+    return lon, lat, t0[:, None] + dt_ns[:, None] * steps
+
+
+# --- speed: trajfm against transformers' GPT-2 ---------------------------------------------------
+
+
+class HFTrajGPT2(nn.Module):
+    """TrajGPT's computation with ``transformers.GPT2Model`` as the trunk: normalize -> Linear(F, D)
+    -> GPT-2 (learned positions, blocks, ln_f) -> Linear(D, T) -> masked MSE on the next point."""
+
+    def __init__(self, config, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        import transformers
+
+        c = config
+        hf_config = transformers.GPT2Config(
+            n_layer=c.n_layer, n_head=c.n_head, n_embd=c.d_model, n_positions=c.block_size, vocab_size=1,
+            bos_token_id=None, eos_token_id=None,
+            activation_function="gelu_new", layer_norm_epsilon=1e-5,
+            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
+        )
+        hf_config._attn_implementation = "sdpa"
+        self.n_targets = c.n_targets
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+        self.in_proj = nn.Linear(c.n_features, c.d_model, bias=c.bias)
+        self.gpt2 = transformers.GPT2Model(hf_config)
+        self.head = nn.Linear(c.d_model, c.n_targets, bias=c.bias)
+
+    def loss(self, x_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = torch.where(mask[..., None], (x_raw - self.mean) / self.std, 0.0)  # (B, L, F)
+        h = self.gpt2(inputs_embeds=self.in_proj(x), attention_mask=mask.long()).last_hidden_state
+        pred, target = self.head(h)[:, :-1], x[:, 1:, : self.n_targets]  # (B, L-1, T)
+        valid = (mask[:, :-1] & mask[:, 1:])[..., None]
+        return torch.where(valid, (pred - target).square(), 0.0).sum() / (valid.sum() * self.n_targets).clamp_min(1)
+
+
+def speed_batch(config, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L, F) raw-like features and a (B, L) mask: a quarter of the rows end early (padding)."""
+    g = torch.Generator().manual_seed(seed)
+    B, L, F = batch, config.block_size, config.n_features
+    x = torch.randn(B, L, F, generator=g)
+    x[..., :2] *= 300.0  # dx, dy metres
+    x[..., 2] = 4.1 + 0.1 * x[..., 2]  # log1p(60 s)
+    n = torch.full((B,), L)
+    short = torch.arange(B) % 4 == 3
+    n[short] = torch.randint(12, L, (int(short.sum()),), generator=g)
+    mask = torch.arange(L)[None, :] < n[:, None]
+    return x, mask
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, mask: torch.Tensor) -> None:
+    loss = model.loss(x, mask)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for backward in one loss (each storage counted once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        try:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # e.g. sparse or wrapper tensors
+            seen[id(t)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model.loss(x, mask)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(sum(seen.values()))
+
+
+def _state_bytes(model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    state = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+    return int(2 * params + state)  # weights + gradients + AdamW moments
+
+
+def measure_train_speed(budget: Budget, preset: str = SPEED_PRESET) -> dict:
+    from trajfm.model import TrajGPT, load_preset
+
+    config = load_preset(preset)
+    x, mask = speed_batch(config, budget.speed_batch)
+    points = int(mask.sum())
+    mean = torch.zeros(config.n_features)
+    std = torch.ones(config.n_features)
+    mean[2], std[:2] = 4.1, 300.0
+    torch.manual_seed(0)
+    ours = TrajGPT(config)
+    ours.set_normalization(mean.tolist(), std.tolist())
+    contenders = {"trajfm": ours}
+    try:
+        torch.manual_seed(0)
+        contenders["transformers"] = HFTrajGPT2(config, mean, std)
+    except ImportError as exc:
+        note = f"transformers is not installed ({exc}): no comparison"
+    else:
+        import transformers
+
+        note = f"transformers {transformers.__version__}, GPT2Model with attn_implementation='sdpa'"
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in contenders.items()}
+    for m in contenders.values():
+        m.train()
+    wall = {k: [] for k in contenders}
+    cpu = {k: [] for k in contenders}
+    names = list(contenders)
+    for rep in range(budget.speed_warmup + budget.speed_reps):
+        for k in names if rep % 2 == 0 else names[::-1]:  # alternate who goes first
+            t0, c0 = time.perf_counter(), time.thread_time()
+            _train_step(contenders[k], opts[k], x, mask)
+            t1, c1 = time.perf_counter(), time.thread_time()
+            if rep >= budget.speed_warmup:
+                wall[k].append(t1 - t0)
+                cpu[k].append(c1 - c0)
+    out = {
+        "preset": preset,
+        "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "d_model", "block_size", "dropout")},
+        "batch_windows": budget.speed_batch,
+        "points_per_step": points,
+        "timed_steps": budget.speed_reps,
+        "warmup_steps": budget.speed_warmup,
+        "note": note,
+    }
+    for k, m in contenders.items():
+        med_wall, med_cpu = statistics.median(wall[k]), statistics.median(cpu[k])
+        out[k] = {
+            "params": sum(p.numel() for p in m.parameters()),
+            "step_ms_median": round(1000 * med_wall, 2),
+            "step_ms_min": round(1000 * min(wall[k]), 2),
+            "cpu_ms_median": round(1000 * med_cpu, 2),
+            "points_per_s": round(points / med_wall, 1),
+            "points_per_cpu_s": round(points / med_cpu, 1),
+            "saved_activation_mb": round(saved_activation_bytes(m, x, mask) / 2**20, 2),
+            "weights_grads_adam_mb": round(_state_bytes(m, opts[k]) / 2**20, 2),
+        }
+    if "transformers" in out:
+        out["train_speed_ratio_vs_hf"] = round(out["trajfm"]["points_per_s"] / out["transformers"]["points_per_s"], 3)
+        out["train_speed_ratio_vs_hf_cpu_time"] = round(
+            out["trajfm"]["points_per_cpu_s"] / out["transformers"]["points_per_cpu_s"], 3
+        )
+    return out
+
+
+def measure_generation(budget: Budget, preset: str = SPEED_PRESET) -> dict:
+    """Rollout of ``GEN_STEPS`` steps with and without the KV cache, same model and inputs."""
+    from trajfm.model import Rollout, TrajGPT, load_preset
+
+    config = load_preset(preset, block_size=128, dropout=0.0)
+    torch.manual_seed(0)
+    model = TrajGPT(config).eval()
+    x, _ = speed_batch(config, budget.gen_batch, seed=1)
+    context, future = x[:, :GEN_CONTEXT], x[:, GEN_CONTEXT : GEN_CONTEXT + GEN_STEPS]
+    n_real = torch.full((budget.gen_batch,), GEN_CONTEXT)
+
+    def roll(use_cache: bool) -> tuple[float, torch.Tensor, int]:
+        t0 = time.perf_counter()
+        r = Rollout(model, context, n_real, use_cache=use_cache)
+        preds = []
+        for s in range(GEN_STEPS):
+            preds.append(r.predict())  # (B, Q, T) raw
+            if s + 1 < GEN_STEPS:
+                r.extend(future[:, s : s + 1])
+        seconds = time.perf_counter() - t0
+        cache_bytes = 0 if r.cache is None else int(2 * r.cache.k.numel() * r.cache.k.element_size())
+        return seconds, torch.stack(preds, 1), cache_bytes
+
+    times = {True: [], False: []}
+    outputs, cache_bytes = {}, 0
+    for rep in range(budget.gen_reps):
+        for use_cache in ((True, False) if rep % 2 == 0 else (False, True)):
+            seconds, preds, nbytes = roll(use_cache)
+            times[use_cache].append(seconds)
+            outputs[use_cache] = preds
+            cache_bytes = max(cache_bytes, nbytes)
+    cached, uncached = statistics.median(times[True]), statistics.median(times[False])
+    return {
+        "preset": preset,
+        "block_size": config.block_size,
+        "batch": budget.gen_batch,
+        "context_points": GEN_CONTEXT,
+        "steps": GEN_STEPS,
+        "reps": budget.gen_reps,
+        "with_cache_s": round(cached, 4),
+        "without_cache_s": round(uncached, 4),
+        "with_cache_steps_per_s": round(GEN_STEPS / cached, 1),
+        "kv_cache_speedup": round(uncached / cached, 2),
+        "max_abs_diff_cache_vs_recompute": float((outputs[True] - outputs[False]).abs().max()),
+        "kv_cache_mb": round(cache_bytes / 2**20, 3),
+    }
+
+
+# --- quality: the real pipeline, every preset, baselines -----------------------------------------
+
+
+def shared_geolife_dir() -> Path:
+    """``../shared/data/geolife`` next to the project checkout (where the tests look too)."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "geolife"
+
+
+def prepare_features(sources: list, root: Path) -> tuple[Path, dict]:
+    """ingest -> preprocess (sync) -> features; returns the features directory and stage info."""
+    from trajfm.data.ingest import ingest
+    from trajfm.data.preprocess import preprocess
+    from trajfm.features.windows import make_features
+    from trajfm.store import read_manifest
+
+    t0 = time.perf_counter()
+    ingest_dir = ingest(sources, root=root)
+    processed = preprocess(ingest_dir, root=root, scheduler="sync")
+    features = make_features(processed, root=root)
+    m = read_manifest(features)
+    pre = read_manifest(processed)
+    info = {
+        "points_ingested": read_manifest(ingest_dir).get("rows_kept"),
+        "points_resampled": pre.get("rows_out"),
+        "trajectories": pre.get("n_trajectories"),
+        "windows": m["windows"],
+        "window_params": m["params"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return features, info
+
+
+def forecast_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true_lat: np.ndarray) -> dict:
+    """ADE/FDE in metres at each of ``HORIZONS`` from (N, H) forecasts and truth."""
+    from trajfm.geo import haversine_m
+
+    err = haversine_m(lon, lat, true_lon, true_lat)  # (N, H) metres
+    out = {}
+    for k in HORIZONS:
+        if k <= err.shape[1]:
+            out[f"ade_{k}_m"] = round(float(err[:, :k].mean()), 2)
+            out[f"fde_{k}_m"] = round(float(err[:, k - 1].mean()), 2)
+    return out
+
+
+def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: Budget, log) -> dict:
+    """Every preset trained ``steps`` steps on one dataset, and the baselines, on its test split."""
+    from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
+    from trajfm.features.windows import WindowSet
+    from trajfm.model import list_presets, load_model
+    from trajfm.store import read_manifest
+    from trajfm.train import TrainConfig, planned_steps, run_training
+
+    features, info = prepare_features(sources, root)
+    log(f"{name}: features {info['windows']} in {info['seconds']} s")
+    test = WindowSet.load(features / "test.npz")
+    horizon = max(HORIZONS)
+    sel = forecastable(test, CONTEXT_LEN, horizon)
+    if budget.max_test_windows is not None:
+        sel = sel[: budget.max_test_windows]
+    test = test.subset(sel)
+    truth = slice(CONTEXT_LEN, CONTEXT_LEN + horizon)
+    true_lon, true_lat = test.lon[:, truth], test.lat[:, truth]
+    n_train = info["windows"]["train"]
+    steps_per_epoch = math.ceil(n_train / budget.batch_size)
+    train_overrides = {
+        "epochs": math.ceil(steps / steps_per_epoch), "max_steps": steps, "batch_size": budget.batch_size,
+        "warmup_steps": min(100, max(steps // 10, 1)), "device": "cpu", "progress": False,
+    }
+    results = {
+        "constant_velocity": forecast_errors(*constant_velocity(test, CONTEXT_LEN, horizon)[:2], true_lon, true_lat),
+        "linear_extrapolation": forecast_errors(
+            *linear_extrapolation(test, CONTEXT_LEN, horizon)[:2], true_lon, true_lat
+        ),
+    }
+    training = {}
+    for preset in list_presets():
+        t0 = time.perf_counter()
+        epochs_run = []
+        train_dir = run_training(features, root=root, preset=preset, train_overrides=train_overrides,
+                                 on_epoch=lambda record, fraction: epochs_run.append(record["epoch"]))
+        train_s = time.perf_counter() - t0
+        final = read_manifest(train_dir)["final"]
+        model = load_model(train_dir / "model.pt")
+        t1 = time.perf_counter()
+        lon, lat, _ = rollout(model, test, CONTEXT_LEN, horizon)
+        results[preset] = forecast_errors(lon, lat, true_lon, true_lat)
+        training[preset] = {
+            "steps": final["step"], "epochs": final["epoch"], "best_val_loss": final["best_val_loss"],
+            "params": final["n_params"], "train_s": round(train_s, 1), "forecast_s": round(time.perf_counter() - t1, 1),
+            "train_dir": str(train_dir), "cached": not epochs_run,  # a finished stage from an earlier run
+        }
+        log(f"{name}: {preset} {results[preset]} ({train_s:.0f} s training)")
+    presets = [p for p in list_presets() if p in results]
+    key = f"fde_{horizon}_m"
+    best = min(presets, key=lambda p: results[p][key])
+    cv, tut = results["constant_velocity"][key], results.get("tutorial", {}).get(key)
+    return {
+        "data": {**info, "test_windows_evaluated": int(len(sel)), "context_len": CONTEXT_LEN, "horizons": list(HORIZONS)},
+        "baselines": {
+            "constant_velocity": "repeat the last displacement and time gap (trajfm.evaluate.forecast.constant_velocity)",
+            "linear_extrapolation": f"least-squares velocity over the last {LINEAR_FIT_POINTS} fixes, last time gap repeated",
+        },
+        "training": {
+            "train_overrides": {k: v for k, v in train_overrides.items() if k != "progress"},
+            "planned_steps": planned_steps(n_train, TrainConfig(**train_overrides)),
+            "per_preset": training,
+        },
+        "results": results,
+        "best_preset": best,
+        "targets": {
+            "metric": key,
+            "best_vs_constant_velocity": round(1 - results[best][key] / cv, 4) if cv else None,
+            "best_vs_constant_velocity_target": 0.25,
+            "best_vs_tutorial": round(1 - results[best][key] / tut, 4) if tut else None,
+            "best_vs_tutorial_target": 0.20,
+        },
+    }
+
+
+# --- the whole run -----------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def run(out: Path, budget: Budget | str = "default", root: str | Path | None = None,
+        parts: tuple[str, ...] = ("speed", "generation", "quality")) -> dict:
+    """Run the benchmark parts, writing ``out`` (JSON) and ``out.with_suffix('.md')`` after each."""
+    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    root = Path(root) if root else DEFAULT_ROOT
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(budget.threads)
+    started = time.perf_counter()
+    result: dict = {
+        "benchmark": "model",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "budget": asdict(budget),
+        "data_root": str(root),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "torch_threads": budget.threads,
+            "load_average_before": [round(v, 2) for v in os.getloadavg()],
+        },
+    }
+
+    def log(msg: str) -> None:
+        print(f"[bench model {time.perf_counter() - started:7.1f} s] {msg}", flush=True)
+
+    def save() -> None:
+        result["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+        result["machine"]["peak_rss_mb"] = _peak_rss_mb()
+        result["elapsed_s"] = round(time.perf_counter() - started, 1)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(result))
+
+    try:
+        if "speed" in parts:
+            result["speed"] = measure_train_speed(budget)
+            result["train_speed_ratio_vs_hf"] = result["speed"].get("train_speed_ratio_vs_hf")
+            log(f"training speed: {result['speed']}")
+            save()
+        if "generation" in parts:
+            result["generation"] = measure_generation(budget)
+            result["kv_cache_speedup"] = result["generation"]["kv_cache_speedup"]
+            log(f"generation: {result['generation']}")
+            save()
+        if "quality" in parts:
+            from trajfm.data.catalog import embedded_files
+            from trajfm.data.readers import READERS
+
+            quality = result.setdefault("quality", {})
+            quality["ais"] = evaluate_dataset("ais", [str(p) for p in embedded_files()], root, budget.ais_steps, budget, log)
+            save()
+            geolife = shared_geolife_dir()
+            if "geolife" not in READERS:
+                quality["geolife"] = {"skipped": "no 'geolife' reader in trajfm.data.readers.READERS"}
+            elif not geolife.is_dir():
+                quality["geolife"] = {"skipped": f"{geolife} not found (the shared GeoLife files are not on this machine)"}
+            else:
+                quality["geolife"] = evaluate_dataset("geolife", [str(geolife)], root, budget.geolife_steps, budget, log)
+            save()
+    finally:
+        torch.set_num_threads(threads_before)
+    save()
+    log(f"done: {out}")
+    return result
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def _fmt(v, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# trajfm model benchmark",
+        "",
+        f"`trajfm bench model`, budget `{r['budget']['name']}`, {r['created']}; {m['cpu_count']} cores "
+        f"({m['processor']}), torch {m['torch']} on {m['torch_threads']} thread(s); load average "
+        f"{m['load_average_before']} before, {m.get('load_average_after')} after (a machine shared with other jobs: "
+        f"absolute rates are lower bounds, ratios are measured interleaved). Peak RSS {m.get('peak_rss_mb')} MB; "
+        f"{r.get('elapsed_s')} s in all.",
+        "",
+    ]
+    s = r.get("speed")
+    if s:
+        c = s["config"]
+        lines += [
+            f"## Training step: trajfm vs transformers GPT-2 ({s['preset']}: {c['n_layer']} layers, {c['n_head']} heads, "
+            f"d={c['d_model']}, {c['block_size']} points, dropout {c['dropout']}; {s['batch_windows']} windows = "
+            f"{s['points_per_step']} real points per step; median of {s['timed_steps']} steps)",
+            "",
+            "| model | params | step (ms, median) | points/s | points/CPU-s | saved activations (MB) | weights+grads+AdamW (MB) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for k in ("trajfm", "transformers"):
+            if k in s:
+                v = s[k]
+                lines.append(f"| {k} | {v['params']:,} | {v['step_ms_median']:.1f} | {v['points_per_s']:,.0f} | "
+                             f"{v['points_per_cpu_s']:,.0f} | {v['saved_activation_mb']:.1f} | {v['weights_grads_adam_mb']:.2f} |")
+        lines += ["", f"**train_speed_ratio_vs_hf = {_fmt(s.get('train_speed_ratio_vs_hf'), 3)}** (wall; "
+                      f"{_fmt(s.get('train_speed_ratio_vs_hf_cpu_time'), 3)} on thread CPU time; target >= 1.0). {s['note']}.", ""]
+    g = r.get("generation")
+    if g:
+        lines += [
+            f"## Generation: {g['steps']}-step rollout, KV cache vs recompute ({g['preset']}, block_size {g['block_size']}, "
+            f"{g['batch']} trajectories, {g['context_points']}-point context, median of {g['reps']})",
+            "",
+            "| | seconds | steps/s |",
+            "|---|---:|---:|",
+            f"| with KV cache | {g['with_cache_s']:.3f} | {g['with_cache_steps_per_s']:.1f} |",
+            f"| without (recompute the prefix) | {g['without_cache_s']:.3f} | {g['steps'] / g['without_cache_s']:.1f} |",
+            "",
+            f"**kv_cache_speedup = {g['kv_cache_speedup']:.1f}x** (target >= 5); cache {g['kv_cache_mb']} MB; largest "
+            f"difference between the two paths' predictions {g['max_abs_diff_cache_vs_recompute']:.2e} (raw units).",
+            "",
+        ]
+    for name, q in r.get("quality", {}).items():
+        if "skipped" in q:
+            lines += [f"## Forecast quality: {name}", "", f"Skipped: {q['skipped']}", ""]
+            continue
+        d, t = q["data"], q["training"]
+        keys = [f"{a}_{k}_m" for k in HORIZONS for a in ("ade", "fde")]
+        lines += [
+            f"## Forecast quality: {name}, test split (latest 15% of the time span)",
+            "",
+            f"{d['test_windows_evaluated']:,} test windows, {d['context_len']} points of context; windows train/val/test "
+            f"{d['windows']['train']:,}/{d['windows']['val']:,}/{d['windows']['test']:,}; each preset trained "
+            f"{t['train_overrides']['max_steps']} steps of {t['train_overrides']['batch_size']} windows "
+            f"(best validation epoch kept). Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k.",
+            "",
+            "| predictor | " + " | ".join(k.replace("_m", "").replace("_", "@", 1).upper().replace("@", " @") for k in keys)
+            + " | train s |",
+            "|---|" + "---:|" * (len(keys) + 1),
+        ]
+        for pred, errs in q["results"].items():
+            tr = t["per_preset"].get(pred, {})
+            label = f"**{pred}**" if pred == q["best_preset"] else pred
+            lines.append(f"| {label} | " + " | ".join(_fmt(errs.get(k)) for k in keys) + f" | {_fmt(tr.get('train_s'))} |")
+        tg = q["targets"]
+        lines += [
+            "",
+            f"Best preset **{q['best_preset']}** on {tg['metric']}: "
+            f"{_fmt(100 * tg['best_vs_constant_velocity'] if tg['best_vs_constant_velocity'] is not None else None)}% better than "
+            f"constant velocity (target 25%), "
+            f"{_fmt(100 * tg['best_vs_tutorial'] if tg['best_vs_tutorial'] is not None else None)}% better than `tutorial` "
+            f"(target 20%).",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(out: Path, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trajfm.bench.model", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="JSON results file (a .md table is written beside it)")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default=os.environ.get(ENV_BUDGET, "default"))
+    parser.add_argument("--root", default=None, help=f"data root for the pipeline stages (default {DEFAULT_ROOT})")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the budget's)")
+    parser.add_argument("--parts", default="speed,generation,quality", help="comma-separated subset")
+    args = parser.parse_args(argv or [])
+    budget = BUDGETS[args.budget]
+    if args.threads:
+        budget = Budget(**{**asdict(budget), "threads": args.threads})
+    run(args.out or out, budget, args.root, tuple(p.strip() for p in args.parts.split(",") if p.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    cli = argparse.ArgumentParser(add_help=False)
+    cli.add_argument("--out", type=Path, required=True)
+    known, _ = cli.parse_known_args()
+    sys.exit(main(known.out, sys.argv[1:]))
