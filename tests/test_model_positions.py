@@ -14,7 +14,7 @@ from trajfm.model.positions import Rotary, apply_rotary, point_coords
 
 
 def scores(rotary: Rotary, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    cos, sin = rotary(pos, torch.float32)
+    cos, sin = rotary(pos)
     return apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-1, -2)  # (B, H, L, L)
 
 

@@ -1,11 +1,13 @@
-"""The model: config and presets, the GPT-2 backbone over trajectory points, generation, checkpoints."""
+"""The model: config and presets, the GPT-2 backbone over trajectory points, KV-cache generation,
+masked-span infilling, checkpoints (see ``gpt.py``'s docstring for which idea lives in which file)."""
 
 from trajfm.model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from trajfm.model.config import GPTConfig, describe_presets, list_presets, load_preset
 from trajfm.model.generate import KVCache, Rollout
 from trajfm.model.gpt import TrajGPT
+from trajfm.model.infill import InfillResult, infill, linear_interpolation
 
 __all__ = [
-    "GPTConfig", "KVCache", "describe_presets", "Rollout", "TrajGPT", "list_presets", "load_checkpoint", "load_model", "load_preset",
-    "save_checkpoint",
+    "GPTConfig", "InfillResult", "KVCache", "Rollout", "TrajGPT", "describe_presets", "infill", "linear_interpolation",
+    "list_presets", "load_checkpoint", "load_model", "load_preset", "save_checkpoint",
 ]

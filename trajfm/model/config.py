@@ -20,6 +20,17 @@ POSITIONS = ("learned", "rope", "st-rope")
 HEADS = ("mse", "mixture")
 SPACE_ENCODINGS = ("none", "sinusoidal")
 TIME_ENCODINGS = ("none", "time2vec")
+ANCHORS = ("none", "velocity")
+FRAMES = ("absolute", "heading")
+POINT_LOSSES = ("mse", "huber", "distance")
+OBJECTIVES = ("next", "infill", "mixed")
+
+
+# Fields added after train-stage keys were first hashed from ``to_dict``; left out at their defaults.
+ADDED_DEFAULTS = {
+    "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "point_loss": "mse", "huber_delta": 1.0, "score_positions": False, "objective": "next",
+    "infill_min_span": 1, "infill_max_span": 8, "infill_time_prob": 0.5, "infill_weight": 1.0,
+}
 
 
 @dataclass
@@ -53,6 +64,20 @@ class GPTConfig:
     time_encoding: str = "none"  # "time2vec": learned periodic encoding of elapsed time and time of week
     time2vec_dim: int = 8  # per time scalar: 1 linear + (time2vec_dim - 1) periodic
     n_kinds: int = 0  # > 0: a learned embedding per mover kind (index 0 = unknown)
+    turn_inputs: bool = False  # each step also as (along, left) metres in the frame of the step before it
+    length_input: bool = False  # log1p of each step's length in metres as an input (stopped vs drifting)
+    # --- what the head predicts, and its loss (trajfm/model/targets.py, heads.py) ---
+    anchor: str = "none"  # "velocity": predict the change from the current step (0 = constant velocity)
+    frame: str = "absolute"  # "heading": (dx, dy) along / across the current heading instead of east / north
+    point_loss: str = "mse"  # "mse" head only: "mse" (the tutorial's), "huber" (per value), "distance" (per point)
+    huber_delta: float = 1.0  # "huber" / "distance": quadratic below this many normalized units, linear above
+    score_positions: bool = False  # Q > 1: score the positions reached (running sums of the Q steps), as ADE does
+    # --- objective (trajfm/model/infill.py) ---
+    objective: str = "next"  # "next": next point(s); "infill": masked spans; "mixed": both, summed
+    infill_min_span: int = 1  # masked span length in points, uniform in [min, max] (shorter rows: shorter spans)
+    infill_max_span: int = 8
+    infill_time_prob: float = 0.5  # chance that a span's travel time is hidden too (travel-time estimation)
+    infill_weight: float = 1.0  # "mixed": loss = next + infill_weight * infill
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "block_size", "n_features", "n_targets", "n_mixture",
@@ -66,7 +91,8 @@ class GPTConfig:
         if self.n_targets > self.n_features:
             raise ValueError("targets are the first n_targets input features: need n_targets <= n_features")
         for name, allowed in (("position", POSITIONS), ("head", HEADS), ("space_encoding", SPACE_ENCODINGS),
-                              ("time_encoding", TIME_ENCODINGS)):
+                              ("time_encoding", TIME_ENCODINGS), ("anchor", ANCHORS), ("frame", FRAMES),
+                              ("point_loss", POINT_LOSSES), ("objective", OBJECTIVES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.position != "learned" and self.head_dim % 2:
@@ -79,6 +105,25 @@ class GPTConfig:
             raise ValueError(f"n_kinds must be >= 0, got {self.n_kinds}")
         if self.time_encoding != "none" and self.n_features < 7:
             raise ValueError("time2vec reads log_dt_s and the day-of-week cycle: needs the 7 standard features")
+        if (self.anchor != "none" or self.frame != "absolute" or self.turn_inputs or self.length_input) and self.n_targets < 2:
+            raise ValueError("anchor / frame / turn_inputs / length_input read (dx, dy): need n_targets >= 2")
+        if self.huber_delta <= 0:
+            raise ValueError(f"huber_delta must be > 0, got {self.huber_delta}")
+        if self.objective != "next":
+            if self.patch_in != 1:
+                raise ValueError("infilling works on single points: objective 'infill'/'mixed' needs patch_in = 1")
+            if self.n_targets != 3 or self.n_features < 3:
+                raise ValueError("infilling rebuilds (dx_m, dy_m, log_dt_s): needs n_targets = 3")
+            if not 1 <= self.infill_min_span <= self.infill_max_span:
+                raise ValueError(f"need 1 <= infill_min_span <= infill_max_span, got {self.infill_min_span}, {self.infill_max_span}")
+            if not 0.0 <= self.infill_time_prob <= 1.0 or self.infill_weight < 0:
+                raise ValueError("need 0 <= infill_time_prob <= 1 and infill_weight >= 0")
+
+    @property
+    def n_inputs(self) -> int:
+        """Numbers per point the input projection reads: the features, + 2 with ``turn_inputs``,
+        + 1 with ``length_input``."""
+        return self.n_features + 2 * int(self.turn_inputs) + int(self.length_input)
 
     @property
     def head_dim(self) -> int:
@@ -91,7 +136,9 @@ class GPTConfig:
         return self.block_size // self.patch_in
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """All fields, except those of ``ADDED_DEFAULTS`` that hold their default: a config that
+        could be written before they existed keeps the same dict (cache keys, resume identities)."""
+        return {k: v for k, v in asdict(self).items() if not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":

@@ -15,6 +15,13 @@ or a residual MLP over a patch of them (``patching.py``). On top, behind config 
   against wavelengths of 100 m) and only then cast. This is the one input that is NOT
   region-agnostic: it lets a model learn places, and needs (lon, lat) degrees per point.
 - ``n_kinds > 0``: a learned vector per mover kind (vessel, person, ...; index 0 = unknown).
+- ``turn_inputs``: each step is also given as (along, left) metres in the frame of the step
+  before it (``turn_frame_steps``): speed and turn as the mover feels them, the same numbers
+  whatever the compass heading, next to the east/north step; divided by ``scale_m``, the rms of
+  the dx, dy standard deviations.
+- ``length_input``: ``log1p(step length m) / log1p(scale_m)``, so that a moored vessel's 2 m of
+  GPS jitter and a 20 m drift read differently (both are ~0 after dividing by a 160 m std).
+Both are concatenated to the normalized features before the input projection (``extra_inputs``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import torch.nn as nn
 
 from trajfm.geo import EARTH_RADIUS_M
 from trajfm.model.config import GPTConfig
+from trajfm.model.targets import HEADING_MIN_M, heading_basis
 
 DOW_SIN, DOW_COS = 5, 6  # columns of the day-of-week cycle in the raw features
 WEEK_H = 168.0
@@ -83,3 +91,32 @@ class SpaceEncoding(nn.Module):
         cycles = proj[..., None] / self.wavelength_m.to(xy.device)  # (B, L, 3, S)
         phase = (2 * math.pi) * torch.remainder(cycles, 1.0)  # exact in float64, small after remainder
         return torch.cat([phase.sin(), phase.cos()], dim=-1).flatten(-2).float()  # (B, L, 6S)
+
+
+def turn_frame_steps(x_raw: torch.Tensor, mask: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L, 2) (along, left) metres of each step (dx_m, dy_m) in the frame of the step before it.
+
+    ``prev`` (B, 2): the step before the first one (a KV cache's last point), else none. Where
+    the step before is shorter than ``HEADING_MIN_M`` (stopped, or none) the step's own heading
+    is used, so the step reads (length, 0). Padding gives 0 and never reaches a real point.
+    """
+    zero = torch.zeros((), dtype=x_raw.dtype, device=x_raw.device)
+    step = torch.where(mask[..., None], x_raw[..., :2], zero)  # (B, L, 2)
+    first = torch.zeros_like(step[:, :1]) if prev is None else prev[:, None, :].to(step.dtype)
+    before = torch.cat([first, step[:, :-1]], dim=1)
+    has_heading = (before.norm(dim=-1) >= HEADING_MIN_M)[..., None]
+    ux, uy = heading_basis(torch.where(has_heading, before, step))
+    along = step[..., 0] * ux + step[..., 1] * uy
+    left = -step[..., 0] * uy + step[..., 1] * ux
+    return torch.stack([along, left], dim=-1)
+
+
+def extra_inputs(config: GPTConfig, x_raw: torch.Tensor, mask: torch.Tensor, scale_m: torch.Tensor, prev=None) -> torch.Tensor:
+    """(B, L, 2 * turn_inputs + length_input) extra inputs per point (see the module docstring)."""
+    parts = []
+    if config.turn_inputs:
+        parts.append(turn_frame_steps(x_raw, mask, prev) / scale_m)
+    if config.length_input:
+        step = torch.where(mask[..., None], x_raw[..., :2], torch.zeros((), dtype=x_raw.dtype, device=x_raw.device))
+        parts.append(torch.log1p(step.norm(dim=-1, keepdim=True)) / torch.log1p(scale_m))
+    return torch.cat(parts, dim=-1)

@@ -42,8 +42,8 @@ class LayerKV:
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, H, Lt, Dh) new keys/values; return every slot's (B, H, C, Dh)."""
         idx = self.slots[:, None, :, None].expand_as(k)
-        self.k.scatter_(2, idx, k)
-        self.v.scatter_(2, idx, v)
+        self.k.scatter_(2, idx, k.to(self.k.dtype))  # (autocast may hand bf16 to a float32 cache)
+        self.v.scatter_(2, idx, v.to(self.v.dtype))
         return self.k, self.v
 
 
@@ -57,6 +57,7 @@ class KVCache:
         self.length = torch.zeros(batch, dtype=torch.long, device=device)  # tokens stored = next free slot
         self.real = torch.zeros(batch, C, dtype=torch.bool, device=device)  # slots holding real tokens
         self.last_coords = torch.zeros(batch, 3, dtype=torch.float64, device=device)  # st coords of the last token
+        self.last_step = torch.zeros(batch, 2, dtype=dtype, device=device)  # raw (dx_m, dy_m) of the last point
         self._slots = None  # (B, Lt) slots of the call in progress (set by ``begin``)
 
     @property
@@ -83,13 +84,16 @@ class KVCache:
     def layer(self, i: int) -> LayerKV:
         return LayerKV(self.k[i], self.v[i], self._slots)
 
-    def advance(self, tmask: torch.Tensor, tok_coords: torch.Tensor | None) -> None:
-        """After a call: count its real tokens (a prefix of each row) and keep the last coordinates."""
+    def advance(self, tmask: torch.Tensor, tok_coords: torch.Tensor | None, steps: torch.Tensor | None = None) -> None:
+        """After a call: count its real tokens (a prefix of each row), keep the last coordinates
+        and the last point's (dx_m, dy_m) ``steps`` (B, Lt, 2) (one point per token)."""
         n_new = tmask.sum(1)  # (B,)
+        i = (n_new - 1).clamp_min(0)
+        rows = torch.arange(len(i), device=i.device)
         if tok_coords is not None:
-            i = (n_new - 1).clamp_min(0)
-            last = tok_coords[torch.arange(len(i), device=i.device), i]  # (B, 3)
-            self.last_coords = torch.where((n_new > 0)[:, None], last, self.last_coords)
+            self.last_coords = torch.where((n_new > 0)[:, None], tok_coords[rows, i], self.last_coords)
+        if steps is not None:
+            self.last_step = torch.where((n_new > 0)[:, None], steps[rows, i].to(self.last_step.dtype), self.last_step)
         self.length = self.length + n_new
 
 
@@ -102,22 +106,22 @@ class Rollout:
         ``lonlat`` (B, L, 2) float64 degrees (models with a space encoding); ``kind`` (B,) long."""
         self.model, self.config = model, model.config
         device = next(model.parameters()).device
-        self.x = torch.as_tensor(x, dtype=torch.float32).to(device)
+        self.x = torch.as_tensor(x, dtype=torch.float32).to(device).clone()  # extend writes into it
         self.n = torch.as_tensor(n_real, dtype=torch.long).to(device).clone()
         if self.n.ndim != 1 or len(self.n) != self.x.shape[0] or (self.n < 1).any() or (self.n > self.x.shape[1]).any():
             raise ValueError("n_real must give, per row, a length between 1 and the width of x")
         if model.needs_lonlat and lonlat is None:
             raise ValueError("this model encodes absolute position: pass lonlat (B, L, 2) degrees")
-        self.lonlat = None if lonlat is None else torch.as_tensor(lonlat, dtype=torch.float64).to(device)
+        self.lonlat = None if lonlat is None else torch.as_tensor(lonlat, dtype=torch.float64).to(device).clone()
         self.kind = None if kind is None else torch.as_tensor(kind, dtype=torch.long).to(device)
         self.rows = torch.arange(self.x.shape[0], device=device)
         self.cache, self._out = None, None
         if use_cache and self.config.patch_in == 1 and int(self.n.max()) <= self.config.n_tokens:
             self.cache = KVCache(self.config, self.x.shape[0], device, self.x.dtype)
-            W = int(self.n.max())
-            mask = torch.arange(W, device=device)[None, :] < self.n[:, None]
-            lonlat_w = None if self.lonlat is None else self.lonlat[:, :W]
-            out = self._cached(self.x[:, :W], mask, lonlat_w)  # (B, W, Q*W_out)
+            width = int(self.n.max())
+            mask = torch.arange(width, device=device)[None, :] < self.n[:, None]
+            lonlat_w = None if self.lonlat is None else self.lonlat[:, :width]
+            out = self._cached(self.x[:, :width], mask, lonlat_w)  # (B, width, Q*W)
             self._out = out[self.rows, self.n - 1]
 
     @property
@@ -129,7 +133,8 @@ class Rollout:
     def predict(self, how: str = "mode", temperature: float = 1.0, generator=None) -> torch.Tensor:
         """(B, Q, T) raw (dx_m, dy_m, log_dt_s) of the next Q points of every row."""
         out = self._out if self.cache is not None else self._recompute()
-        return self.model.decode(out, how, temperature, generator)
+        cur = self.x[self.rows, self.n - 1]  # (B, F) each row's last point (anchored / heading-frame heads)
+        return self.model.decode(out, how, temperature, generator, cur)
 
     @torch.no_grad()
     def extend(self, feats: torch.Tensor, lonlat=None) -> None:
@@ -144,6 +149,8 @@ class Rollout:
         if self.lonlat is not None:
             lonlat = torch.as_tensor(lonlat, dtype=torch.float64).to(self.x.device)
             self.lonlat[self.rows[:, None], cols] = lonlat
+        else:
+            lonlat = None  # the model does not read positions
         if self.cache is not None:
             if int(self.n.max()) + k <= self.cache.capacity:
                 ones = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)

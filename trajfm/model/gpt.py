@@ -22,8 +22,11 @@ The token embedding is replaced by ``in_proj`` (features -> D; a residual MLP ov
 GPT-2's ``gelu_new``; LayerNorm eps is 1e-5, GPT-2's ``layer_norm_epsilon``.
 
 Which idea lives where: positions (learned / rope / st-rope) in ``positions.py``, extra input
-encodings in ``embeddings.py``, patching in ``patching.py``, the MSE and Gaussian-mixture heads
-in ``heads.py``, KV-cache generation in ``generate.py``.
+encodings (Time2Vec, Space2Vec-like, mover kind, steps in the frame of the previous step) in
+``embeddings.py``, patching in ``patching.py``, the frame of the targets (constant-velocity
+anchor, heading frame) in ``targets.py``, the MSE / Huber / distance and Gaussian-mixture heads
+in ``heads.py``, masked-span infilling (MASK / SEP / ANS tokens, recovery, travel time) in
+``infill.py``, KV-cache generation in ``generate.py``.
 """
 
 from __future__ import annotations
@@ -35,11 +38,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trajfm.model import heads
+from trajfm.model import heads, targets
 from trajfm.model.config import GPTConfig
-from trajfm.model.embeddings import SpaceEncoding, Time2Vec, time_scalars
+from trajfm.model.embeddings import SpaceEncoding, Time2Vec, extra_inputs, time_scalars
 from trajfm.model.patching import ResidualMLP, last_points, next_points, pad_to_patches, patchify, token_mask
 from trajfm.model.positions import Rotary, apply_rotary, point_coords
+
+# Token types of infilling sequences (``types`` argument; see infill.py): an ordinary point, the
+# MASK standing for a hidden span, SEP before the answers, ANS on every answer point, NO_TIME on
+# points whose time features are hidden (travel-time estimation).
+TYPE_POINT, TYPE_MASK, TYPE_SEP, TYPE_ANS, TYPE_NO_TIME = range(5)
+N_TOKEN_TYPES = 5
 
 
 class CausalSelfAttention(nn.Module):
@@ -120,9 +129,9 @@ class TrajGPT(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(c.n_features))
         self.register_buffer("feat_std", torch.ones(c.n_features))
         if c.patch_in == 1:
-            self.in_proj = nn.Linear(c.n_features, c.d_model, bias=c.bias)  # replaces wte
+            self.in_proj = nn.Linear(c.n_inputs, c.d_model, bias=c.bias)  # replaces wte
         else:  # TimesFM: P points (features + mask bit) -> one token
-            self.in_proj = ResidualMLP(c.patch_in * (c.n_features + 1), c.d_model, c.d_model, c.bias, c.dropout)
+            self.in_proj = ResidualMLP(c.patch_in * (c.n_inputs + 1), c.d_model, c.d_model, c.bias, c.dropout)
         if c.time_encoding == "time2vec":
             self.time2vec = Time2Vec(2, c.time2vec_dim)
             self.time_proj = nn.Linear(2 * c.time2vec_dim, c.d_model, bias=False)
@@ -141,6 +150,8 @@ class TrajGPT(nn.Module):
         self.transformer = nn.ModuleDict(trunk)
         self.rotary = Rotary(c) if c.position != "learned" else None
         self.head = nn.Linear(c.d_model, c.patch_out * heads.output_width(c), bias=c.bias)
+        if c.objective != "next":  # infilling's MASK / SEP / ANS / NO_TIME vectors (infill.py)
+            self.special = nn.Embedding(N_TOKEN_TYPES, c.d_model)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith("c_proj.weight"):
@@ -184,13 +195,20 @@ class TrajGPT(nn.Module):
 
     # --- the forward pass: embed -> backbone -> head --------------------------------------
 
-    def embed(self, x_raw, mask, coords=None, lonlat=None, kind=None) -> torch.Tensor:
+    def embed(self, x_raw, mask, coords=None, lonlat=None, kind=None, types=None, prev_step=None) -> torch.Tensor:
         """(B, Lt, D) token embeddings, without positions. ``mask`` (B, L), L a multiple of P;
         ``coords`` (B, L, 3) from ``point_coords`` (needed for time2vec), ``lonlat`` (B, L, 2)
-        degrees (needed for the space encoding), ``kind`` (B,) long mover kinds."""
+        degrees (needed for the space encoding), ``kind`` (B,) long mover kinds, ``types``
+        (B, L) long infilling token types (``TYPE_POINT`` .. ``TYPE_NO_TIME``), ``prev_step``
+        (B, 2) raw step before the first point (``turn_inputs`` with a KV cache)."""
         c, P = self.config, self.config.patch_in
         x = self.normalize(x_raw, mask)  # (B, L, F)
+        if c.n_inputs > c.n_features:  # turn_inputs / length_input: (B, L, n_inputs)
+            scale_m = self.feat_std[:2].square().mean().sqrt()
+            x = torch.cat([x, extra_inputs(c, x_raw, mask, scale_m, prev_step)], dim=-1)
         h = self.in_proj(x if P == 1 else patchify(x, mask, P))  # (B, Lt, D)
+        if types is not None:
+            h = self._add_token_types(h, types)
         last = slice(P - 1, None, P)  # the point that closes each token
         real = mask[:, last, None]  # (B, Lt, 1): padded tokens get 0, never NaN (0 * NaN leaks through attention)
         if c.time_encoding == "time2vec":
@@ -205,6 +223,15 @@ class TrajGPT(nn.Module):
             kinds = torch.zeros(h.shape[0], dtype=torch.long, device=h.device) if kind is None else kind
             h = h + self.kind_emb(kinds)[:, None, :]
         return h
+
+    def _add_token_types(self, h: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """MASK and SEP tokens ARE their learned vector; ANS and NO_TIME points get theirs added."""
+        if not hasattr(self, "special"):
+            raise ValueError("this model was not built for infilling (objective 'next'): it has no MASK/SEP tokens")
+        vec = self.special(types)  # (B, L, D)
+        marker = ((types == TYPE_MASK) | (types == TYPE_SEP))[..., None]
+        flagged = (types != TYPE_POINT)[..., None]
+        return torch.where(marker, vec, h + torch.where(flagged, vec, torch.zeros_like(vec)))
 
     def backbone(self, h: torch.Tensor, tmask: torch.Tensor, index=None, tok_coords=None, cache=None) -> torch.Tensor:
         """GPT-2's trunk: (B, Lt, D) token embeddings -> (B, Lt, D) final hidden states.
@@ -226,13 +253,14 @@ class TrajGPT(nn.Module):
             h = h + self.transformer.wpe(index)
             rotary = None
         else:
-            rotary = self.rotary(index if c.position == "rope" else tok_coords, h.dtype)
+            rotary = self.rotary(index if c.position == "rope" else tok_coords)
         h = self.transformer.drop(h)
         for i, block in enumerate(self.transformer.h):
             h = block(h, attn_mask, rotary, cache.layer(i) if cache is not None else None)
         return self.transformer.ln_f(h)
 
-    def forward(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None, coords=None, cache=None) -> torch.Tensor:
+    def forward(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None, coords=None, cache=None,
+                types=None) -> torch.Tensor:
         """(B, Lt, Q*W) normalized head outputs from raw (B, L, F) features and a (B, L) mask.
 
         By default (one point per token, MSE head) that is (B, L, T): the normalized prediction
@@ -241,6 +269,7 @@ class TrajGPT(nn.Module):
         ``coords`` (B, L, 3) east m, north m, seconds from any origin replaces the default
         running sums of the steps (st-rope and time2vec read it). With ``cache`` (a
         ``generate.KVCache``), these points continue the cached sequences (see ``Rollout``).
+        ``types`` (B, L) long marks infilling's special tokens (``infill.py``; P = 1 only).
         L is padded up to whole patches.
         """
         c, P = self.config, self.config.patch_in
@@ -253,35 +282,63 @@ class TrajGPT(nn.Module):
             coords = point_coords(x_raw, mask)  # (B, L, 3) float64
             if cache is not None:
                 coords = coords + cache.last_coords[:, None, :]  # continue from the cached points
-        h = self.embed(x_raw, mask, coords, lonlat, kind)  # (B, Lt, D)
+        prev_step = cache.last_step if cache is not None else None
+        h = self.embed(x_raw, mask, coords, lonlat, kind, types, prev_step)  # (B, Lt, D)
         tmask = token_mask(mask, P)  # (B, Lt)
         tok_coords = coords[:, P - 1 :: P] if coords is not None else None
         out = self.head(self.backbone(h, tmask, tok_coords=tok_coords, cache=cache))
         if cache is not None:
-            cache.advance(tmask, tok_coords)
+            cache.advance(tmask, tok_coords, x_raw[..., :2])
         return out
 
 
-    def loss(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None) -> torch.Tensor:
-        """Next-point loss in normalized units: MSE (per target value) or mixture NLL (per point).
+    def loss(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None, generator=None) -> torch.Tensor:
+        """The training loss of ``config.objective`` on raw windows (B, L, F), masks (B, L) prefixes.
+
+        "next": ``next_loss``; "infill": ``infill.infill_loss`` (spans drawn from ``generator``,
+        else from the global RNG in training mode (checkpointed with the training state) and
+        from a fixed seed in eval mode, so validation losses are comparable); "mixed": their sum,
+        the infill part weighted by ``infill_weight``.
+        """
+        c = self.config
+        if c.objective == "next":
+            return self.next_loss(x_raw, mask, lonlat, kind)
+        from trajfm.model.infill import infill_loss  # infill.py builds sequences for this model
+
+        fill = infill_loss(self, x_raw, mask, lonlat, kind, generator)
+        if c.objective == "infill":
+            return fill
+        return self.next_loss(x_raw, mask, lonlat, kind) + c.infill_weight * fill
+
+    def next_loss(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None) -> torch.Tensor:
+        """Next-point loss in normalized units: MSE / Huber (per target value) or mixture NLL (per point).
 
         Token i is scored on points (i+1)P .. (i+1)P+Q-1 (point i+1 by default); only pairs where
-        the token and the target point are real count; a batch with no pair gives 0.
+        the token and the target point are real count; a batch with no pair gives 0. Targets
+        are in the head's frame (``targets.py``: relative to the current step with an anchor).
         """
         c, P, Q = self.config, self.config.patch_in, self.config.patch_out
         mask = mask.to(torch.bool)
         out = self(x_raw, mask, lonlat, kind)  # (B, Lt, Q*W)
         x_raw, mask = pad_to_patches(x_raw, P), pad_to_patches(mask, P)
-        target, valid = next_points(self.normalize(x_raw, mask)[..., : c.n_targets], mask, P, Q)  # (B, Lt, Q, T)
+        if targets.is_plain(c):
+            target, valid = next_points(self.normalize(x_raw, mask)[..., : c.n_targets], mask, P, Q)  # (B, Lt, Q, T)
+        else:
+            raw = torch.where(mask[..., None], x_raw, torch.zeros((), dtype=x_raw.dtype, device=x_raw.device))
+            target, valid = next_points(raw[..., : c.n_targets], mask, P, Q)  # (B, Lt, Q, T) raw
+            cur = raw[:, P - 1 :: P, None, :]  # (B, Lt, 1, F): the point each token ends at
+            target = targets.encode(c, target, cur, self.feat_mean, self.feat_std)
         return heads.head_loss(c, out.unflatten(-1, (Q, -1)), target, valid)
 
     # --- predictions in raw units ----------------------------------------------------------
 
-    def decode(self, out: torch.Tensor, how: str = "mode", temperature: float = 1.0, generator=None) -> torch.Tensor:
+    def decode(self, out: torch.Tensor, how: str = "mode", temperature: float = 1.0, generator=None, cur=None) -> torch.Tensor:
         """(..., Q*W) head outputs -> (..., Q, T) raw (dx_m, dy_m, log_dt_s).
 
         ``how``: "mode" (MSE point, or mean of the most likely mixture component), "mean"
-        (mixture mean), or "sample" (a draw at ``temperature``, with ``generator``).
+        (mixture mean), or "sample" (a draw at ``temperature``, with ``generator``). ``cur``
+        (..., F) raw features of the point each output was made at: needed when the model
+        predicts relative to the current step (``anchor`` / ``frame``, see ``targets.py``).
         """
         c = self.config
         out = out.unflatten(-1, (c.patch_out, -1))  # (..., Q, W)
@@ -289,8 +346,10 @@ class TrajGPT(nn.Module):
             p = heads.sample(c, out, temperature, generator)
         else:
             p = heads.point_estimate(c, out, how)  # (..., Q, T)
-        T = c.n_targets
-        return p * self.feat_std[:T] + self.feat_mean[:T]
+        if targets.is_plain(c):
+            T = c.n_targets
+            return p * self.feat_std[:T] + self.feat_mean[:T]
+        return targets.decode(c, p, None if cur is None else cur[..., None, :], self.feat_mean, self.feat_std)
 
     @torch.no_grad()
     def predict(self, x_raw, mask, how: str = "mode", temperature: float = 1.0, generator=None, lonlat=None, kind=None):
@@ -312,7 +371,9 @@ class TrajGPT(nn.Module):
         tmask = token_mask(mask, P)  # every width here is a whole number of patches
         idx = torch.arange(tmask.shape[1], device=mask.device)
         last = torch.where(tmask, idx, -1).max(dim=1).values.clamp_min(0)  # (B,)
-        return self.decode(out[torch.arange(out.shape[0], device=out.device), last], how, temperature, generator)
+        rows = torch.arange(out.shape[0], device=out.device)
+        cur = x_raw[rows, (last + 1) * P - 1]  # (B, F) the point the last token ends at
+        return self.decode(out[rows, last], how, temperature, generator, cur)
 
     @torch.no_grad()
     def predict_next(self, x_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,14 @@
 ``TrajGPT.head`` is one Linear from D to ``patch_out * output_width(config)``; this module reads
 those numbers, all in NORMALIZED target units (the model denormalizes):
 
-- ``mse``: the point itself, (dx, dy, log dt); loss = mean squared error (the tutorial's).
+- ``mse``: the point itself, (dx, dy, log dt); loss = mean squared error (the tutorial's), or
+  with ``point_loss="huber"`` the Huber loss per value (quadratic within ``huber_delta``
+  normalized units, linear beyond: a GPS jump of 2 km no longer outweighs a hundred ordinary
+  steps), or with ``"distance"`` the (pseudo-Huber smoothed) Euclidean length of the (dx, dy)
+  error plus the |error| of log dt: the metres ADE counts, whose minimizer is the geometric
+  median (a moored vessel that may leave is forecast to stay, not to drift half-way). With
+  ``score_positions`` and Q > 1 the (dx, dy) errors are summed over the Q steps first, so the
+  loss scores the positions reached, not each step.
 - ``mixture``: a K-component Gaussian mixture with diagonal covariances over (dx, dy, log dt)
   (TrajGPT's probabilistic step): K logits, then per component T means and T log std.
   Loss = negative log-likelihood in nats per point. A point estimate is the mean of the most
@@ -56,8 +63,22 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor, per: int = 1) -> torc
 def head_loss(config: GPTConfig, out: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Scalar loss of head outputs (B, Lt, Q, W) against targets (B, Lt, Q, T) where ``valid``."""
     if config.head == "mse":
-        return masked_mean((out - target).square(), valid[..., None], per=config.n_targets)
+        err = out - target  # (B, Lt, Q, T)
+        if config.score_positions:  # Q steps -> Q positions (valid is a prefix along Q)
+            err = torch.cat([err[..., :2].cumsum(-2), err[..., 2:]], dim=-1)
+        if config.point_loss == "distance":
+            return masked_mean(_smooth_norm(err[..., :2], config.huber_delta) + _smooth_norm(err[..., 2:], config.huber_delta), valid)
+        if config.point_loss == "huber":
+            err = F.huber_loss(err, torch.zeros_like(err), reduction="none", delta=config.huber_delta)
+        else:
+            err = err.square()
+        return masked_mean(err, valid[..., None], per=config.n_targets)
     return masked_mean(mixture_nll(out, target, config.n_mixture), valid)
+
+
+def _smooth_norm(v: torch.Tensor, delta: float) -> torch.Tensor:
+    """(...,) pseudo-Huber length of vectors (..., k): ~|v| beyond ``delta``, |v|^2 / (2 delta) within."""
+    return torch.sqrt(v.square().sum(-1) + delta * delta) - delta
 
 
 def point_estimate(config: GPTConfig, out: torch.Tensor, how: str = "mode") -> torch.Tensor:
@@ -73,7 +94,7 @@ def point_estimate(config: GPTConfig, out: torch.Tensor, how: str = "mode") -> t
     return mean.gather(-2, best).squeeze(-2)
 
 
-def sample(config: GPTConfig, out: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(config: GPTConfig, out: torch.Tensor, temperature: float = 1.0, generator=None) -> torch.Tensor:
     """(..., T) a random draw from head outputs (..., W); the point itself for an MSE head."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")

@@ -16,8 +16,8 @@ angle ``theta_j(p)``. A score ``q_m . k_n`` then depends only on ``theta(p_m) - 
   pairs do not turn). Scores depend on the displacement in metres and the time between two
   points, never on where or when the trajectory is: region-agnostic attention.
 
-Angles are computed in float64 (positions of tens of kilometres against 20 m wavelengths) and
-only their cosines and sines are cast to the compute dtype.
+Angles are computed in float64 (positions of tens of kilometres against 10 m wavelengths), their
+cosines and sines are float32, and the rotation runs in float32 even under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -65,24 +65,26 @@ class Rotary(nn.Module):
             self.axis = torch.cat([torch.arange(3).repeat_interleave(n), torch.zeros(half - 3 * n, dtype=torch.long)])
         self.inv = inv  # (half,) float64; a plain attribute, so no dtype cast ever touches it
 
-    def forward(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``pos``: (B, L) token index (rope) or (B, L, 3) coordinates (st-rope).
 
-        Returns cos, sin, each (B, 1, L, Dh/2) in ``dtype``, to broadcast over heads.
+        Returns cos, sin, each (B, 1, L, Dh/2) float32, to broadcast over heads.
         """
         inv = self.inv.to(pos.device)
         if self.axis is None:
             angle = pos.double()[..., None] * inv  # (B, L, half)
         else:
             angle = pos.double()[..., self.axis.to(pos.device)] * inv  # (B, L, half)
-        return angle.cos()[:, None].to(dtype), angle.sin()[:, None].to(dtype)
+        return angle.cos()[:, None].float(), angle.sin()[:, None].float()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, L, Dh) queries or keys: pair (j, j + Dh/2) turns by its angle."""
+    """Rotate (B, H, L, Dh) queries or keys: pair (j, j + Dh/2) turns by its angle.
+
+    Computed in float32 and returned in ``x``'s dtype (bf16 under autocast)."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
 def _geomspace(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
