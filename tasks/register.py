@@ -7,7 +7,7 @@ from dataclasses import asdict
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from tasks._common import RETRIES, RETRY_DELAY_S
+from tasks._common import RETRIES
 from trajfm.registry.register import register_training
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from trajfm.features.encode import N_FEATURES, encode_points
-from trajfm.features.windows import WindowSet
+from trajfm.features.encode import encode_points
+from trajfm.features.windows import WindowSet, stack_windows
 from trajfm.geo import offset_lonlat
 
 T0_NS = 1_593_475_200_000_000_000  # 2020-06-30 00:00:00 UTC
@@ -68,19 +68,7 @@ def windows_from_tracks(tracks: list[tuple], window: int, stride: int | None = N
         for s in starts:
             e = min(s + window, n)
             items.append((feats[s:e], lon[s:e], lat[s:e], t_ns[s:e], tid))
-    N = len(items)
-    ws = WindowSet(
-        x=np.zeros((N, window, N_FEATURES), np.float32),
-        mask=np.zeros((N, window), bool),
-        lon=np.zeros((N, window)),
-        lat=np.zeros((N, window)),
-        t_ns=np.zeros((N, window), np.int64),
-        traj_id=np.array([it[4] for it in items]),
-    )
-    for i, (f, lo, la, t, _) in enumerate(items):
-        k = len(f)
-        ws.x[i, :k], ws.mask[i, :k], ws.lon[i, :k], ws.lat[i, :k], ws.t_ns[i, :k] = f, True, lo, la, t
-    return ws
+    return stack_windows(items, window)
 
 
 def make_windows(n_tracks: int, points: int, window: int, seed: int = 0, stride: int | None = None) -> WindowSet:

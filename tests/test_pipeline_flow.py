@@ -7,7 +7,6 @@ registry and the gate that stops the flow before training.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -138,11 +138,12 @@ def build_windows(points: pd.DataFrame, params: WindowParams) -> tuple[dict[str,
         for a, b in _windows_of_piece(int(n), L, params.stride):
             buckets[split].append((feats[a:b], lon[a:b], lat[a:b], t_ns[a:b], traj[s0]))
             c["windows"] += 1
-    sets = {s: _stack(buckets[s], L) for s in SPLITS}
+    sets = {s: stack_windows(buckets[s], L) for s in SPLITS}
     return sets, counts
 
 
-def _stack(items: list, L: int) -> WindowSet:
+def stack_windows(items: list, L: int) -> WindowSet:
+    """Pad ``(features, lon, lat, t_ns, traj_id)`` pieces of at most ``L`` points into a WindowSet."""
     if not items:
         return WindowSet.empty(L)
     n = len(items)

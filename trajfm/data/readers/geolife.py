@@ -33,6 +33,7 @@ from trajfm.data.readers.base import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_CHUNK_ROWS,
     Format,
+    LineChunk,
     ReadResult,
     SourceFile,
     SourceFormatError,
