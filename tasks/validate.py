@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from tasks._common import RETRIES, RETRY_DELAY_S
 from trajfm.quality.gate import ValidationFailed, gate, validate_points
 from trajfm.quality.params import processed_gate_params
+from trajfm.store import data_root as data_root_path
 from trajfm.store import read_manifest
 
 
@@ -35,8 +36,11 @@ def validate_task(stage_dir: str, stage: str, params: dict | None = None, data_r
     if stage == "processed":
         kinds = sorted(points["kind"].astype(str).unique())
         params = processed_gate_params(read_manifest(stage_dir), kinds, overrides=params)
-    report = validate_points(points, stage=stage, params=params or {})
+    # A file-mode GX context under the data root: suites, results and Data Docs persist there.
+    report = validate_points(points, stage=stage, params=params or {}, context_root=data_root_path(data_root))
     create_markdown_artifact(report.to_markdown(), key=f"validation-{stage}", description=f"Great Expectations: {stage} points")
     get_run_logger().info("validation %s: success=%s on %s rows", stage, report.success, report.n_rows)
+    if report.data_docs:
+        create_link_artifact(Path(report.data_docs).as_uri(), link_text="Great Expectations Data Docs", key=f"data-docs-{stage}")
     gate(report)  # raises ValidationFailed naming each failed critical expectation and its count
     return report.to_dict()

@@ -45,6 +45,7 @@ def test_every_stage_writes_its_outputs(small_run):
         assert Path(r[key]).is_relative_to(root)
     assert (Path(r["train_dir"]) / "model.pt").is_file()
     assert r["validation"] == {"raw": True, "processed": True}
+    assert (root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").is_file()
 
 
 def test_rows_are_accounted_for_at_every_stage(small_run):
@@ -93,7 +94,7 @@ def test_artifacts_are_published(small_run):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     keys = {"ingest-row-accounting", "preprocess-row-accounting", "validation-raw", "validation-processed",
-            "features-splits", "forecast-metrics", "registration"}
+            "features-splits", "forecast-metrics", "registration", "data-docs-raw", "data-docs-processed"}
     with get_client(sync_client=True) as client:
         found = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))}
     assert keys <= found
