@@ -98,7 +98,10 @@ def test_sequence_layout_gap_step_targets_and_coordinates(windows):
     torch.testing.assert_close(seq.x[0, 9:12], x[0, 3:6])
     assert seq.valid[0].tolist() == [False] * 8 + [True] * 4
     torch.testing.assert_close(seq.target[0, 8:12], x[0, 3:7, :3])  # SEP -> x3, x3 -> x4, x4 -> x5, x5 -> x6
-    torch.testing.assert_close(seq.cur[0, 8:12], x[0, 2:6])  # each predicted from the point before
+    torch.testing.assert_close(seq.cur[0, 8:12, 2:], x[0, 2:6, 2:])  # each predicted from the point before,
+    pace = torch.stack([x[0, k:7, :2].sum(0) / (7 - k) for k in (3, 4, 5, 6)])  # anchored on the even pace to x6
+    torch.testing.assert_close(seq.cur[0, 8:12, :2], pace)
+    assert seq.left[0, 8:12].tolist() == [4, 3, 2, 1] and (seq.left[0, :8] == 0).all()
     # Every token sits where its point is (MASK and SEP at point 2).
     orig = point_coords(x, mask)[0]
     torch.testing.assert_close(seq.coords[0, [0, 1, 2, 3]], orig[[0, 1, 2, 2]])
@@ -265,3 +268,17 @@ def test_infill_model_checkpoint_round_trip(windows, tmp_path):
     assert "special.weight" in back.state_dict()
     a, b = infill(model, windows, (3, 7)), infill(back, windows, (3, 7))
     assert np.array_equal(a.lon, b.lon) and np.array_equal(a.t_ns, b.t_ns)
+
+
+@pytest.mark.parametrize("frame", ["absolute", "heading"])
+def test_a_zero_anchored_head_is_linear_interpolation(windows, frame):
+    """Anchored on the even-pace step, a head that outputs 0 reproduces the baseline."""
+    model = make_model(windows, anchor="velocity", frame=frame)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    span = np.array([[2 + i % 6, 5 + i % 6 + i % 5] for i in range(len(windows))])
+    res = infill(model, windows, span)
+    lin_lon, lin_lat = linear_interpolation(windows, span)
+    ok = res.span_mask
+    assert haversine_m(res.lon[ok], res.lat[ok], lin_lon[ok], lin_lat[ok]).max() < 0.5  # metres

@@ -254,3 +254,10 @@ def test_length_input_tells_jitter_from_drift():
     assert v[0] == 0 and v[3] == 0  # no step; padding
     assert 0.15 < v[1] < 0.25 and 0.55 < v[2] < 0.65  # log1p(2) / log1p(160), log1p(20) / log1p(160)
     assert GPTConfig(length_input=True, turn_inputs=True).n_inputs == 10
+
+
+def test_point_losses_belong_to_the_regression_head():
+    with pytest.raises(ValueError, match="head 'mse'"):
+        GPTConfig(head="mixture", point_loss="distance")
+    with pytest.raises(ValueError, match="head 'mse'"):
+        GPTConfig(head="mixture", patch_out=4, score_positions=True)

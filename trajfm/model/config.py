@@ -2,8 +2,9 @@
 
 A preset is the JSON of a ``GPTConfig``; ``load_preset("tutorial", dropout=0.0)`` reads it and
 applies overrides. A path to a ``.json`` file works in place of a name. Every field added after
-the first release has a default that reproduces the original model (learned positions, MSE head,
-one point per token, no extra encodings), so older checkpoints and presets load unchanged.
+the first release has a default that reproduces the original model (learned positions, MSE head
+on plain east/north targets, one point per token, no extra inputs, next-point objective), so
+older checkpoints and presets load unchanged and compute the same numbers.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ POINT_LOSSES = ("mse", "huber", "distance")
 OBJECTIVES = ("next", "infill", "mixed")
 
 
-# Fields added after train-stage keys were first hashed from ``to_dict``; left out at their defaults.
+# Fields added after train-stage keys were first hashed from ``to_dict``: left out of it at their
+# defaults, so earlier configs keep their dicts (cache keys, resume identities, checkpoints).
 ADDED_DEFAULTS = {
-    "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "point_loss": "mse", "huber_delta": 1.0, "score_positions": False, "objective": "next",
-    "infill_min_span": 1, "infill_max_span": 8, "infill_time_prob": 0.5, "infill_weight": 1.0,
+    "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "point_loss": "mse",
+    "huber_delta": 1.0, "score_positions": False, "objective": "next", "infill_min_span": 1, "infill_max_span": 8,
+    "infill_time_prob": 0.5, "infill_weight": 1.0,
 }
 
 
@@ -109,6 +112,8 @@ class GPTConfig:
             raise ValueError("anchor / frame / turn_inputs / length_input read (dx, dy): need n_targets >= 2")
         if self.huber_delta <= 0:
             raise ValueError(f"huber_delta must be > 0, got {self.huber_delta}")
+        if self.head == "mixture" and (self.point_loss != "mse" or self.score_positions):
+            raise ValueError("point_loss and score_positions shape the point-regression loss: use them with head 'mse'")
         if self.objective != "next":
             if self.patch_in != 1:
                 raise ValueError("infilling works on single points: objective 'infill'/'mixed' needs patch_in = 1")

@@ -49,6 +49,7 @@ from trajfm.model.positions import Rotary, apply_rotary, point_coords
 # points whose time features are hidden (travel-time estimation).
 TYPE_POINT, TYPE_MASK, TYPE_SEP, TYPE_ANS, TYPE_NO_TIME = range(5)
 N_TOKEN_TYPES = 5
+N_TO_GO = 3  # per answer token: the even-pace step to the far end (east, north) and the points left
 
 
 class CausalSelfAttention(nn.Module):
@@ -150,8 +151,9 @@ class TrajGPT(nn.Module):
         self.transformer = nn.ModuleDict(trunk)
         self.rotary = Rotary(c) if c.position != "learned" else None
         self.head = nn.Linear(c.d_model, c.patch_out * heads.output_width(c), bias=c.bias)
-        if c.objective != "next":  # infilling's MASK / SEP / ANS / NO_TIME vectors (infill.py)
+        if c.objective != "next":  # infilling (infill.py): MASK / SEP / ANS / NO_TIME vectors, the way to go
             self.special = nn.Embedding(N_TOKEN_TYPES, c.d_model)
+            self.to_go_proj = nn.Linear(N_TO_GO, c.d_model, bias=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith("c_proj.weight"):
@@ -195,12 +197,13 @@ class TrajGPT(nn.Module):
 
     # --- the forward pass: embed -> backbone -> head --------------------------------------
 
-    def embed(self, x_raw, mask, coords=None, lonlat=None, kind=None, types=None, prev_step=None) -> torch.Tensor:
+    def embed(self, x_raw, mask, coords=None, lonlat=None, kind=None, types=None, to_go=None, prev_step=None) -> torch.Tensor:
         """(B, Lt, D) token embeddings, without positions. ``mask`` (B, L), L a multiple of P;
         ``coords`` (B, L, 3) from ``point_coords`` (needed for time2vec), ``lonlat`` (B, L, 2)
         degrees (needed for the space encoding), ``kind`` (B,) long mover kinds, ``types``
-        (B, L) long infilling token types (``TYPE_POINT`` .. ``TYPE_NO_TIME``), ``prev_step``
-        (B, 2) raw step before the first point (``turn_inputs`` with a KV cache)."""
+        (B, L) long infilling token types (``TYPE_POINT`` .. ``TYPE_NO_TIME``) and ``to_go``
+        (B, L, N_TO_GO) what is left to the far end of the gap (``infill.to_go_features``),
+        ``prev_step`` (B, 2) raw step before the first point (``turn_inputs`` with a KV cache)."""
         c, P = self.config, self.config.patch_in
         x = self.normalize(x_raw, mask)  # (B, L, F)
         if c.n_inputs > c.n_features:  # turn_inputs / length_input: (B, L, n_inputs)
@@ -209,6 +212,8 @@ class TrajGPT(nn.Module):
         h = self.in_proj(x if P == 1 else patchify(x, mask, P))  # (B, Lt, D)
         if types is not None:
             h = self._add_token_types(h, types)
+        if to_go is not None:
+            h = h + self.to_go_proj(to_go)
         last = slice(P - 1, None, P)  # the point that closes each token
         real = mask[:, last, None]  # (B, Lt, 1): padded tokens get 0, never NaN (0 * NaN leaks through attention)
         if c.time_encoding == "time2vec":
@@ -260,7 +265,7 @@ class TrajGPT(nn.Module):
         return self.transformer.ln_f(h)
 
     def forward(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None, coords=None, cache=None,
-                types=None) -> torch.Tensor:
+                types=None, to_go=None) -> torch.Tensor:
         """(B, Lt, Q*W) normalized head outputs from raw (B, L, F) features and a (B, L) mask.
 
         By default (one point per token, MSE head) that is (B, L, T): the normalized prediction
@@ -269,7 +274,8 @@ class TrajGPT(nn.Module):
         ``coords`` (B, L, 3) east m, north m, seconds from any origin replaces the default
         running sums of the steps (st-rope and time2vec read it). With ``cache`` (a
         ``generate.KVCache``), these points continue the cached sequences (see ``Rollout``).
-        ``types`` (B, L) long marks infilling's special tokens (``infill.py``; P = 1 only).
+        ``types`` (B, L) long marks infilling's special tokens and ``to_go`` (B, L, N_TO_GO) gives
+        the answers the way to the far end of the gap (``infill.py``; P = 1 only).
         L is padded up to whole patches.
         """
         c, P = self.config, self.config.patch_in
@@ -283,7 +289,7 @@ class TrajGPT(nn.Module):
             if cache is not None:
                 coords = coords + cache.last_coords[:, None, :]  # continue from the cached points
         prev_step = cache.last_step if cache is not None else None
-        h = self.embed(x_raw, mask, coords, lonlat, kind, types, prev_step)  # (B, Lt, D)
+        h = self.embed(x_raw, mask, coords, lonlat, kind, types, to_go, prev_step)  # (B, Lt, D)
         tmask = token_mask(mask, P)  # (B, Lt)
         tok_coords = coords[:, P - 1 :: P] if coords is not None else None
         out = self.head(self.backbone(h, tmask, tok_coords=tok_coords, cache=cache))

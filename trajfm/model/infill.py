@@ -14,6 +14,12 @@ predicts ``x_{p+1}``, and the last one predicts the ORIGINAL ``x_e`` (the step t
 gap), so a reconstruction learns to land on the far end. Answer points carry a learned ANS
 vector (part B's segment), MASK and SEP are learned vectors too (``TrajGPT.special``).
 
+The way to go: SEP and every answer token also get (``TrajGPT.to_go_proj``) the even-pace step
+that would reach the far end, ``(east, north still to go) / (points left)``, and the count of
+points left. That step is also their ANCHOR (``targets.py``: the current step of forecasting
+becomes the even-pace step of infilling), so a zero head output reproduces linear
+interpolation, the baseline, and the network learns the corrections (turns, speed changes).
+
 Travel time as masked time: with ``hide_time`` a row also hides when the far end was reached:
 ``log_dt`` of ``x_e'`` and the calendar features of every point after the gap are replaced by
 the training mean (0 after normalization) and flagged NO_TIME; elapsed-time coordinates (st-rope,
@@ -56,9 +62,11 @@ class InfillSequences:
     coords: torch.Tensor  # (B, W, 3) float64 east m, north m, elapsed s
     lonlat: torch.Tensor | None  # (B, W, 2) float64 degrees, when given
     target: torch.Tensor  # (B, W, T) raw targets of each token's prediction (0 where not scored)
-    cur: torch.Tensor  # (B, W, F) raw features of the point each prediction is made from
+    cur: torch.Tensor  # (B, W, F) raw features each prediction is made from; (dx, dy) = the even-pace step
     valid: torch.Tensor  # (B, W) bool: SEP and answer tokens, which are scored
     sep: torch.Tensor  # (B,) long index of SEP
+    remain: torch.Tensor  # (B, W, 2) float64 east, north metres from each scored token's point to point e
+    left: torch.Tensor  # (B, W) long predictions left to reach point e (SEP: span + 1; 0 where not scored)
 
 
 def sample_spans(n_real: torch.Tensor, config, generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,8 +120,8 @@ def build_sequences(
     rows = torch.arange(B, device=dev)[:, None]
 
     x = x_raw[rows, src]  # (B, W, F)
+    csum = _steps(x_raw).cumsum(1)  # (B, L, 3) running sums of the steps
     if gap is None:  # the hidden steps s..e add up to the step across the gap
-        csum = _steps(x_raw).cumsum(1)  # (B, L, 3)
         gap = _at(csum, e) - _at(csum, s - 1)  # (B, 3)
     gap = gap.to(dev).double()
     gap_feat = torch.stack([gap[:, 0], gap[:, 1], torch.log1p(gap[:, 2].clamp(min=0.0))], dim=-1).to(x.dtype)
@@ -145,9 +153,28 @@ def build_sequences(
     tgt_src = torch.where(is_sep, s, src + 1).clamp(0, L - 1)
     valid = (is_sep | is_ans) & seq_mask
     target = torch.where(valid[..., None], x_raw[rows, tgt_src], zero)[..., :3]
+    # The way to go from each scored token's point (SEP: s-1, answer x_p: p) to point e.
+    walked = csum[rows, src][..., :2] - _at(csum, s - 1)[:, None, :2]  # (B, W, 2) from s-1 to the point
+    remain = torch.where(valid[..., None], gap[:, None, :2] - walked, 0.0)
+    left = torch.where(valid, e - src, 0)
     cur = torch.where(valid[..., None], x_raw[rows, src], zero)
+    cur = _with_even_pace(cur, remain, left)
     ll = None if lonlat is None else lonlat[rows, src].double()
-    return InfillSequences(x, seq_mask, types, coords, ll, target, cur, valid, sep[:, 0])
+    return InfillSequences(x, seq_mask, types, coords, ll, target, cur, valid, sep[:, 0], remain, left)
+
+
+def _with_even_pace(cur: torch.Tensor, remain: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """``cur`` with (dx, dy) replaced by ``remain / left`` where ``left > 0`` (the anchor)."""
+    pace = (remain / left.clamp(min=1)[..., None]).to(cur.dtype)
+    return torch.cat([torch.where((left > 0)[..., None], pace, cur[..., :2]), cur[..., 2:]], dim=-1)
+
+
+def to_go_features(model: TrajGPT, seq: InfillSequences) -> torch.Tensor:
+    """(B, W, N_TO_GO) model inputs of the way to go: even-pace step / scale, points left / max span."""
+    scale_m = model.feat_std[:2].square().mean().sqrt()
+    pace = seq.cur[..., :2] / scale_m
+    left = seq.left.to(pace.dtype)[..., None] / (model.config.infill_max_span + 1)
+    return torch.where(seq.valid[..., None], torch.cat([pace, left], dim=-1), torch.zeros((), dtype=pace.dtype, device=pace.device))
 
 
 def _steps(x: torch.Tensor) -> torch.Tensor:
@@ -163,8 +190,8 @@ def _at(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
 def _scored(model: TrajGPT, seq: InfillSequences, kind=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, W, W_out) head outputs for the first predicted point of every token, and targets in head units."""
     c = model.config
-    out = model(seq.x, seq.mask, seq.lonlat, kind, coords=seq.coords, types=seq.types)  # (B, W, Q*W_out)
-    out = out.unflatten(-1, (c.patch_out, -1))[:, :, 0]  # infilling scores one point per token
+    out = model(seq.x, seq.mask, seq.lonlat, kind, coords=seq.coords, types=seq.types, to_go=to_go_features(model, seq))
+    out = out.unflatten(-1, (c.patch_out, -1))[:, :, 0]  # (B, W, W_out): infilling scores one point per token
     if targets.is_plain(c):
         tgt = (seq.target - model.feat_mean[:3]) / model.feat_std[:3]
     else:
@@ -273,7 +300,7 @@ def _infill_batch(model, ws, b, start, end, hide_time, how, res: InfillResult, d
     for q in range(int(m.max()) + 1):  # q < m: hidden point s+q; q = m: the step that reaches e
         cols = torch.from_numpy(np.minimum(sep + q, seq.x.shape[1] - 1)).to(device)  # rows past their span: unused
         rr = torch.from_numpy(rows).to(device)
-        out = model(seq.x, seq.mask, seq.lonlat, None, coords=seq.coords, types=seq.types)  # (B, W, Q*W_out)
+        out = model(seq.x, seq.mask, seq.lonlat, None, coords=seq.coords, types=seq.types, to_go=to_go_features(model, seq))
         step = model.decode(out[rr, cols], how, cur=seq.cur[rr, cols])[:, 0].double().cpu().numpy()  # (B, T) raw
         lon2, lat2, t2 = decode_step(lon, lat, t_ns, step[:, 0], step[:, 1], step[:, 2])
         live = q < m  # rows still inside their span
@@ -295,9 +322,11 @@ def _write_answer(seq: InfillSequences, rows, cols, feats, step, lon, lat, devic
     """Put a generated point into answer slot ``cols`` of ``rows``: features, coordinates, lon/lat."""
     r, c = torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)
     seq.x[r, c] = torch.from_numpy(feats).to(device, seq.x.dtype)
-    seq.cur[r, c] = seq.x[r, c]  # the next answer is predicted from this point
     d = torch.from_numpy(np.stack([step[:, 0], step[:, 1], np.expm1(np.clip(step[:, 2], 0.0, 20.0))], -1)).to(device)
     seq.coords[r, c] = seq.coords[r, c - 1] + d.to(seq.coords.dtype)
+    seq.remain[r, c] = seq.remain[r, c - 1] - d[:, :2].to(seq.remain.dtype)  # the next answer is predicted from here
+    seq.left[r, c] = seq.left[r, c - 1] - 1
+    seq.cur[r, c] = _with_even_pace(seq.x[r, c], seq.remain[r, c], seq.left[r, c])
     if seq.lonlat is not None:
         seq.lonlat[r, c] = torch.from_numpy(np.stack([lon, lat], -1)).to(device, seq.lonlat.dtype)
 
