@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -261,3 +262,23 @@ def test_point_losses_belong_to_the_regression_head():
         GPTConfig(head="mixture", point_loss="distance")
     with pytest.raises(ValueError, match="head 'mse'"):
         GPTConfig(head="mixture", patch_out=4, score_positions=True)
+
+
+def test_forecast_preset_loads_and_forecasts_points(windows):
+    from synthetic_tracks import track_frame, vessel_track
+
+    from trajfm.evaluate.forecast import forecast_points
+
+    cfg = load_preset("trajfm-forecast")
+    assert (cfg.anchor, cfg.frame, cfg.patch_out, cfg.turn_inputs, cfg.length_input) == ("velocity", "heading", 10, True, True)
+    assert cfg.space_encoding == "sinusoidal" and cfg.objective == "next"
+    small = load_preset("trajfm-forecast", n_layer=1, d_model=32, n_head=2, block_size=32)
+    torch.manual_seed(0)
+    model = TrajGPT(small)
+    st = stats_of(windows)
+    model.set_normalization(st["mean"], st["std"])
+    rng = np.random.default_rng(0)
+    points = track_frame([(f"v{i}", *vessel_track(rng, 25 + 5 * i)) for i in range(3)])
+    out = forecast_points(model, points, horizon=12)  # 10 points per call, then 2 more
+    assert len(out) == 36 and np.isfinite(out[["lon", "lat"]].to_numpy()).all()
+    assert (out.groupby("traj_id")["t"].diff().dropna() > pd.Timedelta(0)).all()
