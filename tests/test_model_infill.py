@@ -131,7 +131,8 @@ def test_part_a_never_sees_the_hidden_points(windows):
     rng = np.random.default_rng(0)
     rows = np.arange(len(windows))
     a = infill(model, windows, (6, 11), hide_time=True)
-    b = infill(model, perturbed(windows, (np.repeat(rows, 5), np.tile(np.arange(6, 11), len(rows))), rng), (6, 11), hide_time=True)
+    hidden = (np.repeat(rows, 5), np.tile(np.arange(6, 11), len(rows)))
+    b = infill(model, perturbed(windows, hidden, rng), (6, 11), hide_time=True)
     assert np.array_equal(a.lon, b.lon) and np.array_equal(a.lat, b.lat)
     assert np.array_equal(a.t_ns, b.t_ns) and np.array_equal(a.travel_time_s, b.travel_time_s)
 

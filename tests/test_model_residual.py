@@ -55,9 +55,10 @@ def test_defaults_keep_the_plain_targets():
         GPTConfig(point_loss="huber", huber_delta=0.0)
 
 
+@pytest.mark.parametrize("step_scale", ["std", "speed"])
 @pytest.mark.parametrize("anchor,frame", FRAMES)
-def test_encode_decode_round_trip(anchor, frame):
-    cfg = GPTConfig(anchor=anchor, frame=frame)
+def test_encode_decode_round_trip(anchor, frame, step_scale):
+    cfg = GPTConfig(anchor=anchor, frame=frame, step_scale=step_scale)
     g = torch.Generator().manual_seed(0)
     mean, std = torch.tensor([0.5, -1.0, 4.1, 0, 0, 0, 0]), torch.tensor([160.0, 170.0, 0.25, 1, 1, 1, 1])
     target = torch.randn(50, 4, 3, generator=g) * torch.tensor([300.0, 300.0, 0.3]) + torch.tensor([0, 0, 4.1])
@@ -82,9 +83,10 @@ def test_heading_frame_is_rotation_invariant():
     assert z1[0, 1] > 0  # left of the heading is positive
 
 
-@pytest.mark.parametrize("anchor,frame", [("velocity", "absolute"), ("velocity", "heading")])
-def test_zero_output_is_constant_velocity(windows, anchor, frame):
-    model = zero_head(make_model(windows, anchor=anchor, frame=frame))
+@pytest.mark.parametrize("anchor,frame,step_scale", [("velocity", "absolute", "std"), ("velocity", "heading", "std"),
+                                                      ("velocity", "heading", "speed")])
+def test_zero_output_is_constant_velocity(windows, anchor, frame, step_scale):
+    model = zero_head(make_model(windows, anchor=anchor, frame=frame, step_scale=step_scale))
     m = evaluate_forecast(model, windows, context_len=12, horizon=8)
     assert m["n_windows"] > 0
     assert m["ade_m"] == pytest.approx(m["cv_ade_m"], abs=0.05)  # float32 features vs float64 fixes
@@ -282,3 +284,15 @@ def test_forecast_preset_loads_and_forecasts_points(windows):
     out = forecast_points(model, points, horizon=12)  # 10 points per call, then 2 more
     assert len(out) == 36 and np.isfinite(out[["lon", "lat"]].to_numpy()).all()
     assert (out.groupby("traj_id")["t"].diff().dropna() > pd.Timedelta(0)).all()
+
+
+def test_speed_scale_measures_corrections_in_units_of_the_current_step():
+    cfg = GPTConfig(anchor="velocity", frame="heading", step_scale="speed", step_scale_floor_m=10.0)
+    mean, std = torch.zeros(7), torch.full((7,), 160.0)
+    cur = torch.tensor([[0.0, 2.0, 4.1, 0, 0, 0, 0], [300.0, 0.0, 4.1, 0, 0, 0, 0]])  # moored; 300 m east per step
+    target = torch.tensor([[0.0, 0.0, 4.1], [300.0, 31.0, 4.1]])  # stops; turns 31 m to the left
+    z = targets.encode(cfg, target, cur, mean, std)
+    torch.testing.assert_close(z[:, :2], torch.tensor([[-2.0 / 12.0, 0.0], [0.0, 0.1]]))
+    torch.testing.assert_close(targets.decode(cfg, z, cur, mean, std), target)
+    with pytest.raises(ValueError, match="step_scale must be one of"):
+        GPTConfig(step_scale="log")

@@ -23,6 +23,7 @@ SPACE_ENCODINGS = ("none", "sinusoidal")
 TIME_ENCODINGS = ("none", "time2vec")
 ANCHORS = ("none", "velocity")
 FRAMES = ("absolute", "heading")
+STEP_SCALES = ("std", "speed")
 POINT_LOSSES = ("mse", "huber", "distance")
 OBJECTIVES = ("next", "infill", "mixed")
 
@@ -30,7 +31,7 @@ OBJECTIVES = ("next", "infill", "mixed")
 # Fields added after train-stage keys were first hashed from ``to_dict``: left out of it at their
 # defaults, so earlier configs keep their dicts (cache keys, resume identities, checkpoints).
 ADDED_DEFAULTS = {
-    "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "point_loss": "mse",
+    "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "step_scale": "std", "step_scale_floor_m": 10.0, "point_loss": "mse",
     "huber_delta": 1.0, "score_positions": False, "objective": "next", "infill_min_span": 1, "infill_max_span": 8,
     "infill_time_prob": 0.5, "infill_weight": 1.0,
 }
@@ -72,6 +73,8 @@ class GPTConfig:
     # --- what the head predicts, and its loss (trajfm/model/targets.py, heads.py) ---
     anchor: str = "none"  # "velocity": predict the change from the current step (0 = constant velocity)
     frame: str = "absolute"  # "heading": (dx, dy) along / across the current heading instead of east / north
+    step_scale: str = "std"  # metres per head unit of (dx, dy): "std" (the data's), "speed" (current step + floor)
+    step_scale_floor_m: float = 10.0  # "speed": metres per unit = |current step| + this floor
     point_loss: str = "mse"  # "mse" head only: "mse" (the tutorial's), "huber" (per value), "distance" (per point)
     huber_delta: float = 1.0  # "huber" / "distance": quadratic below this many normalized units, linear above
     score_positions: bool = False  # Q > 1: score the positions reached (running sums of the Q steps), as ADE does
@@ -94,7 +97,7 @@ class GPTConfig:
         if self.n_targets > self.n_features:
             raise ValueError("targets are the first n_targets input features: need n_targets <= n_features")
         for name, allowed in (("position", POSITIONS), ("head", HEADS), ("space_encoding", SPACE_ENCODINGS),
-                              ("time_encoding", TIME_ENCODINGS), ("anchor", ANCHORS), ("frame", FRAMES),
+                              ("time_encoding", TIME_ENCODINGS), ("anchor", ANCHORS), ("frame", FRAMES), ("step_scale", STEP_SCALES),
                               ("point_loss", POINT_LOSSES), ("objective", OBJECTIVES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -110,6 +113,8 @@ class GPTConfig:
             raise ValueError("time2vec reads log_dt_s and the day-of-week cycle: needs the 7 standard features")
         if (self.anchor != "none" or self.frame != "absolute" or self.turn_inputs or self.length_input) and self.n_targets < 2:
             raise ValueError("anchor / frame / turn_inputs / length_input read (dx, dy): need n_targets >= 2")
+        if self.step_scale_floor_m <= 0:
+            raise ValueError(f"step_scale_floor_m must be > 0, got {self.step_scale_floor_m}")
         if self.huber_delta <= 0:
             raise ValueError(f"huber_delta must be > 0, got {self.huber_delta}")
         if self.head == "mixture" and (self.point_loss != "mse" or self.score_positions):
@@ -120,7 +125,9 @@ class GPTConfig:
             if self.n_targets != 3 or self.n_features < 3:
                 raise ValueError("infilling rebuilds (dx_m, dy_m, log_dt_s): needs n_targets = 3")
             if not 1 <= self.infill_min_span <= self.infill_max_span:
-                raise ValueError(f"need 1 <= infill_min_span <= infill_max_span, got {self.infill_min_span}, {self.infill_max_span}")
+                raise ValueError(
+                    f"need 1 <= infill_min_span <= infill_max_span, got {self.infill_min_span}, {self.infill_max_span}"
+                )
             if not 0.0 <= self.infill_time_prob <= 1.0 or self.infill_weight < 0:
                 raise ValueError("need 0 <= infill_time_prob <= 1 and infill_weight >= 0")
 

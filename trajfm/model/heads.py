@@ -67,7 +67,8 @@ def head_loss(config: GPTConfig, out: torch.Tensor, target: torch.Tensor, valid:
         if config.score_positions:  # Q steps -> Q positions (valid is a prefix along Q)
             err = torch.cat([err[..., :2].cumsum(-2), err[..., 2:]], dim=-1)
         if config.point_loss == "distance":
-            return masked_mean(_smooth_norm(err[..., :2], config.huber_delta) + _smooth_norm(err[..., 2:], config.huber_delta), valid)
+            d = config.huber_delta
+            return masked_mean(_smooth_norm(err[..., :2], d) + _smooth_norm(err[..., 2:], d), valid)
         if config.point_loss == "huber":
             err = F.huber_loss(err, torch.zeros_like(err), reduction="none", delta=config.huber_delta)
         else:

@@ -174,7 +174,8 @@ def to_go_features(model: TrajGPT, seq: InfillSequences) -> torch.Tensor:
     scale_m = model.feat_std[:2].square().mean().sqrt()
     pace = seq.cur[..., :2] / scale_m
     left = seq.left.to(pace.dtype)[..., None] / (model.config.infill_max_span + 1)
-    return torch.where(seq.valid[..., None], torch.cat([pace, left], dim=-1), torch.zeros((), dtype=pace.dtype, device=pace.device))
+    zero = torch.zeros((), dtype=pace.dtype, device=pace.device)
+    return torch.where(seq.valid[..., None], torch.cat([pace, left], dim=-1), zero)
 
 
 def _steps(x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ HEADING_MIN_M = 1.0  # a step shorter than this has no heading (north is used)
 
 def is_plain(config: GPTConfig) -> bool:
     """True for the original targets, ``(target - mean) / std`` (no anchor, east/north frame)."""
-    return config.anchor == "none" and config.frame == "absolute"
+    return config.anchor == "none" and config.frame == "absolute" and config.step_scale == "std"
 
 
 def heading_basis(step_xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,9 +43,16 @@ def heading_basis(step_xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ux, uy
 
 
-def _scale(std: torch.Tensor) -> torch.Tensor:
-    """Isotropic metres per head unit for the heading frame: rms of the dx, dy stds."""
-    return std[:2].square().mean().sqrt()
+def _units(config: GPTConfig, cur: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(..., 2) metres per head unit of (dx, dy): the stds (east/north frame), their rms (heading
+    frame: rotation keeps distances), or with ``step_scale="speed"`` the current step's length
+    plus ``step_scale_floor_m`` (a moored vessel's forecast is then exact to decimetres, a fast
+    one's in units of its own step)."""
+    if config.step_scale == "speed":
+        return (cur[..., :2].norm(dim=-1, keepdim=True) + config.step_scale_floor_m).expand(*cur.shape[:-1], 2)
+    if config.frame == "heading":
+        return std[:2].square().mean().sqrt().expand(2)
+    return std[:2]
 
 
 def encode(config: GPTConfig, target: torch.Tensor, cur: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -59,14 +66,13 @@ def encode(config: GPTConfig, target: torch.Tensor, cur: torch.Tensor, mean: tor
     d = target[..., :2] - base  # metres east/north, relative to the anchor
     if config.frame == "heading":
         ux, uy = heading_basis(cur[..., :2])
-        along, left = d[..., 0] * ux + d[..., 1] * uy, -d[..., 0] * uy + d[..., 1] * ux
-        xy = torch.stack([along, left], dim=-1) / _scale(std)
-    else:
-        xy = d / std[:2]
-    return torch.cat([xy, plain[..., 2:]], dim=-1)
+        d = torch.stack([d[..., 0] * ux + d[..., 1] * uy, -d[..., 0] * uy + d[..., 1] * ux], dim=-1)  # along, left
+    return torch.cat([d / _units(config, cur, std), plain[..., 2:]], dim=-1)
 
 
-def decode(config: GPTConfig, pred: torch.Tensor, cur: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def decode(
+    config: GPTConfig, pred: torch.Tensor, cur: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     """(..., T) head units -> raw (dx_m, dy_m, log_dt_s); the inverse of ``encode``."""
     T = pred.shape[-1]
     if is_plain(config):
@@ -75,10 +81,9 @@ def decode(config: GPTConfig, pred: torch.Tensor, cur: torch.Tensor | None, mean
         raise ValueError("this model predicts relative to the current step: pass the current point's raw features")
     rest = pred[..., 2:] * std[2:T] + mean[2:T]
     base = cur[..., :2] if config.anchor == "velocity" else torch.zeros_like(cur[..., :2])
+    xy = pred[..., :2] * _units(config, cur, std)  # metres
     if config.frame == "heading":
         ux, uy = heading_basis(cur[..., :2])
-        a, l = pred[..., 0] * _scale(std), pred[..., 1] * _scale(std)
+        a, l = xy[..., 0], xy[..., 1]
         xy = torch.stack([a * ux - l * uy, a * uy + l * ux], dim=-1)
-    else:
-        xy = pred[..., :2] * std[:2]
     return torch.cat([base + xy, rest], dim=-1)
