@@ -6,6 +6,9 @@
     trajfm presets                           list the model presets
     trajfm train --preset NAME [--features-dir DIR] [--epochs N]
     trajfm bench NAME --out FILE.json        run a benchmark (preprocess, model)
+    trajfm evaluate --model URI --data PATH  evaluate any model on any data (trajfm/evaluate/cli.py)
+    trajfm report ...                        markdown + PNG report of an evaluation (trajfm/evaluate/report.py)
+    trajfm registry list|show|promote|rollback   the MLflow registry (trajfm/registry/cli.py)
 
 Flows live in the top-level ``flows`` package and import Prefect; they are imported only when a
 command needs them, so ``import trajfm`` stays Prefect-free.
@@ -181,7 +184,20 @@ def cmd_bench(args) -> int:
     return int(module.main(out=Path(args.out)) or 0)
 
 
+# Subcommands that own their argument parsing: ``module.main(argv) -> int``.
+DELEGATED = {
+    "evaluate": "trajfm.evaluate.cli",
+    "report": "trajfm.evaluate.report",
+    "registry": "trajfm.registry.cli",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return int(importlib.import_module(DELEGATED[argv[0]]).main(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="trajfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded real AIS data")
@@ -201,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="run a benchmark: trajfm bench NAME --out FILE.json")
     bench.add_argument("name", help="a module of trajfm.bench, e.g. preprocess or model")
     bench.add_argument("--out", required=True, help="JSON results file (a markdown table is written beside it)")
+    for name, module in DELEGATED.items():
+        sub.add_parser(name, help=f"see: trajfm {name} --help ({module})", add_help=False)
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
         return cmd_run(args, extra)
