@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trajfm.features.encode import decode_step, encode_points, next_point_features
+from trajfm.features.encode import NS_PER_S, decode_step, encode_points, next_point_features
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, haversine_m, offset_lonlat
 from trajfm.model.generate import Rollout
@@ -230,3 +230,86 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
             "lat": lat.ravel(),
         }
     )
+
+
+# --- the forecast task of the evaluation suite (trajfm.evaluate.tasks) ---------------------
+
+
+def can_forecast(model: TrajGPT) -> bool:
+    """True when the model was trained to predict the next point (objective "next" or "mixed");
+    an "infill"-only model's next-point head is untrained, so its forecasts are not reported."""
+    return model.config.objective != "infill"
+
+
+def position_at(lon: np.ndarray, lat: np.ndarray, t_ns: np.ndarray, when_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) lon, lat of (N, K) tracks at times ``when_ns`` (N,), linear in time between fixes
+    (along the tangent-plane step); before the first fix: the first, after the last: the last."""
+    K = t_ns.shape[1]
+    rows = np.arange(len(t_ns))
+    k = np.clip((t_ns < when_ns[:, None]).sum(axis=1), 1, max(K - 1, 1))
+    a, b = k - 1, np.minimum(k, K - 1)
+    span = (t_ns[rows, b] - t_ns[rows, a]).astype(np.float64)
+    frac = np.where(span > 0, (when_ns - t_ns[rows, a]).astype(np.float64) / np.where(span > 0, span, 1.0), 1.0)
+    frac = np.clip(frac, 0.0, 1.0)
+    east, north = displacement_m(lon[rows, a], lat[rows, a], lon[rows, b], lat[rows, b])
+    return offset_lonlat(lon[rows, a], lat[rows, a], frac * east, frac * north)
+
+
+def _minutes_label(m: float) -> str:
+    return f"{m:g}".replace(".", "p") + "min"  # keys are split on "." by readers of the report
+
+
+def forecast_task(
+    model: TrajGPT | None, ws: WindowSet, *, seed: int = 0, context_len: int = 20, horizons=(1, 5, 10),
+    minutes=(1, 5, 10), mae_points: int = 5, batch_size: int = 256,
+) -> dict[str, float]:
+    """Forecast metrics of the model and of constant velocity on the same windows (metres).
+
+    Windows with at least ``context_len + max(horizons, mae_points)`` real points; the first
+    ``context_len`` are the context. Per predictor (``model`` in "mode", ``constant_velocity``):
+    ``ade_m@h`` (mean error over steps 1..h) and ``fde_m@h`` (error at step h) for each ``h`` in
+    ``horizons`` (steps); ``mae_m@5`` / ``rmse_m@5`` over the next ``mae_points`` points (the
+    literature's "next 5 points" setting); and ``fde_m@<m>min``: the error at ``m`` minutes after
+    the last context fix, both tracks interpolated in time (the forecast holds its last point
+    when its predicted clock ends sooner), over the windows whose real continuation lasts that
+    long (``n_windows@<m>min``; the metric is left out when none does). ``seed`` is unused
+    (deterministic). The model keys are left out for a model that cannot forecast (objective
+    "infill").
+    """
+    horizons = sorted({int(h) for h in horizons})
+    if not horizons or horizons[0] < 1 or mae_points < 1 or any(m <= 0 for m in minutes):
+        raise ValueError(f"need horizons >= 1, mae_points >= 1 and minutes > 0, got {horizons}, {mae_points}, {minutes}")
+    H = max(horizons[-1], mae_points)
+    sel = forecastable(ws, context_len, H)
+    if len(sel) == 0:
+        raise ValueError(f"no window has {context_len + H} real points (context_len {context_len} + horizon {H})")
+    truth = slice(context_len, context_len + H)
+    true_lon, true_lat, true_t = ws.lon[sel, truth], ws.lat[sel, truth], ws.t_ns[sel, truth]
+    last = context_len - 1
+    t0 = ws.t_ns[sel, last]
+    # the truth from the last context fix on, so times between it and step 1 interpolate too
+    track = (np.c_[ws.lon[sel, last], true_lon], np.c_[ws.lat[sel, last], true_lat], np.c_[t0, true_t])
+    preds = {"constant_velocity": constant_velocity(ws, context_len, H)}
+    if model is not None and can_forecast(model):
+        preds = {"model": rollout(model, ws, context_len, H, batch_size), **preds}
+    out = {"forecast.n_windows": float(len(sel)), "forecast.context_len": float(context_len)}
+    for m in minutes:
+        out[f"forecast.n_windows@{_minutes_label(m)}"] = float((true_t[:, -1] - t0 >= round(m * 60 * NS_PER_S)).sum())
+    for name, (lon, lat, t_ns) in preds.items():
+        err = haversine_m(lon, lat, true_lon, true_lat)  # (N, H) metres
+        for h in horizons:
+            out[f"forecast.ade_m@{h}.{name}"] = float(err[:, :h].mean())
+            out[f"forecast.fde_m@{h}.{name}"] = float(err[:, h - 1].mean())
+        e = err[:, :mae_points]
+        out[f"forecast.mae_m@{mae_points}.{name}"] = float(e.mean())
+        out[f"forecast.rmse_m@{mae_points}.{name}"] = float(np.sqrt(np.square(e).mean()))
+        for m in minutes:
+            when = t0 + round(m * 60 * NS_PER_S)
+            ok = true_t[:, -1] >= when
+            if not ok.any():
+                continue
+            tl, ta = position_at(*(a[ok] for a in track), when[ok])
+            pl, pa = position_at(np.c_[ws.lon[sel, last], lon][ok], np.c_[ws.lat[sel, last], lat][ok],
+                                 np.c_[t0, t_ns][ok], when[ok])
+            out[f"forecast.fde_m@{_minutes_label(m)}.{name}"] = float(haversine_m(pl, pa, tl, ta).mean())
+    return out

@@ -1,0 +1,117 @@
+"""The evaluation tasks (trajfm/evaluate/tasks.py) on real windows: AIS NY Harbor and GeoLife."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
+from synthetic_tracks import stats_of, straight_track, windows_from_tracks
+from trajfm.evaluate.tasks import TASKS, run_task, run_tasks
+from trajfm.features.windows import WindowParams, build_windows
+from trajfm.model import GPTConfig, TrajGPT
+
+SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=64, dropout=0.0)
+
+
+def real_windows(points, window=32, stride=16):
+    from trajfm.data.clean import clean_partition
+
+    out, _, _ = clean_partition(points)
+    sets, _ = build_windows(out, WindowParams(window=window, stride=stride))
+    return sets
+
+
+@pytest.fixture(scope="module")
+def ais():
+    """Train and test windows of the 9,091-point NY Harbor day (resampled to 60 s)."""
+    from trajfm.data.catalog import SMALL_SLICE, embedded_files
+    from trajfm.data.readers import read_file
+
+    return real_windows(read_file(embedded_files(SMALL_SLICE)[0]).points)
+
+
+def make_model(train, seed=0, **cfg):
+    torch.manual_seed(seed)
+    m = TrajGPT(GPTConfig(**{**SMALL, **cfg}))
+    st = stats_of(train)
+    m.set_normalization(st["mean"], st["std"])
+    return m.eval()
+
+
+def zero_head(model):
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return model
+
+
+def finite_floats(metrics: dict) -> bool:
+    return all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+
+
+# --- registry --------------------------------------------------------------------------------
+
+
+def test_registry_rejects_unknown_tasks_and_parameters(ais):
+    with pytest.raises(ValueError, match="unknown evaluation task"):
+        run_task("nope", None, ais["test"])
+    with pytest.raises(ValueError, match="unknown evaluation tasks"):
+        run_tasks(None, ais["test"], ["forecast", "nope"])
+    with pytest.raises(ValueError, match="forecast.*bogus"):
+        run_task("forecast", None, ais["test"], bogus=1)
+    with pytest.raises(ValueError, match="empty"):
+        run_task("forecast", None, ais["test"].subset(np.zeros(0, int)))
+    assert "forecast" in TASKS
+
+
+# --- forecast ----------------------------------------------------------------------------------
+
+
+def test_forecast_keys_and_time_horizons_on_real_ais(ais):
+    model = make_model(ais["train"])
+    m = run_task("forecast", model, ais["test"], horizons=(1, 5, 10), minutes=(1, 5, 10))
+    assert finite_floats(m)
+    for p in ("model", "constant_velocity"):
+        for k in ("ade_m@1", "fde_m@5", "ade_m@10", "fde_m@10", "mae_m@5", "rmse_m@5", "fde_m@5min"):
+            assert f"forecast.{k}.{p}" in m
+        assert m[f"forecast.rmse_m@5.{p}"] >= m[f"forecast.mae_m@5.{p}"]
+    assert m["forecast.n_windows"] > 50
+    # the NY slice is resampled to 60 s and constant velocity keeps the last gap: minute h is step h
+    for h in (1, 5, 10):
+        cv = m[f"forecast.fde_m@{h}min.constant_velocity"]
+        assert cv == pytest.approx(m[f"forecast.fde_m@{h}.constant_velocity"], abs=1e-3)
+    # an untrained model is far worse than constant velocity on real vessel tracks
+    assert m["forecast.ade_m@10.model"] > m["forecast.ade_m@10.constant_velocity"]
+    # baselines only
+    base = run_task("forecast", None, ais["test"])
+    assert not any(k.endswith(".model") for k in base)
+    assert base["forecast.fde_m@10.constant_velocity"] == m["forecast.fde_m@10.constant_velocity"]
+
+
+def test_forecast_zero_velocity_anchored_head_equals_constant_velocity(ais):
+    model = zero_head(make_model(ais["train"], anchor="velocity"))
+    m = run_task("forecast", model, ais["test"], horizons=(1, 10), minutes=(3,))
+    # same positions step by step (float32 features vs float64 fixes); its clock is the train
+    # mean log gap, not the last gap, so the minute horizons are not compared
+    for k in ("ade_m@1", "fde_m@10", "mae_m@5", "rmse_m@5"):
+        assert m[f"forecast.{k}.model"] == pytest.approx(m[f"forecast.{k}.constant_velocity"], abs=0.01)
+
+
+def test_forecast_minutes_interpolate_between_fixes():
+    # 90 s sampling: 3 minutes is exactly step 2, 2 minutes halfway between steps 1 and 2
+    NS = 1_000_000_000
+    ws = windows_from_tracks([(f"s{k}", *straight_track(30, 30.0, 40.0, 90 * NS, lat0=40 + k)) for k in range(2)], 30)
+    m = run_task("forecast", None, ws, context_len=10, horizons=(2,), minutes=(2, 3, 60))
+    assert m["forecast.fde_m@3min.constant_velocity"] < 1e-6  # a straight constant-speed track
+    assert m["forecast.n_windows@60min"] == 0 and "forecast.fde_m@60min.constant_velocity" not in m
+    assert m["forecast.n_windows@2min"] == 2
+
+
+def test_forecast_skips_a_model_that_cannot_forecast(ais):
+    model = make_model(ais["train"], objective="infill")
+    m = run_task("forecast", model, ais["test"])
+    assert "forecast.ade_m@10.constant_velocity" in m and not any(k.endswith(".model") for k in m)

@@ -1,0 +1,70 @@
+"""The evaluation suite: one function per task, a registry, and one call that runs them all.
+
+Every task has the call shape ``task(model, ws, *, seed=0, **params) -> dict[str, float]``:
+``model`` a ``TrajGPT`` (or ``None``: baselines only), ``ws`` the held-out ``WindowSet``
+(raw features, lon/lat degrees, int64 UTC ns, mask). Keys are flat
+``"<task>.<metric>.<predictor>"``, the predictor ``model`` or a baseline name, computed on
+exactly the same windows / points; counts and settings have no predictor
+(``forecast.n_windows``). Values are plain floats (JSON-able). A model that cannot do a task
+(e.g. an "infill"-only model has no trained next-point head; a "next"-only model cannot infill)
+gets no key for it: missing means "not applicable", never a placeholder number.
+
+==============  ====================================================  ===============================
+task            metrics                                               baselines
+==============  ====================================================  ===============================
+forecast        ade_m@h, fde_m@h (steps), fde_m@<m>min, mae/rmse_m@5  constant_velocity
+recovery        random_mae_m, random_rmse_m, block_mae_m, block_...  linear_interp
+travel_time     path_mae_s, path_mape, od_mae_s, od_mape             historical_speed
+next_location   acc@1, acc@5, mrr (H3 cells)                          markov_h3
+generation      jsd_<statistic> (step, speed, turn, duration, Rg)     constant_velocity, resampled_steps
+similarity      mean_rank, hit@1, hit@5, hit@10 (odd/even protocol)   resampled_path
+==============  ====================================================  ===============================
+
+Baselines that learn from data (``markov_h3``, ``historical_speed``, ``resampled_steps``) take a
+``train_ws`` parameter: the training windows. Without one, the task splits ``ws`` itself by time
+(``split_for_fitting``): windows starting before the median start time fit the baselines and
+every predictor, the model included, is scored on the later half only, so train and test never
+overlap and all predictors still see the same windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from trajfm.evaluate.forecast import forecast_task
+from trajfm.features.windows import WindowSet
+
+TASKS: dict[str, Callable] = {
+    "forecast": forecast_task,
+}
+
+
+def run_task(name: str, model, ws: WindowSet, *, seed: int = 0, **params) -> dict[str, float]:
+    """Run one task (``TASKS[name]``) on the held-out windows ``ws``; ``params`` go to the task."""
+    if name not in TASKS:
+        raise ValueError(f"unknown evaluation task {name!r}; known: {', '.join(TASKS)}")
+    if len(ws) == 0:
+        raise ValueError(f"task {name!r}: the window set is empty")
+    try:
+        return TASKS[name](model, ws, seed=seed, **params)
+    except TypeError as err:  # an unknown parameter: say which task and which parameters it takes
+        if "unexpected keyword argument" in str(err):
+            raise ValueError(f"task {name!r}: {err}") from None
+        raise
+
+
+def run_tasks(model, ws: WindowSet, tasks: list[str] | None = None, *, seed: int = 0,
+              params: dict[str, dict] | None = None) -> dict[str, float]:
+    """All ``tasks`` (default: every task in ``TASKS``), metrics merged into one flat dict.
+
+    ``params`` maps a task name to its keyword parameters (e.g. ``{"forecast": {"context_len": 8}}``).
+    """
+    tasks = list(TASKS) if tasks is None else list(tasks)
+    params = params or {}
+    unknown = sorted(set(tasks).union(params) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown evaluation tasks {unknown}; known: {', '.join(TASKS)}")
+    out: dict[str, float] = {}
+    for name in tasks:
+        out.update(run_task(name, model, ws, seed=seed, **params.get(name, {})))
+    return out
