@@ -115,3 +115,46 @@ def test_forecast_skips_a_model_that_cannot_forecast(ais):
     model = make_model(ais["train"], objective="infill")
     m = run_task("forecast", model, ais["test"])
     assert "forecast.ade_m@10.constant_velocity" in m and not any(k.endswith(".model") for k in m)
+
+
+# --- recovery ----------------------------------------------------------------------------------
+
+
+def test_recovery_keys_determinism_and_mask_share(ais):
+    model = make_model(ais["train"], objective="mixed")
+    test = ais["test"].subset(np.arange(0, len(ais["test"]), 3))
+    a = run_task("recovery", model, test, seed=1)
+    assert finite_floats(a)
+    for masking in ("random", "block"):
+        for p in ("model", "linear_interp"):
+            assert a[f"recovery.{masking}_rmse_m.{p}"] >= a[f"recovery.{masking}_mae_m.{p}"] > 0
+    interior = (np.minimum(test.mask.sum(1), 30) - 2).sum()
+    assert a["recovery.random_n_points"] == pytest.approx(0.5 * interior, rel=0.02)
+    assert a["recovery.random_n_runs"] > a["recovery.block_n_runs"]  # 50% at random: many runs
+    assert run_task("recovery", model, test, seed=1) == a
+    b = run_task("recovery", None, test, seed=2)
+    assert b["recovery.random_mae_m.linear_interp"] != a["recovery.random_mae_m.linear_interp"]
+    # an untrained model is far from the track; straight lines are good on vessels
+    assert a["recovery.block_mae_m.model"] > a["recovery.block_mae_m.linear_interp"]
+
+
+def test_recovery_zero_anchored_head_is_linear_interpolation(ais):
+    model = zero_head(make_model(ais["train"], objective="infill", anchor="velocity"))
+    m = run_task("recovery", model, ais["test"], seed=3, block_points=6)
+    for k in ("random_mae_m", "random_rmse_m", "block_mae_m", "block_rmse_m"):
+        assert m[f"recovery.{k}.model"] == pytest.approx(m[f"recovery.{k}.linear_interp"], abs=0.05)
+
+
+def test_recovery_linear_interpolation_is_exact_on_a_straight_constant_speed_track():
+    NS = 1_000_000_000
+    ws = windows_from_tracks([(f"s{k}", *straight_track(30, 40.0, -25.0, 30 * NS, lat0=40 + k)) for k in range(4)], 30)
+    m = run_task("recovery", None, ws, seed=0)
+    assert m["recovery.random_mae_m.linear_interp"] < 0.01 and m["recovery.block_rmse_m.linear_interp"] < 0.01
+    assert m["recovery.block_n_points"] == 4 * 14  # round(0.5 * 28) per window
+
+
+def test_recovery_leaves_out_a_model_that_cannot_infill(ais):
+    m = run_task("recovery", make_model(ais["train"]), ais["test"])
+    assert "recovery.random_mae_m.linear_interp" in m and not any(k.endswith(".model") for k in m)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        run_task("recovery", None, ais["test"], mask_ratio=1.0)

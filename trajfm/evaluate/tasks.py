@@ -32,10 +32,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trajfm.evaluate.forecast import forecast_task
+from trajfm.evaluate.recovery import recovery_task
 from trajfm.features.windows import WindowSet
 
 TASKS: dict[str, Callable] = {
     "forecast": forecast_task,
+    "recovery": recovery_task,
 }
 
 
