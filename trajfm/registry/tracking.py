@@ -5,11 +5,11 @@ artifacts under ``<root>/mlartifacts`` (``root`` is the data root, see ``trajfm.
 Setting ``$MLFLOW_TRACKING_URI`` (e.g. ``http://127.0.0.1:5000``) sends everything to a
 tracking server instead; artifacts then go where the server says.
 
-Promotion rule: every registered version is tagged with its value of ``promote_metric``; the
-alias ``champion`` moves to the new version only when that value strictly beats the current
-champion's (lower or higher is better, per ``lower_is_better``). The first version always
-becomes champion. Read aliases from ``get_registered_model(name).aliases``:
-``search_model_versions`` returns empty ``aliases`` (an MLflow bug).
+Promotion: every registered version is tagged with its value of ``promote_metric`` and the
+identity of its evaluation set; ``champion`` moves to it only when it strictly beats the current
+champion on the same evaluation set, otherwise it becomes ``challenger``. The exact rule, the
+decision tags and the champion history are in ``trajfm.registry.manage``. Read aliases from
+``get_registered_model(name).aliases``: ``search_model_versions`` returns empty ``aliases``.
 
 MLflow is imported inside the functions so ``import trajfm.registry`` stays cheap.
 """
@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trajfm.store import data_root
 
@@ -50,6 +50,9 @@ class RegistrationResult:
     champion_version: int  # the champion after this registration (== version when promoted)
     previous_champion_metric: float | None  # None when there was no comparable champion
     metric_value: float
+    reused: bool = False  # an existing version with the same lineage was returned
+    decision: str = ""  # champion | challenger | skipped (see trajfm.registry.manage)
+    reason: str = ""
 
 
 def tracking_uri(root: str | os.PathLike | None = None) -> str:
@@ -223,24 +226,11 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
-def _version_metric(client, name: str, version, metric: str) -> float | None:
-    """``metric`` of a model version: its tag, else the metric of the run that produced it."""
-    mv = client.get_model_version(name, str(version))
-    value = _as_float((mv.tags or {}).get(metric))
-    if value is None and mv.run_id:
-        value = _as_float(client.get_run(mv.run_id).data.metrics.get(metric))
-    return value
-
-
 def _current_champion(client, name: str) -> tuple[int | None, Any]:
-    from mlflow.exceptions import MlflowException
+    from trajfm.registry.manage import aliases_of
 
-    try:
-        aliases = client.get_registered_model(name).aliases or {}
-    except MlflowException:
-        return None, None
-    version = aliases.get(CHAMPION)
-    return (int(version), version) if version is not None else (None, None)
+    version = aliases_of(client, name).get(CHAMPION)
+    return (version, str(version)) if version is not None else (None, None)
 
 
 def log_and_register(
@@ -258,19 +248,28 @@ def log_and_register(
     experiment: str = DEFAULT_EXPERIMENT,
     input_example=None,
     pip_requirements: list[str] | None = None,
+    eval_id: str | None = None,
+    lineage_key: str | None = None,
+    champion_metric_on_eval: Callable[[int], float | None] | None = None,
 ) -> RegistrationResult:
-    """Log a training run, register its pyfunc model as a new version of ``name``, and move
-    the ``champion`` alias to it if its ``promote_metric`` beats the current champion's.
+    """Log a training run, register its pyfunc model as a new version of ``name``, and decide
+    ``champion`` / ``challenger`` by ``promote_metric`` (rule: ``trajfm.registry.manage``).
 
     Logs ``params`` (nested dicts flattened to dotted keys), ``metrics``, ``history`` (one
     record per epoch, e.g. ``{"epoch": 3, "train_loss": .., "val_loss": ..}``, as metric
     steps), a loss-curve PNG and the model (:class:`~trajfm.registry.pyfunc.TrajFMPyfunc` with
-    the checkpoint as artifact ``checkpoint``). ``metrics[promote_metric]`` must be a finite
-    number. Ties do not move the alias. Not safe against two registrations of the same ``name``
-    racing; run registrations one at a time.
+    the checkpoint as artifact ``checkpoint``). ``tags`` go on the run and on the version (set
+    when the version is created). ``metrics[promote_metric]`` must be a finite number.
+
+    ``eval_id`` names the evaluation set (versions are compared directly only on equal ids);
+    ``champion_metric_on_eval(version)`` re-measures a champion evaluated elsewhere on this set.
+    ``lineage_key``: when a version with that key exists, nothing is logged and that version is
+    returned (``reused=True``); if its registration was interrupted before the decision, the
+    decision is made now. Not safe against two registrations of the same ``name`` racing.
     """
     import mlflow
 
+    from trajfm.registry.manage import DECISION, EVAL_ID_TAG, LINEAGE_TAG, aliases_of, decide, find_by_lineage
     from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT, TrajFMPyfunc, example_points, model_signature
 
     metric_value = _as_float(_flatten(metrics).get(promote_metric))
@@ -284,64 +283,60 @@ def log_and_register(
 
     experiment_id = setup_mlflow(root, experiment)
     client = _client(root)
-    run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    run_tags.update({"trajfm.promote_metric": promote_metric, "trajfm.registered_model": name})
-
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name, tags=run_tags, nested=mlflow.active_run() is not None
-    ) as run:
-        run_id = run.info.run_id
-        if params:
-            mlflow.log_params(_params_for_mlflow(params))
-        mlflow.log_metrics(_numeric_metrics(metrics))
-        if history:
-            _log_history(client, run_id, history)
-            mlflow.log_figure(loss_curve_figure(history), LOSS_CURVE_ARTIFACT)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT_NAME,
-            python_model=TrajFMPyfunc(),
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_path.resolve())},
-            signature=model_signature(),
-            input_example=(example_points() if input_example is None else input_example, {"horizon": 3}),
-            pip_requirements=pip_requirements if pip_requirements is not None else _pip_requirements(),
-            registered_model_name=name,
+    existing = find_by_lineage(client, name, lineage_key) if lineage_key else None
+    if existing is not None and (existing.tags or {}).get(DECISION + "decision"):
+        log.info("%s v%s already holds lineage %s: no new version", name, existing.version, lineage_key)
+        champion = aliases_of(client, name).get(CHAMPION)
+        return RegistrationResult(
+            run_id=existing.run_id, model_uri=f"models:/{name}/{existing.version}", version=int(existing.version),
+            promoted=False, champion_version=int(champion) if champion is not None else int(existing.version),
+            previous_champion_metric=None, metric_value=_as_float(existing.tags.get(promote_metric)) or metric_value,
+            reused=True, decision=existing.tags.get(DECISION + "decision", ""), reason="same lineage: no new version",
         )
-        version = int(info.registered_model_version)
 
-    client.set_model_version_tag(name, str(version), promote_metric, repr(metric_value))
-    client.set_model_version_tag(name, str(version), "trajfm.lower_is_better", str(bool(lower_is_better)))
-
-    champion, champion_raw = _current_champion(client, name)
-    previous = None
-    if champion is None or champion == version:
-        promoted = True
+    version_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    version_tags.update({promote_metric: repr(metric_value), "trajfm.lower_is_better": str(bool(lower_is_better))})
+    if eval_id:
+        version_tags[EVAL_ID_TAG] = eval_id
+    if lineage_key:
+        version_tags[LINEAGE_TAG] = lineage_key
+    if existing is not None:  # registered, but stopped before the decision: decide now
+        version, run_id = int(existing.version), existing.run_id
     else:
-        previous = _version_metric(client, name, champion_raw, promote_metric)
-        if previous is None or not math.isfinite(previous):
-            log.warning(
-                "champion v%s of %s has no %s; promoting v%s, which does", champion, name, promote_metric, version
+        run_tags = {**version_tags, "trajfm.promote_metric": promote_metric, "trajfm.registered_model": name}
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags=run_tags, nested=mlflow.active_run() is not None
+        ) as run:
+            run_id = run.info.run_id
+            if params:
+                mlflow.log_params(_params_for_mlflow(params))
+            mlflow.log_metrics(_numeric_metrics(metrics))
+            if history:
+                _log_history(client, run_id, history)
+                mlflow.log_figure(loss_curve_figure(history), LOSS_CURVE_ARTIFACT)
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT_NAME,
+                python_model=TrajFMPyfunc(),
+                artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_path.resolve())},
+                signature=model_signature(),
+                input_example=(example_points() if input_example is None else input_example, {"horizon": 3}),
+                pip_requirements=pip_requirements if pip_requirements is not None else _pip_requirements(),
             )
-            promoted = True
-        else:
-            promoted = metric_value < previous if lower_is_better else metric_value > previous
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, str(version))
-        log.info("%s v%d is champion (%s=%g, previous %s)", name, version, promote_metric, metric_value, previous)
-    else:
-        log.info(
-            "%s v%d not promoted: %s=%g does not beat champion v%d (%g)",
-            name, version, promote_metric, metric_value, champion, previous,
-        )
-    client.set_model_version_tag(name, str(version), "trajfm.promoted", str(promoted).lower())
+        # One call creates the version with its tags, so a version never lacks its lineage.
+        version = int(mlflow.register_model(info.model_uri, name, tags=version_tags).version)
 
+    d = decide(client, name, version, promote_metric, metric_value, lower_is_better, eval_id, champion_metric_on_eval)
+    client.set_model_version_tag(name, str(version), "trajfm.promoted", str(d.promoted).lower())
     return RegistrationResult(
         run_id=run_id,
         model_uri=f"models:/{name}/{version}",
         version=version,
-        promoted=promoted,
-        champion_version=version if promoted else int(champion),
-        previous_champion_metric=previous,
+        promoted=d.promoted,
+        champion_version=d.champion_version,
+        previous_champion_metric=d.compared_value,
         metric_value=metric_value,
+        decision=d.decision,
+        reason=d.reason,
     )
 
 
