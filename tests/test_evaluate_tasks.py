@@ -158,3 +158,57 @@ def test_recovery_leaves_out_a_model_that_cannot_infill(ais):
     assert "recovery.random_mae_m.linear_interp" in m and not any(k.endswith(".model") for k in m)
     with pytest.raises(ValueError, match="mask_ratio"):
         run_task("recovery", None, ais["test"], mask_ratio=1.0)
+
+
+# --- travel time -------------------------------------------------------------------------------
+
+
+def test_travel_time_keys_on_real_ais(ais):
+    model = make_model(ais["train"], objective="mixed")
+    m = run_task("travel_time", model, ais["test"], train_ws=ais["train"])
+    assert finite_floats(m) and m["travel_time.n_trips"] > 20
+    for s in ("path", "od"):
+        for p in ("model", "historical_speed"):
+            assert m[f"travel_time.{s}_mae_s.{p}"] >= 0 and m[f"travel_time.{s}_mape.{p}"] >= 0
+    nxt = run_task("travel_time", make_model(ais["train"]), ais["test"], train_ws=ais["train"])
+    assert "travel_time.path_mae_s.model" in nxt and "travel_time.od_mae_s.model" not in nxt
+    assert nxt["travel_time.od_mae_s.historical_speed"] == m["travel_time.od_mae_s.historical_speed"]
+
+
+def test_travel_time_trips_are_cut_by_distance_not_by_fix_count():
+    from trajfm.evaluate.travel_time import duration_s, trips
+
+    NS = 1_000_000_000
+    # same 60 s sampling, 3 and 6 m/s: the first 1,000 m take 333.3 s and 166.7 s
+    ws = windows_from_tracks([("slow", *straight_track(30, 180.0, 0.0, 60 * NS)),
+                              ("fast", *straight_track(30, 0.0, 360.0, 60 * NS, lat0=41))], 30)
+    tr = trips(ws, 1000.0, 10)
+    assert duration_s(tr) == pytest.approx([1000 / 3, 1000 / 6], abs=1e-3)
+    assert len(trips(ws, 1e6, 10)) == 0  # no window covers 1,000 km
+
+
+def test_travel_time_historical_speed_is_exact_at_one_speed_and_model_bookkeeping():
+    NS = 1_000_000_000
+    mk = lambda k, t0: (f"s{k}", *straight_track(40, 50.0 * (1 + k % 2), 0.0, 20 * NS, lat0=40 + 0.1 * k, t0_ns=t0))
+    T0 = 1_593_475_200 * NS
+    train = windows_from_tracks([mk(k, T0 + 3600 * NS * k) for k in range(8)], 40)
+    test = windows_from_tracks([mk(k, T0 + 3600 * NS * k + 86_400 * NS) for k in range(8)], 40)
+    # two speeds (2.5 and 5 m/s), one at even hours, one at odd: hourly speeds are exact
+    m = run_task("travel_time", None, test, train_ws=train, distance_m=500.0, min_trips_per_hour=1)
+    assert m["travel_time.path_mae_s.historical_speed"] < 1e-3 and m["travel_time.od_mape.historical_speed"] < 1e-3
+    # a zero head predicts the training mean log gap at every step: (route_points - 1) equal gaps
+    model = zero_head(make_model(train))
+    gap = math.expm1(float(model.feat_mean[2]))
+    m = run_task("travel_time", model, test, train_ws=train, distance_m=500.0, route_points=6)
+    true = np.where(np.arange(8) % 2, 100.0, 200.0)
+    assert m["travel_time.path_mae_s.model"] == pytest.approx(np.abs(5 * gap - true).mean(), abs=0.01)
+
+
+def test_split_for_fitting_never_shares_a_point(ais):
+    from trajfm.evaluate.baselines import split_for_fitting
+
+    fit, score = split_for_fitting(ais["test"], None)
+    last = fit.t_ns[np.arange(len(fit)), fit.mask.sum(1) - 1]
+    assert len(fit) > 10 and len(score) > 10 and last.max() < score.t_ns[:, 0].min()
+    m = run_task("travel_time", None, ais["test"])
+    assert m["travel_time.n_trips"] <= len(score)

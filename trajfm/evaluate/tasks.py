@@ -33,11 +33,13 @@ from collections.abc import Callable
 
 from trajfm.evaluate.forecast import forecast_task
 from trajfm.evaluate.recovery import recovery_task
+from trajfm.evaluate.travel_time import travel_time_task
 from trajfm.features.windows import WindowSet
 
 TASKS: dict[str, Callable] = {
     "forecast": forecast_task,
     "recovery": recovery_task,
+    "travel_time": travel_time_task,
 }
 
 
