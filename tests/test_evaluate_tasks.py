@@ -212,3 +212,45 @@ def test_split_for_fitting_never_shares_a_point(ais):
     assert len(fit) > 10 and len(score) > 10 and last.max() < score.t_ns[:, 0].min()
     m = run_task("travel_time", None, ais["test"])
     assert m["travel_time.n_trips"] <= len(score)
+
+
+# --- next location -----------------------------------------------------------------------------
+
+
+def loop_tracks(laps: int, lon0=-74.0, lat0=40.6, t0_ns=1_593_475_200 * 10**9, name="loop"):
+    """One track going round the same 20-point circle (radius 2 km, fixes every 60 s) ``laps`` times."""
+    from trajfm.geo import offset_lonlat
+
+    a = np.tile(np.arange(20) / 20 * 2 * np.pi, laps)
+    lon, lat = offset_lonlat(np.full(len(a), lon0), np.full(len(a), lat0), 2000 * np.sin(a), 2000 * np.cos(a))
+    return [(name, lon, lat, t0_ns + 60 * 10**9 * np.arange(len(a), dtype=np.int64))]
+
+
+def test_next_location_keys_and_zero_anchored_head_is_constant_velocity(ais):
+    model = make_model(ais["train"], head="mixture")
+    test = ais["test"].subset(np.arange(0, len(ais["test"]), 2))
+    a = run_task("next_location", model, test, train_ws=ais["train"], seed=4)
+    assert finite_floats(a) and a["next_location.n_pairs"] > 1000
+    assert 7 <= a["next_location.resolution"] <= 11  # 60 s vessel steps of a few hundred metres
+    for p in ("model", "constant_velocity", "markov_h3"):
+        assert 0 <= a[f"next_location.acc@1.{p}"] <= a[f"next_location.acc@5.{p}"] <= 1
+        assert a[f"next_location.acc@1.{p}"] <= a[f"next_location.mrr.{p}"] <= a[f"next_location.acc@5.{p}"] + 0.2
+    assert run_task("next_location", model, test, train_ws=ais["train"], seed=4) == a  # seeded draws
+    zero = zero_head(make_model(ais["train"], anchor="velocity"))
+    b = run_task("next_location", zero, test, train_ws=ais["train"], resolution=9)
+    for k in ("acc@1", "acc@5", "mrr"):
+        assert b[f"next_location.{k}.model"] == b[f"next_location.{k}.constant_velocity"]
+    assert b["next_location.resolution"] == 9
+
+
+def test_markov_chain_is_perfect_on_a_repeated_loop_and_stays_on_unseen_cells():
+    train = windows_from_tracks(loop_tracks(6), 30)
+    test = windows_from_tracks(loop_tracks(3, t0_ns=1_593_561_600 * 10**9), 30)
+    m = run_task("next_location", None, test, train_ws=train, resolution=9)
+    assert m["next_location.acc@1.markov_h3"] == 1.0 and m["next_location.mrr.markov_h3"] == 1.0
+    assert m["next_location.stay_share"] == 0.0
+    far = windows_from_tracks(loop_tracks(3, lon0=10.0, lat0=50.0), 30)  # cells the chain never saw
+    m = run_task("next_location", None, far, train_ws=train, resolution=9)
+    assert m["next_location.acc@5.markov_h3"] == 0.0  # "stay in place" is never right on a moving loop
+    with pytest.raises(ValueError, match="resolution"):
+        run_task("next_location", None, far, train_ws=train, resolution=16)

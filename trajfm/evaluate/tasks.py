@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trajfm.evaluate.forecast import forecast_task
+from trajfm.evaluate.next_location import next_location_task
 from trajfm.evaluate.recovery import recovery_task
 from trajfm.evaluate.travel_time import travel_time_task
 from trajfm.features.windows import WindowSet
@@ -40,6 +41,7 @@ TASKS: dict[str, Callable] = {
     "forecast": forecast_task,
     "recovery": recovery_task,
     "travel_time": travel_time_task,
+    "next_location": next_location_task,
 }
 
 
