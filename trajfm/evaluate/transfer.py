@@ -1,0 +1,302 @@
+"""Transfer protocols: train on some sources, evaluate on held-out ones, zero-shot and fine-tuned.
+
+A protocol file (YAML, ``protocols/*.yaml``) declares::
+
+    name: ais_to_geolife
+    description: what is held out and why
+    train:                       # sources the model is trained on
+      - data: embedded:traj      # files / directories / globs / URLs, or embedded:SUBSET; a list is fine
+        format: tracktable       # optional: force a reader (default: detected per file)
+        kind: vessel             # optional: mover kind (default: the format's)
+        options: {}              # optional reader options: columns, timezone, time_format, delimiter
+        exclude_bbox: [lon_min, lat_min, lon_max, lat_max]   # optional: drop trajectories touching it
+        bbox: [...]              # optional: keep only trajectories entirely inside
+        time_range: [start, end] # optional: keep trajectories starting in [start, end)
+    heldout:                     # sources never seen in training (same keys)
+      - data: ../../shared/data/geolife
+        format: geolife
+    train_split: [0.8, 0.15]     # optional: train / validation fractions of the train sources' time span
+    fine_tune: {frac: 0.3, val_frac: 0.1}   # held-out time span: earliest 30% fine-tunes, next 10%
+                                 # picks the best fine-tune step, the rest is evaluated
+    window: 32                   # optional: points per window
+    tasks: [forecast, recovery]  # optional: default all; params: {task: {...}} optional too
+
+Relative paths are relative to the protocol file. ``run_protocol`` reuses the pipeline's
+library stages (ingest -> preprocess -> select -> features -> ``trajfm.train.run_training``),
+all cached under the data root. For each seed it trains ``preset`` and the ``tutorial`` preset on
+the train sources, evaluates both on the held-out evaluation windows (zero-shot), fine-tunes each
+for ``fine_tune_steps`` steps on the held-out fine-tune split (``init_checkpoint``) and evaluates
+again; the baselines (which learn only from the fine-tune split) run on the same windows. Keys are
+``<task>.<metric>.<predictor>`` with predictors ``<preset>@zero-shot``, ``<preset>@fine-tuned``
+and the baselines' names; ``summary`` holds mean ± std (sample std) over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trajfm.store import data_root
+
+PROTOCOL_KEYS = {"name", "description", "train", "heldout", "train_split", "fine_tune", "window", "tasks", "params"}
+SOURCE_KEYS = {"data", "format", "kind", "options", "bbox", "exclude_bbox", "time_range"}
+RESULTS_FORMAT = "trajfm.transfer"
+
+
+@dataclass
+class SourceSpec:
+    data: list[str]
+    format: str | None = None
+    kind: str | None = None
+    options: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)
+
+
+@dataclass
+class Protocol:
+    name: str
+    description: str
+    train: list[SourceSpec]
+    heldout: list[SourceSpec]
+    train_split: tuple[float, float] = (0.8, 0.15)
+    fine_tune_frac: float = 0.3
+    fine_tune_val_frac: float = 0.1
+    window: int = 32
+    tasks: list[str] | None = None
+    params: dict = field(default_factory=dict)
+    path: str = ""
+
+
+class ProtocolError(ValueError):
+    """A protocol file that cannot be used; the message names the file and the key."""
+
+    def __init__(self, path, message: str):
+        super().__init__(f"protocol {path}: {message}")
+
+
+def _resolve(item: str, base: Path) -> str:
+    text = os.path.expandvars(os.path.expanduser(str(item)))
+    if text.startswith("embedded:") or "://" in text or os.path.isabs(text):
+        return text
+    return str((base / text).resolve())
+
+
+def _source(raw, where: str, base: Path, path) -> SourceSpec:
+    from trajfm.data.readers import READERS
+    from trajfm.evaluate.suite import check_selection, ingest_params
+
+    if not isinstance(raw, dict):
+        raise ProtocolError(path, f"{where} must be a mapping with a 'data' key, got {raw!r}")
+    unknown = set(raw) - SOURCE_KEYS
+    if unknown:
+        raise ProtocolError(path, f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(SOURCE_KEYS)}")
+    data = raw.get("data")
+    if not data or not (isinstance(data, str) or (isinstance(data, list) and all(isinstance(d, str) for d in data))):
+        raise ProtocolError(path, f"{where}.data must be a path or a list of paths, got {data!r}")
+    fmt = raw.get("format")
+    if fmt is not None and fmt not in READERS:
+        raise ProtocolError(path, f"{where}.format {fmt!r} is not a reader; known: {sorted(READERS)}")
+    options = raw.get("options") or {}
+    try:
+        ingest_params(fmt, raw.get("kind"), options)
+        selection = check_selection({k: raw[k] for k in ("bbox", "exclude_bbox", "time_range") if raw.get(k) is not None})
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(path, f"{where}: {exc}") from None
+    items = [data] if isinstance(data, str) else data
+    return SourceSpec([_resolve(d, base) for d in items], fmt, raw.get("kind"), dict(options), selection)
+
+
+def _fraction(value, where: str, path) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ProtocolError(path, f"{where} must be a number, got {value!r}") from None
+    if not 0 <= f < 1:
+        raise ProtocolError(path, f"{where} must be in [0, 1), got {f}")
+    return f
+
+
+def load_protocol(path: str | os.PathLike) -> Protocol:
+    """Parse and check a protocol file; every problem is a ``ProtocolError`` naming file and key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"protocol file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ProtocolError(path, f"not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(path, "must be a mapping with train and heldout sources")
+    unknown = set(raw) - PROTOCOL_KEYS
+    if unknown:
+        raise ProtocolError(path, f"unknown key(s) {sorted(unknown)}; known: {sorted(PROTOCOL_KEYS)}")
+    for key in ("train", "heldout"):
+        if not isinstance(raw.get(key), list) or not raw[key]:
+            raise ProtocolError(path, f"'{key}' must be a non-empty list of sources")
+    base = path.resolve().parent
+    train = [_source(s, f"train[{i}]", base, path) for i, s in enumerate(raw["train"])]
+    heldout = [_source(s, f"heldout[{i}]", base, path) for i, s in enumerate(raw["heldout"])]
+    split = raw.get("train_split", [0.8, 0.15])
+    if not isinstance(split, list) or len(split) != 2:
+        raise ProtocolError(path, f"train_split must be [train_frac, val_frac], got {split!r}")
+    tf, vf = _fraction(split[0], "train_split[0]", path), _fraction(split[1], "train_split[1]", path)
+    if not (tf > 0 and tf + vf < 1):
+        raise ProtocolError(path, f"train_split needs train_frac > 0 and train_frac + val_frac < 1, got {split}")
+    ft = raw.get("fine_tune") or {}
+    if not isinstance(ft, dict) or set(ft) - {"frac", "val_frac"}:
+        raise ProtocolError(path, f"fine_tune must be a mapping with frac and val_frac, got {ft!r}")
+    ff, fv = _fraction(ft.get("frac", 0.3), "fine_tune.frac", path), _fraction(ft.get("val_frac", 0.1), "fine_tune.val_frac", path)
+    if not (ff > 0 and ff + fv < 1):
+        raise ProtocolError(path, f"fine_tune needs frac > 0 and frac + val_frac < 1 (the rest is evaluated), got {ft}")
+    window = raw.get("window", 32)
+    if not isinstance(window, int) or window < 2:
+        raise ProtocolError(path, f"window must be an integer >= 2, got {window!r}")
+    tasks = raw.get("tasks")
+    if tasks is not None:
+        from trajfm.evaluate.suite import check_tasks
+
+        try:
+            tasks = check_tasks(tasks)
+        except ValueError as exc:
+            raise ProtocolError(path, f"tasks: {exc}") from None
+    params = raw.get("params") or {}
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise ProtocolError(path, f"params must map task names to parameter mappings, got {params!r}")
+    return Protocol(
+        name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""), train=train, heldout=heldout,
+        train_split=(tf, vf), fine_tune_frac=ff, fine_tune_val_frac=fv, window=window, tasks=tasks, params=params, path=str(path),
+    )
+
+
+def _features(sources: list[SourceSpec], root: Path, window: int, train_frac: float, val_frac: float) -> tuple[Path, dict]:
+    """ingest + preprocess each source, select, window: (features dir, accounting per source)."""
+    from trajfm.evaluate.suite import accounting, ingest_and_clean, select_stage, window_sets
+    from trajfm.store import read_manifest
+
+    parts, per_source = [], []
+    for s in sources:
+        ing, pre = ingest_and_clean(s.data, format=s.format, kind=s.kind, options=s.options, root=root)
+        parts.append((pre, s.selection))
+        per_source.append({"data": s.data, **accounting(ing, pre)})
+    sel = select_stage(parts, root)
+    feat = window_sets(sel, root, window=window, train_frac=train_frac, val_frac=val_frac)
+    m = read_manifest(sel)
+    return feat, {"sources": per_source, "select": {k: m[k] for k in ("rows_in", "rows_kept", "rows_filtered", "n_trajectories")},
+                  "windows": read_manifest(feat)["windows"]}
+
+
+def _renamed(metrics: dict, predictor: str) -> dict:
+    """The model's keys (``<task>.<metric>.model``) under another predictor name."""
+    return {k[: -len(".model")] + f".{predictor}": v for k, v in metrics.items() if k.endswith(".model")}
+
+
+def _baselines(metrics: dict) -> dict:
+    """Baseline metrics and counts (everything but the model's keys)."""
+    return {k: v for k, v in metrics.items() if not k.endswith(".model")}
+
+
+def summarize(runs: dict) -> dict:
+    """Mean, sample std and count over seeds of every key (non-finite values are left out)."""
+    keys: list[str] = []
+    for metrics in runs.values():
+        keys += [k for k in metrics if k not in keys]
+    out = {}
+    for k in keys:
+        vals = np.array([m[k] for m in runs.values() if m.get(k) is not None and math.isfinite(m[k])], dtype=np.float64)
+        out[k] = {"mean": float(vals.mean()) if len(vals) else None,
+                  "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, "n": int(len(vals))}
+    return out
+
+
+def summary_text(summary: dict) -> str:
+    from trajfm.evaluate.suite import metrics_table_text
+
+    return metrics_table_text(summary)
+
+
+def summary_markdown(summary: dict) -> str:
+    from trajfm.evaluate.suite import metrics_table_markdown
+
+    return metrics_table_markdown(summary)
+
+
+def _train_overrides(epochs: int, max_steps: int | None, batch_size: int, seed: int, device: str) -> dict:
+    warmup = 100 if max_steps is None else max(1, min(100, max_steps // 10))
+    return {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "seed": seed, "device": device,
+            "warmup_steps": warmup, "progress": False}
+
+
+def run_protocol(
+    path: str | os.PathLike,
+    preset: str,
+    *,
+    epochs: int = 5,
+    root=None,
+    fine_tune_steps: int = 100,
+    seeds=(0, 1, 2),
+    max_steps: int | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    tasks: list[str] | str | None = None,
+    params: dict | None = None,
+    compare_tutorial: bool = True,
+) -> dict:
+    """Run a transfer protocol (see the module docstring); returns the results dict."""
+    from trajfm.evaluate.suite import check_tasks, run_suite
+    from trajfm.features.windows import load_features
+    from trajfm.model.checkpoint import load_model
+    from trajfm.model.config import load_preset
+    from trajfm.train import run_training
+
+    proto = load_protocol(path)
+    load_preset(preset)  # an unknown preset fails before any work
+    if fine_tune_steps < 0 or epochs < 1 or not seeds:
+        raise ValueError(f"need fine_tune_steps >= 0, epochs >= 1 and at least one seed, got {fine_tune_steps}, {epochs}, {seeds}")
+    tasks = check_tasks(tasks) if tasks is not None else proto.tasks
+    params = {**proto.params, **(params or {})}
+    root = data_root(root)
+    train_feat, train_acc = _features(proto.train, root, proto.window, *proto.train_split)
+    held_feat, held_acc = _features(proto.heldout, root, proto.window, proto.fine_tune_frac, proto.fine_tune_val_frac)
+    held, _ = load_features(held_feat)
+    fit_ws, eval_ws = held["train"], held["test"]
+    if len(eval_ws) == 0 or len(fit_ws) == 0:
+        raise ValueError(f"protocol {proto.name}: the held-out data gives {len(fit_ws)} fine-tune and {len(eval_ws)} evaluation windows; both must be > 0")
+    presets = [preset] + (["tutorial"] if compare_tutorial and preset != "tutorial" else [])
+    runs: dict[str, dict] = {}
+    trained: dict[str, dict] = {}
+    for seed in seeds:
+        metrics = _baselines(run_suite(None, eval_ws, fit_ws, tasks, seed=seed, params=params))
+        for name in presets:
+            base = Path(run_training(train_feat, root, name, train_overrides=_train_overrides(epochs, max_steps, batch_size, seed, device)))
+            metrics.update(_renamed(run_suite(load_model(base / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params), f"{name}@zero-shot"))
+            dirs = {"zero-shot": str(base)}
+            if fine_tune_steps > 0:
+                ft = _train_overrides(fine_tune_steps, fine_tune_steps, batch_size, seed, device)
+                tuned = Path(run_training(held_feat, root, name, train_overrides={**ft, "init_checkpoint": str(base / "model.pt")}))
+                metrics.update(_renamed(run_suite(load_model(tuned / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params), f"{name}@fine-tuned"))
+                dirs["fine-tuned"] = str(tuned)
+            trained[f"{seed}/{name}"] = dirs
+        runs[str(seed)] = metrics
+    return {
+        "format": RESULTS_FORMAT,
+        "protocol": proto.name,
+        "description": proto.description,
+        "protocol_file": proto.path,
+        "preset": preset,
+        "seeds": [int(s) for s in seeds],
+        "settings": {"epochs": epochs, "max_steps": max_steps, "fine_tune_steps": fine_tune_steps, "batch_size": batch_size,
+                     "window": proto.window, "train_split": list(proto.train_split),
+                     "fine_tune": {"frac": proto.fine_tune_frac, "val_frac": proto.fine_tune_val_frac}, "tasks": tasks, "params": params},
+        "heldout_windows": {"fine_tune": len(fit_ws), "fine_tune_val": len(held["val"]), "eval": len(eval_ws)},
+        "accounting": {"train": train_acc, "heldout": held_acc},
+        "summary": summarize(runs),
+        "runs": runs,
+        "trained": trained,
+        "data_root": str(root),
+    }
