@@ -254,3 +254,50 @@ def test_markov_chain_is_perfect_on_a_repeated_loop_and_stays_on_unseen_cells():
     assert m["next_location.acc@5.markov_h3"] == 0.0  # "stay in place" is never right on a moving loop
     with pytest.raises(ValueError, match="resolution"):
         run_task("next_location", None, far, train_ws=train, resolution=16)
+
+
+# --- generation --------------------------------------------------------------------------------
+
+
+def test_jensen_shannon_is_zero_on_itself_and_grows_with_a_shift(ais):
+    from trajfm.evaluate.metrics import BINS, distribution_jsd, histogram, jensen_shannon, motion_statistics
+
+    ws = ais["test"]
+    full = ws.mask.all(axis=1)
+    real = motion_statistics(ws.lon[full], ws.lat[full], ws.t_ns[full])
+    assert all(v == 0.0 for v in distribution_jsd(real, real).values())
+    faster = {**real, "speed_mps": real["speed_mps"] * 2, "step_m": real["step_m"] * 1.3}
+    jsd = distribution_jsd(faster, real)
+    assert jsd["turn_deg"] == 0.0 and 0.05 < jsd["step_m"] < jsd["speed_mps"] < 1.0
+    assert jensen_shannon([1, 0], [0, 1]) == pytest.approx(1.0)
+    p, q = histogram(real["step_m"], BINS["step_m"]), histogram(real["step_m"] * 3, BINS["step_m"])
+    assert jensen_shannon(p, q) == pytest.approx(jensen_shannon(q, p))
+
+
+def test_motion_statistics_of_a_straight_constant_speed_track():
+    from trajfm.evaluate.metrics import motion_statistics
+
+    NS = 1_000_000_000
+    _, lon, lat, t = "s", *straight_track(11, 30.0, 40.0, 10 * NS)
+    st = motion_statistics(lon[None], lat[None], t[None])
+    assert st["step_m"] == pytest.approx(np.full(10, 50.0), rel=1e-6)
+    assert st["speed_mps"] == pytest.approx(np.full(10, 5.0), rel=1e-6)
+    assert st["turn_deg"].max() < 1e-3 and st["duration_s"][0] == 100.0
+    assert st["gyration_m"][0] == pytest.approx(50.0 * math.sqrt((11**2 - 1) / 12), rel=1e-6)
+
+
+def test_generation_keys_seeds_and_baselines(ais):
+    model = make_model(ais["train"], head="mixture")
+    a = run_task("generation", model, ais["test"], seed=0)
+    assert finite_floats(a) and a["generation.n_windows"] > 50
+    for g in ("model", "constant_velocity", "resampled_steps"):
+        for stat in ("step_m", "speed_mps", "turn_deg", "duration_s", "gyration_m", "mean"):
+            assert 0.0 <= a[f"generation.jsd_{stat}.{g}"] <= 1.0
+    assert run_task("generation", model, ais["test"], seed=0) == a
+    b = run_task("generation", model, ais["test"], seed=1)
+    assert b["generation.jsd_step_m.model"] != a["generation.jsd_step_m.model"]
+    # constant velocity never turns and keeps the last gap: the turn distribution is off, the
+    # durations of 60 s resampled tracks are exact; resampled real steps get step lengths right
+    assert a["generation.jsd_turn_deg.constant_velocity"] > 0.1
+    assert a["generation.jsd_duration_s.constant_velocity"] == 0.0
+    assert a["generation.jsd_step_m.resampled_steps"] < a["generation.jsd_step_m.model"]

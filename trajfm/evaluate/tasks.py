@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trajfm.evaluate.forecast import forecast_task
+from trajfm.evaluate.generation import generation_task
 from trajfm.evaluate.next_location import next_location_task
 from trajfm.evaluate.recovery import recovery_task
 from trajfm.evaluate.travel_time import travel_time_task
@@ -42,6 +43,7 @@ TASKS: dict[str, Callable] = {
     "recovery": recovery_task,
     "travel_time": travel_time_task,
     "next_location": next_location_task,
+    "generation": generation_task,
 }
 
 
