@@ -301,3 +301,42 @@ def test_generation_keys_seeds_and_baselines(ais):
     assert a["generation.jsd_turn_deg.constant_velocity"] > 0.1
     assert a["generation.jsd_duration_s.constant_velocity"] == 0.0
     assert a["generation.jsd_step_m.resampled_steps"] < a["generation.jsd_step_m.model"]
+
+
+# --- similarity --------------------------------------------------------------------------------
+
+
+def test_similarity_keys_and_the_handcrafted_baseline_finds_real_trips(ais):
+    model = make_model(ais["train"])
+    m = run_task("similarity", model, ais["test"])
+    assert finite_floats(m) and m["similarity.n_windows"] > 50
+    for p in ("model", "resampled_path"):
+        assert 1.0 <= m[f"similarity.mean_rank.{p}"] <= m["similarity.n_windows"]
+        assert m[f"similarity.hit@1.{p}"] <= m[f"similarity.hit@5.{p}"] <= m[f"similarity.hit@10.{p}"]
+    assert m["similarity.hit@1.resampled_path"] > 0.8  # odd and even halves of a real track coincide
+    sub = run_task("similarity", None, ais["test"], max_windows=40, seed=3)
+    assert sub["similarity.n_windows"] == 40 and sub == run_task("similarity", None, ais["test"], max_windows=40, seed=3)
+
+
+def test_constant_embeddings_rank_last():
+    from trajfm.evaluate.similarity import self_ranks
+
+    assert (self_ranks(np.zeros((7, 3)), np.zeros((7, 3))) == 7).all()
+    q = np.eye(5)
+    assert (self_ranks(q, q + 0.01) == 1).all()
+
+
+def test_trajectory_embedding_ignores_padding_and_absolute_latitude(ais):
+    from trajfm.evaluate.similarity import trajectory_embedding
+
+    NS = 1_000_000_000
+    model = make_model(ais["train"], position="rope")
+    tracks = [("a", *straight_track(20, 30.0, 40.0, 60 * NS, lat0=40.0)), ("b", *straight_track(20, 30.0, 40.0, 60 * NS, lat0=45.0)),
+              ("c", *straight_track(12, -50.0, 10.0, 60 * NS))]
+    ws = windows_from_tracks(tracks, 24)
+    emb = trajectory_embedding(model, ws)
+    assert emb.shape == (3, 32)
+    assert np.abs(emb[0] - emb[1]).max() < 1e-4  # same motion, same hour, 5 degrees further north
+    assert np.abs(emb[0] - emb[2]).max() > 1e-2
+    ws.x[~ws.mask] = 1e6  # garbage in the padding changes nothing
+    assert np.abs(trajectory_embedding(model, ws) - emb).max() < 1e-5

@@ -35,6 +35,7 @@ from trajfm.evaluate.forecast import forecast_task
 from trajfm.evaluate.generation import generation_task
 from trajfm.evaluate.next_location import next_location_task
 from trajfm.evaluate.recovery import recovery_task
+from trajfm.evaluate.similarity import similarity_task
 from trajfm.evaluate.travel_time import travel_time_task
 from trajfm.features.windows import WindowSet
 
@@ -44,6 +45,7 @@ TASKS: dict[str, Callable] = {
     "travel_time": travel_time_task,
     "next_location": next_location_task,
     "generation": generation_task,
+    "similarity": similarity_task,
 }
 
 
