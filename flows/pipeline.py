@@ -33,8 +33,13 @@ def pipeline(
     context_len: int = 20,
     horizon: int = 10,
     model_name: str = "trajfm",
+    nproc: int = 1,
+    torchrun_args: list[str] | None = None,
 ) -> dict:
-    """Run every stage on ``sources`` (default: all embedded tracktable-data AIS files)."""
+    """Run every stage on ``sources`` (default: all embedded tracktable-data AIS files).
+
+    Scale-out: ``dask_address`` runs preprocessing on an existing Dask scheduler; ``nproc > 1``
+    trains data-parallel under torchrun (``torchrun_args`` for several nodes)."""
     ingest_dir = ingest_flow(sources=sources, data_root=data_root, params=ingest_params)
     raw_report = validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
     processed_dir = preprocess_flow(
@@ -45,6 +50,7 @@ def pipeline(
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
     train_dir = train_flow(
         features_dir, data_root=data_root, preset=preset, train_overrides={"epochs": epochs, "batch_size": batch_size, **(train_overrides or {})},
+        nproc=nproc, torchrun_args=torchrun_args,
     )
     metrics = evaluate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
     registration = register_flow(train_dir, features_dir, metrics, data_root=data_root, name=model_name)

@@ -9,6 +9,11 @@ from tasks.train import train_task
 def train_flow(
     features_dir: str, data_root: str | None = None, preset: str = "tutorial",
     model_overrides: dict | None = None, train_overrides: dict | None = None,
+    nproc: int = 1, torchrun_args: list[str] | None = None,
 ) -> str:
-    """Train a model preset on a features stage (GPU when present, CPU otherwise)."""
-    return train_task(features_dir, data_root=data_root, preset=preset, model_overrides=model_overrides, train_overrides=train_overrides)
+    """Train a model preset on a features stage (GPU when present, CPU otherwise) in a child
+    process; ``nproc > 1`` runs it data-parallel under torchrun (one process per GPU)."""
+    return train_task(
+        features_dir, data_root=data_root, preset=preset, model_overrides=model_overrides,
+        train_overrides=train_overrides, nproc=nproc, torchrun_args=torchrun_args,
+    )

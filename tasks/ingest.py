@@ -12,8 +12,15 @@ from trajfm.store import read_manifest
 
 @task(name="ingest", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True)
 def ingest_task(sources: list[str], data_root: str | None = None, params: dict | None = None) -> str:
-    """Read every source file; quarantine malformed records; return the stage directory."""
-    out = ingest([str(s) for s in sources], root=data_root, params=params or {})
+    """Read every source file; quarantine malformed records; return the stage directory.
+
+    A source that cannot be read (I/O error, unreachable URL) fails the attempt and Prefect retries
+    it; the stage directory appears only when every file was read (``StageWriter``), so a failed
+    attempt leaves nothing behind. The error names the sources."""
+    try:
+        out = ingest([str(s) for s in sources], root=data_root, params=params or {})
+    except Exception as exc:
+        raise RuntimeError(f"ingest of {_describe(sources)} failed: {type(exc).__name__}: {exc}") from exc
     m = read_manifest(out)
     get_run_logger().info(
         "ingest: %s read = %s kept + %s quarantined (%s)",
@@ -26,3 +33,9 @@ def ingest_task(sources: list[str], data_root: str | None = None, params: dict |
     rows.append({"file": "TOTAL", "rows_read": m["rows_read"], "rows_kept": m["rows_kept"], "rows_quarantined": m["rows_quarantined"]})
     create_table_artifact(rows, key="ingest-row-accounting", description="Rows read = kept + quarantined, per file")
     return str(out)
+
+
+def _describe(sources: list[str], show: int = 5) -> str:
+    names = [str(s) for s in sources]
+    more = f" and {len(names) - show} more" if len(names) > show else ""
+    return ", ".join(names[:show]) + more

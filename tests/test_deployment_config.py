@@ -1,29 +1,71 @@
-"""prefect.yaml declares the pipeline deployment with parameters the flow really takes."""
+"""prefect.yaml declares the pipeline, retrain and evaluate deployments with parameters the flows
+really take, a nightly cron for retraining, one process pool, and no credentials."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_pipeline_deployment_matches_the_flow():
-    from flows.pipeline import pipeline
-
+def deployments() -> dict[str, dict]:
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    deployments = {d["name"]: d for d in spec["deployments"]}
-    d = deployments["trajfm-pipeline"]
-    assert d["entrypoint"] == "flows/pipeline.py:pipeline"
+    return {d["name"]: d for d in spec["deployments"]}
+
+
+def flow_of(entrypoint: str):
+    path, name = entrypoint.split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    if not hasattr(module, name):
+        pytest.skip(f"{path} has no {name} yet")
+    return getattr(module, name)
+
+
+@pytest.mark.parametrize("name", ["trajfm-pipeline", "trajfm-retrain", "trajfm-evaluate"])
+def test_deployment_parameters_are_accepted_by_its_flow(name):
+    d = deployments()[name]
     assert d["work_pool"]["name"] == "trajfm-process"
-    accepted = set(inspect.signature(pipeline.fn).parameters)
+    assert (REPO / d["entrypoint"].split(":")[0]).is_file()
+    flow = flow_of(d["entrypoint"])
+    signature = inspect.signature(flow.fn)
+    accepted = set(signature.parameters)
     assert set(d["parameters"]) <= accepted, set(d["parameters"]) - accepted
-    assert {"sources", "preset", "epochs", "data_root", "dask_address"} <= set(d["parameters"])
+    required = {p for p, v in signature.parameters.items() if v.default is inspect.Parameter.empty}
+    if name != "trajfm-evaluate":  # evaluate's dataset is given at run time
+        assert required <= set(d["parameters"]), required - set(d["parameters"])
+
+
+def test_pipeline_exposes_the_scale_out_knobs():
+    params = set(deployments()["trajfm-pipeline"]["parameters"])
+    assert {"sources", "preset", "epochs", "data_root", "dask_address", "nproc"} <= params
+
+
+def test_retrain_runs_nightly_on_a_cron():
+    from prefect.client.schemas.schedules import CronSchedule
+
+    d = deployments()["trajfm-retrain"]
+    assert d["entrypoint"] == "flows/retrain.py:retrain"
+    (schedule,) = d["schedules"]
+    CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises on a bad cron or zone
+    assert schedule["active"] is True
+    fields = schedule["cron"].split()
+    assert fields[2:] == ["*", "*", "*"] and fields[0].isdigit() and fields[1].isdigit()  # once a day
+    assert schedule["timezone"] == "UTC"
+    assert {"watch_dir", "format", "data_root", "preset", "epochs"} <= set(d["parameters"])
+
+
+def test_evaluate_deployment_takes_a_model_uri_and_a_dataset():
+    d = deployments()["trajfm-evaluate"]
+    assert d["entrypoint"] == "flows/evaluate.py:evaluate_model_flow"
+    assert {"model_uri", "data"} <= set(d["parameters"])
 
 
 def test_prefect_yaml_carries_no_credentials():
     text = (REPO / "prefect.yaml").read_text().lower()
-    for word in ("password", "secret", "token", "api_key", "apikey"):
-        assert word not in text
+    for word in ("password", "secret", "token", "api_key", "apikey", "://user", "@"):
+        assert word not in text.replace("models:/trajfm@champion", ""), word

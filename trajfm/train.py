@@ -68,7 +68,7 @@ BEST = "best.pt"
 _RESUME_IGNORES = ("device", "checkpoint_every", "log_every", "progress")
 # Settings added after the first release, with the defaults that reproduce it: left out of
 # resume identities and stage keys at these values, so older checkpoints and stages still match.
-_ADDED_DEFAULTS = {"grad_accum_steps": 1, "amp": "auto", "compile": False}
+_ADDED_DEFAULTS = {"grad_accum_steps": 1, "amp": "auto", "compile": False, "init_checkpoint": None}
 AMP_MODES = ("auto", "bf16", "off")
 
 
@@ -90,6 +90,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the loss (forward + head); numbers may differ in the last bits
     log_every: int = 50  # steps between step metrics sent to an active MLflow run; 0: epoch metrics only
     progress: bool | None = None  # progress bar: None shows it on a terminal only (tqdm's rule)
+    init_checkpoint: str | None = None  # fine-tune: start from these weights (and their normalization)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
@@ -110,6 +111,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, step, train_loss, val_loss, points_per_s, lr
     checkpoint: Path | None = None  # best.pt when validation data was given, else last.pt
     last_checkpoint: Path | None = None  # full training state (for resuming)
+    start_step: int = 0  # the step this call started from: > 0 when it resumed from last.pt
 
 
 class TrainingInterrupted(RuntimeError):
@@ -214,11 +216,34 @@ def _plain_stats(stats: dict, n_features: int) -> dict:
 
 
 def _config_identity(cfg: TrainConfig, ignore: tuple[str, ...] = _RESUME_IGNORES) -> dict:
-    """The settings that decide the numbers: all but ``ignore``, and added ones left at their default."""
-    return {
+    """The settings that decide the numbers: all but ``ignore``, and added ones left at their
+    default. ``init_checkpoint`` counts by its content (sha256), not its path."""
+    out = {
         k: v for k, v in asdict(cfg).items()
         if k not in ignore and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])
     }
+    if out.get("init_checkpoint"):
+        out["init_checkpoint"] = "sha256:" + file_sha256(out["init_checkpoint"])
+    return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def initial_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict, dict]:
+    """(model config, state_dict, normalization stats) of a checkpoint to fine-tune from, loaded
+    with ``weights_only=True``; the stats are the checkpoint's own (its model was trained on them)."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    config = GPTConfig.from_dict(ckpt["config"])
+    stats = ckpt.get("extra", {}).get("stats")
+    if stats is None:  # older checkpoints: the normalization buffers hold them
+        stats = {"mean": ckpt["model"]["feat_mean"].tolist(), "std": ckpt["model"]["feat_std"].tolist()}
+    return config, ckpt["model"], _plain_stats(stats, config.n_features)
 
 
 def _param_groups(model: TrajGPT, weight_decay: float) -> list[dict]:
@@ -474,11 +499,16 @@ def train(
     cfg: TrainConfig,
     checkpoint_dir: str | Path,
     on_epoch: Callable[[dict], None] | None = None,
+    on_progress: Callable[[int, int, dict], None] | None = None,
 ) -> TrainResult:
     """Train a ``TrajGPT`` on ``train`` windows (raw features); returns the model and history.
 
     ``stats`` is ``{"mean": [F], "std": [F]}`` of the train split (raw units). ``on_epoch`` gets
-    each history record as it is made (for logging; rank 0 only under torchrun). Windows longer
+    each history record as it is made (for logging; rank 0 only under torchrun);
+    ``on_progress(step, total_steps, metrics)`` is called after every optimizer step (rank 0 only;
+    ``metrics``: epoch, loss, lr), e.g. to drive a progress bar elsewhere. With
+    ``cfg.init_checkpoint`` the model starts from that checkpoint's weights and normalization (its
+    config must equal ``model_config``; ``stats`` is then ignored). Windows longer
     than ``block_size`` keep their first ``block_size`` points. Raises ``TrainingInterrupted``
     after SIGTERM, once the state is checkpointed.
     """
@@ -486,7 +516,7 @@ def train(
     group, device = _join_group(resolve_device(cfg.device))
     try:
         with _stop_on() as stop:
-            return _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, group, device, stop)
+            return _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_progress, group, device, stop)
     finally:
         if group.owns:
             import torch.distributed as dist
@@ -494,10 +524,15 @@ def train(
             dist.destroy_process_group()
 
 
-def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, group: _Group, device, stop) -> TrainResult:
+def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_progress, group: _Group, device, stop) -> TrainResult:
     if group.main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     amp_dtype = autocast_dtype(cfg.amp, device)
+    init_state = None
+    if cfg.init_checkpoint:
+        init_config, init_state, stats = initial_weights(cfg.init_checkpoint)
+        if init_config.to_dict() != model_config.to_dict():
+            raise ValueError(f"init_checkpoint {cfg.init_checkpoint} was written for another model config: {init_config}")
     stats = _plain_stats(stats, model_config.n_features)
     x, mask = _tensors(train, model_config.block_size, model_config.n_features)
     if len(x) == 0:
@@ -516,6 +551,8 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, group
     torch.manual_seed(cfg.seed)
     model = TrajGPT(model_config)
     model.set_normalization(stats["mean"], stats["std"])
+    if init_state is not None:
+        model.load_state_dict(init_state)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -533,12 +570,13 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, group
     }
 
     # Training state; replaced by last.pt's when resuming.
-    step, history, best_val = 0, [], None
+    step, history, best_val, start_step = 0, [], None, 0
     acc = {"loss_sum": 0.0, "batches": 0, "points": 0, "seconds": 0.0}  # running over the current epoch
     last_path, best_path = checkpoint_dir / LAST, checkpoint_dir / BEST
     resumed = _try_resume(last_path, identity, model, optimizer, scheduler, device, group)
     if resumed is not None:
         step, history, best_val, acc = resumed["step"], resumed["history"], resumed["best_val"], resumed["acc"]
+        start_step = step
         if group.main:
             log.info("resuming from %s at step %d/%d", last_path, step, total_steps)
     else:
@@ -612,6 +650,8 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, group
         elapsed = acc["seconds"] + time.perf_counter() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", pts_s=f"{acc['points'] / max(elapsed, 1e-9):.0f}")
+        if on_progress is not None and group.main:
+            on_progress(step, total_steps, {"epoch": epoch + 1, "loss": loss_value, "lr": scheduler.get_last_lr()[0]})
         if cfg.log_every and step % cfg.log_every == 0:
             _log_metrics(mlflow, {"train/step_loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
                                   "train/points_per_s": acc["points"] / max(elapsed, 1e-9)}, step)
@@ -658,7 +698,7 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, group
     final_path = best_path if use_best else last_path
     if use_best:
         model.load_state_dict(load_checkpoint(best_path, device)["model"])
-    return TrainResult(model=model.eval(), history=history, checkpoint=final_path, last_checkpoint=last_path)
+    return TrainResult(model=model.eval(), history=history, checkpoint=final_path, last_checkpoint=last_path, start_step=start_step)
 
 
 def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device: torch.device, group: _Group) -> dict | None:
@@ -693,6 +733,7 @@ def run_training(
     model_overrides: dict | None = None,
     train_overrides: dict | None = None,
     on_epoch: Callable[[dict, float], None] | None = None,
+    on_progress: Callable[[int, int, dict], None] | None = None,
 ) -> Path:
     """Stage ``train``: train ``preset`` on a features stage; returns the stage directory.
 
@@ -703,16 +744,26 @@ def run_training(
     ``progress``), so identical requests return the finished directory at once. Checkpoints for
     resuming live under ``<root>/checkpoints/<key>/``, outside the stage's temporary directory,
     so a crashed, retried or SIGTERM-stopped run continues where it stopped.
-    ``on_epoch(record, fraction_done)`` is called after every epoch. Under torchrun every process
-    trains and rank 0 alone writes the stage (the others return its path at once).
+    ``on_epoch(record, fraction_done)`` is called after every epoch, ``on_progress(step, total,
+    metrics)`` after every step. Under torchrun every process trains and rank 0 alone writes the
+    stage (the others return its path at once).
+
+    Fine-tuning: ``train_overrides={"init_checkpoint": path}`` starts from a checkpoint (e.g. the
+    registered champion's ``model.pt``); the model config is the checkpoint's (``model_overrides``
+    applied on top, ``preset`` is then only a label) and so are the normalization statistics,
+    whatever the new features' statistics are. The checkpoint's content hash is part of the key.
     """
     from trajfm.features.windows import load_features
     from trajfm.model.config import load_preset
     from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash
 
     root = data_root(root)
-    model_config = load_preset(preset, **(model_overrides or {}))
     cfg = TrainConfig(**(train_overrides or {}))
+    if cfg.init_checkpoint:
+        base, _, _ = initial_weights(cfg.init_checkpoint)
+        model_config = GPTConfig.from_dict({**base.to_dict(), **(model_overrides or {})})
+    else:
+        model_config = load_preset(preset, **(model_overrides or {}))
     settings = _config_identity(cfg, ignore=("device", "log_every", "progress"))
     key = stable_hash(
         {"features": read_manifest(features_dir)["key"], "preset": preset, "model": model_config.to_dict(), "train": settings, "v": 1}
@@ -727,7 +778,11 @@ def run_training(
         if on_epoch is not None:
             on_epoch(record, min(record["step"] / total, 1.0))
 
-    result = train(sets["train"], sets["val"], model_config, stats, cfg, root / CHECKPOINT_STAGE / key, on_epoch=report)
+    if cfg.init_checkpoint:
+        _, _, stats = initial_weights(cfg.init_checkpoint)
+    result = train(
+        sets["train"], sets["val"], model_config, stats, cfg, root / CHECKPOINT_STAGE / key, on_epoch=report, on_progress=on_progress,
+    )
     if _global_rank() != 0:
         return out
     last = result.history[-1] if result.history else {}
@@ -755,6 +810,8 @@ def run_training(
             features_dir=str(features_dir),
             device=str(resolve_device(cfg.device)),
             world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            resumed_from_step=result.start_step,
+            init_checkpoint_sha256=file_sha256(cfg.init_checkpoint) if cfg.init_checkpoint else None,
             final=final,
         )
     return out
@@ -772,12 +829,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tutorial")
     parser.add_argument("--model", default="{}", help='GPTConfig overrides as JSON, e.g. \'{"dropout": 0}\'')
     parser.add_argument("--train", default="{}", help='TrainConfig overrides as JSON, e.g. \'{"epochs": 2}\'')
+    parser.add_argument(
+        "--report-progress", action="store_true",
+        help=f"print '{PROGRESS_PREFIX} <json>' and '{EPOCH_PREFIX} <json>' lines on stdout (for a supervising process)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = run_training(args.features_dir, args.root, args.preset, json.loads(args.model), json.loads(args.train))
+    on_epoch = on_progress = None
+    if args.report_progress:
+        on_epoch, on_progress = _progress_printers()
+    out = run_training(
+        args.features_dir, args.root, args.preset, json.loads(args.model), json.loads(args.train),
+        on_epoch=on_epoch, on_progress=on_progress,
+    )
     if _global_rank() == 0:
-        print(out)
+        print(out, flush=True)
     return 0
+
+
+PROGRESS_PREFIX = "TRAJFM_PROGRESS"  # stdout protocol of `python -m trajfm.train --report-progress`
+EPOCH_PREFIX = "TRAJFM_EPOCH"
+
+
+def _progress_printers(updates: int = 50):
+    """Callbacks that print about ``updates`` progress lines per run, plus one line per epoch."""
+    import json
+
+    def on_progress(step: int, total: int, metrics: dict) -> None:
+        if step == total or step % max(total // updates, 1) == 0:
+            print(PROGRESS_PREFIX, json.dumps({"step": step, "total": total, **metrics}), flush=True)
+
+    def on_epoch(record: dict, fraction: float) -> None:
+        print(EPOCH_PREFIX, json.dumps({**record, "fraction": fraction}, default=str), flush=True)
+
+    return on_epoch, on_progress
 
 
 if __name__ == "__main__":
