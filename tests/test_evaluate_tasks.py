@@ -340,3 +340,40 @@ def test_trajectory_embedding_ignores_padding_and_absolute_latitude(ais):
     assert np.abs(emb[0] - emb[2]).max() > 1e-2
     ws.x[~ws.mask] = 1e6  # garbage in the padding changes nothing
     assert np.abs(trajectory_embedding(model, ws) - emb).max() < 1e-5
+
+
+# --- the whole suite -------------------------------------------------------------------------
+
+EXPECTED = {
+    "forecast": ("ade_m@10", ("model", "constant_velocity")),
+    "recovery": ("block_mae_m", ("model", "linear_interp")),
+    "travel_time": ("od_mape", ("model", "historical_speed")),
+    "next_location": ("mrr", ("model", "constant_velocity", "markov_h3")),
+    "generation": ("jsd_mean", ("model", "constant_velocity", "resampled_steps")),
+    "similarity": ("mean_rank", ("model", "resampled_path")),
+}
+
+
+def test_run_tasks_on_real_geolife_users(shared_data):
+    """Every task, model and baselines, on windows of three real GeoLife users (people, ~5 s)."""
+    import json
+
+    import pandas as pd
+
+    from trajfm.data.readers import read_file
+    from trajfm.evaluate.tasks import parse_key
+
+    files = [p for u in ("000", "001", "002") for p in sorted((shared_data / "geolife" / u / "Trajectory").glob("*.plt"))[:4]]
+    sets = real_windows(pd.concat([read_file(p).points for p in files], ignore_index=True))
+    test = sets["test"].subset(np.arange(min(len(sets["test"]), 80)))
+    model = make_model(sets["train"], objective="mixed", head="mixture")
+    m = run_tasks(model, test, train_ws=sets["train"], params={"forecast": {"minutes": (0.5, 1)}})
+    assert finite_floats(m) and json.loads(json.dumps(m)) == m
+    for task, (metric, predictors) in EXPECTED.items():
+        for p in predictors:
+            assert f"{task}.{metric}.{p}" in m, (task, p)
+    assert {parse_key(k)[0] for k in m} == set(TASKS)
+    assert "forecast.fde_m@0p5min.model" in m
+    assert m["next_location.resolution"] >= 11  # people move metres per fix, vessels hundreds
+    base = run_tasks(None, test, train_ws=sets["train"], tasks=["travel_time", "next_location"])
+    assert base == {k: v for k, v in m.items() if k.split(".")[0] in ("travel_time", "next_location") and not k.endswith(".model")}

@@ -20,15 +20,22 @@ generation      jsd_<statistic> (step, speed, turn, duration, Rg)     constant_v
 similarity      mean_rank, hit@1, hit@5, hit@10 (odd/even protocol)   resampled_path
 ==============  ====================================================  ===============================
 
-Baselines that learn from data (``markov_h3``, ``historical_speed``, ``resampled_steps``) take a
-``train_ws`` parameter: the training windows. Without one, the task splits ``ws`` itself by time
-(``split_for_fitting``): windows starting before the median start time fit the baselines and
-every predictor, the model included, is scored on the later half only, so train and test never
-overlap and all predictors still see the same windows.
+Tasks whose baselines learn from data take a ``train_ws`` parameter, the training windows
+(``TRAINED_BASELINES``; ``run_tasks(..., train_ws=...)`` passes it to each of them).
+``travel_time`` (``historical_speed``) and ``next_location`` (``markov_h3``) without one split
+``ws`` itself in time (``baselines.split_for_fitting``): windows that end before the median
+start time fit the baselines, and every predictor, the model included, is scored on the windows
+that start after it, so nothing is both fitted and scored and all predictors see the same
+windows. ``generation`` (``resampled_steps``) without one draws from the context points of the
+scored windows (never from the continuations it is judged on).
+
+Each task module's docstring defines its protocol (which windows, which points, units, bins);
+``parse_key`` splits a key back into (task, metric, predictor).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from trajfm.evaluate.forecast import forecast_task
@@ -47,6 +54,16 @@ TASKS: dict[str, Callable] = {
     "generation": generation_task,
     "similarity": similarity_task,
 }
+TRAINED_BASELINES = tuple(n for n, f in TASKS.items() if "train_ws" in inspect.signature(f).parameters)
+
+
+def parse_key(key: str) -> tuple[str, str, str | None]:
+    """``"forecast.fde_m@10.model"`` -> ``("forecast", "fde_m@10", "model")``; a count or
+    setting (``"forecast.n_windows"``) has predictor ``None``."""
+    parts = key.split(".")
+    if len(parts) not in (2, 3) or parts[0] not in TASKS:
+        raise ValueError(f"not a metric key of the evaluation tasks: {key!r}")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
 def run_task(name: str, model, ws: WindowSet, *, seed: int = 0, **params) -> dict[str, float]:
@@ -64,10 +81,11 @@ def run_task(name: str, model, ws: WindowSet, *, seed: int = 0, **params) -> dic
 
 
 def run_tasks(model, ws: WindowSet, tasks: list[str] | None = None, *, seed: int = 0,
-              params: dict[str, dict] | None = None) -> dict[str, float]:
+              params: dict[str, dict] | None = None, train_ws: WindowSet | None = None) -> dict[str, float]:
     """All ``tasks`` (default: every task in ``TASKS``), metrics merged into one flat dict.
 
-    ``params`` maps a task name to its keyword parameters (e.g. ``{"forecast": {"context_len": 8}}``).
+    ``params`` maps a task name to its keyword parameters (e.g. ``{"forecast": {"context_len": 8}}``);
+    ``train_ws`` goes to every task of ``TRAINED_BASELINES`` whose params do not set one.
     """
     tasks = list(TASKS) if tasks is None else list(tasks)
     params = params or {}
@@ -76,5 +94,8 @@ def run_tasks(model, ws: WindowSet, tasks: list[str] | None = None, *, seed: int
         raise ValueError(f"unknown evaluation tasks {unknown}; known: {', '.join(TASKS)}")
     out: dict[str, float] = {}
     for name in tasks:
-        out.update(run_task(name, model, ws, seed=seed, **params.get(name, {})))
+        p = dict(params.get(name, {}))
+        if train_ws is not None and name in TRAINED_BASELINES:
+            p.setdefault("train_ws", train_ws)
+        out.update(run_task(name, model, ws, seed=seed, **p))
     return out
