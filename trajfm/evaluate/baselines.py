@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from trajfm.evaluate.forecast import constant_velocity  # noqa: F401 (re-exported: the forecast baseline)
+from trajfm.evaluate.forecast import constant_velocity
 from trajfm.features.encode import NS_PER_S
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, haversine_m, offset_lonlat
-from trajfm.model.infill import linear_interpolation  # noqa: F401 (re-exported: the recovery baseline)
+from trajfm.model.infill import linear_interpolation
+
+__all__ = [  # constant_velocity and linear_interpolation live with the code they are baselines for
+    "HistoricalSpeed", "MarkovChain", "constant_velocity", "h3_cells", "linear_interpolation", "local_hour",
+    "path_length_m", "real_steps", "resampled_path_embedding", "resampled_steps", "split_for_fitting",
+]
 
 
 def split_for_fitting(ws: WindowSet, train_ws: WindowSet | None) -> tuple[WindowSet, WindowSet]:

@@ -72,7 +72,8 @@ def runs_of(hidden: np.ndarray) -> list[tuple[int, int]]:
 def reduced_windows(ws: WindowSet, n: np.ndarray, hidden: list[np.ndarray]) -> tuple[WindowSet, np.ndarray, np.ndarray]:
     """One row per hidden run: the window's visible points plus that run, re-encoded.
 
-    Returns (windows, spans (R, 2) [s, e) in the reduced rows, source window index (R,)).
+    Returns (windows, spans (R, 2) [s, e) in the reduced rows, source window index (R,)), rows
+    ordered by span length.
     """
     items, spans, src = [], [], []
     for i, h in enumerate(hidden):
@@ -88,8 +89,10 @@ def reduced_windows(ws: WindowSet, n: np.ndarray, hidden: list[np.ndarray]) -> t
             s = int(np.searchsorted(idx, a))
             spans.append((s, s + b - a))
             src.append(i)
+    spans, src = np.array(spans, np.int64).reshape(-1, 2), np.array(src, np.int64)
+    order = np.argsort(spans[:, 1] - spans[:, 0], kind="stable")  # similar spans share a batch: fewer model calls
     width = max((len(it[1]) for it in items), default=1)
-    return stack_windows(items, width), np.array(spans, np.int64).reshape(-1, 2), np.array(src, np.int64)
+    return stack_windows([items[j] for j in order], width), spans[order], src[order]
 
 
 def _score(rws: WindowSet, spans: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[float, float]:

@@ -89,7 +89,6 @@ def od_distance_m(tr: WindowSet) -> np.ndarray:
 def path_travel_time_s(model: TrajGPT, tr: WindowSet, batch_size: int = 256, how: str = "mode") -> np.ndarray:
     """(N,) seconds the model gives each trip along its known route (module docstring: ``path``)."""
     N, K = tr.x.shape[:2]
-    device = next(model.parameters()).device
     out = np.zeros(N)
     was_training = model.training
     model.eval()
