@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default=None, help="mover kind of every point (default: the format's); picks the cleaning defaults")
     p.add_argument("--reader-options", default=None, help='reader options as JSON, e.g. \'{"columns": {...}, "timezone": "Europe/London"}\'')
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
-    p.add_argument("--params", default=None, help='per-task params as JSON, e.g. \'{"forecast": {"horizon": 5}}\'')
+    p.add_argument("--params", default=None, help='per-task params as JSON, e.g. \'{"forecast": {"horizons": [1, 5]}}\'')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=32, help="points per evaluation window")
     p.add_argument("--fit-frac", type=float, default=0.3, help="earliest fraction of the time span that fits the learning baselines")

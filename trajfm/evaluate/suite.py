@@ -402,7 +402,7 @@ def evaluate_model(
 ) -> dict:
     """Evaluate a model on data (see the module docstring); writes ``out`` (JSON) and the report's
     plot data beside it (``<out stem>.plots.npz``) when ``out`` is given. ``params[task]`` go to
-    that task (e.g. ``{"forecast": {"context_len": 20, "horizon": 10}}``)."""
+    that task (e.g. ``{"forecast": {"context_len": 20, "horizons": [1, 5, 10]}}``)."""
     from trajfm.features.windows import load_features
 
     tasks = check_tasks(tasks)
@@ -444,8 +444,12 @@ def evaluate_model(
 
 
 def _forecast_shape(params: dict | None) -> dict:
+    """Context length and longest horizon of the forecast task's params, for the plot data."""
     p = (params or {}).get("forecast", {})
-    return {k: int(p[k]) for k in ("context_len", "horizon") if k in p}
+    shape = {"context_len": int(p["context_len"])} if "context_len" in p else {}
+    if p.get("horizons"):
+        shape["horizon"] = max(int(h) for h in p["horizons"])
+    return shape
 
 
 def _json_params(params: dict | None) -> dict:

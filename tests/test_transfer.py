@@ -1,0 +1,147 @@
+"""Transfer protocols: parsing with clear errors, trajectory selection, and a tiny run end to end.
+
+The tiny protocol trains on the morning of one New York Harbor day and holds out its afternoon
+(a few dozen steps, so the machinery is what is tested, not the model); the shipped protocols
+parse and point at real data.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from trajfm.evaluate.suite import check_selection, selected_trajectories
+from trajfm.evaluate.transfer import ProtocolError, load_protocol, run_protocol, summarize
+
+PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
+
+TINY = """
+name: tiny
+description: morning -> afternoon of one NY Harbor day
+train:
+  - data: embedded:small
+    time_range: [null, "2020-12-08T12:00:00Z"]
+heldout:
+  - data: embedded:small
+    time_range: ["2020-12-08T12:00:00Z", null]
+fine_tune: {frac: 0.4, val_frac: 0.1}
+tasks: [forecast]
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train: [{data: a}]\n", "'heldout' must be a non-empty list"),
+        ("train: [{data: a}]\nheldout: []\n", "'heldout' must be a non-empty list"),
+        ("train: [{data: a}]\nheldout: [{data: b}]\ncolour: red\n", "unknown key(s) ['colour']"),
+        ("train: [{data: a, speed: 3}]\nheldout: [{data: b}]\n", "train[0]: unknown key(s) ['speed']"),
+        ("train: [{data: 3}]\nheldout: [{data: b}]\n", "train[0].data must be a path"),
+        ("train: [{data: a}]\nheldout: [{data: b, format: shapefile}]\n", "heldout[0].format 'shapefile' is not a reader"),
+        ("train: [{data: a, bbox: [1, 2, 3]}]\nheldout: [{data: b}]\n", "train[0]: bbox must be [lon_min, lat_min, lon_max, lat_max]"),
+        ("train: [{data: a, time_range: [2020-02-01, 2020-01-01]}]\nheldout: [{data: b}]\n", "start must be before end"),
+        ("train: [{data: a}]\nheldout: [{data: b}]\nfine_tune: {frac: 0.8, val_frac: 0.3}\n", "frac + val_frac < 1"),
+        ("train: [{data: a}]\nheldout: [{data: b}]\ntasks: [forecast, teleport]\n", "tasks: unknown task"),
+        ("train: [{data: a}]\nheldout: [{data: b}]\nwindow: 1\n", "window must be an integer >= 2"),
+        ("train: [{data: a}\n", "not valid YAML"),
+        ("- just a list\n", "must be a mapping"),
+    ],
+)
+def test_protocol_errors_name_the_file_and_the_key(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ProtocolError) as exc:
+        load_protocol(path)
+    assert message in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_missing_protocol_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_protocol(tmp_path / "nope.yaml")
+
+
+def test_shipped_protocols_parse_and_point_at_real_data():
+    from trajfm.data.catalog import embedded_files
+
+    names = sorted(p.stem for p in PROTOCOLS.glob("*.yaml"))
+    assert names == ["ais_to_geolife", "ais_to_nyharbor_dec", "geolife_to_liverpool_bus"]
+    shared = PROTOCOLS.parent.parent / "shared" / "data"
+    for name in names:
+        proto = load_protocol(PROTOCOLS / f"{name}.yaml")
+        assert proto.name == name and proto.description
+        for spec in proto.train + proto.heldout:
+            for item in spec.data:
+                if item.startswith("embedded:"):
+                    assert embedded_files(item[len("embedded:"):])  # a real file of the catalog
+                else:  # relative to the protocol file: the project's ../shared/data
+                    assert Path(item).is_relative_to(shared.resolve()), item
+    nyh = load_protocol(PROTOCOLS / "ais_to_nyharbor_dec.yaml")
+    train_files = [d for s in nyh.train for d in s.data]
+    held_files = [d for s in nyh.heldout for d in s.data]
+    assert all("NYHarbor" not in f and "2020_12" not in f for f in train_files)  # region and season held out
+    assert all("NYHarbor_2020_12" in f for f in held_files)
+    assert all(s.selection.get("exclude_bbox") for s in nyh.train)
+
+
+def test_selection_keeps_or_drops_whole_trajectories():
+    t0 = pd.Timestamp("2020-12-08T00:00:00Z")
+    pts = pd.DataFrame({
+        "traj_id": ["a", "a", "b", "b", "c", "c"],
+        "lon": [-74.0, -73.0, -70.0, -70.1, -74.0, -74.1],
+        "lat": [40.5, 40.0, 38.0, 38.1, 40.6, 40.7],
+        "t": [t0, t0 + pd.Timedelta(minutes=1), t0 + pd.Timedelta(hours=13), t0 + pd.Timedelta(hours=14),
+              t0 + pd.Timedelta(hours=11), t0 + pd.Timedelta(hours=12, minutes=30)],
+    })
+    box = [-74.5, 40.3, -73.5, 41.0]
+    # a touches the box once: dropped whole; b never does; c lies inside
+    assert selected_trajectories(pts, {"exclude_bbox": box}).tolist() == [False, False, True, True, False, False]
+    assert selected_trajectories(pts, {"bbox": box}).tolist() == [False, False, False, False, True, True]
+    # by start time: c starts before noon and ends after it, and belongs to the morning
+    noon = "2020-12-08T12:00:00Z"
+    assert selected_trajectories(pts, {"time_range": [None, noon]}).tolist() == [True, True, False, False, True, True]
+    assert selected_trajectories(pts, {"time_range": [noon, None]}).tolist() == [False, False, True, True, False, False]
+    assert check_selection({"time_range": ["2020-12-08", None]}) == {"time_range": ["2020-12-08T00:00:00+00:00", None]}
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    s = summarize({"0": {"f.ade.m": 1.0, "f.fde.m": 2.0}, "1": {"f.ade.m": 3.0, "f.fde.m": float("nan")}})
+    assert s["f.ade.m"] == {"mean": 2.0, "std": pytest.approx(math.sqrt(2.0)), "n": 2}
+    assert s["f.fde.m"] == {"mean": 2.0, "std": 0.0, "n": 1}
+
+
+@pytest.mark.slow
+def test_tiny_protocol_runs_zero_shot_and_fine_tuned_deterministically(tmp_path, capsys):
+    from trajfm.evaluate.cli import main
+
+    path = _write(tmp_path, TINY)
+    kw = dict(epochs=1, max_steps=6, fine_tune_steps=4, batch_size=16, compare_tutorial=False)
+    a = run_protocol(path, "tutorial", root=tmp_path / "a", seeds=(0, 1), **kw)
+    s = a["summary"]
+    for predictor in ("tutorial@zero-shot", "tutorial@fine-tuned", "constant_velocity"):
+        v = s[f"forecast.ade_m@10.{predictor}"]
+        assert v["n"] == 2 and math.isfinite(v["mean"]) and v["mean"] > 0 and math.isfinite(v["std"])
+    assert s["forecast.ade_m@10.tutorial@zero-shot"]["std"] > 0  # two seeds, two models
+    assert s["forecast.ade_m@10.constant_velocity"]["std"] == 0  # the baseline has no seed
+    assert a["runs"]["0"]["forecast.ade_m@10.tutorial@zero-shot"] != a["runs"]["0"]["forecast.ade_m@10.tutorial@fine-tuned"]
+    held, train = a["accounting"]["heldout"], a["accounting"]["train"]
+    assert held["select"]["rows_in"] == held["select"]["rows_kept"] + held["select"]["rows_filtered"]
+    # morning and afternoon of one file: every processed point lands on exactly one side
+    assert train["select"]["rows_kept"] + held["select"]["rows_kept"] == held["select"]["rows_in"]
+    assert a["heldout_windows"]["eval"] > 0 and a["heldout_windows"]["fine_tune"] > 0
+    # same seed, fresh data root (everything retrained): same numbers
+    b = run_protocol(path, "tutorial", root=tmp_path / "b", seeds=(0,), **kw)
+    assert b["runs"]["0"] == a["runs"]["0"]
+    # the command prints the mean ± std table and writes the JSON
+    out = tmp_path / "t.json"
+    assert main(["--protocol", str(path), "--preset", "tutorial", "--epochs", "1", "--max-steps", "6", "--fine-tune-steps", "4",
+                 "--batch-size", "16", "--seeds", "0", "--data-root", str(tmp_path / "b"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tutorial@zero-shot" in printed and "±" in printed and out.is_file()
