@@ -1,0 +1,194 @@
+"""Faults the Prefect layer survives, for real:
+
+1. the training process is SIGKILLed mid-run: the train task fails, Prefect retries it, the retry
+   resumes from the last checkpoint and ends with the numbers of an uninterrupted run;
+2. a source that fails on its first read is retried and ingested; one that always fails fails
+   the flow with a message naming it, and leaves no partial stage directory;
+3. two pipeline runs at once (two processes) on one data root both complete, with identical,
+   complete stage outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from trajfm.data.catalog import SMALL_SLICE, embedded_files
+from trajfm.store import read_manifest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [str(p) for p in embedded_files(SMALL_SLICE)]
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def incomplete_stage_dirs(root: Path) -> list[Path]:
+    """Directories under ``<root>/<stage>/`` that are not complete stages (no manifest)."""
+    return [d for stage in root.iterdir() if stage.is_dir() and stage.name in ("ingest", "preprocess", "features", "train", "evaluate")
+            for d in stage.iterdir() if not (d / "manifest.json").is_file()]
+
+
+# --- 1. SIGKILL of the training process --------------------------------------------------------
+
+MODEL = {"n_layer": 1, "n_head": 2, "d_model": 32, "dropout": 0.1}  # dropout: the RNG must resume too
+TRAIN = {"epochs": 2, "batch_size": 16, "warmup_steps": 4, "checkpoint_every": 2, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def features_dir(tmp_path_factory) -> str:
+    from trajfm.data.ingest import ingest
+    from trajfm.data.preprocess import preprocess
+    from trajfm.features.windows import make_features
+
+    root = tmp_path_factory.mktemp("features-root")
+    return str(make_features(preprocess(ingest(SMALL, root), root, scheduler="sync"), root))
+
+
+def _kill_training_once(pattern: str, result: dict, stop: threading.Event) -> None:
+    """SIGKILL the first child process running ``trajfm.train`` once its ``last.pt`` exists."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set():
+        for child in me.children(recursive=True):
+            try:
+                if "trajfm.train" in " ".join(child.cmdline()) and list(Path(pattern).glob("checkpoints/*/last.pt")):
+                    child.send_signal(signal.SIGKILL)
+                    result["killed_pid"] = child.pid
+                    return
+            except psutil.Error:
+                continue
+        time.sleep(0.02)
+
+
+def test_sigkilled_training_is_retried_and_resumes_to_the_same_result(prefect_api, features_dir, tmp_path):
+    import torch
+    from prefect import flow
+
+    from tasks.train import train_task
+
+    quick_retry = train_task.with_options(retry_delay_seconds=0)
+
+    @flow
+    def train_once(root: str) -> str:
+        return quick_retry(features_dir, data_root=root, model_overrides=MODEL, train_overrides=TRAIN)
+
+    killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
+    result, stop = {}, threading.Event()
+    killer = threading.Thread(target=_kill_training_once, args=(str(killed_root), result, stop), daemon=True)
+    killer.start()
+    try:
+        killed = Path(train_once(str(killed_root)))
+    finally:
+        stop.set()
+        killer.join(timeout=5)
+    assert "killed_pid" in result, "the training process finished before it could be killed"
+    m = read_manifest(killed)
+    assert m["resumed_from_step"] > 0  # the retry continued from last.pt, it did not start over
+
+    clean = Path(train_once(str(clean_root)))
+    c = read_manifest(clean)
+    assert c["resumed_from_step"] == 0 and c["key"] == m["key"]
+    for k in ("epoch", "step", "train_loss", "val_loss", "best_val_loss"):
+        assert m["final"][k] == c["final"][k], k  # bit for bit
+    a = torch.load(killed / "model.pt", weights_only=True)["model"]
+    b = torch.load(clean / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+# --- 2. flaky and dead sources --------------------------------------------------------------------
+
+
+def _reader_failing(times: int, calls: list):
+    """The tracktable reader, raising an I/O error on its first ``times`` reads."""
+    from trajfm.data.readers import READERS
+
+    real = READERS["tracktable"]
+
+    def iter_chunks(source, *args, **kwargs):
+        calls.append(str(source))
+        if len(calls) <= times:
+            raise ConnectionResetError(f"connection reset while reading {source}")
+        yield from real.iter_chunks(source, *args, **kwargs)
+
+    return dataclasses.replace(real, iter_chunks=iter_chunks)
+
+
+@pytest.mark.parametrize("failures", [1, 99])
+def test_source_failing_once_is_retried_and_one_always_failing_fails_cleanly(prefect_api, tmp_path, monkeypatch, failures):
+    import flows.ingest
+    from trajfm.data.readers import READERS
+
+    calls: list = []
+    monkeypatch.setitem(READERS, "tracktable", _reader_failing(failures, calls))
+    monkeypatch.setattr(flows.ingest, "ingest_task", flows.ingest.ingest_task.with_options(retry_delay_seconds=0))
+    root = tmp_path / "root"
+    state = flows.ingest.ingest_flow(sources=SMALL, data_root=str(root), return_state=True)
+    if failures == 1:
+        assert state.is_completed()
+        out = state.result()
+        assert read_manifest(out)["rows_read"] == 9091 and len(calls) == 2  # failed once, then read it all
+    else:
+        assert state.is_failed() and len(calls) == 3  # the first attempt and the task's 2 retries
+        message = str(state.message) + repr(state.result(raise_on_failure=False))
+        assert SMALL_SLICE in message and "ConnectionResetError" in message
+        assert incomplete_stage_dirs(root) == []  # no half-written stage, no leftover temporary dir
+        assert not (root / "ingest").exists() or not any((root / "ingest").iterdir())
+
+
+# --- 3. two pipeline runs at once -----------------------------------------------------------------
+
+RUN = """
+import json, sys
+from flows.pipeline import pipeline
+r = pipeline(sources=json.loads(sys.argv[1]), data_root=sys.argv[2], epochs=1, batch_size=64, n_workers=1,
+             train_overrides={"warmup_steps": 2, "max_steps": 6}, context_len=12, horizon=6)
+print("RESULT " + json.dumps(r, default=str))
+"""
+
+
+def test_two_pipelines_at_once_on_one_data_root_both_complete_consistently(prefect_api, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    root = tmp_path / "root"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RUN, json.dumps(SMALL), str(root)], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=400)
+            assert p.returncode == 0, err[-3000:]
+            outputs.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    a, b = outputs
+    for key in ("ingest_dir", "preprocess_dir", "features_dir", "train_dir"):
+        assert a[key] == b[key], key  # same inputs and config -> the same stage directory
+        m = read_manifest(a[key])
+        assert m["files"] and all(f.get("hash") for f in m["files"].values() if isinstance(f, dict) and "rows" in f)
+    assert a["metrics"]["ade_m"] == b["metrics"]["ade_m"]
+    assert incomplete_stage_dirs(root) == []
+    hidden = [p for stage in ("ingest", "preprocess", "features", "train") for p in (root / stage).glob(".*")]
+    assert hidden == []  # the loser's temporary directory was removed, not left beside the winner's
