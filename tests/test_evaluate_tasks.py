@@ -65,7 +65,14 @@ def test_registry_rejects_unknown_tasks_and_parameters(ais):
         run_task("forecast", None, ais["test"], bogus=1)
     with pytest.raises(ValueError, match="empty"):
         run_task("forecast", None, ais["test"].subset(np.zeros(0, int)))
-    assert "forecast" in TASKS
+    assert set(TASKS) == {"forecast", "recovery", "travel_time", "next_location", "generation", "similarity"}
+    from trajfm.evaluate.tasks import TRAINED_BASELINES, parse_key
+
+    assert parse_key("forecast.fde_m@10.model") == ("forecast", "fde_m@10", "model")
+    assert parse_key("forecast.n_windows") == ("forecast", "n_windows", None)
+    with pytest.raises(ValueError):
+        parse_key("weather.rain_mm.model")
+    assert set(TRAINED_BASELINES) == {"travel_time", "next_location", "generation"}
 
 
 # --- forecast ----------------------------------------------------------------------------------
