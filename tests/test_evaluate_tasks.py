@@ -384,3 +384,13 @@ def test_run_tasks_on_real_geolife_users(shared_data):
     assert m["next_location.resolution"] >= 11  # people move metres per fix, vessels hundreds
     base = run_tasks(None, test, train_ws=sets["train"], tasks=["travel_time", "next_location"])
     assert base == {k: v for k, v in m.items() if k.split(".")[0] in ("travel_time", "next_location") and not k.endswith(".model")}
+
+
+def test_windows_longer_than_the_model_block_are_cut_for_every_predictor():
+    NS = 1_000_000_000
+    ws = windows_from_tracks([(f"s{k}", *straight_track(100, 60.0, 80.0, 30 * NS, lat0=40 + k)) for k in range(3)], 100)
+    model = make_model(ws, block_size=64)
+    m = run_tasks(model, ws, ["next_location", "similarity"], train_ws=ws)
+    assert m["next_location.n_pairs"] == 3 * 62  # points 1..62 of the first 64 have a next point
+    assert m["next_location.acc@1.constant_velocity"] == 1.0  # straight and steady: always right
+    assert m["similarity.n_windows"] == 3

@@ -21,7 +21,8 @@ Baseline ``markov_h3``: a first-order Markov chain over the cells (``baselines.M
 fit on consecutive points of ``train_ws`` (or of the earlier half of ``ws``; see
 ``baselines.split_for_fitting``), falling back to "stay in place" for a cell it never saw.
 A patched model predicts only after whole patches: with one, only pairs whose point i closes a
-patch are scored (by every predictor).
+patch are scored (by every predictor); windows longer than the model's block_size are cut to
+their first block_size points (for every predictor).
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ def next_location_task(
     fit_ws, eval_ws = split_for_fitting(ws, train_ws)
     res = auto_resolution(fit_ws) if resolution is None else int(resolution)
     use_model = model is not None and can_forecast(model)
+    if use_model and eval_ws.mask.shape[1] > model.config.block_size:  # the model reads one window at once
+        k = model.config.block_size
+        eval_ws = WindowSet(eval_ws.x[:, :k], eval_ws.mask[:, :k], eval_ws.lon[:, :k], eval_ws.lat[:, :k],
+                            eval_ws.t_ns[:, :k], eval_ws.traj_id)
     rows, cols = pairs_of(eval_ws, min_context, model.config.patch_in if use_model else 1)
     if len(rows) == 0:
         raise ValueError(f"no window has {min_context + 1} real points: no next location to predict")

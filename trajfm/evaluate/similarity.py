@@ -35,8 +35,10 @@ from trajfm.model.patching import pad_to_patches
 def trajectory_embedding(model: TrajGPT, ws: WindowSet, batch_size: int = 256) -> np.ndarray:
     """(N, d_model) float64 mean of the final hidden states over each window's real tokens."""
     P, device = model.config.patch_in, next(model.parameters()).device
-    if ws.mask.shape[1] > model.config.block_size:
-        raise ValueError(f"windows of {ws.mask.shape[1]} points are longer than block_size {model.config.block_size}")
+    width = int(ws.mask.sum(axis=1).max()) if len(ws) else 0
+    if width > model.config.block_size:
+        raise ValueError(f"tracks of {width} points are longer than block_size {model.config.block_size}")
+    ws = WindowSet(ws.x[:, :width], ws.mask[:, :width], ws.lon[:, :width], ws.lat[:, :width], ws.t_ns[:, :width], ws.traj_id)
     hidden: list[torch.Tensor] = []
     hook = model.transformer.ln_f.register_forward_hook(lambda mod, inp, out: hidden.append(out))
     out = np.zeros((len(ws), model.config.d_model))
