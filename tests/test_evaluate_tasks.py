@@ -394,3 +394,16 @@ def test_windows_longer_than_the_model_block_are_cut_for_every_predictor():
     assert m["next_location.n_pairs"] == 3 * 62  # points 1..62 of the first 64 have a next point
     assert m["next_location.acc@1.constant_velocity"] == 1.0  # straight and steady: always right
     assert m["similarity.n_windows"] == 3
+
+
+def test_mean_std_over_seeded_runs(ais):
+    from trajfm.evaluate.tasks import mean_std
+
+    test = ais["test"].subset(np.arange(30))
+    runs = [run_task("generation", make_model(ais["train"], seed=s, head="mixture"), test, seed=s) for s in range(3)]
+    mean, std = mean_std(runs)
+    k = "generation.jsd_step_m.model"
+    assert mean[k] == pytest.approx(np.mean([r[k] for r in runs])) and std[k] > 0
+    assert std["generation.n_windows"] == 0.0
+    with pytest.raises(ValueError):
+        mean_std([])

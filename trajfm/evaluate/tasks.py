@@ -30,13 +30,16 @@ windows. ``generation`` (``resampled_steps``) without one draws from the context
 scored windows (never from the continuations it is judged on).
 
 Each task module's docstring defines its protocol (which windows, which points, units, bins);
-``parse_key`` splits a key back into (task, metric, predictor).
+``parse_key`` splits a key back into (task, metric, predictor); ``mean_std`` aggregates runs
+(e.g. three training seeds) key by key.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+
+import numpy as np
 
 from trajfm.evaluate.forecast import forecast_task
 from trajfm.evaluate.generation import generation_task
@@ -99,3 +102,14 @@ def run_tasks(model, ws: WindowSet, tasks: list[str] | None = None, *, seed: int
             p.setdefault("train_ws", train_ws)
         out.update(run_task(name, model, ws, seed=seed, **p))
     return out
+
+
+def mean_std(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(mean, std) per key over runs (e.g. models trained with 3 seeds, each scored by
+    ``run_tasks``); population std (ddof 0); only keys every run has."""
+    if not runs:
+        raise ValueError("no runs to aggregate")
+    keys = [k for k in runs[0] if all(k in r for r in runs[1:])]
+    mean = {k: float(np.mean([r[k] for r in runs])) for k in keys}
+    std = {k: float(np.std([r[k] for r in runs])) for k in keys}
+    return mean, std
