@@ -38,6 +38,9 @@ def test_deployment_parameters_are_accepted_by_its_flow(name):
     required = {p for p, v in signature.parameters.items() if v.default is inspect.Parameter.empty}
     if name != "trajfm-evaluate":  # evaluate's dataset is given at run time
         assert required <= set(d["parameters"]), required - set(d["parameters"])
+    for p, value in d["parameters"].items():  # null only where the flow accepts None
+        if value is None:
+            assert signature.parameters[p].default is None, p
 
 
 def test_pipeline_exposes_the_scale_out_knobs():
@@ -62,7 +65,11 @@ def test_retrain_runs_nightly_on_a_cron():
 def test_evaluate_deployment_takes_a_model_uri_and_a_dataset():
     d = deployments()["trajfm-evaluate"]
     assert d["entrypoint"] == "flows/evaluate.py:evaluate_model_flow"
-    assert {"model_uri", "data"} <= set(d["parameters"])
+    assert "model_uri" in d["parameters"]
+    # the dataset is given per run: a null default would fail the server's parameter schema
+    assert "data" not in d["parameters"]
+    signature = inspect.signature(flow_of(d["entrypoint"]).fn)
+    assert signature.parameters["data"].default is inspect.Parameter.empty
 
 
 def test_prefect_yaml_carries_no_credentials():

@@ -77,6 +77,16 @@ def _kill_training_once(pattern: str, result: dict, stop: threading.Event) -> No
         time.sleep(0.02)
 
 
+def _progress_artifacts() -> dict:
+    """The progress artifacts on the API: id -> (created, percent)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+    return {a.id: (a.created, float(a.data)) for a in found}
+
+
 def test_sigkilled_training_is_retried_and_resumes_to_the_same_result(prefect_api, features_dir, tmp_path):
     import torch
     from prefect import flow
@@ -90,6 +100,7 @@ def test_sigkilled_training_is_retried_and_resumes_to_the_same_result(prefect_ap
         return quick_retry(features_dir, data_root=root, model_overrides=MODEL, train_overrides=TRAIN)
 
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
+    before = _progress_artifacts()
     result, stop = {}, threading.Event()
     killer = threading.Thread(target=_kill_training_once, args=(str(killed_root), result, stop), daemon=True)
     killer.start()
@@ -107,9 +118,37 @@ def test_sigkilled_training_is_retried_and_resumes_to_the_same_result(prefect_ap
     assert c["resumed_from_step"] == 0 and c["key"] == m["key"]
     for k in ("epoch", "step", "train_loss", "val_loss", "best_val_loss"):
         assert m["final"][k] == c["final"][k], k  # bit for bit
+    progress = sorted(v for k, v in _progress_artifacts().items() if k not in before)
+    assert len(progress) == 2 and progress[0][1] < 100.0 == progress[1][1]  # the killed attempt stopped part way
     a = torch.load(killed / "model.pt", weights_only=True)["model"]
     b = torch.load(clean / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_train_task_runs_data_parallel_under_torchrun_when_nproc_is_2(prefect_api, features_dir, tmp_path):
+    """The task's torchrun launch (2 CPU processes, gloo) learns what one process learns."""
+    from prefect import flow
+
+    from tasks.train import train_task, training_command
+
+    cmd = training_command(features_dir, "/r", "tutorial", {}, {}, nproc=2)
+    assert cmd[1:3] == ["-m", "torch.distributed.run"] and cmd[cmd.index("--nproc_per_node") + 1] == "2"
+    assert training_command(features_dir, None, "tutorial", {}, {})[1:3] == ["-m", "trajfm.train"]
+    with pytest.raises(ValueError, match="nproc"):
+        training_command(features_dir, None, "tutorial", {}, {}, nproc=0)
+
+    small = {**MODEL, "dropout": 0.0}  # dropout masks differ between ranks by design
+    steps = {"epochs": 1, "max_steps": 3, "batch_size": 16, "warmup_steps": 1, "device": "cpu"}
+
+    @flow
+    def train_with(root: str, nproc: int) -> str:
+        return train_task(features_dir, data_root=root, model_overrides=small, train_overrides=steps, nproc=nproc)
+
+    two = read_manifest(train_with(str(tmp_path / "two"), 2))
+    one = read_manifest(train_with(str(tmp_path / "one"), 1))
+    assert (two["world_size"], one["world_size"]) == (2, 1) and two["key"] == one["key"]
+    assert two["final"]["train_loss"] == pytest.approx(one["final"]["train_loss"], rel=1e-4)
+    assert two["final"]["val_loss"] == pytest.approx(one["final"]["val_loss"], rel=1e-4)
 
 
 # --- 2. flaky and dead sources --------------------------------------------------------------------
@@ -164,7 +203,12 @@ print("RESULT " + json.dumps(r, default=str))
 
 
 def test_two_pipelines_at_once_on_one_data_root_both_complete_consistently(prefect_api, tmp_path):
+    import pandas as pd
+    import torch
     from prefect.settings import PREFECT_API_URL
+
+    from trajfm.registry.tracking import champion_info
+    from trajfm.store import frame_hash
 
     root = tmp_path / "root"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
@@ -186,9 +230,18 @@ def test_two_pipelines_at_once_on_one_data_root_both_complete_consistently(prefe
     a, b = outputs
     for key in ("ingest_dir", "preprocess_dir", "features_dir", "train_dir"):
         assert a[key] == b[key], key  # same inputs and config -> the same stage directory
+    for key in ("ingest_dir", "preprocess_dir"):  # the tables are those their manifests describe
         m = read_manifest(a[key])
-        assert m["files"] and all(f.get("hash") for f in m["files"].values() if isinstance(f, dict) and "rows" in f)
-    assert a["metrics"]["ade_m"] == b["metrics"]["ade_m"]
+        for name, f in m["files"].items():
+            df = pd.read_parquet(Path(a[key]) / f"{name}.parquet")
+            assert (len(df), frame_hash(df)) == (f["rows"], f["hash"]), (key, name)
+    features = read_manifest(a["features_dir"])
+    assert features["upstream"] == a["preprocess_dir"]
+    history = json.loads((Path(a["train_dir"]) / "history.json").read_text())
+    assert read_manifest(a["train_dir"])["final"]["train_loss"] == history[-1]["train_loss"]
+    torch.load(Path(a["train_dir"]) / "model.pt", weights_only=True)  # a whole checkpoint
+    assert a["metrics"] == b["metrics"]
     assert incomplete_stage_dirs(root) == []
     hidden = [p for stage in ("ingest", "preprocess", "features", "train") for p in (root / stage).glob(".*")]
     assert hidden == []  # the loser's temporary directory was removed, not left beside the winner's
+    assert champion_info(root) is not None  # and the registry holds a champion
