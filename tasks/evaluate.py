@@ -1,9 +1,10 @@
-"""Prefect task over ``trajfm.evaluate``: forecast error on the test split vs baselines."""
+"""Prefect tasks over ``trajfm.evaluate``: the pipeline's evaluate stage (forecast error on the test
+split vs the baseline), and any model on any data (``trajfm.evaluate.suite``) with its report."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks._common import RETRIES, RETRY_DELAY_S, STAGE_CACHE
 from trajfm.evaluate.run import metrics_table, run_evaluation
@@ -18,3 +19,46 @@ def evaluate_task(
     create_table_artifact(metrics_table(metrics), key="forecast-metrics", description=f"{split} split: model vs baselines (metres)")
     get_run_logger().info("evaluate: %s", metrics)
     return metrics
+
+
+# --- any model on any data: trajfm.evaluate.suite + the report ---------------------------------
+
+
+@task(name="evaluate-model", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
+def evaluate_model_task(
+    model_uri: str, data: str | list[str], out: str, format: str | None = None, tasks: list[str] | None = None,
+    data_root: str | None = None, seed: int = 0,
+) -> dict:
+    """Not cached: ``models:/trajfm@champion`` names a different model after a promotion. The
+    stages underneath (ingest, preprocess, features) are cached by content in the data root."""
+    from trajfm.evaluate.suite import evaluate_model, metrics_rows
+
+    result = evaluate_model(model_uri, data, format=format, tasks=tasks, root=data_root, seed=seed, out=out)
+    rows, cols, cells = metrics_rows(result["metrics"])
+    table = [{"metric": r, **{c: (None if cells.get((r, c)) is None else round(cells[(r, c)], 4)) for c in cols}} for r in rows]
+    create_table_artifact(table, key="evaluation-metrics", description=f"{model_uri} on {data}: model vs baselines")
+    acc = result["accounting"]
+    get_run_logger().info(
+        "evaluated %s: read %d = kept %d + quarantined %d; %d eval windows", model_uri,
+        acc["ingest"]["rows_read"], acc["ingest"]["rows_kept"], acc["ingest"]["rows_quarantined"], result["split"]["eval_windows"],
+    )
+    return result
+
+
+@task(name="report", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
+def report_task(results: str, out_dir: str, data_root: str | None = None, log_to_mlflow: bool = True) -> dict:
+    """Render report.md + PNGs, attach the markdown as an artifact, log the directory to MLflow."""
+    import json
+    from pathlib import Path
+
+    from trajfm.evaluate.report import log_report, render_report
+
+    report = render_report([results], out_dir)
+    run_id = None
+    if log_to_mlflow:
+        metrics = json.loads(Path(results).read_text()).get("metrics", {})
+        run_id = log_report(out_dir, data_root, run_name=f"report {Path(results).parent.name}", metrics=metrics)
+    text = report.read_text()
+    note = f"\n\n---\nPNG plots: `{out_dir}`" + (f"; MLflow run `{run_id}` (artifacts `report/`)" if run_id else "")
+    create_markdown_artifact(text + note, key="evaluation-report", description="trajfm report (plots are files beside it)")
+    return {"report": str(report), "mlflow_run_id": run_id}

@@ -30,7 +30,7 @@ def evaluated(tmp_path_factory):
     params = {"forecast": {"context_len": 12, "horizons": [1, 3, 6]}}
     for name, model in (("mixture", mixture), ("mse", mse)):
         evaluate_model(model, "embedded:small", tasks="forecast", root=root, params=params, out=out / f"{name}.json")
-    return root, out
+    return root, out, mse
 
 
 def _png_ok(path: Path) -> tuple[int, int]:
@@ -44,7 +44,7 @@ def _png_ok(path: Path) -> tuple[int, int]:
 
 
 def test_plot_data_holds_calibration_for_a_mixture_head(evaluated):
-    _, out = evaluated
+    _, out, _ = evaluated
     with np.load(out / "mixture.plots.npz") as z:
         assert bool(z["mixture"]) and int(z["horizon"]) == 6
         cov, levels = z["calibration_coverage"], z["calibration_levels"]
@@ -58,7 +58,7 @@ def test_plot_data_holds_calibration_for_a_mixture_head(evaluated):
 
 
 def test_report_renders_markdown_and_valid_pngs(evaluated, tmp_path, capsys):
-    _, out = evaluated
+    _, out, _ = evaluated
     rep = tmp_path / "rep"
     assert main(["--results", str(out / "mixture.json"), str(out / "mse.json"), "--out", str(rep)]) == 0
     assert capsys.readouterr().out.strip() == str(rep / "report.md")
@@ -76,7 +76,7 @@ def test_report_renders_markdown_and_valid_pngs(evaluated, tmp_path, capsys):
 
 
 def test_report_errors_are_clear(evaluated, tmp_path, capsys):
-    _, out = evaluated
+    _, out, _ = evaluated
     with pytest.raises(SystemExit) as exc:
         main(["--results", str(tmp_path / "missing.json"), "--out", str(tmp_path / "rep")])
     assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
@@ -93,7 +93,7 @@ def test_report_is_logged_to_mlflow(evaluated, tmp_path, monkeypatch):
     from trajfm.evaluate.report import log_report, render_report
     from trajfm.registry import tracking_uri
 
-    root, out = evaluated
+    root, out, _ = evaluated
     monkeypatch.chdir(tmp_path)
     rep = tmp_path / "rep"
     render_report([out / "mixture.json"], rep)
@@ -105,3 +105,30 @@ def test_report_is_logged_to_mlflow(evaluated, tmp_path, monkeypatch):
     logged = client.get_run(run_id).data.metrics
     assert logged["forecast.ade_m_at_6.model"] == pytest.approx(metrics["forecast.ade_m@6.model"])
     assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_model_flow_publishes_artifacts_and_logs_the_report(evaluated, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.evaluate import evaluate_model_flow
+    from trajfm.registry import tracking_uri
+
+    root, _, model = evaluated
+    monkeypatch.chdir(tmp_path)
+    with prefect_test_harness(server_startup_timeout=120):
+        r = evaluate_model_flow(model_uri=str(model), data="embedded:small", tasks=["forecast"], data_root=str(root))
+        keys = ["evaluation-metrics", "evaluation-report"]
+        with get_client(sync_client=True) as client:
+            found = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+    assert set(keys) <= set(found)
+    assert "constant_velocity" in str(found["evaluation-metrics"].data) and "forecast.ade_m@10" in str(found["evaluation-metrics"].data)
+    assert "# trajfm evaluation report" in found["evaluation-report"].data
+    results = Path(r["results"])
+    assert results.is_relative_to(root) and json.loads(results.read_text())["metrics"] == r["metrics"]
+    assert Path(r["report"]).is_file() and (Path(r["report"]).parent / "0_results_trajectories.png").is_file()
+    files = {Path(f.path).name for f in MlflowClient(tracking_uri=tracking_uri(root)).list_artifacts(r["mlflow_run_id"], "report")}
+    assert "report.md" in files and "0_results_error_vs_horizon.png" in files

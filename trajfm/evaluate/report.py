@@ -17,7 +17,8 @@ shows exactly the evaluated windows. ``DIR/report.md`` then gets, per results fi
 - ``generation``: histograms of step length, speed and turn angle, real vs generated (sampled)
   continuations of the same contexts.
 
-A transfer results file (``trajfm evaluate --protocol``) becomes its mean ± std table. With
+A transfer results file (``trajfm evaluate --protocol``) becomes its mean ± std table and a plot
+of held-out ADE vs horizon per predictor (zero-shot, fine-tuned, baselines). With
 ``--mlflow`` the report directory is logged as artifacts of a run (``log_report``).
 Plots use matplotlib's ``Figure`` directly (Agg canvas, no pyplot, no global backend change).
 """
@@ -278,13 +279,44 @@ def _evaluate_section(path: Path, res: dict, out_dir: Path, prefix: str) -> tupl
     return lines, pngs
 
 
-def _transfer_section(path: Path, res: dict) -> list[str]:
+def transfer_horizon_figure(summary: dict):
+    """Forecast ADE vs horizon (steps) per predictor, mean ± std over seeds; None without one."""
+    curves: dict[str, list] = {}
+    for key, v in summary.items():
+        match = re.fullmatch(r"forecast\.ade_m@(\d+)\.(.+)", key)
+        if match and v.get("mean") is not None:
+            curves.setdefault(match.group(2), []).append((int(match.group(1)), v["mean"], v.get("std") or 0.0))
+    if not curves:
+        return None
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    for name, pts in curves.items():
+        h, mean, std = (np.array(x) for x in zip(*sorted(pts)))
+        ax.errorbar(h, mean, yerr=std, marker="o", capsize=3, label=name, linestyle="--" if "@" not in name else "-")
+    ax.set_xlabel("steps ahead")
+    ax.set_ylabel("ADE (m), mean ± std over seeds")
+    ax.set_title("held-out forecast error")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _transfer_section(path: Path, res: dict, out_dir: Path, prefix: str) -> list[str]:
     from trajfm.evaluate.transfer import summary_markdown
 
-    return [f"## {path.name}: protocol `{res.get('protocol')}`, preset `{res.get('preset')}`", "",
-            res.get("description", "").strip(), "",
-            f"Mean ± std over seeds {res.get('seeds')}; held-out evaluation windows: {res.get('heldout_windows')}.", "",
-            summary_markdown(res["summary"]), ""]
+    s = res.get("settings", {})
+    lines = [f"## {path.name}: protocol `{res.get('protocol')}`, preset `{res.get('preset')}`", "",
+             res.get("description", "").strip(), "",
+             f"Mean ± std over seeds {res.get('seeds')}; training: {s.get('epochs')} epochs, at most {s.get('max_steps')} steps; "
+             f"fine-tuning: {s.get('fine_tune_steps')} steps; held-out windows: {res.get('heldout_windows')}.", "",
+             summary_markdown(res["summary"]), ""]
+    fig = transfer_horizon_figure(res["summary"])
+    if fig is not None:
+        png = out_dir / f"{prefix}ade_vs_horizon.png"
+        fig.savefig(png)
+        lines += ["### Held-out ADE vs horizon", "", f"![ade_vs_horizon]({png.name})", ""]
+    return lines
 
 
 def render_report(results: list[str | Path], out_dir: str | Path) -> Path:
@@ -306,7 +338,7 @@ def render_report(results: list[str | Path], out_dir: str | Path) -> Path:
         if kind == "trajfm.evaluate":
             section, _ = _evaluate_section(path, res, out_dir, f"{i}_{_slug(path.stem)}_")
         elif kind == "trajfm.transfer":
-            section = _transfer_section(path, res)
+            section = _transfer_section(path, res, out_dir, f"{i}_{_slug(path.stem)}_")
         else:
             raise ValueError(f"{path}: not a trajfm results file (format {kind!r}); write one with trajfm evaluate --out")
         lines += section

@@ -497,7 +497,7 @@ def format_value(value) -> str:
     if v.is_integer() and abs(v) < 1e15:
         return f"{int(v):,}"
     a = abs(v)
-    return f"{v:,.1f}" if a >= 100 else f"{v:.3f}" if a >= 0.01 or a == 0 else f"{v:.2e}"
+    return f"{v:,.1f}" if a >= 100 else f"{v:.2f}" if a >= 1 else f"{v:.3f}" if a >= 0.01 else f"{v:.2e}"
 
 
 def metrics_table_text(metrics: dict) -> str:
