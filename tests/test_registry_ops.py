@@ -266,3 +266,13 @@ def test_register_task_retries_until_mlflow_answers(env, monkeypatch):
     with prefect_test_harness(server_startup_timeout=120):
         result = tiny()
     assert attempts == [1, 2] and result["version"] == 1 and result["promoted"]
+
+
+def test_two_registrations_at_once_register_one_version(env):
+    """Two runs finishing together with the same lineage: the lock makes one register, one reuse."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: _register(env, "race", 250.0, lineage_key="same-inputs"), range(2)))
+    assert sorted(r.reused for r in results) == [False, True] and {r.version for r in results} == {1}
+    assert len(_client(env["root"]).search_model_versions("name='race'")) == 1

@@ -1,9 +1,12 @@
-"""MLflow: tracking setup, the pyfunc forecast model, registration and champion promotion.
+"""MLflow: tracking setup, the pyfunc forecast model, registration, champion/challenger
+promotion and lineage (``tracking``, ``pyfunc``, ``register``, ``manage``; the ``trajfm
+registry`` command is ``cli``).
 
 Importing this package does not import MLflow; ``TrajFMPyfunc`` (which subclasses an MLflow
 class) is loaded on first access.
 """
 
+from trajfm.registry.manage import CHALLENGER, CHAMPION, RegistryError, promote, rollback
 from trajfm.registry.tracking import (
     RegistrationResult,
     champion_info,
@@ -13,10 +16,15 @@ from trajfm.registry.tracking import (
 )
 
 __all__ = [
+    "CHALLENGER",
+    "CHAMPION",
     "RegistrationResult",
+    "RegistryError",
     "TrajFMPyfunc",
     "champion_info",
     "log_and_register",
+    "promote",
+    "rollback",
     "setup_mlflow",
     "tracking_uri",
 ]

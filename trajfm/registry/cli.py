@@ -46,6 +46,15 @@ def _client(args):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def _lock(args):
+    """The data root's registration lock (not taken for an explicit ``--tracking-uri``)."""
+    from contextlib import nullcontext
+
+    from trajfm.registry.tracking import registry_lock
+
+    return nullcontext() if args.tracking_uri else registry_lock(args.data_root)
+
+
 def _created(ms) -> str:
     return datetime.fromtimestamp(int(ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
 
@@ -185,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
             out = describe_version(client, args.name, args.ref)
             text = _show_text(out)
         elif args.command == "promote":
-            out = promote(client, args.name, args.ref, alias=args.alias, reason=args.reason, by=args.by)
+            with _lock(args):
+                out = promote(client, args.name, args.ref, alias=args.alias, reason=args.reason, by=args.by)
             text = f"{args.name}: {out['alias']} -> version {out['version']} (was {out['previous']}); by {out['by']}"
         else:
-            out = rollback(client, args.name, reason=args.reason, by=args.by)
+            with _lock(args):
+                out = rollback(client, args.name, reason=args.reason, by=args.by)
             text = f"{args.name}: champion rolled back from version {out['from']} to version {out['to']}; by {out['by']}"
     except (RegistryError, MlflowException) as exc:
         message = exc.message if isinstance(exc, MlflowException) else str(exc)

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -226,11 +227,54 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
+@contextmanager
+def registry_lock(root: str | os.PathLike | None):
+    """An exclusive lock on ``<root>/mlflow.lock``: two pipeline runs on one data root register
+    one at a time, so a lineage is never registered twice and ``champion`` never moves on a
+    stale comparison. (Processes on other machines sharing a tracking server are not covered.)"""
+    import fcntl
+
+    with open(data_root(root) / "mlflow.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _current_champion(client, name: str) -> tuple[int | None, Any]:
     from trajfm.registry.manage import aliases_of
 
     version = aliases_of(client, name).get(CHAMPION)
     return (version, str(version)) if version is not None else (None, None)
+
+
+def _log_run(
+    experiment_id, client, run_name, tags, params, metrics, history, checkpoint_path: Path, input_example, pip_requirements,
+) -> tuple[str, str]:
+    """One MLflow run: params, metrics, history, loss curve, the pyfunc model. (run id, model URI)."""
+    import mlflow
+
+    from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT, TrajFMPyfunc, example_points, model_signature
+
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags=tags, nested=mlflow.active_run() is not None
+    ) as run:
+        if params:
+            mlflow.log_params(_params_for_mlflow(params))
+        mlflow.log_metrics(_numeric_metrics(metrics))
+        if history:
+            _log_history(client, run.info.run_id, history)
+            mlflow.log_figure(loss_curve_figure(history), LOSS_CURVE_ARTIFACT)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT_NAME,
+            python_model=TrajFMPyfunc(),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_path.resolve())},
+            signature=model_signature(),
+            input_example=(example_points() if input_example is None else input_example, {"horizon": 3}),
+            pip_requirements=pip_requirements if pip_requirements is not None else _pip_requirements(),
+        )
+    return run.info.run_id, info.model_uri
 
 
 def log_and_register(
@@ -265,12 +309,11 @@ def log_and_register(
     ``champion_metric_on_eval(version)`` re-measures a champion evaluated elsewhere on this set.
     ``lineage_key``: when a version with that key exists, nothing is logged and that version is
     returned (``reused=True``); if its registration was interrupted before the decision, the
-    decision is made now. Not safe against two registrations of the same ``name`` racing.
+    decision is made now. Registrations under one data root take turns (``registry_lock``).
     """
     import mlflow
 
     from trajfm.registry.manage import DECISION, EVAL_ID_TAG, LINEAGE_TAG, aliases_of, decide, find_by_lineage
-    from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT, TrajFMPyfunc, example_points, model_signature
 
     metric_value = _as_float(_flatten(metrics).get(promote_metric))
     if metric_value is None or not math.isfinite(metric_value):
@@ -283,50 +326,37 @@ def log_and_register(
 
     experiment_id = setup_mlflow(root, experiment)
     client = _client(root)
-    existing = find_by_lineage(client, name, lineage_key) if lineage_key else None
-    if existing is not None and (existing.tags or {}).get(DECISION + "decision"):
-        log.info("%s v%s already holds lineage %s: no new version", name, existing.version, lineage_key)
-        champion = aliases_of(client, name).get(CHAMPION)
-        return RegistrationResult(
-            run_id=existing.run_id, model_uri=f"models:/{name}/{existing.version}", version=int(existing.version),
-            promoted=False, champion_version=int(champion) if champion is not None else int(existing.version),
-            previous_champion_metric=None, metric_value=_as_float(existing.tags.get(promote_metric)) or metric_value,
-            reused=True, decision=existing.tags.get(DECISION + "decision", ""), reason="same lineage: no new version",
-        )
-
-    version_tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    version_tags.update({promote_metric: repr(metric_value), "trajfm.lower_is_better": str(bool(lower_is_better))})
-    if eval_id:
-        version_tags[EVAL_ID_TAG] = eval_id
-    if lineage_key:
-        version_tags[LINEAGE_TAG] = lineage_key
-    if existing is not None:  # registered, but stopped before the decision: decide now
-        version, run_id = int(existing.version), existing.run_id
-    else:
-        run_tags = {**version_tags, "trajfm.promote_metric": promote_metric, "trajfm.registered_model": name}
-        with mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name, tags=run_tags, nested=mlflow.active_run() is not None
-        ) as run:
-            run_id = run.info.run_id
-            if params:
-                mlflow.log_params(_params_for_mlflow(params))
-            mlflow.log_metrics(_numeric_metrics(metrics))
-            if history:
-                _log_history(client, run_id, history)
-                mlflow.log_figure(loss_curve_figure(history), LOSS_CURVE_ARTIFACT)
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT_NAME,
-                python_model=TrajFMPyfunc(),
-                artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_path.resolve())},
-                signature=model_signature(),
-                input_example=(example_points() if input_example is None else input_example, {"horizon": 3}),
-                pip_requirements=pip_requirements if pip_requirements is not None else _pip_requirements(),
+    with registry_lock(root):  # find, register and decide as one step per data root
+        existing = find_by_lineage(client, name, lineage_key) if lineage_key else None
+        if existing is not None and (existing.tags or {}).get(DECISION + "decision"):
+            log.info("%s v%s already holds lineage %s: no new version", name, existing.version, lineage_key)
+            champion = aliases_of(client, name).get(CHAMPION)
+            return RegistrationResult(
+                run_id=existing.run_id, model_uri=f"models:/{name}/{existing.version}", version=int(existing.version),
+                promoted=False, champion_version=int(champion) if champion is not None else int(existing.version),
+                previous_champion_metric=None, metric_value=_as_float(existing.tags.get(promote_metric)) or metric_value,
+                reused=True, decision=existing.tags.get(DECISION + "decision", ""), reason="same lineage: no new version",
             )
-        # One call creates the version with its tags, so a version never lacks its lineage.
-        version = int(mlflow.register_model(info.model_uri, name, tags=version_tags).version)
 
-    d = decide(client, name, version, promote_metric, metric_value, lower_is_better, eval_id, champion_metric_on_eval)
-    client.set_model_version_tag(name, str(version), "trajfm.promoted", str(d.promoted).lower())
+        version_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        version_tags.update({promote_metric: repr(metric_value), "trajfm.lower_is_better": str(bool(lower_is_better))})
+        if eval_id:
+            version_tags[EVAL_ID_TAG] = eval_id
+        if lineage_key:
+            version_tags[LINEAGE_TAG] = lineage_key
+        if existing is not None:  # registered, but stopped before the decision: decide now
+            version, run_id = int(existing.version), existing.run_id
+        else:
+            run_id, model_uri = _log_run(
+                experiment_id, client, run_name, {**version_tags, "trajfm.promote_metric": promote_metric,
+                                                  "trajfm.registered_model": name},
+                params, metrics, history, checkpoint_path, input_example, pip_requirements,
+            )
+            # One call creates the version with its tags, so a version never lacks its lineage.
+            version = int(mlflow.register_model(model_uri, name, tags=version_tags).version)
+
+        d = decide(client, name, version, promote_metric, metric_value, lower_is_better, eval_id, champion_metric_on_eval)
+        client.set_model_version_tag(name, str(version), "trajfm.promoted", str(d.promoted).lower())
     return RegistrationResult(
         run_id=run_id,
         model_uri=f"models:/{name}/{version}",
