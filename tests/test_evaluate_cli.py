@@ -97,14 +97,26 @@ def test_train_directory_and_registry_uris_give_the_same_numbers(tiny, tmp_path,
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     reg = log_and_register(root, "tiny", {"preset": "tutorial"}, {"test_ade_m": 1.0}, [], train_dir / "model.pt")
     local = evaluate_model(train_dir, "embedded:small", tasks="forecast", root=root)
-    for uri in ("models:/trajfm@champion", f"models:/trajfm/{reg.version}"):
+    for uri in ("models:/trajfm@champion", f"models:/trajfm/{reg.version}", f"runs:/{reg.run_id}/model"):
         res = evaluate_model(uri, "embedded:small", tasks="forecast", root=root)
-        assert res["model"]["source"] == "registry" and res["model"]["version"] == reg.version
+        if uri.startswith("models:/"):
+            assert res["model"]["source"] == "registry" and res["model"]["version"] == reg.version
         assert res["model"]["checkpoint_sha256"] == local["model"]["checkpoint_sha256"]
         assert res["metrics"] == local["metrics"]
     assert not (tmp_path / "mlruns").exists()
     with pytest.raises(ValueError, match="not in the model registry"):
         evaluate_model("models:/trajfm@nosuchalias", "embedded:small", tasks="forecast", root=root)
+
+
+def test_a_preprocess_stage_directory_is_data_too(tiny):
+    from trajfm.evaluate.suite import evaluate_model
+
+    root, train_dir = tiny
+    raw = evaluate_model(train_dir, "embedded:small", tasks="forecast", root=root)
+    staged = evaluate_model(train_dir, raw["stages"]["preprocess"], tasks="forecast", root=root)
+    assert staged["metrics"] == raw["metrics"] and staged["accounting"] == raw["accounting"]
+    with pytest.raises(ValueError, match="already preprocessed"):
+        evaluate_model(train_dir, raw["stages"]["preprocess"], format="geolife", tasks="forecast", root=root)
 
 
 def test_geolife_files_with_format(tiny, shared_data, tmp_path, capsys):

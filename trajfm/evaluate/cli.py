@@ -5,9 +5,10 @@
     trajfm evaluate --protocol FILE.yaml --preset NAME [--epochs N] [--max-steps N]
                     [--fine-tune-steps N] [--seeds 0,1,2] [--data-root DIR] --out FILE.json
 
-URI: ``models:/trajfm@champion``, ``models:/trajfm/3`` (the registry of the data root), a
-``model.pt`` or a train stage directory. PATH: files, directories, globs, fsspec URLs, or
-``embedded:small`` / ``embedded:all`` (the embedded AIS files). Prints a table (metric rows x
+URI: ``models:/trajfm@champion``, ``models:/trajfm/3``, ``runs:/RUN_ID/model`` (the MLflow store
+of the data root), a ``model.pt`` or a train stage directory. PATH: files, directories, globs,
+fsspec URLs, ``embedded:small`` / ``embedded:all`` (the embedded AIS files), or a preprocess
+stage directory. Prints a table (metric rows x
 model / baseline columns) and writes the JSON (see ``trajfm.evaluate.suite``); ``trajfm report
 --results FILE.json --out DIR`` draws it.
 """
@@ -43,7 +44,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trajfm evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, a model.pt or a train stage directory")
+    p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a model.pt or a train stage directory")
     p.add_argument("--data", nargs="+", help="data files/directories/globs, or embedded:SUBSET")
     p.add_argument("--format", default=None, help="reader name (default: detected per file)")
     p.add_argument("--kind", default=None, help="mover kind of every point (default: the format's); picks the cleaning defaults")
@@ -93,8 +94,9 @@ def _evaluate(args) -> int:
     acc = result["accounting"]
     m = result["model"]
     print(f"model {m['uri']} (preset {m['preset']}{', version ' + str(m['version']) if m.get('version') else ''})")
-    print(f"data  read {acc['ingest']['rows_read']:,} = kept {acc['ingest']['rows_kept']:,} + quarantined {acc['ingest']['rows_quarantined']:,};"
-          f" preprocess kept {acc['preprocess']['rows_kept']:,} + quarantined {acc['preprocess']['rows_quarantined']:,};"
+    ing, pre = acc.get("ingest"), acc["preprocess"]
+    read = f"read {ing['rows_read']:,} = kept {ing['rows_kept']:,} + quarantined {ing['rows_quarantined']:,}; " if ing else ""
+    print(f"data  {read}preprocess in {pre['rows_in']:,} = kept {pre['rows_kept']:,} + quarantined {pre['rows_quarantined']:,};"
           f" windows fit/eval {result['split']['fit_windows']}/{result['split']['eval_windows']}")
     print(metrics_table_text(result["metrics"]))
     print(f"wrote {args.out}")

@@ -2,15 +2,16 @@
 
 ``evaluate_model(model_uri, data, ...)``:
 
-1. **Model**: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (the MLflow registry of the data
-   root, ``trajfm.registry.tracking_uri``; the registered pyfunc carries the checkpoint as its
-   ``checkpoint`` artifact, which is downloaded and loaded with ``weights_only=True``), a
-   checkpoint file (``model.pt``), or a train stage directory (its ``model.pt``). The checkpoint
+1. **Model**: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/RUN_ID/model`` (the
+   MLflow store of the data root, ``trajfm.registry.tracking_uri``; the logged pyfunc carries the
+   checkpoint as its ``checkpoint`` artifact, which is downloaded and loaded with
+   ``weights_only=True``), a checkpoint file (``model.pt``), or a train stage directory. The checkpoint
    holds the weights and the normalization statistics of the model's own training data, so the
    windows below are raw features and the model normalizes them itself.
 2. **Data**: files, directories, globs or fsspec URLs any reader of ``trajfm.data.readers``
    accepts (``format`` forces one, else it is detected per file), or ``embedded:SUBSET`` for the
-   embedded AIS files (``trajfm.data.catalog.embedded_files``). They go through the pipeline's own
+   embedded AIS files (``trajfm.data.catalog.embedded_files``), or a finished ``preprocess``
+   stage directory (used as it is). They go through the pipeline's own
    stages, cached under the data root: ``ingest`` (readers, quarantine), ``preprocess`` (the same
    cleaning code and per-kind defaults, ``trajfm.data.clean``), an optional ``select`` stage
    (whole trajectories kept or dropped by region and time, for transfer protocols) and
@@ -98,7 +99,8 @@ def _registry_version(uri: str, root) -> dict:
 
 
 def _download_registered_checkpoint(uri: str, root, into: Path) -> Path:
-    """Download a registered pyfunc model and return its ``checkpoint`` artifact file."""
+    """Download a logged pyfunc model (``models:/`` or ``runs:/<run_id>/model``) and return its
+    ``checkpoint`` artifact file."""
     import mlflow.artifacts
     import yaml
 
@@ -106,7 +108,14 @@ def _download_registered_checkpoint(uri: str, root, into: Path) -> Path:
     from trajfm.registry.tracking import tracking_uri
 
     tracking = tracking_uri(root)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into), tracking_uri=tracking, registry_uri=tracking))
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into), tracking_uri=tracking, registry_uri=tracking))
+    except MlflowException as exc:
+        raise ValueError(f"{uri!r} cannot be downloaded from {tracking}: {exc.message}") from None
+    if not (local / "MLmodel").is_file():
+        raise ValueError(f"{uri!r} is not an MLflow model (no MLmodel file); for a run give runs:/<run_id>/model")
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {}) or {}
     if CHECKPOINT_ARTIFACT not in artifacts:
@@ -120,8 +129,8 @@ def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu")
 
     uri = str(model_uri)
     info: dict = {"uri": uri}
-    if uri.startswith("models:/"):
-        info.update(source="registry", **_registry_version(uri, root))
+    if uri.startswith(("models:/", "runs:/")):
+        info.update(**({"source": "registry", **_registry_version(uri, root)} if uri.startswith("models:/") else {"source": "run"}))
         tmp = Path(tempfile.mkdtemp(prefix="trajfm-model-"))
         try:
             path = _download_registered_checkpoint(uri, root, tmp)
@@ -186,11 +195,20 @@ def ingest_params(format: str | None = None, kind: str | None = None, options: d
 def ingest_and_clean(
     data, *, format: str | None = None, kind: str | None = None, options: dict | None = None,
     root=None, preprocess_params: dict | None = None,
-) -> tuple[Path, Path]:
-    """Run the ``ingest`` and ``preprocess`` stages on ``data``; returns their directories."""
+) -> tuple[Path | None, Path]:
+    """Run the ``ingest`` and ``preprocess`` stages on ``data``; returns their directories.
+
+    ``data`` may also be a finished ``preprocess`` stage directory (of any data root): it is used
+    as it is, with the ingest directory its manifest names (None when that is gone)."""
     from trajfm.data.ingest import ingest
     from trajfm.data.preprocess import preprocess
 
+    stage = _preprocess_stage(data)
+    if stage is not None:
+        if format or kind or options or preprocess_params:
+            raise ValueError(f"{data} is already preprocessed: format, kind, reader options and cleaning params do not apply")
+        ingest_dir = Path(read_manifest(stage).get("ingest", {}).get("dir") or "")
+        return (ingest_dir if (ingest_dir / "manifest.json").is_file() else None), stage
     root = data_root(root)
     ingest_dir = ingest(expand_data(data), root=root, params=ingest_params(format, kind, options))
     m = read_manifest(ingest_dir)
@@ -198,6 +216,21 @@ def ingest_and_clean(
         raise ValueError(f"no valid point in {data!r}: read {m['rows_read']}, quarantined {m['rows_quarantined']} {m.get('quarantined_by_reason')}")
     pre_dir = preprocess(ingest_dir, root=root, params=preprocess_params, scheduler="sync")
     return Path(ingest_dir), Path(pre_dir)
+
+
+def _preprocess_stage(data) -> Path | None:
+    """``data`` as a complete ``preprocess`` stage directory, else None."""
+    if isinstance(data, (list, tuple)):
+        if len(data) != 1:
+            return None
+        data = data[0]
+    path = Path(os.fspath(data)).expanduser()
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        return path if read_manifest(path).get("stage") == "preprocess" else None
+    except (OSError, ValueError):
+        return None
 
 
 def _bbox(value, name: str) -> tuple[float, float, float, float] | None:
@@ -309,17 +342,18 @@ def window_sets(points_dir: Path, root=None, *, window: int = DEFAULT_WINDOW, tr
     return Path(make_features(points_dir, root=root, params=params))
 
 
-def accounting(ingest_dir: Path, preprocess_dir: Path, select_dir: Path | None = None, features_dir: Path | None = None) -> dict:
+def accounting(ingest_dir: Path | None, preprocess_dir: Path, select_dir: Path | None = None, features_dir: Path | None = None) -> dict:
     """Row accounting of each stage, checked: read = kept + quarantined (ingest and preprocess)."""
-    ing, pre = read_manifest(ingest_dir), read_manifest(preprocess_dir)
-    if ing["rows_read"] != ing["rows_kept"] + ing["rows_quarantined"]:
-        raise AssertionError(f"ingest accounting broken in {ingest_dir}")
+    out = {}
+    if ingest_dir is not None:
+        ing = read_manifest(ingest_dir)
+        if ing["rows_read"] != ing["rows_kept"] + ing["rows_quarantined"]:
+            raise AssertionError(f"ingest accounting broken in {ingest_dir}")
+        out["ingest"] = {k: ing[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "quarantined_by_reason")}
+    pre = read_manifest(preprocess_dir)
     if pre["rows_in"] != pre["rows_kept"] + pre["rows_quarantined"]:
         raise AssertionError(f"preprocess accounting broken in {preprocess_dir}")
-    out = {
-        "ingest": {k: ing[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "quarantined_by_reason")},
-        "preprocess": {k: pre[k] for k in ("rows_in", "rows_kept", "rows_quarantined", "quarantined_by_reason", "rows_out", "n_trajectories")},
-    }
+    out["preprocess"] = {k: pre[k] for k in ("rows_in", "rows_kept", "rows_quarantined", "quarantined_by_reason", "rows_out", "n_trajectories")}
     if select_dir is not None:
         sel = read_manifest(select_dir)
         out["select"] = {k: sel[k] for k in ("rows_in", "rows_kept", "rows_filtered", "n_trajectories")}
