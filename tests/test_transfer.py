@@ -145,3 +145,18 @@ def test_tiny_protocol_runs_zero_shot_and_fine_tuned_deterministically(tmp_path,
                  "--batch-size", "16", "--seeds", "0", "--data-root", str(tmp_path / "b"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "tutorial@zero-shot" in printed and "±" in printed and out.is_file()
+
+
+def test_select_stage_accounts_rows_and_refuses_overlapping_entries(tmp_path):
+    from trajfm.evaluate.suite import ingest_and_clean, select_stage
+    from trajfm.store import read_manifest
+
+    _, pre = ingest_and_clean("embedded:small", root=tmp_path)
+    noon = "2020-12-08T12:00:00Z"
+    both = select_stage([(pre, {"time_range": [None, noon]}), (pre, {"time_range": [noon, None]})], tmp_path)
+    m = read_manifest(both)
+    assert m["rows_in"] == 2 * read_manifest(pre)["rows_out"]  # each entry reads the whole table
+    assert m["rows_kept"] == read_manifest(pre)["rows_out"]  # morning + afternoon = every point once
+    assert m["rows_in"] == m["rows_kept"] + m["rows_filtered"]
+    with pytest.raises(ValueError, match="more than one source entry"):
+        select_stage([(pre, {}), (pre, {"time_range": [noon, None]})], tmp_path)

@@ -103,13 +103,12 @@ def _download_registered_checkpoint(uri: str, root, into: Path) -> Path:
     ``checkpoint`` artifact file."""
     import mlflow.artifacts
     import yaml
+    from mlflow.exceptions import MlflowException
 
     from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT
     from trajfm.registry.tracking import tracking_uri
 
     tracking = tracking_uri(root)
-    from mlflow.exceptions import MlflowException
-
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into), tracking_uri=tracking, registry_uri=tracking))
     except MlflowException as exc:
@@ -303,18 +302,18 @@ def select_stage(parts: list[tuple[Path, dict]], root=None) -> Path:
     out = root / "select" / key
     if is_complete(out):
         return out
-    frames, per_part = [], []
+    frames, per_part, seen = [], [], set()
     for d, s in parts:
         pts = pd.read_parquet(d / "points.parquet")
         keep = selected_trajectories(pts, s) if s else np.ones(len(pts), bool)
+        ids = set(pts["traj_id"][keep].astype(str).unique())
+        if ids & seen:  # the same trajectory twice: overlapping source entries
+            raise ValueError(f"trajectories selected by more than one source entry, e.g. {sorted(ids & seen)[:3]}")
+        seen |= ids
         frames.append(pts[keep])
         per_part.append({"preprocess_dir": str(d), "selection": s, "rows_in": int(len(pts)), "rows_kept": int(keep.sum()),
                          "rows_filtered": int((~keep).sum()), "trajectories_kept": int(pts["traj_id"][keep].nunique())})
     points = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
-    if points["traj_id"].duplicated().any() and len(frames) > 1:
-        dup = points.groupby("traj_id", observed=True)["source"].nunique()
-        if (dup > 1).any():
-            raise ValueError(f"trajectory ids collide across sources, e.g. {dup[dup > 1].index[:3].tolist()}")
     points = points.sort_values(["traj_id", "t"], kind="stable").reset_index(drop=True)
     for col in points.columns:  # categories of different parts: back to one category dtype
         if points[col].dtype == object and col in ("kind", "source"):

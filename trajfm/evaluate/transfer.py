@@ -226,10 +226,14 @@ def summary_markdown(summary: dict) -> str:
     return metrics_table_markdown(summary)
 
 
-def _train_overrides(epochs: int, max_steps: int | None, batch_size: int, seed: int, device: str) -> dict:
-    warmup = 100 if max_steps is None else max(1, min(100, max_steps // 10))
+def _train_overrides(n_windows: int, epochs: int, max_steps: int | None, batch_size: int, seed: int, device: str) -> dict:
+    """TrainConfig overrides; warmup is a tenth of the planned steps (at most 100), so a short
+    budget still reaches its peak learning rate."""
+    from trajfm.train import TrainConfig, planned_steps
+
+    planned = planned_steps(n_windows, TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size))
     return {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "seed": seed, "device": device,
-            "warmup_steps": warmup, "progress": False}
+            "warmup_steps": max(1, min(100, planned // 10)), "progress": False}
 
 
 def run_protocol(
@@ -264,6 +268,7 @@ def run_protocol(
     train_feat, train_acc = _features(proto.train, root, proto.window, *proto.train_split)
     held_feat, held_acc = _features(proto.heldout, root, proto.window, proto.fine_tune_frac, proto.fine_tune_val_frac)
     held, _ = load_features(held_feat)
+    n_train = len(load_features(train_feat)[0]["train"])
     fit_ws, eval_ws = held["train"], held["test"]
     if len(eval_ws) == 0 or len(fit_ws) == 0:
         raise ValueError(f"protocol {proto.name}: the held-out data gives {len(fit_ws)} fine-tune and {len(eval_ws)} evaluation windows; both must be > 0")
@@ -273,11 +278,11 @@ def run_protocol(
     for seed in seeds:
         metrics = _baselines(run_suite(None, eval_ws, fit_ws, tasks, seed=seed, params=params))
         for name in presets:
-            base = Path(run_training(train_feat, root, name, train_overrides=_train_overrides(epochs, max_steps, batch_size, seed, device)))
+            base = Path(run_training(train_feat, root, name, train_overrides=_train_overrides(n_train, epochs, max_steps, batch_size, seed, device)))
             metrics.update(_renamed(run_suite(load_model(base / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params), f"{name}@zero-shot"))
             dirs = {"zero-shot": str(base)}
             if fine_tune_steps > 0:
-                ft = _train_overrides(fine_tune_steps, fine_tune_steps, batch_size, seed, device)
+                ft = _train_overrides(len(fit_ws), fine_tune_steps, fine_tune_steps, batch_size, seed, device)
                 tuned = Path(run_training(held_feat, root, name, train_overrides={**ft, "init_checkpoint": str(base / "model.pt")}))
                 metrics.update(_renamed(run_suite(load_model(tuned / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params), f"{name}@fine-tuned"))
                 dirs["fine-tuned"] = str(tuned)
