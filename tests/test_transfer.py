@@ -111,10 +111,9 @@ def test_selection_keeps_or_drops_whole_trajectories():
     assert check_selection({"time_range": ["2020-12-08", None]}) == {"time_range": ["2020-12-08T00:00:00+00:00", None]}
 
 
-def test_summary_is_mean_and_sample_std_over_seeds():
-    s = summarize({"0": {"f.ade.m": 1.0, "f.fde.m": 2.0}, "1": {"f.ade.m": 3.0, "f.fde.m": float("nan")}})
-    assert s["f.ade.m"] == {"mean": 2.0, "std": pytest.approx(math.sqrt(2.0)), "n": 2}
-    assert s["f.fde.m"] == {"mean": 2.0, "std": 0.0, "n": 1}
+def test_summary_is_mean_and_std_over_seeds():
+    s = summarize({"0": {"f.ade.m": 1.0, "f.fde.m": 2.0}, "1": {"f.ade.m": 3.0}})
+    assert s == {"f.ade.m": {"mean": 2.0, "std": 1.0, "n": 2}}  # a key one seed lacks is left out
 
 
 @pytest.mark.slow

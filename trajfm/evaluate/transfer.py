@@ -28,17 +28,14 @@ the train sources, evaluates both on the held-out evaluation windows (zero-shot)
 for ``fine_tune_steps`` steps on the held-out fine-tune split (``init_checkpoint``) and evaluates
 again; the baselines (which learn only from the fine-tune split) run on the same windows. Keys are
 ``<task>.<metric>.<predictor>`` with predictors ``<preset>@zero-shot``, ``<preset>@fine-tuned``
-and the baselines' names; ``summary`` holds mean ± std (sample std) over seeds.
+and the baselines' names; ``summary`` holds mean ± std (population std) over seeds.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from trajfm.store import data_root
 
@@ -202,16 +199,12 @@ def _baselines(metrics: dict) -> dict:
 
 
 def summarize(runs: dict) -> dict:
-    """Mean, sample std and count over seeds of every key (non-finite values are left out)."""
-    keys: list[str] = []
-    for metrics in runs.values():
-        keys += [k for k in metrics if k not in keys]
-    out = {}
-    for k in keys:
-        vals = np.array([m[k] for m in runs.values() if m.get(k) is not None and math.isfinite(m[k])], dtype=np.float64)
-        out[k] = {"mean": float(vals.mean()) if len(vals) else None,
-                  "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, "n": int(len(vals))}
-    return out
+    """Mean and std (population, ddof 0, as ``trajfm.evaluate.tasks.mean_std``) over seeds of
+    every key all runs have: ``{key: {"mean", "std", "n"}}``."""
+    from trajfm.evaluate.tasks import mean_std
+
+    mean, std = mean_std(list(runs.values()))
+    return {k: {"mean": mean[k], "std": std[k], "n": len(runs)} for k in mean}
 
 
 def summary_text(summary: dict) -> str:
