@@ -8,9 +8,8 @@
 URI: ``models:/trajfm@champion``, ``models:/trajfm/3``, ``runs:/RUN_ID/model`` (the MLflow store
 of the data root), a ``model.pt`` or a train stage directory. PATH: files, directories, globs,
 fsspec URLs, ``embedded:small`` / ``embedded:all`` (the embedded AIS files), or a preprocess
-stage directory. Prints a table (metric rows x
-model / baseline columns) and writes the JSON (see ``trajfm.evaluate.suite``); ``trajfm report
---results FILE.json --out DIR`` draws it.
+stage directory. Prints a table (metric rows x model / baseline columns) and writes the JSON
+(see ``trajfm.evaluate.suite``); ``trajfm report --results FILE.json --out DIR`` draws it.
 """
 
 from __future__ import annotations
