@@ -127,6 +127,9 @@ def test_cli_list_show_promote_rollback(env, capsys):
     assert info["metrics"]["test_ade_m"] == 400.0
     code, out, _ = _cli(capsys, env, "show", "challenger", "--name", name)
     assert code == 0 and out.startswith(f"{name} version 3  aliases: challenger")
+    assert "promotion   challenger: test_ade_m 450 not < champion v2 400 on the same evaluation set" in out
+    code, out, _ = _cli(capsys, env, "show", "v1", "--name", name, "--json")
+    assert code == 0 and json.loads(out)["version"] == 1
 
     code, out, _ = _cli(capsys, env, "promote", "3", "--name", name, "--reason", "better on the harbour", "--by", "ops")
     assert code == 0 and "champion -> version 3 (was 2)" in out

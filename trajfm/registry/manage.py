@@ -112,6 +112,8 @@ def resolve_version(client, name: str, ref: str | int):
 
     require_model(client, name)
     text = str(ref).strip()
+    if text[:1] in "vV" and text[1:].isdigit():  # "v3" as list and show print it
+        text = text[1:]
     try:
         if text.isdigit():
             return client.get_model_version(name, text)
