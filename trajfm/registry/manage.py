@@ -16,9 +16,10 @@ unless the version says otherwise):
 ``challenger`` is always the latest registered version that did not become champion; a
 version is never both (promoting the challenger by hand removes the alias). Each decision is
 recorded as tags on the version (``trajfm.promotion.*``: decision, metric, value, compared_with,
-compared_value, reason, time). Every change of champion (automatic, ``promote``, ``rollback``)
-is appended to the registered model's tag ``trajfm.champion_history`` (a JSON list of
-``{version, time, by, reason}``), which is what ``rollback`` walks back.
+compared_value, reason, time). Every new champion (by registration or ``promote``) is appended
+to the registered model's tag ``trajfm.champion_history`` (a JSON list of ``{version, time, by,
+reason}``); ``rollback`` drops the newest entries down to the previous champion, moves the alias
+there and tags the version it replaced ``trajfm.rolled_back`` (who, when, why).
 
 Functions take an ``MlflowClient``; nothing here sets MLflow's global state.
 """
