@@ -204,7 +204,9 @@ def summarize(runs: dict) -> dict:
     from trajfm.evaluate.tasks import mean_std
 
     mean, std = mean_std(list(runs.values()))
-    return {k: {"mean": mean[k], "std": std[k], "n": len(runs)} for k in mean}
+    # identical values (a baseline without randomness) have std 0, not float rounding noise
+    same = {k for k in mean if len({m[k] for m in runs.values()}) == 1}
+    return {k: {"mean": mean[k], "std": 0.0 if k in same else std[k], "n": len(runs)} for k in mean}
 
 
 def summary_text(summary: dict) -> str:
