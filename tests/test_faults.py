@@ -112,14 +112,14 @@ def test_sigkilled_training_is_retried_and_resumes_to_the_same_result(prefect_ap
     assert "killed_pid" in result, "the training process finished before it could be killed"
     m = read_manifest(killed)
     assert m["resumed_from_step"] > 0  # the retry continued from last.pt, it did not start over
+    progress = sorted(v for k, v in _progress_artifacts().items() if k not in before)
+    assert len(progress) == 2 and progress[0][1] < 100.0 == progress[1][1]  # the killed attempt stopped part way
 
     clean = Path(train_once(str(clean_root)))
     c = read_manifest(clean)
     assert c["resumed_from_step"] == 0 and c["key"] == m["key"]
     for k in ("epoch", "step", "train_loss", "val_loss", "best_val_loss"):
         assert m["final"][k] == c["final"][k], k  # bit for bit
-    progress = sorted(v for k, v in _progress_artifacts().items() if k not in before)
-    assert len(progress) == 2 and progress[0][1] < 100.0 == progress[1][1]  # the killed attempt stopped part way
     a = torch.load(killed / "model.pt", weights_only=True)["model"]
     b = torch.load(clean / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
