@@ -113,7 +113,7 @@ def test_cli_list_show_promote_rollback(env, capsys):
     code, out, _ = _cli(capsys, env, "list", "--name", name)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["version", "aliases", "metric", "value"]
+    assert lines[0].split() == ["version", "aliases", "metric", "value", "registered_as", "preset", "created", "data"]
     assert lines[1].split()[:5] == ["3", "challenger", "test_ade_m", "450.0", "challenger"]
     assert lines[2].split()[:2] == ["2", "champion"]
     code, out, _ = _cli(capsys, env, "list", "--name", name, "--json")

@@ -1,6 +1,7 @@
 """``trajfm registry``: read and steer the MLflow model registry.
 
-    trajfm registry list                      versions: aliases, metric, decision, preset, data hash
+    trajfm registry list                      versions: aliases, metric, registered_as (the decision
+                                              at registration), preset, created, data hash
     trajfm registry show [VERSION|ALIAS]      one version (default: champion): tags, metrics, lineage
     trajfm registry promote VERSION [--alias champion] [--reason TEXT]
     trajfm registry rollback [--reason TEXT]  champion back to the previous champion
@@ -74,7 +75,7 @@ def version_row(mv, aliases: dict[int, list[str]]) -> dict:
         "aliases": ",".join(sorted(aliases.get(int(mv.version), []))),
         "metric": metric,
         "value": float(value) if value not in (None, "") else None,
-        "decision": tags.get(DECISION + "decision", ""),
+        "registered_as": tags.get(DECISION + "decision", ""),
         "preset": tags.get("trajfm.preset", ""),
         "created": _created(mv.creation_timestamp),
         "data": _short_hash(tags.get("trajfm.data_hash")),
