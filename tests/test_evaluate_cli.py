@@ -65,8 +65,9 @@ def test_evaluate_local_model_writes_json_and_prints_a_table(tiny, tmp_path, cap
     assert res["model"]["source"] == "checkpoint" and res["model"]["preset"] == "tutorial"
     assert res["split"]["eval_windows"] > 0 and res["split"]["fit_windows"] > 0
     # the table: a header with the predictors, one row per metric, values as in the JSON
-    header = next(line for line in printed.splitlines() if line.startswith("metric"))
-    assert "model" in header and "constant_velocity" in header and "linear_interp" in header
+    headers = [line for line in printed.splitlines() if line.startswith("metric")]
+    assert len(headers) == 2  # one table per task
+    assert "model" in headers[0] and "constant_velocity" in headers[0] and "linear_interp" in headers[1]
     row = next(line for line in printed.splitlines() if line.startswith("forecast.ade_m@10 "))
     assert f"{m['forecast.ade_m@10.model']:,.1f}" in row
     assert (tmp_path / "r.plots.npz").is_file() and res["plot_data"] == "r.plots.npz"

@@ -308,8 +308,10 @@ def _transfer_section(path: Path, res: dict, out_dir: Path, prefix: str) -> list
     s = res.get("settings", {})
     lines = [f"## {path.name}: protocol `{res.get('protocol')}`, preset `{res.get('preset')}`", "",
              res.get("description", "").strip(), "",
-             f"Mean ± std over seeds {res.get('seeds')}; training: {s.get('epochs')} epochs, at most {s.get('max_steps')} steps; "
-             f"fine-tuning: {s.get('fine_tune_steps')} steps; held-out windows: {res.get('heldout_windows')}.", "",
+             f"Mean ± std over seeds {res.get('seeds')}; training: {s.get('epochs')} epoch(s)"
+             + (f", at most {s['max_steps']} steps" if s.get("max_steps") else "")
+             + f"; fine-tuning: {s.get('fine_tune_steps')} steps; held-out windows: "
+             + ", ".join(f"{k} {v}" for k, v in (res.get("heldout_windows") or {}).items()) + ".", "",
              summary_markdown(res["summary"]), ""]
     fig = transfer_horizon_figure(res["summary"])
     if fig is not None:

@@ -533,20 +533,35 @@ def format_value(value) -> str:
     return f"{v:,.1f}" if a >= 100 else f"{v:.2f}" if a >= 1 else f"{v:.3f}" if a >= 0.01 else f"{v:.2e}"
 
 
-def metrics_table_text(metrics: dict) -> str:
-    """A fixed-width table: metric rows x predictor columns."""
+def _task_blocks(metrics: dict):
+    """Per task: (rows, predictor columns that have a value for that task, cells)."""
     rows, cols, cells = metrics_rows(metrics)
-    width0 = max([len("metric")] + [len(r) for r in rows])
-    texts = {(r, c): format_value(cells.get((r, c))) for r in rows for c in cols}
-    widths = [max([len(c)] + [len(texts[(r, c)]) for r in rows]) for c in cols]
-    head = f"{'metric':<{width0}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths))
-    lines = [head, "-" * len(head)]
+    tasks: list[str] = []
     for r in rows:
-        lines.append(f"{r:<{width0}}  " + "  ".join(f"{texts[(r, c)]:>{w}}" for c, w in zip(cols, widths)))
+        if r.split(".")[0] not in tasks:
+            tasks.append(r.split(".")[0])
+    for task in tasks:
+        task_rows = [r for r in rows if r.split(".")[0] == task]
+        task_cols = [c for c in cols if any((r, c) in cells for r in task_rows)]
+        yield task_rows, task_cols, cells
+
+
+def metrics_table_text(metrics: dict) -> str:
+    """Fixed-width tables, one per task: metric rows x predictor columns (model(s) first)."""
+    blocks = []
+    for rows, cols, cells in _task_blocks(metrics):
+        width0 = max([len("metric")] + [len(r) for r in rows])
+        texts = {(r, c): format_value(cells.get((r, c))) for r in rows for c in cols}
+        widths = [max([len(c)] + [len(texts[(r, c)]) for r in rows]) for c in cols]
+        head = f"{'metric':<{width0}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths))
+        lines = [head, "-" * len(head)]
+        for r in rows:
+            lines.append(f"{r:<{width0}}  " + "  ".join(f"{texts[(r, c)]:>{w}}" for c, w in zip(cols, widths)))
+        blocks.append("\n".join(lines))
     counts = _counts(metrics)
     if counts:
-        lines.append("counts: " + ", ".join(f"{k} {format_value(v)}" for k, v in counts.items()))
-    return "\n".join(lines)
+        blocks.append("counts: " + ", ".join(f"{k} {format_value(v)}" for k, v in counts.items()))
+    return "\n\n".join(blocks)
 
 
 def _counts(metrics: dict) -> dict:
@@ -554,11 +569,14 @@ def _counts(metrics: dict) -> dict:
 
 
 def metrics_table_markdown(metrics: dict) -> str:
-    rows, cols, cells = metrics_rows(metrics)
-    lines = ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for r in rows:
-        lines.append(f"| {r} | " + " | ".join(format_value(cells.get((r, c))) for c in cols) + " |")
+    """Markdown tables, one per task: metric rows x predictor columns."""
+    blocks = []
+    for rows, cols, cells in _task_blocks(metrics):
+        lines = ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for r in rows:
+            lines.append(f"| {r} | " + " | ".join(format_value(cells.get((r, c))) for c in cols) + " |")
+        blocks.append("\n".join(lines))
     counts = _counts(metrics)
     if counts:
-        lines += ["", "Counts: " + ", ".join(f"`{k}` {format_value(v)}" for k, v in counts.items())]
-    return "\n".join(lines)
+        blocks.append("Counts: " + ", ".join(f"`{k}` {format_value(v)}" for k, v in counts.items()))
+    return "\n\n".join(blocks)
