@@ -92,6 +92,16 @@ def list_versions(client, name: str) -> list[dict]:
     return [version_row(mv, by_version) for mv in sorted(versions, key=lambda mv: -int(mv.version))]
 
 
+def _maybe_json(text: str):
+    """The JSON records (manual promotion, rollback) as objects; other tag values as they are."""
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
 def describe_version(client, name: str, ref: str) -> dict:
     """Everything about one version: aliases, tags, run metrics and params, lineage, URIs."""
     mv = resolve_version(client, name, ref)
@@ -114,10 +124,10 @@ def describe_version(client, name: str, ref: str) -> dict:
         "source": mv.source,
         "run_id": mv.run_id,
         "created": _created(mv.creation_timestamp),
-        "promotion": {k.removeprefix(DECISION): v for k, v in tags.items() if k.startswith(DECISION)},
+        "promotion": {k.removeprefix(DECISION): _maybe_json(v) for k, v in tags.items() if k.startswith(DECISION)},
         "lineage": lineage,
         "metrics": dict(run.data.metrics) if run else {},
-        "tags": {k: v for k, v in tags.items() if not k.startswith(DECISION) and k not in LINEAGE_TAGS},
+        "tags": {k: _maybe_json(v) for k, v in tags.items() if not k.startswith(DECISION) and k not in LINEAGE_TAGS},
         "params": dict(run.data.params) if run else {},
         "champion_history": champion_history(client, name),
     }
@@ -146,7 +156,8 @@ def _show_text(info: dict) -> str:
         f"  promotion   {p.get('decision', '-')}: {p.get('reason', '')} ({p.get('time', '')})",
     ]
     if "manual" in p:
-        lines.append(f"  by hand     {p['manual']}")
+        m = p["manual"]
+        lines.append(f"  by hand     {m['alias']} by {m['by']} at {m['time']}: {m['reason'] or '-'} (was v{m['previous']})")
     lines += [
         f"  code        {lin.get('code_version')}",
         f"  data hash   {json.dumps(lin.get('data_hash'))}",
