@@ -106,8 +106,10 @@ def summary_text(result: dict, root: Path, seconds: float) -> str:
         f"            {'':18}{'ADE (m)':>10}{'FDE (m)':>10}{'1-step (m)':>12}",
         f"            {'model ' + m['preset']:18}{m['ade_m']:10.1f}{m['fde_m']:10.1f}{m['step1_m']:12.1f}",
         f"            {'constant velocity':18}{m['cv_ade_m']:10.1f}{m['cv_fde_m']:10.1f}{m['cv_step1_m']:12.1f}",
-        f"register    {reg['name']} version {reg['version']}; alias champion -> version {reg['champion_version']}"
-        f" ({'promoted' if reg['promoted'] else 'not promoted: the champion is better'})",
+        f"register    {reg['name']} version {reg['version']}: "
+        + ("same data, config and evaluation as before: reused, no new version" if reg.get("reused")
+           else (reg.get("decision") or ("champion" if reg["promoted"] else "challenger")))
+        + f"; champion is version {reg['champion_version']}",
         "-" * 72,
         "Open the UIs on this data (both listen on 127.0.0.1 only):",
         f"  Prefect: PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start --host 127.0.0.1 --port 4200"
