@@ -112,6 +112,7 @@ def test_init_checkpoint_of_another_architecture_is_refused(data, tmp_path):
 
 @pytest.mark.slow
 def test_retrain_flow_from_scratch_then_nothing_new_then_fine_tunes_the_champion(tmp_path):
+    from distributed import LocalCluster
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.retrain import NOTHING_NEW, retrain
@@ -122,9 +123,11 @@ def test_retrain_flow_from_scratch_then_nothing_new_then_fine_tunes_the_champion
     watch, root = tmp_path / "incoming", tmp_path / "root"
     watch.mkdir()
     shutil.copy(embedded_files(SMALL_SLICE)[0], watch / "day1.traj")
-    kw = dict(watch_dir=str(watch), data_root=str(root), epochs=1, batch_size=64, n_workers=1, context_len=12, horizon=6,
-              train_overrides={"warmup_steps": 5, "max_steps": 20})
-    with prefect_test_harness(server_startup_timeout=120):
+    # one small Dask cluster for every run (the flows connect to it by address, as to a remote one)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None)
+    kw = dict(watch_dir=str(watch), data_root=str(root), epochs=1, batch_size=64, dask_address=cluster.scheduler_address,
+              context_len=12, horizon=6, train_overrides={"warmup_steps": 5, "max_steps": 20})
+    with cluster, prefect_test_harness(server_startup_timeout=120):
         first = retrain(**kw)
         assert first["status"] == "registered" and first["fine_tuned_from"] is None
         assert first["registration"]["version"] == 1 and champion_info(root)["version"] == 1
