@@ -67,3 +67,87 @@ def test_mfu_script_refuses_without_cuda(tmp_path, capsys):
     assert mfu_gpu.main(["--out", str(tmp_path / "mfu.json")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "mfu.json").exists()
+
+
+def _quality(presets: dict, val: dict | None = None, test_windows: int = 100, steps: int = 250) -> dict:
+    """A dataset's quality section as ``evaluate_dataset`` writes it, errors given per predictor."""
+    def errs(v):
+        return {"ade_10_m": v / 2, "fde_10_m": float(v)}
+
+    val = val or presets
+    return {
+        "data": {"windows": {"train": 10, "val": 3, "test": 3}, "test_windows_evaluated": test_windows,
+                 "val_windows_evaluated": 50, "context_len": 20, "horizons": [1, 5, 10], "seconds": 1.0},
+        "training": {"train_overrides": {"max_steps": steps, "batch_size": 64},
+                     "per_preset": {p: {"train_s": 1.0} for p in presets if p not in ("constant_velocity", "linear_extrapolation")}},
+        "results": {k: errs(v) for k, v in presets.items()},
+        "val_results": {k: errs(v) for k, v in val.items()},
+    }
+
+
+def test_summarize_picks_the_best_preset_and_measures_it_against_the_targets():
+    from trajfm.bench.model import summarize
+
+    q = summarize(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700, "b": 750},
+                           val={"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 800, "b": 760}))
+    assert q["best_preset"] == "a" and q["best_preset_by_val"] == "b"  # baselines never win the preset prize
+    assert q["targets"]["best_vs_constant_velocity"] == pytest.approx(0.3)
+    assert q["targets"]["best_vs_tutorial"] == pytest.approx(1 - 700 / 1200, abs=1e-4)
+
+
+def test_merge_adds_new_presets_and_keeps_the_others():
+    from trajfm.bench.model import merge_quality
+
+    old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
+    del old["val_results"]["a"]  # measured before validation errors were recorded
+    new = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1100, "c": 600})
+    new["data"]["seconds"] = 9.0  # timings differ between runs, windows do not
+    q = merge_quality(old, new)
+    assert list(q["results"]) == ["constant_velocity", "linear_extrapolation", "a", "c", "tutorial"]
+    assert q["results"]["tutorial"]["fde_10_m"] == 1100  # the rerun replaces
+    assert q["results"]["a"]["fde_10_m"] == 700 and set(q["training"]["per_preset"]) == {"tutorial", "a", "c"}
+    assert q["best_preset"] == "c" and q["best_preset_by_val"] is None  # "a" has no validation errors
+    assert merge_quality(None, new) is new
+
+
+@pytest.mark.parametrize("change", ["windows", "budget"])
+def test_merge_refuses_results_measured_another_way(change):
+    from trajfm.bench.model import BenchError, merge_quality
+
+    old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200})
+    new = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200},
+                   **({"test_windows": 99} if change == "windows" else {"steps": 20}))
+    with pytest.raises(BenchError, match="cannot merge"):
+        merge_quality(old, new)
+
+
+def test_markdown_shows_merged_results_with_validation_column():
+    from trajfm.bench.model import markdown, merge_quality
+
+    old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
+    q = merge_quality(old, _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "c": 600}))
+    run = {"created": "t1", "parts": ["quality"], "presets": ["tutorial", "c"], "load_average_before": [1.0], "elapsed_s": 5}
+    r = {"budget": {"name": "default"}, "created": "t0", "elapsed_s": 9,
+         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+         "runs": [{**run, "created": "t0"}, run], "quality": {"ais": q}}
+    md = markdown(r)
+    assert "| **c** |" in md and "| a |" in md and "val FDE @10" in md
+    assert "Later runs merged into these results: t1 (quality; presets tutorial, c" in md
+
+
+def test_cli_refuses_bad_requests_before_any_work(tmp_path, capsys):
+    from trajfm.bench.model import main
+
+    out = tmp_path / "model.json"
+    for argv, text in (
+        (["--parts", "quality", "--presets", "no-such-preset"], "unknown model preset"),
+        (["--parts", "colour"], "unknown parts/datasets"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(out, argv + ["--root", str(tmp_path / "root")])
+        assert exc.value.code == 2 and text in capsys.readouterr().err
+    out.write_text('{"benchmark": "model", "budget": {"name": "default"}}')
+    with pytest.raises(SystemExit) as exc:
+        main(out, ["--budget", "quick", "--parts", "quality", "--root", str(tmp_path / "root")])
+    assert exc.value.code == 2 and "holds budget 'default'" in capsys.readouterr().err
+    assert not (tmp_path / "root").exists()  # nothing was ingested or trained

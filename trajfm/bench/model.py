@@ -365,38 +365,55 @@ def forecast_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true
     return out
 
 
-def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: Budget, log) -> dict:
-    """Every preset trained ``steps`` steps on one dataset, and the baselines, on its test split."""
-    from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
+def _split_windows(features: Path, split: str, budget: Budget):
+    """The ``forecastable`` windows of one split (capped by the budget) and their true future."""
+    from trajfm.evaluate.forecast import forecastable
     from trajfm.features.windows import WindowSet
+
+    ws = WindowSet.load(features / f"{split}.npz")
+    horizon = max(HORIZONS)
+    sel = forecastable(ws, CONTEXT_LEN, horizon)
+    if budget.max_test_windows is not None:
+        sel = sel[: budget.max_test_windows]
+    ws = ws.subset(sel)
+    truth = slice(CONTEXT_LEN, CONTEXT_LEN + horizon)
+    return ws, ws.lon[:, truth], ws.lat[:, truth]
+
+
+def preset_label(preset: str) -> str:
+    """The name a preset's results go under: the preset name, or a ``.json`` path's stem."""
+    return Path(preset).stem if preset.endswith(".json") else preset
+
+
+def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: Budget, log,
+                     presets: list[str] | None = None) -> dict:
+    """``presets`` (default: all of ``list_presets()``; names or ``.json`` paths) each trained
+    ``steps`` steps on one dataset, and the baselines, forecast on its test split; the validation
+    split's errors come with them (``val_results``: the split to choose variants on)."""
+    from trajfm.evaluate.forecast import constant_velocity, rollout
     from trajfm.model import list_presets, load_model
     from trajfm.store import read_manifest
     from trajfm.train import TrainConfig, planned_steps, run_training
 
     features, info = prepare_features(sources, root)
     log(f"{name}: features {info['windows']} in {info['seconds']} s")
-    test = WindowSet.load(features / "test.npz")
     horizon = max(HORIZONS)
-    sel = forecastable(test, CONTEXT_LEN, horizon)
-    if budget.max_test_windows is not None:
-        sel = sel[: budget.max_test_windows]
-    test = test.subset(sel)
-    truth = slice(CONTEXT_LEN, CONTEXT_LEN + horizon)
-    true_lon, true_lat = test.lon[:, truth], test.lat[:, truth]
+    splits = {split: _split_windows(features, split, budget) for split in ("test", "val")}
     n_train = info["windows"]["train"]
     steps_per_epoch = math.ceil(n_train / budget.batch_size)
     train_overrides = {
         "epochs": math.ceil(steps / steps_per_epoch), "max_steps": steps, "batch_size": budget.batch_size,
         "warmup_steps": min(100, max(steps // 10, 1)), "device": "cpu", "progress": False,
     }
-    results = {
-        "constant_velocity": forecast_errors(*constant_velocity(test, CONTEXT_LEN, horizon)[:2], true_lon, true_lat),
-        "linear_extrapolation": forecast_errors(
-            *linear_extrapolation(test, CONTEXT_LEN, horizon)[:2], true_lon, true_lat
-        ),
-    }
+    results: dict = {"test": {}, "val": {}}
+    for split, (ws, true_lon, true_lat) in splits.items():
+        results[split]["constant_velocity"] = forecast_errors(*constant_velocity(ws, CONTEXT_LEN, horizon)[:2], true_lon, true_lat)
+        results[split]["linear_extrapolation"] = forecast_errors(
+            *linear_extrapolation(ws, CONTEXT_LEN, horizon)[:2], true_lon, true_lat
+        )
     training = {}
-    for preset in list_presets():
+    for preset in presets or list_presets():
+        label = preset_label(preset)
         t0 = time.perf_counter()
         epochs_run = []
         train_dir = run_training(features, root=root, preset=preset, train_overrides=train_overrides,
@@ -405,20 +422,20 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
         final = read_manifest(train_dir)["final"]
         model = load_model(train_dir / "model.pt")
         t1 = time.perf_counter()
-        lon, lat, _ = rollout(model, test, CONTEXT_LEN, horizon)
-        results[preset] = forecast_errors(lon, lat, true_lon, true_lat)
-        training[preset] = {
+        for split, (ws, true_lon, true_lat) in splits.items():
+            lon, lat, _ = rollout(model, ws, CONTEXT_LEN, horizon)
+            results[split][label] = forecast_errors(lon, lat, true_lon, true_lat)
+        training[label] = {
             "steps": final["step"], "epochs": final["epoch"], "best_val_loss": final["best_val_loss"],
             "params": final["n_params"], "train_s": round(train_s, 1), "forecast_s": round(time.perf_counter() - t1, 1),
             "train_dir": str(train_dir), "cached": not epochs_run,  # a finished stage from an earlier run
+            "config": read_manifest(train_dir).get("model"),
         }
-        log(f"{name}: {preset} {results[preset]} ({train_s:.0f} s training)")
-    presets = [p for p in list_presets() if p in results]
-    key = f"fde_{horizon}_m"
-    best = min(presets, key=lambda p: results[p][key])
-    cv, tut = results["constant_velocity"][key], results.get("tutorial", {}).get(key)
-    return {
-        "data": {**info, "test_windows_evaluated": int(len(sel)), "context_len": CONTEXT_LEN, "horizons": list(HORIZONS)},
+        log(f"{name}: {label} test {results['test'][label]} val fde@{horizon} "
+            f"{results['val'][label].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)")
+    return summarize({
+        "data": {**info, "test_windows_evaluated": len(splits["test"][0]), "val_windows_evaluated": len(splits["val"][0]),
+                 "context_len": CONTEXT_LEN, "horizons": list(HORIZONS)},
         "baselines": {
             "constant_velocity": "repeat the last displacement and time gap (trajfm.evaluate.forecast.constant_velocity)",
             "linear_extrapolation": f"least-squares velocity over the last {LINEAR_FIT_POINTS} fixes, last time gap repeated",
@@ -428,16 +445,66 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
             "planned_steps": planned_steps(n_train, TrainConfig(**train_overrides)),
             "per_preset": training,
         },
-        "results": results,
-        "best_preset": best,
-        "targets": {
-            "metric": key,
-            "best_vs_constant_velocity": round(1 - results[best][key] / cv, 4) if cv else None,
-            "best_vs_constant_velocity_target": 0.25,
-            "best_vs_tutorial": round(1 - results[best][key] / tut, 4) if tut else None,
-            "best_vs_tutorial_target": 0.20,
-        },
+        "results": results["test"],
+        "val_results": results["val"],
+    })
+
+
+BASELINES = ("constant_velocity", "linear_extrapolation")
+
+
+class BenchError(ValueError):
+    """A request the benchmark refuses (unknown part, results that cannot be merged)."""
+
+
+def summarize(q: dict) -> dict:
+    """Adds ``best_preset`` (lowest test FDE at the longest horizon, the issue's target), the
+    preset a reader would pick without seeing the test split (``best_preset_by_val``, when every
+    preset has validation errors) and ``targets`` to one dataset's quality section."""
+    key = f"fde_{max(HORIZONS)}_m"
+    presets = [p for p in q["results"] if p not in BASELINES]
+    out = {k: v for k, v in q.items() if k not in ("best_preset", "best_preset_by_val", "targets")}
+    if not presets:
+        return out
+    res = q["results"]
+    best = min(presets, key=lambda p: res[p][key])
+    val = q.get("val_results", {})
+    cv, tut = res["constant_velocity"][key], res.get("tutorial", {}).get(key)
+    out["best_preset"] = best
+    out["best_preset_by_val"] = min(presets, key=lambda p: val[p][key]) if all(p in val for p in presets) else None
+    out["targets"] = {
+        "metric": key,
+        "best_vs_constant_velocity": round(1 - res[best][key] / cv, 4) if cv else None,
+        "best_vs_constant_velocity_target": 0.25,
+        "best_vs_tutorial": round(1 - res[best][key] / tut, 4) if tut else None,
+        "best_vs_tutorial_target": 0.20,
     }
+    return out
+
+
+def merge_quality(old: dict | None, new: dict) -> dict:
+    """One dataset's quality section with ``new``'s presets added to (or replacing) ``old``'s.
+
+    Only results measured the same way merge: the same windows and the same training budget;
+    otherwise a ``BenchError`` says what differs."""
+    if not old or "results" not in old or "results" not in new:
+        return new
+    for what, a, b in (("windows", old["data"], new["data"]),
+                       ("training budget", old["training"]["train_overrides"], new["training"]["train_overrides"])):
+        keys = set(b) - {"seconds", "val_windows_evaluated"}
+        diff = sorted(k for k in keys if k in a and a[k] != b[k])
+        if diff:
+            raise BenchError(f"cannot merge: the {what} differ ({', '.join(diff)}) from the existing results; "
+                             "use --fresh (trained models are cached under the data root) or another --out")
+
+    def merged(a: dict, b: dict) -> dict:
+        both = {**a, **b}
+        return {k: both[k] for k in [*BASELINES, *sorted(k for k in both if k not in BASELINES)] if k in both}
+
+    training = {**old["training"], "per_preset": {**old["training"]["per_preset"], **new["training"]["per_preset"]}}
+    return summarize({**old, "data": {**old["data"], **new["data"]}, "training": training,
+                      "results": merged(old["results"], new["results"]),
+                      "val_results": merged(old.get("val_results", {}), new["val_results"])})
 
 
 # --- the whole run -----------------------------------------------------------------------------
@@ -447,19 +514,76 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
+PARTS = ("speed", "generation", "quality")
+DATASETS = ("ais", "geolife")
+ENV_PRESETS = "TRAJFM_BENCH_PRESETS"
+ENV_PARTS = "TRAJFM_BENCH_PARTS"
+
+
+def _quality(name: str, budget: Budget, root: Path, log, presets: list[str] | None) -> dict:
+    from trajfm.data.catalog import embedded_files
+    from trajfm.data.readers import READERS
+
+    if name == "ais":
+        return evaluate_dataset("ais", [str(p) for p in embedded_files()], root, budget.ais_steps, budget, log, presets)
+    geolife = shared_geolife_dir()
+    if "geolife" not in READERS:
+        return {"skipped": "no 'geolife' reader in trajfm.data.readers.READERS"}
+    if not geolife.is_dir():
+        return {"skipped": f"{geolife} not found (the shared GeoLife files are not on this machine)"}
+    return evaluate_dataset("geolife", [str(geolife)], root, budget.geolife_steps, budget, log, presets)
+
+
+def _previous(out: Path, budget: Budget) -> dict | None:
+    """The results already in ``out`` to merge into (None if there are none)."""
+    if not out.is_file():
+        return None
+    previous = json.loads(out.read_text())
+    if previous.get("benchmark") != "model":
+        raise BenchError(f"{out} is not a model benchmark result; use --fresh or another --out")
+    if previous["budget"]["name"] != budget.name:
+        raise BenchError(f"{out} holds budget {previous['budget']['name']!r} results, not {budget.name!r}: "
+                         "use the same budget, --fresh, or another --out")
+    return previous
+
+
 def run(out: Path, budget: Budget | str = "default", root: str | Path | None = None,
-        parts: tuple[str, ...] = ("speed", "generation", "quality")) -> dict:
-    """Run the benchmark parts, writing ``out`` (JSON) and ``out.with_suffix('.md')`` after each."""
+        parts: tuple[str, ...] = PARTS, presets: list[str] | None = None,
+        datasets: tuple[str, ...] = DATASETS, fresh: bool = False) -> dict:
+    """Run the benchmark parts, writing ``out`` (JSON) and ``out.with_suffix('.md')`` after each.
+
+    ``presets`` (names or ``.json`` paths; default all bundled presets) limits the quality part;
+    ``tutorial`` always comes with them (the targets are relative to it). Unless ``fresh``, the
+    results already in ``out`` are kept: parts not run stay, and a quality run adds its presets
+    to the ones measured before on the same windows with the same budget (``merge_quality``).
+    """
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    unknown = sorted(set(parts) - set(PARTS)) + sorted(set(datasets) - set(DATASETS))
+    if unknown:
+        raise BenchError(f"unknown parts/datasets {unknown}; parts: {PARTS}, datasets: {DATASETS}")
+    if presets is not None:
+        from trajfm.model.config import load_preset
+
+        for p in presets:
+            try:
+                load_preset(p)  # an unknown name fails now, not after an hour of training
+            except ValueError as exc:
+                raise BenchError(str(exc)) from exc
+        presets = ["tutorial", *[p for p in presets if p != "tutorial"]]
     root = Path(root) if root else DEFAULT_ROOT
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    previous = None if fresh else _previous(out, budget)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(budget.threads)
     started = time.perf_counter()
-    result: dict = {
+    this_run = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "parts": list(parts), "datasets": list(datasets),
+        "presets": presets or "all", "load_average_before": [round(v, 2) for v in os.getloadavg()],
+    }
+    result: dict = previous or {
         "benchmark": "model",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": this_run["created"],
         "budget": asdict(budget),
         "data_root": str(root),
         "machine": {
@@ -467,17 +591,22 @@ def run(out: Path, budget: Budget | str = "default", root: str | Path | None = N
             "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "torch_threads": budget.threads,
-            "load_average_before": [round(v, 2) for v in os.getloadavg()],
+            "load_average_before": this_run["load_average_before"],
         },
     }
+    result.setdefault("runs", []).append(this_run)
 
     def log(msg: str) -> None:
         print(f"[bench model {time.perf_counter() - started:7.1f} s] {msg}", flush=True)
 
     def save() -> None:
-        result["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-        result["machine"]["peak_rss_mb"] = _peak_rss_mb()
-        result["elapsed_s"] = round(time.perf_counter() - started, 1)
+        this_run["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+        this_run["peak_rss_mb"] = _peak_rss_mb()
+        this_run["elapsed_s"] = round(time.perf_counter() - started, 1)
+        if previous is None:  # the first run's machine line
+            result["machine"]["load_average_after"] = this_run["load_average_after"]
+            result["machine"]["peak_rss_mb"] = this_run["peak_rss_mb"]
+            result["elapsed_s"] = this_run["elapsed_s"]
         out.write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(markdown(result))
 
@@ -493,20 +622,10 @@ def run(out: Path, budget: Budget | str = "default", root: str | Path | None = N
             log(f"generation: {result['generation']}")
             save()
         if "quality" in parts:
-            from trajfm.data.catalog import embedded_files
-            from trajfm.data.readers import READERS
-
             quality = result.setdefault("quality", {})
-            quality["ais"] = evaluate_dataset("ais", [str(p) for p in embedded_files()], root, budget.ais_steps, budget, log)
-            save()
-            geolife = shared_geolife_dir()
-            if "geolife" not in READERS:
-                quality["geolife"] = {"skipped": "no 'geolife' reader in trajfm.data.readers.READERS"}
-            elif not geolife.is_dir():
-                quality["geolife"] = {"skipped": f"{geolife} not found (the shared GeoLife files are not on this machine)"}
-            else:
-                quality["geolife"] = evaluate_dataset("geolife", [str(geolife)], root, budget.geolife_steps, budget, log)
-            save()
+            for name in datasets:
+                quality[name] = merge_quality(quality.get(name), _quality(name, budget, root, log, presets))
+                save()
     finally:
         torch.set_num_threads(threads_before)
     save()
@@ -537,6 +656,11 @@ def markdown(r: dict) -> str:
         f"{r.get('elapsed_s')} s in all.",
         "",
     ]
+    later = r.get("runs", [])[1:]
+    if later:
+        lines += ["Later runs merged into these results: " + "; ".join(
+            f"{x['created']} ({', '.join(x['parts'])}; presets {x['presets'] if isinstance(x['presets'], str) else ', '.join(x['presets'])}; "
+            f"load average {x['load_average_before']} before; {x.get('elapsed_s')} s)" for x in later) + ".", ""]
     s = r.get("speed")
     if s:
         c = s["config"]
@@ -576,33 +700,42 @@ def markdown(r: dict) -> str:
             continue
         d, t = q["data"], q["training"]
         keys = [f"{a}_{k}_m" for k in HORIZONS for a in ("ade", "fde")]
+        tg_key = f"fde_{max(HORIZONS)}_m"
         lines += [
             f"## Forecast quality: {name}, test split (latest 15% of the time span)",
             "",
             f"{d['test_windows_evaluated']:,} test windows, {d['context_len']} points of context; windows train/val/test "
             f"{d['windows']['train']:,}/{d['windows']['val']:,}/{d['windows']['test']:,}; each preset trained "
             f"{t['train_overrides']['max_steps']} steps of {t['train_overrides']['batch_size']} windows "
-            f"(best validation epoch kept). Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k.",
+            f"(best validation epoch kept). Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
+            f"val = the same on {d.get('val_windows_evaluated', '-')} validation windows (the split to choose on).",
             "",
             "| predictor | " + " | ".join(k.replace("_m", "").replace("_", "@", 1).upper().replace("@", " @") for k in keys)
-            + " | train s |",
-            "|---|" + "---:|" * (len(keys) + 1),
+            + f" | val {tg_key.replace('_m', '').replace('_', ' @', 1).upper()} | train s |",
+            "|---|" + "---:|" * (len(keys) + 2),
         ]
+        val = q.get("val_results", {})
         for pred, errs in q["results"].items():
             tr = t["per_preset"].get(pred, {})
-            label = f"**{pred}**" if pred == q["best_preset"] else pred
-            lines.append(f"| {label} | " + " | ".join(_fmt(errs.get(k)) for k in keys) + f" | {_fmt(tr.get('train_s'))} |")
-        tg = q["targets"]
-        lines += [
-            "",
-            f"Best preset **{q['best_preset']}** on {tg['metric']}: "
-            f"{_fmt(100 * tg['best_vs_constant_velocity'] if tg['best_vs_constant_velocity'] is not None else None)}% better than "
-            f"constant velocity (target 25%), "
-            f"{_fmt(100 * tg['best_vs_tutorial'] if tg['best_vs_tutorial'] is not None else None)}% better than `tutorial` "
-            f"(target 20%).",
-            "",
-        ]
+            label = f"**{pred}**" if pred == q.get("best_preset") else pred
+            lines.append(f"| {label} | " + " | ".join(_fmt(errs.get(k)) for k in keys)
+                         + f" | {_fmt(val.get(pred, {}).get(tg_key))} | {_fmt(tr.get('train_s'))} |")
+        tg = q.get("targets")
+        if tg:
+            lines += [
+                "",
+                f"Best preset **{q['best_preset']}** on {tg['metric']}: "
+                f"{_fmt(100 * tg['best_vs_constant_velocity'] if tg['best_vs_constant_velocity'] is not None else None)}% better than "
+                f"constant velocity (target 25%), "
+                f"{_fmt(100 * tg['best_vs_tutorial'] if tg['best_vs_tutorial'] is not None else None)}% better than `tutorial` "
+                f"(target 20%). Chosen on the validation split instead: {q.get('best_preset_by_val') or '-'}.",
+            ]
+        lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _csv(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
 def main(out: Path, argv: list[str] | None = None) -> int:
@@ -611,12 +744,22 @@ def main(out: Path, argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=os.environ.get(ENV_BUDGET, "default"))
     parser.add_argument("--root", default=None, help=f"data root for the pipeline stages (default {DEFAULT_ROOT})")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the budget's)")
-    parser.add_argument("--parts", default="speed,generation,quality", help="comma-separated subset")
+    parser.add_argument("--parts", default=os.environ.get(ENV_PARTS, ",".join(PARTS)),
+                        help=f"comma-separated subset of {','.join(PARTS)} (or ${ENV_PARTS})")
+    parser.add_argument("--presets", default=os.environ.get(ENV_PRESETS),
+                        help=f"comma-separated presets (names or .json paths) for the quality part; tutorial "
+                             f"always comes with them (or ${ENV_PRESETS}; default: all bundled presets)")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of ais,geolife")
+    parser.add_argument("--fresh", action="store_true", help="start a new results file instead of merging into --out")
     args = parser.parse_args(argv or [])
     budget = BUDGETS[args.budget]
     if args.threads:
         budget = Budget(**{**asdict(budget), "threads": args.threads})
-    run(args.out or out, budget, args.root, tuple(p.strip() for p in args.parts.split(",") if p.strip()))
+    try:
+        run(args.out or out, budget, args.root, tuple(_csv(args.parts)), _csv(args.presets) or None,
+            tuple(_csv(args.datasets)), args.fresh)
+    except BenchError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return 0
 
 
