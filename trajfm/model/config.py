@@ -18,7 +18,7 @@ from trajfm.features.encode import N_FEATURES, N_TARGETS
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 POSITIONS = ("learned", "rope", "st-rope")
-HEADS = ("mse", "mixture")
+HEADS = ("mse", "mixture", "cell")
 SPACE_ENCODINGS = ("none", "sinusoidal")
 TIME_ENCODINGS = ("none", "time2vec")
 ANCHORS = ("none", "velocity")
@@ -33,7 +33,7 @@ OBJECTIVES = ("next", "infill", "mixed")
 ADDED_DEFAULTS = {
     "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "step_scale": "std", "step_scale_floor_m": 10.0, "point_loss": "mse",
     "huber_delta": 1.0, "score_positions": False, "objective": "next", "infill_min_span": 1, "infill_max_span": 8,
-    "infill_time_prob": 0.5, "infill_weight": 1.0,
+    "infill_time_prob": 0.5, "infill_weight": 1.0, "cell_resolution": 9, "cell_radius": 4,
 }
 
 
@@ -55,8 +55,10 @@ class GPTConfig:
     st_rope_min_s: float = 10.0  # "st-rope": shortest / longest wavelength of time rotations, seconds
     st_rope_max_s: float = 100_000.0
     # --- head (trajfm/model/heads.py) ---
-    head: str = "mse"  # "mse": point regression; "mixture": Gaussian mixture over (dx, dy, log dt)
+    head: str = "mse"  # "mse": point regression; "mixture": Gaussian mixture over (dx, dy, log dt); "cell": next H3 cell (cells.py)
     n_mixture: int = 5  # "mixture": components K (diagonal covariances)
+    cell_resolution: int = 9  # "cell": H3 resolution of the next-cell classes (9: ~200 m hexagon edges)
+    cell_radius: int = 4  # "cell": rings of neighbours around the current cell, one class each (+1 "farther")
     # --- patching (trajfm/model/patching.py, TimesFM) ---
     patch_in: int = 1  # points per input token P (1: no patching)
     patch_out: int = 1  # points predicted per token Q (may exceed patch_in)
@@ -117,7 +119,12 @@ class GPTConfig:
             raise ValueError(f"step_scale_floor_m must be > 0, got {self.step_scale_floor_m}")
         if self.huber_delta <= 0:
             raise ValueError(f"huber_delta must be > 0, got {self.huber_delta}")
-        if self.head == "mixture" and (self.point_loss != "mse" or self.score_positions):
+        if self.head == "cell":
+            if not 0 <= self.cell_resolution <= 15 or self.cell_radius < 1:
+                raise ValueError(f"need 0 <= cell_resolution <= 15 and cell_radius >= 1, got {self.cell_resolution}, {self.cell_radius}")
+            if (self.patch_in, self.patch_out, self.objective) != (1, 1, "next"):
+                raise ValueError("the cell head classifies the next point of each point: needs patch_in = patch_out = 1, objective 'next'")
+        if self.head != "mse" and (self.point_loss != "mse" or self.score_positions):
             raise ValueError("point_loss and score_positions shape the point-regression loss: use them with head 'mse'")
         if self.objective != "next":
             if self.patch_in != 1:

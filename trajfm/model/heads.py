@@ -17,6 +17,9 @@ those numbers, all in NORMALIZED target units (the model denormalizes):
   likely component (``"mode"``, deterministic) or the mixture mean (``"mean"``); sampling draws
   a component from ``softmax(logits / temperature)`` and a point with std scaled by
   ``sqrt(temperature)`` (temperature 0 = the deterministic mode).
+- ``cell``: logits over where the next point's H3 cell lies relative to the current point's
+  (``cells.py``). Its classes come from the points' positions, which ``head_loss`` is not
+  given: train with ``cells.cell_loss``, rank and decode with ``cells.predict_cells``.
 """
 
 from __future__ import annotations
@@ -33,9 +36,19 @@ POINT_ESTIMATES = ("mode", "mean")
 
 
 def output_width(config: GPTConfig) -> int:
-    """Numbers per predicted point: T (mse) or K * (1 + 2T) (mixture)."""
+    """Numbers per predicted point: T (mse), K * (1 + 2T) (mixture) or the cell classes (cell)."""
     T = config.n_targets
+    if config.head == "cell":
+        from trajfm.model.cells import n_cell_classes
+
+        return n_cell_classes(config.cell_radius)
     return T if config.head == "mse" else config.n_mixture * (1 + 2 * T)
+
+
+def _not_cell(config: GPTConfig) -> None:
+    if config.head == "cell":
+        raise ValueError("the cell head's classes come from positions: train with trajfm.model.cells.cell_loss "
+                         "and decode with trajfm.model.cells.predict_cells")
 
 
 def split_mixture(out: torch.Tensor, K: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,6 +75,7 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor, per: int = 1) -> torc
 
 def head_loss(config: GPTConfig, out: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Scalar loss of head outputs (B, Lt, Q, W) against targets (B, Lt, Q, T) where ``valid``."""
+    _not_cell(config)
     if config.head == "mse":
         err = out - target  # (B, Lt, Q, T)
         if config.score_positions:  # Q steps -> Q positions (valid is a prefix along Q)
@@ -86,6 +100,7 @@ def point_estimate(config: GPTConfig, out: torch.Tensor, how: str = "mode") -> t
     """(..., T) deterministic prediction from head outputs (..., W)."""
     if how not in POINT_ESTIMATES:
         raise ValueError(f"point estimate must be one of {POINT_ESTIMATES}, got {how!r}")
+    _not_cell(config)
     if config.head == "mse":
         return out
     logits, mean, _ = split_mixture(out, config.n_mixture, config.n_targets)
@@ -99,6 +114,7 @@ def sample(config: GPTConfig, out: torch.Tensor, temperature: float = 1.0, gener
     """(..., T) a random draw from head outputs (..., W); the point itself for an MSE head."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    _not_cell(config)
     if config.head == "mse" or temperature == 0:
         return point_estimate(config, out, "mode")
     logits, mean, log_std = split_mixture(out, config.n_mixture, config.n_targets)
