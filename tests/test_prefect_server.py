@@ -66,6 +66,15 @@ def deploy_args() -> list[str]:
     return [arg for name in present for arg in ("--name", name)]
 
 
+def _descendants(p: subprocess.Popen) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(p.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 @pytest.fixture
 def server(tmp_path):
     port = free_port()
@@ -92,7 +101,9 @@ def server(tmp_path):
             time.sleep(0.5)
         yield env, started
     finally:
-        for p in reversed(started):
+        for p in reversed(started):  # the worker's flow-run processes and their trainers first
+            for child in _descendants(p):
+                child.kill()
             if p.poll() is None:
                 p.terminate()
         for p in reversed(started):
