@@ -109,6 +109,13 @@ def test_merge_adds_new_presets_and_keeps_the_others():
     assert q["best_preset"] == "c" and q["best_preset_by_val"] is None  # "a" has no validation errors
     assert merge_quality(None, new) is new
 
+    old["training"]["per_preset"]["a"] = {"train_s": 80.0, "train_dir": "/r/train/k1"}
+    again = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
+    again["training"]["per_preset"]["a"] = {"train_s": 0.1, "train_dir": "/r/train/k1", "cached": True}
+    assert merge_quality(old, again)["training"]["per_preset"]["a"]["train_s"] == 80.0  # when it was trained
+    again["training"]["per_preset"]["a"] = {"train_s": 0.1, "train_dir": "/r/train/k2", "cached": True}
+    assert merge_quality(old, again)["training"]["per_preset"]["a"]["train_s"] == 0.1  # another model
+
 
 @pytest.mark.parametrize("change", ["windows", "budget"])
 def test_merge_refuses_results_measured_another_way(change):

@@ -429,7 +429,7 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
             "steps": final["step"], "epochs": final["epoch"], "best_val_loss": final["best_val_loss"],
             "params": final["n_params"], "train_s": round(train_s, 1), "forecast_s": round(time.perf_counter() - t1, 1),
             "train_dir": str(train_dir), "cached": not epochs_run,  # a finished stage from an earlier run
-            "config": read_manifest(train_dir).get("model"),
+            "config": read_manifest(train_dir).get("model_config"),
         }
         log(f"{name}: {label} test {results['test'][label]} val fde@{horizon} "
             f"{results['val'][label].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)")
@@ -501,7 +501,13 @@ def merge_quality(old: dict | None, new: dict) -> dict:
         both = {**a, **b}
         return {k: both[k] for k in [*BASELINES, *sorted(k for k in both if k not in BASELINES)] if k in both}
 
-    training = {**old["training"], "per_preset": {**old["training"]["per_preset"], **new["training"]["per_preset"]}}
+    per_preset = dict(old["training"]["per_preset"])
+    for label, entry in new["training"]["per_preset"].items():
+        before = per_preset.get(label, {})
+        if entry.get("cached") and before.get("train_dir") == entry.get("train_dir") and "train_s" in before:
+            entry = {**entry, "train_s": before["train_s"]}  # the time of the run that trained it, not of the cache hit
+        per_preset[label] = entry
+    training = {**old["training"], "per_preset": per_preset}
     return summarize({**old, "data": {**old["data"], **new["data"]}, "training": training,
                       "results": merged(old["results"], new["results"]),
                       "val_results": merged(old.get("val_results", {}), new["val_results"])})
