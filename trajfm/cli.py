@@ -32,6 +32,8 @@ FLOWS = {
     "train": ("flows.train", "train_flow"),
     "evaluate": ("flows.evaluate", "evaluate_flow"),
     "register": ("flows.register", "register_flow"),
+    "retrain": ("flows.retrain", "retrain"),
+    "evaluate-model": ("flows.evaluate", "evaluate_model_flow"),
 }
 
 
