@@ -138,7 +138,7 @@ def preprocess(
 
     points_path = ingest_dir / "points.parquet"
     started = time.perf_counter()
-    with _runner(scheduler, dask_address, n_workers) as runner, StageWriter(root, STAGE, key) as writer:
+    with dask_runner(scheduler, dask_address, n_workers) as runner, StageWriter(root, STAGE, key) as writer:
         n_rows = _num_rows(points_path)
         parts = int(npartitions or default_npartitions(n_rows, runner.n_workers))
         job = _Job(str(points_path), table, engine, str(writer.path))
@@ -221,7 +221,9 @@ class _Runner:
             self.cluster.close()
 
 
-def _runner(scheduler: str, address: str | None, n_workers: int) -> _Runner:
+def dask_runner(scheduler: str, address: str | None, n_workers: int) -> _Runner:
+    """A runner on Dask's local ``sync``/``threads`` scheduler, the cluster at ``address``, or a new
+    LocalCluster of ``n_workers`` processes x 1 thread (closed with the runner)."""
     if scheduler in ("sync", "threads") and address is None:
         runner = _Runner(scheduler)
         if scheduler == "threads":

@@ -3,7 +3,7 @@
 Importing this package does not import Great Expectations; building a suite or validating does.
 """
 
-from trajfm.quality.gate import ValidationFailed, ValidationReport, gate, validate_points
+from trajfm.quality.gate import ValidationFailed, ValidationReport, gate, validate_points, validate_stage
 from trajfm.quality.suites import (
     DEFAULT_PARAMS,
     derive_columns,
@@ -24,4 +24,5 @@ __all__ = [
     "resolve_params",
     "suite_for",
     "validate_points",
+    "validate_stage",
 ]

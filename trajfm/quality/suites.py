@@ -103,37 +103,74 @@ def resolve_params(params: dict | None = None) -> dict:
     return out
 
 
-def derive_columns(df: pd.DataFrame) -> pd.DataFrame:
+def derive_columns(
+    df: pd.DataFrame,
+    *,
+    carry: pd.DataFrame | None = None,
+    totals: dict | None = None,
+    seen: set | None = None,
+    extra: list[str] | tuple = (),
+    summary: bool = False,
+):
     """The frame GX validates: the required columns plus ``dt_s``, ``speed_mps``, ``traj_len``.
 
     Differences are taken between consecutive rows of a trajectory *in the given row order*.
     The index is reset to 0..n-1 so GX's unexpected row indices map back to row positions.
-    Raises ``ValueError`` when a required column is missing.
+    Raises ``ValueError`` when a required column is missing. ``extra``: more columns of ``df``
+    to keep (those it lacks are skipped).
+
+    For a partition of a larger table (``trajfm.quality.partitioned``): ``carry`` holds, per
+    ``traj_id`` (columns ``traj_id, t, lon, lat``), the fix that precedes this frame's first fix
+    of that trajectory in the whole table; ``totals`` maps a ``traj_id`` to its row count in
+    the whole table; ``seen`` names trajectories whose first row lies before this frame (their
+    ``traj_len`` is reported there). ``summary=True`` also returns, per ``traj_id`` of this
+    frame, its row ``count`` here and its last fix (``last_t, last_lon, last_lat``).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"points table lacks required columns {missing}")
-    out = df[REQUIRED_COLUMNS].reset_index(drop=True)
+    keep = REQUIRED_COLUMNS + [c for c in dict.fromkeys(extra) if c in df.columns and c not in REQUIRED_COLUMNS]
+    out = df[keep].reset_index(drop=True)
     t = out["t"]
     if not isinstance(t.dtype, pd.DatetimeTZDtype):
         t = pd.to_datetime(t, utc=True, errors="coerce")
     lon = pd.to_numeric(out["lon"], errors="coerce").astype("float64")
     lat = pd.to_numeric(out["lat"], errors="coerce").astype("float64")
-
     key = out["traj_id"]
-    dt_s = t.groupby(key, sort=False).diff().dt.total_seconds()
-    prev_lon = lon.groupby(key, sort=False).shift()
-    prev_lat = lat.groupby(key, sort=False).shift()
-    dist_m = pd.Series(haversine_m(prev_lon, prev_lat, lon, lat), index=out.index)
+
+    n_carry = 0 if carry is None else len(carry)
+    if n_carry:  # the preceding fixes go first, so the frame's first fix of each diffs against them
+        before = lambda a, b: pd.concat([pd.Series(a).reset_index(drop=True), b], ignore_index=True)  # noqa: E731
+        k_all = before(carry["traj_id"].astype(key.dtype), key)
+        t_all = before(pd.to_datetime(carry["t"], utc=True).astype(t.dtype), t)
+        lon_all, lat_all = before(carry["lon"].astype("float64"), lon), before(carry["lat"].astype("float64"), lat)
+    else:
+        k_all, t_all, lon_all, lat_all = key, t, lon, lat
+    dt_s = t_all.groupby(k_all, sort=False).diff().dt.total_seconds()
+    prev_lon = lon_all.groupby(k_all, sort=False).shift()
+    prev_lat = lat_all.groupby(k_all, sort=False).shift()
+    dist_m = pd.Series(haversine_m(prev_lon, prev_lat, lon_all, lat_all), index=k_all.index)
     speed_mps = (dist_m / dt_s).where(dt_s > 0)
 
+    counts = key.value_counts(dropna=True)
+    lengths = counts
+    if totals:
+        lengths = counts.astype("float64")
+        lengths.update(pd.Series(totals, dtype="float64"))
     first_row = ~key.duplicated() & key.notna()
-    traj_len = key.map(key.value_counts(dropna=True)).astype("float64").where(first_row)
+    if seen:
+        first_row &= ~key.isin(list(seen))
+    traj_len = key.map(lengths).astype("float64").where(first_row)
 
-    out["dt_s"] = dt_s.astype("float64")
-    out["speed_mps"] = speed_mps.astype("float64")
+    out["dt_s"] = dt_s.iloc[n_carry:].to_numpy(dtype="float64")
+    out["speed_mps"] = speed_mps.iloc[n_carry:].to_numpy(dtype="float64")
     out["traj_len"] = traj_len
-    return out
+    if not summary:
+        return out
+    last = pd.DataFrame({"traj_id": key, "last_t": t, "last_lon": lon, "last_lat": lat})
+    last = last[key.notna()].drop_duplicates("traj_id", keep="last").reset_index(drop=True)
+    last.insert(1, "count", last["traj_id"].map(counts).astype("int64"))
+    return out, last
 
 
 def _meta(check: str, params: dict) -> dict:
