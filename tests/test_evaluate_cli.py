@@ -63,6 +63,11 @@ def test_evaluate_local_model_writes_json_and_prints_a_table(tiny, tmp_path, cap
     assert ing["rows_read"] == 9091 == ing["rows_kept"] + ing["rows_quarantined"]
     assert pre["rows_in"] == pre["rows_kept"] + pre["rows_quarantined"] == ing["rows_kept"]
     assert res["model"]["source"] == "checkpoint" and res["model"]["preset"] == "tutorial"
+    # the model's own normalization (from its training data), not statistics of the evaluated data
+    from trajfm.model.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(train_dir / "model.pt")["extra"]["stats"]
+    assert res["model"]["normalization"]["mean"] == pytest.approx([float(x) for x in saved["mean"]])
     assert res["split"]["eval_windows"] > 0 and res["split"]["fit_windows"] > 0
     # the table: a header with the predictors, one row per metric, values as in the JSON
     headers = [line for line in printed.splitlines() if line.startswith("metric")]

@@ -152,10 +152,13 @@ def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu")
         info["checkpoint_sha256"] = _sha256(path)
         ckpt = load_checkpoint(path, map_location=device)
     model = model_from_checkpoint(ckpt, map_location=device)
+    stats = ckpt.get("extra", {}).get("stats") or {}
     info.update(
         preset=str(ckpt.get("extra", {}).get("preset", "?")),
         config=model.config.to_dict(),
         n_params=int(model.num_params()),
+        # the training data's statistics the model normalizes its raw inputs with (recorded, not recomputed)
+        normalization={k: [float(x) for x in stats[k]] for k in ("mean", "std") if k in stats},
     )
     return LoadedModel(model, info)
 
