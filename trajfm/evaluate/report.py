@@ -214,7 +214,8 @@ def generation_figure(d: dict):
         ax.set_xlabel(label)
         ax.set_ylabel("fraction per bin")
         ax.legend(fontsize=7)
-    fig.suptitle("real vs generated continuations")
+    how = "sampled from the mixture head" if bool(d["mixture"]) else "point head: its forecasts, no sampling"
+    fig.suptitle(f"real vs generated continuations ({how})")
     fig.tight_layout()
     return fig
 
