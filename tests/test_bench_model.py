@@ -142,8 +142,14 @@ def test_markdown_shows_merged_results_with_validation_column():
     assert "Later runs merged into these results: t1 (quality; presets tutorial, c" in md
 
 
-def test_cli_refuses_bad_requests_before_any_work(tmp_path, capsys):
-    from trajfm.bench.model import main
+def test_cli_refuses_bad_requests_before_any_work(tmp_path, capsys, monkeypatch):
+    from trajfm.bench.model import ENV_PRESETS, main
+
+    monkeypatch.setenv(ENV_PRESETS, "tutorial,not-a-preset")  # what `trajfm bench model` reads
+    with pytest.raises(SystemExit) as exc:
+        main(tmp_path / "model.json", ["--parts", "quality", "--root", str(tmp_path / "root")])
+    assert exc.value.code == 2 and "'not-a-preset'" in capsys.readouterr().err
+    monkeypatch.delenv(ENV_PRESETS)
 
     out = tmp_path / "model.json"
     for argv, text in (

@@ -2,9 +2,16 @@
 forecast quality of every preset on held-out real data.
 
 ``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
-``python -m trajfm.bench.model --out FILE [--budget quick|default|full] [--root DIR]``) writes the
-JSON results and a markdown table beside it (same stem, ``.md``). The budget can also come from
-``$TRAJFM_BENCH_BUDGET``. The JSON is rewritten after each part, so a long run leaves what it has.
+``python -m trajfm.bench.model --out FILE [--budget quick|default|full] [--root DIR]
+[--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
+[--fresh]``) writes the JSON results and a markdown table beside it (same stem, ``.md``). The
+budget, parts and presets can also come from ``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS``
+and ``$TRAJFM_BENCH_PRESETS`` (``trajfm bench model`` takes only ``--out``). The JSON is
+rewritten after each part, so a long run leaves what it has. Unless ``--fresh``, a run MERGES
+into the file it writes: parts it does not run are kept, and its presets are added to (or
+replace) those measured before on the same windows with the same budget (anything else is
+refused); ``runs`` lists every run that contributed. ``tutorial`` always comes with a preset
+list, the baselines with every dataset.
 
 **Speed** (one process, ``threads`` torch threads, interleaved so both contenders see the same
 machine load; medians of ``speed_reps`` timed steps after ``speed_warmup`` untimed ones):
@@ -31,7 +38,8 @@ the **test split** (the latest 15% of the time span), ``CONTEXT_LEN`` = 20 point
 ``HORIZONS`` up to 10 steps ahead, ADE (mean error over steps 1..k) and FDE (error at step k) in
 metres (great-circle), for every preset of ``trajfm.model.config.list_presets()``, constant
 velocity (``trajfm.evaluate.forecast.constant_velocity``) and ``linear_extrapolation`` (below),
-all on exactly the same windows. The same for the shared GeoLife files
+all on exactly the same windows; the same errors on the validation split (``val_results``,
+``best_preset_by_val``) are the ones to choose variants on. The same for the shared GeoLife files
 (``../shared/data/geolife``) when they and the ``geolife`` reader exist; otherwise a note says
 why not. The training budget (``Budget``: optimizer steps of ``batch_size`` windows per preset
 and dataset, AdamW lr 1e-3 with warmup then cosine, best validation epoch kept) is modest so the
