@@ -164,3 +164,19 @@ def test_cli_refuses_bad_requests_before_any_work(tmp_path, capsys, monkeypatch)
         main(out, ["--budget", "quick", "--parts", "quality", "--root", str(tmp_path / "root")])
     assert exc.value.code == 2 and "holds budget 'default'" in capsys.readouterr().err
     assert not (tmp_path / "root").exists()  # nothing was ingested or trained
+
+
+def test_variants_are_reported_apart_and_never_win_the_preset_prize():
+    from trajfm.bench.model import markdown, merge_quality, summarize
+
+    q = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 800, "a-x": 600})
+    q["variants"] = {"a-x": {"file": "/tmp/a-x.json", "comment": "a without x"}}
+    q = summarize(q)
+    assert q["best_preset"] == "a" and q["best_preset_by_val"] == "a"
+    r = {"budget": {"name": "default"}, "created": "t0", "elapsed_s": 9, "quality": {"ais": q},
+         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]}}
+    main_table, variants_table = markdown(r).split("Variants tried")
+    assert "| a-x |" not in main_table and "| a-x |" in variants_table and "a without x" in variants_table
+    adopted = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a-x": 600})
+    q = merge_quality(q, {**adopted, "variants": {}})  # the same name, now a bundled preset
+    assert q["variants"] == {} and q["best_preset"] == "a-x"

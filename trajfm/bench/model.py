@@ -393,6 +393,12 @@ def preset_label(preset: str) -> str:
     return Path(preset).stem if preset.endswith(".json") else preset
 
 
+def is_variant(preset: str) -> bool:
+    """A preset FILE outside the bundle: an experiment. Its errors are reported apart from the
+    bundled presets' and never compete for ``best_preset`` (variants are chosen on validation)."""
+    return preset.endswith(".json") and Path(preset).is_file()
+
+
 def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: Budget, log,
                      presets: list[str] | None = None) -> dict:
     """``presets`` (default: all of ``list_presets()``; names or ``.json`` paths) each trained
@@ -455,6 +461,8 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
         },
         "results": results["test"],
         "val_results": results["val"],
+        "variants": {preset_label(p): {"file": str(Path(p).resolve()), "comment": json.loads(Path(p).read_text()).get("_comment", "")}
+                     for p in presets or [] if is_variant(p)},
     })
 
 
@@ -470,7 +478,7 @@ def summarize(q: dict) -> dict:
     preset a reader would pick without seeing the test split (``best_preset_by_val``, when every
     preset has validation errors) and ``targets`` to one dataset's quality section."""
     key = f"fde_{max(HORIZONS)}_m"
-    presets = [p for p in q["results"] if p not in BASELINES]
+    presets = [p for p in q["results"] if p not in BASELINES and p not in q.get("variants", {})]
     out = {k: v for k, v in q.items() if k not in ("best_preset", "best_preset_by_val", "targets")}
     if not presets:
         return out
@@ -516,7 +524,9 @@ def merge_quality(old: dict | None, new: dict) -> dict:
             entry = {**entry, "train_s": before["train_s"]}  # the time of the run that trained it, not of the cache hit
         per_preset[label] = entry
     training = {**old["training"], "per_preset": per_preset}
-    return summarize({**old, "data": {**old["data"], **new["data"]}, "training": training,
+    variants = {k: v for k, v in old.get("variants", {}).items() if k not in new["results"]}  # a rerun decides
+    variants.update(new.get("variants", {}))
+    return summarize({**old, "data": {**old["data"], **new["data"]}, "training": training, "variants": variants,
                       "results": merged(old["results"], new["results"]),
                       "val_results": merged(old.get("val_results", {}), new["val_results"])})
 
@@ -724,16 +734,22 @@ def markdown(r: dict) -> str:
             f"(best validation epoch kept). Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
             f"val = the same on {d.get('val_windows_evaluated', '-')} validation windows (the split to choose on).",
             "",
+        ]
+        header = [
             "| predictor | " + " | ".join(k.replace("_m", "").replace("_", "@", 1).upper().replace("@", " @") for k in keys)
             + f" | val {tg_key.replace('_m', '').replace('_', ' @', 1).upper()} | train s |",
             "|---|" + "---:|" * (len(keys) + 2),
         ]
-        val = q.get("val_results", {})
-        for pred, errs in q["results"].items():
+        lines += header
+        val, variants = q.get("val_results", {}), q.get("variants", {})
+
+        def row(pred: str, errs: dict) -> str:
             tr = t["per_preset"].get(pred, {})
             label = f"**{pred}**" if pred == q.get("best_preset") else pred
-            lines.append(f"| {label} | " + " | ".join(_fmt(errs.get(k)) for k in keys)
-                         + f" | {_fmt(val.get(pred, {}).get(tg_key))} | {_fmt(tr.get('train_s'))} |")
+            return (f"| {label} | " + " | ".join(_fmt(errs.get(k)) for k in keys)
+                    + f" | {_fmt(val.get(pred, {}).get(tg_key))} | {_fmt(tr.get('train_s'))} |")
+
+        lines += [row(pred, errs) for pred, errs in q["results"].items() if pred not in variants]
         tg = q.get("targets")
         if tg:
             lines += [
@@ -744,6 +760,11 @@ def markdown(r: dict) -> str:
                 f"{_fmt(100 * tg['best_vs_tutorial'] if tg['best_vs_tutorial'] is not None else None)}% better than `tutorial` "
                 f"(target 20%). Chosen on the validation split instead: {q.get('best_preset_by_val') or '-'}.",
             ]
+        if variants:
+            lines += ["", f"Variants tried ({name}; preset files outside the bundle, compared on the validation split, "
+                          "not candidates for the best preset):", "", *header]
+            lines += [row(pred, q["results"][pred]) for pred in variants if pred in q["results"]]
+            lines += [""] + [f"- `{pred}`: {v['comment']}" for pred, v in variants.items() if pred in q["results"]]
         lines.append("")
     return "\n".join(lines) + "\n"
 
