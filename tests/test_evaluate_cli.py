@@ -145,6 +145,7 @@ def test_geolife_files_with_format(tiny, shared_data, tmp_path, capsys):
     "argv, message",
     [
         (["--model", "nope.pt", "--data", "embedded:small"], "no such checkpoint"),
+        (["--model", "models:/trajfm@champion", "--data", "embedded:small", "--data-root", "{empty}"], "no MLflow store"),
         (["--model", "{train}", "--data", "embedded:small", "--tasks", "forecast,teleport"], "unknown task"),
         (["--model", "{train}", "--data", "embedded:small", "--format", "shapefile"], "unknown format"),
         (["--model", "{train}", "--data", "embedded:nosuchfile"], "unknown embedded"),
@@ -155,9 +156,11 @@ def test_geolife_files_with_format(tiny, shared_data, tmp_path, capsys):
 )
 def test_bad_input_is_a_clear_error(tiny, tmp_path, capsys, argv, message):
     root, train_dir = tiny
-    argv = [a.replace("{train}", str(train_dir)) for a in argv]
+    argv = [a.replace("{train}", str(train_dir)).replace("{empty}", str(tmp_path / "empty")) for a in argv]
+    root_args = [] if "--data-root" in argv else ["--data-root", str(root)]
     with pytest.raises(SystemExit) as exc:
-        main([*argv, "--data-root", str(root), "--out", str(tmp_path / "x.json")])
+        main([*argv, *root_args, "--out", str(tmp_path / "x.json")])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+    assert not (tmp_path / "empty" / "mlflow.db").exists()  # a failed lookup creates no store

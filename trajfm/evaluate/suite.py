@@ -83,6 +83,8 @@ def _registry_version(uri: str, root) -> dict:
 
     body = uri[len("models:/") :].strip("/")
     tracking = tracking_uri(root)
+    if tracking.startswith("sqlite:///") and not Path(tracking[len("sqlite:///") :]).is_file():
+        raise ValueError(f"{uri!r}: there is no MLflow store at {tracking} (wrong --data-root, or nothing registered yet)")
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     try:
         if "@" in body:
