@@ -113,3 +113,17 @@ def test_same_bytes_on_sync_local_cluster_and_cli_cluster(ingested, cli_cluster,
     # The default partitioning follows the cluster's size; the tables do not.
     default = json.loads((preprocess(ingested, root=tmp_path / "cli2", dask_address=cli_cluster) / "manifest.json").read_text())
     assert default["dask"]["npartitions"] == 2 and default["files"] == files["sync"]
+
+
+def test_local_cluster_workers_start_with_the_worker_env():
+    """Malloc and thread settings reach the worker processes (they must be set before start-up)."""
+    from distributed import Client
+
+    from trajfm.data.preprocess import WORKER_ENV, local_cluster
+
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: {k: os.environ.get(k) for k in WORKER_ENV})
+        info = client.scheduler_info()
+    assert list(seen.values()) == [WORKER_ENV]
+    assert all(w["nthreads"] == 1 for w in info["workers"].values())
+    assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")

@@ -21,7 +21,8 @@ Contenders, each timed on its own:
     on a subset of whole trajectories (``--mpd-points``, AIS and GeoLife in proportion) and is
     reported in points per second.
 (b) **trajfm, 1 Dask worker** and (c) **2 workers**: ``trajfm.data.preprocess.preprocess`` on a
-    ``LocalCluster`` of 1 or 2 worker processes (1 thread each) through ``dask_address``. Timed:
+    ``LocalCluster`` of 1 or 2 worker processes (1 thread each; ``preprocess.local_cluster``, the
+    one the stage starts itself) through ``dask_address``. Timed:
     the whole stage, Parquet in to Parquet out (read, clean, split, resample, hash, write);
     cluster start-up and one warm-up run are outside the timed section. Run on the real set
     and on a replica (the real set repeated ``--replica`` times, each copy with its own
@@ -252,15 +253,15 @@ def time_stages(ingest_dir: Path, worker_counts: tuple[int, ...], repeats: int, 
     """
     from contextlib import ExitStack
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from trajfm.data.preprocess import preprocess
+    from trajfm.data.preprocess import local_cluster, preprocess
     from trajfm.store import read_manifest
 
     with ExitStack() as stack:
         clients = {}
         for n in worker_counts:
-            cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"))
+            cluster = stack.enter_context(local_cluster(n))
             clients[n] = stack.enter_context(Client(cluster))
             preprocess(ingest_dir, root=work / f"warmup-{ingest_dir.name}-{n}", dask_address=cluster.scheduler_address)
         runs = {n: {"seconds": [], "cpu_s": [], "manifests": []} for n in worker_counts}

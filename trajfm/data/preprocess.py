@@ -14,9 +14,11 @@
 
 Partitioning: the ingest output is sorted by ``traj_id`` (its contract), so partition ``i`` takes
 the trajectories that *start* in rows ``[i * N / P, (i + 1) * N / P)``: every trajectory lands
-whole in one partition, no shuffle moves data, each worker reads its own rows (the Parquet row
-groups that hold them) and writes its own part files, and the parts in order are the sorted
-table. Only counts and per-row content hashes travel back to the client. When the input is not
+whole in one partition, no shuffle moves data, and one task per partition reads its own rows
+(the Parquet row groups that hold them, one Arrow thread), cleans them and writes its own part
+files; the parts in order are the sorted table. Only counts and per-row content hashes travel
+back to the client, and a worker holds one partition at a time. ``kind``/``source`` categories
+are the input's dictionaries (read first), so every part carries the same ones. When the input is not
 sorted that way (``partition_by="mover"``, or a check fails) the stage falls back to Dask's
 shuffle by ``obj_id`` (one mover -> one partition) and a sort on the client.
 
@@ -28,7 +30,8 @@ parameters and the engine; a complete directory for that key is returned without
 Schedulers: ``"distributed"`` (default) starts a ``LocalCluster`` (processes, ``n_workers``, one
 thread each, dashboard on a free port) and closes it afterwards, or connects to ``dask_address``
 (``tcp://host:port``) when given (the data root must then be reachable from the workers at the
-same path); ``"threads"`` and ``"sync"`` use Dask's local schedulers (sync runs everything in this
+same path); LocalCluster workers start with :data:`WORKER_ENV` (malloc that reuses memory
+instead of faulting in fresh pages per partition, one thread per numeric library); ``"threads"`` and ``"sync"`` use Dask's local schedulers (sync runs everything in this
 process: for tests and debugging).
 """
 
@@ -221,6 +224,38 @@ class _Runner:
             self.cluster.close()
 
 
+# Environment of LocalCluster worker processes, set before they start (glibc reads it then).
+# distributed's default, MALLOC_TRIM_THRESHOLD_=64 KiB, hands freed memory back to the system at
+# once and pins glibc's mmap threshold at 128 KiB, so each array of each partition lands on fresh
+# pages: page faults were a third of a worker's CPU time. Here arrays up to 32 MiB come from a
+# reused heap, Arrow allocates through the same malloc, and numeric libraries use one thread
+# (one worker process per core).
+WORKER_ENV = {
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
+
+def local_cluster(n_workers: int):
+    """A LocalCluster of ``n_workers`` processes x 1 thread on 127.0.0.1 (dashboard on a free
+    loopback port, logs at warning level) whose workers start with :data:`WORKER_ENV`."""
+    import logging
+
+    import dask
+    from distributed import LocalCluster
+
+    env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        return LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING,
+        )
+
+
 def dask_runner(scheduler: str, address: str | None, n_workers: int) -> _Runner:
     """A runner on Dask's local ``sync``/``threads`` scheduler, the cluster at ``address``, or a new
     LocalCluster of ``n_workers`` processes x 1 thread (closed with the runner)."""
@@ -229,19 +264,13 @@ def dask_runner(scheduler: str, address: str | None, n_workers: int) -> _Runner:
         if scheduler == "threads":
             runner.n_workers = max(1, int(n_workers))
         return runner
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if address is not None:
         runner = _Runner("distributed", client=Client(address))
         runner.info["address"] = address
         return runner
-    import logging
-
-    # The dashboard binds loopback only; worker/scheduler chatter is kept to warnings.
-    cluster = LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-        silence_logs=logging.WARNING,
-    )
+    cluster = local_cluster(n_workers)
     runner = _Runner("distributed-local", client=Client(cluster), cluster=cluster)
     return runner
 
@@ -334,7 +363,7 @@ class _RowGroups:
     def _load_next(self) -> bool:
         if self.next_group >= len(self.sizes):
             return False
-        self.tables.append(self.pf.read_row_group(self.next_group))
+        self.tables.append(self.pf.read_row_group(self.next_group, use_threads=False))
         self.loaded_end += int(self.sizes[self.next_group])
         self.next_group += 1
         return True
@@ -421,12 +450,13 @@ def _write_part(part: _Part, index: int, out_dir: str, categories: dict, always:
 
 def _parquet_options(schema) -> dict:
     """Dictionary encoding for text columns only (floats and times are nearly all distinct: trying
-    a dictionary on them costs time for nothing); byte-stream-split floats compress better."""
+    a dictionary on them costs time for nothing); byte-stream-split floats compress better; zstd
+    (level 1) writes smaller files than snappy for less CPU on these tables."""
     import pyarrow as pa
 
     text = [f.name for f in schema if pa.types.is_dictionary(f.type) or pa.types.is_large_string(f.type) or pa.types.is_string(f.type)]
     floats = [f.name for f in schema if pa.types.is_floating(f.type)]
-    return {"use_dictionary": text, "use_byte_stream_split": floats or False}
+    return {"use_dictionary": text, "use_byte_stream_split": floats or False, "compression": "zstd", "compression_level": 1}
 
 
 def row_hashes(frame: pd.DataFrame) -> np.ndarray:
@@ -468,23 +498,53 @@ def _with_categories(frame: pd.DataFrame, categories: dict) -> pd.DataFrame:
 
 
 def _run_ranges(runner: _Runner, job: _Job, n_rows: int, parts: int) -> _Written | None:
-    """Range partitions; None when the input turns out not to be sorted by trajectory."""
+    """Range partitions, each read, cleaned and written by one task on its worker (no barrier, one
+    partition in memory per worker); None when the input turns out not to be sorted by trajectory."""
     bounds = [round(i * n_rows / parts) for i in range(parts + 1)]
-    handles = runner.map(_clean_range, [job] * parts, bounds[:-1], bounds[1:])
-    summaries = runner.gather(runner.map(_part_summary, handles))
-    if not all(s["sorted_input"] for s in summaries):
+    categories = _stage_categories(job.points_path)
+    written = runner.gather(
+        runner.map(_clean_write_range, [job] * parts, bounds[:-1], bounds[1:], range(parts), [categories] * parts)
+    )
+    if not all(w["sorted_input"] for w in written):
         return None
     # Parts must follow one another in table order (a traj_id that is a prefix of another can
     # break this: "a_5" > "a_1_0" although "a" < "a_1").
     for key_first, key_last in (("first", "last"), ("q_first", "q_last")):
-        seq = [(s[key_first], s[key_last]) for s in summaries if s[key_first] is not None]
+        seq = [(w[key_first], w[key_last]) for w in written if w[key_first] is not None]
         if any(prev[1] >= nxt[0] for prev, nxt in zip(seq, seq[1:])):
             return None
-    categories = _global_categories(summaries)
-    written = runner.gather(
-        runner.map(_write_part, handles, range(parts), [job.out_dir] * parts, [categories] * parts, [i == 0 for i in range(parts)])
-    )
     return _collect("range", written)
+
+
+def _clean_write_range(job: _Job, lo: int, hi: int, index: int, categories: dict) -> dict:
+    """One range partition: read its rows, clean, write its part files; returns counts, row
+    hashes and the first/last ids (for the order check), never the rows."""
+    part = _clean_range(job, lo, hi)
+    summary = _part_summary(part)
+    if not part.sorted_input:
+        return summary
+    for col, values in part.categories.items():
+        unknown = values - set(categories.get(col, ()))
+        if unknown:  # cannot happen: the categories come from every row group of the input
+            raise RuntimeError(f"{col} values {sorted(unknown)} of rows {lo}-{hi} are not in the input's dictionaries")
+    return {**summary, **_write_part(part, index, job.out_dir, categories, index == 0)}
+
+
+def _stage_categories(path: str) -> dict:
+    """Sorted ``kind``/``source`` values of the whole input: the union of its row groups'
+    dictionaries (what the partitions' categoricals hold), read without decoding the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = [c for c in ("kind", "source") if c in pq.ParquetFile(path).schema_arrow.names]
+    table = pq.ParquetFile(path, read_dictionary=columns).read(columns=columns, use_threads=False)
+    out = {}
+    for col in columns:
+        values: set[str] = set()
+        for chunk in table.column(col).chunks:
+            values |= {str(v) for v in (chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk).to_pylist() if v is not None}
+        out[col] = sorted(values)
+    return out
 
 
 def _run_movers(runner: _Runner, job: _Job, parts: int) -> _Written:
@@ -530,10 +590,6 @@ def _sort_on_client(results: list[_Part]) -> _Part:
         columns = results[0].quarantine.columns if results else []
         quarantine = empty_clean_quarantine([c for c in columns if c in OPTIONAL_COLUMNS])
     return _Part(points, quarantine, counts)
-
-
-def _global_categories(summaries: list[dict]) -> dict:
-    return {c: sorted(set().union(*(s["categories"].get(c, set()) for s in summaries))) for c in ("kind", "source")}
 
 
 def _collect(partition_by: str, written: list[dict]) -> _Written:
