@@ -279,3 +279,29 @@ def test_two_registrations_at_once_register_one_version(env):
         results = list(pool.map(lambda _: _register(env, "race", 250.0, lineage_key="same-inputs"), range(2)))
     assert sorted(r.reused for r in results) == [False, True] and {r.version for r in results} == {1}
     assert len(_client(env["root"]).search_model_versions("name='race'")) == 1
+
+
+NEW_STORE = """
+import sys, time
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+from trajfm.registry.tracking import setup_mlflow
+print(setup_mlflow(sys.argv[1], "concurrent"))
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
+    """MLflow migrates a new mlflow.db on first open; three processes doing it at the same moment
+    (two pipelines started together) must not collide (seen: ``table _alembic_tmp_tags already
+    exists``). They meet the same experiment."""
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    start = time.time() + 8.0  # after every interpreter has imported mlflow
+    procs = [subprocess.Popen([sys.executable, "-c", NEW_STORE, str(tmp_path / "root"), str(start)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
+    assert len({out.strip().splitlines()[-1] for out, _ in outs}) == 1

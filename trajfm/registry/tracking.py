@@ -92,27 +92,55 @@ def setup_mlflow(root: str | os.PathLike | None = None, experiment: str = DEFAUL
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    existing = mlflow.get_experiment_by_name(experiment)
-    if existing is not None:
-        if existing.lifecycle_stage == "deleted":
-            mlflow.MlflowClient().restore_experiment(existing.experiment_id)
-        experiment_id = existing.experiment_id
-    else:
-        artifact_location = None
-        if not _server_stores_artifacts(uri):
-            artifacts = data_root(root) / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
-            artifacts.mkdir(parents=True, exist_ok=True)
-            artifact_location = artifacts.as_uri()
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    with sqlite_init_lock(uri):  # a new database is migrated and the experiment created once
+        existing = mlflow.get_experiment_by_name(experiment)
+        if existing is not None:
+            if existing.lifecycle_stage == "deleted":
+                mlflow.MlflowClient().restore_experiment(existing.experiment_id)
+            experiment_id = existing.experiment_id
+        else:
+            artifact_location = None
+            if not _server_stores_artifacts(uri):
+                artifacts = data_root(root) / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+                artifacts.mkdir(parents=True, exist_ok=True)
+                artifact_location = artifacts.as_uri()
+            experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
+        mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextmanager
+def sqlite_init_lock(uri: str):
+    """For a ``sqlite:///`` store: an exclusive lock on ``<database>.init.lock`` while MLflow
+    creates and migrates the database. Two processes opening a new ``mlflow.db`` at once would
+    otherwise both run MLflow's migrations and one fails (``table _alembic_tmp_tags already
+    exists``). Other stores (a tracking server) need no lock. Not reentrant across calls with the
+    same database in one process (a separate file from ``registry_lock``, so it nests in it)."""
+    import fcntl
+
+    if not uri.lower().startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".init.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _client(root):
     from mlflow import MlflowClient
 
     uri = tracking_uri(root)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with sqlite_init_lock(uri):  # both stores opened (and a new database migrated) once at a time
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
