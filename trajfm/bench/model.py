@@ -2,7 +2,7 @@
 forecast quality of every preset on held-out real data.
 
 ``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
-``python -m trajfm.bench.model --out FILE [--budget quick|default|full] [--root DIR]
+``python -m trajfm.bench.model --out FILE [--budget quick|default|long|full] [--root DIR]
 [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
 [--fresh]``) writes the JSON results and a markdown table beside it (same stem, ``.md``). The
 budget, parts and presets can also come from ``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS``
@@ -43,7 +43,8 @@ all on exactly the same windows; the same errors on the validation split (``val_
 (``../shared/data/geolife``) when they and the ``geolife`` reader exist; otherwise a note says
 why not. The training budget (``Budget``: optimizer steps of ``batch_size`` windows per preset
 and dataset, AdamW lr 1e-3 with warmup then cosine, best validation epoch kept) is modest so the
-default run fits about 20 minutes on 2 shared CPU cores; ``full`` trains ~10x longer.
+default run fits about 20 minutes on 2 shared CPU cores; ``long`` trains 4x longer (3.6
+AIS epochs), ``full`` ~10x.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ BUDGETS = {
     "quick": Budget("quick", ais_steps=20, geolife_steps=10, speed_batch=16, speed_reps=3, speed_warmup=1,
                     gen_batch=4, gen_reps=1, max_test_windows=128),
     "default": Budget("default", ais_steps=250, geolife_steps=125),
+    "long": Budget("long", ais_steps=1000, geolife_steps=500),
     "full": Budget("full", ais_steps=3000, geolife_steps=1000, speed_reps=15, gen_reps=5),
 }
 
