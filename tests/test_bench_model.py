@@ -180,3 +180,26 @@ def test_variants_are_reported_apart_and_never_win_the_preset_prize():
     adopted = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a-x": 600})
     q = merge_quality(q, {**adopted, "variants": {}})  # the same name, now a bundled preset
     assert q["variants"] == {} and q["best_preset"] == "a-x"
+
+
+def test_train_stride_reaches_the_features_and_the_report(tmp_path, monkeypatch):
+    import trajfm.bench.model as bm
+
+    seen = {}
+    monkeypatch.setattr(bm, "run", lambda out, budget, *a: seen.setdefault("budget", budget))
+    bm.main(tmp_path / "m.json", ["--budget", "quick", "--train-stride", "8", "--parts", "quality"])
+    assert seen["budget"].train_stride == 8 and seen["budget"].threads == bm.BUDGETS["quick"].threads
+    assert seen["budget"].ais_steps == bm.BUDGETS["quick"].ais_steps
+
+    q = bm.summarize(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200}))
+    overlapped = {**q, "data": {**q["data"], "window_params": {"stride": 32, "train_stride": 8}}}
+    r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [],
+         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+         "quality": {"ais": overlapped}}
+    assert "training windows start every 8 points" in bm.markdown(r)
+    assert "training windows start every" not in bm.markdown({**r, "quality": {"ais": q}})
+    disjoint = {**q, "data": {**q["data"], "window_params": {"stride": 32}}}  # results from before the option
+    with pytest.raises(bm.BenchError, match="cannot merge"):  # another stride is another training set
+        bm.merge_quality(disjoint, overlapped)
+    unset = {**q, "data": {**q["data"], "window_params": {"stride": 32, "train_stride": None}}}
+    assert bm.merge_quality(disjoint, unset)["data"]["window_params"]["stride"] == 32

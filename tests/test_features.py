@@ -79,6 +79,20 @@ def test_short_pieces_are_padded_at_the_end_and_masked():
     assert (short.x[0, 13:] == 0).all()
 
 
+def test_train_stride_overlaps_training_windows_only():
+    pts = pd.concat([track_frame(f"a{i}", 80, -74.0 + 0.01 * i, 40.5, f"2020-06-{10 + i} 00:00") for i in range(10)])
+    base, _ = build_windows(pts, WindowParams(window=16, stride=16, min_points=8))
+    over, counts = build_windows(pts, WindowParams(window=16, stride=16, train_stride=4, min_points=8))
+    for split in ("val", "test"):  # evaluation windows stay disjoint and identical
+        assert np.array_equal(over[split].t_ns, base[split].t_ns) and np.array_equal(over[split].x, base[split].x)
+    assert counts["train"]["windows"] == len(over["train"]) > 3 * len(base["train"])
+    one = over["train"].subset(over["train"].traj_id == "a0")
+    starts = one.t_ns[:, 0]
+    assert (np.diff(starts)[:-1] == 4 * 60 * 10**9).all()  # a window every 4 fixes (the tail window may be closer)
+    assert set(base["train"].t_ns[base["train"].traj_id == "a0"][:, 0]) <= set(starts)  # a superset of the disjoint ones
+    assert np.array_equal(one.x[1, :12], one.x[0, 4:])  # slices of one encoded piece: same features
+
+
 def test_normalization_uses_train_real_points_only():
     x = np.zeros((2, 4, len(FEATURE_NAMES)), np.float32)
     mask = np.array([[True, True, False, False], [True, True, True, True]])

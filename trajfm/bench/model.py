@@ -3,7 +3,7 @@ forecast quality of every preset on held-out real data.
 
 ``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
 ``python -m trajfm.bench.model --out FILE [--budget quick|default|long|full] [--root DIR]
-[--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
+[--train-stride N] [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
 [--fresh]``) writes the JSON results and a markdown table beside it (same stem, ``.md``). The
 budget, parts and presets can also come from ``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS``
 and ``$TRAJFM_BENCH_PRESETS`` (``trajfm bench model`` takes only ``--out``). The JSON is
@@ -90,6 +90,7 @@ class Budget:
     gen_reps: int = 3
     max_test_windows: int | None = None  # cap on forecast windows per dataset (None: all)
     threads: int = 1  # torch threads (1: steady on a shared machine)
+    train_stride: int | None = None  # points between training window starts (None: 32, disjoint)
 
 
 BUDGETS = {
@@ -338,8 +339,9 @@ def shared_geolife_dir() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "geolife"
 
 
-def prepare_features(sources: list, root: Path) -> tuple[Path, dict]:
-    """ingest -> preprocess (sync) -> features; returns the features directory and stage info."""
+def prepare_features(sources: list, root: Path, train_stride: int | None = None) -> tuple[Path, dict]:
+    """ingest -> preprocess (sync) -> features; returns the features directory and stage info.
+    ``train_stride`` overlaps the training windows (validation and test windows stay the same)."""
     from trajfm.data.ingest import ingest
     from trajfm.data.preprocess import preprocess
     from trajfm.features.windows import make_features
@@ -348,7 +350,9 @@ def prepare_features(sources: list, root: Path) -> tuple[Path, dict]:
     t0 = time.perf_counter()
     ingest_dir = ingest(sources, root=root)
     processed = preprocess(ingest_dir, root=root, scheduler="sync")
-    features = make_features(processed, root=root)
+    from trajfm.features.windows import WindowParams
+
+    features = make_features(processed, root=root, params=WindowParams(train_stride=train_stride))
     m = read_manifest(features)
     pre = read_manifest(processed)
     info = {
@@ -411,7 +415,7 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     from trajfm.store import read_manifest
     from trajfm.train import TrainConfig, planned_steps, run_training
 
-    features, info = prepare_features(sources, root)
+    features, info = prepare_features(sources, root, budget.train_stride)
     log(f"{name}: features {info['windows']} in {info['seconds']} s")
     horizon = max(HORIZONS)
     splits = {split: _split_windows(features, split, budget) for split in ("test", "val")}
@@ -500,6 +504,11 @@ def summarize(q: dict) -> dict:
     return out
 
 
+def _unset_dropped(value):
+    """A setting added later with default None (``train_stride``) equals its absence."""
+    return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
+
 def merge_quality(old: dict | None, new: dict) -> dict:
     """One dataset's quality section with ``new``'s presets added to (or replacing) ``old``'s.
 
@@ -510,7 +519,7 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     for what, a, b in (("windows", old["data"], new["data"]),
                        ("training budget", old["training"]["train_overrides"], new["training"]["train_overrides"])):
         keys = set(b) - {"seconds", "val_windows_evaluated"}
-        diff = sorted(k for k in keys if k in a and a[k] != b[k])
+        diff = sorted(k for k in keys if k in a and _unset_dropped(a[k]) != _unset_dropped(b[k]))
         if diff:
             raise BenchError(f"cannot merge: the {what} differ ({', '.join(diff)}) from the existing results; "
                              "use --fresh (trained models are cached under the data root) or another --out")
@@ -731,7 +740,8 @@ def markdown(r: dict) -> str:
             f"## Forecast quality: {name}, test split (latest 15% of the time span)",
             "",
             f"{d['test_windows_evaluated']:,} test windows, {d['context_len']} points of context; windows train/val/test "
-            f"{d['windows']['train']:,}/{d['windows']['val']:,}/{d['windows']['test']:,}; each preset trained "
+            f"{d['windows']['train']:,}/{d['windows']['val']:,}/{d['windows']['test']:,}"
+            f"{_stride_note(d.get('window_params') or {})}; each preset trained "
             f"{t['train_overrides']['max_steps']} steps of {t['train_overrides']['batch_size']} windows "
             f"(best validation epoch kept). Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
             f"val = the same on {d.get('val_windows_evaluated', '-')} validation windows (the split to choose on).",
@@ -771,6 +781,11 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stride_note(params: dict) -> str:
+    stride = params.get("train_stride")
+    return f" (training windows start every {stride} points, overlapping)" if stride else ""
+
+
 def _csv(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
@@ -781,6 +796,8 @@ def main(out: Path, argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=os.environ.get(ENV_BUDGET, "default"))
     parser.add_argument("--root", default=None, help=f"data root for the pipeline stages (default {DEFAULT_ROOT})")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the budget's)")
+    parser.add_argument("--train-stride", type=int, default=None,
+                        help="points between training window starts (default 32: disjoint; e.g. 8 overlaps them)")
     parser.add_argument("--parts", default=os.environ.get(ENV_PARTS, ",".join(PARTS)),
                         help=f"comma-separated subset of {','.join(PARTS)} (or ${ENV_PARTS})")
     parser.add_argument("--presets", default=os.environ.get(ENV_PRESETS),
@@ -790,8 +807,9 @@ def main(out: Path, argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="start a new results file instead of merging into --out")
     args = parser.parse_args(argv or [])
     budget = BUDGETS[args.budget]
-    if args.threads:
-        budget = Budget(**{**asdict(budget), "threads": args.threads})
+    if args.threads or args.train_stride:
+        budget = Budget(**{**asdict(budget), "threads": args.threads or budget.threads,
+                           "train_stride": args.train_stride or budget.train_stride})
     try:
         run(args.out or out, budget, args.root, tuple(_csv(args.parts)), _csv(args.presets) or None,
             tuple(_csv(args.datasets)), args.fresh)

@@ -7,7 +7,9 @@ files) always lands in the same split; ``split_by="source"`` cuts each source's 
 source then contributes to test, but overlapping sources can leak across splits). Trajectories
 that cross a cut are cut there too, so no window mixes periods. Each piece is encoded on its own
 (its first point has zero displacement) and cut into windows of ``window`` points every
-``stride`` points; a piece shorter than one window (but with at least ``min_points``) becomes one
+``stride`` points (``train_stride`` for the train split: overlapping training windows show every
+point at several positions and patch phases, while validation and test windows stay disjoint);
+a piece shorter than one window (but with at least ``min_points``) becomes one
 window padded at the end, and ``mask`` marks the real points.
 
 Normalization statistics come from the real (unpadded) points of the train split only.
@@ -74,6 +76,7 @@ class WindowSet:
 class WindowParams:
     window: int = 32  # points per window
     stride: int = 32  # points between window starts (= window: no overlap)
+    train_stride: int | None = None  # train split only (e.g. 8: 4x overlapping windows); None = stride
     min_points: int = 12  # shortest piece kept (padded to a full window)
     train_frac: float = 0.7
     val_frac: float = 0.15
@@ -135,7 +138,8 @@ def build_windows(points: pd.DataFrame, params: WindowParams) -> tuple[dict[str,
             continue
         lon, lat, t_ns = all_lon[s0:e0], all_lat[s0:e0], all_t[s0:e0]
         feats = encode_points(lon, lat, t_ns)
-        for a, b in _windows_of_piece(int(n), L, params.stride):
+        stride = params.train_stride if split == "train" and params.train_stride else params.stride
+        for a, b in _windows_of_piece(int(n), L, stride):
             buckets[split].append((feats[a:b], lon[a:b], lat[a:b], t_ns[a:b], traj[s0]))
             c["windows"] += 1
     sets = {s: stack_windows(buckets[s], L) for s in SPLITS}
