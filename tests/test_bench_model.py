@@ -198,6 +198,9 @@ def test_train_stride_reaches_the_features_and_the_report(tmp_path, monkeypatch)
          "quality": {"ais": overlapped}}
     assert "training windows start every 8 points" in bm.markdown(r)
     assert "training windows start every" not in bm.markdown({**r, "quality": {"ais": q}})
+    assert "Reused from the data root's cache" not in bm.markdown(r)
+    hit = {**q, "training": {**q["training"], "per_preset": {"tutorial": {"train_s": 0.1, "cached": True}}}}
+    assert "the lookup): `tutorial`." in bm.markdown({**r, "quality": {"ais": hit}})
     disjoint = {**q, "data": {**q["data"], "window_params": {"stride": 32}}}  # results from before the option
     with pytest.raises(bm.BenchError, match="cannot merge"):  # another stride is another training set
         bm.merge_quality(disjoint, overlapped)

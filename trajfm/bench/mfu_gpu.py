@@ -18,9 +18,9 @@ and backward, without halving for causality (the usual convention). MFU = achiev
 compute die); use 756 for H100 PCIe, 312 for A100.
 
 The default model is the largest preset (most parameters) at 512 points per window. trajfm's
-presets are small (under a million parameters), so their MFU is bound by kernel launches and
-memory traffic, not by the tensor cores: the number says how far a tiny model is from the
-hardware, and ``--batch`` is the knob that moves it.
+presets are small (the largest, ``timesfm-patch-large``, has 4.8M parameters), so their MFU is
+bound by kernel launches and memory traffic, not by the tensor cores: the number says how far a
+small model is from the hardware, and ``--batch`` is the knob that moves it.
 """
 
 from __future__ import annotations

@@ -762,6 +762,10 @@ def markdown(r: dict) -> str:
                     + f" | {_fmt(val.get(pred, {}).get(tg_key))} | {_fmt(tr.get('train_s'))} |")
 
         lines += [row(pred, errs) for pred, errs in q["results"].items() if pred not in variants]
+        reused = [p for p, tr in t["per_preset"].items() if tr.get("cached") and (tr.get("train_s") or 0) < 1.0]
+        if reused:
+            lines += ["", f"Reused from the data root's cache (trained by an earlier run on the same windows with the "
+                          f"same config and budget; train s is the lookup): {', '.join(f'`{p}`' for p in reused)}."]
         tg = q.get("targets")
         if tg:
             lines += [
