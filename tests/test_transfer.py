@@ -146,6 +146,25 @@ def test_tiny_protocol_runs_zero_shot_and_fine_tuned_deterministically(tmp_path,
     assert "tutorial@zero-shot" in printed and "±" in printed and out.is_file()
 
 
+def test_fine_tune_learning_rate_reaches_the_fine_tune_only(tmp_path):
+    from trajfm.store import read_manifest
+
+    path = _write(tmp_path, TINY)
+    kw = dict(epochs=1, max_steps=6, fine_tune_steps=4, batch_size=16, compare_tutorial=False, seeds=(0,), root=tmp_path / "r")
+    default = run_protocol(path, "tutorial", **kw)
+    low = run_protocol(path, "tutorial", fine_tune_lr=1e-5, **kw)
+    for res, lr in ((default, 1e-3), (low, 1e-5)):
+        dirs = res["trained"]["0/tutorial"]
+        assert read_manifest(Path(dirs["fine-tuned"]))["train_config"]["lr"] == lr
+        assert read_manifest(Path(dirs["zero-shot"]))["train_config"]["lr"] == 1e-3  # training keeps its own
+    assert low["trained"]["0/tutorial"]["zero-shot"] == default["trained"]["0/tutorial"]["zero-shot"]  # reused
+    assert low["settings"]["fine_tune_lr"] == 1e-5 and default["settings"]["fine_tune_lr"] is None
+    key = "forecast.ade_m@10.tutorial@fine-tuned"
+    assert low["runs"]["0"][key] != default["runs"]["0"][key]
+    with pytest.raises(ValueError, match="fine_tune_lr must be > 0"):
+        run_protocol(path, "tutorial", fine_tune_lr=0.0, **kw)
+
+
 def test_select_stage_accounts_rows_and_refuses_overlapping_entries(tmp_path):
     from trajfm.evaluate.suite import ingest_and_clean, select_stage
     from trajfm.store import read_manifest

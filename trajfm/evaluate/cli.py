@@ -3,7 +3,7 @@
     trajfm evaluate --model URI --data PATH [PATH ...] [--format NAME] [--kind KIND]
                     [--tasks t1,t2] [--seed N] [--data-root DIR] --out FILE.json
     trajfm evaluate --protocol FILE.yaml --preset NAME [--epochs N] [--max-steps N]
-                    [--fine-tune-steps N] [--seeds 0,1,2] [--data-root DIR] --out FILE.json
+                    [--fine-tune-steps N] [--fine-tune-lr LR] [--seeds 0,1,2] [--data-root DIR] --out FILE.json
 
 URI: ``models:/trajfm@champion``, ``models:/trajfm/3``, ``runs:/RUN_ID/model`` (the MLflow store
 of the data root), a ``model.pt`` or a train stage directory. PATH: files, directories, globs,
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="protocol: training epochs")
     p.add_argument("--max-steps", type=int, default=None, help="protocol: cap on training steps")
     p.add_argument("--fine-tune-steps", type=int, default=100, help="protocol: fine-tuning steps on the held-out fine-tune split")
+    p.add_argument("--fine-tune-lr", type=float, default=None,
+                   help="protocol: peak learning rate of fine-tuning (default: the training one, 1e-3)")
     p.add_argument("--batch-size", type=int, default=64, help="protocol: windows per training step")
     p.add_argument("--seeds", default="0,1,2", help="protocol: training seeds (mean ± std over them)")
     p.add_argument("--data-root", default=None, help="default: $TRAJFM_HOME or ./.trajfm")
@@ -108,7 +110,7 @@ def _protocol(args) -> int:
 
     result = run_protocol(
         args.protocol, args.preset, epochs=args.epochs, max_steps=args.max_steps, root=args.data_root,
-        fine_tune_steps=args.fine_tune_steps, seeds=_seeds(args.seeds), batch_size=args.batch_size, device=args.device,
+        fine_tune_steps=args.fine_tune_steps, fine_tune_lr=args.fine_tune_lr, seeds=_seeds(args.seeds), batch_size=args.batch_size, device=args.device,
         tasks=args.tasks, params=_json_arg(args.params, "--params"),
     )
     from pathlib import Path

@@ -238,6 +238,7 @@ def run_protocol(
     epochs: int = 5,
     root=None,
     fine_tune_steps: int = 100,
+    fine_tune_lr: float | None = None,
     seeds=(0, 1, 2),
     max_steps: int | None = None,
     batch_size: int = 64,
@@ -246,7 +247,10 @@ def run_protocol(
     params: dict | None = None,
     compare_tutorial: bool = True,
 ) -> dict:
-    """Run a transfer protocol (see the module docstring); returns the results dict."""
+    """Run a transfer protocol (see the module docstring); returns the results dict.
+
+    ``fine_tune_lr`` is the peak learning rate of fine-tuning (None: the training one, 1e-3);
+    a lower one keeps more of what the model learned on the train sources."""
     from trajfm.evaluate.suite import check_tasks, run_suite
     from trajfm.features.windows import load_features
     from trajfm.model.checkpoint import load_model
@@ -257,6 +261,8 @@ def run_protocol(
     load_preset(preset)  # an unknown preset fails before any work
     if fine_tune_steps < 0 or epochs < 1 or not seeds:
         raise ValueError(f"need fine_tune_steps >= 0, epochs >= 1 and at least one seed, got {fine_tune_steps}, {epochs}, {seeds}")
+    if fine_tune_lr is not None and not fine_tune_lr > 0:
+        raise ValueError(f"fine_tune_lr must be > 0 (or None for the training learning rate), got {fine_tune_lr}")
     tasks = check_tasks(tasks) if tasks is not None else proto.tasks
     params = {**proto.params, **(params or {})}
     root = data_root(root)
@@ -278,6 +284,8 @@ def run_protocol(
             dirs = {"zero-shot": str(base)}
             if fine_tune_steps > 0:
                 ft = _train_overrides(len(fit_ws), fine_tune_steps, fine_tune_steps, batch_size, seed, device)
+                if fine_tune_lr is not None:
+                    ft["lr"] = fine_tune_lr
                 tuned = Path(run_training(held_feat, root, name, train_overrides={**ft, "init_checkpoint": str(base / "model.pt")}))
                 metrics.update(_renamed(run_suite(load_model(tuned / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params), f"{name}@fine-tuned"))
                 dirs["fine-tuned"] = str(tuned)
@@ -290,7 +298,8 @@ def run_protocol(
         "protocol_file": proto.path,
         "preset": preset,
         "seeds": [int(s) for s in seeds],
-        "settings": {"epochs": epochs, "max_steps": max_steps, "fine_tune_steps": fine_tune_steps, "batch_size": batch_size,
+        "settings": {"epochs": epochs, "max_steps": max_steps, "fine_tune_steps": fine_tune_steps, "fine_tune_lr": fine_tune_lr,
+                     "batch_size": batch_size,
                      "window": proto.window, "train_split": list(proto.train_split),
                      "fine_tune": {"frac": proto.fine_tune_frac, "val_frac": proto.fine_tune_val_frac}, "tasks": tasks, "params": params},
         "heldout_windows": {"fine_tune": len(fit_ws), "fine_tune_val": len(held["val"]), "eval": len(eval_ws)},
