@@ -91,6 +91,8 @@ def test_train_stride_overlaps_training_windows_only():
     assert (np.diff(starts)[:-1] == 4 * 60 * 10**9).all()  # a window every 4 fixes (the tail window may be closer)
     assert set(base["train"].t_ns[base["train"].traj_id == "a0"][:, 0]) <= set(starts)  # a superset of the disjoint ones
     assert np.array_equal(one.x[1, :12], one.x[0, 4:])  # slices of one encoded piece: same features
+    with pytest.raises(ValueError, match="train_stride must be >= 1"):
+        WindowParams(train_stride=0)
 
 
 def test_normalization_uses_train_real_points_only():

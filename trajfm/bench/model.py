@@ -344,14 +344,12 @@ def prepare_features(sources: list, root: Path, train_stride: int | None = None)
     ``train_stride`` overlaps the training windows (validation and test windows stay the same)."""
     from trajfm.data.ingest import ingest
     from trajfm.data.preprocess import preprocess
-    from trajfm.features.windows import make_features
+    from trajfm.features.windows import WindowParams, make_features
     from trajfm.store import read_manifest
 
     t0 = time.perf_counter()
     ingest_dir = ingest(sources, root=root)
     processed = preprocess(ingest_dir, root=root, scheduler="sync")
-    from trajfm.features.windows import WindowParams
-
     features = make_features(processed, root=root, params=WindowParams(train_stride=train_stride))
     m = read_manifest(features)
     pre = read_manifest(processed)

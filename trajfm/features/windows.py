@@ -83,6 +83,11 @@ class WindowParams:
     split_by: str = "global"  # "global": one set of cut times; "source": cut each source's span
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.stride < 1 or (self.train_stride is not None and self.train_stride < 1):
+            raise ValueError(f"window, stride and train_stride must be >= 1 (train_stride may be None), got "
+                             f"{self.window}, {self.stride}, {self.train_stride}")
+
 
 def split_periods(points: pd.DataFrame, train_frac: float, val_frac: float, split_by: str = "global") -> pd.Series:
     """Label each fix 'train' / 'val' / 'test' by time quantiles (of all fixes, or per source)."""
