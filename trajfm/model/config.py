@@ -26,6 +26,7 @@ FRAMES = ("absolute", "heading")
 STEP_SCALES = ("std", "speed")
 POINT_LOSSES = ("mse", "huber", "distance")
 OBJECTIVES = ("next", "infill", "mixed")
+AUGMENTS = ("none", "rotate", "rotate-flip")
 
 
 # Fields added after train-stage keys were first hashed from ``to_dict``: left out of it at their
@@ -33,7 +34,7 @@ OBJECTIVES = ("next", "infill", "mixed")
 ADDED_DEFAULTS = {
     "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "step_scale": "std", "step_scale_floor_m": 10.0, "point_loss": "mse",
     "huber_delta": 1.0, "score_positions": False, "objective": "next", "infill_min_span": 1, "infill_max_span": 8,
-    "infill_time_prob": 0.5, "infill_weight": 1.0, "cell_resolution": 9, "cell_radius": 4,
+    "infill_time_prob": 0.5, "infill_weight": 1.0, "cell_resolution": 9, "cell_radius": 4, "augment": "none",
 }
 
 
@@ -86,6 +87,8 @@ class GPTConfig:
     infill_max_span: int = 8
     infill_time_prob: float = 0.5  # chance that a span's travel time is hidden too (travel-time estimation)
     infill_weight: float = 1.0  # "mixed": loss = next + infill_weight * infill
+    # --- training-time augmentation (TrajGPT.loss, training mode only) ---
+    augment: str = "none"  # "rotate": each window's steps turned by a random angle; "rotate-flip": and mirrored half the time
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "block_size", "n_features", "n_targets", "n_mixture",
@@ -100,7 +103,7 @@ class GPTConfig:
             raise ValueError("targets are the first n_targets input features: need n_targets <= n_features")
         for name, allowed in (("position", POSITIONS), ("head", HEADS), ("space_encoding", SPACE_ENCODINGS),
                               ("time_encoding", TIME_ENCODINGS), ("anchor", ANCHORS), ("frame", FRAMES), ("step_scale", STEP_SCALES),
-                              ("point_loss", POINT_LOSSES), ("objective", OBJECTIVES)):
+                              ("point_loss", POINT_LOSSES), ("objective", OBJECTIVES), ("augment", AUGMENTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.position != "learned" and self.head_dim % 2:
@@ -124,6 +127,9 @@ class GPTConfig:
                 raise ValueError(f"need 0 <= cell_resolution <= 15 and cell_radius >= 1, got {self.cell_resolution}, {self.cell_radius}")
             if (self.patch_in, self.patch_out, self.objective) != (1, 1, "next"):
                 raise ValueError("the cell head classifies the next point of each point: needs patch_in = patch_out = 1, objective 'next'")
+        if self.augment != "none" and (self.space_encoding != "none" or self.n_targets < 2):
+            raise ValueError("augment turns each window's (dx, dy) steps: needs n_targets >= 2 and no absolute "
+                             "space_encoding (turned steps would no longer match the window's lon/lat)")
         if self.head != "mse" and (self.point_loss != "mse" or self.score_positions):
             raise ValueError("point_loss and score_positions shape the point-regression loss: use them with head 'mse'")
         if self.objective != "next":

@@ -121,6 +121,25 @@ def attention_mask(mask: torch.Tensor) -> torch.Tensor:
     return causal & (mask[:, None, None, :] | self_key)  # (B, 1, L, L)
 
 
+def augment_steps(x_raw: torch.Tensor, how: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, L, F) raw windows with each window's (dx_m, dy_m) turned by its own random angle
+    (``how="rotate"``), and mirrored (dy negated first) for a random half of the windows with
+    ``"rotate-flip"``. Step lengths, times and calendar features are unchanged, so every turned
+    window is a motion that could have happened; padding (zeros) stays zero. Draws come from
+    ``generator`` or the global CPU RNG (checkpointed with the training state).
+    """
+    B = x_raw.shape[0]
+    u = torch.rand(B, 2, generator=generator, dtype=torch.float64)  # (B, 2) on CPU: device-independent draws
+    angle = (2.0 * math.pi * u[:, 0]).to(x_raw.device)  # (B,)
+    sign = torch.ones(B, dtype=torch.float64, device=x_raw.device)
+    if how == "rotate-flip":
+        sign = torch.where(u[:, 1].to(x_raw.device) < 0.5, -sign, sign)
+    cos, sin = torch.cos(angle)[:, None].to(x_raw.dtype), torch.sin(angle)[:, None].to(x_raw.dtype)  # (B, 1)
+    dx, dy = x_raw[..., 0], x_raw[..., 1] * sign[:, None].to(x_raw.dtype)  # (B, L) each
+    turned = torch.stack([cos * dx - sin * dy, sin * dx + cos * dy], dim=-1)  # (B, L, 2)
+    return torch.cat([turned, x_raw[..., 2:]], dim=-1)
+
+
 class TrajGPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -304,9 +323,12 @@ class TrajGPT(nn.Module):
         "next": ``next_loss``; "infill": ``infill.infill_loss`` (spans drawn from ``generator``,
         else from the global RNG in training mode (checkpointed with the training state) and
         from a fixed seed in eval mode, so validation losses are comparable); "mixed": their sum,
-        the infill part weighted by ``infill_weight``.
+        the infill part weighted by ``infill_weight``. In training mode with ``config.augment``
+        each window's steps are first turned (and mirrored) by ``augment_steps``.
         """
         c = self.config
+        if c.augment != "none" and self.training:
+            x_raw = augment_steps(x_raw, c.augment, generator)
         if c.objective == "next":
             return self.next_loss(x_raw, mask, lonlat, kind)
         from trajfm.model.infill import infill_loss  # infill.py builds sequences for this model
