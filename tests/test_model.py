@@ -155,6 +155,7 @@ VARIANTS = [
     dict(position="st-rope", head="mixture", n_mixture=3),
     dict(time_encoding="time2vec", space_encoding="sinusoidal", n_kinds=2),
     dict(patch_in=4, patch_out=8, position="st-rope", time_encoding="time2vec"),
+    dict(norm="context", patch_in=4, patch_out=8, position="st-rope", head="mixture", n_mixture=3),
 ]
 
 

@@ -20,6 +20,7 @@ VARIANTS = {
     "st-rope+mixture": dict(position="st-rope", head="mixture", n_mixture=3),
     "time2vec+kinds": dict(time_encoding="time2vec", n_kinds=3),
     "space": dict(space_encoding="sinusoidal"),
+    "context-norm": dict(norm="context", norm_points=4, anchor="velocity", frame="heading"),
 }
 
 

@@ -163,12 +163,13 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def target_count(mask: torch.Tensor, patch_in: int = 1, patch_out: int = 1) -> int:
+def target_count(mask: torch.Tensor, patch_in: int = 1, patch_out: int = 1, first_token: int = 0) -> int:
     """Targets the next-point loss scores in a (B, L) batch: (token, predicted point) pairs where
     the token (its last point) and the predicted point are real, as ``TrajGPT.loss`` counts them.
 
     With one point per token that is the number of real consecutive pairs. ``TrajGPT.loss`` is a
-    mean over these (times the number of target values for the MSE head), so a micro-batch's
+    mean over these (times the number of target values for the MSE head; tokens before
+    ``first_token`` (``GPTConfig.first_scored_token``) are not scored), so a micro-batch's
     loss times its count over the global batch's count adds up to the global batch's loss.
     """
     P, Q = patch_in, patch_out
@@ -181,7 +182,7 @@ def target_count(mask: torch.Tensor, patch_in: int = 1, patch_out: int = 1) -> i
     total = 0
     for q in range(Q):  # output q of token i is point (i+1)P + q
         idx = torch.arange(1, token.shape[1] + 1) * P + q
-        inside = idx < L
+        inside = (idx < L) & (torch.arange(token.shape[1]) >= first_token)  # tokens before first_token are not scored
         total += int((token[:, inside] & m[:, idx[inside]]).sum())
     return total
 
@@ -546,7 +547,7 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
     vlonlat = _lonlat(val, model_config.block_size) if spatial and vx is not None else None
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total_steps = planned_steps(len(x), cfg)
-    P, Q = model_config.patch_in, model_config.patch_out
+    P, Q, first = model_config.patch_in, model_config.patch_out, model_config.first_scored_token
 
     torch.manual_seed(cfg.seed)
     model = TrajGPT(model_config)
@@ -619,7 +620,7 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]  # the global batch
         micro = [m for m in torch.tensor_split(torch.tensor_split(idx, group.world)[group.rank], cfg.grad_accum_steps) if len(m)]
         whole = len(micro) == 1 and not group.parallel  # one process, one micro-batch: the plain step
-        n_targets = max(target_count(mask[idx], P, Q), 1)
+        n_targets = max(target_count(mask[idx], P, Q, first), 1)
 
         optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
@@ -629,7 +630,7 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
             with _autocast(device, amp_dtype):
                 loss = loss_fn(xb, mb, lonlat=lb)
             if not whole:  # this micro-batch's share of the global batch's mean
-                loss = loss * (target_count(mask[mi], P, Q) / n_targets)
+                loss = loss * (target_count(mask[mi], P, Q, first) / n_targets)
             loss.backward()
             loss_sum = loss_sum + loss.detach().float()
         loss_value = float(loss_sum)

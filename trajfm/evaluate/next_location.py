@@ -87,14 +87,16 @@ def model_next_points(model: TrajGPT, ws: WindowSet, rows, cols, samples: int, s
             x = torch.from_numpy(ws.x[w0:w1]).to(device)
             mask = torch.from_numpy(ws.mask[w0:w1]).to(device)
             ll = torch.from_numpy(np.stack([ws.lon[w0:w1], ws.lat[w0:w1]], -1)).to(device) if model.needs_lonlat else None
-            out = model(x, mask, ll)  # (B, Lt, Q*W)
+            norm = model.context_scale(x, mask) if model.config.norm == "context" else None  # (B, 2) or None
+            out = model(x, mask, ll, norm=norm)  # (B, Lt, Q*W)
             r, tok = torch.from_numpy(rows[sel] - w0).to(device), torch.from_numpy(cols[sel] // P).to(device)
             o, cur = out[r, tok], x[r, torch.from_numpy(cols[sel]).to(device)]  # (n, Q*W), (n, F) the point i
             lon0, lat0 = ws.lon[rows[sel], cols[sel]], ws.lat[rows[sel], cols[sel]]
-            step = model.decode(o, "mode", cur=cur)[:, 0].double().cpu().numpy()
+            nr = None if norm is None else norm[r]
+            step = model.decode(o, "mode", cur=cur, norm=nr)[:, 0].double().cpu().numpy()
             mode[sel] = np.stack(offset_lonlat(lon0, lat0, step[:, 0], step[:, 1]), -1)
             for s in range(S):
-                step = model.decode(o, "sample", 1.0, gen, cur)[:, 0].double().cpu().numpy()
+                step = model.decode(o, "sample", 1.0, gen, cur, nr)[:, 0].double().cpu().numpy()
                 draws[sel, s] = np.stack(offset_lonlat(lon0, lat0, step[:, 0], step[:, 1]), -1)
     finally:
         model.train(was_training)

@@ -27,6 +27,7 @@ STEP_SCALES = ("std", "speed")
 POINT_LOSSES = ("mse", "huber", "distance")
 OBJECTIVES = ("next", "infill", "mixed")
 AUGMENTS = ("none", "rotate", "rotate-flip")
+NORMS = ("global", "context")
 
 
 # Fields added after train-stage keys were first hashed from ``to_dict``: left out of it at their
@@ -35,6 +36,7 @@ ADDED_DEFAULTS = {
     "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "step_scale": "std", "step_scale_floor_m": 10.0, "point_loss": "mse",
     "huber_delta": 1.0, "score_positions": False, "objective": "next", "infill_min_span": 1, "infill_max_span": 8,
     "infill_time_prob": 0.5, "infill_weight": 1.0, "cell_resolution": 9, "cell_radius": 4, "augment": "none",
+    "norm": "global", "norm_points": 8, "norm_floor_m": 5.0,
 }
 
 
@@ -89,6 +91,10 @@ class GPTConfig:
     infill_weight: float = 1.0  # "mixed": loss = next + infill_weight * infill
     # --- training-time augmentation (TrajGPT.loss, training mode only) ---
     augment: str = "none"  # "rotate": each window's steps turned by a random angle; "rotate-flip": and mirrored half the time
+    # --- input scale (TimesFM's per-context normalization; TrajGPT.context_scale) ---
+    norm: str = "global"  # "global": training-set mean/std; "context": each sequence in units of its own early steps
+    norm_points: int = 8  # "context": steps 1..norm_points of a sequence set its scale (mean length) and time shift
+    norm_floor_m: float = 5.0  # "context": added to the mean step length (a stationary start still has a scale)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "block_size", "n_features", "n_targets", "n_mixture",
@@ -103,7 +109,7 @@ class GPTConfig:
             raise ValueError("targets are the first n_targets input features: need n_targets <= n_features")
         for name, allowed in (("position", POSITIONS), ("head", HEADS), ("space_encoding", SPACE_ENCODINGS),
                               ("time_encoding", TIME_ENCODINGS), ("anchor", ANCHORS), ("frame", FRAMES), ("step_scale", STEP_SCALES),
-                              ("point_loss", POINT_LOSSES), ("objective", OBJECTIVES), ("augment", AUGMENTS)):
+                              ("point_loss", POINT_LOSSES), ("objective", OBJECTIVES), ("augment", AUGMENTS), ("norm", NORMS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.position != "learned" and self.head_dim % 2:
@@ -130,6 +136,15 @@ class GPTConfig:
         if self.augment != "none" and (self.space_encoding != "none" or self.n_targets < 2):
             raise ValueError("augment turns each window's (dx, dy) steps: needs n_targets >= 2 and no absolute "
                              "space_encoding (turned steps would no longer match the window's lon/lat)")
+        if self.norm == "context":
+            if self.norm_points < 1 or self.norm_floor_m <= 0 or self.norm_points >= self.block_size:
+                raise ValueError(f"norm 'context' needs 1 <= norm_points < block_size and norm_floor_m > 0, got "
+                                 f"{self.norm_points}, {self.norm_floor_m}")
+            if self.objective != "next" or self.head == "cell" or self.step_scale != "std" or self.time_encoding != "none":
+                raise ValueError("norm 'context' rescales (dx, dy, log dt) per sequence: it needs objective 'next', a "
+                                 "point head (mse / mixture), step_scale 'std' and no time encoding")
+            if self.n_targets < 3:
+                raise ValueError("norm 'context' shifts log_dt_s: needs n_targets = 3")
         if self.head != "mse" and (self.point_loss != "mse" or self.score_positions):
             raise ValueError("point_loss and score_positions shape the point-regression loss: use them with head 'mse'")
         if self.objective != "next":
@@ -149,6 +164,15 @@ class GPTConfig:
         """Numbers per point the input projection reads: the features, + 2 with ``turn_inputs``,
         + 1 with ``length_input``."""
         return self.n_features + 2 * int(self.turn_inputs) + int(self.length_input)
+
+    @property
+    def first_scored_token(self) -> int:
+        """First token the next-point loss scores: 0, or with ``norm="context"`` the first token
+        whose input ends at or after point ``norm_points`` (earlier tokens would see a scale made
+        partly of the steps they predict)."""
+        if self.norm != "context":
+            return 0
+        return -(-(self.norm_points + 1) // self.patch_in) - 1
 
     @property
     def head_dim(self) -> int:

@@ -19,6 +19,9 @@ of the last ``block_size`` points: exactly what the no-cache rollout computes (a
 slide: cached keys of layers >= 2 encode context that has left the window). Patched models
 (``patch_in > 1``) always recompute; they make ``horizon / patch_out`` calls only.
 
+With ``norm="context"`` each row's units come from its context when the rollout starts and stay
+fixed while it grows (the points it predicts never rescale it).
+
 Both paths give the same predictions up to float rounding (tests/test_model_generate.py).
 """
 
@@ -116,6 +119,10 @@ class Rollout:
         self.kind = None if kind is None else torch.as_tensor(kind, dtype=torch.long).to(device)
         self.rows = torch.arange(self.x.shape[0], device=device)
         self.cache, self._out = None, None
+        self.norm = None  # norm="context": each row's units, from its context, kept for the whole rollout
+        if self.config.norm == "context":
+            width = self.x.shape[1]
+            self.norm = model.context_scale(self.x, torch.arange(width, device=device)[None, :] < self.n[:, None])
         if use_cache and self.config.patch_in == 1 and int(self.n.max()) <= self.config.n_tokens:
             self.cache = KVCache(self.config, self.x.shape[0], device, self.x.dtype)
             width = int(self.n.max())
@@ -134,7 +141,7 @@ class Rollout:
         """(B, Q, T) raw (dx_m, dy_m, log_dt_s) of the next Q points of every row."""
         out = self._out if self.cache is not None else self._recompute()
         cur = self.x[self.rows, self.n - 1]  # (B, F) each row's last point (anchored / heading-frame heads)
-        return self.model.decode(out, how, temperature, generator, cur)
+        return self.model.decode(out, how, temperature, generator, cur, self.norm)
 
     @torch.no_grad()
     def extend(self, feats: torch.Tensor, lonlat=None) -> None:
@@ -160,7 +167,7 @@ class Rollout:
         self.n = self.n + k
 
     def _cached(self, x: torch.Tensor, mask: torch.Tensor, lonlat) -> torch.Tensor:
-        return self.model(x, mask, lonlat, self.kind, cache=self.cache)  # (B, Lt, Q*W)
+        return self.model(x, mask, lonlat, self.kind, cache=self.cache, norm=self.norm)  # (B, Lt, Q*W)
 
     def _recompute(self) -> torch.Tensor:
         """(B, Q*W) head outputs after each row's last point, from its last block_size points."""
@@ -170,7 +177,7 @@ class Rollout:
             keep = torch.where(keep >= P, (keep // P) * P, torch.full_like(keep, P))
         x, mask = last_points(self.x, self.n, keep)
         lonlat = None if self.lonlat is None else last_points(self.lonlat, self.n, keep)[0]
-        out = self.model(x, mask, lonlat, self.kind)  # (B, Lt, Q*W)
+        out = self.model(x, mask, lonlat, self.kind, norm=self.norm)  # (B, Lt, Q*W)
         return out[self.rows, keep // P - 1]
 
     def _grow(self, width: int) -> None:

@@ -140,6 +140,9 @@ def augment_steps(x_raw: torch.Tensor, how: str, generator: torch.Generator | No
     return torch.cat([turned, x_raw[..., 2:]], dim=-1)
 
 
+_UNIT = object()  # decode's marker: the outputs are already in the sequence's units
+
+
 class TrajGPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -206,8 +209,38 @@ class TrajGPT(nn.Module):
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
             raise ValueError("normalization statistics must be finite")
         std = torch.where(std.abs() < min_std, torch.ones_like(std), std.abs())
+        if self.config.norm == "context":  # the steps are in each sequence's own units (context_scale)
+            mean[:3], std[:3] = 0.0, 1.0
         self.feat_mean.copy_(mean)
         self.feat_std.copy_(std)
+
+    def context_scale(self, x_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 2) per-sequence units for ``norm="context"`` (TimesFM normalizes each context by
+        its first patch): metres per unit = mean step length over real points 1..norm_points +
+        ``norm_floor_m``, and the mean ``log_dt_s`` of those points (0 if none). A sequence of
+        walkers at 10 s and one of vessels at 60 s then look alike when their paths do: only
+        earlier points set the units, so nothing of the future leaks into them."""
+        c = self.config
+        K = min(c.norm_points + 1, x_raw.shape[1])
+        m = mask[:, 1:K].to(torch.bool)  # (B, K-1) point 0's step comes from before the sequence
+        w = m.to(torch.float64)
+        n = w.sum(1).clamp_min(1.0)
+        step = x_raw[:, 1:K, :2].double().norm(dim=-1)  # (B, K-1) metres
+        step = torch.where(m, step, torch.zeros((), dtype=step.dtype, device=step.device))  # padding may hold garbage
+        ldt = torch.where(m, x_raw[:, 1:K, 2].double(), torch.zeros((), dtype=torch.float64, device=step.device))
+        unit = step.sum(1) / n + c.norm_floor_m
+        shift = ldt.sum(1) / n
+        return torch.stack([unit, shift], dim=-1).to(x_raw.dtype)  # (B, 2)
+
+    @staticmethod
+    def scale_steps(x: torch.Tensor, norm: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """(B, ..., >=3) raw (dx_m, dy_m, log_dt_s, ...) -> the same in a sequence's units
+        ``norm`` (B, 2) from ``context_scale`` (``inverse``: back to metres and log seconds)."""
+        shape = (norm.shape[0],) + (1,) * (x.ndim - 2)
+        unit, shift = norm[:, 0].reshape(shape).to(x.dtype), norm[:, 1].reshape(shape).to(x.dtype)
+        if inverse:
+            return torch.cat([x[..., :2] * unit[..., None], (x[..., 2] + shift)[..., None], x[..., 3:]], dim=-1)
+        return torch.cat([x[..., :2] / unit[..., None], (x[..., 2] - shift)[..., None], x[..., 3:]], dim=-1)
 
     def normalize(self, x_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L, F) normalized features, exactly 0 at padding (garbage or NaN there is dropped)."""
@@ -284,7 +317,7 @@ class TrajGPT(nn.Module):
         return self.transformer.ln_f(h)
 
     def forward(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None, coords=None, cache=None,
-                types=None, to_go=None) -> torch.Tensor:
+                types=None, to_go=None, norm=None) -> torch.Tensor:
         """(B, Lt, Q*W) normalized head outputs from raw (B, L, F) features and a (B, L) mask.
 
         By default (one point per token, MSE head) that is (B, L, T): the normalized prediction
@@ -295,9 +328,17 @@ class TrajGPT(nn.Module):
         ``generate.KVCache``), these points continue the cached sequences (see ``Rollout``).
         ``types`` (B, L) long marks infilling's special tokens and ``to_go`` (B, L, N_TO_GO) gives
         the answers the way to the far end of the gap (``infill.py``; P = 1 only).
-        L is padded up to whole patches.
+        L is padded up to whole patches. With ``norm="context"`` the steps are first put in the
+        sequence's own units: ``norm`` (B, 2) from ``context_scale`` (default: computed from these
+        points; required with a cache, whose calls see only the new points).
         """
         c, P = self.config, self.config.patch_in
+        if c.norm == "context":
+            if norm is None:
+                if cache is not None:
+                    raise ValueError("norm 'context' with a KV cache: pass the sequences' norm (context_scale of the prefill)")
+                norm = self.context_scale(x_raw, mask.to(torch.bool))
+            x_raw = self.scale_steps(x_raw, norm)
         x_raw, mask = pad_to_patches(x_raw, P), pad_to_patches(mask.to(torch.bool), P)
         lonlat = None if lonlat is None else pad_to_patches(lonlat, P)
         coords = None if coords is None else pad_to_patches(coords, P)
@@ -347,7 +388,11 @@ class TrajGPT(nn.Module):
         """
         c, P, Q = self.config, self.config.patch_in, self.config.patch_out
         mask = mask.to(torch.bool)
-        out = self(x_raw, mask, lonlat, kind)  # (B, Lt, Q*W)
+        norm = None
+        if c.norm == "context":  # targets in the sequence's units too; forward must not rescale again
+            x_raw = self.scale_steps(x_raw, self.context_scale(x_raw, mask))
+            norm = torch.tensor([1.0, 0.0], dtype=x_raw.dtype, device=x_raw.device).expand(x_raw.shape[0], 2)
+        out = self(x_raw, mask, lonlat, kind, norm=norm)  # (B, Lt, Q*W)
         x_raw, mask = pad_to_patches(x_raw, P), pad_to_patches(mask, P)
         if targets.is_plain(c):
             target, valid = next_points(self.normalize(x_raw, mask)[..., : c.n_targets], mask, P, Q)  # (B, Lt, Q, T)
@@ -356,19 +401,29 @@ class TrajGPT(nn.Module):
             target, valid = next_points(raw[..., : c.n_targets], mask, P, Q)  # (B, Lt, Q, T) raw
             cur = raw[:, P - 1 :: P, None, :]  # (B, Lt, 1, F): the point each token ends at
             target = targets.encode(c, target, cur, self.feat_mean, self.feat_std)
+        if c.first_scored_token:
+            valid = valid & (torch.arange(valid.shape[1], device=valid.device) >= c.first_scored_token)[None, :, None]
         return heads.head_loss(c, out.unflatten(-1, (Q, -1)), target, valid)
 
     # --- predictions in raw units ----------------------------------------------------------
 
-    def decode(self, out: torch.Tensor, how: str = "mode", temperature: float = 1.0, generator=None, cur=None) -> torch.Tensor:
+    def decode(self, out: torch.Tensor, how: str = "mode", temperature: float = 1.0, generator=None, cur=None,
+               norm=None) -> torch.Tensor:
         """(..., Q*W) head outputs -> (..., Q, T) raw (dx_m, dy_m, log_dt_s).
 
         ``how``: "mode" (MSE point, or mean of the most likely mixture component), "mean"
         (mixture mean), or "sample" (a draw at ``temperature``, with ``generator``). ``cur``
         (..., F) raw features of the point each output was made at: needed when the model
         predicts relative to the current step (``anchor`` / ``frame``, see ``targets.py``).
+        ``norm`` (B, 2) the sequences' units (``context_scale``; needed with ``norm="context"``,
+        ``out`` then has B rows).
         """
         c = self.config
+        if c.norm == "context" and norm is not _UNIT:
+            if norm is None:
+                raise ValueError("this model works in each sequence's own units: pass norm (context_scale of its context)")
+            cur = None if cur is None else self.scale_steps(cur, norm)
+            return self.scale_steps(self.decode(out, how, temperature, generator, cur, _UNIT), norm, inverse=True)
         out = out.unflatten(-1, (c.patch_out, -1))  # (..., Q, W)
         if how == "sample":
             p = heads.sample(c, out, temperature, generator)
@@ -389,19 +444,20 @@ class TrajGPT(nn.Module):
         """
         mask = mask.to(torch.bool)
         P = self.config.patch_in
+        norm = self.context_scale(x_raw, mask) if self.config.norm == "context" else None  # from the whole context
         if P > 1:
             n = mask.sum(1)
             keep = torch.where(n >= P, (n // P) * P, torch.full_like(n, P))
             x_raw, mask = last_points(x_raw, n, keep)
             if lonlat is not None:
                 lonlat, _ = last_points(lonlat, n, keep)
-        out = self(x_raw, mask, lonlat, kind)  # (B, Lt, Q*W)
+        out = self(x_raw, mask, lonlat, kind, norm=norm)  # (B, Lt, Q*W)
         tmask = token_mask(mask, P)  # every width here is a whole number of patches
         idx = torch.arange(tmask.shape[1], device=mask.device)
         last = torch.where(tmask, idx, -1).max(dim=1).values.clamp_min(0)  # (B,)
         rows = torch.arange(out.shape[0], device=out.device)
         cur = x_raw[rows, (last + 1) * P - 1]  # (B, F) the point the last token ends at
-        return self.decode(out[rows, last], how, temperature, generator, cur)
+        return self.decode(out[rows, last], how, temperature, generator, cur, norm)
 
     @torch.no_grad()
     def predict_next(self, x_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
