@@ -95,3 +95,18 @@ def track_frame(tracks: list[tuple]) -> pd.DataFrame:
         for tid, lon, lat, t_ns in tracks
     ]
     return pd.concat(frames, ignore_index=True)
+
+
+def jittered_model(ws: WindowSet, **config):
+    """An eval-mode ``TrajGPT`` of ``GPTConfig(**config)`` with ``ws``'s statistics and weights
+    moved off GPT-2's init (nearly constant in its input), so equality tests can fail."""
+    from trajfm.model import GPTConfig, TrajGPT
+
+    torch.manual_seed(0)
+    m = TrajGPT(GPTConfig(**config))
+    st = stats_of(ws)
+    m.set_normalization(st["mean"], st["std"])
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m.eval()

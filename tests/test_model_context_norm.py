@@ -11,7 +11,7 @@ import torch
 
 import trajfm.train as train_mod
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import jittered_model, make_windows, stats_of
 from trajfm.model import GPTConfig, Rollout, TrajGPT, load_preset
 from trajfm.train import TrainConfig, train
 
@@ -24,14 +24,7 @@ def windows():
 
 
 def make_model(ws, **kw) -> TrajGPT:
-    torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(**{**SMALL, **kw}))
-    st = stats_of(ws)
-    m.set_normalization(st["mean"], st["std"])
-    with torch.no_grad():  # GPT-2's init is nearly constant in its input: make the test bite
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m.eval()
+    return jittered_model(ws, **{**SMALL, **kw})
 
 
 def scaled(x: torch.Tensor, k: float, dlog: float = 0.0) -> torch.Tensor:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import jittered_model, make_windows
 from trajfm.evaluate.forecast import rollout
 from trajfm.geo import haversine_m
-from trajfm.model import GPTConfig, KVCache, Rollout, TrajGPT
+from trajfm.model import KVCache, Rollout, TrajGPT
 
 BLOCK = 24
 VARIANTS = {
@@ -30,14 +30,7 @@ def tracks():
 
 
 def make_model(ws, **kw) -> TrajGPT:
-    torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(n_layer=2, n_head=2, d_model=32, block_size=BLOCK, dropout=0.0, **kw))
-    st = stats_of(ws)
-    m.set_normalization(st["mean"], st["std"])
-    with torch.no_grad():  # GPT-2's init is nearly constant in its input: make the test bite
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m.eval()
+    return jittered_model(ws, n_layer=2, n_head=2, d_model=32, block_size=BLOCK, dropout=0.0, **kw)
 
 
 def lonlat_of(ws):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of, straight_track, windows_from_tracks
+from synthetic_tracks import jittered_model, make_windows, stats_of, straight_track, windows_from_tracks
 from trajfm.evaluate import evaluate_forecast, rollout
 from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, TrajGPT
@@ -25,14 +25,7 @@ def windows():
 
 
 def patched(windows, **kw) -> TrajGPT:
-    torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, patch_in=P, patch_out=Q, **kw))
-    st = stats_of(windows)
-    m.set_normalization(st["mean"], st["std"])
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m.eval()
+    return jittered_model(windows, n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, patch_in=P, patch_out=Q, **kw)
 
 
 def test_each_token_targets_the_points_after_its_patch():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import jittered_model, make_windows
 from trajfm.model import GPTConfig, TrajGPT
 from trajfm.model.positions import Rotary, apply_rotary, point_coords
 
@@ -24,14 +24,7 @@ def windows():
 
 
 def model(windows, **kw) -> TrajGPT:
-    torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(n_layer=2, n_head=2, d_model=48, block_size=32, dropout=0.0, **kw))
-    st = stats_of(windows)
-    m.set_normalization(st["mean"], st["std"])
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m.eval()
+    return jittered_model(windows, n_layer=2, n_head=2, d_model=48, block_size=32, dropout=0.0, **kw)
 
 
 def test_rope_scores_depend_only_on_index_differences():
