@@ -39,7 +39,7 @@ def batch(ws, idx=slice(None)):
 
 
 def test_presets_are_listed_and_load():
-    assert {"tutorial", "trajgpt2-small", "trajfm-rope", "timesfm-patch", "timesfm-patch-large"} <= set(list_presets())
+    assert {"tutorial", "trajgpt2-small", "trajfm-rope", "timesfm-patch", "timesfm-patch-large", "timesfm-patch-context"} <= set(list_presets())
     assert set(describe_presets()) == set(list_presets()) and all(describe_presets().values())
     tut = load_preset("tutorial")
     assert (tut.n_layer, tut.n_head, tut.d_model, tut.block_size) == (2, 4, 96, 64)
