@@ -180,6 +180,10 @@ def test_travel_time_keys_on_real_ais(ais):
     nxt = run_task("travel_time", make_model(ais["train"]), ais["test"], train_ws=ais["train"])
     assert "travel_time.path_mae_s.model" in nxt and "travel_time.od_mae_s.model" not in nxt
     assert nxt["travel_time.od_mae_s.historical_speed"] == m["travel_time.od_mae_s.historical_speed"]
+    # a model in each sequence's own units has no time scale at a route's first point: left out
+    ctx = run_task("travel_time", make_model(ais["train"], norm="context"), ais["test"], train_ws=ais["train"])
+    assert not any(k.endswith(".model") for k in ctx)
+    assert ctx["travel_time.path_mae_s.historical_speed"] == m["travel_time.path_mae_s.historical_speed"]
 
 
 def test_travel_time_trips_are_cut_by_distance_not_by_fix_count():

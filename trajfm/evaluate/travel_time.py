@@ -13,7 +13,9 @@ scale; reported as ``travel_time.distance_m``). Two settings:
 - ``path``: the whole route is known. The model walks it and predicts each step's time gap
   (its ``log_dt_s``), writing its own clock into the next point's features (KV-cache rollout,
   ``trajfm.model.generate``): the sum of the gaps is the travel time. Needs a next-point model
-  (objective "next" or "mixed"). Baseline: route length / historical speed.
+  (objective "next" or "mixed") that knows absolute time gaps: a model with ``norm="context"``
+  takes its time scale from the points before it, and a route starts from one, so it is not
+  scored here (``can_time_paths``). Baseline: route length / historical speed.
 - ``od``: only origin, destination and departure time. The model infills the ``route_points - 2``
   points between them with the arrival time hidden (``trajfm.model.infill.infill(hide_time=True)``;
   objective "infill" or "mixed"). Baseline: straight-line distance / historical
@@ -85,6 +87,12 @@ def od_distance_m(tr: WindowSet) -> np.ndarray:
     return haversine_m(tr.lon[:, 0], tr.lat[:, 0], tr.lon[:, -1], tr.lat[:, -1])
 
 
+def can_time_paths(model: TrajGPT) -> bool:
+    """True if the model can walk a route from its first point and give absolute time gaps: a
+    next-point model with global statistics (``norm="context"`` has no time scale at one point)."""
+    return can_forecast(model) and model.config.norm != "context"
+
+
 @torch.no_grad()
 def path_travel_time_s(model: TrajGPT, tr: WindowSet, batch_size: int = 256, how: str = "mode") -> np.ndarray:
     """(N,) seconds the model gives each trip along its known route (module docstring: ``path``)."""
@@ -130,7 +138,7 @@ def travel_time_task(
     true = duration_s(tr)
     fit_hour, hour = local_hour(fit.t_ns[:, 0], fit.lon[:, 0]), local_hour(tr.t_ns[:, 0], tr.lon[:, 0])
     preds: dict[str, dict[str, np.ndarray]] = {"path": {}, "od": {}}
-    if model is not None and can_forecast(model):
+    if model is not None and can_time_paths(model):
         preds["path"]["model"] = path_travel_time_s(model, tr, batch_size)
     if model is not None and can_infill(model):
         if route_points + 2 > model.config.n_tokens:
