@@ -49,10 +49,28 @@ def test_forecasts_scale_with_the_movement(windows, options):
             got = m.predict(scaled(x, k, dlog), mask)
             torch.testing.assert_close(got[..., :2], ref[..., :2] * k, rtol=2e-3, atol=1e-3 * k)
             torch.testing.assert_close(got[..., 2], ref[..., 2] + dlog, rtol=1e-4, atol=1e-3)
-            assert m.loss(scaled(x, k, dlog), mask) == pytest.approx(float(m.loss(x, mask)), rel=1e-3)
     plain = make_model(windows)  # global statistics: no such symmetry
     with torch.no_grad():
         assert not torch.allclose(plain.predict(scaled(x, 0.05), mask)[..., :2], plain.predict(x, mask)[..., :2] * 0.05, rtol=0.05)
+
+
+def test_the_loss_counts_metres_or_the_sequences_units(windows):
+    """``norm_loss="metres"`` (MSE head) weights each sequence's (dx, dy) errors by its unit, so
+    steps k times longer cost k^2 times more, as metres do; ``"units"`` costs the same at every
+    scale; a mixture's NLL is left as it is (metres only shift it by log(unit) per sequence)."""
+    x, mask = torch.from_numpy(windows.x[:8]), torch.from_numpy(windows.mask[:8])
+    base = dict(norm="context", norm_floor_m=1e-6, patch_in=4, patch_out=8)
+    with torch.no_grad():
+        metres = make_model(windows, **base)
+        st = stats_of(windows)
+        assert float(metres.step_unit_m) == pytest.approx(float(np.sqrt(np.mean(np.square(st["std"][:2])))), rel=1e-6)
+        l1, l2, l3 = (float(metres.loss(scaled(x, k), mask)) for k in (1.0, 2.0, 3.0))
+        assert (l3 - l1) / (l2 - l1) == pytest.approx(8.0 / 3.0, rel=1e-3)  # L(k) = k^2 A + B
+        units = make_model(windows, **base, norm_loss="units")
+        assert float(units.loss(scaled(x, 3.0), mask)) == pytest.approx(float(units.loss(x, mask)), rel=1e-4)
+        mix = make_model(windows, **base, head="mixture", n_mixture=2)
+        mix_units = make_model(windows, **base, head="mixture", n_mixture=2, norm_loss="units")
+        assert torch.equal(mix.loss(x, mask), mix_units.loss(x, mask))
 
 
 def test_units_come_from_the_early_steps_only(windows):
@@ -106,7 +124,7 @@ def test_decoding_and_caching_without_units_are_clear_errors(windows):
         torch.testing.assert_close(r.predict(), m.predict(x[:, :10], mask[:, :10] & (torch.arange(10) < torch.tensor([[10], [7]]))))
 
 
-@pytest.mark.parametrize("bad", [dict(objective="infill"), dict(step_scale="speed"), dict(time_encoding="time2vec"),
+@pytest.mark.parametrize("bad", [dict(norm_loss="feet"), dict(objective="infill"), dict(step_scale="speed"), dict(time_encoding="time2vec"),
                                  dict(norm_points=0), dict(norm_points=64), dict(norm_floor_m=0.0), dict(norm="instance")])
 def test_unsupported_combinations_are_refused(bad):
     with pytest.raises(ValueError, match="norm"):

@@ -28,6 +28,7 @@ POINT_LOSSES = ("mse", "huber", "distance")
 OBJECTIVES = ("next", "infill", "mixed")
 AUGMENTS = ("none", "rotate", "rotate-flip")
 NORMS = ("global", "context")
+NORM_LOSSES = ("metres", "units")
 
 
 # Fields added after train-stage keys were first hashed from ``to_dict``: left out of it at their
@@ -36,7 +37,7 @@ ADDED_DEFAULTS = {
     "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "step_scale": "std", "step_scale_floor_m": 10.0, "point_loss": "mse",
     "huber_delta": 1.0, "score_positions": False, "objective": "next", "infill_min_span": 1, "infill_max_span": 8,
     "infill_time_prob": 0.5, "infill_weight": 1.0, "cell_resolution": 9, "cell_radius": 4, "augment": "none",
-    "norm": "global", "norm_points": 8, "norm_floor_m": 5.0,
+    "norm": "global", "norm_points": 8, "norm_floor_m": 5.0, "norm_loss": "metres",
 }
 
 
@@ -95,6 +96,7 @@ class GPTConfig:
     norm: str = "global"  # "global": training-set mean/std; "context": each sequence in units of its own early steps
     norm_points: int = 8  # "context": steps 1..norm_points of a sequence set its scale (mean length) and time shift
     norm_floor_m: float = 5.0  # "context": added to the mean step length (a stationary start still has a scale)
+    norm_loss: str = "metres"  # "context", MSE head: (dx, dy) errors weighted back to metres ("units": each sequence's own)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "block_size", "n_features", "n_targets", "n_mixture",
@@ -109,7 +111,7 @@ class GPTConfig:
             raise ValueError("targets are the first n_targets input features: need n_targets <= n_features")
         for name, allowed in (("position", POSITIONS), ("head", HEADS), ("space_encoding", SPACE_ENCODINGS),
                               ("time_encoding", TIME_ENCODINGS), ("anchor", ANCHORS), ("frame", FRAMES), ("step_scale", STEP_SCALES),
-                              ("point_loss", POINT_LOSSES), ("objective", OBJECTIVES), ("augment", AUGMENTS), ("norm", NORMS)):
+                              ("point_loss", POINT_LOSSES), ("objective", OBJECTIVES), ("augment", AUGMENTS), ("norm", NORMS), ("norm_loss", NORM_LOSSES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.position != "learned" and self.head_dim % 2:

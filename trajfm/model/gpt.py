@@ -151,6 +151,8 @@ class TrajGPT(nn.Module):
         # Normalization of the raw inputs; targets use the first n_targets entries.
         self.register_buffer("feat_mean", torch.zeros(c.n_features))
         self.register_buffer("feat_std", torch.ones(c.n_features))
+        if c.norm == "context":  # metres of one unit of the training steps (rms of their east/north stds)
+            self.register_buffer("step_unit_m", torch.ones(()))
         if c.patch_in == 1:
             self.in_proj = nn.Linear(c.n_inputs, c.d_model, bias=c.bias)  # replaces wte
         else:  # TimesFM: P points (features + mask bit) -> one token
@@ -210,6 +212,7 @@ class TrajGPT(nn.Module):
             raise ValueError("normalization statistics must be finite")
         std = torch.where(std.abs() < min_std, torch.ones_like(std), std.abs())
         if self.config.norm == "context":  # the steps are in each sequence's own units (context_scale)
+            self.step_unit_m.copy_(std[:2].square().mean().sqrt())
             mean[:3], std[:3] = 0.0, 1.0
         self.feat_mean.copy_(mean)
         self.feat_std.copy_(std)
@@ -388,10 +391,13 @@ class TrajGPT(nn.Module):
         """
         c, P, Q = self.config, self.config.patch_in, self.config.patch_out
         mask = mask.to(torch.bool)
-        norm = None
+        norm = weight = None
         if c.norm == "context":  # targets in the sequence's units too; forward must not rescale again
-            x_raw = self.scale_steps(x_raw, self.context_scale(x_raw, mask))
+            units = self.context_scale(x_raw, mask)  # (B, 2)
+            x_raw = self.scale_steps(x_raw, units)
             norm = torch.tensor([1.0, 0.0], dtype=x_raw.dtype, device=x_raw.device).expand(x_raw.shape[0], 2)
+            if c.norm_loss == "metres" and c.head == "mse":  # (a mixture's NLL only shifts by log(unit) per sequence)
+                weight = units[:, 0] / self.step_unit_m  # (B,) each sequence's unit in training-step units
         out = self(x_raw, mask, lonlat, kind, norm=norm)  # (B, Lt, Q*W)
         x_raw, mask = pad_to_patches(x_raw, P), pad_to_patches(mask, P)
         if targets.is_plain(c):
@@ -401,9 +407,14 @@ class TrajGPT(nn.Module):
             target, valid = next_points(raw[..., : c.n_targets], mask, P, Q)  # (B, Lt, Q, T) raw
             cur = raw[:, P - 1 :: P, None, :]  # (B, Lt, 1, F): the point each token ends at
             target = targets.encode(c, target, cur, self.feat_mean, self.feat_std)
+        out = out.unflatten(-1, (Q, -1))  # (B, Lt, Q, W)
+        if weight is not None:  # errors in metres (over the training steps' scale), as FDE counts them
+            w = torch.ones(c.n_targets, dtype=out.dtype, device=out.device).expand(len(weight), c.n_targets).clone()
+            w[:, :2] = weight[:, None]
+            out, target = out * w[:, None, None, :], target * w[:, None, None, :]
         if c.first_scored_token:
             valid = valid & (torch.arange(valid.shape[1], device=valid.device) >= c.first_scored_token)[None, :, None]
-        return heads.head_loss(c, out.unflatten(-1, (Q, -1)), target, valid)
+        return heads.head_loss(c, out, target, valid)
 
     # --- predictions in raw units ----------------------------------------------------------
 
