@@ -189,7 +189,8 @@ class GPTConfig:
     def to_dict(self) -> dict:
         """All fields, except those of ``ADDED_DEFAULTS`` that hold their default: a config that
         could be written before they existed keeps the same dict (cache keys, resume identities)."""
-        return {k: v for k, v in asdict(self).items() if not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
+        keep = {"norm_loss"} if self.norm == "context" else set()  # added after the first context-norm models
+        return {k: v for k, v in asdict(self).items() if k in keep or not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
