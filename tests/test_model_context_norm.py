@@ -154,3 +154,13 @@ def test_a_vessel_model_forecasts_slower_movers_in_their_own_units(windows, tmp_
     assert other < 0.1 * own, err  # about 0.05x: the same forecast at the small movers' scale
     assert err["global"][1] > 3 * other, err  # the global model is lost at the unseen scale
     assert np.isfinite(np.array(list(err.values()))).all()
+
+
+def test_context_configs_name_their_loss_in_cache_keys():
+    """Context-normalized models trained before ``norm_loss`` existed were unweighted: a config
+    with ``norm="context"`` always carries ``norm_loss`` in its dict (cache keys, identities);
+    other configs keep the dicts they always had."""
+    assert GPTConfig(norm="context").to_dict()["norm_loss"] == "metres"
+    assert GPTConfig(norm="context", norm_loss="units").to_dict()["norm_loss"] == "units"
+    assert "norm_loss" not in GPTConfig().to_dict() and "norm" not in GPTConfig().to_dict()
+    assert GPTConfig.from_dict(GPTConfig(norm="context").to_dict()) == GPTConfig(norm="context")
