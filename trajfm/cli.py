@@ -92,6 +92,7 @@ def summary_text(result: dict, root: Path, seconds: float) -> str:
     pre = read_manifest(result["preprocess_dir"])
     feat = read_manifest(result["features_dir"])
     m, reg = result["metrics"], result["registration"]
+    w = max(18, len(m["preset"]) + 7)  # the label column fits "model <preset>"
     lines = [
         "",
         "=" * 72,
@@ -105,9 +106,9 @@ def summary_text(result: dict, root: Path, seconds: float) -> str:
         f"{'passed' if result['validation']['processed'] else 'FAILED'}",
         f"features    windows train/val/test = {feat['windows']['train']:,}/{feat['windows']['val']:,}/{feat['windows']['test']:,}",
         f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, {m['horizon']} steps ahead",
-        f"            {'':18}{'ADE (m)':>10}{'FDE (m)':>10}{'1-step (m)':>12}",
-        f"            {'model ' + m['preset']:18}{m['ade_m']:10.1f}{m['fde_m']:10.1f}{m['step1_m']:12.1f}",
-        f"            {'constant velocity':18}{m['cv_ade_m']:10.1f}{m['cv_fde_m']:10.1f}{m['cv_step1_m']:12.1f}",
+        f"            {'':{w}}{'ADE (m)':>10}{'FDE (m)':>10}{'1-step (m)':>12}",
+        f"            {'model ' + m['preset']:{w}}{m['ade_m']:10.1f}{m['fde_m']:10.1f}{m['step1_m']:12.1f}",
+        f"            {'constant velocity':{w}}{m['cv_ade_m']:10.1f}{m['cv_fde_m']:10.1f}{m['cv_step1_m']:12.1f}",
         f"register    {reg['name']} version {reg['version']}: "
         + ("same data, config and evaluation as before: reused, no new version" if reg.get("reused")
            else (reg.get("decision") or ("champion" if reg["promoted"] else "challenger")))
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded real AIS data")
     demo.add_argument("--data-root", default=None, help="default: $TRAJFM_HOME or ./.trajfm")
-    demo.add_argument("--preset", default="tutorial")
+    demo.add_argument("--preset", default="timesfm-patch-context", help="model preset (default: the one that transfers to unseen movers)")
     demo.add_argument("--epochs", type=int, default=5)
     run = sub.add_parser("run", help="run one flow: trajfm run FLOW --param value ...")
     run.add_argument("flow", choices=sorted(FLOWS))
