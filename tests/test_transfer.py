@@ -52,6 +52,8 @@ def _write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
         ("train: [{data: a}]\nheldout: [{data: b}]\nfine_tune: {frac: 0.8, val_frac: 0.3}\n", "frac + val_frac < 1"),
         ("train: [{data: a}]\nheldout: [{data: b}]\ntasks: [forecast, teleport]\n", "tasks: unknown task"),
         ("train: [{data: a}]\nheldout: [{data: b}]\nwindow: 1\n", "window must be an integer >= 2"),
+        ("train: [{data: a}]\nheldout: [{data: b, clean: {interval: 3}}]\n", "heldout[0]: clean must map cleaning parameters"),
+        ("train: [{data: a}]\nheldout: [{data: b, clean: {interval_s: -5}}]\n", "heldout[0]: interval_s must be > 0"),
         ("train: [{data: a}\n", "not valid YAML"),
         ("- just a list\n", "must be a mapping"),
     ],
@@ -72,7 +74,7 @@ def test_shipped_protocols_parse_and_point_at_real_data():
     from trajfm.data.catalog import embedded_files
 
     names = sorted(p.stem for p in PROTOCOLS.glob("*.yaml"))
-    assert names == ["ais_to_geolife", "ais_to_nyharbor_dec", "geolife_to_liverpool_bus"]
+    assert names == ["ais_to_geolife", "ais_to_nyharbor_dec", "ais_to_nyharbor_dec_120s", "geolife_to_liverpool_bus"]
     shared = PROTOCOLS.parent.parent / "shared" / "data"
     for name in names:
         proto = load_protocol(PROTOCOLS / f"{name}.yaml")
@@ -89,6 +91,31 @@ def test_shipped_protocols_parse_and_point_at_real_data():
     assert all("NYHarbor" not in f and "2020_12" not in f for f in train_files)  # region and season held out
     assert all("NYHarbor_2020_12" in f for f in held_files)
     assert all(s.selection.get("exclude_bbox") for s in nyh.train)
+    slow = load_protocol(PROTOCOLS / "ais_to_nyharbor_dec_120s.yaml")  # the same, resampled at 120 s
+    assert [s.data for s in slow.train + slow.heldout] == [s.data for s in nyh.train + nyh.heldout]
+    assert [s.clean for s in slow.heldout] == [{"interval_s": 120.0}] and all(not s.clean for s in slow.train)
+
+
+def test_clean_overrides_reach_preprocessing(tmp_path):
+    """A source's ``clean`` mapping overrides the kind's cleaning defaults: resampled at 120 s
+    instead of the vessel default 60 s, every step of the windows is 120 s apart."""
+    import numpy as np
+
+    from trajfm.evaluate.transfer import SourceSpec, _features
+    from trajfm.features.windows import load_features
+
+    gaps = {}
+    for clean in ({}, {"interval_s": 120.0}):
+        feat, acc = _features([SourceSpec(["embedded:small"], clean=clean)], tmp_path, 32, 0.8, 0.15)
+        sets, _ = load_features(feat)
+        ws = sets["train"]
+        inner = ws.mask.copy()
+        inner[:, 0] = False  # a window's first step may come from before it
+        gaps[clean.get("interval_s", 60.0)] = np.unique(np.round(np.expm1(ws.x[..., 2][inner].astype(np.float64))))
+        pre = acc["sources"][0]["preprocess"]
+        assert pre["rows_in"] == pre["rows_kept"] + pre["rows_quarantined"]
+    assert set(gaps[60.0]) <= {0.0, 60.0} and 60.0 in gaps[60.0]
+    assert set(gaps[120.0]) <= {0.0, 120.0} and 120.0 in gaps[120.0]
 
 
 def test_selection_keeps_or_drops_whole_trajectories():

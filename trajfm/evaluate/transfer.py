@@ -12,6 +12,8 @@ A protocol file (YAML, ``protocols/*.yaml``) declares::
         exclude_bbox: [lon_min, lat_min, lon_max, lat_max]   # optional: drop trajectories touching it
         bbox: [...]              # optional: keep only trajectories entirely inside
         time_range: [start, end] # optional: keep trajectories starting in [start, end)
+        clean: {interval_s: 120} # optional: cleaning overrides on the kind's defaults
+                                 # (trajfm.data.clean.PreprocessParams fields; e.g. another sampling rate)
     heldout:                     # sources never seen in training (same keys)
       - data: ../../shared/data/geolife
         format: geolife
@@ -40,7 +42,7 @@ from pathlib import Path
 from trajfm.store import data_root
 
 PROTOCOL_KEYS = {"name", "description", "train", "heldout", "train_split", "fine_tune", "window", "tasks", "params"}
-SOURCE_KEYS = {"data", "format", "kind", "options", "bbox", "exclude_bbox", "time_range"}
+SOURCE_KEYS = {"data", "format", "kind", "options", "bbox", "exclude_bbox", "time_range", "clean"}
 RESULTS_FORMAT = "trajfm.transfer"
 
 
@@ -51,6 +53,7 @@ class SourceSpec:
     kind: str | None = None
     options: dict = field(default_factory=dict)
     selection: dict = field(default_factory=dict)
+    clean: dict = field(default_factory=dict)  # PreprocessParams overrides (every kind's defaults)
 
 
 @dataclass
@@ -83,8 +86,13 @@ def _resolve(item: str, base: Path) -> str:
 
 
 def _source(raw, where: str, base: Path, path) -> SourceSpec:
+    from dataclasses import fields
+
+    from trajfm.data.clean import PreprocessParams, normalize_params
     from trajfm.data.readers import READERS
     from trajfm.evaluate.suite import check_selection, ingest_params
+
+    CLEAN_FIELDS = {f.name for f in fields(PreprocessParams)}
 
     if not isinstance(raw, dict):
         raise ProtocolError(path, f"{where} must be a mapping with a 'data' key, got {raw!r}")
@@ -98,13 +106,17 @@ def _source(raw, where: str, base: Path, path) -> SourceSpec:
     if fmt is not None and fmt not in READERS:
         raise ProtocolError(path, f"{where}.format {fmt!r} is not a reader; known: {sorted(READERS)}")
     options = raw.get("options") or {}
+    clean = raw.get("clean") or {}
     try:
         ingest_params(fmt, raw.get("kind"), options)
+        if not isinstance(clean, dict) or not set(clean) <= CLEAN_FIELDS:
+            raise ValueError(f"clean must map cleaning parameters to values, got {clean!r}; known: {sorted(CLEAN_FIELDS)}")
+        normalize_params(clean)  # the values make a valid PreprocessParams for every kind
         selection = check_selection({k: raw[k] for k in ("bbox", "exclude_bbox", "time_range") if raw.get(k) is not None})
     except (ValueError, TypeError) as exc:
         raise ProtocolError(path, f"{where}: {exc}") from None
     items = [data] if isinstance(data, str) else data
-    return SourceSpec([_resolve(d, base) for d in items], fmt, raw.get("kind"), dict(options), selection)
+    return SourceSpec([_resolve(d, base) for d in items], fmt, raw.get("kind"), dict(options), selection, dict(clean))
 
 
 def _fraction(value, where: str, path) -> float:
@@ -178,7 +190,8 @@ def _features(sources: list[SourceSpec], root: Path, window: int, train_frac: fl
 
     parts, per_source = [], []
     for s in sources:
-        ing, pre = ingest_and_clean(s.data, format=s.format, kind=s.kind, options=s.options, root=root)
+        ing, pre = ingest_and_clean(s.data, format=s.format, kind=s.kind, options=s.options, root=root,
+                                    preprocess_params=s.clean or None)
         parts.append((pre, s.selection))
         per_source.append({"data": s.data, **accounting(ing, pre)})
     sel = select_stage(parts, root)
