@@ -110,6 +110,32 @@ def test_train_directory_and_registry_uris_give_the_same_numbers(tiny, tmp_path,
         assert res["model"]["checkpoint_sha256"] == local["model"]["checkpoint_sha256"]
         assert res["metrics"] == local["metrics"]
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_registry_uris_resolve_in_the_data_roots_store_whatever_the_global_one(tiny, tmp_path, monkeypatch):
+    """A fresh ``trajfm evaluate`` process has MLflow's default global store (``./mlflow.db``):
+    ``models:/`` must still resolve in ``--data-root``'s store, and the global URIs stay as they were."""
+    import mlflow
+
+    from trajfm.evaluate.suite import evaluate_model
+    from trajfm.registry import log_and_register
+
+    root, train_dir = tiny
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    log_and_register(root, "tiny", {"preset": "tutorial"}, {"test_ade_m": 1.0}, [], train_dir / "model.pt")
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_tracking_uri(elsewhere)  # as a new process would default to ./mlflow.db
+    mlflow.set_registry_uri(elsewhere)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set_*_uri export them; a new process has none
+        monkeypatch.delenv(key, raising=False)
+    try:
+        res = evaluate_model("models:/trajfm@champion", "embedded:small", tasks="forecast", root=root)
+        assert res["model"]["source"] == "registry" and "forecast.ade_m@10.model" in res["metrics"]
+        assert mlflow.get_tracking_uri() == elsewhere and mlflow.get_registry_uri() == elsewhere
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     with pytest.raises(ValueError, match="not in the model registry"):
         evaluate_model("models:/trajfm@nosuchalias", "embedded:small", tasks="forecast", root=root)
 

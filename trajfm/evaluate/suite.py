@@ -108,11 +108,13 @@ def _download_registered_checkpoint(uri: str, root, into: Path) -> Path:
     from mlflow.exceptions import MlflowException
 
     from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT
-    from trajfm.registry.tracking import tracking_uri
+    from trajfm.registry.tracking import global_uris, tracking_uri
 
     tracking = tracking_uri(root)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into), tracking_uri=tracking, registry_uri=tracking))
+        with global_uris(tracking):  # MLflow resolves the version's logged model through the global store
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into), tracking_uri=tracking,
+                                                             registry_uri=tracking))
     except MlflowException as exc:
         raise ValueError(f"{uri!r} cannot be downloaded from {tracking}: {exc.message}") from None
     if not (local / "MLmodel").is_file():

@@ -111,6 +111,30 @@ def setup_mlflow(root: str | os.PathLike | None = None, experiment: str = DEFAUL
 
 
 @contextmanager
+def global_uris(uri: str):
+    """MLflow's process-global tracking and registry URIs set to ``uri`` inside the block, as
+    they were after it (the environment too). For MLflow calls that take URIs as arguments but
+    resolve a registered model's logged-model source through the global store: without it, a
+    fresh process downloading ``models:/NAME@ALIAS`` looked in ``./mlflow.db`` (and created it)."""
+    import mlflow
+
+    saved_env = {key: os.environ.get(key) for key in _URI_ENV}
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def sqlite_init_lock(uri: str):
     """For a ``sqlite:///`` store: an exclusive lock on ``<database>.init.lock`` while MLflow
     creates and migrates the database. Two processes opening a new ``mlflow.db`` at once would
