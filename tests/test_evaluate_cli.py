@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -125,17 +126,23 @@ def test_registry_uris_resolve_in_the_data_roots_store_whatever_the_global_one(t
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     log_and_register(root, "tiny", {"preset": "tutorial"}, {"test_ade_m": 1.0}, [], train_dir / "model.pt")
     elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    for key in keys:  # recorded as absent: the teardown removes whatever set_*_uri exports
+        monkeypatch.delenv(key, raising=False)
     mlflow.set_tracking_uri(elsewhere)  # as a new process would default to ./mlflow.db
     mlflow.set_registry_uri(elsewhere)
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set_*_uri export them; a new process has none
-        monkeypatch.delenv(key, raising=False)
+    for key in keys:  # set_*_uri export them; a new process has none
+        os.environ.pop(key, None)
     try:
         res = evaluate_model("models:/trajfm@champion", "embedded:small", tasks="forecast", root=root)
         assert res["model"]["source"] == "registry" and "forecast.ade_m@10.model" in res["metrics"]
         assert mlflow.get_tracking_uri() == elsewhere and mlflow.get_registry_uri() == elsewhere
+        assert not any(key in os.environ for key in keys)  # the environment as it was
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+        for key in keys:
+            os.environ.pop(key, None)
     with pytest.raises(ValueError, match="not in the model registry"):
         evaluate_model("models:/trajfm@nosuchalias", "embedded:small", tasks="forecast", root=root)
 
