@@ -86,13 +86,10 @@ def _resolve(item: str, base: Path) -> str:
 
 
 def _source(raw, where: str, base: Path, path) -> SourceSpec:
-    from dataclasses import fields
-
-    from trajfm.data.clean import PreprocessParams, normalize_params
+    from trajfm.data.clean import _FIELD_NAMES as CLEAN_FIELDS
+    from trajfm.data.clean import normalize_params
     from trajfm.data.readers import READERS
     from trajfm.evaluate.suite import check_selection, ingest_params
-
-    CLEAN_FIELDS = {f.name for f in fields(PreprocessParams)}
 
     if not isinstance(raw, dict):
         raise ProtocolError(path, f"{where} must be a mapping with a 'data' key, got {raw!r}")

@@ -79,19 +79,7 @@ def setup_mlflow(root: str | os.PathLike | None = None, experiment: str = DEFAUL
     import mlflow
 
     uri = tracking_uri(root)
-    # mlflow.set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ,
-    # which would make every later tracking_uri(other_root) answer this root. Keep the
-    # process-global URI (what start_run uses) but restore the environment as it was.
-    saved = {key: os.environ.get(key) for key in _URI_ENV}
-    try:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    _set_global_uris(uri, uri)  # the process-global URI is what start_run uses
     with sqlite_init_lock(uri):  # a new database is migrated and the experiment created once
         existing = mlflow.get_experiment_by_name(experiment)
         if existing is not None:
@@ -118,16 +106,26 @@ def global_uris(uri: str):
     fresh process downloading ``models:/NAME@ALIAS`` looked in ``./mlflow.db`` (and created it)."""
     import mlflow
 
-    saved_env = {key: os.environ.get(key) for key in _URI_ENV}
     before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    _set_global_uris(uri, uri)
     try:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         yield
     finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
-        for key, value in saved_env.items():
+        _set_global_uris(*before)
+
+
+def _set_global_uris(tracking: str, registry: str) -> None:
+    """Set MLflow's process-global tracking and registry URIs, leaving the environment as it was:
+    mlflow.set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ, which
+    would make every later ``tracking_uri(other_root)`` answer this one."""
+    import mlflow
+
+    saved = {key: os.environ.get(key) for key in _URI_ENV}
+    try:
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+    finally:
+        for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
