@@ -206,3 +206,53 @@ def test_train_stride_reaches_the_features_and_the_report(tmp_path, monkeypatch)
         bm.merge_quality(disjoint, overlapped)
     unset = {**q, "data": {**q["data"], "window_params": {"stride": 32, "train_stride": None}}}
     assert bm.merge_quality(disjoint, unset)["data"]["window_params"]["stride"] == 32
+
+
+def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
+    """On a real AIS day (the NY Harbor slice): two seeds, two models, the mean errors and each
+    seed's kept, the report showing the spread; a one-seed file refuses to merge them."""
+    import dataclasses
+
+    import trajfm.bench.model as bm
+    from trajfm.data.catalog import SMALL_SLICE, embedded_files
+
+    budget = dataclasses.replace(bm.BUDGETS["quick"], seeds=(0, 1), max_test_windows=32)
+    q = bm.evaluate_dataset("ais", [str(p) for p in embedded_files(SMALL_SLICE)], tmp_path / "root", 6, budget,
+                            log=lambda msg: None, presets=["tutorial"])
+    tr = q["training"]["per_preset"]["tutorial"]
+    assert len(set(tr["train_dirs"])) == 2 and tr["train_dir"] == tr["train_dirs"][0]
+    assert q["training"]["train_overrides"]["seeds"] == [0, 1]
+    runs = q["seed_results"]["test"]["tutorial"]
+    assert len(runs) == 2 and runs[0]["fde_10_m"] != runs[1]["fde_10_m"]  # another seed, another model
+    assert q["results"]["tutorial"]["fde_10_m"] == pytest.approx((runs[0]["fde_10_m"] + runs[1]["fde_10_m"]) / 2, abs=0.01)
+    assert q["val_results"]["tutorial"] == bm.mean_errors(q["seed_results"]["val"]["tutorial"])
+    assert "constant_velocity" not in q["seed_results"]["test"]  # baselines do not train
+
+    again = bm.evaluate_dataset("ais", [str(p) for p in embedded_files(SMALL_SLICE)], tmp_path / "root", 6, budget,
+                                log=lambda msg: None, presets=["tutorial"])
+    assert again["results"] == q["results"] and again["training"]["per_preset"]["tutorial"]["cached"]  # deterministic
+
+    r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [], "quality": {"ais": q},
+         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]}}
+    md = bm.markdown(r)
+    assert "mean over 2 training seeds (0, 1)" in md
+    assert f"{q['results']['tutorial']['fde_10_m']:,.1f} ± {bm.seed_std(runs, 'fde_10_m'):,.1f}" in md
+
+    one_seed = {**q, "training": {**q["training"], "train_overrides": {
+        k: v for k, v in q["training"]["train_overrides"].items() if k != "seeds"}}}  # a file from before --seeds
+    with pytest.raises(bm.BenchError, match="training budget differ.*seeds"):
+        bm.merge_quality(one_seed, q)
+    assert bm.merge_quality(q, q)["seed_results"] == q["seed_results"]
+
+
+def test_cli_seeds_reach_the_budget(tmp_path, monkeypatch, capsys):
+    import trajfm.bench.model as bm
+
+    seen = {}
+    monkeypatch.setattr(bm, "run", lambda out, budget, *a: seen.setdefault("budget", budget))
+    bm.main(tmp_path / "m.json", ["--budget", "quick", "--seeds", "0,1,2", "--parts", "quality"])
+    assert seen["budget"].seeds == (0, 1, 2) and seen["budget"].ais_steps == bm.BUDGETS["quick"].ais_steps
+    for bad, text in (("0,x", "comma-separated integers"), ("1,1", "repeats a seed")):
+        with pytest.raises(SystemExit) as exc:
+            bm.main(tmp_path / "m.json", ["--seeds", bad])
+        assert exc.value.code == 2 and text in capsys.readouterr().err

@@ -3,7 +3,7 @@ forecast quality of every preset on held-out real data.
 
 ``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
 ``python -m trajfm.bench.model --out FILE [--budget quick|default|long|full] [--root DIR]
-[--train-stride N] [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
+[--train-stride N] [--seeds 0,1,2] [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
 [--fresh]``) writes the JSON results and a markdown table beside it (same stem, ``.md``). The
 budget, parts and presets can also come from ``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS``
 and ``$TRAJFM_BENCH_PRESETS`` (``trajfm bench model`` takes only ``--out``). The JSON is
@@ -44,7 +44,9 @@ all on exactly the same windows; the same errors on the validation split (``val_
 why not. The training budget (``Budget``: optimizer steps of ``batch_size`` windows per preset
 and dataset, AdamW lr 1e-3 with warmup then cosine, best validation epoch kept) is modest so the
 default run fits about 20 minutes on 2 shared CPU cores; ``long`` trains 4x longer (3.6
-AIS epochs), ``full`` ~10x.
+AIS epochs), ``full`` ~10x. ``--seeds 0,1,2`` trains each preset once per seed and reports the
+mean errors (each seed's under ``seed_results``, the spread in the table); results with other
+seeds never merge.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class Budget:
     max_test_windows: int | None = None  # cap on forecast windows per dataset (None: all)
     threads: int = 1  # torch threads (1: steady on a shared machine)
     train_stride: int | None = None  # points between training window starts (None: 32, disjoint)
+    seeds: tuple[int, ...] = (0,)  # training seeds per preset; errors are the mean over them
 
 
 BUDGETS = {
@@ -377,6 +380,16 @@ def forecast_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true
     return out
 
 
+def mean_errors(per_seed: list[dict]) -> dict:
+    """The errors of several training seeds averaged key by key (one seed: its own errors)."""
+    return {k: round(statistics.fmean(e[k] for e in per_seed), 2) for k in per_seed[0]}
+
+
+def seed_std(per_seed: list[dict], key: str) -> float:
+    """Sample standard deviation of one error over training seeds."""
+    return round(statistics.stdev(e[key] for e in per_seed), 2)
+
+
 def _split_windows(features: Path, split: str, budget: Budget):
     """The ``forecastable`` windows of one split (capped by the budget) and their true future."""
     from trajfm.evaluate.forecast import forecastable
@@ -407,7 +420,9 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
                      presets: list[str] | None = None) -> dict:
     """``presets`` (default: all of ``list_presets()``; names or ``.json`` paths) each trained
     ``steps`` steps on one dataset, and the baselines, forecast on its test split; the validation
-    split's errors come with them (``val_results``: the split to choose variants on)."""
+    split's errors come with them (``val_results``: the split to choose variants on). Each preset
+    trains once per seed of ``budget.seeds``; its errors are the mean over seeds, and with more
+    than one seed ``seed_results`` keeps each seed's (per split, in seed order)."""
     from trajfm.evaluate.forecast import constant_velocity, rollout
     from trajfm.model import list_presets, load_model
     from trajfm.store import read_manifest
@@ -422,35 +437,47 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     train_overrides = {
         "epochs": math.ceil(steps / steps_per_epoch), "max_steps": steps, "batch_size": budget.batch_size,
         "warmup_steps": min(100, max(steps // 10, 1)), "device": "cpu", "progress": False,
-    }
+    }  # + "seed", one of budget.seeds
     results: dict = {"test": {}, "val": {}}
     for split, (ws, true_lon, true_lat) in splits.items():
         results[split]["constant_velocity"] = forecast_errors(*constant_velocity(ws, CONTEXT_LEN, horizon)[:2], true_lon, true_lat)
         results[split]["linear_extrapolation"] = forecast_errors(
             *linear_extrapolation(ws, CONTEXT_LEN, horizon)[:2], true_lon, true_lat
         )
-    training = {}
+    training, by_seed = {}, {"test": {}, "val": {}}
     for preset in presets or list_presets():
         label = preset_label(preset)
-        t0 = time.perf_counter()
-        epochs_run = []
-        train_dir = run_training(features, root=root, preset=preset, train_overrides=train_overrides,
-                                 on_epoch=lambda record, fraction: epochs_run.append(record["epoch"]))
-        train_s = time.perf_counter() - t0
-        final = read_manifest(train_dir)["final"]
-        model = load_model(train_dir / "model.pt")
-        t1 = time.perf_counter()
-        for split, (ws, true_lon, true_lat) in splits.items():
-            lon, lat, _ = rollout(model, ws, CONTEXT_LEN, horizon)
-            results[split][label] = forecast_errors(lon, lat, true_lon, true_lat)
+        runs = []
+        for seed in budget.seeds:
+            t0 = time.perf_counter()
+            epochs_run = []
+            train_dir = run_training(features, root=root, preset=preset, train_overrides={**train_overrides, "seed": seed},
+                                     on_epoch=lambda record, fraction: epochs_run.append(record["epoch"]))
+            train_s = time.perf_counter() - t0
+            model = load_model(train_dir / "model.pt")
+            t1 = time.perf_counter()
+            errors = {}
+            for split, (ws, true_lon, true_lat) in splits.items():
+                lon, lat, _ = rollout(model, ws, CONTEXT_LEN, horizon)
+                errors[split] = forecast_errors(lon, lat, true_lon, true_lat)
+            runs.append({"seed": seed, "train_dir": train_dir, "train_s": train_s, "cached": not epochs_run,
+                         "forecast_s": time.perf_counter() - t1, "errors": errors})
+            log(f"{name}: {label} seed {seed} test {errors['test']} val fde@{horizon} "
+                f"{errors['val'].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)")
+        for split in results:
+            results[split][label] = mean_errors([r["errors"][split] for r in runs])
+            if len(runs) > 1:
+                by_seed[split][label] = [r["errors"][split] for r in runs]
+        manifest = read_manifest(runs[0]["train_dir"])
+        final = manifest["final"]
         training[label] = {
             "steps": final["step"], "epochs": final["epoch"], "best_val_loss": final["best_val_loss"],
-            "params": final["n_params"], "train_s": round(train_s, 1), "forecast_s": round(time.perf_counter() - t1, 1),
-            "train_dir": str(train_dir), "cached": not epochs_run,  # a finished stage from an earlier run
-            "config": read_manifest(train_dir).get("model_config"),
+            "params": final["n_params"], "train_s": round(sum(r["train_s"] for r in runs), 1),
+            "forecast_s": round(sum(r["forecast_s"] for r in runs), 1),
+            "train_dir": str(runs[0]["train_dir"]), "cached": all(r["cached"] for r in runs),  # finished stages of an earlier run
+            "config": manifest.get("model_config"),
+            **({"train_dirs": [str(r["train_dir"]) for r in runs]} if len(runs) > 1 else {}),
         }
-        log(f"{name}: {label} test {results['test'][label]} val fde@{horizon} "
-            f"{results['val'][label].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)")
     return summarize({
         "data": {**info, "test_windows_evaluated": len(splits["test"][0]), "val_windows_evaluated": len(splits["val"][0]),
                  "context_len": CONTEXT_LEN, "horizons": list(HORIZONS)},
@@ -459,12 +486,13 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
             "linear_extrapolation": f"least-squares velocity over the last {LINEAR_FIT_POINTS} fixes, last time gap repeated",
         },
         "training": {
-            "train_overrides": {k: v for k, v in train_overrides.items() if k != "progress"},
+            "train_overrides": {**{k: v for k, v in train_overrides.items() if k != "progress"}, "seeds": list(budget.seeds)},
             "planned_steps": planned_steps(n_train, TrainConfig(**train_overrides)),
             "per_preset": training,
         },
         "results": results["test"],
         "val_results": results["val"],
+        **({"seed_results": by_seed} if len(budget.seeds) > 1 else {}),
         "variants": {preset_label(p): {"file": str(Path(p).resolve()), "comment": json.loads(Path(p).read_text()).get("_comment", "")}
                      for p in presets or [] if is_variant(p)},
     })
@@ -514,8 +542,10 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     otherwise a ``BenchError`` says what differs."""
     if not old or "results" not in old or "results" not in new:
         return new
+    one_seed = {"seeds": [0]}  # results from before the option: one seed, 0
     for what, a, b in (("windows", old["data"], new["data"]),
-                       ("training budget", old["training"]["train_overrides"], new["training"]["train_overrides"])):
+                       ("training budget", {**one_seed, **old["training"]["train_overrides"]},
+                        {**one_seed, **new["training"]["train_overrides"]})):
         keys = set(b) - {"seconds", "val_windows_evaluated"}
         diff = sorted(k for k in keys if k in a and _unset_dropped(a[k]) != _unset_dropped(b[k]))
         if diff:
@@ -535,9 +565,14 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     training = {**old["training"], "per_preset": per_preset}
     variants = {k: v for k, v in old.get("variants", {}).items() if k not in new["results"]}  # a rerun decides
     variants.update(new.get("variants", {}))
+    seeds = {split: {k: v for k, v in old.get("seed_results", {}).get(split, {}).items() if k not in new["results"]}
+             for split in ("test", "val")}  # a rerun decides, with its own seeds
+    for split in seeds:
+        seeds[split].update(new.get("seed_results", {}).get(split, {}))
     return summarize({**old, "data": {**old["data"], **new["data"]}, "training": training, "variants": variants,
                       "results": merged(old["results"], new["results"]),
-                      "val_results": merged(old.get("val_results", {}), new["val_results"])})
+                      "val_results": merged(old.get("val_results", {}), new["val_results"]),
+                      **({"seed_results": seeds} if any(seeds.values()) else {})})
 
 
 # --- the whole run -----------------------------------------------------------------------------
@@ -741,7 +776,7 @@ def markdown(r: dict) -> str:
             f"{d['windows']['train']:,}/{d['windows']['val']:,}/{d['windows']['test']:,}"
             f"{_stride_note(d.get('window_params') or {})}; each preset trained "
             f"{t['train_overrides']['max_steps']} steps of {t['train_overrides']['batch_size']} windows "
-            f"(best validation epoch kept). Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
+            f"(best validation epoch kept){_seeds_note(t['train_overrides'].get('seeds') or [0])}. Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
             f"val = the same on {d.get('val_windows_evaluated', '-')} validation windows (the split to choose on).",
             "",
         ]
@@ -752,12 +787,18 @@ def markdown(r: dict) -> str:
         ]
         lines += header
         val, variants = q.get("val_results", {}), q.get("variants", {})
+        by_seed = q.get("seed_results", {})
+
+        def cell(pred: str, split: str, errs: dict, k: str) -> str:
+            runs = by_seed.get(split, {}).get(pred)
+            spread = f" ± {_fmt(seed_std(runs, k))}" if runs and k == tg_key else ""
+            return _fmt(errs.get(k)) + spread
 
         def row(pred: str, errs: dict) -> str:
             tr = t["per_preset"].get(pred, {})
             label = f"**{pred}**" if pred == q.get("best_preset") else pred
-            return (f"| {label} | " + " | ".join(_fmt(errs.get(k)) for k in keys)
-                    + f" | {_fmt(val.get(pred, {}).get(tg_key))} | {_fmt(tr.get('train_s'))} |")
+            return (f"| {label} | " + " | ".join(cell(pred, "test", errs, k) for k in keys)
+                    + f" | {cell(pred, 'val', val.get(pred, {}), tg_key)} | {_fmt(tr.get('train_s'))} |")
 
         lines += [row(pred, errs) for pred, errs in q["results"].items() if pred not in variants]
         reused = [p for p, tr in t["per_preset"].items() if tr.get("cached") and (tr.get("train_s") or 0) < 1.0]
@@ -783,6 +824,13 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seeds_note(seeds: list[int]) -> str:
+    if len(seeds) < 2:
+        return ""
+    return (f"; errors are the mean over {len(seeds)} training seeds ({', '.join(map(str, seeds))}), "
+            f"± the standard deviation over them; train s is the sum")
+
+
 def _stride_note(params: dict) -> str:
     stride = params.get("train_stride")
     return f" (training windows start every {stride} points, overlapping)" if stride else ""
@@ -806,12 +854,21 @@ def main(out: Path, argv: list[str] | None = None) -> int:
                         help=f"comma-separated presets (names or .json paths) for the quality part; tutorial "
                              f"always comes with them (or ${ENV_PRESETS}; default: all bundled presets)")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of ais,geolife")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated training seeds per preset (default 0); errors are their mean, "
+                             "with the standard deviation in the report")
     parser.add_argument("--fresh", action="store_true", help="start a new results file instead of merging into --out")
     args = parser.parse_args(argv or [])
     budget = BUDGETS[args.budget]
-    if args.threads or args.train_stride:
+    try:
+        seeds = tuple(int(s) for s in _csv(args.seeds)) or budget.seeds
+    except ValueError:
+        parser.exit(2, f"{parser.prog}: error: --seeds takes comma-separated integers, not {args.seeds!r}\n")
+    if len(set(seeds)) != len(seeds):
+        parser.exit(2, f"{parser.prog}: error: --seeds repeats a seed: {args.seeds!r}\n")
+    if args.threads or args.train_stride or seeds != budget.seeds:
         budget = Budget(**{**asdict(budget), "threads": args.threads or budget.threads,
-                           "train_stride": args.train_stride or budget.train_stride})
+                           "train_stride": args.train_stride or budget.train_stride, "seeds": seeds})
     try:
         run(args.out or out, budget, args.root, tuple(_csv(args.parts)), _csv(args.presets) or None,
             tuple(_csv(args.datasets)), args.fresh)
