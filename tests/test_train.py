@@ -94,11 +94,12 @@ def test_resume_after_crash_at_epoch_end_matches_uninterrupted(data, tmp_path):
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
-def test_resume_mid_epoch_matches_uninterrupted(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])  # the weight average must resume too
+def test_resume_mid_epoch_matches_uninterrupted(data, tmp_path, monkeypatch, ema_decay):
     tr, va, st = data
     steps_per_epoch = -(-len(tr) // 16)
     n = steps_per_epoch + steps_per_epoch // 2  # in the middle of epoch 2
-    config = cfg(max_steps=2 * n, epochs=10, checkpoint_every=n)
+    config = cfg(max_steps=2 * n, epochs=10, checkpoint_every=n, ema_decay=ema_decay)
     full = train(tr, va, MODEL, st, config, tmp_path / "full")
     assert full.history[-1]["step"] == 2 * n
 
@@ -295,6 +296,7 @@ def test_added_settings_keep_old_checkpoints_and_keys():
     first_release = {"epochs", "batch_size", "lr", "min_lr_ratio", "weight_decay", "warmup_steps", "grad_clip", "seed", "max_steps"}
     assert set(ident) == first_release
     assert "grad_accum_steps" in train_mod._config_identity(TrainConfig(grad_accum_steps=2))
+    assert train_mod._config_identity(TrainConfig(ema_decay=0.99))["ema_decay"] == 0.99
     assert train_mod._config_identity(TrainConfig(log_every=3, progress=False, checkpoint_every=9)) == ident
 
 
@@ -304,3 +306,51 @@ def test_torch_compile_trains_like_eager(data, tmp_path):
     eager = train(tr, va, NO_DROPOUT, st, cfg(epochs=1, max_steps=3), tmp_path / "eager")
     compiled = train(tr, va, NO_DROPOUT, st, cfg(epochs=1, max_steps=3, compile=True), tmp_path / "compiled")
     assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=1e-4)
+
+
+def test_weight_average_follows_its_recursion_and_swaps_back():
+    torch.manual_seed(0)
+    model = TrajGPT(MODEL)
+    avg = train_mod.WeightAverage(model, decay=0.5)
+    p = avg.params[0]
+    expected = p.detach().clone()
+    for step in (1, 2, 3, 30):
+        with torch.no_grad():
+            p.add_(1.0)
+        avg.update(step)
+        d = min(0.5, (1 + step) / (10 + step))  # warm-up: 0.18, 0.25, 0.31, then the cap
+        expected = d * expected + (1 - d) * p.detach()
+        assert torch.allclose(avg.avg[0], expected)
+    training = {k: v.clone() for k, v in model.state_dict().items()}
+    with avg.swapped():
+        assert torch.equal(p, avg.avg[0]) and not torch.equal(p, training[next(n for n, q in model.named_parameters() if q is p)])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, training[k]), k  # the training weights are back, bit for bit
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_ema_validates_keeps_and_returns_the_average(data, tmp_path):
+    """With ``ema_decay`` the best epoch is judged on the average and best.pt holds it; the
+    training weights (last.pt) go on without it. Without validation data, average.pt is the result."""
+    tr, va, st = data
+    noisy = cfg(epochs=4, lr=2e-2, warmup_steps=1)  # a high learning rate: iterates that jump around
+    plain = train(tr, va, MODEL, st, noisy, tmp_path / "plain")
+    ema = train(tr, va, MODEL, st, cfg(epochs=4, lr=2e-2, warmup_steps=1, ema_decay=0.9), tmp_path / "ema")
+    assert [h["train_loss"] for h in ema.history] == [h["train_loss"] for h in plain.history]  # same training path
+    assert ema.checkpoint == tmp_path / "ema" / "best.pt"
+    best = min(h["val_loss"] for h in ema.history)
+    vx, vm = train_mod._tensors(va, MODEL.block_size, MODEL.n_features)
+    assert evaluate_loss(ema.model, vx, vm, 64, torch.device("cpu")) == pytest.approx(best, rel=1e-5)  # the validated weights
+    last = load_model(tmp_path / "ema" / "last.pt")  # the training weights, for resuming
+    assert evaluate_loss(last, vx, vm, 64, torch.device("cpu")) == pytest.approx(plain.history[-1]["val_loss"], rel=1e-5)
+    assert best < min(h["val_loss"] for h in plain.history)  # averaging the noisy iterates pays on held-out windows
+
+    no_val = train(tr, None, MODEL, st, cfg(epochs=2, ema_decay=0.9), tmp_path / "no_val")
+    assert no_val.checkpoint == tmp_path / "no_val" / "average.pt"
+    saved = load_model(no_val.checkpoint).state_dict()
+    raw = load_model(tmp_path / "no_val" / "last.pt").state_dict()
+    assert all(torch.equal(v, no_val.model.state_dict()[k]) for k, v in saved.items())
+    assert any(not torch.equal(v, raw[k]) for k, v in saved.items())  # not the training weights
+    again = train(tr, None, MODEL, st, cfg(epochs=2, ema_decay=0.9), tmp_path / "no_val")  # finished: the same average
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in saved.items())

@@ -25,6 +25,11 @@ in ``_RESUME_IGNORES``, which change nothing in the numbers), statistics and dat
 resumes from it; a run that had finished returns at once. With validation data, ``best.pt``
 keeps the weights of the epoch with the lowest validation loss.
 
+``ema_decay`` > 0 keeps an exponential moving average of the weights beside the training weights
+(``WeightAverage``; in ``last.pt`` too, so a resumed run continues it bit-for-bit): validation,
+``best.pt`` and the returned model use the average (without validation data, the final average
+is written to ``average.pt``); the optimizer keeps updating the training weights.
+
 Distributed: when launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) ``train``
 joins the process group (gloo on CPU, nccl on CUDA, one GPU per ``LOCAL_RANK``), or uses one the
 caller already set up. Every process holds all windows and computes the same batch order; only
@@ -64,11 +69,12 @@ log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
+AVERAGE = "average.pt"  # the weight average at the end, when there is no validation data to pick a best epoch
 # Settings that change nothing in the numbers: a checkpoint written under other values resumes.
 _RESUME_IGNORES = ("device", "checkpoint_every", "log_every", "progress")
 # Settings added after the first release, with the defaults that reproduce it: left out of
 # resume identities and stage keys at these values, so older checkpoints and stages still match.
-_ADDED_DEFAULTS = {"grad_accum_steps": 1, "amp": "auto", "compile": False, "init_checkpoint": None}
+_ADDED_DEFAULTS = {"grad_accum_steps": 1, "amp": "auto", "compile": False, "init_checkpoint": None, "ema_decay": 0.0}
 AMP_MODES = ("auto", "bf16", "off")
 
 
@@ -91,6 +97,7 @@ class TrainConfig:
     log_every: int = 50  # steps between step metrics sent to an active MLflow run; 0: epoch metrics only
     progress: bool | None = None  # progress bar: None shows it on a terminal only (tqdm's rule)
     init_checkpoint: str | None = None  # fine-tune: start from these weights (and their normalization)
+    ema_decay: float = 0.0  # > 0: validate, keep and return an exponential moving average of the weights (``WeightAverage``)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
@@ -103,13 +110,15 @@ class TrainConfig:
             raise ValueError(f"need grad_accum_steps >= 1 and log_every >= 0: {self}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
 
 
 @dataclass
 class TrainResult:
     model: TrajGPT  # the weights saved at `checkpoint`, in eval mode
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, step, train_loss, val_loss, points_per_s, lr
-    checkpoint: Path | None = None  # best.pt when validation data was given, else last.pt
+    checkpoint: Path | None = None  # best.pt when validation data was given, else last.pt (average.pt with ema_decay)
     last_checkpoint: Path | None = None  # full training state (for resuming)
     start_step: int = 0  # the step this call started from: > 0 when it resumed from last.pt
 
@@ -245,6 +254,54 @@ def initial_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict, dict]:
     if stats is None:  # older checkpoints: the normalization buffers hold them
         stats = {"mean": ckpt["model"]["feat_mean"].tolist(), "std": ckpt["model"]["feat_std"].tolist()}
     return config, ckpt["model"], _plain_stats(stats, config.n_features)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's trainable weights (Polyak averaging): after each
+    optimizer step t (1-based), ``avg = d_t * avg + (1 - d_t) * weights`` with
+    ``d_t = min(decay, (1 + t) / (10 + t))``. The warm-up term lets the average forget the
+    first, poor iterates quickly, and keeps its span at about a tenth of the steps run so far
+    until ``decay`` caps it (0.999: about the last 1,000 steps), so one setting suits short and
+    long runs. ``swapped()`` puts the average into the model for a while (validation,
+    checkpoints) and the training weights back after."""
+
+    def __init__(self, model: TrajGPT, decay: float):
+        self.decay = decay
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.avg = [p.detach().clone() for p in self.params]
+
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for a, p in zip(self.avg, self.params):
+                a.lerp_(p.detach(), 1.0 - d)
+
+    def apply(self) -> None:
+        """Copy the average into the model's weights."""
+        with torch.no_grad():
+            for p, a in zip(self.params, self.avg):
+                p.copy_(a)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        training = [p.detach().clone() for p in self.params]
+        self.apply()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(self.params, training):
+                    p.copy_(w)
+
+    def state(self) -> list[torch.Tensor]:
+        return [a.detach().cpu().clone() for a in self.avg]
+
+    def load(self, state: list[torch.Tensor]) -> None:
+        if len(state) != len(self.avg):
+            raise ValueError(f"weight average of {len(state)} tensors for {len(self.avg)} parameters")
+        with torch.no_grad():
+            for a, s in zip(self.avg, state):
+                a.copy_(s)
 
 
 def _param_groups(model: TrajGPT, weight_decay: float) -> list[dict]:
@@ -586,6 +643,10 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
         if group.main and best_path.exists():
             best_path.unlink()  # stale: belongs to another run
     _broadcast_state(model, group)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None  # identical on every rank
+    if ema is not None and resumed is not None:
+        ema.load(resumed["ema"])
+    averaged = ema.swapped if ema is not None else contextlib.nullcontext
     _barrier(group)  # every rank has read last.pt before rank 0 may rewrite it
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
 
@@ -604,6 +665,7 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
             "scheduler": scheduler.state_dict(),
             "rng": rng,
             "world_size": group.world,
+            "ema": ema.state() if ema is not None else None,
         }
         save_checkpoint(last_path, model, optimizer, extra)
 
@@ -644,6 +706,8 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
         optimizer.step()
         scheduler.step()
         step += 1
+        if ema is not None:
+            ema.update(step)
 
         acc["loss_sum"] += loss_value
         acc["batches"] += 1
@@ -660,7 +724,12 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
         epoch_done = step % steps_per_epoch == 0 or step == total_steps
         if epoch_done:
             acc["seconds"] += time.perf_counter() - t0
-            val_loss = _validation_loss(model, vx, vmask, vlonlat, cfg.batch_size, device, amp_dtype, group) if vx is not None else None
+            with averaged():  # with ema_decay, the average is what is validated and kept
+                val_loss = _validation_loss(model, vx, vmask, vlonlat, cfg.batch_size, device, amp_dtype, group) if vx is not None else None
+                if val_loss is not None and math.isfinite(val_loss) and (best_val is None or val_loss < best_val):
+                    best_val = val_loss
+                    if group.main:
+                        save_checkpoint(best_path, model, None, {"kind": "best", "epoch": epoch + 1, "step": step, "val_loss": val_loss, "stats": stats})
             record = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -671,10 +740,6 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
             }
             history.append(record)
             acc = {"loss_sum": 0.0, "batches": 0, "points": 0, "seconds": 0.0}
-            if val_loss is not None and math.isfinite(val_loss) and (best_val is None or val_loss < best_val):
-                best_val = val_loss
-                if group.main:
-                    save_checkpoint(best_path, model, None, {"kind": "best", "epoch": epoch + 1, "step": step, "val_loss": val_loss, "stats": stats})
             save_last()
             _log_metrics(mlflow, {"train/epoch_loss": record["train_loss"], "val/loss": val_loss, "epoch": epoch + 1}, step)
             if group.main:
@@ -699,6 +764,12 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
     final_path = best_path if use_best else last_path
     if use_best:
         model.load_state_dict(load_checkpoint(best_path, device)["model"])
+    elif ema is not None:  # no epoch to pick: the average at the end
+        ema.apply()
+        final_path = checkpoint_dir / AVERAGE
+        if group.main:
+            save_checkpoint(final_path, model, None, {"kind": "average", "step": step, "stats": stats})
+        _barrier(group)
     return TrainResult(model=model.eval(), history=history, checkpoint=final_path, last_checkpoint=last_path, start_step=start_step)
 
 
@@ -719,7 +790,8 @@ def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device:
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     _restore_rng(extra["rng"], device, group)
-    return {"step": int(extra["step"]), "history": list(extra["history"]), "best_val": extra["best_val"], "acc": dict(extra["acc"])}
+    return {"step": int(extra["step"]), "history": list(extra["history"]), "best_val": extra["best_val"], "acc": dict(extra["acc"]),
+            "ema": extra.get("ema")}
 
 
 # --- the ``train`` stage -------------------------------------------------------------------

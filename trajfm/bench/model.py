@@ -3,7 +3,7 @@ forecast quality of every preset on held-out real data.
 
 ``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
 ``python -m trajfm.bench.model --out FILE [--budget quick|default|long|full] [--root DIR]
-[--train-stride N] [--seeds 0,1,2] [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
+[--train-stride N] [--seeds 0,1,2] [--ema DECAY] [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
 [--fresh]``) writes the JSON results and a markdown table beside it (same stem, ``.md``). The
 budget, parts and presets can also come from ``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS``
 and ``$TRAJFM_BENCH_PRESETS`` (``trajfm bench model`` takes only ``--out``). The JSON is
@@ -45,8 +45,9 @@ why not. The training budget (``Budget``: optimizer steps of ``batch_size`` wind
 and dataset, AdamW lr 1e-3 with warmup then cosine, best validation epoch kept) is modest so the
 default run fits about 20 minutes on 2 shared CPU cores; ``long`` trains 4x longer (3.6
 AIS epochs), ``full`` ~10x. ``--seeds 0,1,2`` trains each preset once per seed and reports the
-mean errors (each seed's under ``seed_results``, the spread in the table); results with other
-seeds never merge.
+mean errors (each seed's under ``seed_results``, the spread in the table); ``--ema 0.999`` trains
+every preset with a weight average (``TrainConfig.ema_decay``), validated and forecast with it.
+Results with other seeds or another average never merge.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Budget:
     threads: int = 1  # torch threads (1: steady on a shared machine)
     train_stride: int | None = None  # points between training window starts (None: 32, disjoint)
     seeds: tuple[int, ...] = (0,)  # training seeds per preset; errors are the mean over them
+    ema_decay: float = 0.0  # > 0: every preset keeps and is judged by its weight average (TrainConfig.ema_decay)
 
 
 BUDGETS = {
@@ -437,6 +439,7 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     train_overrides = {
         "epochs": math.ceil(steps / steps_per_epoch), "max_steps": steps, "batch_size": budget.batch_size,
         "warmup_steps": min(100, max(steps // 10, 1)), "device": "cpu", "progress": False,
+        **({"ema_decay": budget.ema_decay} if budget.ema_decay else {}),
     }  # + "seed", one of budget.seeds
     results: dict = {"test": {}, "val": {}}
     for split, (ws, true_lon, true_lat) in splits.items():
@@ -542,10 +545,10 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     otherwise a ``BenchError`` says what differs."""
     if not old or "results" not in old or "results" not in new:
         return new
-    one_seed = {"seeds": [0]}  # results from before the option: one seed, 0
+    unset = {"seeds": [0], "ema_decay": 0.0}  # results from before these options: one seed, 0; no average
     for what, a, b in (("windows", old["data"], new["data"]),
-                       ("training budget", {**one_seed, **old["training"]["train_overrides"]},
-                        {**one_seed, **new["training"]["train_overrides"]})):
+                       ("training budget", {**unset, **old["training"]["train_overrides"]},
+                        {**unset, **new["training"]["train_overrides"]})):
         keys = set(b) - {"seconds", "val_windows_evaluated"}
         diff = sorted(k for k in keys if k in a and _unset_dropped(a[k]) != _unset_dropped(b[k]))
         if diff:
@@ -776,7 +779,7 @@ def markdown(r: dict) -> str:
             f"{d['windows']['train']:,}/{d['windows']['val']:,}/{d['windows']['test']:,}"
             f"{_stride_note(d.get('window_params') or {})}; each preset trained "
             f"{t['train_overrides']['max_steps']} steps of {t['train_overrides']['batch_size']} windows "
-            f"(best validation epoch kept){_seeds_note(t['train_overrides'].get('seeds') or [0])}. Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
+            f"(best validation epoch kept{_ema_note(t['train_overrides'].get('ema_decay'))}){_seeds_note(t['train_overrides'].get('seeds') or [0])}. Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
             f"val = the same on {d.get('val_windows_evaluated', '-')} validation windows (the split to choose on).",
             "",
         ]
@@ -824,6 +827,10 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ema_note(decay: float | None) -> str:
+    return f"; weights averaged, ema_decay {decay}" if decay else ""
+
+
 def _seeds_note(seeds: list[int]) -> str:
     if len(seeds) < 2:
         return ""
@@ -857,6 +864,8 @@ def main(out: Path, argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None,
                         help="comma-separated training seeds per preset (default 0); errors are their mean, "
                              "with the standard deviation in the report")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="train every preset with a weight average (TrainConfig.ema_decay, e.g. 0.999) and judge it by that")
     parser.add_argument("--fresh", action="store_true", help="start a new results file instead of merging into --out")
     args = parser.parse_args(argv or [])
     budget = BUDGETS[args.budget]
@@ -866,9 +875,12 @@ def main(out: Path, argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: --seeds takes comma-separated integers, not {args.seeds!r}\n")
     if len(set(seeds)) != len(seeds):
         parser.exit(2, f"{parser.prog}: error: --seeds repeats a seed: {args.seeds!r}\n")
-    if args.threads or args.train_stride or seeds != budget.seeds:
+    if not 0.0 <= args.ema < 1.0:
+        parser.exit(2, f"{parser.prog}: error: --ema takes a decay in [0, 1), not {args.ema}\n")
+    if args.threads or args.train_stride or seeds != budget.seeds or args.ema:
         budget = Budget(**{**asdict(budget), "threads": args.threads or budget.threads,
-                           "train_stride": args.train_stride or budget.train_stride, "seeds": seeds})
+                           "train_stride": args.train_stride or budget.train_stride, "seeds": seeds,
+                           "ema_decay": args.ema})
     try:
         run(args.out or out, budget, args.root, tuple(_csv(args.parts)), _csv(args.presets) or None,
             tuple(_csv(args.datasets)), args.fresh)
