@@ -21,8 +21,9 @@ from synthetic_tracks import make_windows, stats_of
 # compared with one process parameter for parameter
 MODEL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)
 # 15 windows per step over 2 processes and 2 micro-batches: uneven slices (4/4/4/3), and the
-# last step of each epoch is shorter still; the loss weights must make it add up anyway
-TRAIN = dict(epochs=2, batch_size=15, lr=3e-3, warmup_steps=2, seed=0, device="cpu", checkpoint_every=4)
+# last step of each epoch is shorter still; the loss weights must make it add up anyway; every
+# process keeps the same weight average (validated on it)
+TRAIN = dict(epochs=2, batch_size=15, lr=3e-3, warmup_steps=2, seed=0, device="cpu", checkpoint_every=4, ema_decay=0.9)
 
 
 def data():
@@ -70,9 +71,15 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    one = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
     assert ckpt["extra"]["world_size"] == 2 and len(ckpt["extra"]["rng"]["ranks"]) == 2
-    for k, v in single.model.state_dict().items():
+    for k, v in one["model"].items():  # the training weights
         torch.testing.assert_close(ckpt["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(ckpt["extra"]["ema"], one["extra"]["ema"], strict=True):  # and their average
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    best = torch.load(tmp_path / "ddp" / "best.pt", weights_only=True)["model"]
+    for k, v in single.model.state_dict().items():  # the model kept: the best epoch's average
+        torch.testing.assert_close(best[k], v, rtol=1e-4, atol=1e-5, msg=k)
     print(f"torchrun with 2 processes: {seconds:.1f} s")
 
 
