@@ -250,9 +250,9 @@ def test_cli_seeds_reach_the_budget(tmp_path, monkeypatch, capsys):
 
     seen = {}
     monkeypatch.setattr(bm, "run", lambda out, budget, *a: seen.setdefault("budget", budget))
-    bm.main(tmp_path / "m.json", ["--budget", "quick", "--seeds", "0,1,2", "--ema", "0.99", "--parts", "quality"])
+    bm.main(tmp_path / "m.json", ["--budget", "quick", "--seeds", "0,1,2", "--ema", "0.99", "--select", "fde", "--parts", "quality"])
     assert seen["budget"].seeds == (0, 1, 2) and seen["budget"].ais_steps == bm.BUDGETS["quick"].ais_steps
-    assert seen["budget"].ema_decay == 0.99
+    assert seen["budget"].ema_decay == 0.99 and seen["budget"].select_by == "fde"
     for bad, text in ((["--seeds", "0,x"], "comma-separated integers"), (["--seeds", "1,1"], "repeats a seed"),
                       (["--ema", "1"], "decay in [0, 1)")):
         with pytest.raises(SystemExit) as exc:
@@ -260,22 +260,25 @@ def test_cli_seeds_reach_the_budget(tmp_path, monkeypatch, capsys):
         assert exc.value.code == 2 and text in capsys.readouterr().err
 
 
-def test_weight_average_reaches_training_the_report_and_the_merge_check(tmp_path, monkeypatch):
+def test_weight_average_and_selection_reach_training_the_report_and_the_merge_check(tmp_path, monkeypatch):
     import dataclasses
 
     import trajfm.bench.model as bm
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
-    budget = dataclasses.replace(bm.BUDGETS["quick"], ema_decay=0.9, max_test_windows=16)
+    budget = dataclasses.replace(bm.BUDGETS["quick"], ema_decay=0.9, select_by="fde", max_test_windows=16)
     q = bm.evaluate_dataset("ais", [str(p) for p in embedded_files(SMALL_SLICE)], tmp_path / "root", 4, budget,
                             log=lambda msg: None, presets=["tutorial"])
     from trajfm.store import read_manifest
 
-    assert read_manifest(q["training"]["per_preset"]["tutorial"]["train_dir"])["train_config"]["ema_decay"] == 0.9
+    manifest = read_manifest(q["training"]["per_preset"]["tutorial"]["train_dir"])
+    assert manifest["train_config"]["ema_decay"] == 0.9 and manifest["train_config"]["select_by"] == "fde"
+    assert manifest["final"]["best_val_fde_m"] > 0
     r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [], "quality": {"ais": q},
          "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]}}
-    assert "best validation epoch kept; weights averaged, ema_decay 0.9)" in bm.markdown(r)
-    plain = {**q, "training": {**q["training"], "train_overrides": {
-        k: v for k, v in q["training"]["train_overrides"].items() if k != "ema_decay"}}}
-    with pytest.raises(bm.BenchError, match="training budget differ.*ema_decay"):
-        bm.merge_quality(plain, q)
+    assert "epoch with the best validation FDE @10 kept; weights averaged, ema_decay 0.9)" in bm.markdown(r)
+    for option in ("ema_decay", "select_by"):
+        plain = {**q, "training": {**q["training"], "train_overrides": {
+            k: v for k, v in q["training"]["train_overrides"].items() if k != option}}}
+        with pytest.raises(bm.BenchError, match=f"training budget differ.*{option}"):
+            bm.merge_quality(plain, q)

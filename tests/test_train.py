@@ -94,12 +94,13 @@ def test_resume_after_crash_at_epoch_end_matches_uninterrupted(data, tmp_path):
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])  # the weight average must resume too
-def test_resume_mid_epoch_matches_uninterrupted(data, tmp_path, monkeypatch, ema_decay):
+@pytest.mark.parametrize("ema_decay,select_by", [(0.0, "loss"), (0.9, "fde")])  # the average and the kept epoch resume too
+def test_resume_mid_epoch_matches_uninterrupted(data, tmp_path, monkeypatch, ema_decay, select_by):
     tr, va, st = data
     steps_per_epoch = -(-len(tr) // 16)
     n = steps_per_epoch + steps_per_epoch // 2  # in the middle of epoch 2
-    config = cfg(max_steps=2 * n, epochs=10, checkpoint_every=n, ema_decay=ema_decay)
+    config = cfg(max_steps=2 * n, epochs=10, checkpoint_every=n, ema_decay=ema_decay, select_by=select_by,
+                 select_context=20, select_horizon=5)
     full = train(tr, va, MODEL, st, config, tmp_path / "full")
     assert full.history[-1]["step"] == 2 * n
 
@@ -354,3 +355,36 @@ def test_ema_validates_keeps_and_returns_the_average(data, tmp_path):
     assert any(not torch.equal(v, raw[k]) for k, v in saved.items())  # not the training weights
     again = train(tr, None, MODEL, st, cfg(epochs=2, ema_decay=0.9), tmp_path / "no_val")  # finished: the same average
     assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in saved.items())
+
+
+def test_select_by_fde_keeps_the_epoch_that_forecasts_best(data, tmp_path, monkeypatch):
+    """``select_by="fde"``: each epoch's validation forecast error is in the history, and the kept
+    model is the epoch with the lowest one (checked by forecasting again, outside training)."""
+    from trajfm.evaluate.forecast import evaluate_forecast
+
+    tr, va, st = data
+    res = train(tr, va, MODEL, st, cfg(epochs=4, select_by="fde", select_context=20, select_horizon=5), tmp_path)
+    fdes = [h["val_fde_m"] for h in res.history]
+    assert len(fdes) == 4 and all(f > 0 for f in fdes)
+    kept = evaluate_forecast(load_model(res.checkpoint), va, 20, 5)["fde_m"]
+    assert kept == pytest.approx(min(fdes), rel=1e-6)
+    best = torch.load(res.checkpoint, weights_only=True)["extra"]
+    assert best["val_fde_m"] == pytest.approx(min(fdes)) and best["epoch"] == 1 + fdes.index(min(fdes))
+    scores = iter([3.0, 1.0, 2.0, 5.0])  # a forecast error that disagrees with the falling validation loss
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "_forecast_selection", lambda val, model_config, c: (lambda model: next(scores)))
+        chosen = train(tr, va, MODEL, st, cfg(epochs=4, select_by="fde"), tmp_path / "scripted")
+    assert torch.load(chosen.checkpoint, weights_only=True)["extra"]["epoch"] == 2  # not the lowest loss (epoch 4)
+    assert [h["val_loss"] for h in chosen.history] == sorted((h["val_loss"] for h in chosen.history), reverse=True)
+    by_loss = train(tr, va, MODEL, st, cfg(epochs=4), tmp_path / "by_loss")
+    assert [h["train_loss"] for h in by_loss.history] == [h["train_loss"] for h in res.history]  # only the choice differs
+    assert "val_fde_m" not in by_loss.history[0]
+
+    for bad, text in ((dict(select_by="ade"), "select_by must be one of"), (dict(select_by="fde", select_context=1), "select_context >= 2")):
+        with pytest.raises(ValueError, match=text):
+            cfg(**bad)
+    with pytest.raises(ValueError, match="no validation window has"):
+        train(tr, va, MODEL, st, cfg(epochs=1, select_by="fde", select_context=30, select_horizon=5), tmp_path / "short")
+    infill = GPTConfig(n_layer=1, n_head=2, d_model=16, block_size=32, objective="infill")
+    with pytest.raises(ValueError, match="needs a model that forecasts"):
+        train(tr, va, infill, st, cfg(epochs=1, select_by="fde"), tmp_path / "infill")

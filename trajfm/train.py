@@ -23,7 +23,9 @@ checkpoint and raises ``TrainingInterrupted``; the previous handler is restored 
 When it exists and was written for the same model config, train config (ignoring the settings
 in ``_RESUME_IGNORES``, which change nothing in the numbers), statistics and data, ``train``
 resumes from it; a run that had finished returns at once. With validation data, ``best.pt``
-keeps the weights of the epoch with the lowest validation loss.
+keeps the weights of the epoch with the lowest validation loss, or with ``select_by="fde"`` the
+lowest forecast error on the validation windows (FDE in metres at ``select_horizon`` steps from
+``select_context`` points; each epoch's ``val_fde_m`` is in the history).
 
 ``ema_decay`` > 0 keeps an exponential moving average of the weights beside the training weights
 (``WeightAverage``; in ``last.pt`` too, so a resumed run continues it bit-for-bit): validation,
@@ -74,8 +76,10 @@ AVERAGE = "average.pt"  # the weight average at the end, when there is no valida
 _RESUME_IGNORES = ("device", "checkpoint_every", "log_every", "progress")
 # Settings added after the first release, with the defaults that reproduce it: left out of
 # resume identities and stage keys at these values, so older checkpoints and stages still match.
-_ADDED_DEFAULTS = {"grad_accum_steps": 1, "amp": "auto", "compile": False, "init_checkpoint": None, "ema_decay": 0.0}
+_ADDED_DEFAULTS = {"grad_accum_steps": 1, "amp": "auto", "compile": False, "init_checkpoint": None, "ema_decay": 0.0,
+                   "select_by": "loss", "select_context": 20, "select_horizon": 10}
 AMP_MODES = ("auto", "bf16", "off")
+SELECT_BY = ("loss", "fde")
 
 
 @dataclass
@@ -98,6 +102,9 @@ class TrainConfig:
     progress: bool | None = None  # progress bar: None shows it on a terminal only (tqdm's rule)
     init_checkpoint: str | None = None  # fine-tune: start from these weights (and their normalization)
     ema_decay: float = 0.0  # > 0: validate, keep and return an exponential moving average of the weights (``WeightAverage``)
+    select_by: str = "loss"  # the epoch kept: lowest validation "loss", or "fde" (forecast error, metres; below)
+    select_context: int = 20  # "fde": points of context of each validation window ...
+    select_horizon: int = 10  # ... and the step whose great-circle error (FDE) is averaged
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
@@ -112,6 +119,10 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
+        if self.select_context < 2 or self.select_horizon < 1:
+            raise ValueError(f"need select_context >= 2 and select_horizon >= 1: {self}")
 
 
 @dataclass
@@ -599,6 +610,7 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
         vx, vmask = _tensors(val, model_config.block_size, model_config.n_features)
     else:
         vx = vmask = None
+    val_fde = _forecast_selection(val, model_config, cfg) if vx is not None else None
     spatial = model_config.space_encoding != "none"  # the model reads absolute (lon, lat)
     lonlat = _lonlat(train, model_config.block_size) if spatial else None
     vlonlat = _lonlat(val, model_config.block_size) if spatial and vx is not None else None
@@ -726,10 +738,13 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
             acc["seconds"] += time.perf_counter() - t0
             with averaged():  # with ema_decay, the average is what is validated and kept
                 val_loss = _validation_loss(model, vx, vmask, vlonlat, cfg.batch_size, device, amp_dtype, group) if vx is not None else None
-                if val_loss is not None and math.isfinite(val_loss) and (best_val is None or val_loss < best_val):
-                    best_val = val_loss
+                fde = val_fde(model) if val_fde is not None else None  # every rank: the same weights, the same number
+                score = fde if val_fde is not None else val_loss
+                if score is not None and math.isfinite(score) and (best_val is None or score < best_val):
+                    best_val = score
                     if group.main:
-                        save_checkpoint(best_path, model, None, {"kind": "best", "epoch": epoch + 1, "step": step, "val_loss": val_loss, "stats": stats})
+                        save_checkpoint(best_path, model, None, {"kind": "best", "epoch": epoch + 1, "step": step, "val_loss": val_loss,
+                                                                 "val_fde_m": fde, "stats": stats})
             record = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -737,11 +752,12 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
                 "val_loss": val_loss,
                 "points_per_s": acc["points"] / max(acc["seconds"], 1e-9),
                 "lr": optimizer.param_groups[0]["lr"],
+                **({"val_fde_m": fde} if val_fde is not None else {}),
             }
             history.append(record)
             acc = {"loss_sum": 0.0, "batches": 0, "points": 0, "seconds": 0.0}
             save_last()
-            _log_metrics(mlflow, {"train/epoch_loss": record["train_loss"], "val/loss": val_loss, "epoch": epoch + 1}, step)
+            _log_metrics(mlflow, {"train/epoch_loss": record["train_loss"], "val/loss": val_loss, "val/fde_m": fde, "epoch": epoch + 1}, step)
             if group.main:
                 log.info("epoch %d step %d train %.5f val %s", record["epoch"], step, record["train_loss"], val_loss)
                 if on_epoch is not None:
@@ -771,6 +787,28 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
             save_checkpoint(final_path, model, None, {"kind": "average", "step": step, "stats": stats})
         _barrier(group)
     return TrainResult(model=model.eval(), history=history, checkpoint=final_path, last_checkpoint=last_path, start_step=start_step)
+
+
+def _forecast_selection(val, model_config: GPTConfig, cfg: TrainConfig):
+    """With ``select_by="fde"``: a function giving a model's mean great-circle error (metres) at
+    step ``select_horizon`` of a forecast from the first ``select_context`` points of every
+    validation window long enough (``trajfm.evaluate.forecast``: the benchmark's own protocol);
+    None with ``select_by="loss"``."""
+    if cfg.select_by != "fde":
+        return None
+    from trajfm.evaluate.forecast import evaluate_forecast, forecastable
+
+    if model_config.objective == "infill":
+        raise ValueError("select_by 'fde' needs a model that forecasts (objective 'next' or 'mixed'), not 'infill'")
+    if len(forecastable(val, cfg.select_context, cfg.select_horizon)) == 0:
+        raise ValueError(f"select_by 'fde': no validation window has select_context + select_horizon = "
+                         f"{cfg.select_context + cfg.select_horizon} real points")
+
+    def val_fde(model: TrajGPT) -> float:
+        with torch.no_grad():
+            return evaluate_forecast(model, val, cfg.select_context, cfg.select_horizon)["fde_m"]
+
+    return val_fde
 
 
 def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device: torch.device, group: _Group) -> dict | None:
@@ -866,6 +904,7 @@ def run_training(
         "train_loss": last.get("train_loss"),
         "val_loss": last.get("val_loss"),
         "best_val_loss": min(val_losses) if val_losses else None,
+        **({"best_val_fde_m": min(h["val_fde_m"] for h in result.history)} if cfg.select_by == "fde" and val_losses else {}),
         "n_params": result.model.num_params(),
         "checkpoint": "model.pt",
     }

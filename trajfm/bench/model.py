@@ -3,7 +3,7 @@ forecast quality of every preset on held-out real data.
 
 ``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
 ``python -m trajfm.bench.model --out FILE [--budget quick|default|long|full] [--root DIR]
-[--train-stride N] [--seeds 0,1,2] [--ema DECAY] [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
+[--train-stride N] [--seeds 0,1,2] [--ema DECAY] [--select loss|fde] [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
 [--fresh]``) writes the JSON results and a markdown table beside it (same stem, ``.md``). The
 budget, parts and presets can also come from ``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS``
 and ``$TRAJFM_BENCH_PRESETS`` (``trajfm bench model`` takes only ``--out``). The JSON is
@@ -46,8 +46,10 @@ and dataset, AdamW lr 1e-3 with warmup then cosine, best validation epoch kept) 
 default run fits about 20 minutes on 2 shared CPU cores; ``long`` trains 4x longer (3.6
 AIS epochs), ``full`` ~10x. ``--seeds 0,1,2`` trains each preset once per seed and reports the
 mean errors (each seed's under ``seed_results``, the spread in the table); ``--ema 0.999`` trains
-every preset with a weight average (``TrainConfig.ema_decay``), validated and forecast with it.
-Results with other seeds or another average never merge.
+every preset with a weight average (``TrainConfig.ema_decay``), validated and forecast with it;
+``--select fde`` keeps each preset's epoch with the lowest validation FDE at the longest horizon
+(``TrainConfig.select_by``) instead of the lowest validation loss. Results with other seeds,
+average or selection never merge.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class Budget:
     train_stride: int | None = None  # points between training window starts (None: 32, disjoint)
     seeds: tuple[int, ...] = (0,)  # training seeds per preset; errors are the mean over them
     ema_decay: float = 0.0  # > 0: every preset keeps and is judged by its weight average (TrainConfig.ema_decay)
+    select_by: str = "loss"  # the epoch kept: lowest validation loss, or "fde" (validation FDE, this benchmark's protocol)
 
 
 BUDGETS = {
@@ -440,6 +443,7 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
         "epochs": math.ceil(steps / steps_per_epoch), "max_steps": steps, "batch_size": budget.batch_size,
         "warmup_steps": min(100, max(steps // 10, 1)), "device": "cpu", "progress": False,
         **({"ema_decay": budget.ema_decay} if budget.ema_decay else {}),
+        **({"select_by": "fde", "select_context": CONTEXT_LEN, "select_horizon": horizon} if budget.select_by == "fde" else {}),
     }  # + "seed", one of budget.seeds
     results: dict = {"test": {}, "val": {}}
     for split, (ws, true_lon, true_lat) in splits.items():
@@ -545,7 +549,7 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     otherwise a ``BenchError`` says what differs."""
     if not old or "results" not in old or "results" not in new:
         return new
-    unset = {"seeds": [0], "ema_decay": 0.0}  # results from before these options: one seed, 0; no average
+    unset = {"seeds": [0], "ema_decay": 0.0, "select_by": "loss"}  # results from before these options
     for what, a, b in (("windows", old["data"], new["data"]),
                        ("training budget", {**unset, **old["training"]["train_overrides"]},
                         {**unset, **new["training"]["train_overrides"]})):
@@ -779,7 +783,7 @@ def markdown(r: dict) -> str:
             f"{d['windows']['train']:,}/{d['windows']['val']:,}/{d['windows']['test']:,}"
             f"{_stride_note(d.get('window_params') or {})}; each preset trained "
             f"{t['train_overrides']['max_steps']} steps of {t['train_overrides']['batch_size']} windows "
-            f"(best validation epoch kept{_ema_note(t['train_overrides'].get('ema_decay'))}){_seeds_note(t['train_overrides'].get('seeds') or [0])}. Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
+            f"({_kept_note(t['train_overrides'])}{_ema_note(t['train_overrides'].get('ema_decay'))}){_seeds_note(t['train_overrides'].get('seeds') or [0])}. Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
             f"val = the same on {d.get('val_windows_evaluated', '-')} validation windows (the split to choose on).",
             "",
         ]
@@ -827,6 +831,12 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kept_note(overrides: dict) -> str:
+    if overrides.get("select_by") == "fde":
+        return f"epoch with the best validation FDE @{overrides.get('select_horizon')} kept"
+    return "best validation epoch kept"
+
+
 def _ema_note(decay: float | None) -> str:
     return f"; weights averaged, ema_decay {decay}" if decay else ""
 
@@ -866,6 +876,9 @@ def main(out: Path, argv: list[str] | None = None) -> int:
                              "with the standard deviation in the report")
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="train every preset with a weight average (TrainConfig.ema_decay, e.g. 0.999) and judge it by that")
+    parser.add_argument("--select", choices=("loss", "fde"), default="loss",
+                        help="the epoch each preset keeps: lowest validation loss, or lowest validation FDE at the "
+                             "longest horizon (TrainConfig.select_by)")
     parser.add_argument("--fresh", action="store_true", help="start a new results file instead of merging into --out")
     args = parser.parse_args(argv or [])
     budget = BUDGETS[args.budget]
@@ -877,10 +890,10 @@ def main(out: Path, argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: --seeds repeats a seed: {args.seeds!r}\n")
     if not 0.0 <= args.ema < 1.0:
         parser.exit(2, f"{parser.prog}: error: --ema takes a decay in [0, 1), not {args.ema}\n")
-    if args.threads or args.train_stride or seeds != budget.seeds or args.ema:
+    if args.threads or args.train_stride or seeds != budget.seeds or args.ema or args.select != budget.select_by:
         budget = Budget(**{**asdict(budget), "threads": args.threads or budget.threads,
                            "train_stride": args.train_stride or budget.train_stride, "seeds": seeds,
-                           "ema_decay": args.ema})
+                           "ema_decay": args.ema, "select_by": args.select})
     try:
         run(args.out or out, budget, args.root, tuple(_csv(args.parts)), _csv(args.presets) or None,
             tuple(_csv(args.datasets)), args.fresh)
