@@ -12,6 +12,8 @@ import os
 for _key, _value in {"GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
     os.environ.setdefault(_key, _value)
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,6 +107,15 @@ def test_champion_pyfunc_forecasts_points(registry):
     # tz-aware datetimes and extra canonical columns are accepted too; horizon defaults to 10.
     canonical = points.assign(t=pd.to_datetime(points["t"], utc=True), obj_id="m", kind="vessel")
     assert len(model.predict(canonical)) == 3 * 10
+
+
+def test_the_logged_model_is_code_and_weights_never_a_pickle(registry, tmp_path):
+    """Models from code: the model holds pyfunc_code.py and the checkpoint, no pickled object."""
+    mlflow.set_tracking_uri(tracking_uri(registry["root"]))
+    local = Path(mlflow.artifacts.download_artifacts("models:/trajfm@champion", dst_path=str(tmp_path)))
+    files = sorted(p.name for p in local.rglob("*") if p.is_file())
+    assert "pyfunc_code.py" in files and any(f.endswith(".pt") for f in files), files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
 
 
 def test_champion_info_on_empty_root_creates_nothing(monkeypatch, tmp_path):

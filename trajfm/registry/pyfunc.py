@@ -8,7 +8,8 @@ Output: ``traj_id, step`` (1..horizon), ``t`` (datetime64[ns, UTC]), ``lon, lat`
 
 The weights travel as the artifact ``checkpoint`` (a ``.pt`` written by
 ``trajfm.model.save_checkpoint``, loaded with ``weights_only=True``); the code is the installed
-``trajfm`` package, which is why it appears in the model's pip requirements.
+``trajfm`` package, which is why it appears in the model's pip requirements. The model is logged
+from code (``pyfunc_code.py`` builds the ``TrajFMPyfunc``), so no pickled object is stored.
 
 This module imports MLflow (its class subclasses ``mlflow.pyfunc.PythonModel``); import it
 only where MLflow is wanted.

@@ -305,7 +305,7 @@ def _log_run(
     """One MLflow run: params, metrics, history, loss curve, the pyfunc model. (run id, model URI)."""
     import mlflow
 
-    from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT, TrajFMPyfunc, example_points, model_signature
+    from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT, example_points, model_signature
 
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=run_name, tags=tags, nested=mlflow.active_run() is not None
@@ -318,7 +318,7 @@ def _log_run(
             mlflow.log_figure(loss_curve_figure(history), LOSS_CURVE_ARTIFACT)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_NAME,
-            python_model=TrajFMPyfunc(),
+            python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # models from code: nothing pickled
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_path.resolve())},
             signature=model_signature(),
             input_example=(example_points() if input_example is None else input_example, {"horizon": 3}),
