@@ -114,7 +114,12 @@ def test_merge_adds_new_presets_and_keeps_the_others():
     again["training"]["per_preset"]["a"] = {"train_s": 0.1, "train_dir": "/r/train/k1", "cached": True}
     assert merge_quality(old, again)["training"]["per_preset"]["a"]["train_s"] == 80.0  # when it was trained
     again["training"]["per_preset"]["a"] = {"train_s": 0.1, "train_dir": "/r/train/k2", "cached": True}
-    assert merge_quality(old, again)["training"]["per_preset"]["a"]["train_s"] == 0.1  # another model
+    assert merge_quality(old, again)["training"]["per_preset"]["a"]["train_s"] == 0.1  # no validation errors to compare
+    old["val_results"]["a"] = again["val_results"]["a"]
+    assert merge_quality(old, again)["training"]["per_preset"]["a"]["train_s"] == 80.0  # same errors: the same model
+    other = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 690})
+    other["training"]["per_preset"]["a"] = {"train_s": 0.1, "train_dir": "/r/train/k2", "cached": True}
+    assert merge_quality(old, other)["training"]["per_preset"]["a"]["train_s"] == 0.1  # another model
 
 
 @pytest.mark.parametrize("change", ["windows", "budget"])
@@ -238,6 +243,17 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     assert "mean over 2 training seeds (0, 1)" in md
     assert f"{q['results']['tutorial']['fde_10_m']:,.1f} ± {bm.seed_std(runs, 'fde_10_m'):,.1f}" in md
 
+    # each test window's error at 10 steps is kept (seeds: their mean), and they add up to the table
+    we = q["window_errors"]
+    assert we["metric"] == "fde_10_m" and set(we["errors"]) == {"constant_velocity", "linear_extrapolation", "tutorial"}
+    for label, errs in we["errors"].items():
+        assert len(errs) == q["data"]["test_windows_evaluated"] == 32
+        assert np.mean(errs) == pytest.approx(q["results"][label]["fde_10_m"], abs=0.05)  # kept to 0.1 m
+    boot = q["targets"]["bootstrap"]["best_vs_constant_velocity"]
+    assert boot["windows"] == 32 and boot["ci_low"] <= q["targets"]["best_vs_constant_velocity"] <= boot["ci_high"]
+    assert q["targets"]["bootstrap"]["best_vs_tutorial"]["ci_low"] == 0.0  # the best is the tutorial itself here
+    assert "paired bootstrap, 2,000 draws" in md
+
     one_seed = {**q, "training": {**q["training"], "train_overrides": {
         k: v for k, v in q["training"]["train_overrides"].items() if k != "seeds"}}}  # a file from before --seeds
     with pytest.raises(bm.BenchError, match="training budget differ.*seeds"):
@@ -282,3 +298,82 @@ def test_weight_average_and_selection_reach_training_the_report_and_the_merge_ch
             k: v for k, v in q["training"]["train_overrides"].items() if k != option}}}
         with pytest.raises(bm.BenchError, match=f"training budget differ.*{option}"):
             bm.merge_quality(plain, q)
+
+
+def _heavy_tailed_errors(n: int, seed: int = 0) -> np.ndarray:
+    """Forecast errors in metres shaped like the real ones: most windows tens of metres, a few km."""
+    rng = np.random.default_rng(seed)
+    return rng.lognormal(mean=4.5, sigma=1.0, size=n)
+
+
+def test_paired_bootstrap_brackets_the_improvement_and_narrows_with_more_windows():
+    from trajfm.bench.model import paired_improvement
+
+    ref = _heavy_tailed_errors(2000)
+    noise = np.random.default_rng(1).normal(1.0, 0.2, size=ref.size).clip(0.1)
+    model = 0.7 * ref * noise  # about 30% better, window by window, with noise
+    big = paired_improvement(model, ref, (0.25, 0.35))
+    assert big["ci_low"] < big["improvement"] < big["ci_high"]
+    assert big["improvement"] == pytest.approx(1 - model.mean() / ref.mean(), abs=1e-4)
+    assert 0.25 < big["ci_low"] and big["ci_high"] < 0.35  # 2,000 windows pin it down
+    assert big["share_reaching"]["0.25"] == 1.0 and big["share_reaching"]["0.35"] == 0.0
+    small = paired_improvement(model[:100], ref[:100], (0.25,))
+    assert small["ci_high"] - small["ci_low"] > 2 * (big["ci_high"] - big["ci_low"])  # 100 windows do not
+    assert paired_improvement(model[:100], ref[:100], (0.25,)) == small  # seeded: the same draws
+    assert paired_improvement(model[:100], ref[:100], (0.25,), seed=1) != small
+
+    # pairing matters: a model that errs where the reference errs is judged on the difference only
+    same = paired_improvement(ref * 0.9, ref)
+    assert same["ci_low"] == pytest.approx(0.1) and same["ci_high"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same length"):
+        paired_improvement(model[:10], ref[:11])
+    with pytest.raises(ValueError, match="finite"):
+        paired_improvement(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
+
+
+def test_merge_keeps_each_predictors_window_errors_and_the_report_shows_the_intervals():
+    from trajfm.bench.model import markdown, merge_quality
+
+    def with_windows(q: dict, scale: dict) -> dict:
+        ref = _heavy_tailed_errors(400)
+        q["window_errors"] = {"metric": "fde_10_m", "split": "test",
+                              "errors": {k: list(ref * f) for k, f in scale.items()}}
+        return q
+
+    old = with_windows(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700}),
+                       {"constant_velocity": 1.0, "linear_extrapolation": 0.9, "tutorial": 1.2, "a": 0.7})
+    new = with_windows(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "c": 600}),
+                       {"constant_velocity": 1.0, "linear_extrapolation": 0.9, "tutorial": 1.2, "c": 0.6})
+    q = merge_quality(old, new)
+    assert set(q["window_errors"]["errors"]) == {"constant_velocity", "linear_extrapolation", "tutorial", "a", "c"}
+    boot = q["targets"]["bootstrap"]
+    assert q["best_preset"] == "c" and boot["best_vs_constant_velocity"]["ci_low"] == pytest.approx(0.4)
+    assert boot["best_vs_tutorial"]["improvement"] == pytest.approx(0.5)
+    assert boot["best_vs_tutorial"]["share_reaching"] == {"0.2": 1.0}
+    run = {"created": "t1", "parts": ["quality"], "presets": ["tutorial", "c"], "load_average_before": [1.0], "elapsed_s": 5}
+    r = {"budget": {"name": "default"}, "created": "t0", "elapsed_s": 9, "runs": [run],
+         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+         "quality": {"ais": q}}
+    assert "95% intervals of the improvement over the 400 test windows" in markdown(r)
+    assert "vs `tutorial` 50.0 to 50.0% (target 20% reached in 100.0% of draws)" in markdown(r)
+
+    # a file written before window errors were kept: no interval, and nothing breaks
+    plain = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
+    assert "bootstrap" not in merge_quality(plain, _quality({"constant_velocity": 1000, "linear_extrapolation": 900,
+                                                             "tutorial": 1200, "c": 600}))["targets"]
+    only_new = merge_quality(plain, new)  # the rerun's predictors have them; "a" (best? no: c) stays without
+    assert set(only_new["window_errors"]["errors"]) == {"constant_velocity", "linear_extrapolation", "tutorial", "c"}
+    assert only_new["targets"]["bootstrap"]["best_vs_constant_velocity"]["improvement"] == pytest.approx(0.4)
+
+
+def test_results_json_keeps_number_lists_on_one_line_and_round_trips():
+    import json
+
+    from trajfm.bench.model import dumps
+
+    result = {"quality": {"ais": {"window_errors": {"errors": {"cv": [1.5, 2.0, -3.25e-05, 1200.0]}}}},
+              "note": "a string [1,\n 2] stays as it is", "runs": [{"load": [0.5, 1]}, {"load": []}], "names": ["a", "b"]}
+    text = dumps(result)
+    assert json.loads(text) == result
+    assert '"cv": [1.5, 2.0, -3.25e-05, 1200.0]' in text and '"load": [0.5, 1]' in text
+    assert '"names": [\n' in text  # lists of strings keep the indented layout

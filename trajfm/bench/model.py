@@ -50,6 +50,13 @@ every preset with a weight average (``TrainConfig.ema_decay``), validated and fo
 ``--select fde`` keeps each preset's epoch with the lowest validation FDE at the longest horizon
 (``TrainConfig.select_by``) instead of the lowest validation loss. Results with other seeds,
 average or selection never merge.
+
+Each test window's error at the longest horizon is kept per predictor (``window_errors``; with
+seeds, the mean over seeds window by window), so the targets come with **intervals**: a paired
+bootstrap over the test windows (``paired_improvement``: ``BOOTSTRAP_RESAMPLES`` seeded draws,
+95% percentile interval of 1 - best/reference, and the share of draws reaching each target).
+They say how much a figure depends on which windows the test split holds; the seed spread says
+how much it depends on training.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import tempfile
@@ -76,6 +84,7 @@ GEN_STEPS = 64  # rollout length of the KV-cache benchmark
 GEN_CONTEXT = 32
 SPEED_PRESET = "trajgpt2-small"  # the largest one-point-per-token GPT-2 preset: the HF comparison
 LINEAR_FIT_POINTS = 5  # fixes the linear extrapolation fits
+BOOTSTRAP_RESAMPLES = 2000  # paired bootstrap over test windows for the targets' intervals
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "trajfm-bench-model"
 ENV_BUDGET = "TRAJFM_BENCH_BUDGET"
 
@@ -385,6 +394,41 @@ def forecast_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true
     return out
 
 
+def final_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true_lat: np.ndarray) -> np.ndarray:
+    """Each window's error in metres at the longest horizon (the target metric, window by window)."""
+    from trajfm.geo import haversine_m
+
+    return haversine_m(lon[:, -1], lat[:, -1], true_lon[:, -1], true_lat[:, -1])
+
+
+def paired_improvement(errors: np.ndarray, reference: np.ndarray, targets: tuple[float, ...] = (),
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict:
+    """How much better ``errors`` is than ``reference`` on the same windows, 1 - mean(errors) /
+    mean(reference), with a paired percentile bootstrap over windows: ``resamples`` draws of the
+    windows with replacement (the same draw for both, seeded), the ``level`` interval of the
+    ratio, and for each target the share of draws where the improvement reaches it. The interval
+    says how much the figure depends on which windows the test split happens to hold; it does not
+    cover training seeds (their spread is reported apart)."""
+    a, b = np.asarray(errors, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"paired errors need two 1-D arrays of the same length >= 2, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()) or b.sum() <= 0:
+        raise ValueError("paired errors must be finite and the reference's must not all be zero")
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    chunk = max(1, 2_000_000 // len(a))  # bounded memory on large test splits
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, len(a), size=(min(chunk, resamples - start), len(a)))
+        ratios[start:start + len(idx)] = 1 - a[idx].sum(1) / np.maximum(b[idx].sum(1), 1e-12)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {
+        "improvement": round(float(1 - a.mean() / b.mean()), 4),
+        "ci_low": round(float(lo), 4), "ci_high": round(float(hi), 4), "level": level,
+        "resamples": resamples, "seed": seed, "windows": len(a),
+        "share_reaching": {str(t): round(float((ratios >= t).mean()), 4) for t in targets},
+    }
+
+
 def mean_errors(per_seed: list[dict]) -> dict:
     """The errors of several training seeds averaged key by key (one seed: its own errors)."""
     return {k: round(statistics.fmean(e[k] for e in per_seed), 2) for k in per_seed[0]}
@@ -446,11 +490,13 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
         **({"select_by": "fde", "select_context": CONTEXT_LEN, "select_horizon": horizon} if budget.select_by == "fde" else {}),
     }  # + "seed", one of budget.seeds
     results: dict = {"test": {}, "val": {}}
+    per_window: dict = {}  # test windows' errors at the longest horizon, per predictor (seeds: the mean)
     for split, (ws, true_lon, true_lat) in splits.items():
-        results[split]["constant_velocity"] = forecast_errors(*constant_velocity(ws, CONTEXT_LEN, horizon)[:2], true_lon, true_lat)
-        results[split]["linear_extrapolation"] = forecast_errors(
-            *linear_extrapolation(ws, CONTEXT_LEN, horizon)[:2], true_lon, true_lat
-        )
+        for label, (lon, lat) in (("constant_velocity", constant_velocity(ws, CONTEXT_LEN, horizon)[:2]),
+                                  ("linear_extrapolation", linear_extrapolation(ws, CONTEXT_LEN, horizon)[:2])):
+            results[split][label] = forecast_errors(lon, lat, true_lon, true_lat)
+            if split == "test":
+                per_window[label] = final_errors(lon, lat, true_lon, true_lat)
     training, by_seed = {}, {"test": {}, "val": {}}
     for preset in presets or list_presets():
         label = preset_label(preset)
@@ -463,14 +509,17 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
             train_s = time.perf_counter() - t0
             model = load_model(train_dir / "model.pt")
             t1 = time.perf_counter()
-            errors = {}
+            errors, windows = {}, None
             for split, (ws, true_lon, true_lat) in splits.items():
                 lon, lat, _ = rollout(model, ws, CONTEXT_LEN, horizon)
                 errors[split] = forecast_errors(lon, lat, true_lon, true_lat)
+                if split == "test":
+                    windows = final_errors(lon, lat, true_lon, true_lat)
             runs.append({"seed": seed, "train_dir": train_dir, "train_s": train_s, "cached": not epochs_run,
-                         "forecast_s": time.perf_counter() - t1, "errors": errors})
+                         "forecast_s": time.perf_counter() - t1, "errors": errors, "windows": windows})
             log(f"{name}: {label} seed {seed} test {errors['test']} val fde@{horizon} "
                 f"{errors['val'].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)")
+        per_window[label] = np.mean([r["windows"] for r in runs], axis=0)
         for split in results:
             results[split][label] = mean_errors([r["errors"][split] for r in runs])
             if len(runs) > 1:
@@ -500,6 +549,8 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
         "results": results["test"],
         "val_results": results["val"],
         **({"seed_results": by_seed} if len(budget.seeds) > 1 else {}),
+        "window_errors": {"metric": f"fde_{horizon}_m", "split": "test",
+                          "errors": {k: [round(float(e), 1) for e in v] for k, v in per_window.items()}},
         "variants": {preset_label(p): {"file": str(Path(p).resolve()), "comment": json.loads(Path(p).read_text()).get("_comment", "")}
                      for p in presets or [] if is_variant(p)},
     })
@@ -534,6 +585,12 @@ def summarize(q: dict) -> dict:
         "best_vs_tutorial": round(1 - res[best][key] / tut, 4) if tut else None,
         "best_vs_tutorial_target": 0.20,
     }
+    windows = (q.get("window_errors") or {}).get("errors", {})
+    if windows.get("constant_velocity") and windows.get(best):
+        intervals = {"best_vs_constant_velocity": paired_improvement(windows[best], windows["constant_velocity"], (0.25,))}
+        if windows.get("tutorial"):
+            intervals["best_vs_tutorial"] = paired_improvement(windows[best], windows["tutorial"], (0.20,))
+        out["targets"]["bootstrap"] = intervals
     return out
 
 
@@ -566,7 +623,10 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     per_preset = dict(old["training"]["per_preset"])
     for label, entry in new["training"]["per_preset"].items():
         before = per_preset.get(label, {})
-        if entry.get("cached") and before.get("train_dir") == entry.get("train_dir") and "train_s" in before:
+        same_model = before.get("train_dir") == entry.get("train_dir") or (
+            label in old["results"] and old["results"][label] == new["results"].get(label)
+            and old.get("val_results", {}).get(label) == new["val_results"].get(label))  # deterministic: the same model
+        if entry.get("cached") and same_model and "train_s" in before:
             entry = {**entry, "train_s": before["train_s"]}  # the time of the run that trained it, not of the cache hit
         per_preset[label] = entry
     training = {**old["training"], "per_preset": per_preset}
@@ -576,7 +636,10 @@ def merge_quality(old: dict | None, new: dict) -> dict:
              for split in ("test", "val")}  # a rerun decides, with its own seeds
     for split in seeds:
         seeds[split].update(new.get("seed_results", {}).get(split, {}))
-    return summarize({**old, "data": {**old["data"], **new["data"]}, "training": training, "variants": variants,
+    windows = {k: v for k, v in (old.get("window_errors") or {}).get("errors", {}).items() if k not in new["results"]}
+    windows.update((new.get("window_errors") or {}).get("errors", {}))  # a rerun decides; older files have none
+    window_errors = {**(new.get("window_errors") or old.get("window_errors") or {}), "errors": windows}
+    return summarize({**old, **({"window_errors": window_errors} if windows else {}), "data": {**old["data"], **new["data"]}, "training": training, "variants": variants,
                       "results": merged(old["results"], new["results"]),
                       "val_results": merged(old.get("val_results", {}), new["val_results"]),
                       **({"seed_results": seeds} if any(seeds.values()) else {})})
@@ -682,7 +745,7 @@ def run(out: Path, budget: Budget | str = "default", root: str | Path | None = N
             result["machine"]["load_average_after"] = this_run["load_average_after"]
             result["machine"]["peak_rss_mb"] = this_run["peak_rss_mb"]
             result["elapsed_s"] = this_run["elapsed_s"]
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.write_text(dumps(result))
         out.with_suffix(".md").write_text(markdown(result))
 
     try:
@@ -706,6 +769,18 @@ def run(out: Path, budget: Budget | str = "default", root: str | Path | None = N
     save()
     log(f"done: {out}")
     return result
+
+
+# a JSON array of numbers as ``json.dumps(indent=2)`` writes it: newlines only occur between
+# tokens (never inside a JSON string), so this cannot match text within a string
+_NUMBER_LIST = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
+
+
+def dumps(result: dict) -> str:
+    """``result`` as indented JSON with each list of numbers on one line (the per-window errors
+    are thousands of numbers: one line per predictor, not one per number)."""
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+                            json.dumps(result, indent=2)) + "\n"
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -822,6 +897,8 @@ def markdown(r: dict) -> str:
                 f"{_fmt(100 * tg['best_vs_tutorial'] if tg['best_vs_tutorial'] is not None else None)}% better than `tutorial` "
                 f"(target 20%). Chosen on the validation split instead: {q.get('best_preset_by_val') or '-'}.",
             ]
+            if tg.get("bootstrap"):
+                lines += ["", _bootstrap_note(tg["bootstrap"])]
         if variants:
             lines += ["", f"Variants tried ({name}; preset files outside the bundle, compared on the validation split, "
                           "not candidates for the best preset):", "", *header]
@@ -829,6 +906,20 @@ def markdown(r: dict) -> str:
             lines += [""] + [f"- `{pred}`: {v['comment']}" for pred, v in variants.items() if pred in q["results"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _bootstrap_note(b: dict) -> str:
+    """The targets' intervals in one sentence (``paired_improvement`` per reference)."""
+    names = {"best_vs_constant_velocity": "constant velocity", "best_vs_tutorial": "`tutorial`"}
+    parts = []
+    for key, v in b.items():
+        target, share = next(iter(v["share_reaching"].items()), (None, None))
+        parts.append(f"vs {names.get(key, key)} {100 * v['ci_low']:.1f} to {100 * v['ci_high']:.1f}%"
+                     + (f" (target {100 * float(target):.0f}% reached in {100 * share:.1f}% of draws)" if target else ""))
+    first = next(iter(b.values()))
+    return (f"{100 * first['level']:.0f}% intervals of the improvement over the {first['windows']:,} test windows "
+            f"(paired bootstrap, {first['resamples']:,} draws, seed {first['seed']}; the spread over which windows were "
+            f"drawn, not over training seeds): " + "; ".join(parts) + ".")
 
 
 def _kept_note(overrides: dict) -> str:
