@@ -69,6 +69,32 @@ def test_mfu_script_refuses_without_cuda(tmp_path, capsys):
     assert not (tmp_path / "mfu.json").exists()
 
 
+def test_mfu_script_measures_the_largest_preset_end_to_end_on_cpu(tmp_path, capsys):
+    """The GPU script's whole path (bf16 autocast step, FLOP count, JSON) on CPU, small sizes, so
+    the day a GPU is lent it runs the code this test ran."""
+    import json
+
+    from trajfm.bench import mfu_gpu
+    from trajfm.model import TrajGPT, list_presets, load_preset
+
+    sizes = {p: TrajGPT(load_preset(p)).num_params() for p in list_presets()}
+    assert mfu_gpu.largest_preset() == max(sizes, key=sizes.get)
+    out = tmp_path / "mfu.json"
+    assert mfu_gpu.main(["--out", str(out), "--device", "cpu", "--seq", "64", "--batch", "2", "--steps", "2",
+                         "--warmup", "1"]) == 0
+    r = json.loads(out.read_text())
+    cfg = r["config"]
+    assert r["preset"] == mfu_gpu.largest_preset() and r["seq_tokens"] == 64 // cfg["patch_in"]
+    model = TrajGPT(load_preset(r["preset"], block_size=64))
+    wpe = model.transformer.wpe.weight.numel() if hasattr(model.transformer, "wpe") else 0
+    assert r["params_in_flops"] == model.num_params() - wpe
+    assert r["flops_per_token"] == 6 * r["params_in_flops"] + 12 * cfg["n_layer"] * cfg["d_model"] * r["seq_tokens"]
+    step_s = r["step_ms"] / 1000
+    assert r["achieved_tflops"] == pytest.approx(r["flops_per_token"] * 2 * r["seq_tokens"] / step_s / 1e12, rel=1e-2, abs=1e-3)
+    assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"], rel=1e-2, abs=1e-5)
+    assert '"device": "cpu (script check only)"' in capsys.readouterr().out
+
+
 def _quality(presets: dict, val: dict | None = None, test_windows: int = 100, steps: int = 250) -> dict:
     """A dataset's quality section as ``evaluate_dataset`` writes it, errors given per predictor."""
     def errs(v):
