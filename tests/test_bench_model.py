@@ -387,7 +387,7 @@ def test_merge_keeps_each_predictors_window_errors_and_the_report_shows_the_inte
     plain = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
     assert "bootstrap" not in merge_quality(plain, _quality({"constant_velocity": 1000, "linear_extrapolation": 900,
                                                              "tutorial": 1200, "c": 600}))["targets"]
-    only_new = merge_quality(plain, new)  # the rerun's predictors have them; "a" (best? no: c) stays without
+    only_new = merge_quality(plain, new)  # the rerun's predictors have window errors, the old "a" none
     assert set(only_new["window_errors"]["errors"]) == {"constant_velocity", "linear_extrapolation", "tutorial", "c"}
     assert only_new["targets"]["bootstrap"]["best_vs_constant_velocity"]["improvement"] == pytest.approx(0.4)
 

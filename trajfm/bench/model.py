@@ -85,6 +85,8 @@ GEN_CONTEXT = 32
 SPEED_PRESET = "trajgpt2-small"  # the largest one-point-per-token GPT-2 preset: the HF comparison
 LINEAR_FIT_POINTS = 5  # fixes the linear extrapolation fits
 BOOTSTRAP_RESAMPLES = 2000  # paired bootstrap over test windows for the targets' intervals
+TARGET_VS_CONSTANT_VELOCITY = 0.25  # the issue's targets: best preset's FDE at the longest horizon
+TARGET_VS_TUTORIAL = 0.20
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "trajfm-bench-model"
 ENV_BUDGET = "TRAJFM_BENCH_BUDGET"
 
@@ -383,6 +385,13 @@ def prepare_features(sources: list, root: Path, train_stride: int | None = None)
 
 def forecast_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true_lat: np.ndarray) -> dict:
     """ADE/FDE in metres at each of ``HORIZONS`` from (N, H) forecasts and truth."""
+    return errors_and_final(lon, lat, true_lon, true_lat)[0]
+
+
+def errors_and_final(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray,
+                     true_lat: np.ndarray) -> tuple[dict, np.ndarray]:
+    """``forecast_errors`` and each window's error in metres at the last step (the target
+    metric, window by window), from one distance computation."""
     from trajfm.geo import haversine_m
 
     err = haversine_m(lon, lat, true_lon, true_lat)  # (N, H) metres
@@ -391,14 +400,7 @@ def forecast_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true
         if k <= err.shape[1]:
             out[f"ade_{k}_m"] = round(float(err[:, :k].mean()), 2)
             out[f"fde_{k}_m"] = round(float(err[:, k - 1].mean()), 2)
-    return out
-
-
-def final_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true_lat: np.ndarray) -> np.ndarray:
-    """Each window's error in metres at the longest horizon (the target metric, window by window)."""
-    from trajfm.geo import haversine_m
-
-    return haversine_m(lon[:, -1], lat[:, -1], true_lon[:, -1], true_lat[:, -1])
+    return out, err[:, -1]
 
 
 def paired_improvement(errors: np.ndarray, reference: np.ndarray, targets: tuple[float, ...] = (),
@@ -494,9 +496,9 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     for split, (ws, true_lon, true_lat) in splits.items():
         for label, (lon, lat) in (("constant_velocity", constant_velocity(ws, CONTEXT_LEN, horizon)[:2]),
                                   ("linear_extrapolation", linear_extrapolation(ws, CONTEXT_LEN, horizon)[:2])):
-            results[split][label] = forecast_errors(lon, lat, true_lon, true_lat)
+            results[split][label], final = errors_and_final(lon, lat, true_lon, true_lat)
             if split == "test":
-                per_window[label] = final_errors(lon, lat, true_lon, true_lat)
+                per_window[label] = final
     training, by_seed = {}, {"test": {}, "val": {}}
     for preset in presets or list_presets():
         label = preset_label(preset)
@@ -512,9 +514,9 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
             errors, windows = {}, None
             for split, (ws, true_lon, true_lat) in splits.items():
                 lon, lat, _ = rollout(model, ws, CONTEXT_LEN, horizon)
-                errors[split] = forecast_errors(lon, lat, true_lon, true_lat)
+                errors[split], final = errors_and_final(lon, lat, true_lon, true_lat)
                 if split == "test":
-                    windows = final_errors(lon, lat, true_lon, true_lat)
+                    windows = final
             runs.append({"seed": seed, "train_dir": train_dir, "train_s": train_s, "cached": not epochs_run,
                          "forecast_s": time.perf_counter() - t1, "errors": errors, "windows": windows})
             log(f"{name}: {label} seed {seed} test {errors['test']} val fde@{horizon} "
@@ -581,15 +583,16 @@ def summarize(q: dict) -> dict:
     out["targets"] = {
         "metric": key,
         "best_vs_constant_velocity": round(1 - res[best][key] / cv, 4) if cv else None,
-        "best_vs_constant_velocity_target": 0.25,
+        "best_vs_constant_velocity_target": TARGET_VS_CONSTANT_VELOCITY,
         "best_vs_tutorial": round(1 - res[best][key] / tut, 4) if tut else None,
-        "best_vs_tutorial_target": 0.20,
+        "best_vs_tutorial_target": TARGET_VS_TUTORIAL,
     }
     windows = (q.get("window_errors") or {}).get("errors", {})
     if windows.get("constant_velocity") and windows.get(best):
-        intervals = {"best_vs_constant_velocity": paired_improvement(windows[best], windows["constant_velocity"], (0.25,))}
+        intervals = {"best_vs_constant_velocity": paired_improvement(
+            windows[best], windows["constant_velocity"], (TARGET_VS_CONSTANT_VELOCITY,))}
         if windows.get("tutorial"):
-            intervals["best_vs_tutorial"] = paired_improvement(windows[best], windows["tutorial"], (0.20,))
+            intervals["best_vs_tutorial"] = paired_improvement(windows[best], windows["tutorial"], (TARGET_VS_TUTORIAL,))
         out["targets"]["bootstrap"] = intervals
     return out
 
@@ -639,7 +642,8 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     windows = {k: v for k, v in (old.get("window_errors") or {}).get("errors", {}).items() if k not in new["results"]}
     windows.update((new.get("window_errors") or {}).get("errors", {}))  # a rerun decides; older files have none
     window_errors = {**(new.get("window_errors") or old.get("window_errors") or {}), "errors": windows}
-    return summarize({**old, **({"window_errors": window_errors} if windows else {}), "data": {**old["data"], **new["data"]}, "training": training, "variants": variants,
+    return summarize({**old, **({"window_errors": window_errors} if windows else {}),
+                      "data": {**old["data"], **new["data"]}, "training": training, "variants": variants,
                       "results": merged(old["results"], new["results"]),
                       "val_results": merged(old.get("val_results", {}), new["val_results"]),
                       **({"seed_results": seeds} if any(seeds.values()) else {})})
