@@ -35,8 +35,3 @@ STAGE_CACHE = INPUTS + TASK_SOURCE + DataRootAndFiles()
 
 RETRIES = 2
 RETRY_DELAY_S = [2, 10]
-
-
-def manifest_table(manifest: dict, keys: list[str]) -> list[dict]:
-    """Rows for a Prefect table artifact (JSON-serialisable cells only)."""
-    return [{"quantity": k, "value": str(manifest.get(k, ""))} for k in keys]

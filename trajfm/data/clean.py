@@ -61,8 +61,6 @@ from trajfm.geo import haversine_m
 NS_PER_S = 1_000_000_000
 ENGINES = ("vectorized", "movingpandas")
 CLEAN_REASONS = ("duplicate_fix", "duplicate_time", "speed_outlier", "stop", "generalized", "short_trajectory")
-# Reason codes this step writes (all listed in ``schema.REASONS``).
-STEP_REASONS = {r: REASONS[r] for r in ("stop", "generalized")}
 KNOWN_REASONS = dict(REASONS)
 # Reason codes as small integers while the arrays are built (0: the row is kept so far).
 _REASON_LIST = ("", "missing_value", "nonfinite_coord", *CLEAN_REASONS)
@@ -403,25 +401,6 @@ def interpolate_at(
         out_lon[out] -= np.copysign(360.0, out_lon[out])
     out_lat = lat_i + w * (lat[j] - lat_i)
     return out_lon, out_lat
-
-
-def resample_to_interval(
-    t_ns: np.ndarray,
-    lon: np.ndarray,
-    lat: np.ndarray,
-    seg_start: np.ndarray,
-    seg_end: np.ndarray,
-    interval_ns: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Resample segments to fixes at multiples of their interval (ns since the epoch).
-
-    Segment ``s`` is rows ``seg_start[s]:seg_end[s]`` of time-sorted ``t_ns`` (int64 UTC ns) and
-    ``lon, lat`` (degrees). Returns ``(segment, t_ns, lon, lat)`` of the resampled fixes: every
-    ``m * interval_ns[s]`` within the segment's [first, last] time, lon/lat linear in time.
-    """
-    seg, grid_t = time_grid(t_ns[seg_start], t_ns[seg_end - 1], interval_ns)
-    out_lon, out_lat = interpolate_at(t_ns, lon, lat, seg_start, seg_end, seg, grid_t)
-    return seg, grid_t, out_lon, out_lat
 
 
 def min_time_delta(t_ns: np.ndarray, start: np.ndarray, end: np.ndarray, tolerance_ns: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ import pandas as pd
 
 POINT_COLUMNS = ["traj_id", "obj_id", "t", "lon", "lat", "kind", "source"]
 OPTIONAL_COLUMNS = ["sog", "cog", "alt", "mode"]
-QUARANTINE_COLUMNS = ["reason", "detail"]
 
 # Reason codes written to quarantine tables. Stable strings: tests and dashboards key on them.
 REASONS = {

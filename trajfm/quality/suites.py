@@ -41,7 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 STAGES = ("raw", "processed")
 REQUIRED_COLUMNS = ["traj_id", "obj_id", "t", "lon", "lat"]
-DERIVED_COLUMNS = ["dt_s", "speed_mps", "traj_len"]
 
 # Check names: the keys of params["mostly"] and params["severity"] and the ``check`` in meta.
 RAW_CHECKS = ("not_null", "lon_range", "lat_range", "time_range")

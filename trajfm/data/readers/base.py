@@ -377,21 +377,6 @@ def _decode_block(data: bytes) -> tuple[list[str], np.ndarray]:
     return lines, np.zeros(len(lines), dtype=bool)
 
 
-def decode_lines(data: bytes) -> tuple[list[str], np.ndarray]:
-    """Split whole-file bytes into text lines (no line endings) and flag lines with non-UTF-8 bytes.
-
-    Undecodable bytes become U+FFFD (``errors="replace"``) so the rest of the line can still be
-    shown in the quarantine table; the returned boolean array marks those lines.
-    """
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if data.endswith(b"\n"):
-        data = data[:-1]  # the file's final newline ends the last line, it does not start a new one
-    if not data:
-        return [], np.zeros(0, dtype=bool)
-    return _decode_block(data)
-
-
 def block_size(chunk_rows: int, chunk_bytes: int) -> int:
     """Bytes read at once: about one chunk's worth, within [64 KiB, 8 MiB]."""
     return int(min(max(chunk_rows * 64, MIN_BLOCK_BYTES), max(chunk_bytes, MIN_BLOCK_BYTES), MAX_BLOCK_BYTES))
