@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.trajfm-installed
 
-.PHONY: demo test setup bench clean ui-prefect ui-mlflow
+.PHONY: demo test setup bench clean lint docs ui-prefect ui-mlflow
 
 setup: $(STAMP)
 
@@ -20,11 +20,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/trajfm demo
 
+# The docs site is built first (offline, warnings are errors; output in the ignored site/).
 test: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
 	$(BIN)/python -m pytest -q -ra
 
+docs: $(STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+# Style and import contracts (config in pyproject.toml); not yet part of `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+	$(BIN)/lint-imports
+
 clean:
-	rm -rf .trajfm
+	rm -rf .trajfm site
 
 # The UIs over the demo's data (both bind 127.0.0.1 only).
 ui-prefect: $(STAMP)
