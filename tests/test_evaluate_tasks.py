@@ -6,47 +6,23 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import stats_of, straight_track, windows_from_tracks
+from helpers import cleaned_windows, seeded_model, small_slice_windows, zero_head
+from synthetic_tracks import straight_track, windows_from_tracks
 from trajfm.evaluate.tasks import TASKS, run_task, run_tasks
-from trajfm.features.windows import WindowParams, build_windows
-from trajfm.model import GPTConfig, TrajGPT
 
 SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=64, dropout=0.0)
-
-
-def real_windows(points, window=32, stride=16):
-    from trajfm.data.clean import clean_partition
-
-    out, _, _ = clean_partition(points)
-    sets, _ = build_windows(out, WindowParams(window=window, stride=stride))
-    return sets
 
 
 @pytest.fixture(scope="module")
 def ais():
     """Train and test windows of the 9,091-point NY Harbor day (resampled to 60 s)."""
-    from trajfm.data.catalog import SMALL_SLICE, embedded_files
-    from trajfm.data.readers import read_file
-
-    return real_windows(read_file(embedded_files(SMALL_SLICE)[0]).points)
+    return small_slice_windows()
 
 
 def make_model(train, seed=0, **cfg):
-    torch.manual_seed(seed)
-    m = TrajGPT(GPTConfig(**{**SMALL, **cfg}))
-    st = stats_of(train)
-    m.set_normalization(st["mean"], st["std"])
-    return m.eval()
-
-
-def zero_head(model):
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.zero_()
-    return model
+    return seeded_model(train, seed, **{**SMALL, **cfg}).eval()
 
 
 def finite_floats(metrics: dict) -> bool:
@@ -375,7 +351,7 @@ def test_run_tasks_on_real_geolife_users(shared_data):
     from trajfm.evaluate.tasks import parse_key
 
     files = [p for u in ("000", "001", "002") for p in sorted((shared_data / "geolife" / u / "Trajectory").glob("*.plt"))[:4]]
-    sets = real_windows(pd.concat([read_file(p).points for p in files], ignore_index=True))
+    sets = cleaned_windows(pd.concat([read_file(p).points for p in files], ignore_index=True))
     test = sets["test"].subset(np.arange(min(len(sets["test"]), 80)))
     model = make_model(sets["train"], objective="mixed", head="mixture")
     m = run_tasks(model, test, train_ws=sets["train"], params={"forecast": {"minutes": (0.5, 1)}})

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import stats_of
+from helpers import seeded_model, small_slice_windows
 from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, TrajGPT, load_model, save_checkpoint
 from trajfm.model import cells
@@ -24,14 +24,7 @@ SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, head="
 @pytest.fixture(scope="module")
 def ais():
     """Windows (32 points, 60 s) of the 9,091-point NY Harbor day, cleaned as the pipeline does."""
-    from trajfm.data.catalog import SMALL_SLICE, embedded_files
-    from trajfm.data.clean import clean_partition
-    from trajfm.data.readers import read_file
-    from trajfm.features.windows import WindowParams, build_windows
-
-    out, _, _ = clean_partition(read_file(embedded_files(SMALL_SLICE)[0]).points)
-    sets, _ = build_windows(out, WindowParams(window=32, stride=16))
-    return sets["train"]
+    return small_slice_windows(window=32, stride=16)["train"]
 
 
 def lonlat_of(ws) -> np.ndarray:
@@ -39,11 +32,7 @@ def lonlat_of(ws) -> np.ndarray:
 
 
 def make_model(ws, seed=0, **cfg):
-    torch.manual_seed(seed)
-    m = TrajGPT(GPTConfig(**{**SMALL, **cfg}))
-    st = stats_of(ws)
-    m.set_normalization(st["mean"], st["std"])
-    return m
+    return seeded_model(ws, seed, **{**SMALL, **cfg})
 
 
 def test_class_set_is_the_h3_disk_everywhere():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of, straight_track, windows_from_tracks
+from helpers import seeded_model
+from synthetic_tracks import make_windows, straight_track, windows_from_tracks
 from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, TrajGPT, load_model, save_checkpoint
 from trajfm.model.gpt import TYPE_ANS, TYPE_MASK, TYPE_NO_TIME, TYPE_POINT, TYPE_SEP
@@ -23,11 +24,7 @@ def windows():
 
 
 def make_model(ws, seed=0, **cfg):
-    torch.manual_seed(seed)
-    m = TrajGPT(GPTConfig(**{**SMALL, "objective": "infill", **cfg}))
-    st = stats_of(ws)
-    m.set_normalization(st["mean"], st["std"])
-    return m.eval()
+    return seeded_model(ws, seed, **{**SMALL, "objective": "infill", **cfg}).eval()
 
 
 def perturbed(ws, rows_cols, rng):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
+from helpers import seeded_model, zero_head
 from synthetic_tracks import make_windows, stats_of, straight_track, windows_from_tracks
 from trajfm.evaluate.forecast import evaluate_forecast, rollout
 from trajfm.geo import haversine_m
@@ -28,18 +29,7 @@ def windows():
 
 
 def make_model(windows, seed=0, **cfg):
-    torch.manual_seed(seed)
-    m = TrajGPT(GPTConfig(**{**SMALL, **cfg}))
-    st = stats_of(windows)
-    m.set_normalization(st["mean"], st["std"])
-    return m.eval()
-
-
-def zero_head(model):
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.zero_()
-    return model
+    return seeded_model(windows, seed, **{**SMALL, **cfg}).eval()
 
 
 def test_defaults_keep_the_plain_targets():

@@ -1,0 +1,69 @@
+"""Helpers shared by several test files (fixtures shared by all live in ``conftest.py``).
+
+- ``seeded_model``: the tiny ``TrajGPT`` the model and evaluation tests build, seeded, with the
+  normalization statistics of the windows it will see.
+- ``zero_head``: zero a model's point head, so it predicts its anchor exactly.
+- ``small_slice_points`` / ``small_slice_windows``: the embedded 9,091-point NY Harbor AIS day
+  (``SMALL_SLICE``), read, and cleaned and cut into windows as the pipeline does.
+- ``free_port``: a free TCP port on 127.0.0.1 for a server a test starts.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pandas as pd
+import torch
+
+from synthetic_tracks import stats_of
+
+
+def seeded_model(ws, seed: int = 0, **config):
+    """``TrajGPT(GPTConfig(**config))`` after ``torch.manual_seed(seed)``, normalized by ``ws``'s
+    statistics; in train mode (call ``.eval()`` for inference)."""
+    from trajfm.model import GPTConfig, TrajGPT
+
+    torch.manual_seed(seed)
+    m = TrajGPT(GPTConfig(**config))
+    st = stats_of(ws)
+    m.set_normalization(st["mean"], st["std"])
+    return m
+
+
+def zero_head(model):
+    """Zero the point head's weight and bias in place: every prediction becomes the anchor."""
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return model
+
+
+def small_slice_points() -> pd.DataFrame:
+    """Canonical points of the embedded NY Harbor day (``SMALL_SLICE``), as read (not cleaned)."""
+    from trajfm.data.catalog import SMALL_SLICE, embedded_files
+    from trajfm.data.readers import read_file
+
+    return read_file(embedded_files(SMALL_SLICE)[0]).points
+
+
+def cleaned_windows(points: pd.DataFrame, window: int = 32, stride: int = 16) -> dict:
+    """``points`` cleaned with the per-kind defaults (``clean_partition``) and cut into windows of
+    ``window`` points every ``stride``: the ``train``/``val``/``test`` window sets."""
+    from trajfm.data.clean import clean_partition
+    from trajfm.features.windows import WindowParams, build_windows
+
+    out, _, _ = clean_partition(points)
+    sets, _ = build_windows(out, WindowParams(window=window, stride=stride))
+    return sets
+
+
+def small_slice_windows(window: int = 32, stride: int = 16) -> dict:
+    """The NY Harbor day cleaned and cut into windows as the pipeline does (60 s fixes)."""
+    return cleaned_windows(small_slice_points(), window=window, stride=stride)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
