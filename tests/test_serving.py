@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
+from helpers import free_port  # noqa: E402
 from trajfm.registry import log_and_register  # noqa: E402
 from trajfm.registry.pyfunc import example_points  # noqa: E402
 from trajfm.registry.tracking import tracking_uri  # noqa: E402
@@ -38,12 +38,6 @@ SERVER_WAIT_S = float(os.environ.get("TRAJFM_TEST_MLFLOW_SERVER_WAIT_S", "40"))
 def _server_env(**extra) -> dict:
     """The environment with the virtualenv's bin first: ``mlflow`` runs ``uvicorn`` by name."""
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(url: str, seconds: float, proc: subprocess.Popen) -> bool:
@@ -119,7 +113,7 @@ def clean_env(monkeypatch, tmp_path):
 def test_models_serve_answers_points_with_forecast_points(tmp_path, clean_env):
     root = tmp_path / "root"
     assert _register(root).promoted
-    port = _free_port()
+    port = free_port()
     env = _server_env(MLFLOW_TRACKING_URI=tracking_uri(root))
     proc = _start(
         [MLFLOW, "models", "serve", "-m", "models:/trajfm@champion", "--env-manager", "local",
@@ -157,7 +151,7 @@ def test_tracking_server_takes_registrations_and_lists_them(tmp_path, clean_env,
 
     root = tmp_path / "root"
     root.mkdir()
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     proc = _start(
         [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",

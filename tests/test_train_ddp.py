@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
+from helpers import free_port
 from synthetic_tracks import make_windows, stats_of
 
 # dropout 0: the processes draw their own dropout masks, so only the deterministic model can be
@@ -32,12 +32,6 @@ def data():
     return tr, va, stats_of(tr)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_match_one_process(tmp_path):
     from trajfm.model import GPTConfig
     from trajfm.train import TrainConfig, train
@@ -46,7 +40,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=str(Path(__file__).parent))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         __file__, str(tmp_path / "ddp"), json.dumps({**TRAIN, "grad_accum_steps": 2}),
     ]
     started = time.perf_counter()
