@@ -30,3 +30,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"../shared/data not found at {SHARED_DATA}: real GeoLife/Liverpool files unavailable")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory) -> Path:
+    """The embedded NY Harbor day (``embedded_files("small")``) ingested into a fresh data root, once
+    per test module: the ingest stage directory."""
+    from trajfm.data.catalog import embedded_files
+    from trajfm.data.ingest import ingest
+
+    return ingest(embedded_files("small"), root=tmp_path_factory.mktemp("ingest_root"))

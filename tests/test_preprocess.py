@@ -11,19 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trajfm.data.catalog import embedded_files
 from trajfm.data.clean import PreprocessParams
-from trajfm.data.ingest import ingest
 from trajfm.data.preprocess import preprocess, read_points, read_preprocess_counts
 from trajfm.data.schema import POINT_COLUMNS
 from trajfm.geo import haversine_m
 from trajfm.store import StageWriter, frame_hash
-
-
-@pytest.fixture(scope="module")
-def ingested(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ingest_root")
-    return ingest(embedded_files("small"), root=root)
 
 
 def manifest(path):

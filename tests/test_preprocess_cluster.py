@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from trajfm.data.catalog import embedded_files
-from trajfm.data.ingest import ingest
 from trajfm.data.preprocess import preprocess
 
 STARTUP_S = 60  # bounded waits: the cluster must be up within this, or the test fails
 STOP_S = 10
-
-
-@pytest.fixture(scope="module")
-def ingested(tmp_path_factory):
-    return ingest(embedded_files("small"), root=tmp_path_factory.mktemp("ingest_root"))
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
