@@ -154,6 +154,58 @@ KIND_DEFAULTS: dict[str, PreprocessParams] = {
         v_max_mps=350.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
         stop_max_diameter_m=500.0, stop_min_duration_s=900.0,
     ),
+    # Kinds of the pre-training corpus (../shared/data/corpus, docs/corpus.md). Each interval is
+    # the kind's usual native sampling or coarser; a source sampled more coarsely than its kind's
+    # interval is resampled at its own rate (trajfm.data.sampling), never interpolated finer.
+    # Trams (GTFS-RT / AVL, 5-15 s): line speeds top out near 70 km/h, 25 m/s = 90 km/h. A tram
+    # at a platform dwells < 1 min; 10 min within 100 m is a layover at the terminus.
+    "tram": PreprocessParams(
+        v_max_mps=25.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
+        stop_max_diameter_m=100.0, stop_min_duration_s=600.0,
+    ),
+    # Trolleybuses (AVL, 5-20 s): tied to the overhead wires, limited to about 65 km/h; 30 m/s
+    # = 108 km/h still flags the jumps. Stops and layovers as buses.
+    "trolleybus": PreprocessParams(
+        v_max_mps=30.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
+        stop_max_diameter_m=100.0, stop_min_duration_s=600.0,
+    ),
+    # Tropical/extratropical cyclones (best-track analyses, 6 h synoptic fixes): storms translate
+    # at up to ~25 m/s in extratropical transition; 40 m/s is never a real track. 12 h without a
+    # fix splits (a skipped synoptic time is normal, two are not). Many systems live 1-3 days, so
+    # 5 fixes over 24 h is enough. A storm stalled within 50 km for 2 days is a stop.
+    "storm": PreprocessParams(
+        v_max_mps=40.0, max_gap_s=43200.0, interval_s=21600.0, min_points=5, min_duration_s=86400.0,
+        stop_max_diameter_m=50000.0, stop_min_duration_s=172800.0,
+    ),
+    # Icebergs (daily scatterometer positions; days are missing when no pass saw them): they
+    # drift at < 1 m/s; 3 m/s (260 km/day) is a mislocated berg. 3 days without a fix splits;
+    # 10 fixes over 10 days make a track. Grounded within 10 km for 30 days is a stop.
+    "ice": PreprocessParams(
+        v_max_mps=3.0, max_gap_s=259200.0, interval_s=86400.0, min_points=10, min_duration_s=864000.0,
+        stop_max_diameter_m=10000.0, stop_min_duration_s=2592000.0,
+    ),
+    # Ocean and sea-ice drifters, wave buoys (Iridium/GPS, 30 min): surface currents and ice drift
+    # stay under ~2.5 m/s; 5 m/s flags fixes on a ship deck or bad fixes. 6 h of silence splits
+    # (lost messages). Frozen in / grounded within 500 m for a day is a stop.
+    "drifter": PreprocessParams(
+        v_max_mps=5.0, max_gap_s=21600.0, interval_s=1800.0, min_points=10, min_duration_s=21600.0,
+        stop_max_diameter_m=500.0, stop_min_duration_s=86400.0,
+    ),
+    # Mammals on land and at sea (GPS/Argos collars and tags: fishers 2 min, buffalo 1 h, deer
+    # 6 h, seals tens of minutes): buffalo and deer sprint at ~15 m/s, seals swim < 3 m/s, so
+    # 20 m/s marks position errors (Argos' km-scale ones included). Collars are duty-cycled: 12 h
+    # without a fix splits. Bedding or hauled out within 50 m for 2 h is a stop.
+    "animal": PreprocessParams(
+        v_max_mps=20.0, max_gap_s=43200.0, interval_s=600.0, min_points=10, min_duration_s=7200.0,
+        stop_max_diameter_m=50.0, stop_min_duration_s=7200.0,
+    ),
+    # Bats (GPS tags, minutes apart at night): fast fliers, ~15 m/s commuting; 25 m/s flags
+    # errors. They roost all day: 3 h without a fix splits the nights' foraging trips. A night
+    # roost is 1 h within 100 m.
+    "bat": PreprocessParams(
+        v_max_mps=25.0, max_gap_s=10800.0, interval_s=600.0, min_points=10, min_duration_s=3600.0,
+        stop_max_diameter_m=100.0, stop_min_duration_s=3600.0,
+    ),
 }
 
 ParamsLike = Union[None, PreprocessParams, Mapping[str, Union[PreprocessParams, Mapping, float, int]]]
