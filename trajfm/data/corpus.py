@@ -469,7 +469,7 @@ def read_source(src: CorpusSource):
 
 
 def clean_report(corpus: Corpus, names: list[str] | None = None) -> "pd.DataFrame":
-    """Per source and kind: rows read, quarantined by the reader, kept by cleaning with the
+    """Per corpus source, kind and ``source`` tag: rows read, quarantined by the reader, kept by cleaning with the
     defaults (and the source's ``clean`` overrides), quarantined by each cleaning reason, pieces
     kept and the resampling interval used (``trajfm.data.sampling``). Reads and cleans every
     source in memory: minutes for the whole base corpus on one core."""
@@ -485,17 +485,15 @@ def clean_report(corpus: Corpus, names: list[str] | None = None) -> "pd.DataFram
         points, rows_read, reader_q = read_source(src)
         native = source_native_interval_s(points)
         table = normalize_params(src.clean or None)
-        for kind, part in points.groupby("kind", observed=True):
+        for (kind, tag), part in points.groupby(["kind", "source"], observed=True):
             out, _q, c = clean_partition(part, table, native_interval_s=native)
-            step = out.groupby("traj_id", observed=True)["t"].diff().dt.total_seconds().median() if len(out) else float("nan")
-            row = {
-                "source": src.name, "kind": str(kind), "rows_in": c["rows_in"], "rows_kept": c["rows_kept"],
-                **{r: c["quarantined_by_reason"].get(r, 0) for r in CLEAN_REASONS},
-                "pieces": c["n_trajectories"], "native_s": round(float(pd.Series([native[s] for s in part["source"].unique() if s in native]).median()), 1) if native else float("nan"),
-                "interval_s": step, "rows_out": c["rows_out"],
-            }
-            rows.append(row)
-        if reader_q:
-            rows[-1]["reader_quarantined"] = sum(reader_q.values())
+            steps = out.groupby("traj_id", observed=True)["t"].diff().dt.total_seconds()
+            rows.append({
+                "source": src.name, "tag": str(tag), "kind": str(kind), "rows_in": c["rows_in"],
+                "rows_kept": c["rows_kept"], **{r: c["quarantined_by_reason"].get(r, 0) for r in CLEAN_REASONS},
+                "pieces": c["n_trajectories"], "native_s": native.get(str(tag), float("nan")),
+                "interval_s": float(steps.median()) if len(out) else float("nan"), "rows_out": c["rows_out"],
+            })
+        rows[-1]["reader_quarantined"] = sum(reader_q.values())
         rows[-1]["rows_read"] = rows_read
     return pd.DataFrame(rows)
