@@ -99,6 +99,32 @@ class CorpusSource:
             params["kind"] = self.kind
         return params
 
+    def preprocess_params(self, native: bool = True) -> dict:
+        """The cleaning table for this source: kind -> ``PreprocessParams``.
+
+        ``native=True`` (pre-training): every kind resampled at the source's own native interval
+        (``sampling.NATIVE_RESAMPLING``), then the source's ``clean`` overrides on top;
+        ``native=False``: the kind defaults with the overrides (``clean.normalize_params``).
+        """
+        from dataclasses import replace
+
+        from trajfm.data.clean import _FIELD_NAMES, KIND_DEFAULTS, normalize_params
+        from trajfm.data.sampling import NATIVE_RESAMPLING
+
+        if not native:
+            return normalize_params(self.clean or None)
+        table = {k: replace(p, **NATIVE_RESAMPLING) for k, p in KIND_DEFAULTS.items()}
+        clean = self.clean or {}
+        if clean and set(clean) <= _FIELD_NAMES:
+            return {k: replace(p, **clean) for k, p in table.items()}
+        star = clean.get("*")
+        if star is not None:
+            table = {k: replace(p, **star) for k, p in table.items()}
+        for kind, fields in clean.items():
+            if kind != "*":
+                table[kind] = replace(table.get(kind, replace(KIND_DEFAULTS.get(kind), **NATIVE_RESAMPLING)), **fields)
+        return table
+
 
 @dataclass(frozen=True)
 class Corpus:
