@@ -119,3 +119,24 @@ def test_ingest_and_evaluate_data_path_read_canonical_parquet_as_is(corpus_dir, 
     pm = read_manifest(stage)
     assert pm["rows_in"] == 124162 == pm["rows_kept"] + pm["rows_quarantined"]
     assert pm["native_interval_s"] == {"riga_gtfs_rt": 10.0}
+
+
+def test_trajfm_evaluate_data_canonical_parquet_without_format(corpus_dir, tmp_path, capsys):
+    """``trajfm evaluate --model M --data x.parquet``: no --format, no mapping, kinds per row."""
+    import json
+
+    from test_evaluate_cli import train_tiny
+
+    from trajfm.cli import main as trajfm_main
+
+    train_dir = train_tiny(tmp_path, steps=4)
+    out = tmp_path / "r.json"
+    rc = trajfm_main(["evaluate", "--model", str(train_dir / "model.pt"), "--data",
+                      str(corpus_dir / "riga_gtfsrt_transit.parquet"), "--tasks", "forecast",
+                      "--data-root", str(tmp_path), "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["metrics"]["forecast.ade_m@1.model"] > 0
+    ing, pre = res["accounting"]["ingest"], res["accounting"]["preprocess"]
+    assert ing["rows_read"] == 124162 == ing["rows_kept"] + ing["rows_quarantined"]
+    assert pre["rows_in"] == 124162 == pre["rows_kept"] + pre["rows_quarantined"]
