@@ -115,7 +115,7 @@ def test_ingest_and_evaluate_data_path_read_canonical_parquet_as_is(corpus_dir, 
     m = read_manifest(out)
     assert m["rows_read"] == 124162 == m["rows_kept"] + m["rows_quarantined"]
     assert load_points(out)["kind"].value_counts().to_dict() == {"bus": 66883, "trolleybus": 40107, "tram": 17172}
-    ingest_dir, stage = ingest_and_clean([str(src)], root=tmp_path, preprocess_params=None)
+    _, stage = ingest_and_clean([str(src)], root=tmp_path, preprocess_params=None)
     pm = read_manifest(stage)
     assert pm["rows_in"] == 124162 == pm["rows_kept"] + pm["rows_quarantined"]
     assert pm["native_interval_s"] == {"riga_gtfs_rt": 10.0}

@@ -3,8 +3,6 @@ default, the demo's AIS unchanged, and the coarser views pre-training sees."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -51,7 +49,7 @@ def test_a_720s_ais_source_is_not_interpolated_to_60s(ais):
     coarse["source"] = coarse["source"].astype(str) + "_720s"
     native = source_native_interval_s(coarse)["NYHarbor_2020_12_first_week_720s"]
     assert 720 <= native < 780
-    out, q, c = clean_partition(coarse)
+    out, _, c = clean_partition(coarse)
     step = _steps(out)
     assert step.min() >= 720 and (step % 60 == 0).all()  # a multiple of the vessel default, >= native
     assert step.median() == 60 * np.ceil(native / 60)
@@ -133,7 +131,7 @@ def geolife_track(shared_data) -> pd.DataFrame:
     head = pf.read_row_group(0, columns=["traj_id", "t"]).to_pandas()
     sizes = head["traj_id"].value_counts()
     step = native_interval_s(head)
-    tid = sorted(t for t in sizes[(sizes > 3000) & (sizes < 8000)].index if step[t] == 2.0)[0]
+    tid = min(t for t in sizes[(sizes > 3000) & (sizes < 8000)].index if step[t] == 2.0)
     table = pq.read_table(path, filters=[("traj_id", "=", tid)])
     df = table.to_pandas()
     for col in ("kind", "source"):
@@ -145,7 +143,7 @@ def test_a_2s_geolife_track_yields_native_x2_x4_views(geolife_track):
     raw_step = native_interval_s(geolife_track).iloc[0]
     assert raw_step == 2.0
     # Pre-training's resampling: each source at its own rate (2 s here, not the person 10 s).
-    native, q, c = clean_partition(geolife_track, NATIVE_RESAMPLING)
+    native, _, c = clean_partition(geolife_track, NATIVE_RESAMPLING)
     assert c["rows_in"] == c["rows_kept"] + c["rows_quarantined"] and c["n_trajectories"] >= 1
     assert _steps(native).median() == 2.0
     views, counts = coarsen_views(native, (1, 2, 4))

@@ -40,7 +40,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EMBEDDED_PREFIX = "embedded:"
 CORPUS_KEYS = ("name", "description", "temperature", "coarsen", "sources")

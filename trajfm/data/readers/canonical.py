@@ -79,7 +79,6 @@ def iter_canonical(
 ) -> Iterator[ReadResult]:
     """Read canonical Parquet in batches of ``chunk_rows`` rows (see the module docstring)."""
     import numpy as np
-    import pandas as pd
     import pyarrow.parquet as pq
 
     from trajfm.data.readers import generic
