@@ -105,12 +105,23 @@ def iter_canonical(
             n = batch.num_rows
             if n == 0:
                 continue
-            values = {k: generic._arrow_values(k, batch.column(batch.schema.get_field_index(k))) for k in mapping}
+            # A kind / source column holding one value throughout the batch (the usual case) is
+            # passed as that value: the same rows, without checking each row's text.
+            batch_opts = dict(opts)
+            batch_keys = list(mapping)
+            for col, opt in (("kind", "kind"), ("source", "tag")):
+                value = _constant(batch.column(batch.schema.get_field_index(col))) if col in mapping else None
+                if value is not None:
+                    batch_opts[opt] = value
+                    batch_keys.remove(col)
+            values = {k: generic._arrow_values(k, batch.column(batch.schema.get_field_index(k))) for k in batch_keys}
             line_nos = np.arange(first_row, first_row + n, dtype=np.int64)
             first_row += n
-            kinds = values["kind"] if "kind" in values else np.full(n, kind, dtype=object)
+            kinds = values["kind"] if "kind" in values else [batch_opts["kind"]]
             parts = []
             groups = floor_groups(kinds)
+            if "kind" not in values:  # one kind: one group of every row
+                groups = [(groups[0][0], np.arange(n))]
             for floor, rows in groups:
                 part = values if len(groups) == 1 else {k: _take(v, rows) for k, v in values.items()}
                 part_lines = line_nos if len(groups) == 1 else line_nos[rows]
@@ -122,7 +133,7 @@ def iter_canonical(
                 m = len(part_lines)
                 reason = np.full(m, None, dtype=object)
                 detail = np.full(m, None, dtype=object)
-                chunk = generic._check_chunk(file, part, part_lines, reason, detail, raw_of, {**opts, "min_time": floor})
+                chunk = generic._check_chunk(file, part, part_lines, reason, detail, raw_of, {**batch_opts, "min_time": floor})
                 chunk.format = FORMAT
                 parts.append(chunk)
             yield parts[0] if len(parts) == 1 else ReadResult.concat(parts, file.display(), FORMAT)
@@ -157,6 +168,20 @@ def floor_groups(kinds) -> list[tuple]:
         if len(rows):
             groups.append((None if floor is None else pd.Timestamp(floor, tz="UTC"), rows))
     return groups
+
+
+def _constant(column) -> str | None:
+    """The single value of a text column when every row holds it (stripped, non-empty), else None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column.null_count or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                                 or pa.types.is_dictionary(column.type)):
+        return None
+    distinct = pc.unique(column.dictionary_decode() if pa.types.is_dictionary(column.type) else column).to_pylist()
+    if len(distinct) != 1 or not isinstance(distinct[0], str) or not distinct[0].strip():
+        return None
+    return distinct[0].strip()
 
 
 def _take(values, rows):
