@@ -188,3 +188,14 @@ def test_gate_min_points_relaxes_only_when_a_source_used_its_own_interval():
     manifest = {"params": {"vessel": {"v_max_mps": 30.0, "min_duration_s": 600.0, "interval_s": 60.0}}}
     assert processed_gate_params(manifest, ["vessel"])["min_points"] == 10
     assert processed_gate_params({**manifest, "n_native_interval": 3}, ["vessel"])["min_points"] == 2
+
+
+def test_median_step_per_source_ignores_repeats_and_other_trajectories():
+    from trajfm.data.sampling import median_step_ns
+
+    codes = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    t = np.array([0, 10, 10, 40, 1000, 1100, np.iinfo(np.int64).min, 5], dtype=np.int64)  # a repeat (0 s), a NaT
+    group = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    # source 0: steps 10, 30 (trajectory 0) and 100 (trajectory 1) -> 30; source 1: only a NaT step -> 0
+    assert median_step_ns(codes, t, group, 2).tolist() == [30, 0]
+    assert median_step_ns(codes[:4], t[:4], group[:4], 1).tolist() == [20]  # even count: mean of the middle two
