@@ -170,6 +170,7 @@ def test_base_corpus_names_every_real_source(corpus_dir):
     named = sorted(Path(f).name for s in c.sources if s.format == "canonical" for f in s.files())
     assert named == parquet
     assert by_name["embedded_ais"].format == "tracktable" and len(by_name["embedded_ais"].files()) == 4
+    assert by_name["embedded_ais_nyharbor_csv"].format == "marinecadastre"  # the demo's five files, all
     assert by_name["geolife_sample"].format == "geolife" and len(by_name["geolife_sample"].files()) > 100
     assert by_name["liverpool_bus"].reader_params["timezone"] == "Europe/London"
     assert all(s.weight > 0 for s in c.sources) and c.coarsen == (1, 2, 4)
