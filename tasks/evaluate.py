@@ -27,13 +27,13 @@ def evaluate_task(
 @task(name="evaluate-model", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
 def evaluate_model_task(
     model_uri: str, data: str | list[str], out: str, format: str | None = None, tasks: list[str] | None = None,
-    data_root: str | None = None, seed: int = 0,
+    data_root: str | None = None, seed: int = 0, params: dict | None = None,
 ) -> dict:
     """Not cached: ``models:/trajfm@champion`` names a different model after a promotion. The
     stages underneath (ingest, preprocess, features) are cached by content in the data root."""
     from trajfm.evaluate.suite import evaluate_model, metrics_rows
 
-    result = evaluate_model(model_uri, data, format=format, tasks=tasks, root=data_root, seed=seed, out=out)
+    result = evaluate_model(model_uri, data, format=format, tasks=tasks, root=data_root, seed=seed, out=out, params=params)
     rows, cols, cells = metrics_rows(result["metrics"])
     table = [{"metric": r, **{c: (None if cells.get((r, c)) is None else round(cells[(r, c)], 4)) for c in cols}} for r in rows]
     create_table_artifact(table, key="evaluation-metrics", description=f"{model_uri} on {data}: model vs baselines")

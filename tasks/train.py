@@ -24,6 +24,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks._common import RETRIES, RETRY_DELAY_S, STAGE_CACHE
+from trajfm.params import DEFAULT_PRESET
 from trajfm.store import read_manifest
 from trajfm.train import EPOCH_PREFIX, PROGRESS_PREFIX
 
@@ -52,7 +53,7 @@ def training_command(
 
 @task(name="train", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True)
 def train_task(
-    features_dir: str, data_root: str | None = None, preset: str = "tutorial",
+    features_dir: str, data_root: str | None = None, preset: str = DEFAULT_PRESET,
     model_overrides: dict | None = None, train_overrides: dict | None = None,
     nproc: int = 1, torchrun_args: list[str] | None = None,
 ) -> str:
