@@ -21,14 +21,16 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, create_model, model_validator
 
+from pathlib import Path
+
 from trajfm.data.clean import KIND_DEFAULTS, PreprocessParams
-from trajfm.model.config import list_presets
 
 # The preset every flow, `trajfm demo`, `trajfm train` and the deployments train by default:
 # the patched GPT-2 in per-context units, at par in-domain with the others and the one that
 # transfers to movers, regions and sampling rates it never saw (README "How sure").
 DEFAULT_PRESET = "timesfm-patch-context"
-PRESETS: tuple[str, ...] = tuple(list_presets())
+# The bundled presets (trajfm.model.config.list_presets, read without importing torch).
+PRESETS: tuple[str, ...] = tuple(sorted(p.stem for p in (Path(__file__).parent / "model" / "presets").glob("*.json")))
 assert DEFAULT_PRESET in PRESETS, f"DEFAULT_PRESET {DEFAULT_PRESET!r} is not a bundled preset: {PRESETS}"
 # A drop-down in Prefect's form (a JSON-schema enum); a typo is refused before any stage runs.
 PresetName = Literal[PRESETS]  # type: ignore[valid-type]
@@ -78,9 +80,12 @@ def one_line(exc: ValidationError) -> str:
     """Pydantic's errors as one line: ``where: why; where: why``."""
     parts = []
     for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" + (f" (got {e['input']!r})" if e["type"] not in ("value_error",) and "input" in e and not isinstance(e["input"], Mapping) else ""))
+        got = e.get("input")
+        if e["type"] != "value_error" and got is not None and not isinstance(got, Mapping):
+            msg += f" (got {got!r})"
+        parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
 
 
@@ -254,26 +259,39 @@ def _task_params() -> dict[str, tuple[str, ...]]:
     return {name: tuple(p for p in inspect.signature(fn).parameters if p not in skip) for name, fn in TASKS.items()}
 
 
-TASK_PARAMS = _task_params()
+def _evaluate_params_model() -> type[_Model]:
+    task_params = _task_params()
+
+    class _EvaluateBase(_Model):
+        what: ClassVar[str] = "evaluate params"
+
+        @model_validator(mode="after")
+        def _task_keys(self):
+            for task, known in task_params.items():
+                given = getattr(self, task) or {}
+                unknown = sorted(set(given) - set(known))
+                if unknown:
+                    raise ValueError(f"unknown key(s) {unknown} for task {task!r}; known: {sorted(known)}")
+            return self
+
+    return create_model(
+        "EvaluateParams",
+        __base__=_EvaluateBase,
+        __doc__="Per-task parameters of the evaluation suite, e.g. {\"forecast\": {\"horizons\": [1, 5]}}.",
+        __module__=__name__,
+        **{task: (Optional[dict[str, Any]], Field(None, description=f"{task} task: {', '.join(keys) or 'no parameters'}"))
+           for task, keys in task_params.items()},
+    )
 
 
-class _EvaluateBase(_Model):
-    what: ClassVar[str] = "evaluate params"
-
-    @model_validator(mode="after")
-    def _task_keys(self):
-        for task, known in TASK_PARAMS.items():
-            given = getattr(self, task) or {}
-            unknown = sorted(set(given) - set(known))
-            if unknown:
-                raise ValueError(f"unknown key(s) {unknown} for task {task!r}; known: {sorted(known)}")
-        return self
+_LAZY: dict[str, Any] = {}
 
 
-EvaluateParams = create_model(
-    "EvaluateParams",
-    __base__=_EvaluateBase,
-    __doc__="Per-task parameters of the evaluation suite, e.g. {\"forecast\": {\"horizons\": [1, 5]}}.",
-    **{task: (Optional[dict[str, Any]], Field(None, description=f"{task} task: {', '.join(keys) or 'no parameters'}"))
-       for task, keys in TASK_PARAMS.items()},
-)
+def __getattr__(name: str):
+    """``EvaluateParams`` is built on first use: it reads the evaluation tasks' signatures, and
+    importing them (torch) would slow every command that only needs the other models."""
+    if name == "EvaluateParams":
+        if name not in _LAZY:
+            _LAZY[name] = _evaluate_params_model()
+        return _LAZY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
