@@ -32,7 +32,7 @@ def small_run(prefect_api, tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     sources = [str(p) for p in embedded_files(SMALL_SLICE)]
     result = pipeline(
-        sources=sources, data_root=str(root), epochs=1, batch_size=64,
+        sources=sources, data_root=str(root), preset="tutorial", epochs=1, batch_size=64,
         train_overrides={"warmup_steps": 10}, context_len=12, horizon=6, n_workers=2,
     )
     return root, sources, result
@@ -100,12 +100,32 @@ def test_artifacts_are_published(small_run):
     assert keys <= found
 
 
+def test_no_artifact_points_at_a_local_file(small_run):
+    """Every artifact of the run renders in a browser on another machine: no image or link target
+    is a local file path (markdown rendered with a CommonMark parser; link artifacts too)."""
+    from prefect.client.orchestration import get_client
+
+    from tasks._artifacts import is_local, local_targets
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    assert len(artifacts) >= 9
+    bad = []
+    for a in artifacts:
+        if a.type == "markdown":
+            bad += [(a.key, t) for t in local_targets(str(a.data))]
+        elif a.type == "link":
+            target = str(a.data).split("](")[-1].rstrip(")") if str(a.data).startswith("[") else str(a.data)
+            bad += [(a.key, target)] if is_local(target) else []
+    assert not bad, bad
+
+
 def test_rerun_on_same_data_reuses_every_stage(small_run):
     from flows.pipeline import pipeline
 
     root, sources, r = small_run
     again = pipeline(
-        sources=sources, data_root=str(root), epochs=1, batch_size=64,
+        sources=sources, data_root=str(root), preset="tutorial", epochs=1, batch_size=64,
         train_overrides={"warmup_steps": 10}, context_len=12, horizon=6, n_workers=2,
     )
     for key in ("ingest_dir", "preprocess_dir", "features_dir", "train_dir"):
