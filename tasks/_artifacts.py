@@ -55,6 +55,7 @@ def local_targets(markdown: str) -> list[str]:
 
     found: list[str] = []
     md = MarkdownIt("commonmark")
+    md.validateLink = lambda url: True  # keep file: links (markdown-it drops them; other renderers do not)
 
     def walk(tokens):
         for tok in tokens:
@@ -63,7 +64,7 @@ def local_targets(markdown: str) -> list[str]:
                 if value is not None and is_local(str(value)):
                     found.append(str(value))
             if tok.type in ("html_inline", "html_block"):
-                found += [t for t in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", tok.content) if is_local(t)]
+                found.extend(t for t in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", tok.content) if is_local(t))
             if tok.children:
                 walk(tok.children)
 
