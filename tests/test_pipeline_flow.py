@@ -100,6 +100,27 @@ def test_artifacts_are_published(small_run):
     assert keys <= found
 
 
+def test_the_mlflow_run_carries_loss_curves_error_vs_horizon_and_the_config(small_run):
+    import json
+
+    import pytest
+    from mlflow import MlflowClient
+
+    from trajfm.registry.tracking import tracking_uri
+
+    root, _, r = small_run
+    m = r["metrics"]
+    assert len(m["error_by_step_m"]) == m["horizon"] == len(m["cv_error_by_step_m"])
+    assert sum(m["error_by_step_m"]) / m["horizon"] == pytest.approx(m["ade_m"], rel=1e-9)  # one source of truth
+    assert m["error_by_step_m"][-1] == pytest.approx(m["fde_m"], rel=1e-9)
+    client = MlflowClient(tracking_uri=tracking_uri(root))
+    run_id = r["registration"]["run_id"]
+    files = {f.path for f in client.list_artifacts(run_id, "plots")} | {f.path for f in client.list_artifacts(run_id)}
+    assert {"plots/loss_curve.png", "plots/error_vs_horizon.png", "config.json"} <= files
+    config = json.loads(Path(client.download_artifacts(run_id, "config.json")).read_text())
+    assert config["preset"] == "tutorial" and config["train"]["epochs"] == 1 and config["eval"]["horizon"] == 6
+
+
 def test_no_artifact_points_at_a_local_file(small_run):
     """Every artifact of the run renders in a browser on another machine: no image or link target
     is a local file path (markdown rendered with a CommonMark parser; link artifacts too)."""
