@@ -140,15 +140,14 @@ def plain_help(text: str | None) -> str:
     return (text or "").replace("``", "").replace("`", "")
 
 
-def _flow_doc(fn) -> tuple[str, dict[str, str]]:
-    """A flow's summary (its docstring before ``Args:``) and its parameter descriptions."""
+def _flow_doc(flow) -> tuple[str, dict[str, str]]:
+    """A flow's summary (its docstring before ``Args:``) and its parameter descriptions (from the
+    parameter schema Prefect built for its run form)."""
     import inspect
 
-    from prefect.utilities.callables import parameter_docstrings
-
-    doc = inspect.getdoc(fn) or ""
-    summary = doc.split("\nArgs:")[0].strip()
-    return summary, {k: " ".join(v.split()) for k, v in parameter_docstrings(doc).items()}
+    summary = (inspect.getdoc(flow.fn) or "").split("\nArgs:")[0].strip()
+    props = flow.parameters.model_dump().get("properties", {})
+    return summary, {k: " ".join(str(v.get("description") or "").split()) for k, v in props.items()}
 
 
 def _type_text(annotation) -> str:
@@ -186,7 +185,7 @@ def flow_help(name: str) -> str:
     import textwrap
 
     fn = _load_flow(name)
-    summary, docs = _flow_doc(fn.fn)
+    summary, docs = _flow_doc(fn)
     lines = [f"usage: trajfm run {name} [--PARAM VALUE ...]   (values are JSON when they parse, else strings)", "",
              plain_help(summary), "", "parameters:"]
     for p in inspect.signature(fn.fn, eval_str=True).parameters.values():
@@ -289,7 +288,7 @@ def cmd_run(args, extra: list[str]) -> int:
 
 def cmd_flows(_args) -> int:
     for name in FLOWS:
-        summary, _ = _flow_doc(_load_flow(name).fn)
+        summary, _ = _flow_doc(_load_flow(name))
         first = plain_help(" ".join(summary.split("\n\n")[0].split()))
         print(f"{name:15} {first}")
     print("\ntrajfm run FLOW --help lists a flow's parameters with their descriptions.")
