@@ -189,3 +189,26 @@ def test_flows_lists_one_readable_line_per_flow(capsys):
     lines = [line for line in out.splitlines() if line.strip()]
     assert [line.split()[0] for line in lines[: len(FLOWS)]] == list(FLOWS)
     assert "(" not in lines[0].split()[1] and "->" not in out and "``" not in out  # not a raw signature
+
+
+@pytest.mark.slow
+def test_run_ingest_takes_embedded_small_and_ends_with_a_summary(tmp_path):
+    """A fresh process, as a user types it: the data root's Prefect home is used (the environment
+    is prepared before Prefect is imported), and the run ends with a summary, not a JSON dump."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tracktable_data")
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "TRAJFM_HOME", "PREFECT_API_URL")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trajfm.cli", "run", "ingest", "--sources", "embedded:small", "--data-root", str(root)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.strip().splitlines()
+    assert out[0].startswith("trajfm run ingest: finished in")
+    assert "rows_read 9,091" in proc.stdout and "{" not in proc.stdout  # the NY Harbor slice; no JSON
+    assert (root / "prefect").is_dir()  # Prefect's state went under the data root

@@ -275,8 +275,10 @@ def cmd_run(args, extra: list[str]) -> int:
     if any(tok in ("-h", "--help") for tok in extra):
         print(flow_help(args.flow))
         return 0
-    params = check_params(args.flow, _parse_params(extra))
-    root = _prepare_env(params.get("data_root"))
+    raw = _parse_params(extra)
+    # Before any flow (and so Prefect) is imported: Prefect reads PREFECT_HOME and its settings once.
+    root = _prepare_env(raw.get("data_root") if isinstance(raw.get("data_root"), str) else None)
+    params = check_params(args.flow, raw)
     started = time.perf_counter()
     result = _load_flow(args.flow)(**params)
     if args.flow == "pipeline":
