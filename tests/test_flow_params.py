@@ -212,3 +212,24 @@ def test_run_ingest_takes_embedded_small_and_ends_with_a_summary(tmp_path):
     assert out[0].startswith("trajfm run ingest: finished in")
     assert "rows_read 9,091" in proc.stdout and "{" not in proc.stdout  # the NY Harbor slice; no JSON
     assert (root / "prefect").is_dir()  # Prefect's state went under the data root
+
+
+def test_evaluate_cli_checks_task_params_in_one_line(capsys):
+    for params, needle in (('{"forecst": {}}', "unknown key(s) ['forecst']"),
+                           ('{"forecast": {"horizon": 5}}', "unknown key(s) ['horizon'] for task 'forecast'"),
+                           ('{"forecast": {"horizons": [1, NaN]}}', "must be finite")):
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", "--model", "m.pt", "--data", "embedded:small", "--out", "o.json", "--params", params])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["report", "--help"], ["registry", "--help"], ["run", "--help"]])
+def test_help_texts_carry_no_rst_backticks(argv, capsys):
+    import contextlib
+
+    with pytest.raises(SystemExit) if argv != ["run", "--help"] else contextlib.nullcontext():
+        main(argv)
+    assert "``" not in capsys.readouterr().out
+

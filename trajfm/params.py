@@ -249,6 +249,19 @@ class QualityOptions(_Model):
 # Evaluation tasks (trajfm.evaluate.tasks): per-task params
 
 
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in ``value`` (numbers, lists and dicts of them)."""
+    import math
+
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
 def _task_params() -> dict[str, tuple[str, ...]]:
     """Each evaluation task's keyword parameters (not the model, windows or seed)."""
     import inspect
@@ -272,6 +285,9 @@ def _evaluate_params_model() -> type[_Model]:
                 unknown = sorted(set(given) - set(known))
                 if unknown:
                     raise ValueError(f"unknown key(s) {unknown} for task {task!r}; known: {sorted(known)}")
+                bad = sorted(k for k, v in given.items() if not _finite(v))
+                if bad:
+                    raise ValueError(f"{task}: {bad} must be finite numbers (NaN and infinity are refused)")
             return self
 
     return create_model(

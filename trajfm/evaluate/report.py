@@ -377,7 +377,7 @@ def log_report(out_dir: str | Path, root=None, run_name: str = "report", metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trajfm report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="trajfm report", description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", nargs="+", required=True, help="results JSON files of trajfm evaluate")
     parser.add_argument("--out", required=True, help="report directory (report.md + PNGs)")
     parser.add_argument("--mlflow", action="store_true", help="log the report as artifacts of an MLflow run")
