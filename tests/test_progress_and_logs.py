@@ -61,13 +61,13 @@ def features_dir(tmp_path_factory):
     return root, make_features(pre, root=root)
 
 
-def test_each_training_epoch_is_logged_once(features_dir, monkeypatch):
+def test_each_training_epoch_is_logged_once(features_dir, monkeypatch, capsys):
     import tasks.train as train_task_module
     from test_evaluate_cli import TINY
 
     root, feats = features_dir
     monkeypatch.setattr(train_task_module, "update_progress_artifact", lambda *a, **k: None)
-    monkeypatch.setenv("TRAJFM_PROGRESS", "0")
+    monkeypatch.setenv("TRAJFM_PROGRESS", "1")  # the step bar on, as on a terminal: it must stay out of the log
     cmd = train_task_module.training_command(
         str(feats), str(root), "tutorial", TINY,
         {"epochs": 2, "batch_size": 512, "warmup_steps": 2, "device": "cpu", "seed": 0, "log_every": 0}, 1,
@@ -79,3 +79,22 @@ def test_each_training_epoch_is_logged_once(features_dir, monkeypatch):
         lines = [line for line in logger.lines if re.search(rf"\bepoch {epoch}\b", line)]
         assert len(lines) == 1, logger.lines
     assert any("train_loss" in line for line in logger.lines)  # the one kept carries the losses
+    assert "train" in capsys.readouterr().err and not any("step/s" in line or "it/s" in line for line in logger.lines)
+
+
+def test_ingest_and_dask_preprocessing_draw_bars_when_on(features_dir, monkeypatch, capsys):
+    from distributed import Client, LocalCluster
+
+    from trajfm.data.catalog import embedded_files
+    from trajfm.data.ingest import ingest
+    from trajfm.data.preprocess import _Runner
+    from trajfm.store import read_manifest
+
+    root, _ = features_dir
+    monkeypatch.setenv("TRAJFM_PROGRESS", "1")
+    out = ingest(embedded_files("small"), root=root / "bars")
+    assert read_manifest(out)["rows_read"] == 9091 and "ingest" in capsys.readouterr().err
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        runner = _Runner("distributed", client=client)
+        assert runner.gather(runner.map(lambda x: 2 * x, [1, 2, 3])) == [2, 4, 6]  # results in order
+    assert "preprocess" in capsys.readouterr().err
