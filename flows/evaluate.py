@@ -32,7 +32,8 @@ def evaluate_model_flow(
     """
     from pathlib import Path
 
-    from trajfm.store import data_root as resolve_root, stable_hash
+    from trajfm.store import data_root as resolve_root
+    from trajfm.store import stable_hash
 
     root = resolve_root(data_root)
     task_params = as_dict(params)

@@ -15,7 +15,15 @@ from flows.register import register_flow
 from flows.train import train_flow
 from flows.validate import validate_flow
 from trajfm.params import (
-    DEFAULT_PRESET, Engine, IngestOptions, PresetName, PreprocessOptions, QualityOptions, TrainOverrides, WindowOptions, as_dict,
+    DEFAULT_PRESET,
+    Engine,
+    IngestOptions,
+    PreprocessOptions,
+    PresetName,
+    QualityOptions,
+    TrainOverrides,
+    WindowOptions,
+    as_dict,
 )
 
 

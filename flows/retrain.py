@@ -24,7 +24,14 @@ from flows.train import train_flow
 from flows.validate import validate_flow
 from tasks.retrain import champion_task, find_new_files_task, record_consumed_task
 from trajfm.params import (
-    DEFAULT_PRESET, IngestOptions, PresetName, PreprocessOptions, QualityOptions, TrainOverrides, WindowOptions, as_dict,
+    DEFAULT_PRESET,
+    IngestOptions,
+    PreprocessOptions,
+    PresetName,
+    QualityOptions,
+    TrainOverrides,
+    WindowOptions,
+    as_dict,
 )
 from trajfm.store import read_manifest
 

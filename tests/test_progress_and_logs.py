@@ -62,8 +62,9 @@ def features_dir(tmp_path_factory):
 
 
 def test_each_training_epoch_is_logged_once(features_dir, monkeypatch, capsys):
-    import tasks.train as train_task_module
     from test_evaluate_cli import TINY
+
+    import tasks.train as train_task_module
 
     root, feats = features_dir
     monkeypatch.setattr(train_task_module, "update_progress_artifact", lambda *a, **k: None)

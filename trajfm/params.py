@@ -17,11 +17,18 @@ One default preset for every flow, the CLI and ``prefect.yaml``: ``DEFAULT_PRESE
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, create_model, model_validator
-
-from pathlib import Path
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from trajfm.data.clean import KIND_DEFAULTS, PreprocessParams
 
