@@ -233,3 +233,16 @@ def test_help_texts_carry_no_rst_backticks(argv, capsys):
         main(argv)
     assert "``" not in capsys.readouterr().out
 
+
+
+def test_run_summary_is_short_lines_not_json(tmp_path):
+    from trajfm.cli import run_summary
+
+    result = {"status": "registered", "new_files": ["a.csv", "b.csv"], "metrics": {"ade_m": 812.345, "fde_m": 1500.0, "n_windows": 30,
+              "error_by_step_m": [1.0, 2.0]}, "train_dir": str(tmp_path)}
+    text = run_summary("retrain", result, 12.3)
+    lines = text.splitlines()
+    assert lines[0] == "trajfm run retrain: finished in 12 s"
+    assert "  status: registered" in lines and "  new_files: 2 item(s): a.csv, b.csv" in lines
+    assert any(line.startswith("  metrics: ade_m 812.3, fde_m 1500.0, n_windows 30") for line in lines)
+    assert "{" not in text and "[" not in text

@@ -175,3 +175,22 @@ def test_embedded_images_leave_no_local_target(tmp_path):
     assert "![a](data:image/png;base64," in out
     assert "[b (missing.png)](http://127.0.0.1:5000/#/runs/1/artifacts/report/missing.png)" in out
     assert local_targets(embed_images("![b](missing.png)", tmp_path)) == []  # no fallback: plain text
+
+
+def test_mlflow_run_link_only_with_a_tracking_server(monkeypatch, tmp_path):
+    """A link to the run page when MLFLOW_TRACKING_URI is a server; nothing for a local database
+    (its 'page' would be a file only this machine has)."""
+    import mlflow
+
+    from tasks._artifacts import mlflow_run_url
+
+    class _Run:
+        class info:
+            experiment_id = "7"
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_run", lambda self, run_id: _Run())
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert mlflow_run_url("abc", str(tmp_path)) is None  # sqlite under the data root
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000/")
+    assert mlflow_run_url("abc", str(tmp_path)) == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
+    assert mlflow_run_url(None, str(tmp_path)) is None
