@@ -2,12 +2,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows._params import documented
 from tasks.evaluate import evaluate_model_task, evaluate_task, report_task
+from trajfm.params import EvaluateParams, Split, as_dict
 
 
 @flow(name="evaluate", log_prints=True)
+@documented
 def evaluate_flow(
-    features_dir: str, train_dir: str, data_root: str | None = None, split: str = "test",
+    features_dir: str, train_dir: str, data_root: str | None = None, split: Split = "test",
     context_len: int = 20, horizon: int = 10,
 ) -> dict:
     """Forecast ADE/FDE in metres on a split, next to the constant-velocity baseline."""
@@ -15,22 +18,31 @@ def evaluate_flow(
 
 
 @flow(name="evaluate-model", log_prints=True)
+@documented
 def evaluate_model_flow(
-    model_uri: str, data: str, format: str | None = None, tasks: list[str] | None = None,
-    data_root: str | None = None, out: str | None = None,
+    model_uri: str, data: str | list[str], format: str | None = None, tasks: list[str] | None = None,
+    data_root: str | None = None, out: str | None = None, params: EvaluateParams | None = None,
 ) -> dict:
-    """Any model (``models:/trajfm@champion``, a model.pt, a train directory) on any data a reader
+    """Any model (models:/trajfm@champion, a model.pt, a train directory) on any data a reader
     accepts: every task next to the baselines (a table artifact), then the report (a markdown
-    artifact, and the report directory logged to MLflow). ``out``: the results JSON (default
-    ``<data root>/evaluations/<hash of the request>/results.json``); the report goes beside it."""
+    artifact with its plots, and the report directory logged to MLflow).
+
+    Args:
+        params: Per-task parameters, e.g. {"forecast": {"context_len": 12, "horizons": [1, 5]}}.
+    """
     from pathlib import Path
 
-    from trajfm.store import data_root as resolve_root, stable_hash
+    from trajfm.store import data_root as resolve_root
+    from trajfm.store import stable_hash
 
     root = resolve_root(data_root)
+    task_params = as_dict(params)
     if out is None:
-        out = str(root / "evaluations" / stable_hash({"model": model_uri, "data": data, "format": format, "tasks": tasks}) / "results.json")
-    result = evaluate_model_task(model_uri, data, out, format=format, tasks=tasks, data_root=str(root))
+        request = {"model": model_uri, "data": data, "format": format, "tasks": tasks}
+        if task_params:  # the same request as before when no params are given
+            request["params"] = task_params
+        out = str(root / "evaluations" / stable_hash(request) / "results.json")
+    result = evaluate_model_task(model_uri, data, out, format=format, tasks=tasks, data_root=str(root), params=task_params)
     report = report_task(out, str(Path(out).parent / "report"), data_root=str(root))
     print(f"results {out}; report {report['report']}")
     return {"results": out, "metrics": result["metrics"], **report}

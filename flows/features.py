@@ -2,10 +2,17 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows._params import documented
 from tasks.features import features_task
+from trajfm.params import WindowOptions, as_dict
 
 
 @flow(name="features", log_prints=True)
-def features_flow(preprocess_dir: str, data_root: str | None = None, params: dict | None = None) -> str:
-    """Windows, chronological train/val/test split, train-only normalization statistics."""
-    return features_task(preprocess_dir, data_root=data_root, params=params)
+@documented
+def features_flow(preprocess_dir: str, data_root: str | None = None, params: WindowOptions | None = None) -> str:
+    """Windows, chronological train/val/test split, train-only normalization statistics.
+
+    Args:
+        params: Window length and stride, split fractions (defaults: 32 points, no overlap, 70/15/15).
+    """
+    return features_task(preprocess_dir, data_root=data_root, params=as_dict(params))

@@ -2,15 +2,22 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows._params import documented
 from tasks.ingest import ingest_task
 from trajfm.data.catalog import embedded_files
+from trajfm.evaluate.suite import expand_data
+from trajfm.params import IngestOptions, as_dict
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(sources: list[str] | None = None, data_root: str | None = None, params: dict | None = None) -> str:
-    """Read raw trajectory files (default: the embedded tracktable-data AIS files).
+@documented
+def ingest_flow(sources: list[str] | None = None, data_root: str | None = None, params: IngestOptions | None = None) -> str:
+    """Read raw trajectory files into canonical points (default: the embedded tracktable-data AIS files).
 
-    ``sources``: files, directories, globs or fsspec URLs. ``params``: reader options, e.g.
-    ``{"format": "generic", "kind": "bus", "timezone": "Europe/London", "columns": {...}}``."""
-    files = sources or [str(p) for p in embedded_files()]
-    return ingest_task(files, data_root=data_root, params=params)
+    Args:
+        params: Reader options for every file, e.g. {"format": "generic", "kind": "bus",
+            "timezone": "Europe/London", "columns": {...}}.
+    """
+    # embedded:SUBSET (e.g. embedded:small) names bundled files, as in `trajfm evaluate --data`.
+    files = [str(p) for p in embedded_files()] if sources is None else expand_data(sources)
+    return ingest_task(files, data_root=data_root, params=as_dict(params))

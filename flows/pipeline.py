@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows._params import documented
 from flows.evaluate import evaluate_flow
 from flows.features import features_flow
 from flows.ingest import ingest_flow
@@ -13,33 +14,46 @@ from flows.preprocess import preprocess_flow
 from flows.register import register_flow
 from flows.train import train_flow
 from flows.validate import validate_flow
+from trajfm.params import (
+    DEFAULT_PRESET,
+    Engine,
+    IngestOptions,
+    PreprocessOptions,
+    PresetName,
+    QualityOptions,
+    TrainOverrides,
+    WindowOptions,
+    as_dict,
+)
 
 
 @flow(name="pipeline", log_prints=True)
+@documented
 def pipeline(
     sources: list[str] | None = None,
     data_root: str | None = None,
-    preset: str = "tutorial",
+    preset: PresetName = DEFAULT_PRESET,
     epochs: int = 5,
     batch_size: int = 128,
-    ingest_params: dict | None = None,
-    preprocess_params: dict | None = None,
-    window_params: dict | None = None,
-    quality_params: dict | None = None,
-    train_overrides: dict | None = None,
+    ingest_params: IngestOptions | None = None,
+    preprocess_params: PreprocessOptions | None = None,
+    window_params: WindowOptions | None = None,
+    quality_params: QualityOptions | None = None,
+    train_overrides: TrainOverrides | None = None,
     dask_address: str | None = None,
     n_workers: int = 2,
-    preprocess_engine: str = "vectorized",
+    preprocess_engine: Engine = "vectorized",
     context_len: int = 20,
     horizon: int = 10,
     model_name: str = "trajfm",
     nproc: int = 1,
     torchrun_args: list[str] | None = None,
 ) -> dict:
-    """Run every stage on ``sources`` (default: all embedded tracktable-data AIS files).
+    """Run every stage on the sources: ingest, validate, preprocess (Dask), validate, features,
+    train, evaluate, register (MLflow).
 
-    Scale-out: ``dask_address`` runs preprocessing on an existing Dask scheduler; ``nproc > 1``
-    trains data-parallel under torchrun (``torchrun_args`` for several nodes)."""
+    Scale-out: dask_address runs preprocessing on an existing Dask scheduler; nproc > 1 trains
+    data-parallel under torchrun (torchrun_args for several nodes)."""
     ingest_dir = ingest_flow(sources=sources, data_root=data_root, params=ingest_params)
     raw_report = validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
     processed_dir = preprocess_flow(
@@ -49,7 +63,7 @@ def pipeline(
     processed_report = validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
     train_dir = train_flow(
-        features_dir, data_root=data_root, preset=preset, train_overrides={"epochs": epochs, "batch_size": batch_size, **(train_overrides or {})},
+        features_dir, data_root=data_root, preset=preset, train_overrides={"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})},
         nproc=nproc, torchrun_args=torchrun_args,
     )
     metrics = evaluate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)

@@ -2,17 +2,23 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows._params import documented
 from tasks.preprocess import preprocess_task
+from trajfm.params import Engine, PreprocessOptions, as_dict
 
 
 @flow(name="preprocess", log_prints=True)
+@documented
 def preprocess_flow(
-    ingest_dir: str, data_root: str | None = None, params: dict | None = None,
-    dask_address: str | None = None, n_workers: int = 2, engine: str = "vectorized",
+    ingest_dir: str, data_root: str | None = None, params: PreprocessOptions | None = None,
+    dask_address: str | None = None, n_workers: int = 2, engine: Engine = "vectorized",
 ) -> str:
-    """Clean, split and resample per mover on Dask (a LocalCluster, or the scheduler at ``dask_address``).
+    """Clean, split and resample per mover on Dask (a local cluster, or the scheduler at dask_address).
 
-    ``engine``: "vectorized" (default) or "movingpandas" (the reference implementation, slow)."""
+    Args:
+        params: Cleaning thresholds: fields here apply to every mover kind; an entry per kind
+            overrides that kind's defaults.
+    """
     return preprocess_task(
-        ingest_dir, data_root=data_root, params=params, dask_address=dask_address, n_workers=n_workers, engine=engine,
+        ingest_dir, data_root=data_root, params=as_dict(params), dask_address=dask_address, n_workers=n_workers, engine=engine,
     )

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows._params import documented
 from tasks.register import register_task
 
 
 @flow(name="register", log_prints=True)
+@documented
 def register_flow(train_dir: str, features_dir: str, metrics: dict, data_root: str | None = None, name: str = "trajfm") -> dict:
-    """Log to MLflow, register a version (or find the same lineage), move ``champion`` only if it is better
-    on the same evaluation set, else tag it ``challenger``."""
+    """Log to MLflow, register a version (or find the same lineage), move champion only if it is better
+    on the same evaluation set, else tag it challenger."""
     return register_task(train_dir, features_dir, metrics, data_root=data_root, name=name)

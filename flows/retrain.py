@@ -14,6 +14,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows._params import documented
 from flows.evaluate import evaluate_flow
 from flows.features import features_flow
 from flows.ingest import ingest_flow
@@ -22,24 +23,35 @@ from flows.register import register_flow
 from flows.train import train_flow
 from flows.validate import validate_flow
 from tasks.retrain import champion_task, find_new_files_task, record_consumed_task
+from trajfm.params import (
+    DEFAULT_PRESET,
+    IngestOptions,
+    PreprocessOptions,
+    PresetName,
+    QualityOptions,
+    TrainOverrides,
+    WindowOptions,
+    as_dict,
+)
 from trajfm.store import read_manifest
 
 NOTHING_NEW = "nothing new"
 
 
 @flow(name="retrain", log_prints=True)
+@documented
 def retrain(
     watch_dir: str,
     format: str | None = None,
     data_root: str | None = None,
-    preset: str = "tutorial",
+    preset: PresetName = DEFAULT_PRESET,
     epochs: int = 2,
     batch_size: int = 128,
-    ingest_params: dict | None = None,
-    preprocess_params: dict | None = None,
-    window_params: dict | None = None,
-    quality_params: dict | None = None,
-    train_overrides: dict | None = None,
+    ingest_params: IngestOptions | None = None,
+    preprocess_params: PreprocessOptions | None = None,
+    window_params: WindowOptions | None = None,
+    quality_params: QualityOptions | None = None,
+    train_overrides: TrainOverrides | None = None,
     dask_address: str | None = None,
     n_workers: int = 2,
     context_len: int = 20,
@@ -47,21 +59,30 @@ def retrain(
     model_name: str = "trajfm",
     nproc: int = 1,
 ) -> dict:
-    """Retrain on the new files under ``watch_dir`` (a folder, glob or fsspec URL; ``format``
-    forces a reader). ``preset`` is used only when there is no champion to fine-tune;
-    ``context_len``/``horizon`` likewise (a champion keeps its evaluation settings)."""
+    """Retrain on the new files under watch_dir.
+
+    Args:
+        preset: Model preset used only when there is no champion to fine-tune (then: training
+            from scratch); a champion keeps its own.
+        context_len: Evaluation context (points) when there is no champion; a champion keeps
+            its evaluation settings.
+        horizon: Evaluation horizon (steps) when there is no champion; a champion keeps its
+            evaluation settings.
+        window_params: Windows and split of the new data. Null: the champion's own feature
+            settings (or the defaults without a champion).
+    """
     files = find_new_files_task(watch_dir, data_root=data_root, format=format)
     if not files:
         create_markdown_artifact(f"Nothing new under `{watch_dir}`: no training, no new version.", key="retrain-summary")
         return {"status": NOTHING_NEW, "watch_dir": watch_dir, "new_files": []}
     champion = champion_task(data_root, name=model_name)
 
-    params = {**(ingest_params or {}), **({"format": format} if format else {})}
+    params = {**(as_dict(ingest_params) or {}), **({"format": format} if format else {})}
     ingest_dir = ingest_flow(sources=[f["path"] for f in files], data_root=data_root, params=params)
     validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
     processed_dir = preprocess_flow(ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers)
     validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
-    overrides = {"epochs": epochs, "batch_size": batch_size, **(train_overrides or {})}
+    overrides = {"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})}
     eval_dir, split = None, "test"
     if champion is not None:
         overrides["init_checkpoint"] = champion["checkpoint"]

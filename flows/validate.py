@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
+from flows._params import documented
 from tasks.validate import validate_task
+from trajfm.params import QualityOptions, as_dict
 
 
 @flow(name="validate", log_prints=True)
-def validate_flow(stage_dir: str, stage: str = "processed", params: dict | None = None, data_root: str | None = None) -> dict:
-    """Great Expectations gate on a stage's points ("raw" after ingest, "processed" after preprocess)."""
-    return validate_task(stage_dir, stage, params=params, data_root=data_root)
+@documented
+def validate_flow(
+    stage_dir: str, stage: Literal["raw", "processed"] = "processed", params: QualityOptions | None = None,
+    data_root: str | None = None,
+) -> dict:
+    """Great Expectations gate on a stage's points (raw after ingest, processed after preprocess).
+
+    Args:
+        params: Overrides of the gate's thresholds, fractions and severities.
+    """
+    return validate_task(stage_dir, stage, params=as_dict(params), data_root=data_root)

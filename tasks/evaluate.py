@@ -4,8 +4,9 @@ split vs the baseline), and any model on any data (``trajfm.evaluate.suite``) wi
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from tasks._artifacts import embed_images, mlflow_run_url
 from tasks._common import RETRIES, RETRY_DELAY_S, STAGE_CACHE
 from trajfm.evaluate.run import metrics_table, run_evaluation
 
@@ -27,13 +28,13 @@ def evaluate_task(
 @task(name="evaluate-model", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
 def evaluate_model_task(
     model_uri: str, data: str | list[str], out: str, format: str | None = None, tasks: list[str] | None = None,
-    data_root: str | None = None, seed: int = 0,
+    data_root: str | None = None, seed: int = 0, params: dict | None = None,
 ) -> dict:
     """Not cached: ``models:/trajfm@champion`` names a different model after a promotion. The
     stages underneath (ingest, preprocess, features) are cached by content in the data root."""
     from trajfm.evaluate.suite import evaluate_model, metrics_rows
 
-    result = evaluate_model(model_uri, data, format=format, tasks=tasks, root=data_root, seed=seed, out=out)
+    result = evaluate_model(model_uri, data, format=format, tasks=tasks, root=data_root, seed=seed, out=out, params=params)
     rows, cols, cells = metrics_rows(result["metrics"])
     table = [{"metric": r, **{c: (None if cells.get((r, c)) is None else round(cells[(r, c)], 4)) for c in cols}} for r in rows]
     create_table_artifact(table, key="evaluation-metrics", description=f"{model_uri} on {data}: model vs baselines")
@@ -58,7 +59,15 @@ def report_task(results: str, out_dir: str, data_root: str | None = None, log_to
     if log_to_mlflow:
         metrics = json.loads(Path(results).read_text()).get("metrics", {})
         run_id = log_report(out_dir, data_root, run_name=f"report {Path(results).parent.name}", metrics=metrics)
-    text = report.read_text()
-    note = f"\n\n---\nPNG plots: `{out_dir}`" + (f"; MLflow run `{run_id}` (artifacts `report/`)" if run_id else "")
-    create_markdown_artifact(text + note, key="evaluation-report", description="trajfm report (plots are files beside it)")
+    run_url = mlflow_run_url(run_id, data_root)
+    # Plots inline (data URIs): the artifact renders in any browser, on any machine.
+    text = embed_images(report.read_text(), out_dir, fallback_url=f"{run_url}/artifacts/report" if run_url else None)
+    note = ["", "---"]
+    if run_url:
+        note.append(f"MLflow run: [{run_id}]({run_url}) (the report and its plots are its artifacts `report/`)")
+    elif run_id:
+        note.append(f"MLflow run `{run_id}` (artifacts `report/`); set MLFLOW_TRACKING_URI to a server for a link")
+    create_markdown_artifact(text + "\n".join(note) + "\n", key="evaluation-report", description="trajfm evaluation report")
+    if run_url:
+        create_link_artifact(run_url, link_text="MLflow run of the report", key="evaluation-report-mlflow")
     return {"report": str(report), "mlflow_run_id": run_id}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks._common import RETRIES, RETRY_DELAY_S, STAGE_CACHE
+from trajfm.params import DEFAULT_PRESET
+from trajfm.progress import progress_bar
 from trajfm.store import read_manifest
 from trajfm.train import EPOCH_PREFIX, PROGRESS_PREFIX
 
@@ -52,7 +55,7 @@ def training_command(
 
 @task(name="train", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True)
 def train_task(
-    features_dir: str, data_root: str | None = None, preset: str = "tutorial",
+    features_dir: str, data_root: str | None = None, preset: str = DEFAULT_PRESET,
     model_overrides: dict | None = None, train_overrides: dict | None = None,
     nproc: int = 1, torchrun_args: list[str] | None = None,
 ) -> str:
@@ -70,18 +73,24 @@ def train_task(
 
 def _supervise(cmd: list[str], progress, logger) -> Path:
     """Run the training child to the end; return the stage directory it printed. Raises
-    ``RuntimeError`` (naming the exit code or signal, with the end of its log) if it fails."""
+    ``RuntimeError`` (naming the exit code or signal, with the end of its log) if it fails.
+
+    Each epoch is logged once, from the child's epoch line on stdout (its own log line of the
+    epoch is kept out of the task log); on a terminal a progress bar follows its steps."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=os.environ.copy())
     tail: deque[str] = deque(maxlen=40)
     relay = threading.Thread(target=_relay_stderr, args=(proc, tail, logger), daemon=True)
     relay.start()
     last_line = ""
+    bar = None
     try:
         for line in proc.stdout:
             line = line.rstrip("\n")
             if line.startswith(PROGRESS_PREFIX):
                 p = json.loads(line[len(PROGRESS_PREFIX):])
                 update_progress_artifact(progress, 100.0 * p["step"] / max(p["total"], 1))
+                bar = bar or progress_bar(p["total"], "train", unit="step")
+                bar.update(p["step"] - bar.n)
             elif line.startswith(EPOCH_PREFIX):
                 r = json.loads(line[len(EPOCH_PREFIX):])
                 logger.info("epoch %s: train_loss %.4f val_loss %s", r.get("epoch"), r.get("train_loss", float("nan")), r.get("val_loss"))
@@ -89,6 +98,8 @@ def _supervise(cmd: list[str], progress, logger) -> Path:
                 last_line = line.strip()
         proc.wait()
     finally:
+        if bar is not None:
+            bar.close()
         if proc.poll() is None:  # the task is being stopped: let the child checkpoint first
             proc.send_signal(signal.SIGTERM)
             try:
@@ -108,9 +119,16 @@ def _supervise(cmd: list[str], progress, logger) -> Path:
     return out
 
 
+# The child's own log line of an epoch ("... INFO trajfm.train: epoch 2 step 40 train ..."): the
+# epoch line on stdout carries the same record, and is the one logged.
+CHILD_EPOCH_LOG = re.compile(r" INFO \S+: epoch \d+ step \d+ ")
+
+
 def _relay_stderr(proc: subprocess.Popen, tail: deque, logger) -> None:
     for line in proc.stderr:
         line = line.rstrip("\n")
         tail.append(line)
+        if CHILD_EPOCH_LOG.search(line):
+            continue
         if " INFO " in line or " WARNING " in line or " ERROR " in line:
             logger.info("%s", line)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from tasks._common import RETRIES, RETRY_DELAY_S
 from trajfm.quality.gate import ValidationFailed, gate, validate_points
@@ -40,7 +40,11 @@ def validate_task(stage_dir: str, stage: str, params: dict | None = None, data_r
     report = validate_points(points, stage=stage, params=params or {}, context_root=data_root_path(data_root))
     create_markdown_artifact(report.to_markdown(), key=f"validation-{stage}", description=f"Great Expectations: {stage} points")
     get_run_logger().info("validation %s: success=%s on %s rows", stage, report.success, report.n_rows)
-    if report.data_docs:
-        create_link_artifact(Path(report.data_docs).as_uri(), link_text="Great Expectations Data Docs", key=f"data-docs-{stage}")
+    if report.data_docs:  # a file on the flow's machine: named, not linked (a browser elsewhere cannot open it)
+        create_markdown_artifact(
+            f"Great Expectations Data Docs of the {stage} gate are written under the data root, at\n\n"
+            f"`{report.data_docs}`\n\nopen that file on the machine that ran the flow.",
+            key=f"data-docs-{stage}", description="where the Great Expectations Data Docs are",
+        )
     gate(report)  # raises ValidationFailed naming each failed critical expectation and its count
     return report.to_dict()

@@ -97,7 +97,7 @@ def test_sigkilled_training_is_retried_and_resumes_to_the_same_result(prefect_ap
 
     @flow
     def train_once(root: str) -> str:
-        return quick_retry(features_dir, data_root=root, model_overrides=MODEL, train_overrides=TRAIN)
+        return quick_retry(features_dir, data_root=root, preset="tutorial", model_overrides=MODEL, train_overrides=TRAIN)
 
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
     before = _progress_artifacts()
@@ -142,7 +142,7 @@ def test_train_task_runs_data_parallel_under_torchrun_when_nproc_is_2(prefect_ap
 
     @flow
     def train_with(root: str, nproc: int) -> str:
-        return train_task(features_dir, data_root=root, model_overrides=small, train_overrides=steps, nproc=nproc)
+        return train_task(features_dir, data_root=root, preset="tutorial", model_overrides=small, train_overrides=steps, nproc=nproc)
 
     two = read_manifest(train_with(str(tmp_path / "two"), 2))
     one = read_manifest(train_with(str(tmp_path / "one"), 1))
@@ -196,7 +196,7 @@ def test_source_failing_once_is_retried_and_one_always_failing_fails_cleanly(pre
 RUN = """
 import json, sys
 from flows.pipeline import pipeline
-r = pipeline(sources=json.loads(sys.argv[1]), data_root=sys.argv[2], epochs=1, batch_size=64, n_workers=1,
+r = pipeline(sources=json.loads(sys.argv[1]), data_root=sys.argv[2], preset="tutorial", epochs=1, batch_size=64, n_workers=1,
              train_overrides={"warmup_steps": 2, "max_steps": 6}, context_len=12, horizon=6)
 print("RESULT " + json.dumps(r, default=str))
 """

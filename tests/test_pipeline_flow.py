@@ -32,7 +32,7 @@ def small_run(prefect_api, tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     sources = [str(p) for p in embedded_files(SMALL_SLICE)]
     result = pipeline(
-        sources=sources, data_root=str(root), epochs=1, batch_size=64,
+        sources=sources, data_root=str(root), preset="tutorial", epochs=1, batch_size=64,
         train_overrides={"warmup_steps": 10}, context_len=12, horizon=6, n_workers=2,
     )
     return root, sources, result
@@ -100,12 +100,53 @@ def test_artifacts_are_published(small_run):
     assert keys <= found
 
 
+def test_the_mlflow_run_carries_loss_curves_error_vs_horizon_and_the_config(small_run):
+    import json
+
+    import pytest
+    from mlflow import MlflowClient
+
+    from trajfm.registry.tracking import tracking_uri
+
+    root, _, r = small_run
+    m = r["metrics"]
+    assert len(m["error_by_step_m"]) == m["horizon"] == len(m["cv_error_by_step_m"])
+    assert sum(m["error_by_step_m"]) / m["horizon"] == pytest.approx(m["ade_m"], rel=1e-9)  # one source of truth
+    assert m["error_by_step_m"][-1] == pytest.approx(m["fde_m"], rel=1e-9)
+    client = MlflowClient(tracking_uri=tracking_uri(root))
+    run_id = r["registration"]["run_id"]
+    files = {f.path for f in client.list_artifacts(run_id, "plots")} | {f.path for f in client.list_artifacts(run_id)}
+    assert {"plots/loss_curve.png", "plots/error_vs_horizon.png", "config.json"} <= files
+    config = json.loads(Path(client.download_artifacts(run_id, "config.json")).read_text())
+    assert config["preset"] == "tutorial" and config["train"]["epochs"] == 1 and config["eval"]["horizon"] == 6
+
+
+def test_no_artifact_points_at_a_local_file(small_run):
+    """Every artifact of the run renders in a browser on another machine: no image or link target
+    is a local file path (markdown rendered with a CommonMark parser; link artifacts too)."""
+    from prefect.client.orchestration import get_client
+
+    from tasks._artifacts import is_local, local_targets
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    assert len(artifacts) >= 9
+    bad = []
+    for a in artifacts:
+        if a.type == "markdown":
+            bad += [(a.key, t) for t in local_targets(str(a.data))]
+        elif a.type == "link":
+            target = str(a.data).split("](")[-1].rstrip(")") if str(a.data).startswith("[") else str(a.data)
+            bad += [(a.key, target)] if is_local(target) else []
+    assert not bad, bad
+
+
 def test_rerun_on_same_data_reuses_every_stage(small_run):
     from flows.pipeline import pipeline
 
     root, sources, r = small_run
     again = pipeline(
-        sources=sources, data_root=str(root), epochs=1, batch_size=64,
+        sources=sources, data_root=str(root), preset="tutorial", epochs=1, batch_size=64,
         train_overrides={"warmup_steps": 10}, context_len=12, horizon=6, n_workers=2,
     )
     for key in ("ingest_dir", "preprocess_dir", "features_dir", "train_dir"):

@@ -69,7 +69,7 @@ def test_report_renders_markdown_and_valid_pngs(evaluated, tmp_path, capsys):
     assert f"{res['metrics']['forecast.ade_m@6.model']:,.1f}" in text
     assert "read 9,091 = kept 9,091 + quarantined 0" in text
     linked = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
-    assert {f"0_mixture_{n}.png" for n in ("trajectories", "error_vs_horizon", "calibration", "generation")} <= set(linked)
+    assert {f"0_mixture_{n}.png" for n in ("trajectory_map", "trajectories", "error_vs_horizon", "calibration", "generation")} <= set(linked)
     assert "1_mse_calibration.png" not in linked and "1_mse_trajectories.png" in linked
     for name in linked:
         _png_ok(rep / name)
@@ -127,8 +127,70 @@ def test_evaluate_model_flow_publishes_artifacts_and_logs_the_report(evaluated, 
     assert set(keys) <= set(found)
     assert "constant_velocity" in str(found["evaluation-metrics"].data) and "forecast.ade_m@10" in str(found["evaluation-metrics"].data)
     assert "# trajfm evaluation report" in found["evaluation-report"].data
+    # the plots render in any browser: inline data URIs, no local path as an image or link target
+    from tasks._artifacts import local_targets
+
+    report_md = found["evaluation-report"].data
+    assert local_targets(report_md) == []
+    assert report_md.count("](data:image/png;base64,") >= 3 and "![trajectory_map](data:image/png;base64," in report_md
     results = Path(r["results"])
     assert results.is_relative_to(root) and json.loads(results.read_text())["metrics"] == r["metrics"]
     assert Path(r["report"]).is_file() and (Path(r["report"]).parent / "0_results_trajectories.png").is_file()
     files = {Path(f.path).name for f in MlflowClient(tracking_uri=tracking_uri(root)).list_artifacts(r["mlflow_run_id"], "report")}
-    assert "report.md" in files and "0_results_error_vs_horizon.png" in files
+    assert "report.md" in files and "0_results_error_vs_horizon.png" in files and "0_results_trajectory_map.png" in files
+
+
+def test_trajectory_map_draws_context_truth_forecast_and_its_error_in_degrees(evaluated, tmp_path):
+    """The map is in lon/lat (not metres), around New York harbour, with one error ellipse per step."""
+    from matplotlib.patches import Ellipse
+
+    from trajfm.evaluate.maps import error_radius_deg, trajectory_map_figure
+    from trajfm.evaluate.report import load_plot_data
+
+    _, out, _ = evaluated
+    path = out / "mixture.json"
+    d = load_plot_data(path, json.loads(path.read_text()))
+    fig = trajectory_map_figure(d)
+    ax = fig.axes[0]
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    assert -75.5 < x0 < x1 < -72.5 and 39.5 < y0 < y1 < 41.5  # degrees, lon on x (order not swapped)
+    ellipses = [p for p in ax.patches if isinstance(p, Ellipse)]
+    assert len(ellipses) == int(d["horizon"])
+    w, h = error_radius_deg(float(d["err_model_m"][-1]), 40.7)
+    assert ellipses[-1].height == pytest.approx(2 * h, rel=1e-3) and ellipses[-1].width > ellipses[-1].height  # cos(lat) < 1
+    labels = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert {"context", "truth", "forecast", "sampled futures", "model mean error at the step"} <= labels
+    fig.savefig(tmp_path / "map.png")
+    _png_ok(tmp_path / "map.png")
+
+
+def test_embedded_images_leave_no_local_target(tmp_path):
+    from tasks._artifacts import embed_images, local_targets
+
+    (tmp_path / "a.png").write_bytes(PNG_SIGNATURE + b"rest")
+    md = f"# r\n\n![a](a.png)\n\n![b]({tmp_path}/missing.png)\n\n[docs](file:///x/index.html) [ok](https://example.org)\n"
+    assert local_targets(md) == ["a.png", f"{tmp_path}/missing.png", "file:///x/index.html"]
+    out = embed_images(md, tmp_path, fallback_url="http://127.0.0.1:5000/#/runs/1/artifacts/report")
+    assert "![a](data:image/png;base64," in out
+    assert "[b (missing.png)](http://127.0.0.1:5000/#/runs/1/artifacts/report/missing.png)" in out
+    assert local_targets(embed_images("![b](missing.png)", tmp_path)) == []  # no fallback: plain text
+
+
+def test_mlflow_run_link_only_with_a_tracking_server(monkeypatch, tmp_path):
+    """A link to the run page when MLFLOW_TRACKING_URI is a server; nothing for a local database
+    (its 'page' would be a file only this machine has)."""
+    import mlflow
+
+    from tasks._artifacts import mlflow_run_url
+
+    class _Run:
+        class info:
+            experiment_id = "7"
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_run", lambda self, run_id: _Run())
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert mlflow_run_url("abc", str(tmp_path)) is None  # sqlite under the data root
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000/")
+    assert mlflow_run_url("abc", str(tmp_path)) == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
+    assert mlflow_run_url(None, str(tmp_path)) is None

@@ -125,7 +125,7 @@ def test_retrain_flow_from_scratch_then_nothing_new_then_fine_tunes_the_champion
     shutil.copy(embedded_files(SMALL_SLICE)[0], watch / "day1.traj")
     # one small Dask cluster for every run (the flows connect to it by address, as to a remote one)
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None)
-    kw = dict(watch_dir=str(watch), data_root=str(root), epochs=1, batch_size=64, dask_address=cluster.scheduler_address,
+    kw = dict(watch_dir=str(watch), data_root=str(root), preset="tutorial", epochs=1, batch_size=64, dask_address=cluster.scheduler_address,
               context_len=12, horizon=6, train_overrides={"warmup_steps": 5, "max_steps": 20})
     with cluster, prefect_test_harness(server_startup_timeout=120):
         first = retrain(**kw)

@@ -1,8 +1,9 @@
-"""The ``trajfm`` command.
+"""The trajfm command.
 
     trajfm demo [--data-root DIR] [--epochs N] [--preset NAME]
     trajfm run FLOW [--param value ...]      e.g. trajfm run pipeline --epochs 2 --preset tutorial
-    trajfm flows                             list the flows and their parameters
+    trajfm run FLOW --help                   the flow's parameters, with their descriptions
+    trajfm flows                             list the flows
     trajfm presets                           list the model presets
     trajfm train --preset NAME [--features-dir DIR] [--epochs N]
     trajfm bench NAME --out FILE.json        run a benchmark (preprocess, model)
@@ -10,8 +11,8 @@
     trajfm report ...                        markdown + PNG report of an evaluation (trajfm/evaluate/report.py)
     trajfm registry list|show|promote|rollback   the MLflow registry (trajfm/registry/cli.py)
 
-Flows live in the top-level ``flows`` package and import Prefect; they are imported only when a
-command needs them, so ``import trajfm`` stays Prefect-free.
+Flows live in the top-level flows package and import Prefect; they are imported only when a
+command needs them, so importing trajfm stays Prefect-free.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _parse_params(tokens: list[str]) -> dict:
     return params
 
 
-def summary_text(result: dict, root: Path, seconds: float) -> str:
+def summary_text(result: dict, root: Path, seconds: float, title: str = "trajfm demo") -> str:
     """The demo's closing summary: row accounting, metrics vs baseline, registry, UI commands."""
     from trajfm.store import read_manifest
 
@@ -96,7 +97,7 @@ def summary_text(result: dict, root: Path, seconds: float) -> str:
     lines = [
         "",
         "=" * 72,
-        f"trajfm demo finished in {seconds:.0f} s   (data root: {root})",
+        f"{title} finished in {seconds:.0f} s   (data root: {root})",
         "-" * 72,
         f"ingest      read {ing['rows_read']:,} points = kept {ing['rows_kept']:,} + quarantined {ing['rows_quarantined']:,}",
         f"preprocess  in {pre['rows_in']:,} = kept {pre['rows_kept']:,} + quarantined {pre['rows_quarantined']:,}"
@@ -134,20 +135,165 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def plain_help(text: str | None) -> str:
+    """Help text for a terminal: no RST/Markdown backticks."""
+    return (text or "").replace("``", "").replace("`", "")
+
+
+def _flow_doc(flow) -> tuple[str, dict[str, str]]:
+    """A flow's summary (its docstring before ``Args:``) and its parameter descriptions (from the
+    parameter schema Prefect built for its run form)."""
+    import inspect
+
+    summary = (inspect.getdoc(flow.fn) or "").split("\nArgs:")[0].strip()
+    props = flow.parameters.model_dump().get("properties", {})
+    return summary, {k: " ".join(str(v.get("description") or "").split()) for k, v in props.items()}
+
+
+def _type_text(annotation) -> str:
+    """A parameter type in a few words: the choices of a Literal, the name of a model."""
+    import typing
+
+    if isinstance(annotation, str):
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        return " | ".join(_type_text(a) for a in inner) + (" | null" if len(inner) < len(args) else "")
+    if origin is not None:
+        return str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _model_of(annotation):
+    """The Pydantic model inside ``Model | None``, or None."""
+    import typing
+
+    from pydantic import BaseModel
+
+    for a in (annotation, *typing.get_args(annotation)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def flow_help(name: str) -> str:
+    """``trajfm run NAME --help``: what the flow does and each parameter with type, default, description."""
+    import inspect
+    import textwrap
+
+    fn = _load_flow(name)
+    summary, docs = _flow_doc(fn)
+    lines = [f"usage: trajfm run {name} [--PARAM VALUE ...]   (values are JSON when they parse, else strings)", "",
+             plain_help(summary), "", "parameters:"]
+    for p in inspect.signature(fn.fn, eval_str=True).parameters.values():
+        default = "required" if p.default is inspect.Parameter.empty else f"default {json.dumps(p.default, default=str)}"
+        lines.append(f"  --{p.name.replace('_', '-')}  ({_type_text(p.annotation)}; {default})")
+        wrap = dict(width=96, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False)
+        lines += textwrap.wrap(plain_help(docs.get(p.name, "")), **wrap)
+        model = _model_of(p.annotation)
+        if model is not None:
+            lines += textwrap.wrap("JSON keys: " + ", ".join(f.alias or k for k, f in model.model_fields.items()), **wrap)
+    return "\n".join(lines)
+
+
+def check_params(name: str, params: dict) -> dict:
+    """The ``--param`` values validated against the flow's signature (dicts parsed into its
+    parameter models); a ``SystemExit`` with one line per bad parameter, naming the known ones."""
+    import inspect
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from trajfm.params import one_line
+
+    sig = inspect.signature(_load_flow(name).fn, eval_str=True)
+    unknown = sorted(set(params) - set(sig.parameters))
+    if unknown:
+        known = ", ".join(f"--{p.replace('_', '-')}" for p in sig.parameters)
+        raise SystemExit(f"trajfm run {name}: unknown parameter(s) {unknown}; known: {known}")
+    missing = [p.name for p in sig.parameters.values() if p.default is inspect.Parameter.empty and p.name not in params]
+    if missing:
+        raise SystemExit(f"trajfm run {name}: missing required parameter(s) {', '.join('--' + m.replace('_', '-') for m in missing)}")
+    out, errors = {}, []
+    for key, value in params.items():
+        annotation = sig.parameters[key].annotation
+        if annotation is inspect.Parameter.empty:
+            out[key] = value
+            continue
+        adapter = TypeAdapter(annotation)
+        try:
+            out[key] = adapter.validate_python(value)
+        except ValidationError as exc:
+            try:  # --sources embedded:small (one string where a list of them is expected)
+                out[key] = adapter.validate_python([value])
+            except ValidationError:
+                errors.append(f"--{key.replace('_', '-')}: {one_line(exc)}")
+    if errors:
+        raise SystemExit(f"trajfm run {name}: " + "; ".join(errors))
+    return out
+
+
+def run_summary(name: str, result, seconds: float) -> str:
+    """The closing lines of ``trajfm run``: where the output is and its headline numbers."""
+    from trajfm.store import read_manifest
+
+    head = f"trajfm run {name}: finished in {seconds:.0f} s"
+    if isinstance(result, str):
+        try:
+            m = read_manifest(result)
+        except (OSError, ValueError):
+            m = {}
+        counts = {k: m[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "rows_in", "rows_out", "n_trajectories") if k in m}
+        if "windows" in m:
+            counts["windows"] = m["windows"]
+        if "final" in m:
+            counts.update({k: v for k, v in m["final"].items() if isinstance(v, (int, float))})
+        extra = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in counts.items())
+        return f"{head}\n  output: {result}" + (f"\n  {extra}" if extra else "")
+    if not isinstance(result, dict):
+        return f"{head}\n  result: {result}"
+    lines = [head]
+    for key, value in result.items():
+        if isinstance(value, dict):
+            flat = {k: v for k, v in value.items() if isinstance(v, (int, float, str, bool)) or v is None}
+            shown = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in list(flat.items())[:8])
+            more = f" (+{len(value) - 8} more)" if len(flat) > 8 or len(value) > len(flat) else ""
+            lines.append(f"  {key}: {shown}{more}")
+        elif isinstance(value, list):
+            lines.append(f"  {key}: {len(value)} item(s)" + (f": {', '.join(map(str, value[:3]))}" if value else ""))
+        else:
+            lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
+
+
 def cmd_run(args, extra: list[str]) -> int:
-    params = _parse_params(extra)
-    _prepare_env(params.get("data_root"))
+    if args.flow is None:
+        print("usage: trajfm run FLOW [--PARAM VALUE ...]; trajfm run FLOW --help lists its parameters\n")
+        return cmd_flows(args) if any(tok in ("-h", "--help") for tok in extra) else (cmd_flows(args) or 2)
+    if any(tok in ("-h", "--help") for tok in extra):
+        print(flow_help(args.flow))
+        return 0
+    raw = _parse_params(extra)
+    # Before any flow (and so Prefect) is imported: Prefect reads PREFECT_HOME and its settings once.
+    root = _prepare_env(raw.get("data_root") if isinstance(raw.get("data_root"), str) else None)
+    params = check_params(args.flow, raw)
+    started = time.perf_counter()
     result = _load_flow(args.flow)(**params)
-    print(json.dumps(result, indent=2, default=str))
+    if args.flow == "pipeline":
+        print(summary_text(result, root, time.perf_counter() - started, title="trajfm run pipeline"))
+    else:
+        print(run_summary(args.flow, result, time.perf_counter() - started))
     return 0
 
 
 def cmd_flows(_args) -> int:
-    import inspect
-
     for name in FLOWS:
-        fn = _load_flow(name)
-        print(f"{name}{inspect.signature(fn.fn)}")
+        summary, _ = _flow_doc(_load_flow(name))
+        first = plain_help(" ".join(summary.split("\n\n")[0].split()))
+        print(f"{name:15} {first}")
+    print("\ntrajfm run FLOW --help lists a flow's parameters with their descriptions.")
     return 0
 
 
@@ -203,18 +349,23 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return int(importlib.import_module(DELEGATED[argv[0]]).main(argv[1:]) or 0)
-    parser = argparse.ArgumentParser(prog="trajfm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from trajfm.params import DEFAULT_PRESET, PRESETS
+
+    parser = argparse.ArgumentParser(prog="trajfm", description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded real AIS data")
     demo.add_argument("--data-root", default=None, help="default: $TRAJFM_HOME or ./.trajfm")
-    demo.add_argument("--preset", default="timesfm-patch-context", help="model preset (default: the one that transfers to unseen movers)")
+    demo.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, metavar="NAME",
+                      help=f"model preset, one of {', '.join(PRESETS)} (default {DEFAULT_PRESET}: transfers to unseen movers)")
     demo.add_argument("--epochs", type=int, default=5)
-    run = sub.add_parser("run", help="run one flow: trajfm run FLOW --param value ...")
-    run.add_argument("flow", choices=sorted(FLOWS))
-    sub.add_parser("flows", help="list flows and their parameters")
+    run = sub.add_parser("run", help="run one flow: trajfm run FLOW --param value ... (trajfm run FLOW --help: its parameters)",
+                         add_help=False)
+    run.add_argument("flow", nargs="?", choices=sorted(FLOWS), metavar="FLOW", help=f"one of {', '.join(FLOWS)}")
+    sub.add_parser("flows", help="list the flows (trajfm run FLOW --help: a flow's parameters)")
     sub.add_parser("presets", help="list the model presets")
     train = sub.add_parser("train", help="train a model preset")
-    train.add_argument("--preset", default="tutorial")
+    train.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, metavar="NAME",
+                       help=f"model preset, one of {', '.join(PRESETS)} (default {DEFAULT_PRESET})")
     train.add_argument("--features-dir", default=None, help="a features stage directory; default: run the pipeline")
     train.add_argument("--data-root", default=None)
     train.add_argument("--epochs", type=int, default=5)

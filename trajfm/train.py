@@ -66,6 +66,7 @@ from trajfm.features.windows import WindowSet
 from trajfm.model.checkpoint import load_checkpoint, save_checkpoint
 from trajfm.model.config import GPTConfig
 from trajfm.model.gpt import TrajGPT
+from trajfm.progress import progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -683,8 +684,8 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
 
     mlflow = _mlflow_run() if group.main else None
     model.train()
-    show = cfg.progress if group.main else False
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=None if show is None else not show, leave=False)
+    show = (progress_enabled() if cfg.progress is None else cfg.progress) if group.main else False  # trajfm.progress's rule
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show, leave=False)
     order, order_epoch = None, -1
     t0 = time.perf_counter()
     while step < total_steps:

@@ -234,7 +234,9 @@ def ingest(
         points = _PointSink(spill, params["memory_rows"])
         quarantine = _QuarantineSink(writer.path / "quarantine.parquet")
         try:
-            for s in files:
+            from trajfm.progress import track
+
+            for s in track(files, desc="ingest", unit="file"):
                 per_file[names[s.file.url]] = _read_one(s, params, options[s.file.url], points, quarantine)
             rows_read = sum(f["rows_read"] for f in per_file.values())
             points_info = points.finish(writer.path / "points.parquet")

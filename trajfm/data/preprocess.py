@@ -224,8 +224,18 @@ class _Runner:
         tasks = [dask.delayed(fn)(*args) for args in zip(*iterables)]
         return list(dask.compute(*tasks, scheduler=self.scheduler))
 
-    def gather(self, handles):
-        return self.client.gather(handles) if self.client is not None else handles
+    def gather(self, handles, desc: str = "preprocess"):
+        if self.client is None:
+            return handles
+        from trajfm.progress import progress_bar, progress_enabled
+
+        if progress_enabled():  # a bar over the partitions as the workers finish them
+            from distributed import as_completed
+
+            with progress_bar(len(handles), desc, unit="part") as bar:
+                for _ in as_completed(handles):
+                    bar.update(1)
+        return self.client.gather(handles)
 
     def __enter__(self) -> "_Runner":
         return self
@@ -574,7 +584,7 @@ def _run_movers(runner: _Runner, job: _Job, parts: int) -> _Written:
     ddf = ddf.shuffle(on="obj_id", npartitions=parts, shuffle_method=SHUFFLE_METHOD)
     if runner.client is not None:
         futures = runner.client.compute(ddf.to_delayed())
-        results = runner.client.gather(runner.client.map(_clean, futures, [job] * parts, pure=False))
+        results = runner.gather(runner.client.map(_clean, futures, [job] * parts, pure=False))
     else:
         import dask
 

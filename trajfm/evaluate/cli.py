@@ -31,6 +31,15 @@ def _json_arg(text: str | None, what: str) -> dict:
     return value
 
 
+def _task_params(text: str | None) -> dict:
+    """``--params``: per-task parameters, checked against the tasks and their keywords
+    (``trajfm.params.EvaluateParams``): a typo is a one-line error naming the known keys."""
+    from trajfm.params import EvaluateParams, parse
+
+    value = _json_arg(text, "--params")
+    return parse(EvaluateParams, value, "--params").to_params() if value else {}
+
+
 def _seeds(text: str) -> tuple[int, ...]:
     try:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
@@ -42,7 +51,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trajfm evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="trajfm evaluate", description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a model.pt or a train stage directory")
     p.add_argument("--data", nargs="+", help="data files/directories/globs, or embedded:SUBSET")
     p.add_argument("--format", default=None, help="reader name (default: detected per file)")
@@ -89,7 +98,7 @@ def _evaluate(args) -> int:
 
     result = evaluate_model(
         args.model, args.data, format=args.format, kind=args.kind, options=_json_arg(args.reader_options, "--reader-options"),
-        tasks=args.tasks, root=args.data_root, seed=args.seed, params=_json_arg(args.params, "--params"),
+        tasks=args.tasks, root=args.data_root, seed=args.seed, params=_task_params(args.params),
         window=args.window, fit_frac=args.fit_frac, out=args.out, device=args.device,
     )
     acc = result["accounting"]
@@ -111,7 +120,7 @@ def _protocol(args) -> int:
     result = run_protocol(
         args.protocol, args.preset, epochs=args.epochs, max_steps=args.max_steps, root=args.data_root,
         fine_tune_steps=args.fine_tune_steps, fine_tune_lr=args.fine_tune_lr, seeds=_seeds(args.seeds), batch_size=args.batch_size, device=args.device,
-        tasks=args.tasks, params=_json_arg(args.params, "--params"),
+        tasks=args.tasks, params=_task_params(args.params),
     )
     from pathlib import Path
 

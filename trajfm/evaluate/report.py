@@ -267,7 +267,10 @@ def _evaluate_section(path: Path, res: dict, out_dir: Path, prefix: str) -> tupl
     if d is None or int(d["n_windows"]) == 0:
         lines += ["(no plot data: no window long enough for context + horizon)", ""]
         return lines, pngs
-    figures = [("trajectories", trajectories_figure(d), "Forecasts on the real track (metres from the last context fix)"),
+    from trajfm.evaluate.maps import trajectory_map_figure
+
+    figures = [("trajectory_map", trajectory_map_figure(d), "Map: context, truth, forecast and its mean error (lon/lat)"),
+               ("trajectories", trajectories_figure(d), "Forecasts on the real track (metres from the last context fix)"),
                ("error_vs_horizon", error_vs_horizon_figure(d), "Error vs horizon")]
     if "calibration_coverage" in d:
         figures.append(("calibration", calibration_figure(d), "Calibration of the mixture head"))
@@ -374,7 +377,7 @@ def log_report(out_dir: str | Path, root=None, run_name: str = "report", metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trajfm report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="trajfm report", description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", nargs="+", required=True, help="results JSON files of trajfm evaluate")
     parser.add_argument("--out", required=True, help="report directory (report.md + PNGs)")
     parser.add_argument("--mlflow", action="store_true", help="log the report as artifacts of an MLflow run")

@@ -26,7 +26,7 @@ def run_evaluation(
     train_manifest = read_manifest(train_dir)
     key = stable_hash({
         "features": read_manifest(features_dir)["key"], "train": train_manifest["key"], "split": split,
-        "context_len": context_len, "horizon": horizon, "v": 1,
+        "context_len": context_len, "horizon": horizon, "v": 2,
     })
     out = root / "evaluate" / key
     if is_complete(out):
@@ -43,11 +43,30 @@ def run_evaluation(
     metrics = {
         **{k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()},
         "split": split, "context_len": context_len, "horizon": horizon, "preset": train_manifest.get("preset", "?"),
+        **errors_by_step(model, ws, context_len, horizon, batch_size),
     }
     with StageWriter(root, "evaluate", key) as w:
         w.write_json("metrics", metrics)
         w.manifest.update(features_dir=str(features_dir), train_dir=str(train_dir), split=split)
     return metrics
+
+
+def errors_by_step(model, ws, context_len: int, horizon: int, batch_size: int = 256) -> dict[str, list[float]]:
+    """Mean great-circle error (metres) at each step ahead, model and constant velocity, on the
+    windows ``evaluate_forecast`` scores (their mean over the steps is its ``ade_m``, the last its
+    ``fde_m``): the error-vs-horizon plot of the MLflow run."""
+    from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
+    from trajfm.geo import haversine_m
+
+    sel = forecastable(ws, context_len, horizon)
+    truth = slice(context_len, context_len + horizon)
+    true_lon, true_lat = ws.lon[sel, truth], ws.lat[sel, truth]
+    model_lon, model_lat = rollout(model, ws, context_len, horizon, batch_size)[:2]
+    cv_lon, cv_lat = constant_velocity(ws, context_len, horizon)[:2]
+    return {
+        "error_by_step_m": [float(e) for e in haversine_m(model_lon, model_lat, true_lon, true_lat).mean(axis=0)],
+        "cv_error_by_step_m": [float(e) for e in haversine_m(cv_lon, cv_lat, true_lon, true_lat).mean(axis=0)],
+    }
 
 
 def metrics_table(metrics: dict) -> list[dict]:

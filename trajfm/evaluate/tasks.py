@@ -95,8 +95,10 @@ def run_tasks(model, ws: WindowSet, tasks: list[str] | None = None, *, seed: int
     unknown = sorted(set(tasks).union(params) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown evaluation tasks {unknown}; known: {', '.join(TASKS)}")
+    from trajfm.progress import track
+
     out: dict[str, float] = {}
-    for name in tasks:
+    for name in track(tasks, desc="evaluate", unit="task"):
         p = dict(params.get(name, {}))
         if train_ws is not None and name in TRAINED_BASELINES:
             p.setdefault("train_ws", train_ws)

@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--data-root", default=None, help="data root whose mlflow.db to use (default: $TRAJFM_HOME or ./.trajfm)")
     common.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the data root's)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser = argparse.ArgumentParser(prog="trajfm registry", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="trajfm registry", description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", parents=[common], help="all versions, newest first")
     show = sub.add_parser("show", parents=[common], help="one version (default: the champion)")

@@ -108,6 +108,10 @@ def register_training(
         promote_metric=promote_metric, lower_is_better=True,
         eval_id=eval_id, lineage_key=lineage_key, champion_metric_on_eval=measure,
     )
+    if not r.reused:  # the error-vs-horizon plot and the readable config beside the loss curves
+        from trajfm.registry.plots import log_training_artifacts
+
+        log_training_artifacts(tracking_uri(root), r.run_id, params, metrics)
     return Registration(
         name=name, version=r.version, champion_version=r.champion_version, promoted=r.promoted,
         metric_value=r.metric_value, previous_champion_metric=r.previous_champion_metric, run_id=r.run_id,
