@@ -1,0 +1,101 @@
+"""Feature shards on real corpus sources: the windows of the in-memory path, every point
+accounted for, bounded shard sizes, hashes that catch a replaced file, train-only statistics
+merged chunk by chunk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SHARED_DATA
+
+from trajfm.features.shards import ShardParams, load_manifest, load_shard, load_split, make_shards, write_shards
+from trajfm.features.windows import WindowParams, build_windows, normalization_stats
+
+SOURCES = ("hurdat2_storms", "riga_gtfsrt_transit", "dma_ais_kattegat_3ships")  # storms, buses/trams, ships
+
+
+@pytest.fixture(scope="module")
+def corpus_sources():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data not found at {SHARED_DATA}: the real corpus sources are unavailable")
+    shared = SHARED_DATA
+    return [(name, str(shared / "corpus" / f"{name}.parquet")) for name in SOURCES]
+
+
+PARAMS = ShardParams(WindowParams(window=32, stride=32, min_points=8, split_by="source"), max_windows=700)
+
+
+@pytest.fixture(scope="module")
+def written(corpus_sources, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    return out, write_shards(corpus_sources, out, PARAMS, chunk_rows=7_000)  # chunk boundaries cut trajectories
+
+
+def test_shards_hold_the_windows_of_the_in_memory_path(corpus_sources, written):
+    out, manifest = written
+    for name, path in corpus_sources:
+        points = pd.read_parquet(path)
+        sets, counts = build_windows(points, PARAMS.windows)
+        for split in ("train", "val", "test"):
+            parts = [load_shard(out, sh) for sh in manifest["shards"] if sh["source"] == name and sh["split"] == split]
+            assert sum(len(p) for p in parts) == len(sets[split]) == manifest["sources"][name]["windows"][split]
+            if not parts:
+                continue
+            x = np.concatenate([p.x for p in parts])
+            np.testing.assert_array_equal(x, sets[split].x)
+            np.testing.assert_array_equal(np.concatenate([p.mask for p in parts]), sets[split].mask)
+            np.testing.assert_array_equal(np.concatenate([p.t_ns for p in parts]), sets[split].t_ns)
+            np.testing.assert_array_equal(np.concatenate([p.traj_id for p in parts]), sets[split].traj_id)
+        short = sum(c["points_too_short"] for c in counts.values())
+        assert manifest["sources"][name]["points_too_short"] == short
+
+
+def test_every_point_is_accounted_for_and_shards_are_bounded(corpus_sources, written):
+    out, manifest = written
+    for name, path in corpus_sources:
+        src = manifest["sources"][name]
+        assert src["points_in"] == len(pd.read_parquet(path, columns=["t"]))
+        assert src["points_in"] == src["points_in_shards"] + src["points_too_short"]
+        assert sum(sh["points"] for sh in manifest["shards"] if sh["source"] == name) == src["points_in_shards"]
+        assert "min_points" in src["quarantine_reason"]
+    assert manifest["points_in"] == manifest["points_in_shards"] + manifest["points_too_short"]
+    assert all(1 <= sh["windows"] <= PARAMS.max_windows for sh in manifest["shards"])
+    assert sum(sh["windows"] > 600 for sh in manifest["shards"]) >= 2  # several full shards: the bound was hit
+    assert json.loads((out / "shards.json").read_text()) == manifest
+
+
+def test_statistics_come_from_the_train_split_only(written):
+    out, _ = written
+    stats = json.loads((out / "stats.json").read_text())
+    expected = normalization_stats(load_split(out, "train"))
+    assert stats["n_points"] == expected["n_points"]
+    np.testing.assert_allclose(stats["mean"], expected["mean"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(stats["std"], expected["std"], rtol=1e-9)
+    with_val = normalization_stats(load_split(out, "val"))
+    assert not np.allclose(with_val["mean"][:3], stats["mean"][:3])  # the test can tell the splits apart
+
+
+def test_chunk_size_changes_nothing(corpus_sources, written, tmp_path):
+    _, manifest = written
+    again = write_shards(corpus_sources[:2], tmp_path, PARAMS, chunk_rows=1_000_000)
+    assert [sh["sha256"] for sh in again["shards"]] == [sh["sha256"] for sh in manifest["shards"] if sh["source"] in SOURCES[:2]]
+
+
+def test_a_replaced_shard_is_caught_by_its_hash(written, tmp_path):
+    out, manifest = written
+    sh = manifest["shards"][0]
+    load_shard(out, sh, verify=True)
+    bad = dict(sh, sha256="0" * 64)
+    with pytest.raises(ValueError, match="does not match its manifest hash"):
+        load_shard(out, bad, verify=True)
+
+
+def test_the_stage_is_written_once(corpus_sources, tmp_path):
+    first = make_shards(corpus_sources[2:], tmp_path, PARAMS)
+    assert make_shards(corpus_sources[2:], tmp_path, PARAMS) == first
+    assert (first / "manifest.json").is_file() and load_manifest(first)["windows"]["train"] > 0
+    with pytest.raises(ValueError, match="split_by must be 'source'"):
+        ShardParams(WindowParams(split_by="global"))
