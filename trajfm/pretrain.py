@@ -66,16 +66,24 @@ def pretrain_stream(
     probabilities: dict[str, float] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     on_progress: Callable[[int, int, dict], None] | None = None,
+    data_ranks: int | None = None,
 ) -> TrainResult:
     """Train a ``TrajGPT`` on the train shards of ``shards_dir`` (statistics: its ``stats.json``,
-    or ``cfg.init_checkpoint``'s), mixing sources with ``probabilities`` (default: by windows)."""
+    or ``cfg.init_checkpoint``'s), mixing sources with ``probabilities`` (default: by windows).
+
+    ``data_ranks`` (default: the number of processes W) fixes the data order: the global batch
+    is the concatenation of ``data_ranks`` streams' local batches, process ``r`` reading streams
+    ``r * data_ranks / W ...``. A 1-process run with ``data_ranks=2`` therefore sees exactly the
+    batches of a 2-process run (tests/test_pretrain_ddp.py compares them), and a run can resume
+    on another number of processes without changing its data."""
     if cfg.ema_decay > 0 or cfg.select_by != "loss":
         raise ValueError("the streamed trainer keeps the best validation loss: ema_decay must be 0 and select_by 'loss'")
     checkpoint_dir = Path(checkpoint_dir)
     group, device = _join_group(resolve_device(cfg.device))
     try:
         with _stop_on() as stop:
-            return _pretrain(Path(shards_dir), model_config, cfg, checkpoint_dir, probabilities, on_epoch, on_progress, group, device, stop)
+            return _pretrain(Path(shards_dir), model_config, cfg, checkpoint_dir, probabilities, on_epoch, on_progress, group, device, stop,
+                             data_ranks or group.world)
     finally:
         if group.owns:
             import torch.distributed as dist
@@ -106,11 +114,14 @@ def _streamed_val_loss(model: TrajGPT, shards_dir: Path, model_config: GPTConfig
     return total / pairs if pairs else float("nan")
 
 
-def _pretrain(shards_dir, model_config, cfg, checkpoint_dir, probabilities, on_epoch, on_progress, group: _Group, device, stop) -> TrainResult:
+def _pretrain(shards_dir, model_config, cfg, checkpoint_dir, probabilities, on_epoch, on_progress, group: _Group, device, stop,
+              data_ranks: int) -> TrainResult:
     from trajfm.features.shards import load_manifest
 
-    if cfg.batch_size % group.world:
-        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {group.world} processes (each reads batch_size / W windows)")
+    if data_ranks % group.world:
+        raise ValueError(f"data_ranks {data_ranks} must be a multiple of the {group.world} processes")
+    if cfg.batch_size % data_ranks:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {data_ranks} data ranks (each reads batch_size / W windows)")
     if group.main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(shards_dir)
@@ -125,8 +136,10 @@ def _pretrain(shards_dir, model_config, cfg, checkpoint_dir, probabilities, on_e
     per_epoch, total_steps = planned_stream_steps(manifest["windows"]["train"], cfg)
     P, Q, first = model_config.patch_in, model_config.patch_out, model_config.first_scored_token
     spatial = model_config.space_encoding != "none"
-    stream = ShardStream(shards_dir, "train", group.rank, group.world, cfg.seed, probabilities, model_config.block_size, spatial)
-    loader = make_loader(stream, cfg.batch_size // group.world)
+    per_process = data_ranks // group.world
+    streams = [ShardStream(shards_dir, "train", v, data_ranks, cfg.seed, probabilities, model_config.block_size, spatial)
+               for v in range(group.rank * per_process, (group.rank + 1) * per_process)]
+    loaders = [make_loader(s, cfg.batch_size // data_ranks) for s in streams]
 
     torch.manual_seed(cfg.seed)
     model = TrajGPT(model_config)
@@ -138,13 +151,13 @@ def _pretrain(shards_dir, model_config, cfg, checkpoint_dir, probabilities, on_e
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
     identity = {
         "model_config": model_config.to_dict(), "train_config": _config_identity(cfg), "stats": stats,
-        "shards": manifest["sha256"], "probabilities": {s: float(p) for s, p in zip(stream.sources, stream.p)},
-        "world": group.world,
+        "shards": manifest["sha256"], "probabilities": {s: float(p) for s, p in zip(streams[0].sources, streams[0].p)},
+        "data_ranks": data_ranks,
     }
     step, history, best_val = 0, [], None
     acc = {"loss_sum": 0.0, "batches": 0, "points": 0, "seconds": 0.0}
     last_path, best_path = checkpoint_dir / LAST, checkpoint_dir / BEST
-    resumed = _try_resume_stream(last_path, identity, model, optimizer, scheduler, loader, device, group)
+    resumed = _try_resume_stream(last_path, identity, model, optimizer, scheduler, loaders, device, group)
     if resumed is not None:
         step, history, best_val, acc = resumed["step"], resumed["history"], resumed["best_val"], resumed["acc"]
         if group.main:
@@ -161,21 +174,22 @@ def _pretrain(shards_dir, model_config, cfg, checkpoint_dir, probabilities, on_e
 
     def save_last() -> None:
         rng = _gather_rng(device, group)
-        loaders = _gather_object(loader.state_dict(), group)
+        states = [s for per_rank in _gather_object([ld.state_dict() for ld in loaders], group) for s in per_rank]
         if not group.main:
             return
         save_checkpoint(last_path, model, optimizer, {
             "kind": "stream_state", "identity": identity, "step": step, "total_steps": total_steps, "history": history,
-            "best_val": best_val, "acc": acc, "scheduler": scheduler.state_dict(), "rng": rng, "loaders": loaders,
+            "best_val": best_val, "acc": acc, "scheduler": scheduler.state_dict(), "rng": rng, "loaders": states,
             "world_size": group.world,
         })
 
     mlflow = _mlflow_run() if group.main else None
     model.train()
-    batches = iter(loader)
+    iters = [iter(ld) for ld in loaders]
     t0 = time.perf_counter()
     while step < total_steps:
-        batch = next(batches)
+        parts = [next(it) for it in iters]
+        batch = {k: torch.cat([b[k] for b in parts]) for k in parts[0]}
         x, mask = batch["x"], batch["mask"]
         lonlat = batch.get("lonlat")
         micro = [m for m in torch.tensor_split(torch.arange(len(x)), cfg.grad_accum_steps) if len(m)]
@@ -245,7 +259,7 @@ def _gather_object(obj, group: _Group) -> list:
     return out
 
 
-def _try_resume_stream(path: Path, identity: dict, model, optimizer, scheduler, loader, device, group: _Group) -> dict | None:
+def _try_resume_stream(path: Path, identity: dict, model, optimizer, scheduler, loaders, device, group: _Group) -> dict | None:
     if not path.exists():
         return None
     try:
@@ -255,12 +269,13 @@ def _try_resume_stream(path: Path, identity: dict, model, optimizer, scheduler, 
         return None
     extra = ckpt.get("extra", {})
     if extra.get("kind") != "stream_state" or extra.get("identity") != identity:
-        log.warning("%s was written for another config, corpus or world size: starting a fresh run", path)
+        log.warning("%s was written for another config, corpus or data order: starting a fresh run", path)
         return None
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
-    loader.load_state_dict(extra["loaders"][group.rank])
+    for i, ld in enumerate(loaders):  # the states are by data rank, in order
+        ld.load_state_dict(extra["loaders"][group.rank * len(loaders) + i])
     _restore_rng(extra["rng"], device, group)
     return {"step": int(extra["step"]), "history": list(extra["history"]), "best_val": extra["best_val"], "acc": dict(extra["acc"])}
 
@@ -272,6 +287,7 @@ def run_pretraining(
     shards_dir: str | Path, root=None, preset: str = "base-small", model_overrides: dict | None = None,
     train_overrides: dict | None = None, probabilities: dict[str, float] | None = None, lineage: dict | None = None,
     on_epoch: Callable[[dict, float], None] | None = None, on_progress: Callable[[int, int, dict], None] | None = None,
+    data_ranks: int | None = None,
 ) -> Path:
     """Stage ``pretrain``: ``pretrain_stream`` on a shards stage; returns the stage directory
     (``model.pt`` in the train stage's format, ``history.json``, a manifest with the configs, the
@@ -291,7 +307,7 @@ def run_pretraining(
         model_config = load_preset(preset, **(model_overrides or {}))
     key = stable_hash({"shards": read_manifest(shards_dir)["key"], "preset": preset, "model": model_config.to_dict(),
                        "train": _config_identity(cfg, ignore=("device", "log_every", "progress")),
-                       "probabilities": probabilities, "world": int(os.environ.get("WORLD_SIZE", "1")), "v": 1})
+                       "probabilities": probabilities, "data_ranks": data_ranks or int(os.environ.get("WORLD_SIZE", "1")), "v": 1})
     out = root / STAGE / key
     if is_complete(out):
         return out
@@ -304,7 +320,7 @@ def run_pretraining(
             on_epoch(record, min(record["step"] / max(total, 1), 1.0))
 
     result = pretrain_stream(shards_dir, model_config, cfg, root / CHECKPOINT_STAGE / f"pretrain-{key}", probabilities,
-                             on_epoch=report, on_progress=on_progress)
+                             on_epoch=report, on_progress=on_progress, data_ranks=data_ranks)
     if _global_rank() != 0:
         return out
     stats = json.loads((Path(shards_dir) / "stats.json").read_text())
@@ -344,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", default="{}")
     parser.add_argument("--probabilities", default="null", help="mixing probability per source as JSON (default: by windows)")
     parser.add_argument("--lineage", default="{}")
+    parser.add_argument("--data-ranks", type=int, default=None, help="streams the global batch is drawn from (default: processes)")
     parser.add_argument("--report-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -351,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_progress:
         on_epoch, on_progress = _progress_printers()
     out = run_pretraining(args.shards_dir, args.root, args.preset, json.loads(args.model), json.loads(args.train),
-                          json.loads(args.probabilities), json.loads(args.lineage), on_epoch=on_epoch, on_progress=on_progress)
+                          json.loads(args.probabilities), json.loads(args.lineage), on_epoch=on_epoch, on_progress=on_progress,
+                          data_ranks=args.data_ranks)
     if _global_rank() == 0:
         print(out, flush=True)
     return 0

@@ -212,4 +212,7 @@ def make_loader(stream: ShardStream, batch_size: int, num_workers: int = 0):
 
     if num_workers:
         raise ValueError("ShardStream is read by the training process itself: num_workers must be 0")
-    return StatefulDataLoader(stream, batch_size=batch_size, num_workers=0)
+    # a private generator: a DataLoader iterator draws its base seed from it, never from the global
+    # RNG that dropout uses (a resumed run restores that RNG, then makes a new iterator)
+    generator = torch.Generator().manual_seed(stream.seed)
+    return StatefulDataLoader(stream, batch_size=batch_size, num_workers=0, generator=generator)
