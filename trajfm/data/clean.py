@@ -55,6 +55,7 @@ from typing import Mapping, Union
 import numpy as np
 import pandas as pd
 
+from trajfm.data.sampling import DEFAULT_UPSAMPLE_TOLERANCE, effective_interval_ns, median_step_ns
 from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, REASONS, empty_points, to_canonical
 from trajfm.geo import haversine_m
 
@@ -83,6 +84,10 @@ class PreprocessParams:
     ``stop_max_diameter_m``: a stop stays within this diameter, metres (MovingPandas' measure).
     ``stop_min_duration_s``: and lasts at least this long, seconds.
     ``generalize_s``: keep fixes at least this many seconds apart before resampling (0: off).
+    ``upsample_tolerance``: a source whose native interval (median seconds between its fixes) is
+    more than this times ``interval_s`` is resampled at the smallest multiple of ``interval_s``
+    at or above its native interval instead, never interpolated finer (``trajfm.data.sampling``;
+    ``inf``: always ``interval_s``; ``1``: never finer than native).
     """
 
     v_max_mps: float = 30.0
@@ -94,6 +99,7 @@ class PreprocessParams:
     stop_max_diameter_m: float = 100.0
     stop_min_duration_s: float = 600.0
     generalize_s: float = 0.0
+    upsample_tolerance: float = DEFAULT_UPSAMPLE_TOLERANCE
 
     def __post_init__(self) -> None:
         for name in ("v_max_mps", "max_gap_s", "interval_s", "stop_max_diameter_m", "stop_min_duration_s"):
@@ -103,6 +109,8 @@ class PreprocessParams:
             raise ValueError(f"min_points must be >= 1, min_duration_s and generalize_s >= 0, got {self}")
         if round(self.interval_s * NS_PER_S) < 1:
             raise ValueError(f"interval_s {self.interval_s} is below a nanosecond")
+        if not float(self.upsample_tolerance) >= 1.0:
+            raise ValueError(f"upsample_tolerance must be >= 1 (inf: always interval_s), got {self.upsample_tolerance}")
 
     @classmethod
     def for_kind(cls, kind: str, **overrides) -> "PreprocessParams":
@@ -153,6 +161,58 @@ KIND_DEFAULTS: dict[str, PreprocessParams] = {
     "aircraft": PreprocessParams(
         v_max_mps=350.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
         stop_max_diameter_m=500.0, stop_min_duration_s=900.0,
+    ),
+    # Kinds of the pre-training corpus (../shared/data/corpus, docs/corpus.md). Each interval is
+    # the kind's usual native sampling or coarser; a source sampled more coarsely than its kind's
+    # interval is resampled at its own rate (trajfm.data.sampling), never interpolated finer.
+    # Trams (GTFS-RT / AVL, 5-15 s): line speeds top out near 70 km/h, 25 m/s = 90 km/h. A tram
+    # at a platform dwells < 1 min; 10 min within 100 m is a layover at the terminus.
+    "tram": PreprocessParams(
+        v_max_mps=25.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
+        stop_max_diameter_m=100.0, stop_min_duration_s=600.0,
+    ),
+    # Trolleybuses (AVL, 5-20 s): tied to the overhead wires, limited to about 65 km/h; 30 m/s
+    # = 108 km/h still flags the jumps. Stops and layovers as buses.
+    "trolleybus": PreprocessParams(
+        v_max_mps=30.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
+        stop_max_diameter_m=100.0, stop_min_duration_s=600.0,
+    ),
+    # Tropical/extratropical cyclones (best-track analyses, 6 h synoptic fixes): storms translate
+    # at up to ~25 m/s in extratropical transition; 40 m/s is never a real track. 12 h without a
+    # fix splits (a skipped synoptic time is normal, two are not). Many systems live 1-3 days, so
+    # 5 fixes over 24 h is enough. A storm stalled within 50 km for 2 days is a stop.
+    "storm": PreprocessParams(
+        v_max_mps=40.0, max_gap_s=43200.0, interval_s=21600.0, min_points=5, min_duration_s=86400.0,
+        stop_max_diameter_m=50000.0, stop_min_duration_s=172800.0,
+    ),
+    # Icebergs (daily scatterometer positions; days are missing when no pass saw them): they
+    # drift at < 1 m/s; 3 m/s (260 km/day) is a mislocated berg. 3 days without a fix splits;
+    # 10 fixes over 10 days make a track. Grounded within 10 km for 30 days is a stop.
+    "ice": PreprocessParams(
+        v_max_mps=3.0, max_gap_s=259200.0, interval_s=86400.0, min_points=10, min_duration_s=864000.0,
+        stop_max_diameter_m=10000.0, stop_min_duration_s=2592000.0,
+    ),
+    # Ocean and sea-ice drifters, wave buoys (Iridium/GPS, 30 min): surface currents and ice drift
+    # stay under ~2.5 m/s; 5 m/s flags fixes on a ship deck or bad fixes. 6 h of silence splits
+    # (lost messages). Frozen in / grounded within 500 m for a day is a stop.
+    "drifter": PreprocessParams(
+        v_max_mps=5.0, max_gap_s=21600.0, interval_s=1800.0, min_points=10, min_duration_s=21600.0,
+        stop_max_diameter_m=500.0, stop_min_duration_s=86400.0,
+    ),
+    # Mammals on land and at sea (GPS/Argos collars and tags: fishers 2 min, buffalo 1 h, deer
+    # 6 h, seals tens of minutes): buffalo and deer sprint at ~15 m/s, seals swim < 3 m/s, so
+    # 20 m/s marks position errors (Argos' km-scale ones included). Collars are duty-cycled: 12 h
+    # without a fix splits. Bedding or hauled out within 50 m for 2 h is a stop.
+    "animal": PreprocessParams(
+        v_max_mps=20.0, max_gap_s=43200.0, interval_s=600.0, min_points=10, min_duration_s=7200.0,
+        stop_max_diameter_m=50.0, stop_min_duration_s=7200.0,
+    ),
+    # Bats (GPS tags, minutes apart at night): fast fliers, ~15 m/s commuting; 25 m/s flags
+    # errors. They roost all day: 3 h without a fix splits the nights' foraging trips. A night
+    # roost is 1 h within 100 m.
+    "bat": PreprocessParams(
+        v_max_mps=25.0, max_gap_s=10800.0, interval_s=600.0, min_points=10, min_duration_s=3600.0,
+        stop_max_diameter_m=100.0, stop_min_duration_s=3600.0,
     ),
 }
 
@@ -236,6 +296,7 @@ def empty_counts() -> dict:
         "n_trajectories": 0,
         "n_segments": 0,
         "n_input_trajectories": 0,
+        "n_native_interval": 0,  # kept pieces resampled at their native interval, not the kind's
     }
 
 
@@ -601,7 +662,8 @@ def _engine(name: str):
 
 
 def clean_partition(
-    df: pd.DataFrame, params: ParamsLike = None, engine: str = "vectorized"
+    df: pd.DataFrame, params: ParamsLike = None, engine: str = "vectorized",
+    native_interval_s: Mapping[str, float] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Clean, split, filter and resample every trajectory in ``df`` (canonical points).
 
@@ -610,6 +672,10 @@ def clean_partition(
     result depends on the content only). ``params``: see ``normalize_params`` (per-kind
     defaults when ``None``). ``engine``: ``"vectorized"`` (numpy) or ``"movingpandas"`` (the
     same steps through MovingPandas; slow, for reference and parity checks).
+    ``native_interval_s``: each source's native interval in seconds (``source`` -> s), which
+    decides its resampling interval (``trajfm.data.sampling``); sources it does not name are
+    measured on ``df`` (``sampling.source_native_interval_s``: exact when ``df`` holds the
+    whole source; the preprocess stage passes the whole input's).
 
     Returns ``(points, quarantine, counts)``:
 
@@ -643,6 +709,11 @@ def clean_partition(
     kind_codes = kind_codes[order] if order is not None else kind_codes
     kind_names = [str(k) for k in df["kind"].cat.categories]
     row_of = order if order is not None else np.arange(n)
+    src_codes = df["source"].cat.codes.to_numpy()
+    src_codes = src_codes[order] if order is not None else src_codes
+    src_native_ns = _source_native_ns(
+        traj_codes, t_all, src_codes, [str(s) for s in df["source"].cat.categories], native_interval_s
+    )
 
     reason = np.zeros(n, dtype=np.int8)
     notes: list = []  # (sorted rows, detail or details) for every rejected row
@@ -696,6 +767,11 @@ def clean_partition(
     min_points = _per_row(kind_params, p_kind, "min_points")
     min_dur_ns = np.round(_per_row(kind_params, p_kind, "min_duration_s") * NS_PER_S).astype(np.int64)
     interval_ns = np.round(_per_row(kind_params, p_kind, "interval_s") * NS_PER_S).astype(np.int64)
+    # Sampling rate is the data's: never interpolate a source much finer than its own fixes.
+    p_src = src_codes[live][p_first]
+    native_ns = np.where(p_src >= 0, src_native_ns[np.maximum(p_src, 0)], 0)
+    kind_interval_ns = interval_ns
+    interval_ns = effective_interval_ns(interval_ns, native_ns, _per_row(kind_params, p_kind, "upsample_tolerance"))
     n_pts = pieces.end - pieces.start
     t_first, t_last = t[p_first], t[p_last]
     n_grid = np.maximum(t_last // interval_ns - (-(-t_first // interval_ns)) + 1, 0)
@@ -715,6 +791,7 @@ def clean_partition(
 
     # Kept pieces in output order: by their new traj_id as text ("x_10" sorts before "x_2").
     kept = np.flatnonzero(long_enough)
+    n_native_interval = int((interval_ns[kept] != kind_interval_ns[kept]).sum())
     new_ids = [f"{traj_names[c]}_{k}" for c, k in zip(p_traj[kept], pieces.k[kept])]
     by_id = sorted(range(len(kept)), key=new_ids.__getitem__)
     kept = kept[by_id]
@@ -761,10 +838,21 @@ def clean_partition(
         n_trajectories=int(len(kept)),
         n_segments=int(pieces.n_segments),
         n_input_trajectories=int(len(traj_names)),
+        n_native_interval=n_native_interval,
     )
     if counts["rows_in"] != counts["rows_kept"] + counts["rows_quarantined"]:
         raise AssertionError(f"clean lost rows: {counts}")
     return points, quarantine, counts
+
+
+def _source_native_ns(traj_codes, t_ns, src_codes, src_names, given) -> np.ndarray:
+    """Native interval (int64 ns; 0: unknown) per source code: ``given`` seconds where named,
+    else the median positive step of the source's trajectories in these (sorted) rows."""
+    out = median_step_ns(traj_codes, t_ns, src_codes, len(src_names))
+    for code, name in enumerate(src_names):
+        if given is not None and name in given and given[name] is not None:
+            out[code] = int(round(float(given[name]) * NS_PER_S))
+    return out
 
 
 def _points_frame(df, new_ids, head, piece, grid_t, out_lon, out_lat) -> pd.DataFrame:

@@ -144,7 +144,8 @@ def preprocess(
     with dask_runner(scheduler, dask_address, n_workers) as runner, StageWriter(root, STAGE, key) as writer:
         n_rows = _num_rows(points_path)
         parts = int(npartitions or default_npartitions(n_rows, runner.n_workers))
-        job = _Job(str(points_path), table, engine, str(writer.path))
+        native = native_intervals(points_path)
+        job = _Job(str(points_path), table, engine, str(writer.path), native)
         written = None
         if partition_by == "range":
             written = _run_ranges(runner, job, n_rows, parts)
@@ -162,9 +163,21 @@ def preprocess(
             engine=engine,
             dask=dict(runner.info, npartitions=parts, partition_by=written.partition_by, parts_written=written.n_parts),
             ingest={"dir": str(ingest_dir), "key": ingest_manifest.get("key")},
+            native_interval_s=native,
             elapsed_s=round(time.perf_counter() - started, 3),
         )
     return writer.final
+
+
+def native_intervals(points_path: str | os.PathLike) -> dict[str, float]:
+    """Each source's native interval (median seconds between fixes) over the whole ingest output,
+    so every partition resamples a source alike (``trajfm.data.sampling``). Reads three columns."""
+    import pyarrow.parquet as pq
+
+    from trajfm.data.sampling import source_native_interval_s
+
+    df = pq.read_table(points_path, columns=["traj_id", "t", "source"], read_dictionary=["traj_id", "source"]).to_pandas()
+    return source_native_interval_s(df)
 
 
 def default_npartitions(n_rows: int, n_workers: int) -> int:
@@ -285,6 +298,7 @@ class _Job:
     table: dict
     engine: str
     out_dir: str
+    native_interval_s: dict | None = None  # source -> native interval (s), over the whole input
 
 
 @dataclass
@@ -407,7 +421,7 @@ def _clean_range(job: _Job, lo: int, hi: int) -> _Part:
 
 
 def _clean(df: pd.DataFrame, job: _Job) -> _Part:
-    points, quarantine, counts = clean_partition(df, job.table, engine=job.engine)
+    points, quarantine, counts = clean_partition(df, job.table, engine=job.engine, native_interval_s=job.native_interval_s)
     categories = {c: _category_values(df[c]) for c in ("kind", "source") if len(df)}
     return _Part(points, quarantine, counts, categories=categories)
 

@@ -10,7 +10,8 @@ def processed_gate_params(preprocess_manifest: dict, kinds: list[str], overrides
 
     ``v_max_mps``: the largest speed limit among the kinds present (the cleaner enforced each
     kind's own, so none may exceed it); ``min_points``: the fewest resampled fixes a kept segment
-    can have, ``floor(min_duration_s / interval_s)`` (grid points inside the shortest kept span), at least 2. ``overrides`` win.
+    can have, ``floor(min_duration_s / interval_s)`` (grid points inside the shortest kept span), at least 2
+    (2 when a source was resampled at its coarser native interval). ``overrides`` win.
     """
     table = preprocess_manifest.get("params", {})
     chosen = [table.get(k) or table.get("*") for k in kinds]
@@ -19,5 +20,9 @@ def processed_gate_params(preprocess_manifest: dict, kinds: list[str], overrides
     if chosen:
         out["v_max_mps"] = max(float(p["v_max_mps"]) for p in chosen)
         out["min_points"] = max(2, min(int(math.floor(p["min_duration_s"] / p["interval_s"])) for p in chosen))
+        if preprocess_manifest.get("n_native_interval", 0):
+            # Some source was resampled at its own, coarser interval (trajfm.data.sampling): the
+            # shortest kept piece is then only guaranteed its 2 resampled fixes.
+            out["min_points"] = 2
     out.update(overrides or {})
     return out

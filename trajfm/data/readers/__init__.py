@@ -9,6 +9,7 @@ format             module                      files                            
 ``porto``          ``porto.py``                ``.csv`` with TRIP_ID, POLYLINE     vehicle
 ``tdrive``         ``tdrive.py``               ``.txt``: ``id,datetime,lon,lat``   vehicle
 ``generic``        ``generic.py``              ``.csv``/``.parquet`` + ``columns`` (given)
+``canonical``      ``canonical.py``            ``.parquet`` with the contract columns (rows')
 =================  ==========================  ==================================  ========
 
 Every reader turns a file (a local path or any fsspec URL; ``.gz``/``.bz2``/``.xz`` are
@@ -25,7 +26,9 @@ API: ``read_file(path, format=None, kind=None, **options) -> ReadResult``;
 Format detection (``format=None``) by extension, and for ``.csv``/``.txt`` by the first line:
 ``.traj`` -> tracktable, ``.plt`` -> geolife, ``.csv`` naming BaseDateTime/LON/LAT/MMSI ->
 marinecadastre, ``.csv`` naming TRIP_ID/POLYLINE -> porto, ``.txt`` whose first line is
-``id,YYYY-MM-DD HH:MM:SS,lon,lat`` -> tdrive. Anything else (e.g. the generic format, which needs
+``id,YYYY-MM-DD HH:MM:SS,lon,lat`` -> tdrive; ``.parquet`` by its schema: the contract's columns
+(``traj_id, obj_id, t, lon, lat, kind, source``) -> canonical, other Parquet is not detected (it
+needs the generic reader and a column mapping). Anything else (e.g. the generic format, which needs
 a column mapping) raises ``ValueError`` naming the file; pass ``format=`` to choose a reader.
 """
 
@@ -43,6 +46,9 @@ from trajfm.data.readers.base import (
     SourceFile,
     SourceFormatError,
 )
+from trajfm.data.readers.canonical import CANONICAL
+from trajfm.data.readers.canonical import EXTENSIONS as _PARQUET_EXTENSIONS
+from trajfm.data.readers.canonical import missing_columns as _canonical_missing
 from trajfm.data.readers.generic import GENERIC
 from trajfm.data.readers.geolife import GEOLIFE
 from trajfm.data.readers.marinecadastre import MARINECADASTRE, read_marinecadastre
@@ -53,7 +59,9 @@ from trajfm.data.readers.tracktable import TRACKTABLE, read_tracktable
 
 Reader = Callable[..., ReadResult]
 
-READERS: dict[str, Format] = {f.name: f for f in (TRACKTABLE, MARINECADASTRE, GEOLIFE, PORTO, TDRIVE, GENERIC)}
+READERS: dict[str, Format] = {
+    f.name: f for f in (TRACKTABLE, MARINECADASTRE, GEOLIFE, PORTO, TDRIVE, GENERIC, CANONICAL)
+}
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -120,6 +128,8 @@ def detect_format(path: "str | os.PathLike | SourceFile") -> str:
             f"{file}: no reader recognises {file.suffix!r} files; pass format= one of {sorted(READERS)} "
             f"(the generic format also needs columns=)"
         )
+    if file.suffix in _PARQUET_EXTENSIONS:
+        return _detect_parquet(file, candidates)
     first = _first_line(file)
     for fmt in candidates:
         if fmt.sniff is None or not first or fmt.sniff(first):
@@ -128,6 +138,17 @@ def detect_format(path: "str | os.PathLike | SourceFile") -> str:
     raise ValueError(
         f"{file}: first line is not a known {file.suffix} format ({hints}); first line: {first[:120]!r}. "
         f"Pass format= one of {sorted(READERS)} (generic needs columns=)"
+    )
+
+
+def _detect_parquet(file: SourceFile, candidates: list[Format]) -> str:
+    """Parquet is binary: recognised by its schema (the contract's columns -> canonical)."""
+    missing = _canonical_missing(file)
+    if not missing and any(f.name == CANONICAL.name for f in candidates):
+        return CANONICAL.name
+    raise ValueError(
+        f"{file}: Parquet without the canonical columns (lacks {missing}); pass format='generic' with "
+        f"columns= mapping the file's columns to traj_id/obj_id, t, lon, lat"
     )
 
 
