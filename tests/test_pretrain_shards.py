@@ -58,7 +58,7 @@ def test_every_point_is_accounted_for_and_shards_are_bounded(corpus_sources, wri
     for name, path in corpus_sources:
         src = manifest["sources"][name]
         assert src["points_in"] == len(pd.read_parquet(path, columns=["t"]))
-        assert src["points_in"] == src["points_in_shards"] + src["points_too_short"]
+        assert src["points_in"] == src["view_points"] == src["points_in_shards"] + src["points_too_short"]
         assert sum(sh["points"] for sh in manifest["shards"] if sh["source"] == name) == src["points_in_shards"]
         assert "min_points" in src["quarantine_reason"]
     assert manifest["points_in"] == manifest["points_in_shards"] + manifest["points_too_short"]
@@ -99,3 +99,26 @@ def test_the_stage_is_written_once(corpus_sources, tmp_path):
     assert (first / "manifest.json").is_file() and load_manifest(first)["windows"]["train"] > 0
     with pytest.raises(ValueError, match="split_by must be 'source'"):
         ShardParams(WindowParams(split_by="global"))
+
+
+def test_coarser_views_are_sharded_and_accounted(corpus_sources, tmp_path):
+    params = ShardParams(PARAMS.windows, max_windows=700, coarsen=(1, 2, 4))
+    name, path = corpus_sources[1]  # Riga transit, 10 s: views at 20 s and 40 s
+    manifest = write_shards([(name, path)], tmp_path, params, chunk_rows=7_000)
+    src = manifest["sources"][name]
+    n = len(pd.read_parquet(path, columns=["t"]))
+    assert src["points_in"] == n and src["view_points"] == src["points_in_shards"] + src["points_too_short"]
+    views = src["views"]
+    assert set(views) == {"1", "2", "4"} and all(v["rows_in"] == n for v in views.values())
+    assert all(v["rows_in"] == v["rows_kept"] + v["rows_skipped"] + v["rows_in_short_views"] for v in views.values())
+    assert src["view_points"] == sum(v["rows_kept"] for v in views.values())
+    train = load_split(tmp_path, "train")
+    ids = train.traj_id.astype(str)
+    def median_step_s(rows):
+        t, mask = train.t_ns[rows], train.mask[rows]
+        steps = np.diff(t, axis=1)[mask[:, 1:]]
+        return float(np.median(steps)) / 1e9
+
+    native = median_step_s(np.char.find(ids, "@x") < 0)
+    dt = {m: median_step_s(np.char.endswith(ids, f"@x{m}")) for m in (2, 4)}
+    assert dt[2] == pytest.approx(2 * native, rel=0.2) and dt[4] == pytest.approx(4 * native, rel=0.2)

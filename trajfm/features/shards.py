@@ -9,11 +9,18 @@ times cut at its own ``train_frac`` / ``train_frac + val_frac`` quantiles: a cor
 (``encode_points``) and the same cutting (``_windows_of_piece``), so a streamed trainer sees the
 windows an in-memory trainer would (tests/test_pretrain_shards.py checks it on real data).
 
+Sampling rates: with ``coarsen=(1, 2, 4)`` each chunk of trajectories is also cut at 2x and 4x
+its native interval first (``trajfm.data.sampling.coarsen_views``: every m-th fix, never finer
+than the input), each view a trajectory of its own (``<traj_id>@x<m>``), so the model meets
+every source at several sampling intervals.
+
 The stage's ``manifest.json`` lists every shard (split, source, windows, points, sha256, bytes)
 and per source: points read, points in shards, points in pieces too short to keep (the
 "quarantine" of this step, with its reason), windows per split. Points are accounted once:
-``points_in == points_in_shards + points_too_short`` for every source (a window that overlaps
-the previous one of its piece counts only its new points). ``stats.json`` holds the
+``view_points == points_in_shards + points_too_short`` for every source (a window that overlaps
+the previous one of its piece counts only its new points), where ``view_points`` are the points
+of all views (``points_in`` without coarsening); per multiplier, ``coarsen_views``' own counts
+(``rows_in == rows_kept + rows_skipped + rows_in_short_views``). ``stats.json`` holds the
 normalization statistics of the train split only, over all sources, merged chunk by chunk
 (Chan et al.'s parallel mean/variance) instead of from all windows in memory; they equal
 ``normalization_stats`` of the concatenated train windows up to float rounding.
@@ -43,10 +50,14 @@ N_CONT = 3  # continuous features normalized (dx_m, dy_m, log_dt_s); the cycles 
 class ShardParams:
     windows: WindowParams = field(default_factory=lambda: WindowParams(split_by="source"))
     max_windows: int = 4096  # windows per shard: 4096 x 64 points x 7 features float32 ~ 7 MB of x
+    coarsen: tuple[int, ...] = (1,)  # sampling-interval multipliers (1 = native; a corpus' ``coarsen``)
 
     def __post_init__(self) -> None:
         if isinstance(self.windows, dict):
             self.windows = WindowParams(**self.windows)
+        self.coarsen = tuple(int(m) for m in self.coarsen)
+        if not self.coarsen or any(m < 1 for m in self.coarsen) or len(set(self.coarsen)) != len(self.coarsen):
+            raise ValueError(f"coarsen must be distinct whole multipliers >= 1, got {self.coarsen}")
         if self.max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {self.max_windows}")
         if self.windows.split_by != "source":
@@ -220,15 +231,17 @@ def write_shards(sources: Iterable[tuple[str, str | Path]], out: str | Path, par
 
         t = time_ns(pq.read_table(path, columns=["t"]).column("t").to_pandas())
         if len(t) == 0:
-            per_source[name] = {"points_in": 0, "points_in_shards": 0, "points_too_short": 0,
-                                "pieces": 0, "pieces_too_short": 0, "windows": {s: 0 for s in SPLITS}}
+            per_source[name] = {"points_in": 0, "view_points": 0, "points_in_shards": 0, "points_too_short": 0,
+                                "pieces": 0, "pieces_too_short": 0, "windows": {s: 0 for s in SPLITS}, "views": {}}
             continue
         cuts = source_cut_times(t, params.windows)
         sinks = {s: _ShardSink(out, name, s, params) for s in SPLITS}
-        acc = {"points_in": 0, "points_in_shards": 0, "points_too_short": 0, "pieces": 0, "pieces_too_short": 0,
-               "windows": {s: 0 for s in SPLITS}}
+        acc = {"points_in": 0, "view_points": 0, "points_in_shards": 0, "points_too_short": 0, "pieces": 0,
+               "pieces_too_short": 0, "windows": {s: 0 for s in SPLITS}, "views": {}}
         for chunk in read_chunks(path, chunk_rows):
             acc["points_in"] += len(chunk)
+            chunk = _views(chunk, params, acc["views"])
+            acc["view_points"] += len(chunk)
             items, counts, new = chunk_windows(chunk, cuts, params.windows)
             for s in SPLITS:
                 c = counts[s]
@@ -244,17 +257,18 @@ def write_shards(sources: Iterable[tuple[str, str | Path]], out: str | Path, par
         for sink in sinks.values():
             sink.flush()
             shards.extend(sink.shards)
-        if acc["points_in"] != acc["points_in_shards"] + acc["points_too_short"]:
+        if acc["view_points"] != acc["points_in_shards"] + acc["points_too_short"]:
             raise AssertionError(f"source {name}: {acc} does not add up")  # a bug here, never bad input
         acc["cuts_ns"] = list(cuts)
         acc["quarantine_reason"] = f"piece shorter than min_points={params.windows.min_points}"
         per_source[name] = acc
     manifest = {
-        "params": {"windows": asdict(params.windows), "max_windows": params.max_windows},
+        "params": _params_json(params),
         "shards": shards,
         "sources": per_source,
         "windows": {s: sum(sh["windows"] for sh in shards if sh["split"] == s) for s in SPLITS},
         "points_in": sum(v["points_in"] for v in per_source.values()),
+        "view_points": sum(v["view_points"] for v in per_source.values()),
         "points_in_shards": sum(v["points_in_shards"] for v in per_source.values()),
         "points_too_short": sum(v["points_too_short"] for v in per_source.values()),
     }
@@ -266,6 +280,25 @@ def write_shards(sources: Iterable[tuple[str, str | Path]], out: str | Path, par
     return manifest
 
 
+def _params_json(params: ShardParams) -> dict:
+    return {"windows": asdict(params.windows), "max_windows": params.max_windows, "coarsen": list(params.coarsen)}
+
+
+def _views(chunk: pd.DataFrame, params: ShardParams, counts: dict) -> pd.DataFrame:
+    """The chunk's trajectories at each multiplier of ``params.coarsen`` (native only: as is);
+    ``counts[m]`` accumulates ``coarsen_views``' accounting."""
+    if params.coarsen == (1,):
+        return chunk
+    from trajfm.data.sampling import coarsen_views
+
+    views, c = coarsen_views(chunk, params.coarsen, min_points=1)  # short views are counted by the windows step
+    for m, cm in c.items():
+        total = counts.setdefault(str(m), {k: 0 for k in cm})
+        for k, v in cm.items():
+            total[k] += v
+    return views.drop(columns="multiplier")
+
+
 def make_shards(sources: list[tuple[str, str]], root=None, params: ShardParams | None = None) -> Path:
     """Stage ``shards``: ``write_shards`` into ``<root>/shards/<key>/`` (key: the sources' file
     fingerprints and the params), atomically; an identical request returns the finished stage."""
@@ -274,7 +307,7 @@ def make_shards(sources: list[tuple[str, str]], root=None, params: ShardParams |
     params = params or ShardParams()
     root = data_root(root)
     key = stable_hash({"sources": [[n, file_fingerprint(p)] for n, p in sources],
-                       "params": {"windows": asdict(params.windows), "max_windows": params.max_windows}, "v": 1})
+                       "params": _params_json(params), "v": 1})
     final = root / SHARD_STAGE / key
     if is_complete(final):
         return final
