@@ -377,3 +377,39 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- the corpus side: what the ``pretrain`` flow asks of the library --------------------------
+
+
+def source_preprocess_params(source) -> dict:
+    """Preprocess parameters of a corpus source (``trajfm.data.corpus.CorpusSource``): every
+    kind's defaults resampled at the source's own native interval (``NATIVE_RESAMPLING``: never
+    finer than native, so no source is upsampled), then the source's ``clean`` overrides (flat
+    fields for every kind, or per kind) on top. A JSON-able kind -> fields table."""
+    from trajfm.data.clean import KIND_DEFAULTS, params_to_json
+    from trajfm.data.sampling import NATIVE_RESAMPLING
+
+    table = {kind: {**fields, **NATIVE_RESAMPLING} for kind, fields in params_to_json(None).items()}
+    clean = dict(source.clean or {})
+    if clean and all(k not in KIND_DEFAULTS and k != "*" for k in clean):  # flat overrides: every kind
+        clean = {kind: clean for kind in table}
+    for kind, fields in clean.items():
+        if kind == "*":
+            for k in table:
+                table[k] = {**table[k], **fields}
+        else:
+            table[kind] = {**table.get(kind, table.get("*", {})), **fields}
+    return table
+
+
+def corpus_mixing(corpus, shards_dir: str | Path) -> dict[str, float]:
+    """The corpus' mixing probability of each source (``mixing_probabilities``: temperature
+    sampling over weights and sizes), sizes being the train windows of each source's shards
+    (0 for a source that made none)."""
+    from trajfm.data.corpus import mixing_probabilities
+    from trajfm.features.shards import load_manifest
+
+    sources = load_manifest(shards_dir)["sources"]
+    counts = {s.name: int(sources.get(s.name, {}).get("windows", {}).get("train", 0)) for s in corpus.sources}
+    return mixing_probabilities(corpus, counts)
