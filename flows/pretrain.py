@@ -18,6 +18,7 @@ def pretrain(
     corpus: str = "base",
     data_root: str | None = None,
     preset: str = "base-small",
+    model_overrides: dict | None = None,
     epochs: int = 1,
     max_steps: int | None = None,
     batch_size: int = 64,
@@ -41,6 +42,7 @@ def pretrain(
         corpus: a corpus name (``corpora/<name>.yaml``) or a YAML path.
         data_root: where the stages, checkpoints and the MLflow registry live.
         preset: model preset (``base-small``, ``base``, ``base-large`` or any other).
+        model_overrides: ``GPTConfig`` fields changed from the preset's.
         epochs: nominal epochs (train windows / batch_size steps each).
         max_steps: cap on optimizer steps (the schedule is laid out over it).
         batch_size: windows per optimizer step over all processes.
@@ -83,7 +85,7 @@ def pretrain(
     probabilities = corpus_mixing(c, shards_dir)
     corpus_sha = load_corpus(corpus).sha256()
     overrides = {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr, **(train_overrides or {})}
-    pretrain_dir = pretrain_task(shards_dir, data_root=data_root, preset=preset, train_overrides=overrides,
+    pretrain_dir = pretrain_task(shards_dir, data_root=data_root, preset=preset, model_overrides=model_overrides, train_overrides=overrides,
                                  probabilities={k: v for k, v in probabilities.items() if v > 0},
                                  lineage={"corpus": c.name, "corpus_sha256": corpus_sha}, nproc=nproc, torchrun_args=torchrun_args)
     registration = register_base_task(pretrain_dir, shards_dir, corpus_sha, corpus_name=c.name, data_root=data_root,

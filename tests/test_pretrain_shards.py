@@ -122,3 +122,20 @@ def test_coarser_views_are_sharded_and_accounted(corpus_sources, tmp_path):
     native = median_step_s(np.char.find(ids, "@x") < 0)
     dt = {m: median_step_s(np.char.endswith(ids, f"@x{m}")) for m in (2, 4)}
     assert dt[2] == pytest.approx(2 * native, rel=0.2) and dt[4] == pytest.approx(4 * native, rel=0.2)
+
+
+def test_a_partitioned_dataset_gives_the_shards_of_the_file(corpus_sources, written, tmp_path):
+    """The preprocess stage writes ``points.parquet`` as a directory of partitions."""
+    _, manifest = written
+    name, path = corpus_sources[0]
+    points = pd.read_parquet(path, columns=["traj_id", "t", "lon", "lat"])
+    ids = points["traj_id"].unique()
+    folder = tmp_path / "points.parquet"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(ids, 3)):  # whole trajectories per partition, rows shuffled inside
+        points[points["traj_id"].isin(part)].sample(frac=1.0, random_state=i).to_parquet(folder / f"part.{i}.parquet", index=False)
+    again = write_shards([(name, str(folder))], tmp_path / "out", PARAMS, chunk_rows=7_000)
+    assert again["sources"][name]["windows"] == manifest["sources"][name]["windows"]
+    ours = np.concatenate([load_shard(tmp_path / "out", sh).x for sh in again["shards"] if sh["split"] == "train"])
+    theirs = np.concatenate([load_shard(written[0], sh).x for sh in manifest["shards"] if sh["source"] == name and sh["split"] == "train"])
+    assert sorted(map(bytes, ours)) == sorted(map(bytes, theirs))  # the same windows (in partition order)

@@ -106,11 +106,20 @@ def source_cut_times(t_ns: np.ndarray, params: WindowParams) -> tuple[int, int]:
 
 
 def read_chunks(path: str | Path, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """Processed points of one Parquet file in chunks of whole trajectories (file sorted by
-    ``traj_id, t``, as every stage writes it): a trajectory cut by a read boundary is carried
-    into the next chunk."""
+    """Processed points of one Parquet file, or of a Parquet dataset directory (the preprocess
+    stage's partitions: no trajectory spans two), in chunks of whole trajectories. A file is
+    read in batches of ``rows`` (sorted by ``traj_id, t``, as every stage writes it; a trajectory
+    cut by a read boundary is carried into the next chunk); a partition file is read whole
+    (bounded by the preprocess stage's partition size) and sorted."""
     import pyarrow.parquet as pq
 
+    path = Path(path)
+    if path.is_dir():
+        for part in sorted(path.rglob("*.parquet")):
+            df = pq.read_table(part, columns=["traj_id", "t", "lon", "lat"]).to_pandas()
+            df = df.sort_values(["traj_id", "t"], kind="stable").reset_index(drop=True)
+            yield from _whole_trajectories(df, rows)
+        return
     pf = pq.ParquetFile(path)
     carry: pd.DataFrame | None = None
     for batch in pf.iter_batches(batch_size=rows, columns=["traj_id", "t", "lon", "lat"]):
@@ -127,6 +136,21 @@ def read_chunks(path: str | Path, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFra
             yield df.iloc[:first_of_last].reset_index(drop=True)
     if carry is not None and len(carry):
         yield carry
+
+
+def _whole_trajectories(df: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
+    """Slices of about ``rows`` rows of a sorted frame, cut only between trajectories."""
+    if len(df) == 0:
+        return
+    traj = df["traj_id"].astype(str).to_numpy()
+    starts = np.flatnonzero(np.r_[True, traj[1:] != traj[:-1]])
+    cut, begin = [], 0
+    for s0 in starts[1:]:
+        if s0 - begin >= rows:
+            cut.append(s0)
+            begin = s0
+    for a, b in zip([0, *cut], [*cut, len(df)]):
+        yield df.iloc[a:b].reset_index(drop=True)
 
 
 def chunk_windows(points: pd.DataFrame, cuts: tuple[int, int], params: WindowParams) -> tuple[dict, dict, dict]:
@@ -229,7 +253,7 @@ def write_shards(sources: Iterable[tuple[str, str | Path]], out: str | Path, par
             raise ValueError(f"source {name!r} given twice")
         import pyarrow.parquet as pq
 
-        t = time_ns(pq.read_table(path, columns=["t"]).column("t").to_pandas())
+        t = time_ns(pq.read_table(path, columns=["t"]).column("t").to_pandas())  # a file or a dataset directory
         if len(t) == 0:
             per_source[name] = {"points_in": 0, "view_points": 0, "points_in_shards": 0, "points_too_short": 0,
                                 "pieces": 0, "pieces_too_short": 0, "windows": {s: 0 for s in SPLITS}, "views": {}}
