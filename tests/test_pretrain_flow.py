@@ -70,7 +70,7 @@ def test_pretrain_flow_registers_trajfm_base_with_the_corpus_hash(pretrained):
     assert reg["name"] == "trajfm-base" and reg["version"] == 1 and reg["champion_version"] == 1
     client = MlflowClient(tracking_uri=tracking_uri(root), registry_uri=tracking_uri(root))
     mv = client.get_model_version_by_alias("trajfm-base", "champion")
-    assert mv.version == "1" and mv.tags["trajfm.corpus_sha256"] == sha
+    assert int(mv.version) == 1 and mv.tags["trajfm.corpus_sha256"] == sha
     stage = read_manifest(r["pretrain_dir"])
     assert stage["lineage"]["corpus_sha256"] == sha and stage["final"]["step"] == 6
     assert set(stage["probabilities"]) <= set(r["processed"]) and sum(stage["probabilities"].values()) == pytest.approx(1.0)
