@@ -120,3 +120,16 @@ def test_the_deployment_runs_the_pretrain_flow():
     from trajfm.cli import FLOWS
 
     assert FLOWS["pretrain"] == ("flows.pretrain", "pretrain")
+
+
+def test_init_names_a_registered_version_or_a_file(pretrained, tmp_path):
+    from trajfm.registry.pretrained import resolve_init_checkpoint
+
+    root, _, r = pretrained
+    path = resolve_init_checkpoint("models:/trajfm-base@champion", root)
+    assert Path(path).read_bytes() == (Path(r["pretrain_dir"]) / "model.pt").read_bytes()
+    assert resolve_init_checkpoint("models:/trajfm-base/1", root) == path  # downloaded once
+    with pytest.raises(ValueError, match="no version of 'trajfm-base' has alias 'best'"):
+        resolve_init_checkpoint("models:/trajfm-base@best", root)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_init_checkpoint(str(tmp_path / "missing.pt"), root)
