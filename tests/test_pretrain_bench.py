@@ -17,7 +17,7 @@ def test_bench_pretrain_writes_every_measure(tmp_path):
     from trajfm.cli import main
 
     out = tmp_path / "pretrain.json"
-    assert main(["bench", "pretrain", "--out", str(out), "--scale", "0.001", "--steps", "6", "--batch", "8"]) == 0
+    assert main(["bench", "pretrain", "--out", str(out), "--scale", "0.001", "--steps", "6", "--batch", "8", "--max-windows", "16"]) == 0
     r = json.loads(out.read_text())
     assert r["stream_vs_memory_speed"] == pytest.approx(r["stream_points_per_s"] / r["memory_points_per_s"])
     assert r["corpus"]["10"]["points"] >= 9 * r["corpus"]["1"]["points"] > 0  # the corpus grew 10x
