@@ -8,7 +8,7 @@ markdown table beside it:
   a corpus divided by points/s of ``trajfm.train.train`` on the same windows in memory (same
   model, batch and steps; one torch thread each, timed after a warm-up run). Bar: >= 0.9.
 - ``rss_growth_10x``: peak resident memory of a streamed training process (its own
-  ``ru_maxrss``, from start to end: imports, shards opened, the steps) on a generated replica of
+  ``VmHWM``, from start to end: imports, shards opened, the steps) on a generated replica of
   the real corpus of ``6M x scale`` points, and again at 10x that; the ratio. Bar: <= 1.1. Memory
   is bounded by the shard size (one shard per source in memory): the 1x corpus must fill its
   shards (``--max-windows``) for the ratio to measure growth rather than shards filling up. The
@@ -130,7 +130,9 @@ def _points(history: list[dict], seconds: float) -> dict:
 
 
 def _peak_rss_child(shards: Path, steps: int, batch: int, work: Path) -> int:
-    """Peak RSS (bytes) of a fresh process that runs the streamed trainer on ``shards``."""
+    """Peak RSS (bytes) of a fresh process that runs the streamed trainer on ``shards``: its
+    ``VmHWM`` (the high-water mark of its own address space; ``ru_maxrss`` would also count the
+    parent's pages it was forked from, which grow with the replica the parent wrote)."""
     code = (
         "import json, resource, sys, torch\n"
         "torch.set_num_threads(1)\n"
@@ -138,7 +140,8 @@ def _peak_rss_child(shards: Path, steps: int, batch: int, work: Path) -> int:
         "from trajfm.model import GPTConfig\n"
         "from trajfm.pretrain import pretrain_stream\n"
         f"pretrain_stream({str(shards)!r}, GPTConfig(**MODEL), _train_cfg({steps}, {batch}), {str(work)!r})\n"
-        "print(json.dumps({'maxrss_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+        "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+        "print(json.dumps({'maxrss_kib': hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
