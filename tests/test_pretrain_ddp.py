@@ -73,11 +73,55 @@ def test_two_gloo_processes_reach_the_loss_of_one(tmp_path):
     assert alone.history[0]["train_loss"] != pytest.approx(single.history[0]["train_loss"], rel=1e-4)
 
 
+IN_MEMORY = dict(epochs=2, batch_size=8, lr=3e-3, warmup_steps=2, seed=0, device="cpu", checkpoint_every=0)
+
+
+def in_memory_data():
+    from synthetic_tracks import make_windows, stats_of
+
+    tr = make_windows(n_tracks=10, points=70, window=32, seed=20, stride=16)
+    tr = tr.subset(slice(0, 8 * (len(tr) // 8) + 1))  # the last batch of each epoch: 1 window for 2 processes
+    va = make_windows(n_tracks=3, points=70, window=32, seed=21)
+    return tr, va, stats_of(tr)
+
+
+def test_in_memory_ddp_with_a_last_batch_smaller_than_the_group(tmp_path):
+    """The last global batch has one window: rank 1 has nothing to compute but must still join
+    DDP's gradient all-reduce (with zeros), or both processes wait forever."""
+    from trajfm.model import GPTConfig
+    from trajfm.train import TrainConfig, train
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", __file__, "memory", str(tmp_path / "ddp")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        tr, va, st = in_memory_data()
+        assert len(tr) % IN_MEMORY["batch_size"] == 1
+        single = train(tr, va, GPTConfig(**MODEL), st, TrainConfig(**IN_MEMORY), tmp_path / "single")
+        stdout, stderr = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    report = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
+    assert [h["step"] for h in report["history"]] == [h["step"] for h in single.history]
+    for a, b in zip(report["history"], single.history):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 and abs(a["val_loss"] - b["val_loss"]) < 1e-3
+
+
 def _worker(shards: str, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    res = run(Path(shards), Path(out))
+    if shards == "memory":
+        from trajfm.model import GPTConfig
+        from trajfm.train import TrainConfig, train
+
+        tr, va, st = in_memory_data()
+        res = train(tr, va, GPTConfig(**MODEL), st, TrainConfig(**IN_MEMORY), out)
+    else:
+        res = run(Path(shards), Path(out))
     assert not dist.is_initialized()
     rank = int(os.environ["RANK"])
     (Path(out) / f"rank{rank}.json").write_text(json.dumps({"world": int(os.environ["WORLD_SIZE"]), "history": res.history}))
