@@ -170,6 +170,7 @@ def test_base_corpus_names_every_real_source(corpus_dir):
     named = sorted(Path(f).name for s in c.sources if s.format == "canonical" for f in s.files())
     assert named == parquet
     assert by_name["embedded_ais"].format == "tracktable" and len(by_name["embedded_ais"].files()) == 4
+    assert by_name["embedded_ais_nyharbor_csv"].format == "marinecadastre"  # the demo's five files, all
     assert by_name["geolife_sample"].format == "geolife" and len(by_name["geolife_sample"].files()) > 100
     assert by_name["liverpool_bus"].reader_params["timezone"] == "Europe/London"
     assert all(s.weight > 0 for s in c.sources) and c.coarsen == (1, 2, 4)
@@ -177,3 +178,25 @@ def test_base_corpus_names_every_real_source(corpus_dir):
     p = mixing_probabilities(c, counts)
     assert math.isclose(sum(p.values()), 1.0)
     assert len(c.sha256()) == 64
+
+
+def test_preprocess_params_resample_each_source_at_its_native_rate(tiny, tmp_path):
+    c = load_corpus(tiny)
+    native = c.sources[0].preprocess_params()
+    assert native["bus"].interval_s == 1.0 and native["bus"].upsample_tolerance == 1.0
+    assert native["bus"].v_max_mps == 35.0  # the kind's other defaults stay
+    text = tiny.read_text().replace("    weight: 3\n", "    weight: 3\n    clean: {tram: {v_max_mps: 12}}\n")
+    tiny.write_text(text)
+    b = load_corpus(tiny).sources[1]
+    assert b.preprocess_params()["tram"].v_max_mps == 12 and b.preprocess_params()["tram"].interval_s == 1.0
+    assert b.preprocess_params(native=False)["tram"].interval_s == 30.0
+
+
+def test_clean_report_accounts_for_every_row(tiny):
+    from trajfm.data.corpus import clean_report
+
+    report = clean_report(load_corpus(tiny))
+    assert list(report[["source", "kind"]].itertuples(index=False, name=None)) == [("a", "bus"), ("a", "tram"), ("b", "tram")]
+    reasons = ["duplicate_fix", "duplicate_time", "speed_outlier", "stop", "generalized", "short_trajectory"]
+    assert (report["rows_in"] == report["rows_kept"] + report[reasons].sum(axis=1)).all()
+    assert report["rows_in"].sum() == 90 and (report["interval_s"] == 60.0).all()  # 1 min data: bus 30 s x 1.5 < 60

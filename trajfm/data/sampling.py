@@ -52,7 +52,8 @@ def median_step_ns(codes: np.ndarray, t_ns: np.ndarray, group: np.ndarray, n_gro
     if len(t_ns) < 2:
         return out
     dt = t_ns[1:] - t_ns[:-1]
-    ok = (codes[1:] == codes[:-1]) & (dt > 0) & (group[1:] >= 0)
+    missing = np.iinfo(np.int64).min  # NaT
+    ok = (codes[1:] == codes[:-1]) & (dt > 0) & (group[1:] >= 0) & (t_ns[:-1] != missing)
     dt, g = dt[ok], group[1:][ok]
     if not len(dt):
         return out
@@ -81,34 +82,6 @@ def source_native_interval_s(points: pd.DataFrame) -> dict[str, float]:
     order = np.lexsort((t_ns, traj_codes))
     med = median_step_ns(traj_codes[order], t_ns[order], src_codes[order], len(src_names))
     return {str(name): float(m) / NS_PER_S for name, m in zip(src_names, med) if m > 0}
-
-
-def piece_median_interval_ns(t_ns: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Median time step (int64 ns, rounded) of each piece ``t_ns[start[p]:end[p]]``.
-
-    Pieces are contiguous, non-overlapping row ranges of time-sorted ``t_ns``, laid out in the
-    order given (``start[p+1] >= end[p]`` is not required). A piece of one fix gets 0.
-    """
-    n = np.asarray(end) - np.asarray(start)
-    steps = np.maximum(n - 1, 0)
-    out = np.zeros(len(n), dtype=np.int64)
-    if not steps.any():
-        return out
-    has = steps > 0
-    # Rows of every step's later fix, piece after piece.
-    first = np.repeat(np.asarray(start)[has] + 1, steps[has])
-    offset = np.arange(int(steps.sum())) - np.repeat(np.cumsum(steps[has]) - steps[has], steps[has])
-    later = first + offset
-    dt = t_ns[later] - t_ns[later - 1]
-    group = np.repeat(np.arange(int(has.sum())), steps[has])
-    order = np.lexsort((dt, group))
-    dt_sorted = dt[order]
-    k = steps[has]
-    head = np.cumsum(k) - k
-    lo = dt_sorted[head + (k - 1) // 2]
-    hi = dt_sorted[head + k // 2]
-    out[has] = lo + (hi - lo) // 2
-    return out
 
 
 def effective_interval_ns(kind_interval_ns: np.ndarray, native_ns: np.ndarray, tolerance: np.ndarray) -> np.ndarray:

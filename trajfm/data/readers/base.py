@@ -800,6 +800,7 @@ def validate_fixes(
     timezone: str | None = "UTC",
     t_parsed: pd.Series | None = None,
     t_detail: np.ndarray | None = None,
+    min_time: pd.Timestamp | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Check and parse the fields of n fixes at once (each argument: n strings, or n numbers).
 
@@ -815,7 +816,8 @@ def validate_fixes(
     (field count, undecodable bytes), ``missing_value``, ``parse_error`` (text in a number or an
     id not matching ``obj_id_pattern``), ``bad_time`` (unparseable), ``nonfinite_coord``,
     ``coord_out_of_range`` (|lat| > 90 or |lon| > 180), ``null_island`` (lon = lat = 0),
-    ``bad_time`` (before ``schema.MIN_TIME`` or more than ``schema.MAX_TIME_AHEAD`` from now).
+    ``bad_time`` (before ``schema.MIN_TIME``, or ``min_time`` when given, or more than
+    ``schema.MAX_TIME_AHEAD`` from now).
     """
     n = len(obj_id)
     ids = _strip_ids(obj_id)
@@ -865,9 +867,10 @@ def validate_fixes(
         flag((lon == 0.0) & (lat == 0.0), "null_island", "lon = lat = 0")
 
     latest = pd.Timestamp.now(tz="UTC") + MAX_TIME_AHEAD
-    early = (t < MIN_TIME).to_numpy(dtype=bool, na_value=False)
+    floor = MIN_TIME if min_time is None else min_time
+    early = (t < floor).to_numpy(dtype=bool, na_value=False)
     late = (t > latest).to_numpy(dtype=bool, na_value=False)
-    flag(early, "bad_time", f"timestamp before {MIN_TIME.date()}")
+    flag(early, "bad_time", f"timestamp before {floor.date()}")
     flag(late, "bad_time", f"timestamp more than {MAX_TIME_AHEAD} in the future")
 
     good = unset

@@ -14,6 +14,10 @@ reader, so two files never share a trajectory. Rows are checked like every reade
 ids, unparseable/naive times, non-finite or out-of-range coordinates, null island, times before
 1970 or in the future): each row read is a point or a quarantine row with its reason.
 
+Times before the schema's floor (``schema.MIN_TIME``, 1990: GPS clock errors) are quarantined
+(``bad_time``), except for kinds recorded before GPS (``EARLIEST_BY_KIND``: storms from 1850,
+icebergs and drifters from 1970).
+
 A timestamp column without a time zone is read as UTC (the contract's ``t`` is UTC); pass
 ``timezone=`` to read it as another zone's wall time.
 """
@@ -22,7 +26,14 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, Format, ReadResult, SourceFile, SourceFormatError
+from trajfm.data.readers.base import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_CHUNK_ROWS,
+    Format,
+    ReadResult,
+    SourceFile,
+    SourceFormatError,
+)
 
 FORMAT = "canonical"
 EXTENSIONS = (".parquet", ".pq")
@@ -67,8 +78,13 @@ def iter_canonical(
     timezone: str | None = None,
 ) -> Iterator[ReadResult]:
     """Read canonical Parquet in batches of ``chunk_rows`` rows (see the module docstring)."""
-    from trajfm.data.readers import generic
+    import numpy as np
+    import pyarrow.parquet as pq
 
+    from trajfm.data.readers import generic
+    from trajfm.data.readers.base import check_timezone
+
+    check_timezone(timezone)
     names = parquet_columns(file)
     missing = [c for c in REQUIRED if c not in names]
     if missing:
@@ -81,9 +97,100 @@ def iter_canonical(
     if kind not in (None, ""):
         mapping.pop("kind")  # the given kind replaces every row's
     opts = {"kind": kind, "tag": source_tag or file.stem, "timezone": timezone or "UTC", "time_format": "auto"}
-    for chunk in generic._iter_parquet(file, mapping, chunk_rows, opts):
-        chunk.format = FORMAT
-        yield chunk
+    wanted = list(mapping.values())
+    first_row = 1
+    with file.open() as f:
+        pf = pq.ParquetFile(f)
+        for batch in pf.iter_batches(batch_size=chunk_rows, columns=wanted):
+            n = batch.num_rows
+            if n == 0:
+                continue
+            # A kind / source column holding one value throughout the batch (the usual case) is
+            # passed as that value: the same rows, without checking each row's text.
+            batch_opts = dict(opts)
+            batch_keys = list(mapping)
+            for col, opt in (("kind", "kind"), ("source", "tag")):
+                value = _constant(batch.column(batch.schema.get_field_index(col))) if col in mapping else None
+                if value is not None:
+                    batch_opts[opt] = value
+                    batch_keys.remove(col)
+            values = {k: generic._arrow_values(k, batch.column(batch.schema.get_field_index(k))) for k in batch_keys}
+            line_nos = np.arange(first_row, first_row + n, dtype=np.int64)
+            first_row += n
+            kinds = values["kind"] if "kind" in values else [batch_opts["kind"]]
+            parts = []
+            groups = floor_groups(kinds)
+            if "kind" not in values:  # one kind: one group of every row
+                groups = [(groups[0][0], np.arange(n))]
+            for floor, rows in groups:
+                part = values if len(groups) == 1 else {k: _take(v, rows) for k, v in values.items()}
+                part_lines = line_nos if len(groups) == 1 else line_nos[rows]
+
+                def raw_of(idx, batch=batch, rows=rows):
+                    picked = batch.take(np.asarray(rows[np.asarray(idx, dtype=np.int64)])).to_pylist()
+                    return [",".join(f"{k}={v}" for k, v in row.items()) for row in picked]
+
+                m = len(part_lines)
+                reason = np.full(m, None, dtype=object)
+                detail = np.full(m, None, dtype=object)
+                chunk = generic._check_chunk(file, part, part_lines, reason, detail, raw_of, {**batch_opts, "min_time": floor})
+                chunk.format = FORMAT
+                parts.append(chunk)
+            yield parts[0] if len(parts) == 1 else ReadResult.concat(parts, file.display(), FORMAT)
+
+
+# Recordings older than the schema's GPS-era floor (schema.MIN_TIME, 1990: earlier GPS times are
+# clock errors) are real for movers tracked by other means: best-track analyses of storms go back
+# to 1851 (HURDAT2), icebergs and drifters to the first satellite trackers (1970s, scatterometers,
+# Argos). For these kinds canonical Parquet is checked against this earlier floor instead.
+EARLIEST_BY_KIND = {
+    "storm": "1850-01-01",
+    "ice": "1970-01-01",
+    "drifter": "1970-01-01",
+}
+
+
+def floor_groups(kinds) -> list[tuple]:
+    """Rows grouped by the earliest plausible time of their kind: ``[(floor, rows), ...]``
+    (``floor`` ``None``: the schema's ``MIN_TIME``), rows in file order within a group."""
+    import numpy as np
+    import pandas as pd
+
+    arr = pd.Series(np.asarray(kinds, dtype=object)).str.strip()
+    floor_of = {k: EARLIEST_BY_KIND.get(k) for k in arr.dropna().unique()}
+    distinct = sorted({v for v in floor_of.values() if v is not None})
+    if not distinct:
+        return [(None, np.arange(len(arr)))]
+    groups = []
+    code = arr.map(floor_of).to_numpy(dtype=object)
+    for floor in [None, *distinct]:
+        rows = np.flatnonzero(pd.isna(code)) if floor is None else np.flatnonzero(code == floor)
+        if len(rows):
+            groups.append((None if floor is None else pd.Timestamp(floor, tz="UTC"), rows))
+    return groups
+
+
+def _constant(column) -> str | None:
+    """The single value of a text column when every row holds it (stripped, non-empty), else None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column.null_count or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                                 or pa.types.is_dictionary(column.type)):
+        return None
+    distinct = pc.unique(column.dictionary_decode() if pa.types.is_dictionary(column.type) else column).to_pylist()
+    if len(distinct) != 1 or not isinstance(distinct[0], str) or not distinct[0].strip():
+        return None
+    return distinct[0].strip()
+
+
+def _take(values, rows):
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(values, pd.Series):
+        return values.iloc[rows].reset_index(drop=True)
+    return np.asarray(values)[rows]
 
 
 CANONICAL = Format(

@@ -363,7 +363,7 @@ def _check_chunk(file: SourceFile, values: dict, line_nos, reason, detail, raw_o
 
     parsed, reason, detail = validate_fixes(
         obj_text, t_text, values["lon"], values["lat"],
-        pre_reason=reason, pre_detail=detail, t_parsed=t, t_detail=t_detail,
+        pre_reason=reason, pre_detail=detail, t_parsed=t, t_detail=t_detail, min_time=opts.get("min_time"),
     )
     optional = {k: numeric_optional(values[k], k, reason, detail) for k in NUMERIC_OPTIONAL if k in values}
     if "mode" in values:
