@@ -13,9 +13,10 @@ from trajfm.data.clean import KIND_DEFAULTS, normalize_params
 from trajfm.pretrain import corpus_mixing, source_preprocess_params
 
 
-class Source:  # the two fields of CorpusSource these functions read
-    def __init__(self, name="s", clean=None, weight=1.0):
-        self.name, self.clean, self.weight = name, clean or {}, weight
+def Source(name="s", clean=None, weight=1.0):  # noqa: N802 (a corpus source, as load_corpus makes them)
+    from trajfm.data.corpus import CorpusSource
+
+    return CorpusSource(name=name, paths=("unused.parquet",), format="canonical", kind=None, weight=weight, clean=clean or {})
 
 
 def test_every_kind_is_resampled_at_its_native_interval():

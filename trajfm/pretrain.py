@@ -383,24 +383,13 @@ if __name__ == "__main__":
 
 
 def source_preprocess_params(source) -> dict:
-    """Preprocess parameters of a corpus source (``trajfm.data.corpus.CorpusSource``): every
-    kind's defaults resampled at the source's own native interval (``NATIVE_RESAMPLING``: never
-    finer than native, so no source is upsampled), then the source's ``clean`` overrides (flat
-    fields for every kind, or per kind) on top. A JSON-able kind -> fields table."""
-    from trajfm.data.clean import KIND_DEFAULTS, params_to_json
-    from trajfm.data.sampling import NATIVE_RESAMPLING
+    """Preprocess parameters of a corpus source (``trajfm.data.corpus.CorpusSource``) as the
+    ``preprocess`` task takes them (JSON: kind -> fields): ``source.preprocess_params()``, every
+    kind resampled at the source's own native interval (``NATIVE_RESAMPLING``: never finer than
+    native, so no source is upsampled) with the source's ``clean`` overrides on top."""
+    from trajfm.data.clean import params_to_json
 
-    table = {kind: {**fields, **NATIVE_RESAMPLING} for kind, fields in params_to_json(None).items()}
-    clean = dict(source.clean or {})
-    if clean and all(k not in KIND_DEFAULTS and k != "*" for k in clean):  # flat overrides: every kind
-        clean = {kind: clean for kind in table}
-    for kind, fields in clean.items():
-        if kind == "*":
-            for k in table:
-                table[k] = {**table[k], **fields}
-        else:
-            table[kind] = {**table.get(kind, table.get("*", {})), **fields}
-    return table
+    return params_to_json(source.preprocess_params(native=True))
 
 
 def corpus_mixing(corpus, shards_dir: str | Path) -> dict[str, float]:
