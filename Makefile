@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.trajfm-installed
 
-.PHONY: demo test setup bench clean lint docs ui-prefect ui-mlflow
+.PHONY: demo test setup bench clean lint docs ui-prefect ui-mlflow pretrain
 
 setup: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/trajfm demo
+
+# Pre-train base-small on the whole corpus (corpora/base.yaml) and register trajfm-base;
+# PRETRAIN_ARGS passes flow parameters, e.g. PRETRAIN_ARGS="--preset base --nproc 4".
+pretrain: $(STAMP)
+	$(BIN)/trajfm run pretrain --corpus base --preset base-small $(PRETRAIN_ARGS)
 
 # The docs site is built first (offline, warnings are errors; output in the ignored site/).
 test: $(STAMP)

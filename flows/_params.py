@@ -52,6 +52,8 @@ DESCRIPTIONS: dict[str, str] = {
     "model_uri": "The model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a model.pt or a train stage directory.",
     "data": "Data to evaluate on: files, a folder, a glob, `embedded:SUBSET` or a preprocess stage directory.",
     "tasks": "Evaluation tasks to run (forecast, recovery, travel_time, next_location, generation, similarity). Null: all.",
+    "init": "Fine-tune from this model instead of training the preset from scratch: models:/trajfm-base@champion, "
+            "models:/NAME/VERSION or a .pt path. Null: train from scratch.",
     "out": "The results JSON file. Null: <data root>/evaluations/<hash of the request>/results.json (the report goes beside it).",
 }
 

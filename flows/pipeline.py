@@ -14,6 +14,7 @@ from flows.preprocess import preprocess_flow
 from flows.register import register_flow
 from flows.train import train_flow
 from flows.validate import validate_flow
+from tasks.pretrain import init_checkpoint_task
 from trajfm.params import (
     DEFAULT_PRESET,
     Engine,
@@ -48,12 +49,16 @@ def pipeline(
     model_name: str = "trajfm",
     nproc: int = 1,
     torchrun_args: list[str] | None = None,
+    init: str | None = None,
 ) -> dict:
     """Run every stage on the sources: ingest, validate, preprocess (Dask), validate, features,
     train, evaluate, register (MLflow).
 
     Scale-out: dask_address runs preprocessing on an existing Dask scheduler; nproc > 1 trains
-    data-parallel under torchrun (torchrun_args for several nodes)."""
+    data-parallel under torchrun (torchrun_args for several nodes).
+
+    Fine-tuning: init="models:/trajfm-base@champion" (or models:/NAME/VERSION, or a .pt path)
+    starts from those weights, their model config and normalization (preset is then a label)."""
     ingest_dir = ingest_flow(sources=sources, data_root=data_root, params=ingest_params)
     raw_report = validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
     processed_dir = preprocess_flow(
@@ -62,8 +67,12 @@ def pipeline(
     )
     processed_report = validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
+    overrides = {"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})}
+    if init:
+        overrides["init_checkpoint"] = init_checkpoint_task(init, data_root=data_root)
     train_dir = train_flow(
-        features_dir, data_root=data_root, preset=preset, train_overrides={"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})},
+        features_dir, data_root=data_root, preset=preset,
+        train_overrides=overrides,
         nproc=nproc, torchrun_args=torchrun_args,
     )
     metrics = evaluate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)

@@ -22,6 +22,7 @@ from flows.preprocess import preprocess_flow
 from flows.register import register_flow
 from flows.train import train_flow
 from flows.validate import validate_flow
+from tasks.pretrain import init_checkpoint_task
 from tasks.retrain import champion_task, find_new_files_task, record_consumed_task
 from trajfm.params import (
     DEFAULT_PRESET,
@@ -58,6 +59,7 @@ def retrain(
     horizon: int = 10,
     model_name: str = "trajfm",
     nproc: int = 1,
+    init: str | None = None,
 ) -> dict:
     """Retrain on the new files under watch_dir.
 
@@ -70,6 +72,8 @@ def retrain(
             evaluation settings.
         window_params: Windows and split of the new data. Null: the champion's own feature
             settings (or the defaults without a champion).
+        init: With no champion yet, this model (e.g. models:/trajfm-base@champion, models:/NAME/VERSION
+            or a .pt path) is fine-tuned instead of training preset from scratch.
     """
     files = find_new_files_task(watch_dir, data_root=data_root, format=format)
     if not files:
@@ -90,6 +94,8 @@ def retrain(
         eval_dir = champion["features_dir"]
         if window_params is None and eval_dir is not None:  # the same feature config as the champion
             window_params = read_manifest(eval_dir).get("params")
+    elif init:
+        overrides["init_checkpoint"] = init_checkpoint_task(init, data_root=data_root)
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
     train_dir = train_flow(features_dir, data_root=data_root, preset=preset, train_overrides=overrides, nproc=nproc)
     eval_dir = eval_dir or features_dir  # the champion's evaluation set when it is under this root
@@ -97,7 +103,7 @@ def retrain(
     registration = register_flow(train_dir, eval_dir, metrics, data_root=data_root, name=model_name)
     record_consumed_task(files, data_root=data_root, run={"version": registration["version"], "train_dir": train_dir})
 
-    base = f"champion v{champion['version']}" if champion else f"`{preset}` from scratch"
+    base = f"champion v{champion['version']}" if champion else (f"`{init}`" if init else f"`{preset}` from scratch")
     create_markdown_artifact(
         f"Retrained {base} on {len(files)} new file(s); registered **v{registration['version']}** "
         f"({split} ADE {metrics['ade_m']:.1f} m on `{eval_dir}`), champion is v{registration['champion_version']}.",
@@ -107,7 +113,7 @@ def retrain(
         "status": "registered",
         "watch_dir": watch_dir,
         "new_files": [f["path"] for f in files],
-        "fine_tuned_from": champion["version"] if champion else None,
+        "fine_tuned_from": champion["version"] if champion else init,
         "features_dir": features_dir,
         "eval_features_dir": eval_dir,
         "train_dir": train_dir,

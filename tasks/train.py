@@ -39,7 +39,7 @@ def training_command(
 ) -> list[str]:
     """The child's command line: one process, or torchrun with ``nproc`` processes per node.
 
-    ``torchrun_args`` replace ``--standalone`` for multi-node runs, e.g. ``["--nnodes", "2",
+    ``torchrun_args`` replace the single-node loopback rendezvous (``single_node_launcher``) for multi-node runs, e.g. ``["--nnodes", "2",
     "--rdzv-backend", "c10d", "--rdzv-endpoint", "head:29400", "--rdzv-id", "trajfm"]``."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
@@ -49,8 +49,20 @@ def training_command(
         args += ["--root", str(data_root)]
     if nproc == 1 and not torchrun_args:
         return [sys.executable, *args]
-    launcher = list(torchrun_args) if torchrun_args else ["--standalone", "--nnodes", "1"]
+    launcher = list(torchrun_args) if torchrun_args else single_node_launcher()
     return [sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc_per_node", str(nproc), *args]
+
+
+def single_node_launcher() -> list[str]:
+    """torchrun arguments for one node with its rendezvous on loopback: ``--standalone`` lets
+    torchrun's rendezvous store listen on every interface; a c10d rendezvous at
+    ``127.0.0.1:<free port>`` keeps it on this host."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"trajfm-{os.getpid()}"]
 
 
 @task(name="train", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True)

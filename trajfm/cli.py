@@ -34,6 +34,7 @@ FLOWS = {
     "evaluate": ("flows.evaluate", "evaluate_flow"),
     "register": ("flows.register", "register_flow"),
     "retrain": ("flows.retrain", "retrain"),
+    "pretrain": ("flows.pretrain", "pretrain"),
     "evaluate-model": ("flows.evaluate", "evaluate_model_flow"),
 }
 
@@ -324,14 +325,17 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    """``trajfm.bench.<name>.main(out=Path, argv=[...])`` writes JSON + a markdown table."""
+def cmd_bench(args, extra: list[str] | None = None) -> int:
+    """``trajfm.bench.<name>.main(out=Path, argv=[...])`` writes JSON + a markdown table; the
+    arguments after NAME and --out go to the benchmark (e.g. ``trajfm bench pretrain --scale 0.01``)."""
     import importlib
 
     try:
         module = importlib.import_module(f"trajfm.bench.{args.name}")
     except ModuleNotFoundError as exc:
         raise SystemExit(f"no benchmark named {args.name!r} (trajfm/bench/{args.name}.py): {exc}")
+    if extra:
+        return int(module.main(out=Path(args.out), argv=extra) or 0)
     return int(module.main(out=Path(args.out)) or 0)
 
 
@@ -378,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
         return cmd_run(args, extra)
+    if args.command == "bench":
+        return cmd_bench(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return {"demo": cmd_demo, "flows": cmd_flows, "bench": cmd_bench, "presets": cmd_presets, "train": cmd_train}[args.command](args)

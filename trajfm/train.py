@@ -11,9 +11,12 @@ dropout masks (global RNG state is checkpointed) an uninterrupted run would.
 ``grad_accum_steps``: a step takes the next ``batch_size`` windows of the epoch's order (the
 global batch), gives process ``r`` of ``W`` the r-th of W contiguous slices of it, and cuts that
 slice into ``grad_accum_steps`` micro-batches. Each micro-batch's loss is weighted by its share
-of the global batch's scored targets (``target_count``) before ``backward``, and the gradients
-are summed over processes, so one process, W processes and any accumulation compute the same
-gradient up to float rounding (tests/test_train_ddp.py). Accumulation and processes are then
+of the global batch's scored targets (``target_count``) before ``backward``; under torchrun the
+model's loss runs inside ``torch.nn.parallel.DistributedDataParallel``, which averages the
+gradients over the W processes (bucketed, overlapped with ``backward``; the weighted loss is
+scaled by W to turn that average into the global batch's gradient; ``no_sync`` while
+accumulating), so one process, W processes and any accumulation compute the same gradient up to
+float rounding (tests/test_train_ddp.py). Accumulation and processes are then
 memory and speed knobs; they never change what is learned.
 
 ``checkpoint_dir/last.pt`` holds everything needed to resume (model, optimizer, scheduler, step,
@@ -405,34 +408,34 @@ def _sum_over_ranks(values: list[float], group: _Group, device: torch.device) ->
     return t.tolist()
 
 
-def _sum_gradients(params: list[torch.nn.Parameter], group: _Group, device: torch.device) -> None:
-    """Sum gradients over processes in one flat buffer. A parameter some process used gets a
-    gradient everywhere (zeros where unused); one no process used keeps ``grad = None`` (AdamW then
-    leaves it alone, as a single process would)."""
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+class _LossModule(torch.nn.Module):
+    """``model.loss`` as a module's ``forward``: what ``DistributedDataParallel`` wraps (it
+    synchronises the gradients of whatever its ``forward`` computes). Holds no state of its own,
+    so the checkpoints keep the plain model's keys."""
 
-    used = _sum_over_ranks([float(p.grad is not None) for p in params], group, device)
-    live = [p for p, u in zip(params, used) if u > 0]
-    for p in live:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in live]
-    if not grads:
-        return
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    for g, summed in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        g.copy_(summed)
+    def __init__(self, model: TrajGPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lonlat: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.loss(x, mask, lonlat=lonlat)
 
 
-def _broadcast_state(model: TrajGPT, group: _Group) -> None:
-    """Rank 0's parameters and buffers everywhere (same seed gives the same init; this makes sure)."""
-    if group.parallel:
-        import torch.distributed as dist
+def _data_parallel(model: TrajGPT, group: _Group, device: torch.device) -> torch.nn.Module:
+    """The module a step calls: ``model.loss`` wrapped in ``DistributedDataParallel`` in a group
+    (its constructor broadcasts rank 0's parameters and buffers; ``backward`` averages the
+    gradients over ranks, bucketed and overlapped with the backward pass), the bare loss alone.
 
-        for t in model.state_dict().values():
-            dist.broadcast(t, 0)
+    ``find_unused_parameters``: a model may leave parameters unused (a cell head, infill tokens
+    with objective "next"); DDP then marks them ready instead of waiting forever for them."""
+    module = _LossModule(model)
+    if not group.parallel:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
+    )
 
 
 def _gather_rng(device: torch.device, group: _Group) -> dict:
@@ -558,6 +561,36 @@ def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def _accumulate(loss_fn, micro, weights, x, mask, lonlat, device, amp_dtype, group: _Group) -> float:
+    """Forward and backward each micro-batch of this rank's slice of the global batch; returns
+    this rank's share of the global batch's loss.
+
+    Each micro-batch's loss is weighted by its share ``weights[i]`` of the global batch's scored
+    targets, so the shares add up to the global batch's mean (one micro-batch on one process:
+    weight 1, the plain step). Under DDP the gradients are averaged over the ``W`` ranks, so the
+    weighted loss is scaled by ``W`` to make that average the global batch's gradient; they are
+    synchronised at the last micro-batch only (``no_sync`` before: accumulate locally)."""
+    total = torch.zeros((), device=device)
+    scale = group.world if group.parallel else 1
+    for i, (mi, w) in enumerate(zip(micro, weights)):
+        xb, mb = x[mi].to(device, non_blocking=True), mask[mi].to(device, non_blocking=True)
+        lb = lonlat[mi].to(device, non_blocking=True) if lonlat is not None else None
+        sync = i == len(micro) - 1 or not group.parallel
+        with (contextlib.nullcontext() if sync else _no_sync(loss_fn)):
+            with _autocast(device, amp_dtype):
+                loss = loss_fn(xb, mb, lb)
+            loss = loss if (w == 1.0 and scale == 1) else loss * (w * scale)
+            loss.backward()
+        total = total + loss.detach().float() / scale
+    return float(total)
+
+
+def _no_sync(module):
+    """DDP's ``no_sync`` (also through a ``torch.compile`` wrapper)."""
+    inner = getattr(module, "_orig_mod", module)
+    return inner.no_sync()
+
+
 # --- the loop ----------------------------------------------------------------------------------
 
 
@@ -625,7 +658,6 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
     if init_state is not None:
         model.load_state_dict(init_state)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda"
     )
@@ -655,13 +687,13 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
             torch.manual_seed(cfg.seed * 1_000_003 + 7919 * group.rank)
         if group.main and best_path.exists():
             best_path.unlink()  # stale: belongs to another run
-    _broadcast_state(model, group)
+    step_module = _data_parallel(model, group, device)  # in a group: DDP, which broadcasts rank 0's state
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None  # identical on every rank
     if ema is not None and resumed is not None:
         ema.load(resumed["ema"])
     averaged = ema.swapped if ema is not None else contextlib.nullcontext
     _barrier(group)  # every rank has read last.pt before rank 0 may rewrite it
-    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
+    loss_fn = torch.compile(step_module) if cfg.compile else step_module
 
     def save_last() -> None:
         rng = _gather_rng(device, group)  # collective: every rank calls save_last
@@ -694,24 +726,16 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
             order, order_epoch = _epoch_order(cfg.seed, epoch, len(x)), epoch
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]  # the global batch
         micro = [m for m in torch.tensor_split(torch.tensor_split(idx, group.world)[group.rank], cfg.grad_accum_steps) if len(m)]
-        whole = len(micro) == 1 and not group.parallel  # one process, one micro-batch: the plain step
         n_targets = max(target_count(mask[idx], P, Q, first), 1)
-
+        weights = [target_count(mask[mi], P, Q, first) / n_targets for mi in micro]
+        if not micro:  # a last batch shorter than the group: this rank joins DDP's all-reduce with zeros
+            micro, weights = [idx[:1]], [0.0]
+        if len(micro) == 1 and not group.parallel:
+            weights = [1.0]  # one process, one micro-batch: the plain step
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=device)
-        for mi in micro:
-            xb, mb = x[mi].to(device, non_blocking=True), mask[mi].to(device, non_blocking=True)
-            lb = lonlat[mi].to(device, non_blocking=True) if lonlat is not None else None
-            with _autocast(device, amp_dtype):
-                loss = loss_fn(xb, mb, lonlat=lb)
-            if not whole:  # this micro-batch's share of the global batch's mean
-                loss = loss * (target_count(mask[mi], P, Q, first) / n_targets)
-            loss.backward()
-            loss_sum = loss_sum + loss.detach().float()
-        loss_value = float(loss_sum)
+        loss_value = _accumulate(loss_fn, micro, weights, x, mask, lonlat, device, amp_dtype, group)
         if group.parallel:
             loss_value, stopping = _sum_over_ranks([loss_value, float(stop["signum"] is not None)], group, device)
-            _sum_gradients(params, group, device)
         else:
             stopping = stop["signum"] is not None
         if cfg.grad_clip > 0:

@@ -1,0 +1,95 @@
+"""Pre-train the foundation model: corpus -> (per source) ingest -> validate raw -> preprocess on
+Dask at the source's native interval -> validate processed -> shards (native and coarser
+views) -> streamed training (torchrun when ``nproc > 1``) -> register ``trajfm-base`` with the
+corpus hash as lineage, ``champion`` by the project's rule."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.ingest import ingest_task
+from tasks.preprocess import preprocess_task
+from tasks.pretrain import pretrain_task, register_base_task, shards_task
+from tasks.validate import validate_task
+from trajfm.params import PresetName
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain(
+    corpus: str = "base",
+    data_root: str | None = None,
+    preset: PresetName = "base-small",
+    model_overrides: dict | None = None,
+    epochs: int = 1,
+    max_steps: int | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    sources: list[str] | None = None,
+    window: int = 128,
+    max_windows: int = 4096,
+    quality_params: dict | None = None,
+    train_overrides: dict | None = None,
+    dask_address: str | None = None,
+    n_workers: int = 2,
+    nproc: int = 1,
+    torchrun_args: list[str] | None = None,
+    model_name: str = "trajfm-base",
+    context_len: int = 20,
+    horizon: int = 10,
+) -> dict:
+    """Pre-train ``preset`` on a corpus file and register it.
+
+    Args:
+        corpus: a corpus name (``corpora/<name>.yaml``) or a YAML path.
+        data_root: where the stages, checkpoints and the MLflow registry live.
+        preset: model preset (``base-small``, ``base``, ``base-large`` or any other).
+        model_overrides: ``GPTConfig`` fields changed from the preset's.
+        epochs: nominal epochs (train windows / batch_size steps each).
+        max_steps: cap on optimizer steps (the schedule is laid out over it).
+        batch_size: windows per optimizer step over all processes.
+        lr: peak learning rate.
+        sources: only these corpus sources (default: all).
+        window: points per window (the preset's ``block_size`` at most is used).
+        max_windows: windows per shard.
+        quality_params: Great Expectations gate overrides.
+        train_overrides: other ``TrainConfig`` fields.
+        dask_address: an existing Dask scheduler for preprocessing (default: a LocalCluster).
+        n_workers: LocalCluster workers.
+        nproc: training processes on this node (torchrun + DistributedDataParallel when > 1).
+        torchrun_args: torchrun rendezvous arguments for several nodes.
+        model_name: registered model name.
+        context_len: points of context of the registration's forecast evaluation.
+        horizon: forecast steps of that evaluation.
+    """
+    from trajfm.data.corpus import load_corpus
+    from trajfm.pretrain import corpus_mixing, source_preprocess_params
+
+    c = load_corpus(corpus)
+    chosen = [s for s in c.sources if sources is None or s.name in sources]
+    unknown = sorted(set(sources or []) - {s.name for s in c.sources})
+    if unknown or not chosen:
+        raise ValueError(f"corpus {c.name!r} has no source(s) {unknown or sources}; it has {[s.name for s in c.sources]}")
+    processed = []
+    for src in chosen:
+        ingest_dir = ingest_task(src.ingest_sources(), data_root=data_root, params=src.ingest_params())
+        validate_task(ingest_dir, "raw", params=quality_params, data_root=data_root)
+        processed_dir = preprocess_task(ingest_dir, data_root=data_root, params=source_preprocess_params(src),
+                                        dask_address=dask_address, n_workers=n_workers)
+        validate_task(processed_dir, "processed", params=quality_params, data_root=data_root)
+        processed.append([src.name, processed_dir])
+    shards_dir = shards_task(processed, data_root=data_root, window_params={"window": window, "stride": window},
+                             max_windows=max_windows, coarsen=list(c.coarsen))
+    if sources is not None:  # a subset: mixing over the chosen sources only
+        from dataclasses import replace
+
+        c = replace(c, sources=tuple(chosen))
+    probabilities = corpus_mixing(c, shards_dir)
+    corpus_sha = load_corpus(corpus).sha256()
+    overrides = {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr, **(train_overrides or {})}
+    pretrain_dir = pretrain_task(shards_dir, data_root=data_root, preset=preset, model_overrides=model_overrides, train_overrides=overrides,
+                                 probabilities={k: v for k, v in probabilities.items() if v > 0},
+                                 lineage={"corpus": c.name, "corpus_sha256": corpus_sha}, nproc=nproc, torchrun_args=torchrun_args)
+    registration = register_base_task(pretrain_dir, shards_dir, corpus_sha, corpus_name=c.name, data_root=data_root,
+                                      name=model_name, context_len=context_len, horizon=horizon)
+    return {"corpus": c.name, "corpus_sha256": corpus_sha, "processed": dict(processed), "shards_dir": shards_dir,
+            "mixing": probabilities, "pretrain_dir": pretrain_dir, "registration": registration}
