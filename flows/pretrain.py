@@ -11,14 +11,14 @@ from tasks.ingest import ingest_task
 from tasks.preprocess import preprocess_task
 from tasks.pretrain import pretrain_task, register_base_task, shards_task
 from tasks.validate import validate_task
-from trajfm.params import PresetName
+from trajfm.params import DEFAULT_PRETRAIN_PRESET, PresetName
 
 
 @flow(name="pretrain", log_prints=True)
 def pretrain(
     corpus: str = "base",
     data_root: str | None = None,
-    preset: PresetName = "base-small",
+    preset: PresetName = DEFAULT_PRETRAIN_PRESET,
     model_overrides: dict | None = None,
     epochs: int = 1,
     max_steps: int | None = None,
@@ -37,22 +37,22 @@ def pretrain(
     context_len: int = 20,
     horizon: int = 10,
 ) -> dict:
-    """Pre-train ``preset`` on a corpus file and register it.
+    """Pre-train preset on a corpus file and register it.
 
     Args:
-        corpus: a corpus name (``corpora/<name>.yaml``) or a YAML path.
+        corpus: a corpus name (corpora/<name>.yaml) or a YAML path.
         data_root: where the stages, checkpoints and the MLflow registry live.
-        preset: model preset (``base-small``, ``base``, ``base-large`` or any other).
-        model_overrides: ``GPTConfig`` fields changed from the preset's.
+        preset: model preset (base-small, base, base-large or any other).
+        model_overrides: GPTConfig fields changed from the preset's.
         epochs: nominal epochs (train windows / batch_size steps each).
         max_steps: cap on optimizer steps (the schedule is laid out over it).
         batch_size: windows per optimizer step over all processes.
         lr: peak learning rate.
         sources: only these corpus sources (default: all).
-        window: points per window (the preset's ``block_size`` at most is used).
+        window: points per window (the preset's block_size at most is used).
         max_windows: windows per shard.
         quality_params: Great Expectations gate overrides.
-        train_overrides: other ``TrainConfig`` fields.
+        train_overrides: other TrainConfig fields.
         dask_address: an existing Dask scheduler for preprocessing (default: a LocalCluster).
         n_workers: LocalCluster workers.
         nproc: training processes on this node (torchrun + DistributedDataParallel when > 1).

@@ -36,6 +36,8 @@ from trajfm.data.clean import KIND_DEFAULTS, PreprocessParams
 # the patched GPT-2 in per-context units, at par in-domain with the others and the one that
 # transfers to movers, regions and sampling rates it never saw (README "How sure").
 DEFAULT_PRESET = "timesfm-patch-context"
+# The pre-training flow's default: the foundation model preset that trains on 2 CPU cores.
+DEFAULT_PRETRAIN_PRESET = "base-small"
 # The bundled presets (trajfm.model.config.list_presets, read without importing torch).
 PRESETS: tuple[str, ...] = tuple(sorted(p.stem for p in (Path(__file__).parent / "model" / "presets").glob("*.json")))
 assert DEFAULT_PRESET in PRESETS, f"DEFAULT_PRESET {DEFAULT_PRESET!r} is not a bundled preset: {PRESETS}"
@@ -124,6 +126,9 @@ class KindPreprocess(_Model):
     stop_max_diameter_m: Optional[float] = Field(None, gt=0, description="a stop stays within this diameter, metres")
     stop_min_duration_s: Optional[float] = Field(None, gt=0, description="a stop lasts at least this long, seconds")
     generalize_s: Optional[float] = Field(None, ge=0, description="keep fixes at least this many seconds apart before resampling (0: off)")
+    upsample_tolerance: Optional[float] = Field(
+        None, ge=1, description="a source whose native interval exceeds interval_s by more than this factor is "
+                                "resampled at its own (coarser) interval, never upsampled (inf: always interval_s)")
 
 
 _THRESHOLDS = tuple(KindPreprocess.model_fields)
