@@ -81,7 +81,8 @@ def test_model_is_registered_as_champion_and_serves_forecasts(small_run):
         model = mlflow.pyfunc.load_model("models:/trajfm@champion")
         points = pd.read_parquet(Path(r["preprocess_dir"]) / "points.parquet")
         first = points[points["traj_id"] == points["traj_id"].iloc[0]].head(20)
-        out = model.predict(first[["traj_id", "t", "lon", "lat"]], params={"horizon": 4})
+        served = first[["traj_id", "t", "lon", "lat"]].assign(t=first["t"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))  # as JSON/CSV send it
+        out = model.predict(served, params={"horizon": 4})
     finally:
         mlflow.set_tracking_uri(None)
     assert list(out["step"]) == [1, 2, 3, 4]

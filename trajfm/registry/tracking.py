@@ -260,9 +260,8 @@ def loss_curve_figure(history: list[dict]):
 
 
 def _pip_requirements() -> list[str]:
-    """Pinned requirements of the served model; ``trajfm`` itself holds the code."""
-    import trajfm
-
+    """Pinned requirements of the served model: public packages only. ``trajfm`` itself is not
+    one (no index has it): its code travels in the model (``code_paths``, see ``_log_run``)."""
     reqs = []
     for dist in ("mlflow", "torch", "numpy", "pandas"):
         try:
@@ -270,11 +269,15 @@ def _pip_requirements() -> list[str]:
             reqs.append(f"{dist}=={version}")
         except metadata.PackageNotFoundError:
             reqs.append(dist)
-    try:
-        reqs.append(f"trajfm=={metadata.version('trajfm')}")
-    except metadata.PackageNotFoundError:
-        reqs.append(f"trajfm=={trajfm.__version__}")
     return reqs
+
+
+def model_code_path() -> str:
+    """The ``trajfm`` package directory, logged with every model (MLflow ``code_paths``): the
+    served model imports the code it was trained with, from its own ``code/trajfm``."""
+    import trajfm
+
+    return str(Path(trajfm.__file__).resolve().parent)
 
 
 @contextmanager
@@ -301,15 +304,27 @@ def _current_champion(client, name: str) -> tuple[int | None, Any]:
 
 def _log_run(
     experiment_id, client, run_name, tags, params, metrics, history, checkpoint_path: Path, input_example, pip_requirements,
+    description: str | None = None, datasets=(),
 ) -> tuple[str, str]:
-    """One MLflow run: params, metrics, history, loss curve, the pyfunc model. (run id, model URI)."""
+    """One MLflow run: params, metrics, history, loss curve, datasets (``log_input``), the pyfunc
+    model; ``description`` is the run's note. (run id, model URI)."""
     import mlflow
 
+    from trajfm.forecaster import training_interval_s
+    from trajfm.model.checkpoint import load_checkpoint
     from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT, example_points, model_signature
+
+    if input_example is None:  # an example at the model's own cadence, so MLflow's check of it passes
+        stats = load_checkpoint(checkpoint_path).get("extra", {}).get("stats")
+        input_example = example_points(interval_s=training_interval_s(stats) or 60.0)
 
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=run_name, tags=tags, nested=mlflow.active_run() is not None
     ) as run:
+        if description:
+            mlflow.set_tag("mlflow.note.content", description)
+        for dataset, context in datasets or ():
+            mlflow.log_input(dataset, context=context)
         if params:
             mlflow.log_params(_params_for_mlflow(params))
         mlflow.log_metrics(_numeric_metrics(metrics))
@@ -321,8 +336,9 @@ def _log_run(
             python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # models from code: nothing pickled
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_path.resolve())},
             signature=model_signature(),
-            input_example=(example_points() if input_example is None else input_example, {"horizon": 3}),
+            input_example=(input_example, {"horizon": 3}),
             pip_requirements=pip_requirements if pip_requirements is not None else _pip_requirements(),
+            code_paths=[model_code_path()],
         )
     return run.info.run_id, info.model_uri
 
@@ -345,6 +361,8 @@ def log_and_register(
     eval_id: str | None = None,
     lineage_key: str | None = None,
     champion_metric_on_eval: Callable[[int], float | None] | None = None,
+    description: str | None = None,
+    datasets=(),
 ) -> RegistrationResult:
     """Log a training run, register its pyfunc model as a new version of ``name``, and decide
     ``champion`` / ``challenger`` by ``promote_metric`` (rule: ``trajfm.registry.manage``).
@@ -360,6 +378,8 @@ def log_and_register(
     ``lineage_key``: when a version with that key exists, nothing is logged and that version is
     returned (``reused=True``); if its registration was interrupted before the decision, the
     decision is made now. Registrations under one data root take turns (``registry_lock``).
+    ``description`` (markdown, e.g. a model card) becomes the version's description and the
+    run's note; ``datasets``: ``(mlflow Dataset, context)`` pairs logged with ``log_input``.
     """
     import mlflow
 
@@ -400,10 +420,12 @@ def log_and_register(
             run_id, model_uri = _log_run(
                 experiment_id, client, run_name, {**version_tags, "trajfm.promote_metric": promote_metric,
                                                   "trajfm.registered_model": name},
-                params, metrics, history, checkpoint_path, input_example, pip_requirements,
+                params, metrics, history, checkpoint_path, input_example, pip_requirements, description, datasets,
             )
             # One call creates the version with its tags, so a version never lacks its lineage.
             version = int(mlflow.register_model(model_uri, name, tags=version_tags).version)
+            if description:
+                client.update_model_version(name, str(version), description=description)
 
         d = decide(client, name, version, promote_metric, metric_value, lower_is_better, eval_id, champion_metric_on_eval)
         client.set_model_version_tag(name, str(version), "trajfm.promoted", str(d.promoted).lower())
