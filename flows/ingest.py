@@ -6,7 +6,7 @@ from tasks.ingest import ingest_task
 from trajfm.data.catalog import embedded_files
 
 
-@flow(name="ingest", log_prints=True)
+@flow(name="ingest", flow_run_name="ingest", log_prints=True)
 def ingest_flow(sources: list[str] | None = None, data_root: str | None = None, params: dict | None = None) -> str:
     """Read raw trajectory files (default: the embedded tracktable-data AIS files).
 

@@ -5,7 +5,7 @@ from prefect import flow
 from tasks.preprocess import preprocess_task
 
 
-@flow(name="preprocess", log_prints=True)
+@flow(name="preprocess", flow_run_name="preprocess", log_prints=True)
 def preprocess_flow(
     ingest_dir: str, data_root: str | None = None, params: dict | None = None,
     dask_address: str | None = None, n_workers: int = 2, engine: str = "vectorized",

@@ -5,7 +5,7 @@ from prefect import flow
 from tasks.train import train_task
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", flow_run_name="train-{preset}", log_prints=True)
 def train_flow(
     features_dir: str, data_root: str | None = None, preset: str = "tutorial",
     model_overrides: dict | None = None, train_overrides: dict | None = None,

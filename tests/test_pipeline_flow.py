@@ -101,6 +101,50 @@ def test_artifacts_are_published(small_run):
     assert keys <= found
 
 
+def _first_pipeline_run(client):
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["pipeline"])), sort=FlowRunSort.START_TIME_ASC)
+    return runs[0]
+
+
+def test_every_subflow_run_is_named_by_its_stage(small_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        parent = _first_pipeline_run(client)
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+    assert parent.name == "pipeline-tutorial"
+    assert sorted(c.name for c in children) == sorted(
+        ["ingest", "validate-raw", "preprocess", "validate-processed", "features", "train-tutorial", "evaluate-test", "register-trajfm"]
+    )
+
+
+def test_parent_run_has_the_summary_artifact_with_links(small_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    _, _, r = small_run
+    with get_client(sync_client=True) as client:
+        parent = _first_pipeline_run(client)
+        (summary,) = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id])))
+        ingest_art = [a for a in client.read_artifacts() if a.key == "ingest-row-accounting"]
+    assert summary.key == "pipeline-summary" and summary.type == "markdown"
+    text = summary.data
+    ing, pre, feats = (read_manifest(r[k]) for k in ("ingest_dir", "preprocess_dir", "features_dir"))
+    assert f"read {ing['rows_read']:,} = kept {ing['rows_kept']:,} + quarantined {ing['rows_quarantined']:,}" in text
+    assert f"in {pre['rows_in']:,} = kept {pre['rows_kept']:,}" in text
+    for split, n in feats["windows"].items():
+        assert f"| {split} | {n:,} |" in text
+    m = r["metrics"]
+    assert f"| ADE | {m['ade_m']:,.1f} | {m['cv_ade_m']:,.1f} |" in text
+    assert f"version **{r['registration']['version']}**" in text
+    assert f"/artifacts/artifact/{ingest_art[0].id}" in text  # the stage's artifact, linked
+    assert text.count("/runs/flow-run/") == 8  # every stage's own run
+
+
 def test_rerun_on_same_data_reuses_every_stage(small_run):
     from flows.pipeline import pipeline
 
