@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trajfm
-from trajfm.store import read_manifest, stable_hash
+from trajfm.store import read_manifest, stable_hash, within_root
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,12 @@ def eval_identity(features_manifest: dict, metrics: dict) -> str:
     })
 
 
-def _data_hash(features_manifest: dict) -> str:
-    """JSON of the content hashes of the data behind the features (the upstream stage's files)."""
+def _data_hash(features_manifest: dict, root=None) -> str:
+    """JSON of the content hashes of the data behind the features (the upstream stage's files,
+    looked up under this data root, so a moved root reads its own copy)."""
     upstream = features_manifest.get("upstream")
-    files = read_manifest(upstream).get("files", {}) if upstream and Path(upstream).exists() else {}
+    upstream = within_root(upstream, root) if upstream else None
+    files = read_manifest(upstream).get("files", {}) if upstream and upstream.exists() else {}
     return json.dumps({s: f["hash"] for s, f in files.items()} or {"features": features_manifest["key"]})
 
 
@@ -186,7 +188,7 @@ def register_training(
     tags = {
         "trajfm.features_key": features_manifest["key"],
         "trajfm.train_key": train_manifest["key"],
-        "trajfm.data_hash": _data_hash(features_manifest),
+        "trajfm.data_hash": _data_hash(features_manifest, root),
         "trajfm.config": json.dumps(params, sort_keys=True, default=str),
         "trajfm.preset": train_manifest["preset"],
         "trajfm.code_version": code_version(),

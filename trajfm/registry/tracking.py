@@ -57,11 +57,93 @@ class RegistrationResult:
 
 
 def tracking_uri(root: str | os.PathLike | None = None) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` (absolute path)."""
+    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` (absolute path).
+
+    A data root that was moved or copied is rebased here on first use (``rebase_moved_store``),
+    so its store names its own artifacts, never the original root's."""
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env
-    return f"sqlite:///{data_root(root) / 'mlflow.db'}"
+    root_path = data_root(root)
+    rebase_moved_store(root_path)
+    return f"sqlite:///{root_path / 'mlflow.db'}"
+
+
+# --- a movable data root ------------------------------------------------------------------
+# MLflow's SQL store makes every artifact location absolute (a relative one is resolved against
+# the current directory when it is stored), and MLflow 3 writes the model's absolute artifact
+# URI into its MLmodel. A copied data root would therefore still read, and write, the original.
+# So a store whose locations point under another root is rewritten once, in place, to point
+# under the root it now lives in: the copy then works on its own, the original is never opened.
+
+ARTIFACTS_DIR = "mlartifacts"
+_REBASED: set[tuple[str, int]] = set()  # (database, inode) checked by this process
+# (table, column) holding artifact locations; values of params and tags are rebased too.
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"), ("model_versions", "source"),
+    ("params", "value"), ("tags", "value"), ("model_version_tags", "value"),
+)
+
+
+def recorded_root(database: Path) -> str | None:
+    """The data root path a store's experiments were created under (from their artifact
+    locations ``file://<root>/mlartifacts/...``), or None when there is none."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as con:
+        try:
+            rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError:  # a store MLflow has not created its tables in yet
+            return None
+    marker = f"/{ARTIFACTS_DIR}/"
+    for (location,) in rows:
+        text = (location or "").removeprefix("file://")
+        if marker in text:
+            return text.split(marker, 1)[0]
+    return None
+
+
+def rebase_moved_store(root: Path) -> str | None:
+    """If ``<root>/mlflow.db`` was written under another root path (the root was moved or
+    copied), rewrite every artifact location in it, and the MLmodel files under
+    ``<root>/mlartifacts``, from the old root to ``root``. Returns the old root path when it
+    rebased, else None. Checked once per process and database; a no-op for a store in place."""
+    import sqlite3
+
+    database = Path(root) / "mlflow.db"
+    try:
+        key = (str(database), database.stat().st_ino)
+    except FileNotFoundError:
+        return None
+    if key in _REBASED:
+        return None
+    old = recorded_root(database)
+    new = str(Path(root))
+    if old is None or old == new:
+        _REBASED.add(key)
+        return None
+    with sqlite_init_lock(f"sqlite:///{database}"):
+        old = recorded_root(database)  # another process may have rebased it meanwhile
+        if old is not None and old != new:
+            with sqlite3.connect(database) as con:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                for table, column in _LOCATION_COLUMNS:
+                    if table not in tables:
+                        continue
+                    for before, after in ((f"file://{old}", f"file://{new}"), (old, new)):
+                        con.execute(
+                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                            (after, len(before) + 1, before, len(before) + 1, before + "/"),
+                        )
+            for mlmodel in (Path(root) / ARTIFACTS_DIR).rglob("MLmodel"):
+                text = mlmodel.read_text()
+                if old + "/" in text:
+                    mlmodel.write_text(text.replace(old + "/", new + "/"))
+            log.warning("data root moved: %s was written under %s; its MLflow locations now point under %s", database, old, new)
+    _REBASED.add(key)
+    return old
 
 
 def _server_stores_artifacts(uri: str) -> bool:
@@ -89,7 +171,7 @@ def setup_mlflow(root: str | os.PathLike | None = None, experiment: str = DEFAUL
         else:
             artifact_location = None
             if not _server_stores_artifacts(uri):
-                artifacts = data_root(root) / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+                artifacts = data_root(root) / ARTIFACTS_DIR / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
                 artifacts.mkdir(parents=True, exist_ok=True)
                 artifact_location = artifacts.as_uri()
             experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
