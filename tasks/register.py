@@ -35,11 +35,15 @@ def register_task(train_dir: str, features_dir: str, metrics: dict, data_root: s
     get_run_logger().info(
         "registered %s version %s: %s; champion=%s (%s)", name, result.version, what, result.champion_version, result.reason,
     )
+    flag = ""
+    if result.worse_than_constant_velocity:
+        flag = "\n\n**Warning: worse than constant velocity on its evaluation set** (tagged `trajfm.worse_than_constant_velocity`)."
+        get_run_logger().warning("%s version %s is worse than constant velocity on its evaluation set: flagged", name, result.version)
     if result.run_url:
         create_link_artifact(result.run_url, link_text="MLflow run", key="mlflow-run")
     create_markdown_artifact(
         f"**{name}** version **{result.version}**: {what}; `champion` is version {result.champion_version}.\n\n"
-        f"test ADE {result.metric_value:.1f} m; {result.reason}",
+        f"test ADE {result.metric_value:.1f} m; {result.reason}{flag}",
         key="registration",
     )
     return asdict(result)

@@ -81,7 +81,7 @@ def test_worse_than_constant_velocity_is_flagged_and_the_prefect_run_linked(regi
     mv = client.get_model_version(reg.name, str(reg.version))
     worse = metrics["ade_m"] > metrics["cv_ade_m"]
     assert mv.tags["trajfm.worse_than_constant_velocity"] == str(worse).lower()
-    assert any("worse than constant velocity" in m for m in warnings) == worse
+    assert any("worse than constant velocity" in m for m in warnings) == worse == reg.worse_than_constant_velocity
     assert ("do not serve it" in mv.description) == worse
     assert mv.tags["prefect.flow_run_id"] == "abc-123" and mv.tags["prefect.flow_run_url"].endswith("abc-123")
     assert client.get_run(reg.run_id).data.tags["prefect.flow_run_id"] == "abc-123"

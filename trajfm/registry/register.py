@@ -35,6 +35,7 @@ class Registration:
     decision: str = ""  # champion | challenger | skipped
     reason: str = ""
     lineage_key: str = ""
+    worse_than_constant_velocity: bool = False  # flagged: tag trajfm.worse_than_constant_velocity=true
 
 
 def code_version() -> str:
@@ -217,7 +218,7 @@ def register_training(
         name=name, version=r.version, champion_version=r.champion_version, promoted=r.promoted,
         metric_value=r.metric_value, previous_champion_metric=r.previous_champion_metric, run_id=r.run_id,
         model_uri=r.model_uri, run_url=_run_url(tracking_uri(root), r.run_id, root), reused=r.reused,
-        decision=r.decision, reason=r.reason, lineage_key=lineage_key,
+        decision=r.decision, reason=r.reason, lineage_key=lineage_key, worse_than_constant_velocity=worse,
     )
 
 
