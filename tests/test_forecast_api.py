@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_evaluate_cli import train_tiny
 
 import trajfm
-from test_evaluate_cli import train_tiny
 from trajfm.forecaster import radius_columns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_load_from_the_registry_and_without_mlflow_for_a_path(trained):
         f"fc.forecast(pd.read_parquet({str(sorted(root.glob('preprocess/*/points.parquet'))[0])!r}).head(200), horizon=2)\n"
         "print('mlflow' in sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180,
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False, capture_output=True, text=True, timeout=180,
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "False"

@@ -10,7 +10,6 @@ import sqlite3
 
 import pandas as pd
 import pytest
-
 from test_evaluate_cli import train_tiny
 
 
@@ -51,7 +50,7 @@ def test_the_copy_works_on_its_own_and_never_touches_the_original(copied, capsys
     from trajfm.registry.cli import main as registry_main
     from trajfm.registry.tracking import global_uris, tracking_uri
 
-    original, copy, gone, reg = copied
+    original, copy, gone, _ = copied
     assert tracking_uri(copy) == f"sqlite:///{copy / 'mlflow.db'}"
     assert _paths_in_store(copy / "mlflow.db", str(original) + "/") == []  # rebased on first use
     assert _paths_in_store(copy / "mlflow.db", str(copy) + "/mlartifacts")  # ...to the copy's own artifacts

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from test_evaluate_cli import train_tiny
 
 

@@ -7,7 +7,6 @@ import logging
 import os
 from pathlib import Path
 
-import pytest
 import yaml
 
 from trajfm.retrain import missing_watch_dir, new_files

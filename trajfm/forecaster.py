@@ -246,7 +246,7 @@ def resample_points(df: pd.DataFrame, interval_s: float) -> pd.DataFrame:
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     ends = np.r_[starts[1:], len(df)]
     t_ns = df["t"].astype("int64").to_numpy()
-    interval_ns = np.full(len(starts), int(round(interval_s * 1e9)), dtype=np.int64)
+    interval_ns = np.full(len(starts), round(interval_s * 1e9), dtype=np.int64)
     seg, grid_t, lon, lat = resample_to_interval(t_ns, df["lon"].to_numpy(), df["lat"].to_numpy(), starts, ends, interval_ns)
     return pd.DataFrame(
         {"traj_id": pd.array(ids[starts][seg], dtype="string"), "t": pd.to_datetime(grid_t, unit="ns", utc=True), "lon": lon, "lat": lat}

@@ -44,8 +44,8 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
     final = train.get("final") or {}
     lines += [
         "", f"## Model{see('train')}", "",
-        f"preset `{train.get('preset')}`, {_n(final.get('n_params', 0))} parameters, {final.get('epoch', '?')} epochs "
-        f"({final.get('step', '?')} steps) on {train.get('device', '?')}; best validation loss {final.get('best_val_loss')}",
+        (f"preset `{train.get('preset')}`, {_n(final.get('n_params', 0))} parameters, {final.get('epoch', '?')} epochs "
+         f"({final.get('step', '?')} steps) on {train.get('device', '?')}; best validation loss {final.get('best_val_loss')}"),
     ]
     if m:
         lines += [

@@ -127,11 +127,11 @@ Python: `trajfm.load("models:/NAME@champion").forecast(points, horizon=10)`; see
 
 def training_datasets(features_dir: str | Path, features_manifest: dict, split: str) -> list[tuple[object, str]]:
     """MLflow datasets for ``log_input``: the training windows ("training") and the evaluation
-    split ("evaluation"), named and digested by the features stage (its key is a hash of its inputs), with the
-    source given relative to the data root (``features/<key>/<split>.npz``) so a moved root
-    still names them right."""
-    from mlflow.data.sources import LocalArtifactDatasetSource
+    split ("evaluation"), named and digested by the features stage (its key is a hash of its
+    inputs), with the source given relative to the data root (``features/<key>/<split>.npz``)
+    so a moved root still names them right."""
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.types.schema import ColSpec, Schema
 
     from trajfm.features.encode import FEATURE_NAMES
