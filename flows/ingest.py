@@ -9,7 +9,7 @@ from trajfm.evaluate.suite import expand_data
 from trajfm.params import IngestOptions, as_dict
 
 
-@flow(name="ingest", log_prints=True)
+@flow(name="ingest", flow_run_name="ingest", log_prints=True)
 @documented
 def ingest_flow(sources: list[str] | None = None, data_root: str | None = None, params: IngestOptions | None = None) -> str:
     """Read raw trajectory files into canonical points (default: the embedded tracktable-data AIS files).

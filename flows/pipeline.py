@@ -1,6 +1,9 @@
 """The main job: ingest -> validate raw -> preprocess -> validate processed -> features -> train
 -> evaluate -> register. Each stage is its own flow (a subflow here), so a run shows up in the
-Prefect UI as the chain of stages, each with its tasks, retries, logs and artifacts."""
+Prefect UI as the chain of stages, each with its tasks, retries, logs and artifacts, each run
+named by its stage (``ingest``, ``validate-raw``, ``train-<preset>``, ...). The parent run ends
+with the ``pipeline-summary`` markdown artifact: rows, splits, metrics vs constant velocity, the
+registry's decision, and links to every stage's run and artifacts."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from flows.register import register_flow
 from flows.train import train_flow
 from flows.validate import validate_flow
 from tasks.pretrain import init_checkpoint_task
+from tasks.summary import pipeline_summary_task
 from trajfm.params import (
     DEFAULT_PRESET,
     Engine,
@@ -28,7 +32,7 @@ from trajfm.params import (
 )
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", flow_run_name="pipeline-{preset}", log_prints=True)
 @documented
 def pipeline(
     sources: list[str] | None = None,
@@ -59,25 +63,31 @@ def pipeline(
 
     Fine-tuning: init="models:/trajfm-base@champion" (or models:/NAME/VERSION, or a .pt path)
     starts from those weights, their model config and normalization (preset is then a label)."""
-    ingest_dir = ingest_flow(sources=sources, data_root=data_root, params=ingest_params)
-    raw_report = validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
-    processed_dir = preprocess_flow(
-        ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers,
-        engine=preprocess_engine,
+    runs: dict[str, str] = {}  # stage -> its flow run id, for the summary's links
+
+    def stage(label, subflow, *args, **kwargs):
+        state = subflow(*args, return_state=True, **kwargs)
+        runs[label] = str(state.state_details.flow_run_id)
+        return state.result()  # a failed stage fails the pipeline here, as a plain call would
+
+    ingest_dir = stage("ingest", ingest_flow, sources=sources, data_root=data_root, params=ingest_params)
+    raw_report = stage("validate-raw", validate_flow, ingest_dir, stage="raw", params=quality_params, data_root=data_root)
+    processed_dir = stage(
+        "preprocess", preprocess_flow, ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address,
+        n_workers=n_workers, engine=preprocess_engine,
     )
-    processed_report = validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
-    features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
+    processed_report = stage("validate-processed", validate_flow, processed_dir, stage="processed", params=quality_params, data_root=data_root)
+    features_dir = stage("features", features_flow, processed_dir, data_root=data_root, params=window_params)
     overrides = {"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})}
     if init:
         overrides["init_checkpoint"] = init_checkpoint_task(init, data_root=data_root)
-    train_dir = train_flow(
-        features_dir, data_root=data_root, preset=preset,
-        train_overrides=overrides,
-        nproc=nproc, torchrun_args=torchrun_args,
+    train_dir = stage(
+        "train", train_flow, features_dir, data_root=data_root, preset=preset,
+        train_overrides=overrides, nproc=nproc, torchrun_args=torchrun_args,
     )
-    metrics = evaluate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
-    registration = register_flow(train_dir, features_dir, metrics, data_root=data_root, name=model_name)
-    return {
+    metrics = stage("evaluate", evaluate_flow, features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    registration = stage("register", register_flow, train_dir, features_dir, metrics, data_root=data_root, name=model_name)
+    result = {
         "ingest_dir": ingest_dir,
         "preprocess_dir": processed_dir,
         "features_dir": features_dir,
@@ -86,3 +96,5 @@ def pipeline(
         "metrics": metrics,
         "registration": registration,
     }
+    pipeline_summary_task(result, runs)
+    return result

@@ -7,7 +7,7 @@ from tasks.preprocess import preprocess_task
 from trajfm.params import Engine, PreprocessOptions, as_dict
 
 
-@flow(name="preprocess", log_prints=True)
+@flow(name="preprocess", flow_run_name="preprocess", log_prints=True)
 @documented
 def preprocess_flow(
     ingest_dir: str, data_root: str | None = None, params: PreprocessOptions | None = None,

@@ -6,7 +6,7 @@ from flows._params import documented
 from tasks.register import register_task
 
 
-@flow(name="register", log_prints=True)
+@flow(name="register", flow_run_name="register-{name}", log_prints=True)
 @documented
 def register_flow(train_dir: str, features_dir: str, metrics: dict, data_root: str | None = None, name: str = "trajfm") -> dict:
     """Log to MLflow, register a version (or find the same lineage), move champion only if it is better

@@ -9,7 +9,7 @@ from tasks.train import train_task
 from trajfm.params import DEFAULT_PRESET, PresetName, TrainOverrides, as_dict
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", flow_run_name="train-{preset}", log_prints=True)
 @documented
 def train_flow(
     features_dir: str, data_root: str | None = None, preset: PresetName = DEFAULT_PRESET,

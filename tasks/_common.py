@@ -7,17 +7,19 @@ from typing import Any, Optional
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
-from trajfm.store import root_identity, stable_hash
+from trajfm.store import data_root, root_identity, stable_hash
 
 
 @dataclass
 class DataRootAndFiles(CachePolicy):
-    """Extends an inputs-based key with the identity of the data root (a wiped root misses the
-    cache) and the fingerprints of the files behind ``sources`` (an added or edited file inside a
+    """Extends an inputs-based key with the identity and path of the data root (a wiped, moved or
+    copied root misses the cache) and the fingerprints of the files behind ``sources`` (an added or edited file inside a
     source directory misses the cache)."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
-        parts: dict[str, Any] = {"root": root_identity(inputs.get("data_root"))}
+        # The root's id and its path: a copied root has the same id, and a cached result would
+        # hand it paths into the original.
+        parts: dict[str, Any] = {"root": root_identity(inputs.get("data_root")), "root_path": str(data_root(inputs.get("data_root")))}
         sources = inputs.get("sources")
         if sources:
             from trajfm.data.ingest import planned_key

@@ -10,15 +10,19 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from tasks._common import RETRIES, RETRY_DELAY_S
-from trajfm.retrain import champion_lineage, new_files, record_consumed
+from trajfm.retrain import champion_lineage, missing_watch_dir, new_files, record_consumed
 
 
 @task(name="find-new-files", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
 def find_new_files_task(watch_dir: str, data_root: str | None = None, format: str | None = None) -> list[dict]:
     """Fingerprints of the files under ``watch_dir`` that no successful retraining consumed."""
-    files = new_files(watch_dir, data_root, format)
+    missing = missing_watch_dir(watch_dir)
+    if missing:  # the shipped nightly schedule before anyone made the folder: nothing new, no failure
+        get_run_logger().warning("retrain: %s", missing)
+    files = [] if missing else new_files(watch_dir, data_root, format)
     get_run_logger().info("retrain: %d new file(s) under %s", len(files), watch_dir)
-    rows = [{"file": f["path"], "size": f.get("size")} for f in files] or [{"file": "(nothing new)", "size": 0}]
+    empty = f"(nothing new: {watch_dir} does not exist)" if missing else "(nothing new)"
+    rows = [{"file": f["path"], "size": f.get("size")} for f in files] or [{"file": empty, "size": 0}]
     create_table_artifact(rows, key="retrain-new-files", description=f"New files under {watch_dir}")
     return files
 

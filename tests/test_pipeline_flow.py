@@ -81,7 +81,8 @@ def test_model_is_registered_as_champion_and_serves_forecasts(small_run):
         model = mlflow.pyfunc.load_model("models:/trajfm@champion")
         points = pd.read_parquet(Path(r["preprocess_dir"]) / "points.parquet")
         first = points[points["traj_id"] == points["traj_id"].iloc[0]].head(20)
-        out = model.predict(first[["traj_id", "t", "lon", "lat"]], params={"horizon": 4})
+        served = first[["traj_id", "t", "lon", "lat"]].assign(t=first["t"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))  # as JSON/CSV send it
+        out = model.predict(served, params={"horizon": 4})
     finally:
         mlflow.set_tracking_uri(None)
     assert list(out["step"]) == [1, 2, 3, 4]
@@ -139,6 +140,50 @@ def test_no_artifact_points_at_a_local_file(small_run):
             target = str(a.data).split("](")[-1].rstrip(")") if str(a.data).startswith("[") else str(a.data)
             bad += [(a.key, target)] if is_local(target) else []
     assert not bad, bad
+
+
+def _first_pipeline_run(client):
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["pipeline"])), sort=FlowRunSort.START_TIME_ASC)
+    return runs[0]
+
+
+def test_every_subflow_run_is_named_by_its_stage(small_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        parent = _first_pipeline_run(client)
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+    assert parent.name == "pipeline-tutorial"
+    assert sorted(c.name for c in children) == sorted(
+        ["ingest", "validate-raw", "preprocess", "validate-processed", "features", "train-tutorial", "evaluate-test", "register-trajfm"]
+    )
+
+
+def test_parent_run_has_the_summary_artifact_with_links(small_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    _, _, r = small_run
+    with get_client(sync_client=True) as client:
+        parent = _first_pipeline_run(client)
+        (summary,) = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id])))
+        ingest_art = [a for a in client.read_artifacts() if a.key == "ingest-row-accounting"]
+    assert summary.key == "pipeline-summary" and summary.type == "markdown"
+    text = summary.data
+    ing, pre, feats = (read_manifest(r[k]) for k in ("ingest_dir", "preprocess_dir", "features_dir"))
+    assert f"read {ing['rows_read']:,} = kept {ing['rows_kept']:,} + quarantined {ing['rows_quarantined']:,}" in text
+    assert f"in {pre['rows_in']:,} = kept {pre['rows_kept']:,}" in text
+    for split, n in feats["windows"].items():
+        assert f"| {split} | {n:,} |" in text
+    m = r["metrics"]
+    assert f"| ADE | {m['ade_m']:,.1f} | {m['cv_ade_m']:,.1f} |" in text
+    assert f"version **{r['registration']['version']}**" in text
+    assert f"/artifacts/artifact/{ingest_art[0].id}" in text  # the stage's artifact, linked
+    assert text.count("/runs/flow-run/") == 8  # every stage's own run
 
 
 def test_rerun_on_same_data_reuses_every_stage(small_run):

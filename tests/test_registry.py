@@ -97,16 +97,20 @@ def test_champion_pyfunc_forecasts_points(registry):
     points = example_points(n_traj=3, n_points=6)  # t as ISO strings, as JSON serving sends
     horizon = 4
     out = model.predict(points, params={"horizon": horizon})
-    assert list(out.columns) == ["traj_id", "step", "t", "lon", "lat"]
+    assert list(out.columns)[:5] == ["traj_id", "step", "t", "lon", "lat"]
+    assert list(out.columns)[5:] == [f"radius_m_q{q}" for q in ("10", "25", "50", "75", "90")]
     assert len(out) == 3 * horizon and sorted(out["step"].unique()) == list(range(1, horizon + 1))
     assert np.isfinite(out[["lon", "lat"]].to_numpy()).all()
     assert out["lon"].between(-180, 180).all() and out["lat"].between(-90, 90).all()
     last_t = pd.to_datetime(points["t"], utc=True).groupby(points["traj_id"]).max()
     assert (out["t"].to_numpy() >= last_t.loc[out["traj_id"]].to_numpy()).all()
 
-    # tz-aware datetimes and extra canonical columns are accepted too; horizon defaults to 10.
-    canonical = points.assign(t=pd.to_datetime(points["t"], utc=True), obj_id="m", kind="vessel")
+    # extra canonical columns are accepted too; horizon defaults to 10. ``t`` is text (the CSV-safe
+    # declaration): datetimes are refused by MLflow's schema check with the column named.
+    canonical = points.assign(obj_id="m", kind="vessel")
     assert len(model.predict(canonical)) == 3 * 10
+    with pytest.raises(Exception, match="column t"):
+        model.predict(points.assign(t=pd.to_datetime(points["t"], utc=True)))
 
 
 def test_the_logged_model_is_code_and_weights_never_a_pickle(registry, tmp_path):

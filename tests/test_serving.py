@@ -130,12 +130,19 @@ def test_models_serve_answers_points_with_forecast_points(tmp_path, clean_env):
         )
         with urllib.request.urlopen(request, timeout=60) as r:
             out = pd.DataFrame(json.loads(r.read())["predictions"])
+        csv_request = urllib.request.Request(  # the same points as CSV (no params: horizon 10)
+            f"http://127.0.0.1:{port}/invocations", data=points.to_csv(index=False).encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        with urllib.request.urlopen(csv_request, timeout=60) as r:
+            from_csv = pd.DataFrame(json.loads(r.read())["predictions"])
     except Exception:
         print(_stop(proc))
         raise
     finally:
         _stop(proc)
-    assert list(out.columns) == ["traj_id", "step", "t", "lon", "lat"]
+    assert list(out.columns)[:5] == ["traj_id", "step", "t", "lon", "lat"] and "radius_m_q90" in out.columns
+    assert len(from_csv) == 3 * 10 and sorted(from_csv["traj_id"].unique()) == sorted(points["traj_id"].unique())
     assert len(out) == 3 * horizon and sorted(out["traj_id"].unique()) == sorted(points["traj_id"].unique())
     assert np.isfinite(out[["lon", "lat"]].to_numpy()).all()
     assert out["lon"].between(-75, -73).all() and out["lat"].between(40, 41.5).all()  # near New York: degrees, not metres

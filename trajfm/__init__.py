@@ -6,3 +6,11 @@ evaluation and MLflow registration. ``tasks/`` and ``flows/`` wrap it for Prefec
 """
 
 __version__ = "0.1.0"
+
+
+def load(uri, data_root=None, device: str = "cpu"):
+    """A forecaster for ``models:/NAME@ALIAS`` (MLflow) or a checkpoint / train directory (no
+    MLflow import): ``trajfm.load(uri).forecast(points_df, horizon=10)``; see ``trajfm.forecaster``."""
+    from trajfm.forecaster import load as _load
+
+    return _load(uri, data_root=data_root, device=device)

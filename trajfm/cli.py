@@ -10,6 +10,7 @@
     trajfm evaluate --model URI --data PATH  evaluate any model on any data (trajfm/evaluate/cli.py)
     trajfm report ...                        markdown + PNG report of an evaluation (trajfm/evaluate/report.py)
     trajfm registry list|show|promote|rollback   the MLflow registry (trajfm/registry/cli.py)
+    trajfm forecast --model URI --data X.parquet --horizon N --out Y.parquet   (trajfm/forecaster.py)
 
 Flows live in the top-level flows package and import Prefect; they are imported only when a
 command needs them, so importing trajfm stays Prefect-free.
@@ -344,6 +345,7 @@ DELEGATED = {
     "evaluate": "trajfm.evaluate.cli",
     "report": "trajfm.evaluate.report",
     "registry": "trajfm.registry.cli",
+    "forecast": "trajfm.forecaster",
 }
 
 

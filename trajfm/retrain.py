@@ -17,7 +17,9 @@ evaluation settings. MLflow is imported inside the functions.
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from trajfm.store import data_root, stable_hash
+
+log = logging.getLogger(__name__)
 
 LEDGER = Path("retrain") / "ledger.json"
 CHAMPIONS = Path("retrain") / "champions"  # downloaded champion checkpoints, one folder per version
@@ -53,8 +57,38 @@ def read_ledger(root=None) -> dict:
     return json.loads(path.read_text())
 
 
+def missing_watch_dir(watch_dir: str | os.PathLike) -> str | None:
+    """A one-line warning when ``watch_dir`` names nothing yet (a folder that does not exist, a
+    glob matching no file), else None. The nightly deployment ships ``watch_dir: ./incoming``;
+    until someone creates and fills it, each night is "nothing new", not a failure."""
+    from trajfm.data.readers.sources import SourceFile
+
+    file = SourceFile.of(watch_dir)
+    text = file.url
+    has_glob = any(c in text for c in "*?[")
+    if file.is_local:
+        local = os.path.expanduser(text)
+        exists = bool(glob.glob(local, recursive=True)) if has_glob else os.path.exists(local)
+    else:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(text)
+        exists = bool(fs.glob(path)) if has_glob else fs.exists(path)
+    if exists:
+        return None
+    where = Path(os.path.expanduser(text)).resolve() if file.is_local and not has_glob else text
+    return f"watch_dir {watch_dir!s} ({where}) does not exist yet: nothing new to retrain on (create it and drop new files there)"
+
+
 def new_files(watch_dir: str | os.PathLike, root=None, format: str | None = None) -> list[dict]:
-    """Fingerprints of the files under ``watch_dir`` no successful retraining has consumed."""
+    """Fingerprints of the files under ``watch_dir`` no successful retraining has consumed.
+
+    A ``watch_dir`` that does not exist (yet) is "nothing new" with a logged warning (see
+    ``missing_watch_dir``), not an error."""
+    warning = missing_watch_dir(watch_dir)
+    if warning:
+        log.warning(warning)
+        return []
     seen = read_ledger(root)["files"]
     return [fp for fp in watched_files(watch_dir, format) if file_id(fp) not in seen]
 

@@ -57,6 +57,15 @@ def stage_dir(root: Path, stage: str, key: str) -> Path:
     return root / stage / key
 
 
+def within_root(recorded: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """A stage directory recorded in a manifest (an absolute path when it was written), found
+    under this data root: ``<root>/<stage>/<key>`` when that exists (the root was moved or
+    copied since), else the path as recorded."""
+    recorded = Path(recorded)
+    here = data_root(root) / recorded.parent.name / recorded.name
+    return here if here.exists() else recorded
+
+
 def read_manifest(path: str | os.PathLike) -> dict:
     """Read ``manifest.json`` from a stage directory (or the file itself)."""
     p = Path(path)

@@ -159,8 +159,9 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
     return {"n_windows": int(len(sel)), **model_err, **{f"cv_{k}": v for k, v in cv_err.items()}}
 
 
-def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256) -> pd.DataFrame:
-    """Forecast ``horizon`` next fixes of every trajectory in ``points``.
+def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256, **options) -> pd.DataFrame:
+    """Forecast ``horizon`` next fixes of every trajectory in ``points``; ``options`` go to
+    ``rollout_points`` (e.g. ``how="sample", generator=g`` for a sampled future).
 
     ``points`` has columns ``traj_id, t`` (datetime; tz-aware, or naive meaning UTC), ``lon, lat``
     (WGS84 degrees). Each trajectory is sorted by time and encoded whole; its last (up to)
@@ -216,6 +217,7 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
                 np.array([c[3] for c in chunk], dtype=np.int64),
                 horizon,
                 context_lonlat=lonlat if model.needs_lonlat else None,
+                **options,
             )
             out_lon.append(lo), out_lat.append(la), out_t.append(t)
     finally:

@@ -52,8 +52,15 @@ def plot_data_path(results_json: Path) -> Path:
 
 def collect_plot_data(model, ws, *, seed: int = 0, context_len: int = 20, horizon: int = 10,
                       n_examples: int = EXAMPLES, n_samples: int = SAMPLES, max_windows: int = MAX_WINDOWS) -> dict:
-    """Arrays for the report from the forecastable windows of ``ws`` (evenly spaced, at most
-    ``max_windows``): degrees, UTC ns, metres. Deterministic for a given ``seed``."""
+    """Arrays for the report from the forecastable windows of ``ws``: degrees, UTC ns, metres.
+    Deterministic for a given ``seed``.
+
+    The error-vs-horizon curves (``err_model_m``, ``err_constant_velocity_m``, ``n_windows``) use
+    every forecastable window, the same rollout and distance as the forecast task's table
+    (``trajfm.evaluate.forecast.forecast_task`` with the same ``context_len`` and longest
+    horizon), so the curve at step h is the table's ``fde_m@h`` and the window counts agree.
+    Examples, sampled futures, calibration and distributions use at most ``max_windows`` evenly
+    spaced windows (``n_subset_windows``)."""
     import torch
 
     from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
@@ -63,22 +70,29 @@ def collect_plot_data(model, ws, *, seed: int = 0, context_len: int = 20, horizo
     sel = forecastable(ws, context_len, horizon)
     if len(sel) == 0:
         return {"n_windows": np.array(0), "context_len": np.array(context_len), "horizon": np.array(horizon)}
-    pick = sel[np.unique(np.linspace(0, len(sel) - 1, min(max_windows, len(sel))).round().astype(int))]
+    truth = slice(context_len, context_len + horizon)
+    all_lon, all_lat = ws.lon[sel, truth], ws.lat[sel, truth]
+    model_all, cv_all = rollout(model, ws, context_len, horizon), constant_velocity(ws, context_len, horizon)
+    err_model = haversine_m(model_all[0], model_all[1], all_lon, all_lat)  # (N, H) metres
+    err_cv = haversine_m(cv_all[0], cv_all[1], all_lon, all_lat)
+    idx = np.unique(np.linspace(0, len(sel) - 1, min(max_windows, len(sel))).round().astype(int))
+    pick = sel[idx]
     sub = ws.subset(pick)
-    c, truth = slice(0, context_len), slice(context_len, context_len + horizon)
+    c = slice(0, context_len)
     true_lon, true_lat, true_t = sub.lon[:, truth], sub.lat[:, truth], sub.t_ns[:, truth]
-    m_lon, m_lat, m_t = rollout(model, sub, context_len, horizon)
-    cv_lon, cv_lat, _ = constant_velocity(sub, context_len, horizon)
+    m_lon, m_lat = model_all[0][idx], model_all[1][idx]
+    cv_lon, cv_lat = cv_all[0][idx], cv_all[1][idx]
     mixture = model.config.head == "mixture"
     g = torch.Generator().manual_seed(int(seed))
     draws = [rollout(model, sub, context_len, horizon, how="sample", generator=g) for _ in range(n_samples if mixture else 1)]
     s_lon, s_lat, s_t = (np.stack([d[i] for d in draws]) for i in range(3))  # (S, N, H)
 
     data = {
-        "n_windows": np.array(len(pick)), "context_len": np.array(context_len), "horizon": np.array(horizon),
+        "n_windows": np.array(len(sel)), "n_subset_windows": np.array(len(pick)),
+        "context_len": np.array(context_len), "horizon": np.array(horizon),
         "mixture": np.array(mixture), "seed": np.array(seed),
-        "err_model_m": haversine_m(m_lon, m_lat, true_lon, true_lat).mean(axis=0),  # (H,)
-        "err_constant_velocity_m": haversine_m(cv_lon, cv_lat, true_lon, true_lat).mean(axis=0),
+        "err_model_m": err_model.mean(axis=0),  # (H,) over all forecastable windows
+        "err_constant_velocity_m": err_cv.mean(axis=0),
     }
     ex = np.unique(np.linspace(0, len(pick) - 1, min(n_examples, len(pick))).round().astype(int))
     data.update(

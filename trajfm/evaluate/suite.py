@@ -484,12 +484,20 @@ def evaluate_model(
 
 
 def _forecast_shape(params: dict | None) -> dict:
-    """Context length and longest horizon of the forecast task's params, for the plot data."""
+    """Context length and longest horizon of the forecast task's params, for the plot data: the
+    same windows as the task's table (it needs ``max(horizons, mae_points)`` points after the
+    context; defaults as in ``forecast_task``)."""
+    import inspect
+
+    from trajfm.evaluate.forecast import forecast_task
+
+    defaults = {k: v.default for k, v in inspect.signature(forecast_task).parameters.items()}
     p = (params or {}).get("forecast", {})
-    shape = {"context_len": int(p["context_len"])} if "context_len" in p else {}
-    if p.get("horizons"):
-        shape["horizon"] = max(int(h) for h in p["horizons"])
-    return shape
+    horizons = p.get("horizons") or defaults["horizons"]
+    return {
+        "context_len": int(p.get("context_len", defaults["context_len"])),
+        "horizon": max(max(int(h) for h in horizons), int(p.get("mae_points", defaults["mae_points"]))),
+    }
 
 
 def _json_params(params: dict | None) -> dict:

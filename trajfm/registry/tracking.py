@@ -57,11 +57,93 @@ class RegistrationResult:
 
 
 def tracking_uri(root: str | os.PathLike | None = None) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` (absolute path)."""
+    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` (absolute path).
+
+    A data root that was moved or copied is rebased here on first use (``rebase_moved_store``),
+    so its store names its own artifacts, never the original root's."""
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env
-    return f"sqlite:///{data_root(root) / 'mlflow.db'}"
+    root_path = data_root(root)
+    rebase_moved_store(root_path)
+    return f"sqlite:///{root_path / 'mlflow.db'}"
+
+
+# --- a movable data root ------------------------------------------------------------------
+# MLflow's SQL store makes every artifact location absolute (a relative one is resolved against
+# the current directory when it is stored), and MLflow 3 writes the model's absolute artifact
+# URI into its MLmodel. A copied data root would therefore still read, and write, the original.
+# So a store whose locations point under another root is rewritten once, in place, to point
+# under the root it now lives in: the copy then works on its own, the original is never opened.
+
+ARTIFACTS_DIR = "mlartifacts"
+_REBASED: set[tuple[str, int]] = set()  # (database, inode) checked by this process
+# (table, column) holding artifact locations; values of params and tags are rebased too.
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"), ("model_versions", "source"),
+    ("params", "value"), ("tags", "value"), ("model_version_tags", "value"),
+)
+
+
+def recorded_root(database: Path) -> str | None:
+    """The data root path a store's experiments were created under (from their artifact
+    locations ``file://<root>/mlartifacts/...``), or None when there is none."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as con:
+        try:
+            rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError:  # a store MLflow has not created its tables in yet
+            return None
+    marker = f"/{ARTIFACTS_DIR}/"
+    for (location,) in rows:
+        text = (location or "").removeprefix("file://")
+        if marker in text:
+            return text.split(marker, 1)[0]
+    return None
+
+
+def rebase_moved_store(root: Path) -> str | None:
+    """If ``<root>/mlflow.db`` was written under another root path (the root was moved or
+    copied), rewrite every artifact location in it, and the MLmodel files under
+    ``<root>/mlartifacts``, from the old root to ``root``. Returns the old root path when it
+    rebased, else None. Checked once per process and database; a no-op for a store in place."""
+    import sqlite3
+
+    database = Path(root) / "mlflow.db"
+    try:
+        key = (str(database), database.stat().st_ino)
+    except FileNotFoundError:
+        return None
+    if key in _REBASED:
+        return None
+    old = recorded_root(database)
+    new = str(Path(root))
+    if old is None or old == new:
+        _REBASED.add(key)
+        return None
+    with sqlite_init_lock(f"sqlite:///{database}"):
+        old = recorded_root(database)  # another process may have rebased it meanwhile
+        if old is not None and old != new:
+            with sqlite3.connect(database) as con:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                for table, column in _LOCATION_COLUMNS:
+                    if table not in tables:
+                        continue
+                    for before, after in ((f"file://{old}", f"file://{new}"), (old, new)):
+                        con.execute(
+                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                            (after, len(before) + 1, before, len(before) + 1, before + "/"),
+                        )
+            for mlmodel in (Path(root) / ARTIFACTS_DIR).rglob("MLmodel"):
+                text = mlmodel.read_text()
+                if old + "/" in text:
+                    mlmodel.write_text(text.replace(old + "/", new + "/"))
+            log.warning("data root moved: %s was written under %s; its MLflow locations now point under %s", database, old, new)
+    _REBASED.add(key)
+    return old
 
 
 def _server_stores_artifacts(uri: str) -> bool:
@@ -89,7 +171,7 @@ def setup_mlflow(root: str | os.PathLike | None = None, experiment: str = DEFAUL
         else:
             artifact_location = None
             if not _server_stores_artifacts(uri):
-                artifacts = data_root(root) / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+                artifacts = data_root(root) / ARTIFACTS_DIR / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
                 artifacts.mkdir(parents=True, exist_ok=True)
                 artifact_location = artifacts.as_uri()
             experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
@@ -260,9 +342,8 @@ def loss_curve_figure(history: list[dict]):
 
 
 def _pip_requirements() -> list[str]:
-    """Pinned requirements of the served model; ``trajfm`` itself holds the code."""
-    import trajfm
-
+    """Pinned requirements of the served model: public packages only. ``trajfm`` itself is not
+    one (no index has it): its code travels in the model (``code_paths``, see ``_log_run``)."""
     reqs = []
     for dist in ("mlflow", "torch", "numpy", "pandas"):
         try:
@@ -270,11 +351,15 @@ def _pip_requirements() -> list[str]:
             reqs.append(f"{dist}=={version}")
         except metadata.PackageNotFoundError:
             reqs.append(dist)
-    try:
-        reqs.append(f"trajfm=={metadata.version('trajfm')}")
-    except metadata.PackageNotFoundError:
-        reqs.append(f"trajfm=={trajfm.__version__}")
     return reqs
+
+
+def model_code_path() -> str:
+    """The ``trajfm`` package directory, logged with every model (MLflow ``code_paths``): the
+    served model imports the code it was trained with, from its own ``code/trajfm``."""
+    import trajfm
+
+    return str(Path(trajfm.__file__).resolve().parent)
 
 
 @contextmanager
@@ -301,15 +386,27 @@ def _current_champion(client, name: str) -> tuple[int | None, Any]:
 
 def _log_run(
     experiment_id, client, run_name, tags, params, metrics, history, checkpoint_path: Path, input_example, pip_requirements,
+    description: str | None = None, datasets=(),
 ) -> tuple[str, str]:
-    """One MLflow run: params, metrics, history, loss curve, the pyfunc model. (run id, model URI)."""
+    """One MLflow run: params, metrics, history, loss curve, datasets (``log_input``), the pyfunc
+    model; ``description`` is the run's note. (run id, model URI)."""
     import mlflow
 
+    from trajfm.forecaster import training_interval_s
+    from trajfm.model.checkpoint import load_checkpoint
     from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT, example_points, model_signature
+
+    if input_example is None:  # an example at the model's own cadence, so MLflow's check of it passes
+        stats = load_checkpoint(checkpoint_path).get("extra", {}).get("stats")
+        input_example = example_points(interval_s=training_interval_s(stats) or 60.0)
 
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=run_name, tags=tags, nested=mlflow.active_run() is not None
     ) as run:
+        if description:
+            mlflow.set_tag("mlflow.note.content", description)
+        for dataset, context in datasets or ():
+            mlflow.log_input(dataset, context=context)
         if params:
             mlflow.log_params(_params_for_mlflow(params))
         mlflow.log_metrics(_numeric_metrics(metrics))
@@ -321,8 +418,9 @@ def _log_run(
             python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # models from code: nothing pickled
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_path.resolve())},
             signature=model_signature(),
-            input_example=(example_points() if input_example is None else input_example, {"horizon": 3}),
+            input_example=(input_example, {"horizon": 3}),
             pip_requirements=pip_requirements if pip_requirements is not None else _pip_requirements(),
+            code_paths=[model_code_path()],
         )
     return run.info.run_id, info.model_uri
 
@@ -345,6 +443,8 @@ def log_and_register(
     eval_id: str | None = None,
     lineage_key: str | None = None,
     champion_metric_on_eval: Callable[[int], float | None] | None = None,
+    description: str | None = None,
+    datasets=(),
 ) -> RegistrationResult:
     """Log a training run, register its pyfunc model as a new version of ``name``, and decide
     ``champion`` / ``challenger`` by ``promote_metric`` (rule: ``trajfm.registry.manage``).
@@ -360,6 +460,8 @@ def log_and_register(
     ``lineage_key``: when a version with that key exists, nothing is logged and that version is
     returned (``reused=True``); if its registration was interrupted before the decision, the
     decision is made now. Registrations under one data root take turns (``registry_lock``).
+    ``description`` (markdown, e.g. a model card) becomes the version's description and the
+    run's note; ``datasets``: ``(mlflow Dataset, context)`` pairs logged with ``log_input``.
     """
     import mlflow
 
@@ -400,10 +502,12 @@ def log_and_register(
             run_id, model_uri = _log_run(
                 experiment_id, client, run_name, {**version_tags, "trajfm.promote_metric": promote_metric,
                                                   "trajfm.registered_model": name},
-                params, metrics, history, checkpoint_path, input_example, pip_requirements,
+                params, metrics, history, checkpoint_path, input_example, pip_requirements, description, datasets,
             )
             # One call creates the version with its tags, so a version never lacks its lineage.
             version = int(mlflow.register_model(model_uri, name, tags=version_tags).version)
+            if description:
+                client.update_model_version(name, str(version), description=description)
 
         d = decide(client, name, version, promote_metric, metric_value, lower_is_better, eval_id, champion_metric_on_eval)
         client.set_model_version_tag(name, str(version), "trajfm.promoted", str(d.promoted).lower())
