@@ -57,3 +57,54 @@ def test_geolife_real_files_read_as_before(shared_data):
         r = read(f)
         body = [ln for ln in f.read_text().splitlines()[6:] if ln.strip()]
         assert r.rows_read == len(body), f
+
+
+# --- 19.12: a quoted CSV field with a line break in it ---------------------------------------
+
+
+def test_csv_quoted_field_with_line_break_is_quarantined_whole(tmp_path):
+    path = tmp_path / "g.csv"
+    path.write_text(
+        "id,t,lon,lat,note\n"
+        'a,2020-01-01T00:00:00Z,1.0,2.0,ok\n'
+        '"first\nline",2020-01-01T00:01:00Z,1.1,2.1,x\n'
+        'a,2020-01-01T00:02:00Z,1.2,2.2,"one\ntwo\nthree"\n'
+        'a,2020-01-01T00:03:00Z,1.3,2.3,"quoted, fine"\n'
+    )
+    r = read(path, format="generic", columns=GENERIC, kind="bus")
+    assert r.rows_read == 7 and r.rows_kept == 2
+    assert r.points["traj_id"].tolist() == ["g:a", "g:a"]  # no point with the id 'line"'
+    assert r.quarantine["line"].tolist() == [3, 4, 5, 6, 7]
+    assert set(r.quarantine["reason"]) == {"parse_error"}
+    assert r.quarantine["detail"].str.contains("line break").all()
+
+
+def test_csv_record_with_line_break_across_chunks(tmp_path):
+    path = tmp_path / "g.csv"
+    good = [f"a,2020-01-01T00:{i:02d}:00Z,1.{i},2.0" for i in range(10)]
+    path.write_text("id,t,lon,lat\n" + "\n".join(good[:4] + ['"b', 'c",2020-01-01T01:00:00Z,1,2'] + good[4:]) + "\n")
+    for chunk_rows in (1, 2, 3, 5, 1000):
+        r = read(path, format="generic", columns=GENERIC, kind="bus", chunk_rows=chunk_rows)
+        assert (r.rows_read, r.rows_kept) == (12, 10), chunk_rows
+        assert r.quarantine["line"].tolist() == [6, 7], chunk_rows
+
+
+def test_csv_broken_quote_costs_its_own_line_only(tmp_path):
+    path = tmp_path / "g.csv"
+    rows = [f"a,2020-01-01T00:{i:02d}:00Z,1.{i},2.0" for i in range(60)]
+    rows[3] = 'a,"2020-01-01T00:03:00Z,1.3,2.0'  # never closed
+    path.write_text("id,t,lon,lat\n" + "\n".join(rows) + "\n")
+    r = read(path, format="generic", columns=GENERIC, kind="bus")
+    assert r.rows_kept == 59 and r.quarantine["line"].tolist() == [5]
+
+
+# --- 19.13: a header naming a column twice ----------------------------------------------------
+
+
+def test_csv_duplicate_header_column_is_refused(tmp_path):
+    path = tmp_path / "g.csv"
+    path.write_text("id,t,lon,lat,lat\na,2020-01-01T00:00:00Z,1.0,2.0,3.0\n")
+    with pytest.raises(SourceFormatError, match=r"g.csv, line 1: header names column\(s\) \['lat'\] more than once"):
+        read(path, format="generic", columns=GENERIC, kind="bus")
+    path.write_text("id,t,lon,lat,x,x\na,2020-01-01T00:00:00Z,1.0,2.0,3.0,4.0\n")  # not a mapped column: fine
+    assert read(path, format="generic", columns=GENERIC, kind="bus").rows_kept == 1

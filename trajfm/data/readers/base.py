@@ -580,6 +580,93 @@ def split_fields(lines: list[str], delimiter: str = ",", quotechar: str = '"') -
     return out
 
 
+MAX_RECORD_LINES = 50  # a quoted field may hold this many line breaks before its quote is called broken
+
+
+@dataclass
+class OpenRecord:
+    """A quoted field still open at the end of a chunk: the record's first line, lines used."""
+
+    first_line: int
+    lines: int
+
+
+def _open_at_end(text: str, delimiter: str, quotechar: str) -> bool:
+    """True when ``text`` ends inside a quoted field (its record goes on to the next line)."""
+    try:
+        next(csv.reader([text], delimiter=delimiter, quotechar=quotechar, strict=True))
+    except csv.Error as exc:
+        return "end of data" in str(exc)
+    except StopIteration:
+        return False
+    return False
+
+
+def multiline_records(
+    lines: list[str],
+    rows: list[list[str] | None],
+    line_nos: np.ndarray,
+    delimiter: str = ",",
+    quotechar: str = '"',
+    carried: OpenRecord | None = None,
+) -> tuple[np.ndarray, np.ndarray, OpenRecord | None]:
+    """Find CSV records whose quoted field holds a line break (``"a\nb",...`` is one record on
+    two lines); ``split_fields`` reads a line at a time, so each of those lines would otherwise
+    become a row of its own (the second one with a garbage id).
+
+    ``rows`` is ``split_fields(lines)`` (``None``: quotes do not balance on that line, the only
+    lines that can open such a record). A record closes on the first later line that ends its
+    quoted field, within ``MAX_RECORD_LINES`` lines; a quote never closed that soon is a broken
+    quote and costs its own line only. ``carried``: a record left open by the previous chunk.
+
+    Returns ``(in_record, first_line, still_open)``: a mask of the lines that belong to a
+    multi-line record, the 1-based first line of each one's record, and the record left open at
+    the end of this chunk (or ``None``).
+    """
+    n = len(lines)
+    in_record = np.zeros(n, dtype=bool)
+    first = np.zeros(n, dtype=np.int64)
+
+    def closing(start: int, budget: int) -> int | None:
+        for j in range(start, min(n, start + budget)):
+            if quotechar in lines[j] and not _open_at_end(quotechar + lines[j], delimiter, quotechar):
+                return j
+        return None
+
+    i = 0
+    if carried is not None:
+        budget = MAX_RECORD_LINES - carried.lines
+        j = closing(0, budget)
+        if j is not None or n < budget:
+            end = j if j is not None else n - 1
+            in_record[: end + 1], first[: end + 1] = True, carried.first_line
+            if j is None:
+                return in_record, first, OpenRecord(carried.first_line, carried.lines + n)
+            i = j + 1
+    opened = [k for k in range(i, n) if rows[k] is None and _open_at_end(lines[k], delimiter, quotechar)]
+    for k in opened:
+        if k < i:
+            continue  # inside the record found before
+        j = closing(k + 1, MAX_RECORD_LINES - 1)
+        if j is None and n - k < MAX_RECORD_LINES:
+            in_record[k:], first[k:] = True, line_nos[k]
+            return in_record, first, OpenRecord(int(line_nos[k]), n - k)
+        if j is not None:
+            in_record[k : j + 1], first[k : j + 1] = True, line_nos[k]
+            i = j + 1
+    return in_record, first, None
+
+
+def flag_multiline_records(reason: np.ndarray, detail: np.ndarray, in_record: np.ndarray, first: np.ndarray, line_nos: np.ndarray) -> None:
+    """Quarantine every line of a record whose quoted field holds a line break (``parse_error``)."""
+    for k in np.flatnonzero(in_record):
+        reason[k] = "parse_error"
+        detail[k] = (
+            f"quoted field holds a line break: one record from line {first[k]}, quarantined whole "
+            f"(this is line {line_nos[k]})"
+        )
+
+
 def columns_of(rows: list[list[str] | None], n_fields: int, wanted: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
     """Columns ``wanted`` of rows that have exactly ``n_fields`` fields (``""`` in other rows).
 

@@ -27,9 +27,11 @@ says to pass ``timezone=``); pass ``timezone="UTC"`` for naive UTC times. A loca
 skipped or repeated at a daylight-saving change is quarantined too. Epoch numbers are UTC.
 ``delimiter`` (CSV, default ``,``).
 
-CSV: the first non-blank line is the header; each non-blank line after it is one row read; a line
-with a different field count than the header is ``parse_error``; quoted fields may hold the
-delimiter but not a line break. Parquet: read in batches of ``chunk_rows`` rows (memory: one row
+CSV: the first non-blank line is the header (a column named in ``columns`` that appears twice in
+it raises ``SourceFormatError``); each non-blank line after it is one row read; a line with a
+different field count than the header is ``parse_error``; quoted fields may hold the delimiter but
+not a line break: a record whose quoted field holds one (``"a<newline>b",...``) is quarantined
+whole, every line of it ``parse_error`` (none of its lines becomes a point). Parquet: read in batches of ``chunk_rows`` rows (memory: one row
 group); ``line`` in the quarantine is the 1-based row number. A mapped column missing from the
 file raises ``SourceFormatError`` naming the file (and the header line).
 """
@@ -54,8 +56,10 @@ from trajfm.data.readers.base import (
     columns_of,
     fast_fields,
     field_count_problems,
+    flag_multiline_records,
     flag_undecodable,
     header_then_chunks,
+    multiline_records,
     non_blank,
     numeric_optional,
     parse_times,
@@ -159,12 +163,21 @@ def _iter_csv(file, mapping, chunk_rows, chunk_bytes, delimiter, opts) -> Iterat
         raise SourceFormatError(
             str(file), line_no, f"header lacks column(s) {missing} named in columns= (found {header[:12]}){hint}"
         )
+    doubled = sorted({name for name in mapping.values() if header.count(name) > 1})
+    if doubled:
+        at = {name: [i + 1 for i, h in enumerate(header) if h == name] for name in doubled}
+        raise SourceFormatError(
+            str(file), line_no,
+            f"header names column(s) {doubled} more than once (at field positions {at}); "
+            f"rename the duplicates so columns= picks one unambiguously",
+        )
     keys = list(mapping)
     n_fields = len(header)
     positions = [header.index(mapping[k]) for k in keys]
     numeric = tuple(header.index(mapping[k]) for k in ("lon", "lat") + NUMERIC_OPTIONAL if k in mapping)
+    still_open = None  # a quoted field with a line break, open at the end of the previous chunk
     for chunk in chunks:
-        fast = fast_fields(chunk, n_fields, positions, numeric=numeric, delimiter=delimiter)
+        fast = None if still_open else fast_fields(chunk, n_fields, positions, numeric=numeric, delimiter=delimiter)
         if fast is not None:
             values = [fast.columns[j] for j in positions]
             line_nos, raw_of = fast.line_numbers, fast.raw_of
@@ -172,9 +185,12 @@ def _iter_csv(file, mapping, chunk_rows, chunk_bytes, delimiter, opts) -> Iterat
             detail = np.full(len(line_nos), None, dtype=object)
         else:
             lines, line_nos, undecodable = non_blank(chunk)
-            values, counts = columns_of(split_fields(lines, delimiter), n_fields, positions)
+            rows = split_fields(lines, delimiter)
+            values, counts = columns_of(rows, n_fields, positions)
             reason, detail = field_count_problems(counts, n_fields)
             flag_undecodable(reason, detail, undecodable)
+            in_record, first, still_open = multiline_records(lines, rows, line_nos, delimiter, carried=still_open)
+            flag_multiline_records(reason, detail, in_record, first, line_nos)
             raw_of = raw_lines(lines)
         if len(line_nos):
             yield _check_chunk(file, dict(zip(keys, values)), line_nos, reason, detail, raw_of, opts)
