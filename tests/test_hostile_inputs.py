@@ -108,3 +108,32 @@ def test_csv_duplicate_header_column_is_refused(tmp_path):
         read(path, format="generic", columns=GENERIC, kind="bus")
     path.write_text("id,t,lon,lat,x,x\na,2020-01-01T00:00:00Z,1.0,2.0,3.0,4.0\n")  # not a mapped column: fine
     assert read(path, format="generic", columns=GENERIC, kind="bus").rows_kept == 1
+
+
+# --- 19.14: a truncated .gz inside a directory -----------------------------------------------
+
+
+def _truncated_gz(path, text: str) -> None:
+    import gzip
+
+    data = gzip.compress(text.encode())
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _tdrive_lines(n: int) -> str:
+    return "".join(f"1,2008-02-02 15:{i // 60:02d}:{i % 60:02d},116.5{i:04d},39.9{i:04d}\n" for i in range(n))
+
+
+@pytest.mark.parametrize("size", [50, 60_000])  # truncated in the first block, and later on
+def test_truncated_gz_in_a_directory_names_the_file(tmp_path, size):
+    from trajfm.data.ingest import ingest
+
+    folder = tmp_path / "taxis"
+    folder.mkdir()
+    (folder / "1.txt").write_text(_tdrive_lines(10))
+    _truncated_gz(folder / "2.txt.gz", _tdrive_lines(size))
+    with pytest.raises(SourceFormatError) as err:
+        ingest([str(folder)], root=tmp_path / "root")
+    message = str(err.value)
+    assert str(folder / "2.txt.gz") in message and "truncated or corrupt gzip file" in message
+    assert "\n" not in message

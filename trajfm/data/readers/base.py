@@ -124,15 +124,27 @@ class SourceFile:
 
     @contextlib.contextmanager
     def open(self) -> Iterator[IO[bytes]]:
-        """Binary file object (decompressed when the name says so)."""
+        """Binary file object (decompressed when the name says so).
+
+        A truncated or corrupt compressed file raises ``SourceFormatError`` naming this file
+        (the decompressor's own ``EOFError``/``BadGzipFile`` names no file, and a caller that
+        read a directory would otherwise only know the directory).
+        """
         if self.is_local and self.compression is None:
             with open(self.url, "rb") as f:
                 yield f
             return
         import fsspec
 
-        with fsspec.open(self.url, "rb", compression=self.compression) as f:
-            yield f
+        try:
+            with fsspec.open(self.url, "rb", compression=self.compression) as f:
+                yield f
+        except Exception as exc:
+            if self.compression is None or not _is_decompression_error(exc):
+                raise
+            raise SourceFormatError(
+                self.url, None, f"truncated or corrupt {self.compression} file ({type(exc).__name__}: {exc})"
+            ) from None
 
     def exists(self) -> bool:
         if self.is_local:
@@ -146,6 +158,19 @@ class SourceFile:
         """The first ``limit`` bytes (decompressed)."""
         with self.open() as f:
             return f.read(limit)
+
+
+def _is_decompression_error(exc: BaseException) -> bool:
+    """True for what gzip/bz2/lzma/zstd raise on a truncated or corrupt stream."""
+    import gzip
+    import lzma
+    import zlib
+
+    if isinstance(exc, (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError)):
+        return True
+    if type(exc).__module__.startswith(("zstandard", "compression.zstd")):
+        return True
+    return type(exc) is OSError and "invalid data stream" in str(exc).lower()  # bz2
 
 
 # ---------------------------------------------------------------------------------------------

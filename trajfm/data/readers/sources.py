@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, ReadResult, SourceFile
+from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, ReadResult, SourceFile, SourceFormatError
 
 _GLOB_CHARS = set("*?[")
 
@@ -78,7 +78,8 @@ def resolve_sources(
 
     A directory or glob contributes its files with the extensions of ``format`` (of every format
     when ``None``, see ``readers.known_extensions``); those whose format cannot be detected are
-    skipped and listed (``{"path", "why"}``), never read half-way. A file named directly must be
+    skipped and listed (``{"path", "why"}``), never read half-way; a file that cannot be opened
+    (a truncated or corrupt ``.gz``) raises ``SourceFormatError`` naming it, never skipped. A file named directly must be
     readable: an unknown format raises ``ValueError``. Sorting makes the output and the cache key
     independent of the order sources are given in.
 
@@ -104,6 +105,8 @@ def resolve_sources(
             continue
         try:
             chosen.append(Source(SourceFile.of(url), detect_format(url)))
+        except SourceFormatError:
+            raise  # a file of a known kind that cannot be read (a truncated .gz): never skipped
         except ValueError as exc:
             if url in named:
                 raise
