@@ -137,3 +137,46 @@ def test_truncated_gz_in_a_directory_names_the_file(tmp_path, size):
     message = str(err.value)
     assert str(folder / "2.txt.gz") in message and "truncated or corrupt gzip file" in message
     assert "\n" not in message
+
+
+# --- 19.15: nanosecond timestamps -------------------------------------------------------------
+
+NS_TIMES = ["2020-01-01T00:00:00.123456789Z", "2020-01-01T00:00:01.000000001Z"]
+
+
+def _ns_expected():
+    return [pd.Timestamp("2020-01-01 00:00:00.123456789", tz="UTC"), pd.Timestamp("2020-01-01 00:00:01.000000001", tz="UTC")]
+
+
+def test_nanosecond_text_times_are_kept(tmp_path):
+    path = tmp_path / "g.csv"
+    path.write_text("id,t,lon,lat\n" + "".join(f"a,{t},1.{i},2.0\n" for i, t in enumerate(NS_TIMES)))
+    r = read(path, format="generic", columns=GENERIC, kind="bus")
+    assert str(r.points["t"].dtype) == "datetime64[ns, UTC]"
+    assert r.points["t"].tolist() == _ns_expected()
+    offset = tmp_path / "o.csv"  # a local offset, converted to UTC, keeps its nanoseconds too
+    offset.write_text("id,t,lon,lat\na,2020-01-01T01:00:00.123456789+01:00,1.0,2.0\nb,2020-01-01 00:00:00.5,1,2\n")
+    r = read(offset, format="generic", columns=GENERIC, kind="bus", timezone="Europe/London")
+    assert r.points["t"].tolist()[0] == _ns_expected()[0]
+
+
+def test_nanosecond_epoch_and_parquet_times_are_kept(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "e.csv"
+    path.write_text("id,t,lon,lat\na,1577836800123456789,1.0,2.0\na,1577836801000000001,1.1,2.0\n")
+    r = read(path, format="generic", columns=GENERIC, kind="bus", time_format="epoch_ns")
+    assert r.points["t"].tolist() == _ns_expected()
+    ts = pa.array([t.value for t in _ns_expected()], type=pa.timestamp("ns", tz="UTC"))
+    pq.write_table(pa.table({"id": ["a", "a"], "t": ts, "lon": [1.0, 1.1], "lat": [2.0, 2.0]}), tmp_path / "p.parquet")
+    r = read(tmp_path / "p.parquet", format="generic", columns=GENERIC, kind="bus")
+    assert r.points["t"].tolist() == _ns_expected()
+
+
+def test_absurd_years_still_quarantined_not_overflowed(tmp_path):
+    path = tmp_path / "g.csv"
+    path.write_text("id,t,lon,lat\na,1500-01-01T00:00:00Z,1,2\na,9999-01-01T00:00:00Z,1,2\na,2020-01-01T00:00:00.000000001Z,1,2\n")
+    r = read(path, format="generic", columns=GENERIC, kind="bus")
+    assert r.quarantine["reason"].tolist() == ["bad_time", "bad_time"] and r.rows_kept == 1
+    assert r.points["t"].iloc[0].nanosecond == 1

@@ -737,14 +737,39 @@ def flag_undecodable(reason: np.ndarray, detail: np.ndarray, undecodable: np.nda
 # Times
 
 
+_NS_FIRST = pd.Timestamp("1678-01-01", tz="UTC")  # datetime64[ns] holds 1677-09-21 .. 2262-04-11
+_NS_LAST = pd.Timestamp("2262-01-01", tz="UTC")
+
+
+def finest_times(t: pd.Series) -> pd.Series:
+    """UTC times as ``datetime64[ns, UTC]`` when every one fits in nanoseconds (years 1678-2261),
+    else ``datetime64[us, UTC]``: nanoseconds are kept (the contract's unit), an absurd year (a
+    clock error, quarantined later as ``bad_time``) does not overflow."""
+    t = pd.Series(t)
+    if t.dt.tz is None:
+        t = t.dt.tz_localize("UTC")
+    valid = t.dropna()
+    fits = valid.empty or (valid.min() >= _NS_FIRST and valid.max() < _NS_LAST)
+    return t.astype("datetime64[ns, UTC]" if fits else "datetime64[us, UTC]")
+
+
+def _put_times(out: pd.Series, index, parsed: pd.Series) -> pd.Series:
+    """``out`` with ``parsed`` written at ``index``, in the finest unit that holds both."""
+    parsed = finest_times(parsed)
+    if out.dt.unit != parsed.dt.unit:
+        out, parsed = out.astype("datetime64[us, UTC]"), parsed.astype("datetime64[us, UTC]")
+    out[index] = parsed.array
+    return out
+
+
 def parse_time_utc(text: pd.Series, formats: tuple[str, ...]) -> pd.Series:
-    """Parse timestamps to ``datetime64[us, UTC]`` (NaT where unparseable), vectorized.
+    """Parse timestamps to ``datetime64[ns, UTC]`` (NaT where unparseable), vectorized.
 
     Tries each strict ``formats`` entry in turn on what is still unparsed (fast C path; the first
     on the text as is, later ones on stripped text), then ISO-8601 for the rest if it looks like a
     date and time. Naive times are taken as UTC; times with an offset are converted to UTC.
-    Microsecond unit so that absurd years do not overflow; callers range-check before casting
-    to nanoseconds.
+    Nanoseconds are kept; only when a time lies outside what nanoseconds hold (an absurd year)
+    is the unit microseconds (``finest_times``), so nothing overflows; callers range-check.
     """
     return _parse_time_utc(text, formats)[0]
 
@@ -758,9 +783,9 @@ def _parse_time_utc(text: ArrayLike, formats: tuple[str, ...]) -> tuple[pd.Serie
         first = pd.to_datetime(arr, format=formats[0], utc=True, errors="coerce")
         if not first.isna().any():
             strict = "%z" not in formats[0] and "%Z" not in formats[0]
-            return pd.Series(first.astype("datetime64[us, UTC]")), np.full(len(arr), strict, dtype=bool)
+            return finest_times(pd.Series(first)), np.full(len(arr), strict, dtype=bool)
     text = pd.Series(arr, dtype=object)
-    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
     naive = np.zeros(len(text), dtype=bool)
     todo = np.ones(len(text), dtype=bool)
     candidates = [(fmt, i > 0) for i, fmt in enumerate(formats)] + [("ISO8601", True)]
@@ -774,7 +799,7 @@ def _parse_time_utc(text: ArrayLike, formats: tuple[str, ...]) -> tuple[pd.Serie
             rest = rest[rest.str.match(_DATETIME_SHAPE).fillna(False).astype(bool).to_numpy()]
         if len(rest):
             parsed = pd.to_datetime(rest, format=fmt, utc=True, errors="coerce")
-            out[rest.index] = parsed.astype("datetime64[us, UTC]")
+            out = _put_times(out, rest.index, pd.Series(parsed, index=rest.index))
             if fmt != "ISO8601" and "%z" not in fmt and "%Z" not in fmt:
                 naive[rest.index[parsed.notna().to_numpy()]] = True
         todo = out.isna().to_numpy()
@@ -806,14 +831,15 @@ def wall_time_to_utc(wall: pd.Series, timezone: str) -> tuple[pd.Series, np.ndar
     naive = pd.DatetimeIndex(wall).tz_localize(None)
     local = naive.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
     dst = np.asarray(local.isna() & ~naive.isna(), dtype=bool)
-    utc = local.tz_convert("UTC").astype("datetime64[us, UTC]")
-    return pd.Series(utc, index=wall.index), dst
+    utc = finest_times(pd.Series(local.tz_convert("UTC"), index=wall.index))
+    return utc, dst
 
 
 def parse_times(
     text: ArrayLike, formats: tuple[str, ...], timezone: str | None = "UTC"
 ) -> tuple[pd.Series, np.ndarray]:
-    """Parse timestamp text to ``datetime64[us, UTC]``; returns the times and a detail per row.
+    """Parse timestamp text to ``datetime64[ns, UTC]`` (see ``parse_time_utc``); returns the times
+    and a detail per row.
 
     Times with a UTC offset are converted with their own offset. Naive times are wall-clock
     times in ``timezone`` (``"UTC"``: already UTC); with ``timezone=None`` a naive time is not
@@ -839,7 +865,7 @@ def parse_times(
         t, dst = wall_time_to_utc(t, timezone)
     else:
         local, dst = wall_time_to_utc(t[naive], timezone)
-        t[naive] = local
+        t = _put_times(t, t.index[naive], local)
     rows = np.flatnonzero(naive)[dst]
     detail[rows] = f"local time in {timezone} is skipped or repeated at a DST change"
     return t, detail
@@ -950,7 +976,7 @@ def validate_fixes(
     if t_parsed is None:
         t, t_why = parse_times(t_text, time_formats, timezone)
     else:
-        t = pd.Series(t_parsed).reset_index(drop=True).astype("datetime64[us, UTC]")
+        t = finest_times(pd.Series(t_parsed).reset_index(drop=True))
         t_why = np.full(n, None, dtype=object) if t_detail is None else np.asarray(t_detail, dtype=object)
     t_nat = t.isna().to_numpy()
     t_empty = np.zeros(n, dtype=bool)

@@ -56,6 +56,7 @@ from trajfm.data.readers.base import (
     columns_of,
     fast_fields,
     field_count_problems,
+    finest_times,
     flag_multiline_records,
     flag_undecodable,
     header_then_chunks,
@@ -291,11 +292,11 @@ def _times(values, time_format: str, timezone: str | None) -> tuple[pd.Series, n
         blank = np.where(values.isna().to_numpy(), "", "t").astype(object)
         detail = np.full(n, None, dtype=object)
         if values.dt.tz is not None:
-            return values.dt.tz_convert("UTC").astype("datetime64[us, UTC]").reset_index(drop=True), detail, blank
-        wall = values.astype("datetime64[us]").dt.tz_localize("UTC").reset_index(drop=True)
+            return finest_times(values.dt.tz_convert("UTC").reset_index(drop=True)), detail, blank
+        wall = finest_times(values.dt.tz_localize("UTC").reset_index(drop=True))
         if timezone is None:
             detail[values.notna().to_numpy()] = "naive timestamp and no timezone given; pass timezone="
-            return pd.Series(pd.NaT, index=wall.index, dtype="datetime64[us, UTC]"), detail, blank
+            return pd.Series(pd.NaT, index=wall.index, dtype="datetime64[ns, UTC]"), detail, blank
         if timezone.upper() == "UTC":
             return wall, detail, blank
         t, dst = wall_time_to_utc(wall, timezone)
@@ -343,7 +344,7 @@ def _epoch(values, time_format: str) -> tuple[pd.Series, np.ndarray, np.ndarray]
         ns[ok] = np.round(v[ok] * per).astype(np.int64)
     blank = text == ""
     detail[~ok & ~blank] = f"not a number of {time_format[len('epoch_'):]} since 1970 in range"
-    t = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC").astype("datetime64[us, UTC]")
+    t = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")  # nanoseconds kept (epoch_ns)
     t[~ok] = pd.NaT
     return t, detail, text
 
