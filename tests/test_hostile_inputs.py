@@ -180,3 +180,16 @@ def test_absurd_years_still_quarantined_not_overflowed(tmp_path):
     r = read(path, format="generic", columns=GENERIC, kind="bus")
     assert r.quarantine["reason"].tolist() == ["bad_time", "bad_time"] and r.rows_kept == 1
     assert r.points["t"].iloc[0].nanosecond == 1
+
+
+# --- 19.16: one clear line instead of a raw Arrow / Errno / Overflow / Memory error ----------
+
+
+def test_list_typed_parquet_column_is_one_clear_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": ["a", "a"], "t": ["2020-01-01T00:00:00Z"] * 2, "lon": [[1.0], [2.0]], "lat": [2.0, 2.0]})
+    pq.write_table(table, tmp_path / "l.parquet")
+    with pytest.raises(SourceFormatError, match=r"l.parquet: column\(s\) named in columns= hold lists or structs.*'lon': 'list<"):
+        read(tmp_path / "l.parquet", format="generic", columns=GENERIC, kind="bus")

@@ -33,7 +33,8 @@ different field count than the header is ``parse_error``; quoted fields may hold
 not a line break: a record whose quoted field holds one (``"a<newline>b",...``) is quarantined
 whole, every line of it ``parse_error`` (none of its lines becomes a point). Parquet: read in batches of ``chunk_rows`` rows (memory: one row
 group); ``line`` in the quarantine is the 1-based row number. A mapped column missing from the
-file raises ``SourceFormatError`` naming the file (and the header line).
+file, or holding lists or structs (not one value per row), raises ``SourceFormatError`` naming the
+file (and the header line).
 """
 
 from __future__ import annotations
@@ -215,6 +216,17 @@ def _iter_parquet(file, mapping, chunk_rows, opts) -> Iterator[ReadResult]:
         if missing:
             raise SourceFormatError(
                 str(file), None, f"Parquet file lacks column(s) {missing} named in columns= (found {names[:12]})"
+            )
+        nested = {
+            name: str(pf.schema_arrow.field(name).type)
+            for name in dict.fromkeys(mapping.values())
+            if pa.types.is_nested(pf.schema_arrow.field(name).type)
+        }
+        if nested:
+            raise SourceFormatError(
+                str(file), None,
+                f"column(s) named in columns= hold lists or structs, not one value per row: {nested}; "
+                f"flatten them first (one row per fix)",
             )
         t_field = pf.schema_arrow.field(mapping["t"]) if "t" in mapping else None
         if t_field is not None and _is_number_type(t_field.type) and opts["time_format"] not in EPOCH_NS:
