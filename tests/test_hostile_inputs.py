@@ -193,3 +193,51 @@ def test_list_typed_parquet_column_is_one_clear_error(tmp_path):
     pq.write_table(table, tmp_path / "l.parquet")
     with pytest.raises(SourceFormatError, match=r"l.parquet: column\(s\) named in columns= hold lists or structs.*'lon': 'list<"):
         read(tmp_path / "l.parquet", format="generic", columns=GENERIC, kind="bus")
+
+
+def test_truncated_checkpoint_is_one_clear_error(tmp_path):
+    from trajfm.model.checkpoint import load_model, save_checkpoint
+    from trajfm.model.config import GPTConfig
+    from trajfm.model.gpt import TrajGPT
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "model.pt", TrajGPT(GPTConfig(n_layer=1, n_head=1, d_model=8, block_size=8)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model.pt: not a readable checkpoint, truncated or corrupt") as err:
+        load_model(path)
+    assert "\n" not in str(err.value)
+
+
+def test_absent_device_is_one_clear_error_before_any_work(tmp_path, capsys):
+    import torch
+
+    from trajfm.evaluate.cli import main
+
+    absent = f"cuda:{torch.cuda.device_count() + 6}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(tmp_path / "nothing.pt"), "--data", str(tmp_path), "--device", absent, "--out", str(tmp_path / "o.json")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"trajfm evaluate: error: device '{absent}'") and "\n" not in err
+    assert not (tmp_path / "o.json").exists()
+    from trajfm.model.checkpoint import check_device
+
+    assert str(check_device("cpu")) == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        check_device("gpu0")
+
+
+def test_infinite_interval_and_huge_window_are_clear_errors():
+    from trajfm.data.clean import PreprocessParams
+    from trajfm.features.windows import MAX_WINDOW_POINTS, WindowParams
+
+    for bad in (float("inf"), 1e30):
+        with pytest.raises(ValueError, match="interval_s must be a finite number of seconds"):
+            PreprocessParams(interval_s=bad)
+    with pytest.raises(ValueError, match=f"window 1e\\+09 is above the limit of {MAX_WINDOW_POINTS} points"):
+        WindowParams(window=1e9, stride=32)
+    with pytest.raises(ValueError, match="window must be a whole number of points, got 32.5"):
+        WindowParams(window=32.5)
+    assert WindowParams(window=64.0, stride=64).window == 64  # a JSON 64.0 is 64 points

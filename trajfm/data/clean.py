@@ -58,6 +58,8 @@ import pandas as pd
 from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, REASONS, empty_points, to_canonical
 from trajfm.geo import haversine_m
 
+MAX_INTERVAL_S = 365.0 * 86400.0  # one year: a resampling interval beyond it is a typo (and overflows ns)
+
 NS_PER_S = 1_000_000_000
 ENGINES = ("vectorized", "movingpandas")
 CLEAN_REASONS = ("duplicate_fix", "duplicate_time", "speed_outlier", "stop", "generalized", "short_trajectory")
@@ -101,6 +103,8 @@ class PreprocessParams:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.min_points < 1 or self.min_duration_s < 0 or self.generalize_s < 0:
             raise ValueError(f"min_points must be >= 1, min_duration_s and generalize_s >= 0, got {self}")
+        if not np.isfinite(float(self.interval_s)) or self.interval_s > MAX_INTERVAL_S:
+            raise ValueError(f"interval_s must be a finite number of seconds <= {MAX_INTERVAL_S:g}, got {self.interval_s}")
         if round(self.interval_s * NS_PER_S) < 1:
             raise ValueError(f"interval_s {self.interval_s} is below a nanosecond")
 
