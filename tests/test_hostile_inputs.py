@@ -241,3 +241,62 @@ def test_infinite_interval_and_huge_window_are_clear_errors():
     with pytest.raises(ValueError, match="window must be a whole number of points, got 32.5"):
         WindowParams(window=32.5)
     assert WindowParams(window=64.0, stride=64).window == 64  # a JSON 64.0 is 64 points
+
+
+# --- 19.6: an unreachable tracking server ----------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_registry_unreachable_tracking_server_is_a_fast_clear_error(tmp_path, capsys):
+    import time
+
+    from trajfm.registry.cli import main
+
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    started = time.perf_counter()
+    rc = main(["list", "--tracking-uri", uri])
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and seconds < 30  # was 248 s of retries
+    assert err.startswith(f"trajfm registry: error: cannot reach the MLflow tracking server at {uri}")
+    assert "no registered model" not in err and "\n" not in err
+
+
+def test_registry_only_a_missing_model_is_not_found():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
+
+    from trajfm.registry.manage import RegistryError, require_model
+
+    class Client:
+        def __init__(self, code):
+            self.code = code
+
+        def get_registered_model(self, name):
+            raise MlflowException("boom: database is locked", error_code=self.code)
+
+    with pytest.raises(RegistryError, match="no registered model named 'trajfm'"):
+        require_model(Client(RESOURCE_DOES_NOT_EXIST), "trajfm")
+    with pytest.raises(MlflowException, match="database is locked"):
+        require_model(Client(INTERNAL_ERROR), "trajfm")
+
+
+# --- 19.17: credentials in a source URL ------------------------------------------------------
+
+
+def test_redact_url_hides_credentials_only():
+    from trajfm.store import redact, redact_url
+
+    assert redact_url("s3://AKIAKEY:s3cr3t@bucket/ais/*.csv") == "s3://***@bucket/ais/*.csv"
+    assert redact_url("read https://user:pass@example.org/a.csv and gs://b/c") == "read https://***@example.org/a.csv and gs://b/c"
+    assert redact_url("s3://bucket/a@b.csv") == "s3://bucket/a@b.csv"  # an @ in a path is not a password
+    assert redact_url("/data/me@host/x.csv") == "/data/me@host/x.csv"
+    nested = {"sources": ["s3://k:v@b/x.csv", "/local.csv"], "n": 3, "opts": ("https://u:p@h/y",)}
+    assert redact(nested) == {"sources": ["s3://***@b/x.csv", "/local.csv"], "n": 3, "opts": ("https://***@h/y",)}

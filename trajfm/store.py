@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +32,34 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     path = Path(chosen).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+REDACTED = "***"
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``:
+    ``s3://KEY:SECRET@bucket/a.csv`` -> ``s3://***@bucket/a.csv``, ``https://user:pw@host/x`` ->
+    ``https://***@host/x``. Text without such a URL comes back unchanged."""
+    if "@" not in text or "://" not in text:
+        return text
+    return _CREDENTIALS_IN_URL.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+def redact(obj: Any) -> Any:
+    """``obj`` (str, list, tuple, dict, path, nested) with ``redact_url`` applied to every string
+    in it, keys included; what is written to manifests, logs and Prefect parameters."""
+    if isinstance(obj, str):
+        return redact_url(obj)
+    if isinstance(obj, os.PathLike):
+        text = os.fspath(obj)
+        return redact_url(text) if isinstance(text, str) and redact_url(text) != text else obj
+    if isinstance(obj, dict):
+        return {redact(k): redact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v) for v in obj)
+    return obj
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
