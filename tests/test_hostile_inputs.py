@@ -300,3 +300,158 @@ def test_redact_url_hides_credentials_only():
     assert redact_url("/data/me@host/x.csv") == "/data/me@host/x.csv"
     nested = {"sources": ["s3://k:v@b/x.csv", "/local.csv"], "n": 3, "opts": ("https://u:p@h/y",)}
     assert redact(nested) == {"sources": ["s3://***@b/x.csv", "/local.csv"], "n": 3, "opts": ("https://***@h/y",)}
+
+
+# --- 19.7 / 19.20: serving limits, coordinates, the reason of a 400 --------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The pyfunc with a tiny untrained model (seeded), as the scoring server holds it."""
+    pytest.importorskip("mlflow")
+    import torch
+
+    from trajfm.model.checkpoint import load_model, save_checkpoint
+    from trajfm.model.config import GPTConfig
+    from trajfm.model.gpt import TrajGPT
+    from trajfm.registry.pyfunc import TrajFMPyfunc
+
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path_factory.mktemp("m") / "model.pt", TrajGPT(GPTConfig(n_layer=1, n_head=1, d_model=8, block_size=8)))
+    model = TrajFMPyfunc()
+    model.model = load_model(path)
+    return model
+
+
+def _bad_request(model, points, params):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, points, params)
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400, this message on top
+    return err.value.message
+
+
+def test_serving_bounds_horizon_and_request_size(served, monkeypatch):
+    from trajfm.registry.pyfunc import example_points
+    from trajfm.registry.request import DEFAULT_MAX_HORIZON
+
+    points = example_points(2, 6)
+    assert len(served.predict(None, points, {"horizon": 3})) == 6
+    message = _bad_request(served, points, {"horizon": 100_000})
+    assert f"params.horizon must be between 1 and {DEFAULT_MAX_HORIZON} steps, got 100000" in message
+    for bad in (0, -5, 2.5, "ten", True):
+        assert "params.horizon" in _bad_request(served, points, {"horizon": bad})
+    monkeypatch.setenv("TRAJFM_SERVE_MAX_POINTS", "10")
+    assert "the request holds 12 points; the limit is 10" in _bad_request(served, points, {"horizon": 3})
+    monkeypatch.delenv("TRAJFM_SERVE_MAX_POINTS")
+    monkeypatch.setenv("TRAJFM_SERVE_MAX_FORECAST_STEPS", "5")
+    assert "2 trajectories x horizon 3 = 6 forecast steps; the limit is 5" in _bad_request(served, points, {"horizon": 3})
+
+
+@pytest.mark.parametrize(
+    "column, value", [("lon", 500.0), ("lat", -300.0), ("lon", float("nan")), ("lat", float("inf")), ("lon", -180.5)]
+)
+def test_serving_refuses_coordinates_that_are_not_wgs84(served, column, value):
+    from trajfm.registry.pyfunc import example_points
+
+    points = example_points(2, 6)
+    points.loc[3, column] = value
+    message = _bad_request(served, points, {"horizon": 2})
+    assert "1 points are not WGS84 degrees" in message and "row 3" in message
+
+
+def test_serving_400_carries_the_reason(served):
+    from trajfm.registry.pyfunc import example_points
+
+    points = example_points(2, 6)
+    points.loc[0, "t"] = "yesterday-ish"
+    assert "bad forecast request" in _bad_request(served, points, {"horizon": 2})
+    lone = example_points(2, 6).iloc[:7]  # example-1 keeps one point
+    assert "1 trajectories have fewer than 2 points, e.g. ['example-1']" in _bad_request(served, lone, {"horizon": 2})
+    assert "input lacks columns ['lat']" in _bad_request(served, example_points(1, 4).drop(columns="lat"), None)
+
+
+@pytest.mark.slow
+def test_models_serve_400_reason_and_sigterm_stops_the_server(tmp_path, monkeypatch):
+    """End to end: ``mlflow models serve`` answers an oversized horizon and lon 500 with HTTP 400
+    and the reason in ``message``; SIGTERM to the ``mlflow`` process stops the server even with
+    the largest allowed rollout in flight (MLflow passes SIGTERM on through PR_SET_PDEATHSIG;
+    uvicorn then waits for the running request, which the limits keep short)."""
+    import json
+    import os
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    pytest.importorskip("mlflow")
+    import test_serving as ts
+
+    from trajfm.registry.pyfunc import example_points
+    from trajfm.registry.tracking import tracking_uri
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    assert ts._register(root).promoted
+    port = _free_port()
+    proc = ts._start(
+        [ts.MLFLOW, "models", "serve", "-m", "models:/trajfm@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], ts._server_env(MLFLOW_TRACKING_URI=tracking_uri(root)), tmp_path,
+    )
+
+    def ask(points, params):
+        body = {"dataframe_split": points.to_dict(orient="split", index=False), "params": params}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        assert ts._wait_for(f"http://127.0.0.1:{port}/ping", 120, proc), "model server did not answer /ping"
+        started = time.perf_counter()
+        status, body = ask(example_points(1, 8), {"horizon": 100_000})
+        assert status == 400 and "params.horizon must be between 1 and 500 steps" in body["message"], body
+        assert time.perf_counter() - started < 30  # refused up front, no rollout
+        bad = example_points(1, 8)
+        bad.loc[2, "lon"] = 500.0
+        status, body = ask(bad, {"horizon": 2})
+        assert status == 400 and "not WGS84 degrees" in body["message"], body
+        status, _ = ask(example_points(1, 8), {"horizon": 2})
+        assert status == 200
+        import threading
+
+        # The largest rollout allowed is in flight when SIGTERM comes: the server finishes it and
+        # stops (before: a 100000-step rollout kept it, and a core, busy long after the signal).
+        threading.Thread(target=ask, args=(example_points(1, 8), {"horizon": 500}), daemon=True).start()
+        time.sleep(1.0)
+        signalled = time.perf_counter()
+        os.kill(proc.pid, signal.SIGTERM)  # the mlflow CLI only, as `kill PID` does
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _port_open(port):
+            time.sleep(0.5)
+        assert not _port_open(port), "the server kept listening after SIGTERM"
+        print(f"server gone {time.perf_counter() - signalled:.1f} s after SIGTERM with a 500-step rollout in flight")
+    finally:
+        ts._stop(proc)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # an orphaned server too (the group outlives its leader)
+        except ProcessLookupError:
+            pass
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

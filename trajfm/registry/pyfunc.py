@@ -3,7 +3,9 @@
 Input: a points DataFrame with columns ``traj_id`` (string), ``t`` (datetime, tz-aware or naive
 meaning UTC, or ISO-8601 strings as JSON serving delivers them), ``lon, lat`` (WGS84 degrees,
 float64); other columns are dropped by MLflow's schema enforcement. Each trajectory needs at
-least 2 points. Param ``horizon`` (int, default 10): steps to forecast.
+least 2 points. Param ``horizon`` (int, default 10): steps to forecast. Requests are bounded and
+checked before any rollout (``trajfm.registry.request``: horizon, points, trajectories x
+horizon, WGS84 ranges); a refused one is HTTP 400 with the reason in ``message``.
 Output: ``traj_id, step`` (1..horizon), ``t`` (datetime64[ns, UTC]), ``lon, lat`` (degrees).
 
 The weights travel as the artifact ``checkpoint`` (a ``.pt`` written by
@@ -45,10 +47,29 @@ class TrajFMPyfunc(PythonModel):
 
         if self.model is None:
             self.load_context(context)
-        horizon = (params or {}).get("horizon")
-        horizon = DEFAULT_HORIZON if horizon is None else int(horizon)
-        points = _points_frame(model_input)
+        points, horizon = checked_request(model_input, params)
         return forecast_points(self.model, points, horizon)
+
+
+def checked_request(model_input, params: dict | None) -> tuple[pd.DataFrame, int]:
+    """The request's points and horizon, checked against the serving limits
+    (``trajfm.registry.request``); a bad request raises ``MlflowException`` with error code
+    ``INVALID_PARAMETER_VALUE``, which the scoring server answers with HTTP 400 and the reason
+    in the top-level ``message`` (any other exception gives a generic message there)."""
+    from trajfm.registry.request import Limits, RequestError, check_horizon, check_points, check_size
+
+    try:
+        limits = Limits.from_env()
+        horizon = check_horizon((params or {}).get("horizon"), DEFAULT_HORIZON, limits)
+        check_size(len(model_input), limits)  # before parsing every row
+        points = _points_frame(model_input)
+        check_points(points, horizon, limits)
+    except (RequestError, ValueError, TypeError) as exc:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        raise MlflowException(f"bad forecast request: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
+    return points, horizon
 
 
 def _points_frame(model_input) -> pd.DataFrame:
