@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import flow
+from flows._redact import flow
 
 from tasks.ingest import ingest_task
 from trajfm.data.catalog import embedded_files

@@ -4,7 +4,7 @@ Prefect UI as the chain of stages, each with its tasks, retries, logs and artifa
 
 from __future__ import annotations
 
-from prefect import flow
+from flows._redact import flow
 
 from flows.evaluate import evaluate_flow
 from flows.features import features_flow

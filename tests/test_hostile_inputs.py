@@ -455,3 +455,49 @@ def _port_open(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+SECRET = "s3cr3tPW"
+
+
+def test_credentials_in_a_source_url_never_reach_the_data_root_or_messages(tmp_path):
+    import subprocess
+
+    import fsspec
+
+    from trajfm.data.ingest import ingest
+
+    url = f"memory://AKIAKEY:{SECRET}@bucket-{tmp_path.name}/taxi/1.txt"
+    with fsspec.open(url, "w") as f:
+        f.write("1,2008-02-02 15:00:00,116.5,39.9\n1,2008-02-02 15:01:00,116.51,39.91\n1,bad,116.5,39.9\n")
+    out = ingest([url], root=tmp_path / "root")
+    assert subprocess.run(["grep", "-rl", SECRET, str(tmp_path / "root")], capture_output=True).stdout == b""
+    assert pd.read_parquet(out / "quarantine.parquet")["file"].tolist() == [f"memory://***@bucket-{tmp_path.name}/taxi/1.txt"]
+    assert "memory://***@" in (out / "manifest.json").read_text()
+    with pytest.raises(FileNotFoundError) as err:
+        ingest([f"memory://AKIAKEY:{SECRET}@nowhere/none.txt"], root=tmp_path / "root")
+    assert SECRET not in str(err.value) and "memory://***@nowhere/none.txt" in str(err.value)
+    bad = f"memory://AKIAKEY:{SECRET}@bucket-{tmp_path.name}/g.plt"
+    with fsspec.open(bad, "w") as f:
+        f.write("not geolife\n")
+    with pytest.raises(SourceFormatError) as err:
+        read_file(bad, format="geolife")
+    assert SECRET not in str(err.value)
+
+
+def test_flow_run_parameters_are_stored_redacted():
+    pytest.importorskip("prefect")
+    from flows.ingest import ingest_flow
+    from flows.pipeline import pipeline
+
+    sources = [f"s3://AKIAKEY:{SECRET}@bucket/ais/", "https://user:pw@example.org/a.csv", "/data/local.csv"]
+    for fl in (ingest_flow, pipeline):
+        stored = fl.serialize_parameters({"sources": sources, "data_root": "/tmp/r"})  # what Prefect's DB gets
+        assert stored == {"sources": ["s3://***@bucket/ais/", "https://***@example.org/a.csv", "/data/local.csv"], "data_root": "/tmp/r"}
+
+
+def test_task_error_message_is_redacted():
+    pytest.importorskip("prefect")
+    from tasks.ingest import _describe
+
+    assert _describe([f"s3://AKIAKEY:{SECRET}@bucket/ais/"]) == "s3://***@bucket/ais/"

@@ -126,7 +126,7 @@ class StageWriter:
         self.manifest["files"][name] = {"rows": int(len(df)), "hash": frame_hash(df)}
 
     def write_json(self, name: str, obj: Any) -> None:
-        (self.tmp / f"{name}.json").write_text(json.dumps(obj, indent=2, default=str))
+        (self.tmp / f"{name}.json").write_text(json.dumps(redact(obj), indent=2, default=str))
 
     def __enter__(self) -> "StageWriter":
         return self
@@ -135,7 +135,8 @@ class StageWriter:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        (self.tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
+        # Credentials in a source URL (s3://KEY:SECRET@...) never reach the data root.
+        (self.tmp / "manifest.json").write_text(json.dumps(redact(self.manifest), indent=2, default=str))
         try:
             os.rename(self.tmp, self.final)
         except OSError:

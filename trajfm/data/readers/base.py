@@ -55,8 +55,10 @@ class SourceFormatError(ValueError):
     """A file is not in the format its reader expects: one error naming the file and line."""
 
     def __init__(self, file: str, line: int | None, message: str):
-        self.file, self.line = str(file), line
-        where = f"{file}, line {line}" if line is not None else str(file)
+        from trajfm.store import redact_url
+
+        self.file, self.line = redact_url(str(file)), line  # no credentials of a URL in messages
+        where = f"{self.file}, line {line}" if line is not None else self.file
         super().__init__(f"{where}: {message}")
 
 
@@ -285,6 +287,9 @@ def quarantine_frame(file: str, line, raw, reason, detail) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"unknown quarantine reason codes {sorted(unknown)}")
     n = len(raw)
+    from trajfm.store import redact_url
+
+    file = redact_url(file)  # the quarantine table is written under the data root
     return pd.DataFrame(
         {
             "file": pd.Series([file] * n, dtype="string"),

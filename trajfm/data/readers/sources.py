@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, ReadResult, SourceFile, SourceFormatError
+from trajfm.store import redact_url
 
 _GLOB_CHARS = set("*?[")
 
@@ -40,7 +41,7 @@ def _expand(src: str | os.PathLike, extensions: tuple[str, ...]) -> tuple[list[s
         if has_glob:
             found = [p for p in glob.glob(local, recursive=True) if os.path.isfile(p)]
             if not found:
-                raise FileNotFoundError(f"source matches no files: {src}")
+                raise FileNotFoundError(f"source matches no files: {redact_url(str(src))}")
             return [str(Path(p).resolve()) for p in found if _scan_suffix_ok(p, extensions)], True
         path = Path(local).resolve()
         if path.is_dir():
@@ -54,7 +55,7 @@ def _expand(src: str | os.PathLike, extensions: tuple[str, ...]) -> tuple[list[s
             return found, True
         if path.is_file():
             return [str(path)], False
-        raise FileNotFoundError(f"source not found: {src}")
+        raise FileNotFoundError(f"source not found: {redact_url(str(src))}")
 
     import fsspec
 
@@ -62,13 +63,13 @@ def _expand(src: str | os.PathLike, extensions: tuple[str, ...]) -> tuple[list[s
     if has_glob:
         found = [p for p in fs.glob(path) if fs.isfile(p)]
         if not found:
-            raise FileNotFoundError(f"source matches no files: {src}")
+            raise FileNotFoundError(f"source matches no files: {redact_url(str(src))}")
         return [fs.unstrip_protocol(p) for p in found if _scan_suffix_ok(p, extensions)], True
     if fs.isdir(path):
         return [fs.unstrip_protocol(p) for p in fs.find(path) if _scan_suffix_ok(p, extensions)], True
     if fs.isfile(path):
         return [text], False
-    raise FileNotFoundError(f"source not found: {src}")
+    raise FileNotFoundError(f"source not found: {redact_url(str(src))}")
 
 
 def resolve_sources(
