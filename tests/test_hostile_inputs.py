@@ -6,6 +6,11 @@ Every read checks rows_read == kept + quarantined and that every reason is a kno
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +20,7 @@ from trajfm.data.schema import REASONS
 
 PLT_HEADER = ["Geolife trajectory", "WGS 84", "Altitude is in Feet", "Reserved 3", "0,2,255,My Track,0,0,2,8421376", "0"]
 GENERIC = {"traj_id": "id", "t": "t", "lon": "lon", "lat": "lat"}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def read(path, **kwargs):
@@ -501,3 +507,31 @@ def test_task_error_message_is_redacted():
     from tasks.ingest import _describe
 
     assert _describe([f"s3://AKIAKEY:{SECRET}@bucket/ais/"]) == "s3://***@bucket/ais/"
+
+
+# --- 19.18: what a SIGKILL leaves behind ----------------------------------------------------
+
+
+def test_stage_temp_dir_of_a_killed_writer_is_removed_by_the_next_run(tmp_path):
+    import textwrap
+
+    from trajfm.store import StageWriter, is_complete
+
+    root = tmp_path / "root"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from trajfm.store import StageWriter
+        w = StageWriter(Path({str(root)!r}), "ingest", "0123456789abcdef")
+        (w.path / "points.parquet").write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGKILL)  # killed mid-stage
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -9
+    left = [p.name for p in (root / "ingest").iterdir()]
+    assert len(left) == 1 and left[0].startswith(".0123456789abcdef.")
+    live = StageWriter(root, "ingest", "fedcba9876543210")  # a writer in progress (this process): kept
+    with StageWriter(root, "ingest", "0123456789abcdef") as w:
+        w.write_json("x", {"a": 1})
+    names = sorted(p.name for p in (root / "ingest").iterdir())
+    assert names == sorted(["0123456789abcdef", live.path.name]) and is_complete(root / "ingest" / "0123456789abcdef")

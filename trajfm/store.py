@@ -5,7 +5,9 @@ Every stage writes a directory ``<root>/<stage>/<key>/`` holding its tables (Par
 rows, ``quarantine.parquet`` with a ``reason`` column. ``key`` is a hash of the stage's inputs and
 parameters, so identical inputs map to the same directory (a free cache) and two runs with
 different inputs never write to the same place. Directories appear atomically: a stage writes
-into a temporary sibling and renames it into place, so readers never see a partial output.
+into a temporary sibling and renames it into place, so readers never see a partial output. A
+temporary sibling left by a killed run (SIGKILL, out of memory) is removed by the next writer in
+that stage folder once its owner process is gone (``remove_stale_temp_dirs``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,65 @@ def is_complete(directory: Path) -> bool:
     return (directory / "manifest.json").is_file()
 
 
+OWNER_FILE = ".owner"  # in a stage's temporary directory: which process writes it
+STALE_UNOWNED_S = 6 * 3600.0  # a temporary directory without an owner file is stale after this (seconds)
+
+
+def write_owner(directory: Path) -> None:
+    """Record the writing process (host, pid) in a temporary directory."""
+    import socket
+
+    (directory / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def is_stale_temp_dir(directory: Path, now: float | None = None) -> bool:
+    """True for a stage's temporary directory whose writer is gone: its owner process is not
+    alive on this host (killed by SIGKILL or the OOM killer mid-stage), or it has no owner file
+    and is older than ``STALE_UNOWNED_S`` (written before owner files, or on another host)."""
+    import socket
+    import time
+
+    try:
+        owner = json.loads((directory / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        owner = None
+    if isinstance(owner, dict) and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        return not _pid_alive(owner["pid"])
+    try:
+        age = (time.time() if now is None else now) - directory.stat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_UNOWNED_S
+
+
+def remove_stale_temp_dirs(stage_folder: Path) -> list[str]:
+    """Delete the temporary directories (``.<key>.<random>``) a killed run left in a stage
+    folder; a live writer's directory is left alone. Returns the names removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(stage_folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.count(".") >= 2 and entry.is_dir(follow_symlinks=False)):
+            continue
+        path = Path(entry.path)
+        if is_stale_temp_dir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
 class StageWriter:
     """Write a stage's files into a temporary directory, then move it into place at once.
 
@@ -109,7 +170,9 @@ class StageWriter:
     def __init__(self, root: Path, stage: str, key: str):
         self.final = stage_dir(root, stage, key)
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(self.final.parent)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.final.parent))
+        write_owner(self.tmp)
         self.manifest: dict[str, Any] = {
             "stage": stage,
             "key": key,
