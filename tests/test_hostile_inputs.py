@@ -535,3 +535,60 @@ def test_stage_temp_dir_of_a_killed_writer_is_removed_by_the_next_run(tmp_path):
         w.write_json("x", {"a": 1})
     names = sorted(p.name for p in (root / "ingest").iterdir())
     assert names == sorted(["0123456789abcdef", live.path.name]) and is_complete(root / "ingest" / "0123456789abcdef")
+
+
+@pytest.mark.slow
+def test_orphaned_prefect_temporary_server_is_stopped_by_the_next_run(tmp_path):
+    """A run SIGKILLed while Prefect's temporary server runs leaves the server orphaned; the next
+    ``trajfm`` command on the same data root (same PREFECT_HOME) stops it."""
+    import signal
+    import textwrap
+    import time
+
+    pytest.importorskip("prefect")
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("finding orphaned servers reads /proc (Linux only)")
+    from trajfm.cli import _prepare_env
+    from trajfm.orphans import orphaned_prefect_servers
+
+    home = tmp_path / "prefect"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONPATH": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    script = textwrap.dedent("""
+        import os, signal, sys
+        from prefect.server.api.server import SubprocessASGIServer
+        server = SubprocessASGIServer()
+        server.start(timeout=150)
+        print(server.server_process.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # the run dies; atexit never stops the server
+    """)
+    # The server inherits stdout: read the pid line, not to EOF (the orphan keeps the pipe open).
+    run = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = run.stdout.readline()
+    assert run.wait(timeout=200) == -9 and line.strip().isdigit(), line
+    server = int(line)
+    run.stdout.close()
+    try:
+        time.sleep(0.5)
+        assert orphaned_prefect_servers(home) == [server]
+        assert orphaned_prefect_servers(tmp_path / "other-home") == []  # another data root's: left alone
+        old = {k: os.environ.get(k) for k in ("PREFECT_HOME", "TRAJFM_HOME", "PREFECT_API_URL")}
+        os.environ["PREFECT_HOME"] = str(home)
+        os.environ.pop("PREFECT_API_URL", None)
+        try:
+            _prepare_env(str(tmp_path / "root"))  # what every trajfm command does first
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{server}").exists():
+            time.sleep(0.2)
+        assert not Path(f"/proc/{server}").exists() or "Z" in Path(f"/proc/{server}/stat").read_text().split(")")[1][:3]
+    finally:
+        try:
+            os.kill(server, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
