@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import flow
+from flows._redact import flow
 
 from flows._params import documented
 from tasks.evaluate import evaluate_model_task, evaluate_task, report_task

@@ -7,7 +7,7 @@ registry's decision, and links to every stage's run and artifacts."""
 
 from __future__ import annotations
 
-from prefect import flow
+from flows._redact import flow
 
 from flows._params import documented
 from flows.evaluate import evaluate_flow

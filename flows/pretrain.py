@@ -5,7 +5,7 @@ corpus hash as lineage, ``champion`` by the project's rule."""
 
 from __future__ import annotations
 
-from prefect import flow
+from flows._redact import flow
 
 from tasks.ingest import ingest_task
 from tasks.preprocess import preprocess_task

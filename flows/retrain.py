@@ -11,7 +11,7 @@ run that fails anywhere sees the same files again next time.
 
 from __future__ import annotations
 
-from prefect import flow
+from flows._redact import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows._params import documented

@@ -7,7 +7,7 @@ from prefect.artifacts import create_table_artifact
 
 from tasks._common import RETRIES, RETRY_DELAY_S, STAGE_CACHE
 from trajfm.data.ingest import ingest
-from trajfm.store import read_manifest
+from trajfm.store import read_manifest, redact_url
 
 
 @task(name="ingest", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True)
@@ -20,7 +20,7 @@ def ingest_task(sources: list[str], data_root: str | None = None, params: dict |
     try:
         out = ingest([str(s) for s in sources], root=data_root, params=params or {})
     except Exception as exc:
-        raise RuntimeError(f"ingest of {_describe(sources)} failed: {type(exc).__name__}: {exc}") from exc
+        raise RuntimeError(f"ingest of {_describe(sources)} failed: {type(exc).__name__}: {redact_url(str(exc))}") from exc
     m = read_manifest(out)
     get_run_logger().info(
         "ingest: %s read = %s kept + %s quarantined (%s)",
@@ -36,6 +36,6 @@ def ingest_task(sources: list[str], data_root: str | None = None, params: dict |
 
 
 def _describe(sources: list[str], show: int = 5) -> str:
-    names = [str(s) for s in sources]
+    names = [redact_url(str(s)) for s in sources]  # no credentials of a URL in logs
     more = f" and {len(names) - show} more" if len(names) > show else ""
     return ", ".join(names[:show]) + more

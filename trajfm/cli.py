@@ -55,7 +55,20 @@ def _prepare_env(data_root: str | None) -> Path:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     # A fresh Prefect database takes a while to migrate on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    _stop_orphans(root)
     return root
+
+
+def _stop_orphans(root: Path) -> None:
+    """What a SIGKILLed run left: Prefect's temporary server of this PREFECT_HOME (still holding
+    its port and database) and the stage temporary directories (removed by the next writer)."""
+    from trajfm.orphans import stop_orphaned_prefect_servers
+
+    if os.environ.get("PREFECT_API_URL"):
+        return  # a real server: nothing temporary to clean
+    stopped = stop_orphaned_prefect_servers(os.environ["PREFECT_HOME"])
+    if stopped:
+        print(f"trajfm: stopped {len(stopped)} Prefect temporary server(s) left by a killed run (pids {stopped})", file=sys.stderr)
 
 
 def _load_flow(name: str):

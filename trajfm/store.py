@@ -5,7 +5,9 @@ Every stage writes a directory ``<root>/<stage>/<key>/`` holding its tables (Par
 rows, ``quarantine.parquet`` with a ``reason`` column. ``key`` is a hash of the stage's inputs and
 parameters, so identical inputs map to the same directory (a free cache) and two runs with
 different inputs never write to the same place. Directories appear atomically: a stage writes
-into a temporary sibling and renames it into place, so readers never see a partial output.
+into a temporary sibling and renames it into place, so readers never see a partial output. A
+temporary sibling left by a killed run (SIGKILL, out of memory) is removed by the next writer in
+that stage folder once its owner process is gone (``remove_stale_temp_dirs``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +34,34 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     path = Path(chosen).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+REDACTED = "***"
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``:
+    ``s3://KEY:SECRET@bucket/a.csv`` -> ``s3://***@bucket/a.csv``, ``https://user:pw@host/x`` ->
+    ``https://***@host/x``. Text without such a URL comes back unchanged."""
+    if "@" not in text or "://" not in text:
+        return text
+    return _CREDENTIALS_IN_URL.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+def redact(obj: Any) -> Any:
+    """``obj`` (str, list, tuple, dict, path, nested) with ``redact_url`` applied to every string
+    in it, keys included; what is written to manifests, logs and Prefect parameters."""
+    if isinstance(obj, str):
+        return redact_url(obj)
+    if isinstance(obj, os.PathLike):
+        text = os.fspath(obj)
+        return redact_url(text) if isinstance(text, str) and redact_url(text) != text else obj
+    if isinstance(obj, dict):
+        return {redact(k): redact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v) for v in obj)
+    return obj
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -78,6 +109,65 @@ def is_complete(directory: Path) -> bool:
     return (directory / "manifest.json").is_file()
 
 
+OWNER_FILE = ".owner"  # in a stage's temporary directory: which process writes it
+STALE_UNOWNED_S = 6 * 3600.0  # a temporary directory without an owner file is stale after this (seconds)
+
+
+def write_owner(directory: Path) -> None:
+    """Record the writing process (host, pid) in a temporary directory."""
+    import socket
+
+    (directory / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def is_stale_temp_dir(directory: Path, now: float | None = None) -> bool:
+    """True for a stage's temporary directory whose writer is gone: its owner process is not
+    alive on this host (killed by SIGKILL or the OOM killer mid-stage), or it has no owner file
+    and is older than ``STALE_UNOWNED_S`` (written before owner files, or on another host)."""
+    import socket
+    import time
+
+    try:
+        owner = json.loads((directory / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        owner = None
+    if isinstance(owner, dict) and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        return not _pid_alive(owner["pid"])
+    try:
+        age = (time.time() if now is None else now) - directory.stat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_UNOWNED_S
+
+
+def remove_stale_temp_dirs(stage_folder: Path) -> list[str]:
+    """Delete the temporary directories (``.<key>.<random>``) a killed run left in a stage
+    folder; a live writer's directory is left alone. Returns the names removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(stage_folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.count(".") >= 2 and entry.is_dir(follow_symlinks=False)):
+            continue
+        path = Path(entry.path)
+        if is_stale_temp_dir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
 class StageWriter:
     """Write a stage's files into a temporary directory, then move it into place at once.
 
@@ -89,7 +179,9 @@ class StageWriter:
     def __init__(self, root: Path, stage: str, key: str):
         self.final = stage_dir(root, stage, key)
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(self.final.parent)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.final.parent))
+        write_owner(self.tmp)
         self.manifest: dict[str, Any] = {
             "stage": stage,
             "key": key,
@@ -106,7 +198,7 @@ class StageWriter:
         self.manifest["files"][name] = {"rows": int(len(df)), "hash": frame_hash(df)}
 
     def write_json(self, name: str, obj: Any) -> None:
-        (self.tmp / f"{name}.json").write_text(json.dumps(obj, indent=2, default=str))
+        (self.tmp / f"{name}.json").write_text(json.dumps(redact(obj), indent=2, default=str))
 
     def __enter__(self) -> "StageWriter":
         return self
@@ -115,7 +207,8 @@ class StageWriter:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        (self.tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
+        # Credentials in a source URL (s3://KEY:SECRET@...) never reach the data root.
+        (self.tmp / "manifest.json").write_text(json.dumps(redact(self.manifest), indent=2, default=str))
         try:
             os.rename(self.tmp, self.final)
         except OSError:

@@ -59,6 +59,8 @@ from trajfm.data.sampling import DEFAULT_UPSAMPLE_TOLERANCE, effective_interval_
 from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, REASONS, empty_points, to_canonical
 from trajfm.geo import haversine_m
 
+MAX_INTERVAL_S = 365.0 * 86400.0  # one year: a resampling interval beyond it is a typo (and overflows ns)
+
 NS_PER_S = 1_000_000_000
 ENGINES = ("vectorized", "movingpandas")
 CLEAN_REASONS = ("duplicate_fix", "duplicate_time", "speed_outlier", "stop", "generalized", "short_trajectory")
@@ -105,6 +107,8 @@ class PreprocessParams:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.min_points < 1 or self.min_duration_s < 0 or self.generalize_s < 0:
             raise ValueError(f"min_points must be >= 1, min_duration_s and generalize_s >= 0, got {self}")
+        if not np.isfinite(float(self.interval_s)) or self.interval_s > MAX_INTERVAL_S:
+            raise ValueError(f"interval_s must be a finite number of seconds <= {MAX_INTERVAL_S:g}, got {self.interval_s}")
         if round(self.interval_s * NS_PER_S) < 1:
             raise ValueError(f"interval_s {self.interval_s} is below a nanosecond")
         if not float(self.upsample_tolerance) >= 1.0:
@@ -462,6 +466,26 @@ def interpolate_at(
         out_lon[out] -= np.copysign(360.0, out_lon[out])
     out_lat = lat_i + w * (lat[j] - lat_i)
     return out_lon, out_lat
+
+
+def resample_to_interval(
+    t_ns: np.ndarray,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    seg_start: np.ndarray,
+    seg_end: np.ndarray,
+    interval_ns: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Resample segments to fixes at multiples of their interval (ns since the epoch).
+
+    Segment ``s`` is rows ``seg_start[s]:seg_end[s]`` of time-sorted ``t_ns`` (int64 UTC ns) and
+    ``lon, lat`` (degrees). Returns ``(segment, t_ns, lon, lat)`` of the resampled fixes: every
+    ``m * interval_ns[s]`` within the segment's [first, last] time, lon/lat linear in time.
+    Used by ``trajfm.forecaster.resample_points``.
+    """
+    seg, grid_t = time_grid(t_ns[seg_start], t_ns[seg_end - 1], interval_ns)
+    out_lon, out_lat = interpolate_at(t_ns, lon, lat, seg_start, seg_end, seg, grid_t)
+    return seg, grid_t, out_lon, out_lat
 
 
 def min_time_delta(t_ns: np.ndarray, start: np.ndarray, end: np.ndarray, tolerance_ns: np.ndarray) -> np.ndarray:

@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
+        from trajfm.model.checkpoint import check_device
+
+        check_device(args.device)  # an absent device fails now, not after reading the data
         if args.protocol:
             if args.model or args.data:
                 raise ValueError("--protocol trains its own models on its own data: do not combine it with --model/--data")

@@ -72,6 +72,9 @@ class WindowSet:
         )
 
 
+MAX_WINDOW_POINTS = 8192  # points per window, far above the presets' 64-point context; memory grows as windows x this
+
+
 @dataclass
 class WindowParams:
     window: int = 32  # points per window
@@ -84,6 +87,15 @@ class WindowParams:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("window", "stride", "train_stride", "min_points"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not float(value).is_integer()):
+                raise ValueError(f"{name} must be a whole number of points, got {value!r}")
+            if value is not None and value > MAX_WINDOW_POINTS:
+                raise ValueError(f"{name} {value:g} is above the limit of {MAX_WINDOW_POINTS} points per window "
+                                 f"(every window is held in memory at this length)")
+            if value is not None:
+                object.__setattr__(self, name, int(value))
         if self.window < 1 or self.stride < 1 or (self.train_stride is not None and self.train_stride < 1):
             raise ValueError(f"window, stride and train_stride must be >= 1 (train_stride may be None), got "
                              f"{self.window}, {self.stride}, {self.train_stride}")

@@ -72,8 +72,21 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The checkpoint dict, loaded with ``weights_only=True`` (never unpickles code)."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    """The checkpoint dict, loaded with ``weights_only=True`` (never unpickles code).
+
+    A truncated or corrupt file raises ``ValueError`` naming it (not torch's zip-reader error).
+    """
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # torch: "[Errno 22] Invalid argument"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            raise ValueError(f"{path}: refused, it holds objects other than tensors and plain data ({first[:160]})") from None
+        raise ValueError(f"{path}: not a readable checkpoint, truncated or corrupt ({first[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a trajfm checkpoint")
     if ckpt.get("version") != VERSION:
@@ -90,3 +103,23 @@ def model_from_checkpoint(ckpt: dict, map_location: str | torch.device = "cpu") 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> TrajGPT:
     """A ``TrajGPT`` with weights and normalization from ``path``, in eval mode."""
     return model_from_checkpoint(load_checkpoint(path, map_location), map_location)
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a ``torch.device`` that exists on this machine, else ``ValueError`` in one line
+    (``cuda:7`` on a machine with 1 GPU, or on a CPU-only torch, fails here, not deep in a run)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps ({exc})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: no CUDA device is available on this machine; use cpu")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s): cuda:0 .. cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available on this machine; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r}: use cpu, cuda, cuda:N or mps")
+    return device

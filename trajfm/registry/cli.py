@@ -9,7 +9,9 @@
 Options (after the subcommand): ``--name trajfm``, ``--data-root DIR`` (its SQLite store),
 ``--tracking-uri URI`` (a tracking server; default ``$MLFLOW_TRACKING_URI``, else the data
 root's store), ``--json`` (machine-readable output). Exit status 1 with a message on stderr
-for an unknown model, version or alias, or an unreachable registry.
+for an unknown model, version or alias, or an unreachable registry: a tracking server that
+does not accept a connection within 5 s fails at once, and MLflow's HTTP calls get one retry
+and a 15 s timeout (``MLFLOW_HTTP_REQUEST_TIMEOUT``/``_MAX_RETRIES`` set by you win).
 """
 
 from __future__ import annotations
@@ -44,7 +46,51 @@ def _client(args):
     uri = args.tracking_uri or tracking_uri(args.data_root)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise RegistryError(f"no MLflow store at {uri[len('sqlite:///'):]}: nothing registered under this data root yet")
+    check_reachable(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+CONNECT_TIMEOUT_S = 5.0  # seconds to open a connection to a tracking server
+HTTP_ENV = {  # MLflow's own HTTP settings for this command: one try, short timeout (seconds)
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
+def check_reachable(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, in one line, when an ``http(s)://`` tracking server does not accept connections
+    (MLflow's client would retry for minutes, then report "not found")."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    host, port = parts.hostname or "localhost", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RegistryError(f"cannot reach the MLflow tracking server at {redact_uri(uri)}: {exc}") from None
+
+
+def redact_uri(uri: str) -> str:
+    from trajfm.store import redact_url
+
+    return redact_url(uri)
+
+
+def _http_settings() -> dict:
+    """``HTTP_ENV`` entries the user has not set (theirs win); applied for the command's duration."""
+    import os
+
+    return {k: v for k, v in HTTP_ENV.items() if k not in os.environ}
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """An error message on one line: MLflow's connection errors span several and repeat a URL."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _lock(args):
@@ -196,7 +242,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
 
+    import os
+
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    settings = _http_settings()
+    os.environ.update(settings)
     try:
         client = _client(args)
         if args.command == "list":
@@ -215,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             text = f"{args.name}: champion rolled back from version {out['from']} to version {out['to']}; by {out['by']}"
     except (RegistryError, MlflowException) as exc:
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
-        print(f"trajfm registry: error: {message}", file=sys.stderr)
+        print(f"trajfm registry: error: {one_line(message)}", file=sys.stderr)
         return 1
+    finally:
+        for key in settings:
+            os.environ.pop(key, None)
     print(json.dumps(out, indent=2, default=str) if args.json else text)
     return 0
 

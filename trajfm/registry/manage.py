@@ -104,7 +104,19 @@ def require_model(client, name: str):
     try:
         return client.get_registered_model(name)
     except MlflowException as exc:
+        if not is_not_found(exc):
+            raise  # unreachable server, no permission, ...: say that, not "not found"
         raise RegistryError(f"no registered model named {name!r} in this registry") from exc
+
+
+def is_not_found(exc) -> bool:
+    """True when an ``MlflowException`` says the thing asked for does not exist (and not that the
+    registry could not be asked)."""
+    code = getattr(exc, "error_code", None)
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    # MLflow's stores report a missing alias as INVALID_PARAMETER_VALUE "... alias X not found."
+    return code == "INVALID_PARAMETER_VALUE" and "not found" in str(getattr(exc, "message", exc))
 
 
 def resolve_version(client, name: str, ref: str | int):
@@ -120,6 +132,8 @@ def resolve_version(client, name: str, ref: str | int):
             return client.get_model_version(name, text)
         return client.get_model_version_by_alias(name, text)
     except MlflowException as exc:
+        if not is_not_found(exc):
+            raise
         known = ", ".join(f"{a}->v{v}" for a, v in sorted(aliases_of(client, name).items())) or "none"
         kind = "version" if text.isdigit() else "alias"
         raise RegistryError(f"{name} has no {kind} {text!r} (aliases: {known})") from exc

@@ -7,6 +7,9 @@ needs at least 2 points at the model's cadence (else a clear error; param ``resa
 "model" or seconds resamples first). Param ``horizon`` (int, default 10): steps to forecast.
 Output: ``traj_id, step`` (1..horizon), ``t`` (datetime64[ns, UTC]), ``lon, lat`` (degrees) and
 the error radii ``radius_m_q10..radius_m_q90`` (metres; plus ``lon_q*/lat_q*`` for a mixture head).
+Requests are bounded and checked before any rollout (``trajfm.registry.request``: horizon,
+points, trajectories x horizon, WGS84 ranges); a refused one is HTTP 400 with the reason in
+``message``.
 
 The weights travel as the artifact ``checkpoint`` (a ``.pt`` written by
 ``trajfm.model.save_checkpoint``, loaded with ``weights_only=True``); the code travels with the
@@ -49,12 +52,31 @@ class TrajFMPyfunc(PythonModel):
         """``model_input``: DataFrame[traj_id, t, lon, lat]; ``params``: {"horizon": int}."""
         if self.model is None:
             self.load_context(context)
-        horizon = (params or {}).get("horizon")
-        horizon = DEFAULT_HORIZON if horizon is None else int(horizon)
-        points = _points_frame(model_input)
+        points, horizon = checked_request(model_input, params)
         resample = (params or {}).get("resample_s") or None  # "" (the default): refuse off-cadence input
         resample = resample if resample in (None, "model") else float(resample)
         return self.forecaster.forecast(points, horizon=horizon, resample_s=resample)
+
+
+def checked_request(model_input, params: dict | None) -> tuple[pd.DataFrame, int]:
+    """The request's points and horizon, checked against the serving limits
+    (``trajfm.registry.request``); a bad request raises ``MlflowException`` with error code
+    ``INVALID_PARAMETER_VALUE``, which the scoring server answers with HTTP 400 and the reason
+    in the top-level ``message`` (any other exception gives a generic message there)."""
+    from trajfm.registry.request import Limits, RequestError, check_horizon, check_points, check_size
+
+    try:
+        limits = Limits.from_env()
+        horizon = check_horizon((params or {}).get("horizon"), DEFAULT_HORIZON, limits)
+        check_size(len(model_input), limits)  # before parsing every row
+        points = _points_frame(model_input)
+        check_points(points, horizon, limits)
+    except (RequestError, ValueError, TypeError) as exc:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        raise MlflowException(f"bad forecast request: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
+    return points, horizon
 
 
 def _points_frame(model_input) -> pd.DataFrame:

@@ -55,8 +55,10 @@ class SourceFormatError(ValueError):
     """A file is not in the format its reader expects: one error naming the file and line."""
 
     def __init__(self, file: str, line: int | None, message: str):
-        self.file, self.line = str(file), line
-        where = f"{file}, line {line}" if line is not None else str(file)
+        from trajfm.store import redact_url
+
+        self.file, self.line = redact_url(str(file)), line  # no credentials of a URL in messages
+        where = f"{self.file}, line {line}" if line is not None else self.file
         super().__init__(f"{where}: {message}")
 
 
@@ -124,15 +126,27 @@ class SourceFile:
 
     @contextlib.contextmanager
     def open(self) -> Iterator[IO[bytes]]:
-        """Binary file object (decompressed when the name says so)."""
+        """Binary file object (decompressed when the name says so).
+
+        A truncated or corrupt compressed file raises ``SourceFormatError`` naming this file
+        (the decompressor's own ``EOFError``/``BadGzipFile`` names no file, and a caller that
+        read a directory would otherwise only know the directory).
+        """
         if self.is_local and self.compression is None:
             with open(self.url, "rb") as f:
                 yield f
             return
         import fsspec
 
-        with fsspec.open(self.url, "rb", compression=self.compression) as f:
-            yield f
+        try:
+            with fsspec.open(self.url, "rb", compression=self.compression) as f:
+                yield f
+        except Exception as exc:
+            if self.compression is None or not _is_decompression_error(exc):
+                raise
+            raise SourceFormatError(
+                self.url, None, f"truncated or corrupt {self.compression} file ({type(exc).__name__}: {exc})"
+            ) from None
 
     def exists(self) -> bool:
         if self.is_local:
@@ -146,6 +160,19 @@ class SourceFile:
         """The first ``limit`` bytes (decompressed)."""
         with self.open() as f:
             return f.read(limit)
+
+
+def _is_decompression_error(exc: BaseException) -> bool:
+    """True for what gzip/bz2/lzma/zstd raise on a truncated or corrupt stream."""
+    import gzip
+    import lzma
+    import zlib
+
+    if isinstance(exc, (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError)):
+        return True
+    if type(exc).__module__.startswith(("zstandard", "compression.zstd")):
+        return True
+    return type(exc) is OSError and "invalid data stream" in str(exc).lower()  # bz2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +287,9 @@ def quarantine_frame(file: str, line, raw, reason, detail) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"unknown quarantine reason codes {sorted(unknown)}")
     n = len(raw)
+    from trajfm.store import redact_url
+
+    file = redact_url(file)  # the quarantine table is written under the data root
     return pd.DataFrame(
         {
             "file": pd.Series([file] * n, dtype="string"),
@@ -565,6 +595,93 @@ def split_fields(lines: list[str], delimiter: str = ",", quotechar: str = '"') -
     return out
 
 
+MAX_RECORD_LINES = 50  # a quoted field may hold this many line breaks before its quote is called broken
+
+
+@dataclass
+class OpenRecord:
+    """A quoted field still open at the end of a chunk: the record's first line, lines used."""
+
+    first_line: int
+    lines: int
+
+
+def _open_at_end(text: str, delimiter: str, quotechar: str) -> bool:
+    """True when ``text`` ends inside a quoted field (its record goes on to the next line)."""
+    try:
+        next(csv.reader([text], delimiter=delimiter, quotechar=quotechar, strict=True))
+    except csv.Error as exc:
+        return "end of data" in str(exc)
+    except StopIteration:
+        return False
+    return False
+
+
+def multiline_records(
+    lines: list[str],
+    rows: list[list[str] | None],
+    line_nos: np.ndarray,
+    delimiter: str = ",",
+    quotechar: str = '"',
+    carried: OpenRecord | None = None,
+) -> tuple[np.ndarray, np.ndarray, OpenRecord | None]:
+    """Find CSV records whose quoted field holds a line break (``"a\nb",...`` is one record on
+    two lines); ``split_fields`` reads a line at a time, so each of those lines would otherwise
+    become a row of its own (the second one with a garbage id).
+
+    ``rows`` is ``split_fields(lines)`` (``None``: quotes do not balance on that line, the only
+    lines that can open such a record). A record closes on the first later line that ends its
+    quoted field, within ``MAX_RECORD_LINES`` lines; a quote never closed that soon is a broken
+    quote and costs its own line only. ``carried``: a record left open by the previous chunk.
+
+    Returns ``(in_record, first_line, still_open)``: a mask of the lines that belong to a
+    multi-line record, the 1-based first line of each one's record, and the record left open at
+    the end of this chunk (or ``None``).
+    """
+    n = len(lines)
+    in_record = np.zeros(n, dtype=bool)
+    first = np.zeros(n, dtype=np.int64)
+
+    def closing(start: int, budget: int) -> int | None:
+        for j in range(start, min(n, start + budget)):
+            if quotechar in lines[j] and not _open_at_end(quotechar + lines[j], delimiter, quotechar):
+                return j
+        return None
+
+    i = 0
+    if carried is not None:
+        budget = MAX_RECORD_LINES - carried.lines
+        j = closing(0, budget)
+        if j is not None or n < budget:
+            end = j if j is not None else n - 1
+            in_record[: end + 1], first[: end + 1] = True, carried.first_line
+            if j is None:
+                return in_record, first, OpenRecord(carried.first_line, carried.lines + n)
+            i = j + 1
+    opened = [k for k in range(i, n) if rows[k] is None and _open_at_end(lines[k], delimiter, quotechar)]
+    for k in opened:
+        if k < i:
+            continue  # inside the record found before
+        j = closing(k + 1, MAX_RECORD_LINES - 1)
+        if j is None and n - k < MAX_RECORD_LINES:
+            in_record[k:], first[k:] = True, line_nos[k]
+            return in_record, first, OpenRecord(int(line_nos[k]), n - k)
+        if j is not None:
+            in_record[k : j + 1], first[k : j + 1] = True, line_nos[k]
+            i = j + 1
+    return in_record, first, None
+
+
+def flag_multiline_records(reason: np.ndarray, detail: np.ndarray, in_record: np.ndarray, first: np.ndarray, line_nos: np.ndarray) -> None:
+    """Quarantine every line of a record whose quoted field holds a line break (``parse_error``)."""
+    for k in np.flatnonzero(in_record):
+        reason[k] = "parse_error"
+        detail[k] = (
+            f"quoted field holds a line break: one record from line {first[k]}, quarantined whole "
+            f"(this is line {line_nos[k]})"
+        )
+
+
 def columns_of(rows: list[list[str] | None], n_fields: int, wanted: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
     """Columns ``wanted`` of rows that have exactly ``n_fields`` fields (``""`` in other rows).
 
@@ -610,14 +727,39 @@ def flag_undecodable(reason: np.ndarray, detail: np.ndarray, undecodable: np.nda
 # Times
 
 
+_NS_FIRST = pd.Timestamp("1678-01-01", tz="UTC")  # datetime64[ns] holds 1677-09-21 .. 2262-04-11
+_NS_LAST = pd.Timestamp("2262-01-01", tz="UTC")
+
+
+def finest_times(t: pd.Series) -> pd.Series:
+    """UTC times as ``datetime64[ns, UTC]`` when every one fits in nanoseconds (years 1678-2261),
+    else ``datetime64[us, UTC]``: nanoseconds are kept (the contract's unit), an absurd year (a
+    clock error, quarantined later as ``bad_time``) does not overflow."""
+    t = pd.Series(t)
+    if t.dt.tz is None:
+        t = t.dt.tz_localize("UTC")
+    valid = t.dropna()
+    fits = valid.empty or (valid.min() >= _NS_FIRST and valid.max() < _NS_LAST)
+    return t.astype("datetime64[ns, UTC]" if fits else "datetime64[us, UTC]")
+
+
+def _put_times(out: pd.Series, index, parsed: pd.Series) -> pd.Series:
+    """``out`` with ``parsed`` written at ``index``, in the finest unit that holds both."""
+    parsed = finest_times(parsed)
+    if out.dt.unit != parsed.dt.unit:
+        out, parsed = out.astype("datetime64[us, UTC]"), parsed.astype("datetime64[us, UTC]")
+    out[index] = parsed.array
+    return out
+
+
 def parse_time_utc(text: pd.Series, formats: tuple[str, ...]) -> pd.Series:
-    """Parse timestamps to ``datetime64[us, UTC]`` (NaT where unparseable), vectorized.
+    """Parse timestamps to ``datetime64[ns, UTC]`` (NaT where unparseable), vectorized.
 
     Tries each strict ``formats`` entry in turn on what is still unparsed (fast C path; the first
     on the text as is, later ones on stripped text), then ISO-8601 for the rest if it looks like a
     date and time. Naive times are taken as UTC; times with an offset are converted to UTC.
-    Microsecond unit so that absurd years do not overflow; callers range-check before casting
-    to nanoseconds.
+    Nanoseconds are kept; only when a time lies outside what nanoseconds hold (an absurd year)
+    is the unit microseconds (``finest_times``), so nothing overflows; callers range-check.
     """
     return _parse_time_utc(text, formats)[0]
 
@@ -631,9 +773,9 @@ def _parse_time_utc(text: ArrayLike, formats: tuple[str, ...]) -> tuple[pd.Serie
         first = pd.to_datetime(arr, format=formats[0], utc=True, errors="coerce")
         if not first.isna().any():
             strict = "%z" not in formats[0] and "%Z" not in formats[0]
-            return pd.Series(first.astype("datetime64[us, UTC]")), np.full(len(arr), strict, dtype=bool)
+            return finest_times(pd.Series(first)), np.full(len(arr), strict, dtype=bool)
     text = pd.Series(arr, dtype=object)
-    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
     naive = np.zeros(len(text), dtype=bool)
     todo = np.ones(len(text), dtype=bool)
     candidates = [(fmt, i > 0) for i, fmt in enumerate(formats)] + [("ISO8601", True)]
@@ -647,7 +789,7 @@ def _parse_time_utc(text: ArrayLike, formats: tuple[str, ...]) -> tuple[pd.Serie
             rest = rest[rest.str.match(_DATETIME_SHAPE).fillna(False).astype(bool).to_numpy()]
         if len(rest):
             parsed = pd.to_datetime(rest, format=fmt, utc=True, errors="coerce")
-            out[rest.index] = parsed.astype("datetime64[us, UTC]")
+            out = _put_times(out, rest.index, pd.Series(parsed, index=rest.index))
             if fmt != "ISO8601" and "%z" not in fmt and "%Z" not in fmt:
                 naive[rest.index[parsed.notna().to_numpy()]] = True
         todo = out.isna().to_numpy()
@@ -679,14 +821,15 @@ def wall_time_to_utc(wall: pd.Series, timezone: str) -> tuple[pd.Series, np.ndar
     naive = pd.DatetimeIndex(wall).tz_localize(None)
     local = naive.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
     dst = np.asarray(local.isna() & ~naive.isna(), dtype=bool)
-    utc = local.tz_convert("UTC").astype("datetime64[us, UTC]")
-    return pd.Series(utc, index=wall.index), dst
+    utc = finest_times(pd.Series(local.tz_convert("UTC"), index=wall.index))
+    return utc, dst
 
 
 def parse_times(
     text: ArrayLike, formats: tuple[str, ...], timezone: str | None = "UTC"
 ) -> tuple[pd.Series, np.ndarray]:
-    """Parse timestamp text to ``datetime64[us, UTC]``; returns the times and a detail per row.
+    """Parse timestamp text to ``datetime64[ns, UTC]`` (see ``parse_time_utc``); returns the times
+    and a detail per row.
 
     Times with a UTC offset are converted with their own offset. Naive times are wall-clock
     times in ``timezone`` (``"UTC"``: already UTC); with ``timezone=None`` a naive time is not
@@ -712,7 +855,7 @@ def parse_times(
         t, dst = wall_time_to_utc(t, timezone)
     else:
         local, dst = wall_time_to_utc(t[naive], timezone)
-        t[naive] = local
+        t = _put_times(t, t.index[naive], local)
     rows = np.flatnonzero(naive)[dst]
     detail[rows] = f"local time in {timezone} is skipped or repeated at a DST change"
     return t, detail
@@ -825,7 +968,7 @@ def validate_fixes(
     if t_parsed is None:
         t, t_why = parse_times(t_text, time_formats, timezone)
     else:
-        t = pd.Series(t_parsed).reset_index(drop=True).astype("datetime64[us, UTC]")
+        t = finest_times(pd.Series(t_parsed).reset_index(drop=True))
         t_why = np.full(n, None, dtype=object) if t_detail is None else np.asarray(t_detail, dtype=object)
     t_nat = t.isna().to_numpy()
     t_empty = np.zeros(n, dtype=bool)

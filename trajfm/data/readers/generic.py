@@ -27,11 +27,14 @@ says to pass ``timezone=``); pass ``timezone="UTC"`` for naive UTC times. A loca
 skipped or repeated at a daylight-saving change is quarantined too. Epoch numbers are UTC.
 ``delimiter`` (CSV, default ``,``).
 
-CSV: the first non-blank line is the header; each non-blank line after it is one row read; a line
-with a different field count than the header is ``parse_error``; quoted fields may hold the
-delimiter but not a line break. Parquet: read in batches of ``chunk_rows`` rows (memory: one row
+CSV: the first non-blank line is the header (a column named in ``columns`` that appears twice in
+it raises ``SourceFormatError``); each non-blank line after it is one row read; a line with a
+different field count than the header is ``parse_error``; quoted fields may hold the delimiter but
+not a line break: a record whose quoted field holds one (``"a<newline>b",...``) is quarantined
+whole, every line of it ``parse_error`` (none of its lines becomes a point). Parquet: read in batches of ``chunk_rows`` rows (memory: one row
 group); ``line`` in the quarantine is the 1-based row number. A mapped column missing from the
-file raises ``SourceFormatError`` naming the file (and the header line).
+file, or holding lists or structs (not one value per row), raises ``SourceFormatError`` naming the
+file (and the header line).
 """
 
 from __future__ import annotations
@@ -54,8 +57,11 @@ from trajfm.data.readers.base import (
     columns_of,
     fast_fields,
     field_count_problems,
+    finest_times,
+    flag_multiline_records,
     flag_undecodable,
     header_then_chunks,
+    multiline_records,
     non_blank,
     numeric_optional,
     parse_times,
@@ -159,12 +165,21 @@ def _iter_csv(file, mapping, chunk_rows, chunk_bytes, delimiter, opts) -> Iterat
         raise SourceFormatError(
             str(file), line_no, f"header lacks column(s) {missing} named in columns= (found {header[:12]}){hint}"
         )
+    doubled = sorted({name for name in mapping.values() if header.count(name) > 1})
+    if doubled:
+        at = {name: [i + 1 for i, h in enumerate(header) if h == name] for name in doubled}
+        raise SourceFormatError(
+            str(file), line_no,
+            f"header names column(s) {doubled} more than once (at field positions {at}); "
+            f"rename the duplicates so columns= picks one unambiguously",
+        )
     keys = list(mapping)
     n_fields = len(header)
     positions = [header.index(mapping[k]) for k in keys]
     numeric = tuple(header.index(mapping[k]) for k in ("lon", "lat") + NUMERIC_OPTIONAL if k in mapping)
+    still_open = None  # a quoted field with a line break, open at the end of the previous chunk
     for chunk in chunks:
-        fast = fast_fields(chunk, n_fields, positions, numeric=numeric, delimiter=delimiter)
+        fast = None if still_open else fast_fields(chunk, n_fields, positions, numeric=numeric, delimiter=delimiter)
         if fast is not None:
             values = [fast.columns[j] for j in positions]
             line_nos, raw_of = fast.line_numbers, fast.raw_of
@@ -172,9 +187,12 @@ def _iter_csv(file, mapping, chunk_rows, chunk_bytes, delimiter, opts) -> Iterat
             detail = np.full(len(line_nos), None, dtype=object)
         else:
             lines, line_nos, undecodable = non_blank(chunk)
-            values, counts = columns_of(split_fields(lines, delimiter), n_fields, positions)
+            rows = split_fields(lines, delimiter)
+            values, counts = columns_of(rows, n_fields, positions)
             reason, detail = field_count_problems(counts, n_fields)
             flag_undecodable(reason, detail, undecodable)
+            in_record, first, still_open = multiline_records(lines, rows, line_nos, delimiter, carried=still_open)
+            flag_multiline_records(reason, detail, in_record, first, line_nos)
             raw_of = raw_lines(lines)
         if len(line_nos):
             yield _check_chunk(file, dict(zip(keys, values)), line_nos, reason, detail, raw_of, opts)
@@ -198,6 +216,17 @@ def _iter_parquet(file, mapping, chunk_rows, opts) -> Iterator[ReadResult]:
         if missing:
             raise SourceFormatError(
                 str(file), None, f"Parquet file lacks column(s) {missing} named in columns= (found {names[:12]})"
+            )
+        nested = {
+            name: str(pf.schema_arrow.field(name).type)
+            for name in dict.fromkeys(mapping.values())
+            if pa.types.is_nested(pf.schema_arrow.field(name).type)
+        }
+        if nested:
+            raise SourceFormatError(
+                str(file), None,
+                f"column(s) named in columns= hold lists or structs, not one value per row: {nested}; "
+                f"flatten them first (one row per fix)",
             )
         t_field = pf.schema_arrow.field(mapping["t"]) if "t" in mapping else None
         if t_field is not None and _is_number_type(t_field.type) and opts["time_format"] not in EPOCH_NS:
@@ -275,11 +304,11 @@ def _times(values, time_format: str, timezone: str | None) -> tuple[pd.Series, n
         blank = np.where(values.isna().to_numpy(), "", "t").astype(object)
         detail = np.full(n, None, dtype=object)
         if values.dt.tz is not None:
-            return values.dt.tz_convert("UTC").astype("datetime64[us, UTC]").reset_index(drop=True), detail, blank
-        wall = values.astype("datetime64[us]").dt.tz_localize("UTC").reset_index(drop=True)
+            return finest_times(values.dt.tz_convert("UTC").reset_index(drop=True)), detail, blank
+        wall = finest_times(values.dt.tz_localize("UTC").reset_index(drop=True))
         if timezone is None:
             detail[values.notna().to_numpy()] = "naive timestamp and no timezone given; pass timezone="
-            return pd.Series(pd.NaT, index=wall.index, dtype="datetime64[us, UTC]"), detail, blank
+            return pd.Series(pd.NaT, index=wall.index, dtype="datetime64[ns, UTC]"), detail, blank
         if timezone.upper() == "UTC":
             return wall, detail, blank
         t, dst = wall_time_to_utc(wall, timezone)
@@ -327,7 +356,7 @@ def _epoch(values, time_format: str) -> tuple[pd.Series, np.ndarray, np.ndarray]
         ns[ok] = np.round(v[ok] * per).astype(np.int64)
     blank = text == ""
     detail[~ok & ~blank] = f"not a number of {time_format[len('epoch_'):]} since 1970 in range"
-    t = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC").astype("datetime64[us, UTC]")
+    t = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")  # nanoseconds kept (epoch_ns)
     t[~ok] = pd.NaT
     return t, detail, text
 

@@ -16,9 +16,13 @@ folder, else the file stem); ``traj_id`` is ``"geolife:<user>:<file stem>"``; ``
 ``"geolife"``; ``kind`` ``"person"``; ``alt`` is the altitude in **metres** (feet x 0.3048;
 -777, GeoLife's "no altitude", becomes NaN; text in it quarantines the row).
 
-Rows: every non-blank line after the 6 header lines is one row read. A line with other than 7
-fields is ``parse_error``. A file whose first line is not ``Geolife trajectory`` raises
-``SourceFormatError`` (its data might otherwise be mistaken for header lines); a file of the
+Rows: every non-blank line after the header is one row read. The header is recognised by its
+content, not counted blindly: it is the run of leading lines (at most 6) that are GeoLife header
+lines (``Geolife trajectory``, ``WGS 84``, ``Altitude is in Feet``, ``Reserved N``, the 8-field
+display line, ``0``); the first line that is not one of them starts the data, so a file that lost
+a header line loses no fix (rows read = kept + quarantined still counts every line). A line with
+other than 7 fields is ``parse_error``. A file whose first line is not ``Geolife trajectory``
+raises ``SourceFormatError`` (its data might otherwise be mistaken for header lines); a file of the
 header alone reads zero rows.
 """
 
@@ -81,23 +85,50 @@ def _looks_like_geolife(first_line: str) -> bool:
     return first_line.strip().lower().startswith(FIRST_LINE)
 
 
+def is_header_line(text: str) -> bool:
+    """True for a line of the GeoLife header (lines 2-6): ``WGS 84``, ``Altitude is in Feet``,
+    ``Reserved 3``, the 8-field display line (``0,2,255,My Track,0,0,2,8421376``) or ``0``."""
+    line = text.strip()
+    low = line.lower()
+    if low in ("wgs 84", "0") or low.startswith(("altitude is in", "reserved", FIRST_LINE)):
+        return True
+    # The display line: 8 fields and no time of day (a fix has 7 fields and an hh:mm:ss).
+    return line.count(",") == 7 and ":" not in line
+
+
+def header_length(lines: list[str]) -> int:
+    """How many leading lines of the file (given its first lines) are the header: line 1, then
+    each following line while it is a header line, at most ``HEADER_LINES`` in all."""
+    n = 1
+    while n < min(HEADER_LINES, len(lines)) and is_header_line(lines[n]):
+        n += 1
+    return n
+
+
 def _data_chunks(file: SourceFile, chunk_rows: int, chunk_bytes: int) -> Iterator[LineChunk]:
-    """The chunks of lines after the 6 header lines, once line 1 is checked."""
-    checked = False
+    """The chunks of lines after the header (see ``header_length``), once line 1 is checked."""
+    header = None
     for chunk in iter_line_chunks(file, chunk_rows, chunk_bytes):
-        if not checked:
-            checked = True
+        if header is None:
             first = chunk.first_line()
             if not _looks_like_geolife(first):
                 raise SourceFormatError(
                     str(file), 1, f"not a GeoLife .plt file: line 1 should be 'Geolife trajectory', found {first[:80]!r}"
                 )
-        skip = max(0, HEADER_LINES + 1 - chunk.start)
+            # The header sits in the first chunk unless chunks are tiny: read the first lines apart.
+            header = header_length(_first_lines(file, HEADER_LINES))
+        skip = max(0, header + 1 - chunk.start)
         if skip >= len(chunk):
             continue
         if skip:
             chunk = chunk.tail(skip)
         yield chunk
+
+
+def _first_lines(file: SourceFile, n: int) -> list[str]:
+    """The first ``n`` lines of the file as text (a byte-order mark dropped)."""
+    text = file.head(1 << 16).decode("utf-8", errors="replace").lstrip("\ufeff")
+    return text.splitlines()[:n]
 
 
 def iter_geolife(

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, ReadResult, SourceFile
+from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, ReadResult, SourceFile, SourceFormatError
+from trajfm.store import redact_url
 
 _GLOB_CHARS = set("*?[")
 
@@ -40,7 +41,7 @@ def _expand(src: str | os.PathLike, extensions: tuple[str, ...]) -> tuple[list[s
         if has_glob:
             found = [p for p in glob.glob(local, recursive=True) if os.path.isfile(p)]
             if not found:
-                raise FileNotFoundError(f"source matches no files: {src}")
+                raise FileNotFoundError(f"source matches no files: {redact_url(str(src))}")
             return [str(Path(p).resolve()) for p in found if _scan_suffix_ok(p, extensions)], True
         path = Path(local).resolve()
         if path.is_dir():
@@ -54,7 +55,7 @@ def _expand(src: str | os.PathLike, extensions: tuple[str, ...]) -> tuple[list[s
             return found, True
         if path.is_file():
             return [str(path)], False
-        raise FileNotFoundError(f"source not found: {src}")
+        raise FileNotFoundError(f"source not found: {redact_url(str(src))}")
 
     import fsspec
 
@@ -62,13 +63,13 @@ def _expand(src: str | os.PathLike, extensions: tuple[str, ...]) -> tuple[list[s
     if has_glob:
         found = [p for p in fs.glob(path) if fs.isfile(p)]
         if not found:
-            raise FileNotFoundError(f"source matches no files: {src}")
+            raise FileNotFoundError(f"source matches no files: {redact_url(str(src))}")
         return [fs.unstrip_protocol(p) for p in found if _scan_suffix_ok(p, extensions)], True
     if fs.isdir(path):
         return [fs.unstrip_protocol(p) for p in fs.find(path) if _scan_suffix_ok(p, extensions)], True
     if fs.isfile(path):
         return [text], False
-    raise FileNotFoundError(f"source not found: {src}")
+    raise FileNotFoundError(f"source not found: {redact_url(str(src))}")
 
 
 def resolve_sources(
@@ -78,7 +79,8 @@ def resolve_sources(
 
     A directory or glob contributes its files with the extensions of ``format`` (of every format
     when ``None``, see ``readers.known_extensions``); those whose format cannot be detected are
-    skipped and listed (``{"path", "why"}``), never read half-way. A file named directly must be
+    skipped and listed (``{"path", "why"}``), never read half-way; a file that cannot be opened
+    (a truncated or corrupt ``.gz``) raises ``SourceFormatError`` naming it, never skipped. A file named directly must be
     readable: an unknown format raises ``ValueError``. Sorting makes the output and the cache key
     independent of the order sources are given in.
 
@@ -104,6 +106,8 @@ def resolve_sources(
             continue
         try:
             chosen.append(Source(SourceFile.of(url), detect_format(url)))
+        except SourceFormatError:
+            raise  # a file of a known kind that cannot be read (a truncated .gz): never skipped
         except ValueError as exc:
             if url in named:
                 raise
