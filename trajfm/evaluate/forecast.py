@@ -19,6 +19,7 @@ import torch
 from trajfm.features.encode import NS_PER_S, decode_step, encode_points, next_point_features
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, haversine_m, offset_lonlat
+from trajfm.model.blend import apply_blend
 from trajfm.model.generate import Rollout
 from trajfm.model.gpt import TrajGPT
 
@@ -91,8 +92,12 @@ def rollout(
 
     The context is each window's first ``context_len`` points; degrees float64, UTC ns int64.
     ``options`` go to ``rollout_points`` (``how``, ``temperature``, ``generator``, ``use_cache``).
+    A model whose config has a ``forecast_blend`` (fitted on validation, part of the model) has
+    its point forecasts blended with constant velocity step by step (``trajfm.model.blend``).
     """
     sel = forecastable(ws, context_len, horizon)
+    if model.config.forecast_blend is not None and context_len < 2:
+        raise ValueError("a model with a forecast_blend blends with constant velocity: needs context_len >= 2")
     out_lon, out_lat = np.zeros((len(sel), horizon)), np.zeros((len(sel), horizon))
     out_t = np.zeros((len(sel), horizon), dtype=np.int64)
     was_training = model.training
@@ -107,6 +112,8 @@ def rollout(
                 model, ws.x[b, :context_len], n_real, ws.lon[b, c], ws.lat[b, c], ws.t_ns[b, c], horizon,
                 context_lonlat=lonlat, **options,
             )
+            if options.get("how", "mode") != "sample":  # the model's own never-worse rule (trajfm.model.blend)
+                lo, la = apply_blend(model.config, ws.lon[b, c - 1], ws.lat[b, c - 1], ws.lon[b, c], ws.lat[b, c], lo, la)
             out_lon[i : i + len(b)], out_lat[i : i + len(b)], out_t[i : i + len(b)] = lo, la, t
     finally:
         model.train(was_training)
@@ -165,7 +172,8 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
     ``points`` has columns ``traj_id, t`` (datetime; tz-aware, or naive meaning UTC), ``lon, lat``
     (WGS84 degrees). Each trajectory is sorted by time and encoded whole; its last (up to)
     ``block_size`` points are the context. Returns columns ``traj_id, step`` (1..horizon), ``t``
-    (datetime64[ns, UTC]), ``lon, lat`` (degrees), sorted by traj_id then step.
+    (datetime64[ns, UTC]), ``lon, lat`` (degrees), sorted by traj_id then step. The model's
+    ``forecast_blend`` applies as in ``rollout``; its quantiles: ``trajfm.model.blend.add_quantiles``.
     """
     missing = [c for c in ("traj_id", "t", "lon", "lat") if c not in points.columns]
     if missing:
@@ -193,7 +201,7 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
         lon, lat, t_ns = g["lon"].to_numpy(), g["lat"].to_numpy(), g["t_ns"].to_numpy()
         feats = encode_points(lon, lat, t_ns)[-block:]  # whole-track encoding: true first delta
         ids.append(tid)
-        contexts.append((feats, lon[-1], lat[-1], t_ns[-1], np.stack([lon, lat], axis=-1)[-block:]))
+        contexts.append((feats, lon[-1], lat[-1], t_ns[-1], np.stack([lon, lat], axis=-1)[-block:], lon[-2], lat[-2]))
 
     was_training = model.training
     model.eval()
@@ -217,6 +225,8 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
                 horizon,
                 context_lonlat=lonlat if model.needs_lonlat else None,
             )
+            lo, la = apply_blend(model.config, np.array([c[5] for c in chunk]), np.array([c[6] for c in chunk]),
+                                 np.array([c[1] for c in chunk]), np.array([c[2] for c in chunk]), lo, la)
             out_lon.append(lo), out_lat.append(la), out_t.append(t)
     finally:
         model.train(was_training)

@@ -1,0 +1,145 @@
+"""Forecast calibration that is part of the model (trajfm/model/blend.py, trajfm/evaluate/calibrate.py)
+and the probabilistic scores (trajfm/evaluate/scores.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
+from trajfm.evaluate.calibrate import calibrate_model, calibrate_stage, with_calibration
+from trajfm.evaluate.forecast import constant_velocity, forecast_points, forecastable, rollout
+from trajfm.evaluate.scores import coverage, crps_gaussian, crps_m, isotropic_cov
+from trajfm.features.windows import WindowSet
+from trajfm.geo import haversine_m
+from trajfm.model import GPTConfig, load_model, save_checkpoint
+from trajfm.model.blend import add_quantiles, disc_radius_factor, fit_sigma, per_step, region_radius_m
+
+CONTEXT, H = 20, 10
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tutorial model trained 30 steps on one real day of New York Harbor AIS (tracktable-data)."""
+    from trajfm.bench.model import prepare_features
+    from trajfm.data.catalog import SMALL_SLICE, embedded_files
+    from trajfm.train import run_training
+
+    root = tmp_path_factory.mktemp("ais")
+    features, _ = prepare_features([str(p) for p in embedded_files(SMALL_SLICE)], root)
+    train_dir = run_training(features, root=root, preset="tutorial", train_overrides={
+        "epochs": 8, "max_steps": 30, "batch_size": 32, "device": "cpu", "progress": False, "seed": 0})
+    return root, features, train_dir, load_model(train_dir / "model.pt")
+
+
+def _errors(model, ws):
+    sel = forecastable(ws, CONTEXT, H)
+    tl, ta = ws.lon[sel, CONTEXT:CONTEXT + H], ws.lat[sel, CONTEXT:CONTEXT + H]
+    lon, lat, _ = rollout(model, ws, CONTEXT, H)
+    cl, ca, _ = constant_velocity(ws, CONTEXT, H)
+    return haversine_m(lon, lat, tl, ta).mean(axis=0), haversine_m(cl, ca, tl, ta).mean(axis=0)
+
+
+def test_blend_is_never_worse_than_cv_or_the_model_on_the_split_it_was_chosen_on(trained):
+    _, features, _, model = trained
+    val = WindowSet.load(features / "val.npz")
+    calibrated, info = calibrate_model(model, val, CONTEXT, H)
+    blended, cv = _errors(calibrated, val)
+    raw, _ = _errors(model, val)
+    assert np.all(blended <= cv + 1e-6) and np.all(blended <= raw + 1e-6)
+    assert len(info["blend"]) == H and len(info["sigma_m"]) == H
+    np.testing.assert_allclose(info["val_error_m"]["blended"], blended, atol=0.01)
+    assert calibrated.config.forecast_blend == tuple(info["blend"])  # in the model, not beside it
+    assert model.config.forecast_blend is None  # the original is left alone
+
+
+def test_a_zero_blend_is_constant_velocity_exactly(trained):
+    _, features, _, model = trained
+    test = WindowSet.load(features / "test.npz")
+    lon, lat, t = rollout(with_calibration(model, blend=(0.0,) * H), test, CONTEXT, H)
+    cl, ca, _ = constant_velocity(test, CONTEXT, H)
+    np.testing.assert_array_equal(lon, cl)
+    np.testing.assert_array_equal(lat, ca)
+    _, _, t_raw = rollout(model, test, CONTEXT, H)
+    np.testing.assert_array_equal(t, t_raw)  # times stay the model's
+
+
+def test_calibration_travels_in_the_checkpoint_to_forecast_points(trained, tmp_path):
+    root, features, train_dir, model = trained
+    out = calibrate_stage(features, train_dir, root=root)
+    loaded = load_model(out / "model.pt")
+    assert loaded.config.forecast_blend is not None and loaded.config.forecast_sigma_m is not None
+    test = WindowSet.load(features / "test.npz")
+    i = forecastable(test, CONTEXT, H)[:6]
+    points = pd.concat([pd.DataFrame({"traj_id": f"w{j}", "t": pd.to_datetime(test.t_ns[j, :CONTEXT], utc=True),
+                                      "lon": test.lon[j, :CONTEXT], "lat": test.lat[j, :CONTEXT]}) for j in i])
+    a = forecast_points(loaded, points, H)
+    zero = forecast_points(with_calibration(loaded, blend=(0.0,) * H), points, H)
+    cl, ca, _ = constant_velocity(test.subset(i), CONTEXT, H)
+    np.testing.assert_allclose(zero["lon"].to_numpy().reshape(-1, H), cl, atol=1e-9)
+    np.testing.assert_allclose(zero["lat"].to_numpy().reshape(-1, H), ca, atol=1e-9)
+    raw = forecast_points(model, points, H)
+    w = np.asarray(loaded.config.forecast_blend)
+    moved = np.abs(a["lon"].to_numpy() - raw["lon"].to_numpy()).reshape(-1, H).max(axis=0)
+    assert np.all(moved[w == 1.0] == 0) and np.all(moved[w < 1.0] > 0)  # the blend applied where it is not 1
+    q = add_quantiles(a, loaded.config)
+    assert {"lon_q10", "lat_q90", "radius_m_q80"} <= set(q.columns)
+    assert np.all(q["lon_q10"] < q["lon_q50"]) and np.all(q["lon_q50"] < q["lon_q90"])
+    np.testing.assert_allclose(q["lon_q50"], q["lon"], atol=1e-12)
+    again = calibrate_stage(features, train_dir, root=root)
+    assert again == out  # cached
+
+
+def test_config_round_trips_and_refuses_bad_values():
+    cfg = GPTConfig(forecast_blend=[0.0, 0.5, 1.0], forecast_sigma_m=[1.0, 2.0, 3.0])
+    assert GPTConfig.from_dict(cfg.to_dict()) == cfg and cfg.forecast_blend == (0.0, 0.5, 1.0)
+    assert "forecast_blend" not in GPTConfig().to_dict()  # older configs keep their dict (cache keys)
+    with pytest.raises(ValueError, match="forecast_blend weights must be in"):
+        GPTConfig(forecast_blend=[1.5])
+    with pytest.raises(ValueError, match="forecast_sigma_m must be > 0"):
+        GPTConfig(forecast_sigma_m=[0.0])
+    np.testing.assert_allclose(per_step((1.0, 2.0), 4, grow=True), [1, 2, 3, 4])
+    np.testing.assert_allclose(per_step((0.2, 0.7), 4, grow=False), [0.2, 0.7, 0.7, 0.7])
+
+
+def test_coverage_is_nominal_on_synthetic_gaussian_errors():
+    rng = np.random.default_rng(0)
+    n = 200_000
+    sigma = np.array([3.0, 30.0])
+    err = rng.normal(size=(n, 2, 2)) * sigma[None, :, None]
+    for level in (0.5, 0.8, 0.9):
+        np.testing.assert_allclose(coverage(err, isotropic_cov(sigma, n), level), level, atol=0.005)
+        np.testing.assert_allclose(coverage(err, isotropic_cov(sigma * 2, n), level), 1 - (1 - level) ** 4, atol=0.005)  # a disc twice as wide
+    # correlated: the ellipse, not the disc
+    C = np.array([[100.0, 60.0], [60.0, 49.0]])
+    e = rng.multivariate_normal([0, 0], C, size=n)[:, None, :]
+    np.testing.assert_allclose(coverage(e, np.broadcast_to(C, (n, 1, 2, 2)), 0.8), 0.8, atol=0.005)
+    # the fitted scale covers its level on the data it is fitted on, and the disc formula is Rayleigh's
+    radius = np.hypot(err[..., 0], err[..., 1])
+    s = np.asarray(fit_sigma(radius, 0.8))
+    np.testing.assert_allclose(s, sigma, rtol=0.01)
+    np.testing.assert_allclose((radius <= s * disc_radius_factor(0.8)).mean(axis=0), 0.8, atol=1e-4)
+    cfg = GPTConfig(forecast_sigma_m=tuple(s))
+    np.testing.assert_allclose(region_radius_m(cfg, 2, 0.9), s * math.sqrt(-2 * math.log(0.1)))
+
+
+def test_crps_matches_its_definition_and_limits():
+    sigma, y = 2.5, np.array([-4.0, 0.0, 1.3, 7.0])
+    x = np.linspace(-60, 60, 240_001)
+    from scipy.stats import norm
+
+    F = norm.cdf(x, scale=sigma)
+    numeric = [np.trapezoid((F - (x >= v)) ** 2, x) for v in y]  # the definition: integral of (F - step)^2
+    np.testing.assert_allclose(crps_gaussian(y, sigma), numeric, atol=1e-3)  # the step at y costs half a grid cell
+    np.testing.assert_allclose(crps_gaussian(0.0, 1.0), (math.sqrt(2) - 1) / math.sqrt(math.pi))
+    np.testing.assert_allclose(crps_gaussian(y, 1e-9), np.abs(y), atol=1e-6)  # no spread: absolute error
+    rng = np.random.default_rng(1)
+    draws = rng.normal(0, sigma, 400_000)  # E|X - y| - E|X - X'| / 2
+    sample = np.abs(draws - 1.3).mean() - 0.5 * np.abs(draws - rng.permutation(draws)).mean()
+    np.testing.assert_allclose(crps_gaussian(1.3, sigma), sample, rtol=0.01)
+    err = np.stack([np.full((3, 1), 1.3), np.zeros((3, 1))], axis=-1)
+    np.testing.assert_allclose(crps_m(err, isotropic_cov([sigma], 3)), (crps_gaussian(1.3, sigma) + crps_gaussian(0, sigma)) / 2)

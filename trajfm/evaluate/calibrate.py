@@ -1,0 +1,100 @@
+"""Fit a trained model's forecast calibration on the validation split (``trajfm.model.blend``):
+the per-step blend with constant velocity (never worse than it on that split) and the per-step
+Gaussian error scale (its 80% disc covers 80% of the validation windows). Both are written into
+the model's config, so every consumer of the checkpoint forecasts the same way.
+
+``calibrate_stage(features_dir, train_dir)`` is the pipeline's ``calibrate`` stage: it writes
+``<root>/calibrate/<key>/`` with the calibrated ``model.pt``, the training ``history.json`` and a
+manifest carrying the train manifest's fields (``preset``, ``model_config`` (calibrated),
+``train_config``, ``final``, ...) plus ``calibration``: the evaluate and register stages take it
+as they take a train directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
+from trajfm.features.windows import WindowSet
+from trajfm.geo import haversine_m
+from trajfm.model.blend import SIGMA_LEVEL, fit_blend, fit_sigma, mix
+from trajfm.model.gpt import TrajGPT
+
+
+def with_calibration(model: TrajGPT, blend=None, sigma_m=None) -> TrajGPT:
+    """A view of ``model`` (same weights, shared) whose config carries ``blend`` / ``sigma_m``."""
+    out = copy.copy(model)
+    out.config = dataclasses.replace(model.config, forecast_blend=blend, forecast_sigma_m=sigma_m)
+    return out
+
+
+def calibrate_model(model: TrajGPT, val_ws: WindowSet, context_len: int = 20, horizon: int = 10,
+                    batch_size: int = 256) -> tuple[TrajGPT, dict]:
+    """(calibrated model, what was fitted) from the ``forecastable`` validation windows: per step
+    1..``horizon`` the blend weight (``fit_blend``) and then the error scale of the blended
+    forecast (``fit_sigma``). Any calibration the model had is replaced. The dict has
+    ``blend``, ``sigma_m`` and the validation errors (m) per step of ``model`` (raw),
+    ``constant_velocity`` and ``blended``, and ``n_windows``."""
+    sel = forecastable(val_ws, context_len, horizon)
+    if len(sel) == 0:
+        raise ValueError(f"no validation window has {context_len + horizon} real points to calibrate on")
+    raw = with_calibration(model)
+    m_lon, m_lat, _ = rollout(raw, val_ws, context_len, horizon, batch_size)
+    c_lon, c_lat, _ = constant_velocity(val_ws, context_len, horizon)
+    true_lon, true_lat = val_ws.lon[sel, context_len:context_len + horizon], val_ws.lat[sel, context_len:context_len + horizon]
+    last_lon, last_lat = val_ws.lon[sel, context_len - 1], val_ws.lat[sel, context_len - 1]
+    blend = fit_blend(last_lon, last_lat, m_lon, m_lat, c_lon, c_lat, true_lon, true_lat)
+    b_lon, b_lat = mix(np.asarray(blend), last_lon, last_lat, m_lon, m_lat, c_lon, c_lat)
+    err = haversine_m(b_lon, b_lat, true_lon, true_lat)
+    sigma = fit_sigma(err, SIGMA_LEVEL)
+    info = {
+        "split": "val", "n_windows": int(len(sel)), "context_len": context_len, "horizon": horizon,
+        "blend": list(blend), "sigma_m": [round(s, 3) for s in sigma], "sigma_level": SIGMA_LEVEL,
+        "val_error_m": {
+            "model": haversine_m(m_lon, m_lat, true_lon, true_lat).mean(axis=0).round(2).tolist(),
+            "constant_velocity": haversine_m(c_lon, c_lat, true_lon, true_lat).mean(axis=0).round(2).tolist(),
+            "blended": err.mean(axis=0).round(2).tolist(),
+        },
+    }
+    return with_calibration(model, blend, sigma), info
+
+
+def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, context_len: int = 20,
+                    horizon: int = 10) -> Path:
+    """The calibrated model as a stage directory a train directory's consumers accept (cached by
+    the train stage's key, the features' key and the protocol)."""
+    from trajfm.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash, stage_dir
+
+    root = data_root(root)
+    train_manifest = read_manifest(train_dir)
+    key = stable_hash({"train": train_manifest["key"], "features": read_manifest(features_dir)["key"],
+                       "context_len": context_len, "horizon": horizon, "v": 1})
+    out = stage_dir(root, "calibrate", key)
+    if is_complete(out):
+        return out
+    ckpt = load_checkpoint(Path(train_dir) / "model.pt")
+    model = model_from_checkpoint(ckpt)
+    if model.config.objective == "infill":
+        raise ValueError("an infill-only model does not forecast: nothing to calibrate")
+    calibrated, info = calibrate_model(model, WindowSet.load(Path(features_dir) / "val.npz"), context_len, horizon)
+    with StageWriter(root, "calibrate", key) as w:
+        save_checkpoint(w.path / "model.pt", calibrated, extra={**ckpt.get("extra", {}), "calibration": info})
+        shutil.copyfile(Path(train_dir) / "history.json", w.path / "history.json")
+        w.write_json("calibration", info)
+        carried = {k: v for k, v in train_manifest.items() if k not in ("stage", "key", "schema_version", "files")}
+        w.manifest.update({**carried, "model_config": calibrated.config.to_dict(), "train_dir": str(train_dir),
+                           "train_key": train_manifest["key"], "calibration": info})
+    return out
+
+
+def read_calibration(model_dir: str | Path) -> dict | None:
+    """The ``calibration.json`` of a calibrate stage directory, or None for a plain train directory."""
+    path = Path(model_dir) / "calibration.json"
+    return json.loads(path.read_text()) if path.is_file() else None
