@@ -1,11 +1,12 @@
 """The main job: ingest -> validate raw -> preprocess -> validate processed -> features -> train
--> evaluate -> register. Each stage is its own flow (a subflow here), so a run shows up in the
+-> calibrate -> evaluate -> register. Each stage is its own flow (a subflow here), so a run shows up in the
 Prefect UI as the chain of stages, each with its tasks, retries, logs and artifacts."""
 
 from __future__ import annotations
 
 from prefect import flow
 
+from flows.calibrate import calibrate_flow
 from flows.evaluate import evaluate_flow
 from flows.features import features_flow
 from flows.ingest import ingest_flow
@@ -52,13 +53,16 @@ def pipeline(
         features_dir, data_root=data_root, preset=preset, train_overrides={"epochs": epochs, "batch_size": batch_size, **(train_overrides or {})},
         nproc=nproc, torchrun_args=torchrun_args,
     )
-    metrics = evaluate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
-    registration = register_flow(train_dir, features_dir, metrics, data_root=data_root, name=model_name)
+    # the registered model carries its never-worse-than-constant-velocity rule and error scale
+    model_dir = calibrate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    metrics = evaluate_flow(features_dir, model_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    registration = register_flow(model_dir, features_dir, metrics, data_root=data_root, name=model_name)
     return {
         "ingest_dir": ingest_dir,
         "preprocess_dir": processed_dir,
         "features_dir": features_dir,
         "train_dir": train_dir,
+        "model_dir": model_dir,
         "validation": {"raw": raw_report["success"], "processed": processed_report["success"]},
         "metrics": metrics,
         "registration": registration,

@@ -143,3 +143,21 @@ def test_crps_matches_its_definition_and_limits():
     np.testing.assert_allclose(crps_gaussian(1.3, sigma), sample, rtol=0.01)
     err = np.stack([np.full((3, 1), 1.3), np.zeros((3, 1))], axis=-1)
     np.testing.assert_allclose(crps_m(err, isotropic_cov([sigma], 3)), (crps_gaussian(1.3, sigma) + crps_gaussian(0, sigma)) / 2)
+
+
+def test_evaluate_stage_and_demo_summary_show_cv_kalman_and_model_at_1_5_10(trained):
+    from trajfm.cli import forecast_rows
+    from trajfm.evaluate.run import metrics_table, run_evaluation
+
+    root, features, train_dir, _ = trained
+    model_dir = calibrate_stage(features, train_dir, root=root)
+    m = run_evaluation(features, model_dir, root=root, context_len=CONTEXT, horizon=H)
+    for p in ("", "cv_", "kf_"):
+        assert all(m[f"{p}fde{h}_m"] > 0 for h in (1, 5, 10))
+        assert 0 < m[f"{p}coverage80"] <= 1 and m[f"{p}crps_m"] > 0
+    assert m["fde10_m"] == pytest.approx(m["fde_m"]) and m["kf_q_m2_s3"] > 0
+    assert m["blend"] == list(load_model(model_dir / "model.pt").config.forecast_blend)
+    rows = forecast_rows(m, 30)
+    assert [r.split()[0] for r in rows[1:4]] == ["constant", "Kalman", "model"] and "@5 (m)" in rows[0]
+    assert f"{m['kf_fde5_m']:.1f}" in rows[2] and "blends with constant velocity" in rows[-1]
+    assert [r["predictor"] for r in metrics_table(m)] == ["model (tutorial)", "constant velocity", "Kalman filter"]

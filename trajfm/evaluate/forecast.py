@@ -144,15 +144,27 @@ def constant_velocity(
     return out_lon, out_lat, out_t
 
 
+SUMMARY_STEPS = (1, 5, 10)  # forecast steps every summary reports (those within the horizon)
+
+
 def _errors(pred_lon, pred_lat, true_lon, true_lat) -> dict:
     err = haversine_m(pred_lon, pred_lat, true_lon, true_lat)  # (N, horizon) metres, float64
-    return {"ade_m": float(err.mean()), "fde_m": float(err[:, -1].mean()), "step1_m": float(err[:, 0].mean())}
+    out = {"ade_m": float(err.mean()), "fde_m": float(err[:, -1].mean()), "step1_m": float(err[:, 0].mean())}
+    return {**out, **{f"fde{h}_m": float(err[:, h - 1].mean()) for h in SUMMARY_STEPS if h <= err.shape[1]}}
 
 
-def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: int, batch_size: int = 256) -> dict:
-    """ADE, FDE and 1-step error in metres of the model and of constant velocity, same windows.
+def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: int, batch_size: int = 256,
+                      fit_ws: WindowSet | None = None) -> dict:
+    """ADE, FDE and 1-step error in metres of the model and of constant velocity, same windows;
+    with ``fit_ws`` (the training windows) also of the Kalman filter fitted on them.
 
-    Keys: ``n_windows, ade_m, fde_m, step1_m, cv_ade_m, cv_fde_m, cv_step1_m``.
+    Keys: ``n_windows, ade_m, fde_m, step1_m, cv_ade_m, cv_fde_m, cv_step1_m``, the error at each
+    of ``SUMMARY_STEPS`` within the horizon (``fde5_m``, ``cv_fde5_m``, ...); with ``fit_ws``:
+    ``kf_*`` the same for the Kalman filter, ``kf_q_m2_s3`` / ``kf_r_m2`` its fitted noise, and the
+    probabilistic scores averaged over steps 1..horizon (``trajfm.evaluate.scores``):
+    ``coverage50/80/90`` and ``crps_m`` of the model (when it has a fitted error scale), the same
+    with ``cv_`` (constant velocity + a Gaussian per step fitted on ``fit_ws``) and ``kf_`` (the
+    filter's own covariance).
     """
     sel = forecastable(ws, context_len, horizon)
     if len(sel) == 0:
@@ -161,9 +173,35 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
         )
     truth = slice(context_len, context_len + horizon)
     true_lon, true_lat = ws.lon[sel, truth], ws.lat[sel, truth]
-    model_err = _errors(*rollout(model, ws, context_len, horizon, batch_size)[:2], true_lon, true_lat)
-    cv_err = _errors(*constant_velocity(ws, context_len, horizon)[:2], true_lon, true_lat)
-    return {"n_windows": int(len(sel)), **model_err, **{f"cv_{k}": v for k, v in cv_err.items()}}
+    m_lon, m_lat, _ = rollout(model, ws, context_len, horizon, batch_size)
+    c_lon, c_lat, _ = constant_velocity(ws, context_len, horizon)
+    out = {"n_windows": int(len(sel)), **_errors(m_lon, m_lat, true_lon, true_lat),
+           **{f"cv_{k}": v for k, v in _errors(c_lon, c_lat, true_lon, true_lat).items()}}
+    if fit_ws is None:
+        return out
+    from trajfm.evaluate.kalman import fit_kalman, kalman_forecast
+    from trajfm.evaluate.scores import error_vectors_m, isotropic_cov, probabilistic_scores
+    from trajfm.model.blend import fit_sigma
+
+    params = fit_kalman(fit_ws, context_len, horizon)
+    k_lon, k_lat, _, k_cov = kalman_forecast(ws, context_len, horizon, params, with_cov=True)
+    out.update({f"kf_{k}": v for k, v in _errors(k_lon, k_lat, true_lon, true_lat).items()})
+    out.update(kf_q_m2_s3=params.q_m2_s3, kf_r_m2=params.r_m2)
+    fsel = forecastable(fit_ws, context_len, horizon)
+    if len(fsel):  # constant velocity's own error model, from the training windows
+        f_lon, f_lat, _ = constant_velocity(fit_ws, context_len, horizon)
+        cv_sigma = fit_sigma(haversine_m(f_lon, f_lat, fit_ws.lon[fsel, truth], fit_ws.lat[fsel, truth]))
+        probabilistic = {"cv_": (c_lon, c_lat, isotropic_cov(cv_sigma, len(sel))), "kf_": (k_lon, k_lat, k_cov)}
+        from trajfm.model.blend import per_step
+
+        sigma = per_step(model.config.forecast_sigma_m, horizon, grow=True)
+        if sigma is not None:
+            probabilistic[""] = (m_lon, m_lat, isotropic_cov(sigma, len(sel)))
+        for prefix, (lon, lat, cov) in probabilistic.items():
+            sc = probabilistic_scores(error_vectors_m(lon, lat, true_lon, true_lat), cov)
+            out.update({f"{prefix}coverage{p}": float(np.mean(v)) for p, v in sc["coverage"].items()})
+            out[f"{prefix}crps_m"] = float(np.mean(sc["crps_m"]))
+    return out
 
 
 def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256) -> pd.DataFrame:
