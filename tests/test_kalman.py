@@ -118,3 +118,33 @@ def test_bad_input_is_refused_with_a_reason(ais):
         kalman_forecast(train, 1, H, KalmanParams(1.0, 1.0))
     with pytest.raises(ValueError, match="no training window has"):
         fit_kalman(train, 30, 10)
+
+
+def test_the_evaluation_suite_reports_the_kalman_filter_fitted_on_the_training_windows(ais):
+    from trajfm.evaluate.tasks import run_task
+
+    train, test = ais
+    m = run_task("forecast", None, test, train_ws=train)
+    p = fit_kalman(train, CONTEXT, 10)
+    assert m["forecast.kalman_q_m2_s3"] == p.q_m2_s3 and m["forecast.kalman_r_m2"] == p.r_m2
+    sel = forecastable(test, CONTEXT, 10)
+    kl, ka, _ = kalman_forecast(test, CONTEXT, 10, p)
+    err = haversine_m(kl, ka, test.lon[sel, CONTEXT:CONTEXT + 10], test.lat[sel, CONTEXT:CONTEXT + 10])
+    assert m["forecast.fde_m@10.kalman"] == pytest.approx(err[:, -1].mean())
+    assert m["forecast.fde_m@1.kalman"] < m["forecast.fde_m@1.constant_velocity"]
+    without = run_task("forecast", None, test)  # nothing to fit on: no Kalman row (never fitted on what it scores)
+    assert not any("kalman" in k for k in without)
+    assert without == {k: v for k, v in m.items() if "kalman" not in k}
+
+
+def test_transfer_protocols_report_the_kalman_filter_and_the_blended_zero_shot_model(tmp_path):
+    from test_transfer import TINY, _write
+    from trajfm.evaluate.transfer import run_protocol
+
+    a = run_protocol(_write(tmp_path, TINY), "tutorial", root=tmp_path / "a", seeds=(0,), epochs=1, max_steps=6,
+                     fine_tune_steps=0, batch_size=16, compare_tutorial=False)
+    run = a["runs"]["0"]
+    for predictor in ("kalman", "constant_velocity", "tutorial@zero-shot", "tutorial+blend@zero-shot"):
+        assert run[f"forecast.fde_m@10.{predictor}"] > 0, predictor
+    assert "recovery.random_mae_m.tutorial+blend@zero-shot" not in run  # the blend is a forecast rule
+    assert "zero-shot+blend" in a["trained"]["0/tutorial"]

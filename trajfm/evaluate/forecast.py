@@ -309,7 +309,7 @@ def _minutes_label(m: float) -> str:
 
 def forecast_task(
     model: TrajGPT | None, ws: WindowSet, *, seed: int = 0, context_len: int = 20, horizons=(1, 5, 10),
-    minutes=(1, 5, 10), mae_points: int = 5, batch_size: int = 256,
+    minutes=(1, 5, 10), mae_points: int = 5, batch_size: int = 256, train_ws: WindowSet | None = None,
 ) -> dict[str, float]:
     """Forecast metrics of the model and of constant velocity on the same windows (metres).
 
@@ -320,9 +320,12 @@ def forecast_task(
     literature's "next 5 points" setting); and ``fde_m@<m>min``: the error at ``m`` minutes after
     the last context fix, both tracks interpolated in time (the forecast holds its last point
     when its predicted clock ends sooner), over the windows whose real continuation lasts that
-    long (``n_windows@<m>min``; the metric is left out when none does). ``seed`` is unused
-    (deterministic). The model keys are left out for a model that cannot forecast (objective
-    "infill").
+    long (``n_windows@<m>min``; the metric is left out when none does). With ``train_ws`` (the
+    windows baselines fit on) the same for ``kalman`` (``trajfm.evaluate.kalman``, its noise fitted
+    on them by maximum likelihood; ``forecast.kalman_q_m2_s3`` / ``forecast.kalman_r_m2``); without,
+    the Kalman keys are left out (it would be fitted on the windows it is scored on). ``seed`` is
+    unused (deterministic). The model keys are left out for a model that cannot forecast
+    (objective "infill").
     """
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1 or mae_points < 1 or any(m <= 0 for m in minutes):
@@ -338,9 +341,15 @@ def forecast_task(
     # the truth from the last context fix on, so times between it and step 1 interpolate too
     track = (np.c_[ws.lon[sel, last], true_lon], np.c_[ws.lat[sel, last], true_lat], np.c_[t0, true_t])
     preds = {"constant_velocity": constant_velocity(ws, context_len, H)}
+    out = {"forecast.n_windows": float(len(sel)), "forecast.context_len": float(context_len)}
+    if train_ws is not None and len(forecastable(train_ws, context_len, H)):
+        from trajfm.evaluate.kalman import fit_kalman, kalman_forecast
+
+        params = fit_kalman(train_ws, context_len, H)
+        preds["kalman"] = kalman_forecast(ws, context_len, H, params)
+        out.update({"forecast.kalman_q_m2_s3": params.q_m2_s3, "forecast.kalman_r_m2": params.r_m2})
     if model is not None and can_forecast(model):
         preds = {"model": rollout(model, ws, context_len, H, batch_size), **preds}
-    out = {"forecast.n_windows": float(len(sel)), "forecast.context_len": float(context_len)}
     for m in minutes:
         out[f"forecast.n_windows@{_minutes_label(m)}"] = float((true_t[:, -1] - t0 >= round(m * 60 * NS_PER_S)).sum())
     for name, (lon, lat, t_ns) in preds.items():
