@@ -161,3 +161,32 @@ def test_evaluate_stage_and_demo_summary_show_cv_kalman_and_model_at_1_5_10(trai
     assert [r.split()[0] for r in rows[1:4]] == ["constant", "Kalman", "model"] and "@5 (m)" in rows[0]
     assert f"{m['kf_fde5_m']:.1f}" in rows[2] and "blends with constant velocity" in rows[-1]
     assert [r["predictor"] for r in metrics_table(m)] == ["model (tutorial)", "constant velocity", "Kalman filter"]
+
+
+def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_path):
+    import dataclasses
+
+    import trajfm.bench.model as bm
+    from trajfm.data.catalog import SMALL_SLICE, embedded_files
+
+    budget = dataclasses.replace(bm.BUDGETS["quick"], max_test_windows=48)
+    q = bm.evaluate_dataset("ais", [str(p) for p in embedded_files(SMALL_SLICE)], tmp_path / "root", 6, budget,
+                            log=lambda msg: None, presets=["tutorial"])
+    val, test = q["step_errors"]["val"], q["step_errors"]["test"]
+    assert set(test) == {"constant_velocity", "linear_extrapolation", "kalman", "tutorial", "tutorial+blend"}
+    assert all(len(v) == 10 for v in test.values())
+    # on the split the rule was chosen on, never worse than constant velocity or the raw preset at any step
+    assert np.all(np.asarray(val["tutorial+blend"]) <= np.minimum(val["constant_velocity"], val["tutorial"]) + 0.01)
+    rule = q["training"]["per_preset"]["tutorial"]["blend"]["seed 0"]
+    assert len(rule["weights"]) == 10 and all(0 <= w <= 1 for w in rule["weights"])
+    pr = q["probabilistic"]["predictors"]
+    assert set(pr) == {"constant_velocity", "kalman", "tutorial+blend"}
+    assert all(0 <= c <= 1 for p in pr.values() for lv in ("50", "80", "90") for c in p["coverage"][lv])
+    assert q["kalman"]["q_m2_s3"] > 0 and q["kalman"]["forecast_s"]["test"] >= 0
+    r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [], "quality": {"ais": q},
+         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]}}
+    md = bm.markdown(r)
+    assert "Error (m) at each step ahead" in md and "| kalman |" in md and "CRPS m (mean)" in md
+    assert "Kalman filter: q = " in md and "Steps where a blended preset is worse than constant velocity on test" in md
+    merged = bm.merge_quality(q, q)
+    assert merged["step_errors"] == q["step_errors"] and merged["probabilistic"] == q["probabilistic"]
