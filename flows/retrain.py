@@ -14,6 +14,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.calibrate import calibrate_flow
 from flows.evaluate import evaluate_flow
 from flows.features import features_flow
 from flows.ingest import ingest_flow
@@ -22,6 +23,7 @@ from flows.register import register_flow
 from flows.train import train_flow
 from flows.validate import validate_flow
 from tasks.retrain import champion_task, find_new_files_task, record_consumed_task
+from trajfm.evaluate.calibrate import uncalibrated_checkpoint
 from trajfm.store import read_manifest
 
 NOTHING_NEW = "nothing new"
@@ -64,7 +66,8 @@ def retrain(
     overrides = {"epochs": epochs, "batch_size": batch_size, **(train_overrides or {})}
     eval_dir, split = None, "test"
     if champion is not None:
-        overrides["init_checkpoint"] = champion["checkpoint"]
+        # fine-tune the champion's weights; its calibration is fitted again after training
+        overrides["init_checkpoint"] = str(uncalibrated_checkpoint(champion["checkpoint"], data_root))
         context_len, horizon, split = champion["context_len"], champion["horizon"], champion["split"]
         eval_dir = champion["features_dir"]
         if window_params is None and eval_dir is not None:  # the same feature config as the champion
@@ -72,8 +75,10 @@ def retrain(
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
     train_dir = train_flow(features_dir, data_root=data_root, preset=preset, train_overrides=overrides, nproc=nproc)
     eval_dir = eval_dir or features_dir  # the champion's evaluation set when it is under this root
-    metrics = evaluate_flow(eval_dir, train_dir, data_root=data_root, split=split, context_len=context_len, horizon=horizon)
-    registration = register_flow(train_dir, eval_dir, metrics, data_root=data_root, name=model_name)
+    # as the pipeline: the registered model carries its never-worse blend, fitted on this data's val split
+    model_dir = calibrate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    metrics = evaluate_flow(eval_dir, model_dir, data_root=data_root, split=split, context_len=context_len, horizon=horizon)
+    registration = register_flow(model_dir, eval_dir, metrics, data_root=data_root, name=model_name)
     record_consumed_task(files, data_root=data_root, run={"version": registration["version"], "train_dir": train_dir})
 
     base = f"champion v{champion['version']}" if champion else f"`{preset}` from scratch"
@@ -90,6 +95,7 @@ def retrain(
         "features_dir": features_dir,
         "eval_features_dir": eval_dir,
         "train_dir": train_dir,
+        "model_dir": model_dir,
         "metrics": metrics,
         "registration": registration,
     }

@@ -190,3 +190,22 @@ def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_p
     assert "Kalman filter: q = " in md and "Steps where a blended preset is worse than constant velocity on test" in md
     merged = bm.merge_quality(q, q)
     assert merged["step_errors"] == q["step_errors"] and merged["probabilistic"] == q["probabilistic"]
+
+
+def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champion(trained):
+    from trajfm.evaluate.calibrate import uncalibrated_checkpoint
+    from trajfm.train import run_training
+
+    root, features, train_dir, model = trained
+    calibrated = calibrate_stage(features, train_dir, root=root) / "model.pt"
+    overrides = {"epochs": 1, "max_steps": 2, "batch_size": 32, "device": "cpu", "progress": False, "seed": 0}
+    stale = run_training(features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(calibrated)})
+    assert load_model(stale / "model.pt").config.forecast_blend is not None  # fine-tuning inherits the old rule
+    plain = uncalibrated_checkpoint(calibrated, root)
+    assert plain != calibrated and uncalibrated_checkpoint(train_dir / "model.pt", root) == train_dir / "model.pt"
+    m = load_model(plain)
+    assert m.config == model.config
+    for (k, a), (_, b) in zip(m.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), k
+    tuned = run_training(features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(plain)})
+    assert load_model(tuned / "model.pt").config.forecast_blend is None  # the retrain flow calibrates it afresh

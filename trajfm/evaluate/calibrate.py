@@ -94,6 +94,28 @@ def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, 
     return out
 
 
+def uncalibrated_checkpoint(path: str | Path, root=None) -> Path:
+    """``path`` itself when its model has no calibration, else a copy without it (same weights,
+    config as trained) under ``<root>/calibrate/uncalibrated/``: what fine-tuning starts from
+    (training takes the init checkpoint's config, so it would carry a stale rule, applied even by
+    its validation forecasts; the rule is fitted again after training)."""
+    import hashlib
+
+    from trajfm.model.checkpoint import atomic_torch_save, load_checkpoint
+    from trajfm.store import data_root
+
+    ckpt = load_checkpoint(path)
+    config = dict(ckpt["config"])
+    if config.pop("forecast_blend", None) is None and config.pop("forecast_sigma_m", None) is None:
+        return Path(path)
+    config.pop("forecast_sigma_m", None)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    out = data_root(root) / "calibrate" / "uncalibrated" / f"{digest}.pt"
+    if not out.is_file():
+        atomic_torch_save({**ckpt, "config": config}, out)
+    return out
+
+
 def read_calibration(model_dir: str | Path) -> dict | None:
     """The ``calibration.json`` of a calibrate stage directory, or None for a plain train directory."""
     path = Path(model_dir) / "calibration.json"
