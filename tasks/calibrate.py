@@ -16,9 +16,9 @@ def calibrate_task(features_dir: str, train_dir: str, data_root: str | None = No
     info = read_calibration(out)
     errors = info["val_error_m"]
     create_table_artifact(
-        [{"step": h + 1, "model_weight": info["blend"][h], "sigma_m": info["sigma_m"][h],
+        [{"step": h + 1, "model_weight": info["blend"][h], "radius80_m": round(info["radius_m"][h][info["radius_levels"].index(0.8)], 1),
           **{f"val_{k}_m": round(v[h], 1) for k, v in errors.items()}} for h in range(len(info["blend"]))],
-        key="forecast-calibration", description="per step: blend weight of the model vs constant velocity, error std (validation split)",
+        key="forecast-calibration", description="per step: blend weight of the model vs constant velocity, radius of the 80% region (validation split)",
     )
-    get_run_logger().info("calibrate: blend %s, sigma_m %s", info["blend"], info["sigma_m"])
+    get_run_logger().info("calibrate: blend %s", info["blend"])
     return str(out)

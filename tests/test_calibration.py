@@ -13,11 +13,12 @@ import torch
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from trajfm.evaluate.calibrate import calibrate_model, calibrate_stage, with_calibration
 from trajfm.evaluate.forecast import constant_velocity, forecast_points, forecastable, rollout
-from trajfm.evaluate.scores import coverage, crps_gaussian, crps_m, isotropic_cov
+from trajfm.evaluate.scores import coverage, crps_gaussian, crps_m, crps_samples, isotropic_cov, radial_scores
 from trajfm.features.windows import WindowSet
 from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, load_model, save_checkpoint
-from trajfm.model.blend import add_quantiles, disc_radius_factor, fit_sigma, per_step, region_radius_m
+from trajfm.model.blend import add_quantiles, fit_radius, per_step, quantile_offsets_m, radius_table, region_radius_m
+from trajfm.model.config import RADIUS_LEVELS
 
 CONTEXT, H = 20, 10
 
@@ -51,7 +52,7 @@ def test_blend_is_never_worse_than_cv_or_the_model_on_the_split_it_was_chosen_on
     blended, cv = _errors(calibrated, val)
     raw, _ = _errors(model, val)
     assert np.all(blended <= cv + 1e-6) and np.all(blended <= raw + 1e-6)
-    assert len(info["blend"]) == H and len(info["sigma_m"]) == H
+    assert len(info["blend"]) == H and len(info["radius_m"]) == H
     np.testing.assert_allclose(info["val_error_m"]["blended"], blended, atol=0.01)
     assert calibrated.config.forecast_blend == tuple(info["blend"])  # in the model, not beside it
     assert model.config.forecast_blend is None  # the original is left alone
@@ -72,7 +73,7 @@ def test_calibration_travels_in_the_checkpoint_to_forecast_points(trained, tmp_p
     root, features, train_dir, model = trained
     out = calibrate_stage(features, train_dir, root=root)
     loaded = load_model(out / "model.pt")
-    assert loaded.config.forecast_blend is not None and loaded.config.forecast_sigma_m is not None
+    assert loaded.config.forecast_blend is not None and loaded.config.forecast_radius_m is not None
     test = WindowSet.load(features / "test.npz")
     i = forecastable(test, CONTEXT, H)[:6]
     points = pd.concat([pd.DataFrame({"traj_id": f"w{j}", "t": pd.to_datetime(test.t_ns[j, :CONTEXT], utc=True),
@@ -95,18 +96,22 @@ def test_calibration_travels_in_the_checkpoint_to_forecast_points(trained, tmp_p
 
 
 def test_config_round_trips_and_refuses_bad_values():
-    cfg = GPTConfig(forecast_blend=[0.0, 0.5, 1.0], forecast_sigma_m=[1.0, 2.0, 3.0])
+    table = [[float(i + 1) for i in range(len(RADIUS_LEVELS))]] * 3
+    cfg = GPTConfig(forecast_blend=[0.0, 0.5, 1.0], forecast_radius_m=table)
     assert GPTConfig.from_dict(cfg.to_dict()) == cfg and cfg.forecast_blend == (0.0, 0.5, 1.0)
     assert "forecast_blend" not in GPTConfig().to_dict()  # older configs keep their dict (cache keys)
-    with pytest.raises(ValueError, match="forecast_blend weights must be in"):
+    with pytest.raises(ValueError, match="forecast_blend needs one weight in"):
         GPTConfig(forecast_blend=[1.5])
-    with pytest.raises(ValueError, match="forecast_sigma_m must be > 0"):
-        GPTConfig(forecast_sigma_m=[0.0])
-    np.testing.assert_allclose(per_step((1.0, 2.0), 4, grow=True), [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="increasing radii"):
+        GPTConfig(forecast_radius_m=[list(reversed(table[0]))])
+    with pytest.raises(ValueError, match="increasing radii"):
+        GPTConfig(forecast_radius_m=[[1.0, 2.0]])
     np.testing.assert_allclose(per_step((0.2, 0.7), 4, grow=False), [0.2, 0.7, 0.7, 0.7])
+    np.testing.assert_allclose(radius_table(table, 6)[-1], np.asarray(table[0]) * 2)  # past the fitted steps: linear
+    np.testing.assert_allclose(region_radius_m(cfg, 3, 0.5), table[0][RADIUS_LEVELS.index(0.5)])
 
 
-def test_coverage_is_nominal_on_synthetic_gaussian_errors():
+def test_gaussian_coverage_is_nominal_on_synthetic_gaussian_errors():
     rng = np.random.default_rng(0)
     n = 200_000
     sigma = np.array([3.0, 30.0])
@@ -114,17 +119,38 @@ def test_coverage_is_nominal_on_synthetic_gaussian_errors():
     for level in (0.5, 0.8, 0.9):
         np.testing.assert_allclose(coverage(err, isotropic_cov(sigma, n), level), level, atol=0.005)
         np.testing.assert_allclose(coverage(err, isotropic_cov(sigma * 2, n), level), 1 - (1 - level) ** 4, atol=0.005)  # a disc twice as wide
-    # correlated: the ellipse, not the disc
-    C = np.array([[100.0, 60.0], [60.0, 49.0]])
+    C = np.array([[100.0, 60.0], [60.0, 49.0]])  # correlated: the ellipse, not the disc
     e = rng.multivariate_normal([0, 0], C, size=n)[:, None, :]
     np.testing.assert_allclose(coverage(e, np.broadcast_to(C, (n, 1, 2, 2)), 0.8), 0.8, atol=0.005)
-    # the fitted scale covers its level on the data it is fitted on, and the disc formula is Rayleigh's
-    radius = np.hypot(err[..., 0], err[..., 1])
-    s = np.asarray(fit_sigma(radius, 0.8))
-    np.testing.assert_allclose(s, sigma, rtol=0.01)
-    np.testing.assert_allclose((radius <= s * disc_radius_factor(0.8)).mean(axis=0), 0.8, atol=1e-4)
-    cfg = GPTConfig(forecast_sigma_m=tuple(s))
-    np.testing.assert_allclose(region_radius_m(cfg, 2, 0.9), s * math.sqrt(-2 * math.log(0.1)))
+
+
+def test_radial_error_model_is_calibrated_at_every_level_on_heavy_tailed_errors():
+    """Errors like the real ones (mostly small, a tail 10x wider): the fitted radial quantiles cover
+    each level on the errors they were fitted on and on fresh draws, where a Gaussian does not."""
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        scale = np.where(rng.random((n, 2, 1)) < 0.85, 10.0, 100.0) * np.array([1.0, 3.0])[None, :, None]
+        return rng.normal(size=(n, 2, 2)) * scale
+
+    fit, fresh = draw(50_000), draw(50_000)
+    table = np.asarray(fit_radius(np.hypot(fit[..., 0], fit[..., 1])))
+    for err, tol in ((fit, 1e-3), (fresh, 0.01)):
+        sc = radial_scores(err, table)
+        for level in ("50", "80", "90"):
+            np.testing.assert_allclose(sc["coverage"][level], int(level) / 100, atol=tol)
+    rms = np.sqrt((fit ** 2).mean(axis=(0, 2)))  # the Gaussian with the same variance
+    assert abs(coverage(fresh, isotropic_cov(rms, len(fresh)), 0.5)[0] - 0.5) > 0.1
+    # Gaussian errors: the per-axis quantile offsets are sigma * z
+    g = rng.normal(size=(100_000, 1, 2)) * 20.0
+    cfg = GPTConfig(forecast_radius_m=fit_radius(np.hypot(g[..., 0], g[..., 1])))
+    from statistics import NormalDist
+
+    z = np.array([NormalDist().inv_cdf(p) for p in (0.1, 0.5, 0.9)])
+    np.testing.assert_allclose(quantile_offsets_m(cfg, 1, (0.1, 0.5, 0.9))[0], 20.0 * z, atol=0.6)
+    # and the CRPS of that table is the Gaussian's (closed form) to 1%
+    np.testing.assert_allclose(radial_scores(g[:5000], np.asarray(cfg.forecast_radius_m))["crps_m"][0],
+                               crps_m(g[:5000], isotropic_cov([20.0], 5000))[0], rtol=0.01)
 
 
 def test_crps_matches_its_definition_and_limits():
@@ -141,6 +167,11 @@ def test_crps_matches_its_definition_and_limits():
     draws = rng.normal(0, sigma, 400_000)  # E|X - y| - E|X - X'| / 2
     sample = np.abs(draws - 1.3).mean() - 0.5 * np.abs(draws - rng.permutation(draws)).mean()
     np.testing.assert_allclose(crps_gaussian(1.3, sigma), sample, rtol=0.01)
+    x = np.sort(rng.normal(0, sigma, 301))  # the draws' formula equals the brute-force double sum
+    obs = np.array([-3.0, 0.2, 9.0])
+    brute = np.abs(x[None, :] - obs[:, None]).mean(axis=1) - 0.5 * np.abs(x[:, None] - x[None, :]).mean()
+    np.testing.assert_allclose(crps_samples(x, obs), brute, rtol=1e-12)
+    np.testing.assert_allclose(crps_samples(np.sort(draws), np.array([1.3])), crps_gaussian(1.3, sigma), rtol=0.01)
     err = np.stack([np.full((3, 1), 1.3), np.zeros((3, 1))], axis=-1)
     np.testing.assert_allclose(crps_m(err, isotropic_cov([sigma], 3)), (crps_gaussian(1.3, sigma) + crps_gaussian(0, sigma)) / 2)
 
@@ -180,7 +211,7 @@ def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_p
     rule = q["training"]["per_preset"]["tutorial"]["blend"]["seed 0"]
     assert len(rule["weights"]) == 10 and all(0 <= w <= 1 for w in rule["weights"])
     pr = q["probabilistic"]["predictors"]
-    assert set(pr) == {"constant_velocity", "kalman", "tutorial+blend"}
+    assert set(pr) == {"constant_velocity", "constant_velocity (val fit)", "kalman", "tutorial+blend"}
     assert all(0 <= c <= 1 for p in pr.values() for lv in ("50", "80", "90") for c in p["coverage"][lv])
     assert q["kalman"]["q_m2_s3"] > 0 and q["kalman"]["forecast_s"]["test"] >= 0
     r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [], "quality": {"ais": q},

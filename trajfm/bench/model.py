@@ -476,7 +476,6 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     than one seed ``seed_results`` keeps each seed's (per split, in seed order)."""
     from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
     from trajfm.evaluate.kalman import FIT_MAX_WINDOWS, fit_kalman, kalman_forecast
-    from trajfm.evaluate.scores import isotropic_cov
     from trajfm.features.windows import WindowSet
     from trajfm.model import list_presets, load_model
     from trajfm.store import read_manifest
@@ -503,7 +502,7 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     kalman_params = fit_kalman(train_ws, CONTEXT_LEN, horizon)
     kalman_fit_s = time.perf_counter() - t0
     kalman_forecast_s = {}
-    cv_sigma = _cv_sigma(train_ws, horizon)
+    cv_radius = {"train": _cv_radius(train_ws, horizon), "val": _cv_radius(splits["val"][0], horizon)}
     for split, (ws, true_lon, true_lat) in splits.items():
         t0 = time.perf_counter()
         k_lon, k_lat, _, k_cov = kalman_forecast(ws, CONTEXT_LEN, horizon, kalman_params, with_cov=True)
@@ -517,7 +516,8 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
             if split == "test":
                 per_window[label] = final
         if split == "test":
-            probabilistic["constant_velocity"] = _scores(c_lon, c_lat, true_lon, true_lat, isotropic_cov(cv_sigma, len(ws)))
+            probabilistic["constant_velocity"] = _radial(c_lon, c_lat, true_lon, true_lat, cv_radius["train"])
+            probabilistic["constant_velocity (val fit)"] = _radial(c_lon, c_lat, true_lon, true_lat, cv_radius["val"])
             probabilistic["kalman"] = _scores(k_lon, k_lat, true_lon, true_lat, k_cov)
     training, by_seed = {}, {"test": {}, "val": {}}
     for preset in presets or list_presets():
@@ -586,9 +586,10 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
         "step_errors": {"metric": "mean error (m) at each step 1..horizon", **{k: {p: [round(v, 2) for v in e] for p, e in d.items()}
                                                                                for k, d in steps.items()}},
         "probabilistic": {"split": "test", "levels": [50, 80, 90], "error_models": {
-            "constant_velocity": "isotropic Gaussian per step, its 80% disc fitted to 80% of the train split's windows",
-            "kalman": "the filter's own predicted covariance (state + fix noise)",
-            "<preset>+blend": "isotropic Gaussian per step fitted on the val split (trajfm.model.blend.fit_sigma)"},
+            "constant_velocity": "radial error quantiles per step fitted on the train split (trajfm.model.blend.fit_radius)",
+            "constant_velocity (val fit)": "the same fitted on the val split, as the model's",
+            "kalman": "the filter's own predicted Gaussian covariance (state + fix noise)",
+            "<preset>+blend": "radial error quantiles per step of the blended forecast fitted on the val split (the registered model's)"},
             "predictors": probabilistic},
         "training": {
             "train_overrides": {**{k: v for k, v in train_overrides.items() if k != "progress"}, "seeds": list(budget.seeds)},
@@ -625,16 +626,22 @@ def _scores(lon, lat, true_lon, true_lat, cov) -> dict:
     return probabilistic_scores(error_vectors_m(lon, lat, true_lon, true_lat), cov)
 
 
-def _cv_sigma(train_ws, horizon: int) -> tuple[float, ...]:
-    """Constant velocity's own error model: per-step std fitted on the training windows."""
+def _cv_radius(ws, horizon: int):
+    """Constant velocity's own error model: per-step radial error quantiles fitted on ``ws``."""
     from trajfm.evaluate.forecast import constant_velocity, forecastable
     from trajfm.geo import haversine_m
-    from trajfm.model.blend import fit_sigma
+    from trajfm.model.blend import fit_radius
 
-    sel = forecastable(train_ws, CONTEXT_LEN, horizon)
-    lon, lat, _ = constant_velocity(train_ws, CONTEXT_LEN, horizon)
+    sel = forecastable(ws, CONTEXT_LEN, horizon)
+    lon, lat, _ = constant_velocity(ws, CONTEXT_LEN, horizon)
     truth = slice(CONTEXT_LEN, CONTEXT_LEN + horizon)
-    return fit_sigma(haversine_m(lon, lat, train_ws.lon[sel, truth], train_ws.lat[sel, truth]))
+    return fit_radius(haversine_m(lon, lat, ws.lon[sel, truth], ws.lat[sel, truth]))
+
+
+def _radial(lon, lat, true_lon, true_lat, table) -> dict:
+    from trajfm.evaluate.scores import error_vectors_m, radial_scores
+
+    return radial_scores(error_vectors_m(lon, lat, true_lon, true_lat), table)
 
 
 def _blended(positions: dict, splits: dict) -> dict:
@@ -642,9 +649,8 @@ def _blended(positions: dict, splits: dict) -> dict:
     ``trajfm.evaluate.calibrate.calibrate_model`` fits it): per-step weights against constant
     velocity and the error scale, both fitted on the val split, applied to both splits."""
     from trajfm.evaluate.forecast import constant_velocity
-    from trajfm.evaluate.scores import isotropic_cov
     from trajfm.geo import haversine_m
-    from trajfm.model.blend import fit_blend, fit_sigma, mix
+    from trajfm.model.blend import fit_blend, fit_radius, mix
 
     horizon = max(HORIZONS)
     out: dict = {"errors": {}, "steps": {}}
@@ -657,13 +663,13 @@ def _blended(positions: dict, splits: dict) -> dict:
         if rule is None:
             w = fit_blend(last_lon, last_lat, m_lon, m_lat, c_lon, c_lat, true_lon, true_lat)
             b_lon, b_lat = mix(np.asarray(w), last_lon, last_lat, m_lon, m_lat, c_lon, c_lat)
-            rule = {"weights": list(w), "sigma_m": [round(v, 2) for v in fit_sigma(haversine_m(b_lon, b_lat, true_lon, true_lat))]}
+            rule = {"weights": list(w), "radius_m": [[round(v, 2) for v in row] for row in fit_radius(haversine_m(b_lon, b_lat, true_lon, true_lat))]}
         b_lon, b_lat = mix(np.asarray(rule["weights"]), last_lon, last_lat, m_lon, m_lat, c_lon, c_lat)
         out["errors"][split], final = errors_and_final(b_lon, b_lat, true_lon, true_lat)
         out["steps"][split] = step_errors(b_lon, b_lat, true_lon, true_lat)
         if split == "test":
             out["windows"] = final
-            out["scores"] = _scores(b_lon, b_lat, true_lon, true_lat, isotropic_cov(rule["sigma_m"], len(ws)))
+            out["scores"] = _radial(b_lon, b_lat, true_lon, true_lat, rule["radius_m"])
     out["rule"] = rule
     return out
 

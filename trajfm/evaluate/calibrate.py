@@ -1,6 +1,7 @@
 """Fit a trained model's forecast calibration on the validation split (``trajfm.model.blend``):
 the per-step blend with constant velocity (never worse than it on that split) and the per-step
-Gaussian error scale (its 80% disc covers 80% of the validation windows). Both are written into
+quantiles of the blended forecast's distance to the truth (its regions cover their level of the
+validation windows). Both are written into
 the model's config, so every consumer of the checkpoint forecasts the same way.
 
 ``calibrate_stage(features_dir, train_dir)`` is the pipeline's ``calibrate`` stage: it writes
@@ -23,23 +24,24 @@ import numpy as np
 from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
 from trajfm.features.windows import WindowSet
 from trajfm.geo import haversine_m
-from trajfm.model.blend import SIGMA_LEVEL, fit_blend, fit_sigma, mix
+from trajfm.model.blend import fit_blend, fit_radius, mix
+from trajfm.model.config import RADIUS_LEVELS
 from trajfm.model.gpt import TrajGPT
 
 
-def with_calibration(model: TrajGPT, blend=None, sigma_m=None) -> TrajGPT:
-    """A view of ``model`` (same weights, shared) whose config carries ``blend`` / ``sigma_m``."""
+def with_calibration(model: TrajGPT, blend=None, radius_m=None) -> TrajGPT:
+    """A view of ``model`` (same weights, shared) whose config carries ``blend`` / ``radius_m``."""
     out = copy.copy(model)
-    out.config = dataclasses.replace(model.config, forecast_blend=blend, forecast_sigma_m=sigma_m)
+    out.config = dataclasses.replace(model.config, forecast_blend=blend, forecast_radius_m=radius_m)
     return out
 
 
 def calibrate_model(model: TrajGPT, val_ws: WindowSet, context_len: int = 20, horizon: int = 10,
                     batch_size: int = 256) -> tuple[TrajGPT, dict]:
     """(calibrated model, what was fitted) from the ``forecastable`` validation windows: per step
-    1..``horizon`` the blend weight (``fit_blend``) and then the error scale of the blended
-    forecast (``fit_sigma``). Any calibration the model had is replaced. The dict has
-    ``blend``, ``sigma_m`` and the validation errors (m) per step of ``model`` (raw),
+    1..``horizon`` the blend weight (``fit_blend``) and then the radial error quantiles of the
+    blended forecast (``fit_radius``). Any calibration the model had is replaced. The dict has
+    ``blend``, ``radius_m`` (per step, at ``RADIUS_LEVELS``) and the validation errors (m) per step of ``model`` (raw),
     ``constant_velocity`` and ``blended``, and ``n_windows``."""
     sel = forecastable(val_ws, context_len, horizon)
     if len(sel) == 0:
@@ -52,17 +54,17 @@ def calibrate_model(model: TrajGPT, val_ws: WindowSet, context_len: int = 20, ho
     blend = fit_blend(last_lon, last_lat, m_lon, m_lat, c_lon, c_lat, true_lon, true_lat)
     b_lon, b_lat = mix(np.asarray(blend), last_lon, last_lat, m_lon, m_lat, c_lon, c_lat)
     err = haversine_m(b_lon, b_lat, true_lon, true_lat)
-    sigma = fit_sigma(err, SIGMA_LEVEL)
+    radius = fit_radius(err)
     info = {
         "split": "val", "n_windows": int(len(sel)), "context_len": context_len, "horizon": horizon,
-        "blend": list(blend), "sigma_m": [round(s, 3) for s in sigma], "sigma_level": SIGMA_LEVEL,
+        "blend": list(blend), "radius_m": [list(r) for r in radius], "radius_levels": list(RADIUS_LEVELS),
         "val_error_m": {
             "model": haversine_m(m_lon, m_lat, true_lon, true_lat).mean(axis=0).round(2).tolist(),
             "constant_velocity": haversine_m(c_lon, c_lat, true_lon, true_lat).mean(axis=0).round(2).tolist(),
             "blended": err.mean(axis=0).round(2).tolist(),
         },
     }
-    return with_calibration(model, blend, sigma), info
+    return with_calibration(model, blend, radius), info
 
 
 def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, context_len: int = 20,
@@ -106,9 +108,9 @@ def uncalibrated_checkpoint(path: str | Path, root=None) -> Path:
 
     ckpt = load_checkpoint(path)
     config = dict(ckpt["config"])
-    if config.pop("forecast_blend", None) is None and config.pop("forecast_sigma_m", None) is None:
+    if config.pop("forecast_blend", None) is None and config.pop("forecast_radius_m", None) is None:
         return Path(path)
-    config.pop("forecast_sigma_m", None)
+    config.pop("forecast_radius_m", None)
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     out = data_root(root) / "calibrate" / "uncalibrated" / f"{digest}.pt"
     if not out.is_file():

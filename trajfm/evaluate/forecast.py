@@ -162,9 +162,9 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
     of ``SUMMARY_STEPS`` within the horizon (``fde5_m``, ``cv_fde5_m``, ...); with ``fit_ws``:
     ``kf_*`` the same for the Kalman filter, ``kf_q_m2_s3`` / ``kf_r_m2`` its fitted noise, and the
     probabilistic scores averaged over steps 1..horizon (``trajfm.evaluate.scores``):
-    ``coverage50/80/90`` and ``crps_m`` of the model (when it has a fitted error scale), the same
-    with ``cv_`` (constant velocity + a Gaussian per step fitted on ``fit_ws``) and ``kf_`` (the
-    filter's own covariance).
+    ``coverage50/80/90`` and ``crps_m`` of the model (when it has a fitted error model,
+    ``forecast_radius_m``), the same with ``cv_`` (constant velocity + radial error quantiles per
+    step fitted on ``fit_ws``) and ``kf_`` (the filter's own covariance).
     """
     sel = forecastable(ws, context_len, horizon)
     if len(sel) == 0:
@@ -180,8 +180,8 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
     if fit_ws is None:
         return out
     from trajfm.evaluate.kalman import fit_kalman, kalman_forecast
-    from trajfm.evaluate.scores import error_vectors_m, isotropic_cov, probabilistic_scores
-    from trajfm.model.blend import fit_sigma
+    from trajfm.evaluate.scores import error_vectors_m, probabilistic_scores, radial_scores
+    from trajfm.model.blend import fit_radius, radius_table
 
     params = fit_kalman(fit_ws, context_len, horizon)
     k_lon, k_lat, _, k_cov = kalman_forecast(ws, context_len, horizon, params, with_cov=True)
@@ -190,15 +190,13 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
     fsel = forecastable(fit_ws, context_len, horizon)
     if len(fsel):  # constant velocity's own error model, from the training windows
         f_lon, f_lat, _ = constant_velocity(fit_ws, context_len, horizon)
-        cv_sigma = fit_sigma(haversine_m(f_lon, f_lat, fit_ws.lon[fsel, truth], fit_ws.lat[fsel, truth]))
-        probabilistic = {"cv_": (c_lon, c_lat, isotropic_cov(cv_sigma, len(sel))), "kf_": (k_lon, k_lat, k_cov)}
-        from trajfm.model.blend import per_step
-
-        sigma = per_step(model.config.forecast_sigma_m, horizon, grow=True)
-        if sigma is not None:
-            probabilistic[""] = (m_lon, m_lat, isotropic_cov(sigma, len(sel)))
-        for prefix, (lon, lat, cov) in probabilistic.items():
-            sc = probabilistic_scores(error_vectors_m(lon, lat, true_lon, true_lat), cov)
+        cv_table = fit_radius(haversine_m(f_lon, f_lat, fit_ws.lon[fsel, truth], fit_ws.lat[fsel, truth]))
+        scores = {"cv_": radial_scores(error_vectors_m(c_lon, c_lat, true_lon, true_lat), cv_table),
+                  "kf_": probabilistic_scores(error_vectors_m(k_lon, k_lat, true_lon, true_lat), k_cov)}
+        if model.config.forecast_radius_m is not None:
+            scores[""] = radial_scores(error_vectors_m(m_lon, m_lat, true_lon, true_lat),
+                                       radius_table(model.config.forecast_radius_m, horizon))
+        for prefix, sc in scores.items():
             out.update({f"{prefix}coverage{p}": float(np.mean(v)) for p, v in sc["coverage"].items()})
             out[f"{prefix}crps_m"] = float(np.mean(sc["crps_m"]))
     return out

@@ -1,7 +1,7 @@
 """Forecast calibration that is part of the model: a per-step blend with constant velocity, and
-a per-step Gaussian error for quantiles and regions.
+per-step radial error quantiles for quantiles, regions and scores.
 
-Both live in the model's config (``GPTConfig.forecast_blend``, ``GPTConfig.forecast_sigma_m``),
+Both live in the model's config (``GPTConfig.forecast_blend``, ``GPTConfig.forecast_radius_m``),
 so the checkpoint, the MLflow pyfunc, ``trajfm forecast`` and the Python API all give the same
 forecasts; ``trajfm.evaluate.calibrate.calibrate_model`` fits them on the validation split.
 
@@ -12,35 +12,32 @@ forecasts; ``trajfm.evaluate.calibrate.calibrate_model`` fits them on the valida
   (``w_h = 0`` is constant velocity itself) nor than the model (``w_h = 1``). Times stay the
   model's. Steps past the fitted ones use the last weight. Deterministic point forecasts only
   ("mode" / "mean"); sampled paths are not blended.
-- **Error model**: at step h the true fix is taken as isotropic Gaussian around the forecast,
-  std ``sigma_h`` metres per axis. ``sigma_h`` is fitted so the 80% disc (radius
-  ``sigma_h * sqrt(-2 ln 0.2)``) covers 80% of the validation windows at step h (a per-step scale
-  of the radius, not the RMS: forecast errors have heavier tails than a Gaussian, and the RMS
-  would make the 50% region too wide and the 90% one too narrow). Steps past the fitted ones grow
-  linearly from the last: ``sigma_H * h / H``.
+- **Error model**: at step h the true fix lies at a distance from the forecast whose quantiles
+  at ``RADIUS_LEVELS`` (5%, 10%, 20%, ..., 90%, 95%, 99%) are stored per step
+  (``forecast_radius_m``, fitted as the empirical quantiles of the validation split's errors),
+  in a direction uniform around the forecast. The ``level`` region is the disc of the
+  ``level`` quantile radius (linear in level between stored ones), so every stored level is
+  calibrated on validation, whatever the shape of the tails (a Gaussian fitted to the same errors
+  covers 69% in its 50% disc and 84% in its 90% disc on AIS: errors are heavy tailed). Per-axis
+  quantiles (for ``lon_q10 .. lat_q90`` columns) and the CRPS come from the distribution's
+  east marginal, computed once per step from ``MARGINAL_SAMPLES`` deterministic draws. Steps past
+  the fitted ones scale the last step's radii linearly: ``r_H * h / H``.
 """
 
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
 from trajfm.geo import displacement_m, offset_lonlat
+from trajfm.model.config import RADIUS_LEVELS
 
 BLEND_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # candidate model weights, steps of 0.05
-SIGMA_LEVEL = 0.8  # the region the error scale is matched on
 QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def disc_radius_factor(level: float) -> float:
-    """Radius of the ``level`` disc of an isotropic 2-D Gaussian, in units of its per-axis std:
-    sqrt(-2 ln(1 - level)) (the radius is Rayleigh distributed)."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    return math.sqrt(-2.0 * math.log1p(-level))
+MARGINAL_SAMPLES = 4096  # deterministic draws of the error distribution per step (per-axis quantiles, CRPS)
+RADIUS_FLOOR_M = 0.01
 
 
 def per_step(values: tuple | None, horizon: int, grow: bool) -> np.ndarray | None:
@@ -108,37 +105,71 @@ def fit_blend(last_lon, last_lat, model_lon, model_lat, cv_lon, cv_lat, true_lon
     return tuple(float(w) for w in best)
 
 
-def fit_sigma(radius_m: np.ndarray, level: float = SIGMA_LEVEL) -> tuple[float, ...]:
-    """Per step, the std (m per axis) whose ``level`` disc holds a ``level`` share of the errors
-    ``radius_m`` (N, H) metres: their ``level`` quantile over the disc factor (floored at 1 cm)."""
-    q = np.quantile(np.asarray(radius_m, np.float64), level, axis=0)
-    return tuple(float(max(v / disc_radius_factor(level), 0.01)) for v in q)
+def fit_radius(radius_m: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    """Per step, the quantiles at ``RADIUS_LEVELS`` of the distances ``radius_m`` (N, H) metres
+    from forecast to truth (floored at 1 cm, made strictly increasing)."""
+    q = np.quantile(np.asarray(radius_m, np.float64), RADIUS_LEVELS, axis=0).T  # (H, L)
+    q = np.maximum.accumulate(np.maximum(q, RADIUS_FLOOR_M), axis=1)
+    q = q + np.arange(q.shape[1]) * 1e-6  # strictly increasing: ties would make the inverse flat
+    return tuple(tuple(float(v) for v in row) for row in q)
 
 
-def quantile_offsets_m(config, horizon: int, levels=QUANTILE_LEVELS) -> np.ndarray:
-    """(horizon, len(levels)) per-axis quantile offsets in metres (sigma_h * Phi^-1(level)):
-    east (or north) of the forecast, the ``level`` quantile of the true position lies this far."""
-    sigma = per_step(config.forecast_sigma_m, horizon, grow=True)
-    if sigma is None:
-        raise ValueError("this model has no fitted error model (forecast_sigma_m): run trajfm.evaluate.calibrate")
-    z = np.array([NormalDist().inv_cdf(p) for p in levels])
-    return sigma[:, None] * z[None, :]
+def radius_table(values, horizon: int) -> np.ndarray:
+    """(horizon, L) radius quantiles for steps 1..horizon from stored (H, L) ones (past H: the
+    last row scaled by h / H)."""
+    if values is None:
+        raise ValueError("this model has no fitted error model (forecast_radius_m): run trajfm.evaluate.calibrate")
+    t = np.asarray(values, np.float64)
+    H = len(t)
+    if horizon <= H:
+        return t[:horizon]
+    h = np.arange(H + 1, horizon + 1)
+    return np.r_[t, t[-1][None, :] * (h / H)[:, None]]
+
+
+def radius_at(table: np.ndarray, level) -> np.ndarray:
+    """(H, ...) radius (m) at ``level`` (scalar or array in [0, 1)) of each step's radial
+    distribution: linear in level between the stored quantiles (0 m at level 0), and beyond the
+    last one along the last segment's slope."""
+    lv = np.r_[0.0, RADIUS_LEVELS]
+    level = np.asarray(level, np.float64)
+    out = []
+    for row in np.asarray(table, np.float64):
+        r = np.r_[0.0, row]
+        slope = (r[-1] - r[-2]) / (lv[-1] - lv[-2])
+        out.append(np.where(level <= lv[-1], np.interp(level, lv, r), r[-1] + (level - lv[-1]) * slope))
+    return np.stack(out)
 
 
 def region_radius_m(config, horizon: int, level: float) -> np.ndarray:
     """(horizon,) radius in metres of the disc around each step's forecast holding the true
     position with probability ``level`` (the model's calibrated error model)."""
-    sigma = per_step(config.forecast_sigma_m, horizon, grow=True)
-    if sigma is None:
-        raise ValueError("this model has no fitted error model (forecast_sigma_m): run trajfm.evaluate.calibrate")
-    return sigma * disc_radius_factor(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    return radius_at(radius_table(config.forecast_radius_m, horizon), level)
+
+
+def marginal_samples(table: np.ndarray, n: int = MARGINAL_SAMPLES) -> np.ndarray:
+    """(H, n) sorted draws of the east (= north) error in metres of each step's distribution:
+    stratified radius levels and golden-angle directions (deterministic, no seed needed)."""
+    u = (np.arange(n) + 0.5) / n
+    theta = np.arange(n) * math.pi * (3.0 - math.sqrt(5.0))  # golden angle: directions spread evenly
+    r = radius_at(table, u)  # (H, n)
+    return np.sort(r * np.cos(theta)[None, :], axis=1)
+
+
+def quantile_offsets_m(config, horizon: int, levels=QUANTILE_LEVELS) -> np.ndarray:
+    """(horizon, len(levels)) per-axis quantile offsets in metres: east (or north) of the
+    forecast, the ``level`` quantile of the true position lies this far (negative: west/south)."""
+    s = marginal_samples(radius_table(config.forecast_radius_m, horizon))
+    return np.quantile(s, levels, axis=1).T
 
 
 def add_quantiles(forecast: pd.DataFrame, config, levels=QUANTILE_LEVELS) -> pd.DataFrame:
     """``forecast`` (columns ``step`` 1..H, ``lon``, ``lat``; as from ``forecast_points``) with
     ``lon_q10 .. lon_q90`` and ``lat_q10 .. lat_q90`` (degrees: the per-axis quantiles of the true
-    position) and ``radius_m_q50 / q80 / q90``-style columns ``radius_m_q<level>`` (metres: the
-    disc around the forecast holding the truth with that probability) for each of ``levels``."""
+    position) and ``radius_m_q10 .. radius_m_q90`` (metres: the disc around the forecast holding
+    the truth with that probability) for each of ``levels``."""
     steps = forecast["step"].to_numpy(dtype=int)
     H = int(steps.max()) if len(steps) else 1
     off = quantile_offsets_m(config, H, levels)[steps - 1]  # (rows, levels) metres
