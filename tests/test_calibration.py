@@ -51,7 +51,9 @@ def test_blend_is_never_worse_than_cv_or_the_model_on_the_split_it_was_chosen_on
     calibrated, info = calibrate_model(model, val, CONTEXT, H)
     blended, cv = _errors(calibrated, val)
     raw, _ = _errors(model, val)
-    assert np.all(blended <= cv + 1e-6) and np.all(blended <= raw + 1e-6)
+    w = np.asarray(info["blend"])
+    assert np.all(blended <= cv + 1e-6)  # constant velocity, or better
+    assert np.all((blended <= raw + 1e-6)[w > 0])  # and where the model has a weight, no worse than it
     assert len(info["blend"]) == H and len(info["radius_m"]) == H
     np.testing.assert_allclose(info["val_error_m"]["blended"], blended, atol=0.01)
     assert calibrated.config.forecast_blend == tuple(info["blend"])  # in the model, not beside it
@@ -240,3 +242,27 @@ def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champi
         assert torch.equal(a, b), k
     tuned = run_training(features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(plain)})
     assert load_model(tuned / "model.pt").config.forecast_blend is None  # the retrain flow calibrates it afresh
+
+
+def test_blend_falls_back_to_constant_velocity_when_the_gain_is_within_the_noise():
+    """Truth 100 m north of the last fix; constant velocity says 100 m east. A model that is clearly
+    better gets a weight; one whose gain is a few metres over widely spread errors does not."""
+    from trajfm.geo import offset_lonlat
+    from trajfm.model.blend import fit_blend
+
+    rng = np.random.default_rng(0)
+    n = 400
+    lon0, lat0 = np.full(n, -74.0), np.full(n, 40.6)
+    true = offset_lonlat(lon0, lat0, 0.0, 100.0)
+    cv = offset_lonlat(lon0, lat0, 100.0, 0.0)
+    col = lambda a: a[:, None]  # noqa: E731  (N,) -> (N, 1): one forecast step
+    good = offset_lonlat(lon0, lat0, 30.0 + rng.normal(0, 5, n), 70.0)  # ~42 m from the truth vs 141 m
+    w_good = fit_blend(lon0, lat0, *map(col, good), *map(col, cv), *map(col, true))
+    assert w_good[0] > 0.5
+    # a model on the line from the truth to constant velocity, 2 m nearer the truth on average but
+    # spread +-40 m: its gain (2 m) is within 1.645 standard errors (40 / sqrt(400) = 2 m)
+    d = np.clip(np.hypot(100.0, 100.0) - 2.0 - rng.normal(0, 40, n), 1.0, None)
+    noisy = offset_lonlat(*true, d / np.sqrt(2), -d / np.sqrt(2))
+    w_noisy = fit_blend(lon0, lat0, *map(col, noisy), *map(col, cv), *map(col, true))
+    assert w_noisy[0] == 0.0  # its best blend gains little next to the spread: constant velocity
+    assert fit_blend(lon0, lat0, *map(col, noisy), *map(col, cv), *map(col, true), margin_z=-10.0)[0] > 0  # without the margin it would blend

@@ -9,8 +9,11 @@ forecasts; ``trajfm.evaluate.calibrate.calibrate_model`` fits them on the valida
   ``w_h * model + (1 - w_h) * constant_velocity``, both as east/north metres in the tangent plane
   at the last context fix; ``w_h`` in [0, 1] is the weight on the validation split's grid with the
   lowest mean error at step h, so on that split the blend is never worse than constant velocity
-  (``w_h = 0`` is constant velocity itself) nor than the model (``w_h = 1``). Times stay the
-  model's. Steps past the fitted ones use the last weight. Deterministic point forecasts only
+  (``w_h = 0`` is constant velocity itself) nor, where it keeps a weight, than the model
+  (``w_h = 1``); and it falls back
+  to ``w_h = 0`` unless its gain over constant velocity is clear on that split (mean per-window
+  gain > ``MARGIN_Z`` standard errors), so a gain within the noise does not turn into a loss on
+  new data. Times stay the model's. Steps past the fitted ones use the last weight. Deterministic point forecasts only
   ("mode" / "mean"); sampled paths are not blended.
 - **Error model**: at step h the true fix lies at a distance from the forecast whose quantiles
   at ``RADIUS_LEVELS`` (5%, 10%, 20%, ..., 90%, 95%, 99%) are stored per step
@@ -35,6 +38,7 @@ from trajfm.geo import displacement_m, offset_lonlat
 from trajfm.model.config import RADIUS_LEVELS
 
 BLEND_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # candidate model weights, steps of 0.05
+MARGIN_Z = 1.645  # a blend replaces constant velocity only when its validation gain is clear (one-sided 95%)
 QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MARGINAL_SAMPLES = 4096  # deterministic draws of the error distribution per step (per-axis quantiles, CRPS)
 RADIUS_FLOOR_M = 0.01
@@ -89,19 +93,30 @@ def apply_blend(config, prev_lon, prev_lat, last_lon, last_lat, model_lon, model
 
 
 def fit_blend(last_lon, last_lat, model_lon, model_lat, cv_lon, cv_lat, true_lon, true_lat,
-              grid=BLEND_GRID) -> tuple[float, ...]:
+              grid=BLEND_GRID, margin_z: float = MARGIN_Z) -> tuple[float, ...]:
     """Per step, the weight of ``grid`` whose blend has the lowest mean great-circle error (m)
-    against the truth (ties: the smaller weight, nearer constant velocity)."""
+    against the truth (ties: the smaller weight, nearer constant velocity); then 0 (constant
+    velocity itself) wherever that blend's gain over constant velocity is not clear: the mean
+    per-window gain less ``margin_z`` standard errors is not above 0. A gain the validation split
+    cannot tell from noise would not hold on new data, and constant velocity is the safe side."""
     from trajfm.geo import haversine_m
 
     H = model_lon.shape[1]
     best = np.zeros(H)
     score = np.full(H, np.inf)
+    errors = {}
     for w in sorted(grid):
         lon, lat = mix(np.full(H, w), last_lon, last_lat, model_lon, model_lat, cv_lon, cv_lat)
-        err = haversine_m(lon, lat, true_lon, true_lat).mean(axis=0)
+        errors[w] = haversine_m(lon, lat, true_lon, true_lat)  # (N, H)
+        err = errors[w].mean(axis=0)
         better = err < score
         best[better], score[better] = w, err[better]
+    cv_err = haversine_m(cv_lon, cv_lat, true_lon, true_lat)
+    for h in range(H):
+        gain = cv_err[:, h] - errors[best[h]][:, h]  # per window, metres
+        se = gain.std(ddof=1) / math.sqrt(len(gain)) if len(gain) > 1 else np.inf
+        if not gain.mean() - margin_z * se > 0:
+            best[h] = 0.0
     return tuple(float(w) for w in best)
 
 
