@@ -122,3 +122,31 @@ def read_calibration(model_dir: str | Path) -> dict | None:
     """The ``calibration.json`` of a calibrate stage directory, or None for a plain train directory."""
     path = Path(model_dir) / "calibration.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trajfm.evaluate.calibrate --features DIR --train-dir DIR [--root R]``: calibrate
+    a trained model, run the evaluate stage on it and print the demo summary's forecast table."""
+    import argparse
+
+    from trajfm.cli import forecast_rows
+    from trajfm.evaluate.run import run_evaluation
+
+    parser = argparse.ArgumentParser(prog="python -m trajfm.evaluate.calibrate", description=main.__doc__.split("\n")[0])
+    parser.add_argument("--features", required=True, help="a features stage directory (train/val/test windows)")
+    parser.add_argument("--train-dir", required=True, help="a train stage directory (model.pt, manifest.json)")
+    parser.add_argument("--root", default=None, help="data root (default: $TRAJFM_HOME or ./.trajfm)")
+    parser.add_argument("--context-len", type=int, default=20)
+    parser.add_argument("--horizon", type=int, default=10)
+    args = parser.parse_args(argv)
+    out = calibrate_stage(args.features, args.train_dir, root=args.root, context_len=args.context_len, horizon=args.horizon)
+    m = run_evaluation(args.features, out, root=args.root, context_len=args.context_len, horizon=args.horizon)
+    print(f"calibrated model: {out / 'model.pt'}")
+    print(f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, {m['horizon']} steps ahead")
+    print("\n".join(forecast_rows(m, max(18, len(m["preset"]) + 7))))
+    print(json.dumps({k: v for k, v in m.items() if "coverage" in k or "crps" in k}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
