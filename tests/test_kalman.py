@@ -78,6 +78,9 @@ def test_fit_is_deterministic_and_beats_constant_velocity_one_step_on_real_ais(a
     train, test = ais
     p1, p2 = fit_kalman(train, CONTEXT, H), fit_kalman(train, CONTEXT, H)
     assert p1 == p2 and p1.q_m2_s3 > 0 and p1.r_m2 > 0
+    assert fit_kalman(train, CONTEXT, H, objective="likelihood") == fit_kalman(train, CONTEXT, H, objective="likelihood")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        fit_kalman(train, CONTEXT, H, objective="mse")
     sel = forecastable(test, CONTEXT, H)
     tl, ta = test.lon[sel, CONTEXT:CONTEXT + H], test.lat[sel, CONTEXT:CONTEXT + H]
     kl, ka, kt = kalman_forecast(test, CONTEXT, H, p1)
@@ -103,13 +106,16 @@ def test_fitted_noise_is_recovered_on_a_noisy_straight_track():
         lon, lat = offset_lonlat(lon, lat, e[0], e[1])
         tracks.append((f"s{i}", lon, lat, t))
     ws = windows_from_tracks(tracks, window=32)
-    p = fit_kalman(ws, CONTEXT, H)
+    p = fit_kalman(ws, CONTEXT, H, objective="likelihood")
     assert 12.0 < p.r_m2 < 50.0
+    tuned = fit_kalman(ws, CONTEXT, H)  # tuned to forecast: on the windows it was tuned on, no worse at it
     kl, ka, _ = kalman_forecast(ws, CONTEXT, H, p)
     cl, ca, _ = constant_velocity(ws, CONTEXT, H)
     sel = forecastable(ws, CONTEXT, H)
     tl, ta = ws.lon[sel, CONTEXT:CONTEXT + H], ws.lat[sel, CONTEXT:CONTEXT + H]
     assert haversine_m(kl, ka, tl, ta)[:, -1].mean() < 0.5 * haversine_m(cl, ca, tl, ta)[:, -1].mean()
+    ul, ua, _ = kalman_forecast(ws, CONTEXT, H, tuned)
+    assert haversine_m(ul, ua, tl, ta).mean() <= haversine_m(kl, ka, tl, ta).mean() + 1e-6
 
 
 def test_bad_input_is_refused_with_a_reason(ais):
