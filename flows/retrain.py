@@ -75,8 +75,9 @@ def retrain(
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
     train_dir = train_flow(features_dir, data_root=data_root, preset=preset, train_overrides=overrides, nproc=nproc)
     eval_dir = eval_dir or features_dir  # the champion's evaluation set when it is under this root
-    # as the pipeline: the registered model carries its never-worse blend, fitted on this data's val split
-    model_dir = calibrate_flow(features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    # as the pipeline: the registered model carries its never-worse blend, fitted on the val split of
+    # the evaluation features (the champion's when there is one: new files alone may hold no long window)
+    model_dir = calibrate_flow(eval_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
     metrics = evaluate_flow(eval_dir, model_dir, data_root=data_root, split=split, context_len=context_len, horizon=horizon)
     registration = register_flow(model_dir, eval_dir, metrics, data_root=data_root, name=model_name)
     record_consumed_task(files, data_root=data_root, run={"version": registration["version"], "train_dir": train_dir})

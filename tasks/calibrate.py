@@ -14,6 +14,9 @@ from trajfm.evaluate.calibrate import calibrate_stage, read_calibration
 def calibrate_task(features_dir: str, train_dir: str, data_root: str | None = None, context_len: int = 20, horizon: int = 10) -> str:
     out = calibrate_stage(features_dir, train_dir, root=data_root, context_len=context_len, horizon=horizon)
     info = read_calibration(out)
+    if info.get("skipped"):
+        get_run_logger().warning("calibrate: %s", info["skipped"])
+        return str(out)
     errors = info["val_error_m"]
     create_table_artifact(
         [{"step": h + 1, "model_weight": info["blend"][h], "radius80_m": round(info["radius_m"][h][info["radius_levels"].index(0.8)], 1),

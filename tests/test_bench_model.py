@@ -272,7 +272,7 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     # each test window's error at 10 steps is kept (seeds: their mean), and they add up to the table
     we = q["window_errors"]
     assert we["metric"] == "fde_10_m" and set(we["errors"]) == {"constant_velocity", "linear_extrapolation", "kalman",
-                                                                 "tutorial", "tutorial+blend"}
+                                                                 "kalman_mle", "tutorial", "tutorial+blend"}
     for label, errs in we["errors"].items():
         assert len(errs) == q["data"]["test_windows_evaluated"] == 32
         assert np.mean(errs) == pytest.approx(q["results"][label]["fde_10_m"], abs=0.05)  # kept to 0.1 m

@@ -188,7 +188,7 @@ def test_evaluate_stage_and_demo_summary_show_cv_kalman_and_model_at_1_5_10(trai
     for p in ("", "cv_", "kf_"):
         assert all(m[f"{p}fde{h}_m"] > 0 for h in (1, 5, 10))
         assert 0 < m[f"{p}coverage80"] <= 1 and m[f"{p}crps_m"] > 0
-    assert m["fde10_m"] == pytest.approx(m["fde_m"]) and m["kf_q_m2_s3"] > 0
+    assert m["fde10_m"] == pytest.approx(m["fde_m"]) and m["kf_q_m2_s3"] > 0 and m["kf_mle_r_m2"] > 0
     assert m["blend"] == list(load_model(model_dir / "model.pt").config.forecast_blend)
     rows = forecast_rows(m, 30)
     assert [r.split()[0] for r in rows[1:4]] == ["constant", "Kalman", "model"] and "@5 (m)" in rows[0]
@@ -206,14 +206,14 @@ def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_p
     q = bm.evaluate_dataset("ais", [str(p) for p in embedded_files(SMALL_SLICE)], tmp_path / "root", 6, budget,
                             log=lambda msg: None, presets=["tutorial"])
     val, test = q["step_errors"]["val"], q["step_errors"]["test"]
-    assert set(test) == {"constant_velocity", "linear_extrapolation", "kalman", "tutorial", "tutorial+blend"}
+    assert set(test) == {"constant_velocity", "linear_extrapolation", "kalman", "kalman_mle", "tutorial", "tutorial+blend"}
     assert all(len(v) == 10 for v in test.values())
     # on the split the rule was chosen on, never worse than constant velocity or the raw preset at any step
     assert np.all(np.asarray(val["tutorial+blend"]) <= np.minimum(val["constant_velocity"], val["tutorial"]) + 0.01)
     rule = q["training"]["per_preset"]["tutorial"]["blend"]["seed 0"]
     assert len(rule["weights"]) == 10 and all(0 <= w <= 1 for w in rule["weights"])
     pr = q["probabilistic"]["predictors"]
-    assert set(pr) == {"constant_velocity", "constant_velocity (val fit)", "kalman", "tutorial+blend"}
+    assert set(pr) == {"constant_velocity", "constant_velocity (val fit)", "kalman_mle", "tutorial+blend"}
     assert all(0 <= c <= 1 for p in pr.values() for lv in ("50", "80", "90") for c in p["coverage"][lv])
     assert q["kalman"]["q_m2_s3"] > 0 and q["kalman"]["forecast_s"]["test"] >= 0
     r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [], "quality": {"ais": q},
@@ -266,3 +266,13 @@ def test_blend_falls_back_to_constant_velocity_when_the_gain_is_within_the_noise
     w_noisy = fit_blend(lon0, lat0, *map(col, noisy), *map(col, cv), *map(col, true))
     assert w_noisy[0] == 0.0  # its best blend gains little next to the spread: constant velocity
     assert fit_blend(lon0, lat0, *map(col, noisy), *map(col, cv), *map(col, true), margin_z=-10.0)[0] > 0  # without the margin it would blend
+
+
+def test_a_validation_split_without_long_windows_leaves_the_model_uncalibrated_with_a_reason(trained):
+    from trajfm.evaluate.calibrate import read_calibration
+
+    root, features, train_dir, model = trained
+    out = calibrate_stage(features, train_dir, root=root, context_len=30, horizon=10)  # windows hold 32 points
+    info = read_calibration(out)
+    assert "no validation window has 40 real points" in info["skipped"]
+    assert load_model(out / "model.pt").config == model.config

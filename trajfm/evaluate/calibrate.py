@@ -70,7 +70,9 @@ def calibrate_model(model: TrajGPT, val_ws: WindowSet, context_len: int = 20, ho
 def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, context_len: int = 20,
                     horizon: int = 10) -> Path:
     """The calibrated model as a stage directory a train directory's consumers accept (cached by
-    the train stage's key, the features' key and the protocol)."""
+    the train stage's key, the features' key and the protocol). When the validation split has no
+    window long enough, the model is written uncalibrated and ``calibration.json`` says why
+    (``skipped``)."""
     from trajfm.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
     from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash, stage_dir
 
@@ -85,7 +87,14 @@ def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, 
     model = model_from_checkpoint(ckpt)
     if model.config.objective == "infill":
         raise ValueError("an infill-only model does not forecast: nothing to calibrate")
-    calibrated, info = calibrate_model(model, WindowSet.load(Path(features_dir) / "val.npz"), context_len, horizon)
+    val = WindowSet.load(Path(features_dir) / "val.npz")
+    if len(forecastable(val, context_len, horizon)):
+        calibrated, info = calibrate_model(model, val, context_len, horizon)
+    else:  # nothing to choose a rule on: the model stays as trained, and says why
+        calibrated = with_calibration(model)
+        info = {"split": "val", "n_windows": 0, "context_len": context_len, "horizon": horizon, "blend": None, "radius_m": None,
+                "skipped": f"no validation window has {context_len + horizon} real points: the model is left uncalibrated "
+                           "(no never-worse rule, no error model)"}
     with StageWriter(root, "calibrate", key) as w:
         save_checkpoint(w.path / "model.pt", calibrated, extra={**ckpt.get("extra", {}), "calibration": info})
         shutil.copyfile(Path(train_dir) / "history.json", w.path / "history.json")

@@ -160,11 +160,13 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
 
     Keys: ``n_windows, ade_m, fde_m, step1_m, cv_ade_m, cv_fde_m, cv_step1_m``, the error at each
     of ``SUMMARY_STEPS`` within the horizon (``fde5_m``, ``cv_fde5_m``, ...); with ``fit_ws``:
-    ``kf_*`` the same for the Kalman filter, ``kf_q_m2_s3`` / ``kf_r_m2`` its fitted noise, and the
-    probabilistic scores averaged over steps 1..horizon (``trajfm.evaluate.scores``):
-    ``coverage50/80/90`` and ``crps_m`` of the model (when it has a fitted error model,
-    ``forecast_radius_m``), the same with ``cv_`` (constant velocity + radial error quantiles per
-    step fitted on ``fit_ws``) and ``kf_`` (the filter's own covariance).
+    ``kf_*`` the same for the Kalman filter tuned on them for its forecasts, ``kf_q_m2_s3`` /
+    ``kf_r_m2`` its noise, and the probabilistic scores averaged over steps 1..horizon
+    (``trajfm.evaluate.scores``): ``coverage50/80/90`` and ``crps_m`` of the model (when it has a
+    fitted error model, ``forecast_radius_m``), the same with ``cv_`` (constant velocity + radial
+    error quantiles per step fitted on ``fit_ws``) and ``kf_`` (the covariance of the filter fitted
+    by maximum likelihood, ``kf_mle_q_m2_s3`` / ``kf_mle_r_m2``: a forecast-tuned noise is no
+    error model).
     """
     sel = forecastable(ws, context_len, horizon)
     if len(sel) == 0:
@@ -183,16 +185,19 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
     from trajfm.evaluate.scores import error_vectors_m, probabilistic_scores, radial_scores
     from trajfm.model.blend import fit_radius, radius_table
 
-    params = fit_kalman(fit_ws, context_len, horizon)
-    k_lon, k_lat, _, k_cov = kalman_forecast(ws, context_len, horizon, params, with_cov=True)
+    params = fit_kalman(fit_ws, context_len, horizon)  # tuned for its forecasts: the point reference
+    k_lon, k_lat, _ = kalman_forecast(ws, context_len, horizon, params)
     out.update({f"kf_{k}": v for k, v in _errors(k_lon, k_lat, true_lon, true_lat).items()})
     out.update(kf_q_m2_s3=params.q_m2_s3, kf_r_m2=params.r_m2)
+    mle = fit_kalman(fit_ws, context_len, horizon, objective="likelihood")  # its covariance: the filter's error model
+    l_lon, l_lat, _, l_cov = kalman_forecast(ws, context_len, horizon, mle, with_cov=True)
+    out.update(kf_mle_q_m2_s3=mle.q_m2_s3, kf_mle_r_m2=mle.r_m2)
     fsel = forecastable(fit_ws, context_len, horizon)
     if len(fsel):  # constant velocity's own error model, from the training windows
         f_lon, f_lat, _ = constant_velocity(fit_ws, context_len, horizon)
         cv_table = fit_radius(haversine_m(f_lon, f_lat, fit_ws.lon[fsel, truth], fit_ws.lat[fsel, truth]))
         scores = {"cv_": radial_scores(error_vectors_m(c_lon, c_lat, true_lon, true_lat), cv_table),
-                  "kf_": probabilistic_scores(error_vectors_m(k_lon, k_lat, true_lon, true_lat), k_cov)}
+                  "kf_": probabilistic_scores(error_vectors_m(l_lon, l_lat, true_lon, true_lat), l_cov)}
         if model.config.forecast_radius_m is not None:
             scores[""] = radial_scores(error_vectors_m(m_lon, m_lat, true_lon, true_lat),
                                        radius_table(model.config.forecast_radius_m, horizon))
