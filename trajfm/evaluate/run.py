@@ -29,7 +29,7 @@ def run_evaluation(
     train_manifest = read_manifest(train_dir)
     key = stable_hash({
         "features": read_manifest(features_dir)["key"], "train": train_manifest["key"], "split": split,
-        "context_len": context_len, "horizon": horizon, "v": 2,
+        "context_len": context_len, "horizon": horizon, "v": 3,
     })
     out = root / "evaluate" / key
     if is_complete(out):
