@@ -138,6 +138,11 @@ def test_the_evaluation_suite_reports_the_kalman_filter_fitted_on_the_training_w
     err = haversine_m(kl, ka, test.lon[sel, CONTEXT:CONTEXT + 10], test.lat[sel, CONTEXT:CONTEXT + 10])
     assert m["forecast.fde_m@10.kalman"] == pytest.approx(err[:, -1].mean())
     assert m["forecast.fde_m@1.kalman"] < m["forecast.fde_m@1.constant_velocity"]
+    from trajfm.evaluate.baselines import linear_extrapolation
+
+    ll, la, _ = linear_extrapolation(test, CONTEXT, 10)  # the other straight line, in the same table
+    assert m["forecast.fde_m@10.linear_extrapolation"] == pytest.approx(
+        haversine_m(ll, la, test.lon[sel, CONTEXT:CONTEXT + 10], test.lat[sel, CONTEXT:CONTEXT + 10])[:, -1].mean())
     without = run_task("forecast", None, test)  # nothing to fit on: no Kalman row (never fitted on what it scores)
     assert not any("kalman" in k for k in without)
     assert without == {k: v for k, v in m.items() if "kalman" not in k}

@@ -83,7 +83,7 @@ CONTEXT_LEN = 20  # points of context before the forecast
 GEN_STEPS = 64  # rollout length of the KV-cache benchmark
 GEN_CONTEXT = 32
 SPEED_PRESET = "trajgpt2-small"  # the largest one-point-per-token GPT-2 preset: the HF comparison
-LINEAR_FIT_POINTS = 5  # fixes the linear extrapolation fits
+from trajfm.evaluate.baselines import LINEAR_FIT_POINTS  # noqa: E402 (fixes the linear extrapolation fits)
 BOOTSTRAP_RESAMPLES = 2000  # paired bootstrap over test windows for the targets' intervals
 TARGET_VS_CONSTANT_VELOCITY = 0.25  # the issue's targets: best preset's FDE at the longest horizon
 TARGET_VS_TUTORIAL = 0.20
@@ -124,37 +124,7 @@ BUDGETS = {
 # --- baselines ---------------------------------------------------------------------------------
 
 
-def linear_extrapolation(ws, context_len: int, horizon: int, fit_points: int = LINEAR_FIT_POINTS):
-    """Baseline forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
-
-    Fits east and north (metres, tangent plane at the last context fix) as straight lines in time
-    over the last ``fit_points`` context fixes (least squares), and moves along that velocity
-    from the last fix; future times repeat the last time gap (exact int64 ns), as constant
-    velocity does. With ``fit_points=2`` it is constant velocity. Less sensitive to GPS noise in
-    one step than constant velocity; blind to turns, like it.
-    """
-    from trajfm.evaluate.forecast import forecastable
-    from trajfm.geo import displacement_m, offset_lonlat
-
-    if context_len < 2 or fit_points < 2:
-        raise ValueError("linear extrapolation needs context_len >= 2 and fit_points >= 2")
-    k = min(fit_points, context_len)
-    sel = forecastable(ws, context_len, horizon)
-    b = context_len - 1
-    cols = np.arange(context_len - k, context_len)
-    lon0, lat0, t0 = ws.lon[sel, b].astype(np.float64), ws.lat[sel, b].astype(np.float64), ws.t_ns[sel, b]
-    east, north = displacement_m(lon0[:, None], lat0[:, None], ws.lon[sel][:, cols], ws.lat[sel][:, cols])  # (N, k)
-    t_s = (ws.t_ns[sel][:, cols] - t0[:, None]).astype(np.float64) / 1e9  # (N, k) seconds, <= 0, exact ints first
-    tc = t_s - t_s.mean(axis=1, keepdims=True)
-    denom = (tc**2).sum(axis=1)
-    safe = np.where(denom > 0, denom, 1.0)
-    v_east = np.where(denom > 0, (tc * (east - east.mean(axis=1, keepdims=True))).sum(axis=1) / safe, 0.0)  # m/s
-    v_north = np.where(denom > 0, (tc * (north - north.mean(axis=1, keepdims=True))).sum(axis=1) / safe, 0.0)
-    dt_ns = ws.t_ns[sel, b] - ws.t_ns[sel, b - 1]
-    steps = np.arange(1, horizon + 1)
-    ahead_s = (dt_ns[:, None] * steps).astype(np.float64) / 1e9  # (N, horizon)
-    lon, lat = offset_lonlat(lon0[:, None], lat0[:, None], v_east[:, None] * ahead_s, v_north[:, None] * ahead_s)
-    return lon, lat, t0[:, None] + dt_ns[:, None] * steps
+from trajfm.evaluate.baselines import linear_extrapolation  # noqa: E402,F401 (lives with the other baselines; importable here)
 
 
 # --- speed: trajfm against transformers' GPT-2 ---------------------------------------------------

@@ -320,7 +320,8 @@ def forecast_task(
     ``context_len`` are the context. Per predictor (``model`` in "mode", ``constant_velocity``):
     ``ade_m@h`` (mean error over steps 1..h) and ``fde_m@h`` (error at step h) for each ``h`` in
     ``horizons`` (steps); ``mae_m@5`` / ``rmse_m@5`` over the next ``mae_points`` points (the
-    literature's "next 5 points" setting); and ``fde_m@<m>min``: the error at ``m`` minutes after
+    literature's "next 5 points" setting), the same for ``linear_extrapolation``
+    (``trajfm.evaluate.baselines``); and ``fde_m@<m>min``: the error at ``m`` minutes after
     the last context fix, both tracks interpolated in time (the forecast holds its last point
     when its predicted clock ends sooner), over the windows whose real continuation lasts that
     long (``n_windows@<m>min``; the metric is left out when none does). With ``train_ws`` (the
@@ -343,7 +344,9 @@ def forecast_task(
     t0 = ws.t_ns[sel, last]
     # the truth from the last context fix on, so times between it and step 1 interpolate too
     track = (np.c_[ws.lon[sel, last], true_lon], np.c_[ws.lat[sel, last], true_lat], np.c_[t0, true_t])
-    preds = {"constant_velocity": constant_velocity(ws, context_len, H)}
+    from trajfm.evaluate.baselines import linear_extrapolation
+
+    preds = {"constant_velocity": constant_velocity(ws, context_len, H), "linear_extrapolation": linear_extrapolation(ws, context_len, H)}
     out = {"forecast.n_windows": float(len(sel)), "forecast.context_len": float(context_len)}
     if train_ws is not None and len(forecastable(train_ws, context_len, H)):
         from trajfm.evaluate.kalman import fit_kalman, kalman_forecast
