@@ -16,7 +16,7 @@ from trajfm.evaluate.forecast import constant_velocity, forecast_points, forecas
 from trajfm.evaluate.scores import coverage, crps_gaussian, crps_m, crps_samples, isotropic_cov, radial_scores
 from trajfm.features.windows import WindowSet
 from trajfm.geo import haversine_m
-from trajfm.model import GPTConfig, load_model, save_checkpoint
+from trajfm.model import GPTConfig, load_model
 from trajfm.model.blend import add_quantiles, fit_radius, per_step, quantile_offsets_m, radius_table, region_radius_m
 from trajfm.model.config import RADIUS_LEVELS
 
