@@ -1,5 +1,5 @@
 """The main job: ingest -> validate raw -> preprocess -> validate processed -> features -> train
--> evaluate -> register. Each stage is its own flow (a subflow here), so a run shows up in the
+-> calibrate -> evaluate -> register. Each stage is its own flow (a subflow here), so a run shows up in the
 Prefect UI as the chain of stages, each with its tasks, retries, logs and artifacts, each run
 named by its stage (``ingest``, ``validate-raw``, ``train-<preset>``, ...). The parent run ends
 with the ``pipeline-summary`` markdown artifact: rows, splits, metrics vs constant velocity, the
@@ -10,6 +10,7 @@ from __future__ import annotations
 from flows._redact import flow
 
 from flows._params import documented
+from flows.calibrate import calibrate_flow
 from flows.evaluate import evaluate_flow
 from flows.features import features_flow
 from flows.ingest import ingest_flow
@@ -85,13 +86,16 @@ def pipeline(
         "train", train_flow, features_dir, data_root=data_root, preset=preset,
         train_overrides=overrides, nproc=nproc, torchrun_args=torchrun_args,
     )
-    metrics = stage("evaluate", evaluate_flow, features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
-    registration = stage("register", register_flow, train_dir, features_dir, metrics, data_root=data_root, name=model_name)
+    # the registered model carries its never-worse-than-constant-velocity rule and error scale
+    model_dir = stage("calibrate", calibrate_flow, features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    metrics = stage("evaluate", evaluate_flow, features_dir, model_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    registration = stage("register", register_flow, model_dir, features_dir, metrics, data_root=data_root, name=model_name)
     result = {
         "ingest_dir": ingest_dir,
         "preprocess_dir": processed_dir,
         "features_dir": features_dir,
         "train_dir": train_dir,
+        "model_dir": model_dir,
         "validation": {"raw": raw_report["success"], "processed": processed_report["success"]},
         "metrics": metrics,
         "registration": registration,

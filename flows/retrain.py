@@ -15,6 +15,7 @@ from flows._redact import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows._params import documented
+from flows.calibrate import calibrate_flow
 from flows.evaluate import evaluate_flow
 from flows.features import features_flow
 from flows.ingest import ingest_flow
@@ -34,6 +35,7 @@ from trajfm.params import (
     WindowOptions,
     as_dict,
 )
+from trajfm.evaluate.calibrate import uncalibrated_checkpoint
 from trajfm.store import read_manifest
 
 NOTHING_NEW = "nothing new"
@@ -89,7 +91,8 @@ def retrain(
     overrides = {"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})}
     eval_dir, split = None, "test"
     if champion is not None:
-        overrides["init_checkpoint"] = champion["checkpoint"]
+        # fine-tune the champion's weights; its calibration is fitted again after training
+        overrides["init_checkpoint"] = str(uncalibrated_checkpoint(champion["checkpoint"], data_root))
         context_len, horizon, split = champion["context_len"], champion["horizon"], champion["split"]
         eval_dir = champion["features_dir"]
         if window_params is None and eval_dir is not None:  # the same feature config as the champion
@@ -99,8 +102,11 @@ def retrain(
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
     train_dir = train_flow(features_dir, data_root=data_root, preset=preset, train_overrides=overrides, nproc=nproc)
     eval_dir = eval_dir or features_dir  # the champion's evaluation set when it is under this root
-    metrics = evaluate_flow(eval_dir, train_dir, data_root=data_root, split=split, context_len=context_len, horizon=horizon)
-    registration = register_flow(train_dir, eval_dir, metrics, data_root=data_root, name=model_name)
+    # as the pipeline: the registered model carries its never-worse blend, fitted on the val split of
+    # the evaluation features (the champion's when there is one: new files alone may hold no long window)
+    model_dir = calibrate_flow(eval_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    metrics = evaluate_flow(eval_dir, model_dir, data_root=data_root, split=split, context_len=context_len, horizon=horizon)
+    registration = register_flow(model_dir, eval_dir, metrics, data_root=data_root, name=model_name)
     record_consumed_task(files, data_root=data_root, run={"version": registration["version"], "train_dir": train_dir})
 
     base = f"champion v{champion['version']}" if champion else (f"`{init}`" if init else f"`{preset}` from scratch")
@@ -117,6 +123,7 @@ def retrain(
         "features_dir": features_dir,
         "eval_features_dir": eval_dir,
         "train_dir": train_dir,
+        "model_dir": model_dir,
         "metrics": metrics,
         "registration": registration,
     }

@@ -48,7 +48,7 @@ def test_registry_rejects_unknown_tasks_and_parameters(ais):
     assert parse_key("forecast.n_windows") == ("forecast", "n_windows", None)
     with pytest.raises(ValueError):
         parse_key("weather.rain_mm.model")
-    assert set(TRAINED_BASELINES) == {"travel_time", "next_location", "generation"}
+    assert set(TRAINED_BASELINES) == {"forecast", "travel_time", "next_location", "generation"}
 
 
 # --- forecast ----------------------------------------------------------------------------------

@@ -92,7 +92,8 @@ def test_only_windows_long_enough_are_evaluated(random_model):
     assert np.isfinite(lon).all() and np.isfinite(lat).all()
     assert (np.diff(t, axis=1) >= 0).all()
     metrics = evaluate_forecast(random_model, ws, 16, 10)
-    assert set(metrics) == {"n_windows", "ade_m", "fde_m", "step1_m", "cv_ade_m", "cv_fde_m", "cv_step1_m"}
+    assert set(metrics) == {"n_windows", "ade_m", "fde_m", "step1_m", "cv_ade_m", "cv_fde_m", "cv_step1_m",
+                            "fde1_m", "fde5_m", "fde10_m", "cv_fde1_m", "cv_fde5_m", "cv_fde10_m"}  # + steps 1, 5, 10
     assert metrics["n_windows"] == len(sel)
     assert all(isinstance(v, float) and np.isfinite(v) for k, v in metrics.items() if k != "n_windows")
     ref_err = haversine_m(lon, lat, ws.lon[sel, 16:26], ws.lat[sel, 16:26])

@@ -159,7 +159,7 @@ def test_every_subflow_run_is_named_by_its_stage(small_run):
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
     assert parent.name == "pipeline-tutorial"
     assert sorted(c.name for c in children) == sorted(
-        ["ingest", "validate-raw", "preprocess", "validate-processed", "features", "train-tutorial", "evaluate-test", "register-trajfm"]
+        ["ingest", "validate-raw", "preprocess", "validate-processed", "features", "train-tutorial", "calibrate", "evaluate-test", "register-trajfm"]
     )
 
 
@@ -183,7 +183,7 @@ def test_parent_run_has_the_summary_artifact_with_links(small_run):
     assert f"| ADE | {m['ade_m']:,.1f} | {m['cv_ade_m']:,.1f} |" in text
     assert f"version **{r['registration']['version']}**" in text
     assert f"/artifacts/artifact/{ingest_art[0].id}" in text  # the stage's artifact, linked
-    assert text.count("/runs/flow-run/") == 8  # every stage's own run
+    assert text.count("/runs/flow-run/") == 9  # every stage's own run
 
 
 def test_rerun_on_same_data_reuses_every_stage(small_run):

@@ -145,7 +145,16 @@ def test_retrain_flow_from_scratch_then_nothing_new_then_fine_tunes_the_champion
         assert (second["metrics"]["context_len"], second["metrics"]["horizon"]) == (12, 6)
         tuned = read_manifest(second["train_dir"])
         champion_ckpt = next((root / "retrain" / "champions" / "trajfm-v1").rglob("*.pt"))
-        assert tuned["init_checkpoint_sha256"] == file_sha256(champion_ckpt) == file_sha256(Path(first["train_dir"]) / "model.pt")
+        # the registered champion is the calibrated model; fine-tuning starts from its uncalibrated weights
+        from trajfm.evaluate.calibrate import uncalibrated_checkpoint
+        from trajfm.model import load_model
+
+        assert file_sha256(champion_ckpt) == file_sha256(Path(first["model_dir"]) / "model.pt")
+        init = uncalibrated_checkpoint(champion_ckpt, root)
+        assert tuned["init_checkpoint_sha256"] == file_sha256(init)
+        trained_first = load_model(Path(first["train_dir"]) / "model.pt")
+        assert load_model(init).config == trained_first.config
+        assert all(a.equal(b) for a, b in zip(load_model(init).state_dict().values(), trained_first.state_dict().values()))
         # the champion moved only if v2 beat it on that set
         better = second["metrics"]["ade_m"] < first["metrics"]["ade_m"]
         assert champion_info(root)["version"] == (2 if better else 1)

@@ -100,6 +100,23 @@ def _parse_params(tokens: list[str]) -> dict:
     return params
 
 
+def forecast_rows(m: dict, w: int) -> list[str]:
+    """The demo's forecast table: error (m) at steps 1, 5 and 10 (those within the horizon) and
+    ADE, of constant velocity, the Kalman filter (when measured) and the model; then the model's
+    never-worse rule and the coverage of each one's 80% region (when measured)."""
+    steps = [h for h in (1, 5, 10) if f"fde{h}_m" in m]
+    head = "".join(f"{f'@{h} (m)':>10}" for h in steps) + f"{'ADE (m)':>10}" + (f"{'80% cov':>9}" if "coverage80" in m or "cv_coverage80" in m else "")
+    lines = [f"            {'':{w}}{head}"]
+    for label, p in (("constant velocity", "cv_"), ("Kalman filter", "kf_"), ("model " + m["preset"], "")):
+        if f"{p}ade_m" not in m:
+            continue
+        cov = f"{100 * m[f'{p}coverage80']:8.0f}%" if f"{p}coverage80" in m else ""
+        lines.append(f"            {label:{w}}" + "".join(f"{m[f'{p}fde{h}_m']:10.1f}" for h in steps) + f"{m[f'{p}ade_m']:10.1f}" + cov)
+    if m.get("blend") is not None:
+        lines.append(f"            (the model blends with constant velocity per step, weights {m['blend']}: chosen on validation)")
+    return lines
+
+
 def summary_text(result: dict, root: Path, seconds: float, title: str = "trajfm demo") -> str:
     """The demo's closing summary: row accounting, metrics vs baseline, registry, UI commands."""
     from trajfm.store import read_manifest
@@ -122,9 +139,7 @@ def summary_text(result: dict, root: Path, seconds: float, title: str = "trajfm 
         f"{'passed' if result['validation']['processed'] else 'FAILED'}",
         f"features    windows train/val/test = {feat['windows']['train']:,}/{feat['windows']['val']:,}/{feat['windows']['test']:,}",
         f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, {m['horizon']} steps ahead",
-        f"            {'':{w}}{'ADE (m)':>10}{'FDE (m)':>10}{'1-step (m)':>12}",
-        f"            {'model ' + m['preset']:{w}}{m['ade_m']:10.1f}{m['fde_m']:10.1f}{m['step1_m']:12.1f}",
-        f"            {'constant velocity':{w}}{m['cv_ade_m']:10.1f}{m['cv_fde_m']:10.1f}{m['cv_step1_m']:12.1f}",
+        *forecast_rows(m, w),
         f"register    {reg['name']} version {reg['version']}: "
         + ("same data, config and evaluation as before: reused, no new version" if reg.get("reused")
            else (reg.get("decision") or ("champion" if reg["promoted"] else "challenger")))

@@ -47,6 +47,13 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
         (f"preset `{train.get('preset')}`, {_n(final.get('n_params', 0))} parameters, {final.get('epoch', '?')} epochs "
          f"({final.get('step', '?')} steps) on {train.get('device', '?')}; best validation loss {final.get('best_val_loss')}"),
     ]
+    if result.get("model_dir") or m.get("blend") is not None:
+        blend = m.get("blend")
+        lines += [
+            "", f"## Calibration{see('calibrate')}", "",
+            (f"per-step blend with constant velocity, chosen on the validation split: {blend}" if blend is not None
+             else "no never-worse rule stored (no validation window long enough)"),
+        ]
     if m:
         lines += [
             "", f"## {m.get('split', 'test').capitalize()} split: forecast error (metres){see('evaluate')}", "",
@@ -57,6 +64,8 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
             if key in m and f"cv_{key}" in m:
                 gain = (1 - m[key] / m[f"cv_{key}"]) * 100 if m[f"cv_{key}"] else float("nan")
                 lines.append(f"| {label} | {m[key]:,.1f} | {m[f'cv_{key}']:,.1f} | {gain:+.1f}% |")
+        if "kf_fde_m" in m:
+            lines.append(f"\nKalman filter (noise fitted on train): ADE {m['kf_ade_m']:,.1f} m, FDE {m['kf_fde_m']:,.1f} m.")
     if reg:
         what = "reused (same lineage: no new version)" if reg.get("reused") else reg.get("decision", "")
         lines += [
@@ -67,5 +76,5 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
         if reg.get("run_url"):
             lines.append(f"MLflow run: [{reg['run_id']}]({reg['run_url']})")
     lines += ["", "## Stage outputs", ""]
-    lines += [f"- {k}: `{result[k]}`" for k in ("ingest_dir", "preprocess_dir", "features_dir", "train_dir") if result.get(k)]
+    lines += [f"- {k}: `{result[k]}`" for k in ("ingest_dir", "preprocess_dir", "features_dir", "train_dir", "model_dir") if result.get(k)]
     return "\n".join(lines) + "\n"

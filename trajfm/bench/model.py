@@ -83,7 +83,7 @@ CONTEXT_LEN = 20  # points of context before the forecast
 GEN_STEPS = 64  # rollout length of the KV-cache benchmark
 GEN_CONTEXT = 32
 SPEED_PRESET = "trajgpt2-small"  # the largest one-point-per-token GPT-2 preset: the HF comparison
-LINEAR_FIT_POINTS = 5  # fixes the linear extrapolation fits
+from trajfm.evaluate.baselines import LINEAR_FIT_POINTS  # noqa: E402 (fixes the linear extrapolation fits)
 BOOTSTRAP_RESAMPLES = 2000  # paired bootstrap over test windows for the targets' intervals
 TARGET_VS_CONSTANT_VELOCITY = 0.25  # the issue's targets: best preset's FDE at the longest horizon
 TARGET_VS_TUTORIAL = 0.20
@@ -124,37 +124,7 @@ BUDGETS = {
 # --- baselines ---------------------------------------------------------------------------------
 
 
-def linear_extrapolation(ws, context_len: int, horizon: int, fit_points: int = LINEAR_FIT_POINTS):
-    """Baseline forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
-
-    Fits east and north (metres, tangent plane at the last context fix) as straight lines in time
-    over the last ``fit_points`` context fixes (least squares), and moves along that velocity
-    from the last fix; future times repeat the last time gap (exact int64 ns), as constant
-    velocity does. With ``fit_points=2`` it is constant velocity. Less sensitive to GPS noise in
-    one step than constant velocity; blind to turns, like it.
-    """
-    from trajfm.evaluate.forecast import forecastable
-    from trajfm.geo import displacement_m, offset_lonlat
-
-    if context_len < 2 or fit_points < 2:
-        raise ValueError("linear extrapolation needs context_len >= 2 and fit_points >= 2")
-    k = min(fit_points, context_len)
-    sel = forecastable(ws, context_len, horizon)
-    b = context_len - 1
-    cols = np.arange(context_len - k, context_len)
-    lon0, lat0, t0 = ws.lon[sel, b].astype(np.float64), ws.lat[sel, b].astype(np.float64), ws.t_ns[sel, b]
-    east, north = displacement_m(lon0[:, None], lat0[:, None], ws.lon[sel][:, cols], ws.lat[sel][:, cols])  # (N, k)
-    t_s = (ws.t_ns[sel][:, cols] - t0[:, None]).astype(np.float64) / 1e9  # (N, k) seconds, <= 0, exact ints first
-    tc = t_s - t_s.mean(axis=1, keepdims=True)
-    denom = (tc**2).sum(axis=1)
-    safe = np.where(denom > 0, denom, 1.0)
-    v_east = np.where(denom > 0, (tc * (east - east.mean(axis=1, keepdims=True))).sum(axis=1) / safe, 0.0)  # m/s
-    v_north = np.where(denom > 0, (tc * (north - north.mean(axis=1, keepdims=True))).sum(axis=1) / safe, 0.0)
-    dt_ns = ws.t_ns[sel, b] - ws.t_ns[sel, b - 1]
-    steps = np.arange(1, horizon + 1)
-    ahead_s = (dt_ns[:, None] * steps).astype(np.float64) / 1e9  # (N, horizon)
-    lon, lat = offset_lonlat(lon0[:, None], lat0[:, None], v_east[:, None] * ahead_s, v_north[:, None] * ahead_s)
-    return lon, lat, t0[:, None] + dt_ns[:, None] * steps
+from trajfm.evaluate.baselines import linear_extrapolation  # noqa: E402,F401 (lives with the other baselines; importable here)
 
 
 # --- speed: trajfm against transformers' GPT-2 ---------------------------------------------------
@@ -474,7 +444,9 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     split's errors come with them (``val_results``: the split to choose variants on). Each preset
     trains once per seed of ``budget.seeds``; its errors are the mean over seeds, and with more
     than one seed ``seed_results`` keeps each seed's (per split, in seed order)."""
-    from trajfm.evaluate.forecast import constant_velocity, rollout
+    from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
+    from trajfm.evaluate.kalman import FIT_MAX_WINDOWS, fit_kalman, kalman_forecast
+    from trajfm.features.windows import WindowSet
     from trajfm.model import list_presets, load_model
     from trajfm.store import read_manifest
     from trajfm.train import TrainConfig, planned_steps, run_training
@@ -493,12 +465,32 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     }  # + "seed", one of budget.seeds
     results: dict = {"test": {}, "val": {}}
     per_window: dict = {}  # test windows' errors at the longest horizon, per predictor (seeds: the mean)
+    steps: dict = {"test": {}, "val": {}}  # mean error (m) at each step 1..horizon, per predictor
+    probabilistic: dict = {}  # test split: coverage and CRPS per step of each predictor's own error model
+    train_ws = WindowSet.load(features / "train.npz")
+    t0 = time.perf_counter()
+    kalman_params = fit_kalman(train_ws, CONTEXT_LEN, horizon)  # tuned for its own forecasts: the point reference
+    kalman_fit_s = time.perf_counter() - t0
+    kalman_mle = fit_kalman(train_ws, CONTEXT_LEN, horizon, objective="likelihood")  # the textbook fit: its covariance
+    kalman_forecast_s = {}
+    cv_radius = {"train": _cv_radius(train_ws, horizon), "val": _cv_radius(splits["val"][0], horizon)}
     for split, (ws, true_lon, true_lat) in splits.items():
-        for label, (lon, lat) in (("constant_velocity", constant_velocity(ws, CONTEXT_LEN, horizon)[:2]),
-                                  ("linear_extrapolation", linear_extrapolation(ws, CONTEXT_LEN, horizon)[:2])):
+        t0 = time.perf_counter()
+        k_lon, k_lat, _ = kalman_forecast(ws, CONTEXT_LEN, horizon, kalman_params)
+        kalman_forecast_s[split] = round(time.perf_counter() - t0, 3)
+        l_lon, l_lat, _, l_cov = kalman_forecast(ws, CONTEXT_LEN, horizon, kalman_mle, with_cov=True)
+        c_lon, c_lat, _ = constant_velocity(ws, CONTEXT_LEN, horizon)
+        for label, (lon, lat) in (("constant_velocity", (c_lon, c_lat)),
+                                  ("linear_extrapolation", linear_extrapolation(ws, CONTEXT_LEN, horizon)[:2]),
+                                  ("kalman", (k_lon, k_lat)), ("kalman_mle", (l_lon, l_lat))):
             results[split][label], final = errors_and_final(lon, lat, true_lon, true_lat)
+            steps[split][label] = step_errors(lon, lat, true_lon, true_lat)
             if split == "test":
                 per_window[label] = final
+        if split == "test":
+            probabilistic["constant_velocity"] = _radial(c_lon, c_lat, true_lon, true_lat, cv_radius["train"])
+            probabilistic["constant_velocity (val fit)"] = _radial(c_lon, c_lat, true_lon, true_lat, cv_radius["val"])
+            probabilistic["kalman_mle"] = _scores(l_lon, l_lat, true_lon, true_lat, l_cov)
     training, by_seed = {}, {"test": {}, "val": {}}
     for preset in presets or list_presets():
         label = preset_label(preset)
@@ -511,21 +503,36 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
             train_s = time.perf_counter() - t0
             model = load_model(train_dir / "model.pt")
             t1 = time.perf_counter()
-            errors, windows = {}, None
+            errors, windows, positions = {}, None, {}
             for split, (ws, true_lon, true_lat) in splits.items():
                 lon, lat, _ = rollout(model, ws, CONTEXT_LEN, horizon)
                 errors[split], final = errors_and_final(lon, lat, true_lon, true_lat)
+                positions[split] = (lon, lat)
                 if split == "test":
                     windows = final
+            forecast_s = time.perf_counter() - t1
+            blended = _blended(positions, splits)  # the never-worse rule, fitted on val (trajfm.model.blend)
             runs.append({"seed": seed, "train_dir": train_dir, "train_s": train_s, "cached": not epochs_run,
-                         "forecast_s": time.perf_counter() - t1, "errors": errors, "windows": windows})
+                         "forecast_s": forecast_s, "errors": errors, "windows": windows,
+                         "steps": {split: step_errors(*positions[split], *splits[split][1:]) for split in splits},
+                         "blended": blended})
             log(f"{name}: {label} seed {seed} test {errors['test']} val fde@{horizon} "
                 f"{errors['val'].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)")
         per_window[label] = np.mean([r["windows"] for r in runs], axis=0)
+        per_window[f"{label}+blend"] = np.mean([r["blended"]["windows"] for r in runs], axis=0)
         for split in results:
             results[split][label] = mean_errors([r["errors"][split] for r in runs])
+            results[split][f"{label}+blend"] = mean_errors([r["blended"]["errors"][split] for r in runs])
+            steps[split][label] = _mean_lists([r["steps"][split] for r in runs])
+            steps[split][f"{label}+blend"] = _mean_lists([r["blended"]["steps"][split] for r in runs])
             if len(runs) > 1:
                 by_seed[split][label] = [r["errors"][split] for r in runs]
+                by_seed[split][f"{label}+blend"] = [r["blended"]["errors"][split] for r in runs]
+        probabilistic[f"{label}+blend"] = {
+            "coverage": {lv: _mean_lists([r["blended"]["scores"]["coverage"][lv] for r in runs]) for lv in runs[0]["blended"]["scores"]["coverage"]},
+            "crps_m": _mean_lists([r["blended"]["scores"]["crps_m"] for r in runs]),
+        }
+        blend_rules = {f"seed {r['seed']}": r["blended"]["rule"] for r in runs}
         manifest = read_manifest(runs[0]["train_dir"])
         final = manifest["final"]
         training[label] = {
@@ -534,6 +541,7 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
             "forecast_s": round(sum(r["forecast_s"] for r in runs), 1),
             "train_dir": str(runs[0]["train_dir"]), "cached": all(r["cached"] for r in runs),  # finished stages of an earlier run
             "config": manifest.get("model_config"),
+            "blend": blend_rules,
             **({"train_dirs": [str(r["train_dir"]) for r in runs]} if len(runs) > 1 else {}),
         }
     return summarize({
@@ -542,7 +550,22 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
         "baselines": {
             "constant_velocity": "repeat the last displacement and time gap (trajfm.evaluate.forecast.constant_velocity)",
             "linear_extrapolation": f"least-squares velocity over the last {LINEAR_FIT_POINTS} fixes, last time gap repeated",
+            "kalman": "constant-velocity Kalman filter (Stone Soup models, trajfm.evaluate.kalman), noise tuned on the "
+                      "train split for the lowest error of its own forecasts",
+            "kalman_mle": "the same filter with its noise fitted on the train split by maximum likelihood",
         },
+        "kalman": {**kalman_params.to_dict(), "objective": "forecast", "likelihood_fit": kalman_mle.to_dict(),
+                   "fit_s": round(kalman_fit_s, 2), "forecast_s": kalman_forecast_s,
+                   "fit_windows": int(min(len(forecastable(train_ws, CONTEXT_LEN, horizon)), FIT_MAX_WINDOWS))},
+        "step_errors": {"metric": "mean error (m) at each step 1..horizon", **{k: {p: [round(v, 2) for v in e] for p, e in d.items()}
+                                                                               for k, d in steps.items()}},
+        "probabilistic": {"split": "test", "levels": [50, 80, 90], "error_models": {
+            "constant_velocity": "radial error quantiles per step fitted on the train split (trajfm.model.blend.fit_radius)",
+            "constant_velocity (val fit)": "the same fitted on the val split, as the model's",
+            "kalman_mle": "the likelihood-fitted filter's own predicted Gaussian covariance (state + fix noise); the "
+                          "forecast-tuned filter's covariance is no error model (its noise is chosen for its mean)",
+            "<preset>+blend": "radial error quantiles per step of the blended forecast fitted on the val split (the registered model's)"},
+            "predictors": probabilistic},
         "training": {
             "train_overrides": {**{k: v for k, v in train_overrides.items() if k != "progress"}, "seeds": list(budget.seeds)},
             "planned_steps": planned_steps(n_train, TrainConfig(**train_overrides)),
@@ -558,7 +581,72 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     })
 
 
-BASELINES = ("constant_velocity", "linear_extrapolation")
+BASELINES = ("constant_velocity", "linear_extrapolation", "kalman", "kalman_mle")
+
+
+def step_errors(lon, lat, true_lon, true_lat) -> list[float]:
+    """Mean great-circle error (m) at each forecast step of (N, H) forecasts."""
+    from trajfm.geo import haversine_m
+
+    return haversine_m(lon, lat, true_lon, true_lat).mean(axis=0).tolist()
+
+
+def _mean_lists(lists: list[list[float]]) -> list[float]:
+    return np.mean(np.asarray(lists, np.float64), axis=0).round(4).tolist()
+
+
+def _scores(lon, lat, true_lon, true_lat, cov) -> dict:
+    from trajfm.evaluate.scores import error_vectors_m, probabilistic_scores
+
+    return probabilistic_scores(error_vectors_m(lon, lat, true_lon, true_lat), cov)
+
+
+def _cv_radius(ws, horizon: int):
+    """Constant velocity's own error model: per-step radial error quantiles fitted on ``ws``."""
+    from trajfm.evaluate.forecast import constant_velocity, forecastable
+    from trajfm.geo import haversine_m
+    from trajfm.model.blend import fit_radius
+
+    sel = forecastable(ws, CONTEXT_LEN, horizon)
+    lon, lat, _ = constant_velocity(ws, CONTEXT_LEN, horizon)
+    truth = slice(CONTEXT_LEN, CONTEXT_LEN + horizon)
+    return fit_radius(haversine_m(lon, lat, ws.lon[sel, truth], ws.lat[sel, truth]))
+
+
+def _radial(lon, lat, true_lon, true_lat, table) -> dict:
+    from trajfm.evaluate.scores import error_vectors_m, radial_scores
+
+    return radial_scores(error_vectors_m(lon, lat, true_lon, true_lat), table)
+
+
+def _blended(positions: dict, splits: dict) -> dict:
+    """A preset's forecasts under the never-worse rule (``trajfm.model.blend``, as
+    ``trajfm.evaluate.calibrate.calibrate_model`` fits it): per-step weights against constant
+    velocity and the error scale, both fitted on the val split, applied to both splits."""
+    from trajfm.evaluate.forecast import constant_velocity
+    from trajfm.geo import haversine_m
+    from trajfm.model.blend import fit_blend, fit_radius, mix
+
+    horizon = max(HORIZONS)
+    out: dict = {"errors": {}, "steps": {}}
+    rule = None
+    for split in ("val", "test"):  # val first: the rule is chosen there
+        ws, true_lon, true_lat = splits[split]
+        m_lon, m_lat = positions[split]
+        c_lon, c_lat, _ = constant_velocity(ws, CONTEXT_LEN, horizon)
+        last_lon, last_lat = ws.lon[:, CONTEXT_LEN - 1], ws.lat[:, CONTEXT_LEN - 1]
+        if rule is None:
+            w = fit_blend(last_lon, last_lat, m_lon, m_lat, c_lon, c_lat, true_lon, true_lat)
+            b_lon, b_lat = mix(np.asarray(w), last_lon, last_lat, m_lon, m_lat, c_lon, c_lat)
+            rule = {"weights": list(w), "radius_m": [[round(v, 2) for v in row] for row in fit_radius(haversine_m(b_lon, b_lat, true_lon, true_lat))]}
+        b_lon, b_lat = mix(np.asarray(rule["weights"]), last_lon, last_lat, m_lon, m_lat, c_lon, c_lat)
+        out["errors"][split], final = errors_and_final(b_lon, b_lat, true_lon, true_lat)
+        out["steps"][split] = step_errors(b_lon, b_lat, true_lon, true_lat)
+        if split == "test":
+            out["windows"] = final
+            out["scores"] = _radial(b_lon, b_lat, true_lon, true_lat, rule["radius_m"])
+    out["rule"] = rule
+    return out
 
 
 class BenchError(ValueError):
@@ -642,7 +730,17 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     windows = {k: v for k, v in (old.get("window_errors") or {}).get("errors", {}).items() if k not in new["results"]}
     windows.update((new.get("window_errors") or {}).get("errors", {}))  # a rerun decides; older files have none
     window_errors = {**(new.get("window_errors") or old.get("window_errors") or {}), "errors": windows}
-    return summarize({**old, **({"window_errors": window_errors} if windows else {}),
+    extra = {}  # per-step errors and probabilistic scores: a rerun's predictors replace, others stay
+    if "step_errors" in new:
+        extra["step_errors"] = {k: ({**(old.get("step_errors") or {}).get(k, {}), **v} if isinstance(v, dict) else v)
+                                for k, v in new["step_errors"].items()}
+    if "probabilistic" in new:
+        extra["probabilistic"] = {**new["probabilistic"], "predictors": {
+            **(old.get("probabilistic") or {}).get("predictors", {}), **new["probabilistic"]["predictors"]}}
+    for key in ("baselines", "kalman"):
+        if key in new:
+            extra[key] = new[key]
+    return summarize({**old, **extra, **({"window_errors": window_errors} if windows else {}),
                       "data": {**old["data"], **new["data"]}, "training": training, "variants": variants,
                       "results": merged(old["results"], new["results"]),
                       "val_results": merged(old.get("val_results", {}), new["val_results"]),
@@ -903,6 +1001,7 @@ def markdown(r: dict) -> str:
             ]
             if tg.get("bootstrap"):
                 lines += ["", _bootstrap_note(tg["bootstrap"])]
+        lines += _steps_and_scores_md(q)
         if variants:
             lines += ["", f"Variants tried ({name}; preset files outside the bundle, compared on the validation split, "
                           "not candidates for the best preset):", "", *header]
@@ -910,6 +1009,47 @@ def markdown(r: dict) -> str:
             lines += [""] + [f"- `{pred}`: {v['comment']}" for pred, v in variants.items() if pred in q["results"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _steps_and_scores_md(q: dict) -> list[str]:
+    """Markdown: the test error at every step 1..H, the never-worse check of each blended row,
+    the Kalman filter's fitted noise and time, and the probabilistic scores."""
+    st, variants = (q.get("step_errors") or {}).get("test"), q.get("variants", {})
+    if not st:
+        return []
+    order = [p for p in BASELINES if p in st] + [p for p in st if p not in BASELINES and p.split("+")[0] not in variants]
+    H = len(st[order[0]])
+    lines = ["", "Error (m) at each step ahead, test split (`<preset>+blend`: the preset with its per-step blend with "
+             "constant velocity and error scale, both fitted on the val split, as the registered model forecasts; "
+             "its val errors are on the split the rule was fitted on):", "",
+             "| predictor | " + " | ".join(f"@{h}" for h in range(1, H + 1)) + " |", "|---|" + "---:|" * H]
+    lines += [f"| {p} | " + " | ".join(_fmt(v) for v in st[p]) + " |" for p in order]
+    cv = np.asarray(st.get("constant_velocity") or [np.nan] * H)
+    worse = {p: [h + 1 for h, (a, b) in enumerate(zip(st[p], cv)) if a > b] for p in order if p.endswith("+blend")}
+    if worse:
+        lines += ["", "Steps where a blended preset is worse than constant velocity on test: "
+                  + "; ".join(f"`{p}` {', '.join(map(str, w)) if w else 'none'}" for p, w in worse.items()) + "."]
+    kf = q.get("kalman")
+    if kf:
+        lines += ["", f"Kalman filter: q = {kf['q_m2_s3']:.3g} m²/s³ (white-noise acceleration per axis), r = {kf['r_m2']:.3g} m² "
+                  f"(fix noise per axis), fitted ({'for its own forecast error' if kf.get('objective') == 'forecast' else 'by maximum likelihood'}) on {kf['fit_windows']:,} training windows in "
+                  f"{kf['fit_s']} s; forecasting the test split took {kf['forecast_s'].get('test')} s."
+                  + (f" `kalman_mle`: q = {kf['likelihood_fit']['q_m2_s3']:.3g} m²/s³, r = {kf['likelihood_fit']['r_m2']:.3g} m², "
+                     "by maximum likelihood (its covariance is the filter's error model below)." if kf.get("likelihood_fit") else "")]
+    pr = (q.get("probabilistic") or {}).get("predictors")
+    if pr:
+        lines += ["", "Probabilistic forecasts, test split: coverage of the 50/80/90% regions (share of windows whose true "
+                  "fix lies inside; mean over steps 1..H, and the 80% region at steps 1 and H) and CRPS in metres (mean over "
+                  "east/north and windows; lower is better), each predictor with its own error model "
+                  "(`probabilistic.error_models` in the JSON):", "",
+                  f"| predictor | cov 50% | cov 80% | cov 90% | cov 80% @1 | cov 80% @{H} | CRPS m (mean) | CRPS @1 | CRPS @{H} |",
+                  "|---|" + "---:|" * 8]
+        for p in [p for p in BASELINES if p in pr] + [p for p in pr if p not in BASELINES]:
+            c, crps = pr[p]["coverage"], pr[p]["crps_m"]
+            lines.append(f"| {p} | " + " | ".join(f"{100 * np.mean(c[lv]):.1f}%" for lv in ("50", "80", "90"))
+                         + f" | {100 * c['80'][0]:.1f}% | {100 * c['80'][-1]:.1f}% | {_fmt(float(np.mean(crps)))} | "
+                         f"{_fmt(crps[0])} | {_fmt(crps[-1])} |")
+    return lines
 
 
 def _bootstrap_note(b: dict) -> str:

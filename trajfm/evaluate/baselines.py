@@ -2,6 +2,9 @@
 
 - ``constant_velocity`` (forecast, generation): repeat the last step and time gap
   (``trajfm.evaluate.forecast.constant_velocity``).
+- ``linear_extrapolation`` (forecast): the least-squares velocity of the last fixes.
+- ``kalman`` (forecast): a constant-velocity Kalman filter tuned on the fit windows
+  (``trajfm.evaluate.kalman``).
 - ``linear_interp`` (recovery): hidden points evenly on the straight line between the fixes
   around the gap (``trajfm.model.infill.linear_interpolation``).
 - ``historical_speed`` (travel time): ``HistoricalSpeed``, the average speed of the training
@@ -20,14 +23,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from trajfm.evaluate.forecast import constant_velocity
+from trajfm.evaluate.forecast import constant_velocity, forecastable
 from trajfm.features.encode import NS_PER_S
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, haversine_m, offset_lonlat
 from trajfm.model.infill import linear_interpolation
 
 __all__ = [  # constant_velocity and linear_interpolation live with the code they are baselines for
-    "HistoricalSpeed", "MarkovChain", "constant_velocity", "h3_cells", "linear_interpolation", "local_hour",
+    "HistoricalSpeed", "MarkovChain", "constant_velocity", "h3_cells", "linear_extrapolation", "linear_interpolation", "local_hour",
     "path_length_m", "real_steps", "resampled_path_embedding", "resampled_steps", "split_for_fitting",
 ]
 
@@ -59,6 +62,41 @@ def local_hour(t_ns: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """Hour of day 0..23 in local solar time (UTC + lon / 15 h), as the model's calendar features."""
     s = np.asarray(t_ns, np.int64) // NS_PER_S + np.round(np.asarray(lon, np.float64) / 15.0 * 3600).astype(np.int64)
     return (s % 86_400) // 3_600
+
+
+# --- forecast ----------------------------------------------------------------------------------
+
+LINEAR_FIT_POINTS = 5  # fixes the linear extrapolation fits
+
+
+def linear_extrapolation(ws, context_len: int, horizon: int, fit_points: int = LINEAR_FIT_POINTS):
+    """Baseline forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
+
+    Fits east and north (metres, tangent plane at the last context fix) as straight lines in time
+    over the last ``fit_points`` context fixes (least squares), and moves along that velocity
+    from the last fix; future times repeat the last time gap (exact int64 ns), as constant
+    velocity does. With ``fit_points=2`` it is constant velocity. Less sensitive to GPS noise in
+    one step than constant velocity; blind to turns, like it.
+    """
+    if context_len < 2 or fit_points < 2:
+        raise ValueError("linear extrapolation needs context_len >= 2 and fit_points >= 2")
+    k = min(fit_points, context_len)
+    sel = forecastable(ws, context_len, horizon)
+    b = context_len - 1
+    cols = np.arange(context_len - k, context_len)
+    lon0, lat0, t0 = ws.lon[sel, b].astype(np.float64), ws.lat[sel, b].astype(np.float64), ws.t_ns[sel, b]
+    east, north = displacement_m(lon0[:, None], lat0[:, None], ws.lon[sel][:, cols], ws.lat[sel][:, cols])  # (N, k)
+    t_s = (ws.t_ns[sel][:, cols] - t0[:, None]).astype(np.float64) / 1e9  # (N, k) seconds, <= 0, exact ints first
+    tc = t_s - t_s.mean(axis=1, keepdims=True)
+    denom = (tc**2).sum(axis=1)
+    safe = np.where(denom > 0, denom, 1.0)
+    v_east = np.where(denom > 0, (tc * (east - east.mean(axis=1, keepdims=True))).sum(axis=1) / safe, 0.0)  # m/s
+    v_north = np.where(denom > 0, (tc * (north - north.mean(axis=1, keepdims=True))).sum(axis=1) / safe, 0.0)
+    dt_ns = ws.t_ns[sel, b] - ws.t_ns[sel, b - 1]
+    steps = np.arange(1, horizon + 1)
+    ahead_s = (dt_ns[:, None] * steps).astype(np.float64) / 1e9  # (N, horizon)
+    lon, lat = offset_lonlat(lon0[:, None], lat0[:, None], v_east[:, None] * ahead_s, v_north[:, None] * ahead_s)
+    return lon, lat, t0[:, None] + dt_ns[:, None] * steps
 
 
 # --- travel time -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from trajfm.features.encode import NS_PER_S, decode_step, encode_points, next_point_features
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, haversine_m, offset_lonlat
+from trajfm.model.blend import apply_blend
 from trajfm.model.generate import Rollout
 from trajfm.model.gpt import TrajGPT
 
@@ -91,8 +92,12 @@ def rollout(
 
     The context is each window's first ``context_len`` points; degrees float64, UTC ns int64.
     ``options`` go to ``rollout_points`` (``how``, ``temperature``, ``generator``, ``use_cache``).
+    A model whose config has a ``forecast_blend`` (fitted on validation, part of the model) has
+    its point forecasts blended with constant velocity step by step (``trajfm.model.blend``).
     """
     sel = forecastable(ws, context_len, horizon)
+    if model.config.forecast_blend is not None and context_len < 2:
+        raise ValueError("a model with a forecast_blend blends with constant velocity: needs context_len >= 2")
     out_lon, out_lat = np.zeros((len(sel), horizon)), np.zeros((len(sel), horizon))
     out_t = np.zeros((len(sel), horizon), dtype=np.int64)
     was_training = model.training
@@ -107,6 +112,8 @@ def rollout(
                 model, ws.x[b, :context_len], n_real, ws.lon[b, c], ws.lat[b, c], ws.t_ns[b, c], horizon,
                 context_lonlat=lonlat, **options,
             )
+            if options.get("how", "mode") != "sample":  # the model's own never-worse rule (trajfm.model.blend)
+                lo, la = apply_blend(model.config, ws.lon[b, c - 1], ws.lat[b, c - 1], ws.lon[b, c], ws.lat[b, c], lo, la)
             out_lon[i : i + len(b)], out_lat[i : i + len(b)], out_t[i : i + len(b)] = lo, la, t
     finally:
         model.train(was_training)
@@ -137,15 +144,29 @@ def constant_velocity(
     return out_lon, out_lat, out_t
 
 
+SUMMARY_STEPS = (1, 5, 10)  # forecast steps every summary reports (those within the horizon)
+
+
 def _errors(pred_lon, pred_lat, true_lon, true_lat) -> dict:
     err = haversine_m(pred_lon, pred_lat, true_lon, true_lat)  # (N, horizon) metres, float64
-    return {"ade_m": float(err.mean()), "fde_m": float(err[:, -1].mean()), "step1_m": float(err[:, 0].mean())}
+    out = {"ade_m": float(err.mean()), "fde_m": float(err[:, -1].mean()), "step1_m": float(err[:, 0].mean())}
+    return {**out, **{f"fde{h}_m": float(err[:, h - 1].mean()) for h in SUMMARY_STEPS if h <= err.shape[1]}}
 
 
-def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: int, batch_size: int = 256) -> dict:
-    """ADE, FDE and 1-step error in metres of the model and of constant velocity, same windows.
+def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: int, batch_size: int = 256,
+                      fit_ws: WindowSet | None = None) -> dict:
+    """ADE, FDE and 1-step error in metres of the model and of constant velocity, same windows;
+    with ``fit_ws`` (the training windows) also of the Kalman filter fitted on them.
 
-    Keys: ``n_windows, ade_m, fde_m, step1_m, cv_ade_m, cv_fde_m, cv_step1_m``.
+    Keys: ``n_windows, ade_m, fde_m, step1_m, cv_ade_m, cv_fde_m, cv_step1_m``, the error at each
+    of ``SUMMARY_STEPS`` within the horizon (``fde5_m``, ``cv_fde5_m``, ...); with ``fit_ws``:
+    ``kf_*`` the same for the Kalman filter tuned on them for its forecasts, ``kf_q_m2_s3`` /
+    ``kf_r_m2`` its noise, and the probabilistic scores averaged over steps 1..horizon
+    (``trajfm.evaluate.scores``): ``coverage50/80/90`` and ``crps_m`` of the model (when it has a
+    fitted error model, ``forecast_radius_m``), the same with ``cv_`` (constant velocity + radial
+    error quantiles per step fitted on ``fit_ws``) and ``kf_`` (the covariance of the filter fitted
+    by maximum likelihood, ``kf_mle_q_m2_s3`` / ``kf_mle_r_m2``: a forecast-tuned noise is no
+    error model).
     """
     sel = forecastable(ws, context_len, horizon)
     if len(sel) == 0:
@@ -154,9 +175,36 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
         )
     truth = slice(context_len, context_len + horizon)
     true_lon, true_lat = ws.lon[sel, truth], ws.lat[sel, truth]
-    model_err = _errors(*rollout(model, ws, context_len, horizon, batch_size)[:2], true_lon, true_lat)
-    cv_err = _errors(*constant_velocity(ws, context_len, horizon)[:2], true_lon, true_lat)
-    return {"n_windows": int(len(sel)), **model_err, **{f"cv_{k}": v for k, v in cv_err.items()}}
+    m_lon, m_lat, _ = rollout(model, ws, context_len, horizon, batch_size)
+    c_lon, c_lat, _ = constant_velocity(ws, context_len, horizon)
+    out = {"n_windows": int(len(sel)), **_errors(m_lon, m_lat, true_lon, true_lat),
+           **{f"cv_{k}": v for k, v in _errors(c_lon, c_lat, true_lon, true_lat).items()}}
+    if fit_ws is None:
+        return out
+    from trajfm.evaluate.kalman import fit_kalman, kalman_forecast
+    from trajfm.evaluate.scores import error_vectors_m, probabilistic_scores, radial_scores
+    from trajfm.model.blend import fit_radius, radius_table
+
+    params = fit_kalman(fit_ws, context_len, horizon)  # tuned for its forecasts: the point reference
+    k_lon, k_lat, _ = kalman_forecast(ws, context_len, horizon, params)
+    out.update({f"kf_{k}": v for k, v in _errors(k_lon, k_lat, true_lon, true_lat).items()})
+    out.update(kf_q_m2_s3=params.q_m2_s3, kf_r_m2=params.r_m2)
+    mle = fit_kalman(fit_ws, context_len, horizon, objective="likelihood")  # its covariance: the filter's error model
+    l_lon, l_lat, _, l_cov = kalman_forecast(ws, context_len, horizon, mle, with_cov=True)
+    out.update(kf_mle_q_m2_s3=mle.q_m2_s3, kf_mle_r_m2=mle.r_m2)
+    fsel = forecastable(fit_ws, context_len, horizon)
+    if len(fsel):  # constant velocity's own error model, from the training windows
+        f_lon, f_lat, _ = constant_velocity(fit_ws, context_len, horizon)
+        cv_table = fit_radius(haversine_m(f_lon, f_lat, fit_ws.lon[fsel, truth], fit_ws.lat[fsel, truth]))
+        scores = {"cv_": radial_scores(error_vectors_m(c_lon, c_lat, true_lon, true_lat), cv_table),
+                  "kf_": probabilistic_scores(error_vectors_m(l_lon, l_lat, true_lon, true_lat), l_cov)}
+        if model.config.forecast_radius_m is not None:
+            scores[""] = radial_scores(error_vectors_m(m_lon, m_lat, true_lon, true_lat),
+                                       radius_table(model.config.forecast_radius_m, horizon))
+        for prefix, sc in scores.items():
+            out.update({f"{prefix}coverage{p}": float(np.mean(v)) for p, v in sc["coverage"].items()})
+            out[f"{prefix}crps_m"] = float(np.mean(sc["crps_m"]))
+    return out
 
 
 def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256, **options) -> pd.DataFrame:
@@ -166,7 +214,8 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
     ``points`` has columns ``traj_id, t`` (datetime; tz-aware, or naive meaning UTC), ``lon, lat``
     (WGS84 degrees). Each trajectory is sorted by time and encoded whole; its last (up to)
     ``block_size`` points are the context. Returns columns ``traj_id, step`` (1..horizon), ``t``
-    (datetime64[ns, UTC]), ``lon, lat`` (degrees), sorted by traj_id then step.
+    (datetime64[ns, UTC]), ``lon, lat`` (degrees), sorted by traj_id then step. The model's
+    ``forecast_blend`` applies as in ``rollout``; its quantiles: ``trajfm.model.blend.add_quantiles``.
     """
     missing = [c for c in ("traj_id", "t", "lon", "lat") if c not in points.columns]
     if missing:
@@ -194,7 +243,7 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
         lon, lat, t_ns = g["lon"].to_numpy(), g["lat"].to_numpy(), g["t_ns"].to_numpy()
         feats = encode_points(lon, lat, t_ns)[-block:]  # whole-track encoding: true first delta
         ids.append(tid)
-        contexts.append((feats, lon[-1], lat[-1], t_ns[-1], np.stack([lon, lat], axis=-1)[-block:]))
+        contexts.append((feats, lon[-1], lat[-1], t_ns[-1], np.stack([lon, lat], axis=-1)[-block:], lon[-2], lat[-2]))
 
     was_training = model.training
     model.eval()
@@ -219,6 +268,8 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
                 context_lonlat=lonlat if model.needs_lonlat else None,
                 **options,
             )
+            lo, la = apply_blend(model.config, np.array([c[5] for c in chunk]), np.array([c[6] for c in chunk]),
+                                 np.array([c[1] for c in chunk]), np.array([c[2] for c in chunk]), lo, la)
             out_lon.append(lo), out_lat.append(la), out_t.append(t)
     finally:
         model.train(was_training)
@@ -263,7 +314,7 @@ def _minutes_label(m: float) -> str:
 
 def forecast_task(
     model: TrajGPT | None, ws: WindowSet, *, seed: int = 0, context_len: int = 20, horizons=(1, 5, 10),
-    minutes=(1, 5, 10), mae_points: int = 5, batch_size: int = 256,
+    minutes=(1, 5, 10), mae_points: int = 5, batch_size: int = 256, train_ws: WindowSet | None = None,
 ) -> dict[str, float]:
     """Forecast metrics of the model and of constant velocity on the same windows (metres).
 
@@ -271,12 +322,16 @@ def forecast_task(
     ``context_len`` are the context. Per predictor (``model`` in "mode", ``constant_velocity``):
     ``ade_m@h`` (mean error over steps 1..h) and ``fde_m@h`` (error at step h) for each ``h`` in
     ``horizons`` (steps); ``mae_m@5`` / ``rmse_m@5`` over the next ``mae_points`` points (the
-    literature's "next 5 points" setting); and ``fde_m@<m>min``: the error at ``m`` minutes after
+    literature's "next 5 points" setting), the same for ``linear_extrapolation``
+    (``trajfm.evaluate.baselines``); and ``fde_m@<m>min``: the error at ``m`` minutes after
     the last context fix, both tracks interpolated in time (the forecast holds its last point
     when its predicted clock ends sooner), over the windows whose real continuation lasts that
-    long (``n_windows@<m>min``; the metric is left out when none does). ``seed`` is unused
-    (deterministic). The model keys are left out for a model that cannot forecast (objective
-    "infill").
+    long (``n_windows@<m>min``; the metric is left out when none does). With ``train_ws`` (the
+    windows baselines fit on) the same for ``kalman`` (``trajfm.evaluate.kalman``, its noise fitted
+    on them by maximum likelihood; ``forecast.kalman_q_m2_s3`` / ``forecast.kalman_r_m2``); without,
+    the Kalman keys are left out (it would be fitted on the windows it is scored on). ``seed`` is
+    unused (deterministic). The model keys are left out for a model that cannot forecast
+    (objective "infill").
     """
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1 or mae_points < 1 or any(m <= 0 for m in minutes):
@@ -291,10 +346,18 @@ def forecast_task(
     t0 = ws.t_ns[sel, last]
     # the truth from the last context fix on, so times between it and step 1 interpolate too
     track = (np.c_[ws.lon[sel, last], true_lon], np.c_[ws.lat[sel, last], true_lat], np.c_[t0, true_t])
-    preds = {"constant_velocity": constant_velocity(ws, context_len, H)}
+    from trajfm.evaluate.baselines import linear_extrapolation
+
+    preds = {"constant_velocity": constant_velocity(ws, context_len, H), "linear_extrapolation": linear_extrapolation(ws, context_len, H)}
+    out = {"forecast.n_windows": float(len(sel)), "forecast.context_len": float(context_len)}
+    if train_ws is not None and len(forecastable(train_ws, context_len, H)):
+        from trajfm.evaluate.kalman import fit_kalman, kalman_forecast
+
+        params = fit_kalman(train_ws, context_len, H)
+        preds["kalman"] = kalman_forecast(ws, context_len, H, params)
+        out.update({"forecast.kalman_q_m2_s3": params.q_m2_s3, "forecast.kalman_r_m2": params.r_m2})
     if model is not None and can_forecast(model):
         preds = {"model": rollout(model, ws, context_len, H, batch_size), **preds}
-    out = {"forecast.n_windows": float(len(sel)), "forecast.context_len": float(context_len)}
     for m in minutes:
         out[f"forecast.n_windows@{_minutes_label(m)}"] = float((true_t[:, -1] - t0 >= round(m * 60 * NS_PER_S)).sum())
     for name, (lon, lat, t_ns) in preds.items():

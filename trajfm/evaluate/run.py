@@ -2,8 +2,11 @@
 
 Writes ``<root>/evaluate/<key>/metrics.json`` and returns the metrics (metres):
 ``ade_m`` (mean error over the horizon), ``fde_m`` (error at the last step), ``step1_m``
-(one step ahead), and the same for the constant-velocity baseline (``cv_*``), computed on exactly
-the same windows.
+(one step ahead), the error at steps 1, 5 and 10 (``fde1_m``, ...), and the same for the
+constant-velocity baseline (``cv_*``) and the Kalman filter fitted on the training split
+(``kf_*``), computed on exactly the same windows; coverage of the 50/80/90% regions and CRPS of
+each (``trajfm.evaluate.forecast.evaluate_forecast``). ``train_dir`` may be a calibrate stage
+(``trajfm.evaluate.calibrate``): its model then carries the blend and error scale.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def run_evaluation(
     train_manifest = read_manifest(train_dir)
     key = stable_hash({
         "features": read_manifest(features_dir)["key"], "train": train_manifest["key"], "split": split,
-        "context_len": context_len, "horizon": horizon, "v": 2,
+        "context_len": context_len, "horizon": horizon, "v": 4,
     })
     out = root / "evaluate" / key
     if is_complete(out):
@@ -35,7 +38,9 @@ def run_evaluation(
     ws = WindowSet.load(Path(features_dir) / f"{split}.npz")
     if context_len < 2 or horizon < 1:
         raise ValueError(f"need context_len >= 2 and horizon >= 1, got {context_len}, {horizon}")
-    metrics = evaluate_forecast(model, ws, context_len=context_len, horizon=horizon, batch_size=batch_size)
+    train_ws = Path(features_dir) / "train.npz"
+    fit_ws = WindowSet.load(train_ws) if train_ws.is_file() else None
+    metrics = evaluate_forecast(model, ws, context_len=context_len, horizon=horizon, batch_size=batch_size, fit_ws=fit_ws)
     if metrics["n_windows"] == 0:
         raise ValueError(
             f"no {split} window has {context_len + horizon} real points: lower context_len/horizon or use longer windows"
@@ -44,6 +49,7 @@ def run_evaluation(
         **{k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()},
         "split": split, "context_len": context_len, "horizon": horizon, "preset": train_manifest.get("preset", "?"),
         **errors_by_step(model, ws, context_len, horizon, batch_size),
+        "blend": list(model.config.forecast_blend) if model.config.forecast_blend is not None else None,
     }
     with StageWriter(root, "evaluate", key) as w:
         w.write_json("metrics", metrics)
@@ -70,10 +76,17 @@ def errors_by_step(model, ws, context_len: int, horizon: int, batch_size: int = 
 
 
 def metrics_table(metrics: dict) -> list[dict]:
-    """Rows model vs baseline for a Prefect table artifact or a printed table."""
-    return [
-        {"predictor": f"model ({metrics.get('preset', '?')})", "ade_m": round(metrics["ade_m"], 1),
-         "fde_m": round(metrics["fde_m"], 1), "step1_m": round(metrics["step1_m"], 1)},
-        {"predictor": "constant velocity", "ade_m": round(metrics["cv_ade_m"], 1),
-         "fde_m": round(metrics["cv_fde_m"], 1), "step1_m": round(metrics["cv_step1_m"], 1)},
-    ]
+    """Rows model vs baselines (constant velocity, the Kalman filter when measured) for a Prefect
+    table artifact or a printed table: ADE, FDE, the error at steps 1, 5, 10, coverage of the 80%
+    region and CRPS where measured."""
+    rows = []
+    for label, p in ((f"model ({metrics.get('preset', '?')})", ""), ("constant velocity", "cv_"), ("Kalman filter", "kf_")):
+        if f"{p}ade_m" not in metrics:
+            continue
+        row = {"predictor": label, "ade_m": round(metrics[f"{p}ade_m"], 1), "fde_m": round(metrics[f"{p}fde_m"], 1),
+               "step1_m": round(metrics[f"{p}step1_m"], 1)}
+        row.update({k[len(p):]: round(metrics[k], 1) for k in sorted(metrics) if k.startswith(f"{p}fde") and k[len(p) + 3:-2].isdigit()})
+        if f"{p}coverage80" in metrics:
+            row.update(coverage80=round(metrics[f"{p}coverage80"], 3), crps_m=round(metrics[f"{p}crps_m"], 1))
+        rows.append(row)
+    return rows

@@ -12,7 +12,7 @@ gets no key for it: missing means "not applicable", never a placeholder number.
 ==============  ====================================================  ===============================
 task            metrics                                               baselines
 ==============  ====================================================  ===============================
-forecast        ade_m@h, fde_m@h (steps), fde_m@<m>min, mae/rmse_m@5  constant_velocity
+forecast        ade_m@h, fde_m@h (steps), fde_m@<m>min, mae/rmse_m@5  constant_velocity, linear_extr., kalman
 recovery        random_mae_m, random_rmse_m, block_mae_m, block_...  linear_interp
 travel_time     path_mae_s, path_mape, od_mae_s, od_mape             historical_speed
 next_location   acc@1, acc@5, mrr (H3 cells)                          markov_h3

@@ -29,8 +29,10 @@ all cached under the data root. For each seed it trains ``preset`` and the ``tut
 the train sources, evaluates both on the held-out evaluation windows (zero-shot), fine-tunes each
 for ``fine_tune_steps`` steps on the held-out fine-tune split (``init_checkpoint``) and evaluates
 again; the baselines (which learn only from the fine-tune split) run on the same windows. Keys are
-``<task>.<metric>.<predictor>`` with predictors ``<preset>@zero-shot``, ``<preset>@fine-tuned``
-and the baselines' names; ``summary`` holds mean ± std (population std) over seeds.
+``<task>.<metric>.<predictor>`` with predictors ``<preset>@zero-shot``, ``<preset>@fine-tuned``,
+``<preset>+blend@zero-shot`` (forecast only: the zero-shot model with its never-worse-than-
+constant-velocity blend fitted on the TRAIN sources' validation split, ``trajfm.evaluate.calibrate``)
+and the baselines' names (``kalman`` among them: fitted on the fine-tune split, as the others); ``summary`` holds mean ± std (population std) over seeds.
 """
 
 from __future__ import annotations
@@ -261,6 +263,7 @@ def run_protocol(
 
     ``fine_tune_lr`` is the peak learning rate of fine-tuning (None: the training one, 1e-3);
     a lower one keeps more of what the model learned on the train sources."""
+    from trajfm.evaluate.calibrate import calibrate_stage
     from trajfm.evaluate.suite import check_tasks, run_suite
     from trajfm.features.windows import load_features
     from trajfm.model.checkpoint import load_model
@@ -292,6 +295,14 @@ def run_protocol(
             base = Path(run_training(train_feat, root, name, train_overrides=_train_overrides(n_train, epochs, max_steps, batch_size, seed, device)))
             metrics.update(_renamed(run_suite(load_model(base / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params), f"{name}@zero-shot"))
             dirs = {"zero-shot": str(base)}
+            if "forecast" in (tasks or ["forecast"]):
+                # the never-worse rule, chosen on the TRAIN sources' validation split: still zero-shot
+                shape = (params.get("forecast") or {})
+                calibrated = calibrate_stage(train_feat, base, root=root, context_len=int(shape.get("context_len", 20)),
+                                             horizon=max(int(h) for h in shape.get("horizons", (1, 5, 10))))
+                metrics.update(_renamed(run_suite(load_model(calibrated / "model.pt"), eval_ws, fit_ws, ["forecast"], seed=seed,
+                                                  params=params), f"{name}+blend@zero-shot"))
+                dirs["zero-shot+blend"] = str(calibrated)
             if fine_tune_steps > 0:
                 ft = _train_overrides(len(fit_ws), fine_tune_steps, fine_tune_steps, batch_size, seed, device)
                 if fine_tune_lr is not None:

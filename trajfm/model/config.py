@@ -38,7 +38,10 @@ ADDED_DEFAULTS = {
     "huber_delta": 1.0, "score_positions": False, "objective": "next", "infill_min_span": 1, "infill_max_span": 8,
     "infill_time_prob": 0.5, "infill_weight": 1.0, "cell_resolution": 9, "cell_radius": 4, "augment": "none",
     "norm": "global", "norm_points": 8, "norm_floor_m": 5.0, "norm_loss": "metres",
+    "forecast_blend": None, "forecast_radius_m": None,
 }
+# levels of the radial error quantiles a calibrated model stores per forecast step (trajfm/model/blend.py)
+RADIUS_LEVELS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 @dataclass
@@ -97,8 +100,21 @@ class GPTConfig:
     norm_points: int = 8  # "context": steps 1..norm_points of a sequence set its scale (mean length) and time shift
     norm_floor_m: float = 5.0  # "context": added to the mean step length (a stationary start still has a scale)
     norm_loss: str = "metres"  # "context", MSE head: (dx, dy) errors weighted back to metres ("units": each sequence's own)
+    # --- forecast calibration, fitted on the validation split after training (trajfm/model/blend.py) ---
+    forecast_blend: tuple | None = None  # per forecast step: weight of the model against constant velocity (0..1)
+    forecast_radius_m: tuple | None = None  # per forecast step: quantiles (m) at RADIUS_LEVELS of the distance to the truth
 
     def __post_init__(self) -> None:
+        if self.forecast_blend is not None:  # JSON gives lists: keep tuples, so configs compare equal
+            self.forecast_blend = tuple(float(v) for v in self.forecast_blend)
+            if not self.forecast_blend or not all(0.0 <= w <= 1.0 for w in self.forecast_blend):
+                raise ValueError(f"forecast_blend needs one weight in [0, 1] per forecast step, got {self.forecast_blend}")
+        if self.forecast_radius_m is not None:
+            self.forecast_radius_m = tuple(tuple(float(v) for v in row) for row in self.forecast_radius_m)
+            rows = self.forecast_radius_m
+            if not rows or any(len(r) != len(RADIUS_LEVELS) or min(r) <= 0 or any(b < a for a, b in zip(r, r[1:])) for r in rows):
+                raise ValueError(f"forecast_radius_m needs, per forecast step, {len(RADIUS_LEVELS)} increasing radii > 0 m "
+                                 f"(quantiles at {RADIUS_LEVELS})")
         for name in ("n_layer", "n_head", "d_model", "block_size", "n_features", "n_targets", "n_mixture",
                      "patch_in", "patch_out", "space_scales", "time2vec_dim"):
             if int(getattr(self, name)) < 1:
