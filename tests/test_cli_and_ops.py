@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from trajfm.cli import _parse_params, main
-from trajfm.quality.params import processed_gate_params
+from trajfm.quality.params import SPEED_TOLERANCE, processed_gate_params
 from trajfm.store import StageWriter, data_root, frame_hash, is_complete, root_identity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +60,8 @@ def test_stage_writer_is_atomic(tmp_path):
 def test_processed_gate_params_follow_the_preprocess_params():
     manifest = {"params": {"vessel": {"v_max_mps": 30.0, "min_duration_s": 600.0, "interval_s": 60.0},
                            "person": {"v_max_mps": 50.0, "min_duration_s": 120.0, "interval_s": 10.0}}}
-    assert processed_gate_params(manifest, ["vessel"]) == {"v_max_mps": 30.0, "min_points": 10}
-    assert processed_gate_params(manifest, ["vessel", "person"])["v_max_mps"] == 50.0
+    assert processed_gate_params(manifest, ["vessel"]) == {"v_max_mps": 30.0 * (1 + SPEED_TOLERANCE), "min_points": 10}
+    assert processed_gate_params(manifest, ["vessel", "person"])["v_max_mps"] == 50.0 * (1 + SPEED_TOLERANCE)
     assert processed_gate_params(manifest, ["vessel"], {"v_max_mps": 1.0})["v_max_mps"] == 1.0
 
 

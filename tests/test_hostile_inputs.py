@@ -324,8 +324,11 @@ def served(tmp_path_factory):
 
     torch.manual_seed(0)
     path = save_checkpoint(tmp_path_factory.mktemp("m") / "model.pt", TrajGPT(GPTConfig(n_layer=1, n_head=1, d_model=8, block_size=8)))
+    from trajfm.forecaster import load
+
     model = TrajFMPyfunc()
-    model.model = load_model(path)
+    model.forecaster = load(path)  # what load_context does with the model's checkpoint artifact
+    model.model = model.forecaster.model
     return model
 
 
