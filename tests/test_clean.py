@@ -535,3 +535,26 @@ def test_degenerate_inputs_on_both_engines(engine):
         pts, q, counts = clean_partition(df, {"vessel": {**STOPS, "min_points": 1, "min_duration_s": 0.0}}, engine=engine)
         check_accounting(df, counts, q)
         assert pts.empty and len(q) == len(df), name
+
+
+def test_interpolation_of_pieces_spanning_centuries_does_not_overflow():
+    """Pieces whose durations add up past int64 nanoseconds (~292 years; e.g. decades of daily
+    iceberg fixes over a thousand tracks) interpolate inside their own fixes: a regression of the
+    end-to-end time axis, which overflowed and put icebergs at latitude -101."""
+    import numpy as np
+
+    from trajfm.data.clean import interpolate_at
+
+    day = 86_400 * 1_000_000_000
+    t = np.concatenate([np.arange(0, 150 * 365, 30) * day - 60 * 365 * day for _ in range(3)]).astype(np.int64)
+    n = len(t) // 3
+    start, end = np.array([0, n, 2 * n]), np.array([n, 2 * n, 3 * n])
+    lat = np.concatenate([np.linspace(-70, -75, n), np.linspace(-60, -61, n), np.linspace(-50, -52, n)])
+    lon = np.concatenate([np.linspace(-40, -42, n), np.linspace(10, 11, n), np.linspace(100, 99, n)])
+    piece = np.repeat(np.arange(3), 5)
+    grid_t = np.tile(t[:n][[1, 10, 100, 500, n - 1]] + day, 3)
+    grid_t[4::5] = t[n - 1]  # the last fix itself
+    out_lon, out_lat = interpolate_at(t, lon, lat, start, end, piece, grid_t)
+    for p, (lo, hi) in enumerate([(-75, -70), (-61, -60), (-52, -50)]):
+        assert ((out_lat[piece == p] >= lo) & (out_lat[piece == p] <= hi)).all(), out_lat[piece == p]
+    assert out_lat[4] == -75.0 and out_lon[14] == 99.0  # at a piece's last fix: that fix

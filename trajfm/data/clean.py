@@ -439,16 +439,21 @@ def interpolate_at(
     """
     if len(piece) == 0:
         return np.zeros(0), np.zeros(0)
-    # Lay the pieces end to end on one int64 axis ("virtual time", exact) so a single
-    # searchsorted finds each grid time's bracketing fixes inside its own piece.
+    # The fix at or before each grid time inside its own piece: one sort of fixes and grid times
+    # by (piece, time), fixes first at equal times. (Laying pieces end to end on one int64 time
+    # axis overflowed for sources spanning centuries of piece durations, e.g. 46 years of icebergs.)
     n_rows = end - start
-    t0 = t_ns[start]
-    span = t_ns[end - 1] - t0 + NS_PER_S
-    shift = np.cumsum(span) - span - t0  # virtual time = time + shift of its piece
     contiguous = bool((start[1:] == end[:-1]).all())
     rows = None if contiguous else _ranges(start, end)
     t_rows = t_ns[start[0] : end[-1]] if contiguous else t_ns[rows]
-    k = np.searchsorted(t_rows + np.repeat(shift, n_rows), grid_t + shift[piece], side="right") - 1
+    row_piece = np.repeat(np.arange(len(start)), n_rows)
+    n_fix = len(t_rows)
+    flag = np.concatenate([np.zeros(n_fix, np.int8), np.ones(len(grid_t), np.int8)])
+    order = np.lexsort((flag, np.concatenate([t_rows, grid_t]), np.concatenate([row_piece, piece])))
+    fixes_so_far = np.cumsum(flag[order] == 0)
+    at_grid = flag[order] == 1
+    k = np.empty(len(grid_t), np.int64)
+    k[order[at_grid] - n_fix] = fixes_so_far[at_grid] - 1
     # k is the fix at or before the grid time; at a piece's last fix, step back one.
     k = np.minimum(k, (np.cumsum(n_rows) - 2)[piece])
     i = k + start[0] if contiguous else rows[k]
