@@ -13,6 +13,7 @@ from flows.preprocess import preprocess_flow
 from flows.register import register_flow
 from flows.train import train_flow
 from flows.validate import validate_flow
+from trajfm.preflight import check_run
 
 
 @flow(name="pipeline", log_prints=True)
@@ -39,7 +40,11 @@ def pipeline(
     """Run every stage on ``sources`` (default: all embedded tracktable-data AIS files).
 
     Scale-out: ``dask_address`` runs preprocessing on an existing Dask scheduler; ``nproc > 1``
-    trains data-parallel under torchrun (``torchrun_args`` for several nodes)."""
+    trains data-parallel under torchrun (``torchrun_args`` for several nodes).
+
+    Before any stage, ``trajfm.preflight.check_run`` refuses what cannot succeed (unknown preset,
+    invalid model name, empty or unreadable sources, a read-only data root) in one line."""
+    check_run(sources=sources, data_root=data_root, preset=preset, model_name=model_name, ingest_params=ingest_params)
     ingest_dir = ingest_flow(sources=sources, data_root=data_root, params=ingest_params)
     raw_report = validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
     processed_dir = preprocess_flow(

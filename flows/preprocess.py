@@ -3,6 +3,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.preprocess import preprocess_task
+from trajfm.preflight import check_data_root
 
 
 @flow(name="preprocess", log_prints=True)
@@ -13,6 +14,7 @@ def preprocess_flow(
     """Clean, split and resample per mover on Dask (a LocalCluster, or the scheduler at ``dask_address``).
 
     ``engine``: "vectorized" (default) or "movingpandas" (the reference implementation, slow)."""
+    check_data_root(data_root)
     return preprocess_task(
         ingest_dir, data_root=data_root, params=params, dask_address=dask_address, n_workers=n_workers, engine=engine,
     )

@@ -3,6 +3,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.train import train_task
+from trajfm.preflight import check_run
 
 
 @flow(name="train", log_prints=True)
@@ -13,6 +14,7 @@ def train_flow(
 ) -> str:
     """Train a model preset on a features stage (GPU when present, CPU otherwise) in a child
     process; ``nproc > 1`` runs it data-parallel under torchrun (one process per GPU)."""
+    check_run(data_root=data_root, preset=preset)
     return train_task(
         features_dir, data_root=data_root, preset=preset, model_overrides=model_overrides,
         train_overrides=train_overrides, nproc=nproc, torchrun_args=torchrun_args,

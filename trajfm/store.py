@@ -65,8 +65,21 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return json.loads(p.read_text())
 
 
-def is_complete(directory: Path) -> bool:
-    return (directory / "manifest.json").is_file()
+def is_complete(directory: str | os.PathLike) -> bool:
+    """Whether a stage directory is whole: its ``manifest.json`` reads, and every entry the manifest
+    lists is still there (``contents``: what the stage wrote; ``files``: its tables,
+    ``<name>.parquet``). A directory someone deleted files from is not complete, so the stage
+    (and a cache keyed on it) builds it again instead of handing out a path that fails later."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict):
+        return False
+    names = list(manifest.get("contents") or [])
+    names += [f"{name}.parquet" for name in (manifest.get("files") or {})]
+    return all(os.path.exists(directory / name) for name in names)
 
 
 class StageWriter:
@@ -106,6 +119,8 @@ class StageWriter:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        # What the stage wrote (top level), so `is_complete` can tell a directory that lost a file.
+        self.manifest["contents"] = sorted(p.name for p in self.tmp.iterdir() if p.name != "manifest.json")
         (self.tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
         try:
             os.rename(self.tmp, self.final)
