@@ -242,18 +242,47 @@ WORKER_ENV = {
 
 def local_cluster(n_workers: int):
     """A LocalCluster of ``n_workers`` processes x 1 thread on 127.0.0.1 (dashboard on a free
-    loopback port, logs at warning level) whose workers start with :data:`WORKER_ENV`."""
+    loopback port, logs at warning level) whose workers start with :data:`WORKER_ENV`.
+
+    Dask's nanny puts the pre-spawn variables into this process's ``os.environ`` before it
+    spawns a worker (that is how the worker gets them) and never takes them out; left there, every
+    later child (the trainer) would run with one BLAS thread and another malloc, so its speed and
+    last digits would depend on whether preprocessing ran or came from a cache. The environment is
+    restored once the workers have started and again when the cluster closes."""
     import logging
 
     import dask
     from distributed import LocalCluster
 
     env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-        return LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING,
-        )
+    before = {k: os.environ.get(k) for k in env}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            cluster = LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING,
+            )
+    finally:
+        restore_environ(before)
+    close = cluster.close
+
+    def close_and_restore(*args, **kwargs):  # a restarted worker sets the variables again
+        try:
+            return close(*args, **kwargs)
+        finally:
+            restore_environ(before)
+
+    cluster.close = close_and_restore
+    return cluster
+
+
+def restore_environ(saved: dict[str, str | None]) -> None:
+    """Put ``os.environ`` back to ``saved`` (``None``: the variable was not set)."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def dask_runner(scheduler: str, address: str | None, n_workers: int) -> _Runner:
