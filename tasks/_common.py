@@ -161,7 +161,7 @@ class UsableCachedResult(CachePolicy):
 # Inputs + the task's code + the data root and source files: a re-run with the same inputs
 # returns the cached result; change the code, the data or the root and the task runs again; a
 # stored result that is not plain JSON or names a stage directory that is gone is never used.
-STAGE_CACHE = UsableCachedResult(INPUTS + TASK_SOURCE + DataRootAndFiles())
+STAGE_CACHE = UsableCachedResult(base=INPUTS + TASK_SOURCE + DataRootAndFiles())
 
 # --- retries: only for what can change between attempts ------------------------------------------
 
