@@ -418,7 +418,7 @@ def test_missing_source_file_is_not_retried(prefect_api, tmp_path):
 
     from tasks.ingest import ingest_task
 
-    @flow
+    @flow(result_serializer="json")  # as trajfm's flows: their failures are stored as JSON too
     def ingest_missing():
         return ingest_task([str(tmp_path / "gone.csv")], data_root=str(tmp_path / "root"))
 
@@ -428,6 +428,14 @@ def test_missing_source_file_is_not_retried(prefect_api, tmp_path):
         runs = client.read_task_runs()
     ours = [t for t in runs if t.flow_run_id == state.state_details.flow_run_id]
     assert len(ours) == 1 and ours[0].run_count == 1, [(t.name, t.run_count) for t in ours]
+    assert_no_pickle_in_result_storage()  # the failed task's and flow's exceptions are stored as JSON
+
+
+def assert_no_pickle_in_result_storage() -> None:
+    for path in storage_dir().iterdir():
+        content = path.read_bytes()
+        json.loads(content)  # a record, or a JSON-serialized exception: never a pickle
+        assert b'"type":"pickle"' not in content.replace(b" ", b""), path
 
 
 @pytest.mark.slow
@@ -444,4 +452,5 @@ def test_pipeline_on_a_file_without_valid_rows_stops_at_the_raw_gate(prefect_api
     assert state.is_failed()
     message = str(state.message) + repr(state.result(raise_on_failure=False))
     assert "the stage has 0 rows" in message and "IndexError" not in message
+    assert_no_pickle_in_result_storage()
     assert not (root / "features").exists() and not (root / "preprocess").exists()
