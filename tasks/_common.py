@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.logging import get_logger
@@ -23,7 +22,7 @@ class DataRootAndFiles(CachePolicy):
     cache) and the fingerprints of the files behind ``sources`` (an added or edited file inside a
     source directory misses the cache)."""
 
-    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
         parts: dict[str, Any] = {"root": root_identity(inputs.get("data_root"))}
         sources = inputs.get("sources")
         if sources:
@@ -113,7 +112,7 @@ def check_cached_value(value: Any) -> None:
             raise UnusableCachedResult(f"its stage directory {path} is missing or incomplete")
 
 
-def _record_path(task_ctx, key: str) -> Optional[Path]:
+def _record_path(task_ctx, key: str) -> Path | None:
     """Where the result record for ``key`` lives, when results are stored on the local file system."""
     from prefect.filesystems import LocalFileSystem
     from prefect.results import get_default_result_storage
@@ -135,7 +134,7 @@ class UsableCachedResult(CachePolicy):
 
     base: CachePolicy = field(default_factory=lambda: INPUTS)
 
-    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
         key = self.base.compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs)
         if key is None:
             return None
@@ -188,7 +187,7 @@ def retry_unless_deterministic(task, task_run, state) -> bool:
     lost connection, a full disk), never a configuration or input error that would fail again."""
     try:
         state.result()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure is classified here
         return not is_deterministic(exc)
     return True
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks._common import RESULT_SERIALIZER, RETRIES, RETRY_DELAY_S, STAGE_CACHE, retry_unless_deterministic
+from tasks._common import (
+    RESULT_SERIALIZER,
+    RETRIES,
+    RETRY_DELAY_S,
+    STAGE_CACHE,
+    retry_unless_deterministic,
+)
 from trajfm.evaluate.run import metrics_table, run_evaluation
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from tasks._common import RESULT_SERIALIZER, RETRIES, RETRY_DELAY_S, STAGE_CACHE, retry_unless_deterministic
+from tasks._common import (
+    RESULT_SERIALIZER,
+    RETRIES,
+    RETRY_DELAY_S,
+    STAGE_CACHE,
+    retry_unless_deterministic,
+)
 from trajfm.data.preprocess import preprocess
 from trajfm.store import read_manifest
 

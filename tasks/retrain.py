@@ -9,7 +9,12 @@ from dataclasses import asdict
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from tasks._common import RESULT_SERIALIZER, RETRIES, RETRY_DELAY_S, retry_unless_deterministic
+from tasks._common import (
+    RESULT_SERIALIZER,
+    RETRIES,
+    RETRY_DELAY_S,
+    retry_unless_deterministic,
+)
 from trajfm.retrain import champion_lineage, new_files, record_consumed
 
 

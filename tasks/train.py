@@ -23,7 +23,13 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks._common import RESULT_SERIALIZER, RETRIES, RETRY_DELAY_S, STAGE_CACHE, retry_unless_deterministic
+from tasks._common import (
+    RESULT_SERIALIZER,
+    RETRIES,
+    RETRY_DELAY_S,
+    STAGE_CACHE,
+    retry_unless_deterministic,
+)
 from trajfm.store import read_manifest
 from trajfm.train import CONFIG_ERROR_EXIT, EPOCH_PREFIX, PROGRESS_PREFIX
 

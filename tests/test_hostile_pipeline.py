@@ -16,14 +16,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from trajfm.data.catalog import SMALL_SLICE, embedded_files
 from trajfm.data.clean import clean_partition
 from trajfm.data.ingest import ingest, load_points
-from trajfm.preflight import PreflightError, check_data_root, check_model_name, check_preset, check_sources
+from trajfm.preflight import (
+    PreflightError,
+    check_data_root,
+    check_model_name,
+    check_preset,
+    check_sources,
+)
 from trajfm.store import is_complete, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +39,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
     env.pop("TRAJFM_DEBUG", None)
     return subprocess.run(
-        [sys.executable, "-m", "trajfm.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+        [sys.executable, "-m", "trajfm.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False,
     )
 
 
@@ -200,7 +205,11 @@ def json_record(value, **serializer) -> bytes:
 
 
 def test_result_records_other_than_plain_json_are_refused(tmp_path, ingested):
-    from tasks._common import UnusableCachedResult, check_cached_value, check_result_record
+    from tasks._common import (
+        UnusableCachedResult,
+        check_cached_value,
+        check_result_record,
+    )
 
     marker = tmp_path / "marker"
     with pytest.raises(UnusableCachedResult, match="pickle"):
@@ -256,7 +265,7 @@ def test_kind_case_is_normalised_and_unknown_kinds_quarantined(ingested, tmp_pat
         assert unknown["detail"].str.contains("kind 'submarine' has no preprocessing parameters").all()
         assert set(cleaned["kind"].astype(str).unique()) <= {"vessel", "Vessel"}
         assert len(cleaned) > 0
-    plain, _, plain_counts = clean_partition(points[~sub])
+    _, _, plain_counts = clean_partition(points[~sub])
     assert counts["rows_kept"] == plain_counts["rows_kept"]  # the "Vessel" row was cleaned as a vessel
 
 
@@ -311,7 +320,7 @@ def test_local_cluster_preprocess_leaves_os_environ_unchanged(ingested, tmp_path
     from tasks.train import training_command
 
     cmd = training_command("f", None, "tutorial", {}, {})
-    probe = "import os, json; print(json.dumps({k: os.environ.get(k) for k in %r}))" % sorted(WORKER_ENV)
+    probe = f"import os, json; print(json.dumps({{k: os.environ.get(k) for k in {sorted(WORKER_ENV)!r}}}))"
     seen = json.loads(subprocess.run([cmd[0], "-c", probe], capture_output=True, text=True, check=True).stdout)
     assert seen == {k: before.get(k) for k in sorted(WORKER_ENV)}
 
@@ -327,7 +336,7 @@ def prefect_api():
         yield
 
 
-PIPELINE_ARGS = dict(epochs=1, batch_size=64, train_overrides={"warmup_steps": 10}, context_len=12, horizon=6, n_workers=1)
+PIPELINE_ARGS = {"epochs": 1, "batch_size": 64, "train_overrides": {"warmup_steps": 10}, "context_len": 12, "horizon": 6, "n_workers": 1}
 STAGE_KEYS = {"ingest": "ingest_dir", "preprocess": "preprocess_dir", "features": "features_dir", "train": "train_dir"}
 
 

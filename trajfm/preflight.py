@@ -74,7 +74,7 @@ def check_sources(sources, params: dict | None = None) -> list[str] | None:
 
     fmt = (params or {}).get("format")
     try:
-        files, skipped = resolve_sources([str(s) for s in sources], fmt)
+        files, _ = resolve_sources([str(s) for s in sources], fmt)
     except (OSError, ValueError) as exc:
         raise PreflightError(" ".join(str(exc).split())) from None
     if not files:
