@@ -5,7 +5,7 @@ from prefect import flow
 from tasks.evaluate import evaluate_model_task, evaluate_task, report_task
 
 
-@flow(name="evaluate", log_prints=True, result_serializer="json")  # never pickle (docs/faults.md#security)
+@flow(name="evaluate", log_prints=True, result_serializer="json", persist_result=False)  # docs/faults.md#security
 def evaluate_flow(
     features_dir: str, train_dir: str, data_root: str | None = None, split: str = "test",
     context_len: int = 20, horizon: int = 10,
@@ -14,7 +14,7 @@ def evaluate_flow(
     return evaluate_task(features_dir, train_dir, data_root=data_root, split=split, context_len=context_len, horizon=horizon)
 
 
-@flow(name="evaluate-model", log_prints=True, result_serializer="json")  # never pickle (docs/faults.md#security)
+@flow(name="evaluate-model", log_prints=True, result_serializer="json", persist_result=False)  # docs/faults.md#security
 def evaluate_model_flow(
     model_uri: str, data: str, format: str | None = None, tasks: list[str] | None = None,
     data_root: str | None = None, out: str | None = None,

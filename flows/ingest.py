@@ -7,7 +7,7 @@ from trajfm.data.catalog import embedded_files
 from trajfm.preflight import check_run
 
 
-@flow(name="ingest", log_prints=True, result_serializer="json")  # never pickle (docs/faults.md#security)
+@flow(name="ingest", log_prints=True, result_serializer="json", persist_result=False)  # docs/faults.md#security
 def ingest_flow(sources: list[str] | None = None, data_root: str | None = None, params: dict | None = None) -> str:
     """Read raw trajectory files (default: the embedded tracktable-data AIS files).
 

@@ -16,7 +16,7 @@ from flows.validate import validate_flow
 from trajfm.preflight import check_run
 
 
-@flow(name="pipeline", log_prints=True, result_serializer="json")  # never pickle (docs/faults.md#security)
+@flow(name="pipeline", log_prints=True, result_serializer="json", persist_result=False)  # docs/faults.md#security
 def pipeline(
     sources: list[str] | None = None,
     data_root: str | None = None,

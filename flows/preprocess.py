@@ -6,7 +6,7 @@ from tasks.preprocess import preprocess_task
 from trajfm.preflight import check_data_root
 
 
-@flow(name="preprocess", log_prints=True, result_serializer="json")  # never pickle (docs/faults.md#security)
+@flow(name="preprocess", log_prints=True, result_serializer="json", persist_result=False)  # docs/faults.md#security
 def preprocess_flow(
     ingest_dir: str, data_root: str | None = None, params: dict | None = None,
     dask_address: str | None = None, n_workers: int = 2, engine: str = "vectorized",

@@ -6,7 +6,7 @@ from tasks.register import register_task
 from trajfm.preflight import check_model_name
 
 
-@flow(name="register", log_prints=True, result_serializer="json")  # never pickle (docs/faults.md#security)
+@flow(name="register", log_prints=True, result_serializer="json", persist_result=False)  # docs/faults.md#security
 def register_flow(train_dir: str, features_dir: str, metrics: dict, data_root: str | None = None, name: str = "trajfm") -> dict:
     """Log to MLflow, register a version (or find the same lineage), move ``champion`` only if it is better
     on the same evaluation set, else tag it ``challenger``."""

@@ -27,7 +27,7 @@ from trajfm.store import read_manifest
 NOTHING_NEW = "nothing new"
 
 
-@flow(name="retrain", log_prints=True, result_serializer="json")  # never pickle (docs/faults.md#security)
+@flow(name="retrain", log_prints=True, result_serializer="json", persist_result=False)  # docs/faults.md#security
 def retrain(
     watch_dir: str,
     format: str | None = None,

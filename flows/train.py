@@ -6,7 +6,7 @@ from tasks.train import train_task
 from trajfm.preflight import check_run
 
 
-@flow(name="train", log_prints=True, result_serializer="json")  # never pickle (docs/faults.md#security)
+@flow(name="train", log_prints=True, result_serializer="json", persist_result=False)  # docs/faults.md#security
 def train_flow(
     features_dir: str, data_root: str | None = None, preset: str = "tutorial",
     model_overrides: dict | None = None, train_overrides: dict | None = None,
