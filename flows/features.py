@@ -7,7 +7,7 @@ from tasks.features import features_task
 from trajfm.params import WindowOptions, as_dict
 
 
-@flow(name="features", flow_run_name="features", log_prints=True)
+@flow(name="features", flow_run_name="features", log_prints=True, result_serializer="json", persist_result=False)
 @documented
 def features_flow(preprocess_dir: str, data_root: str | None = None, params: WindowOptions | None = None) -> str:
     """Windows, chronological train/val/test split, train-only normalization statistics.

@@ -4,10 +4,11 @@ from prefect import flow
 
 from flows._params import documented
 from tasks.preprocess import preprocess_task
+from trajfm.preflight import check_data_root
 from trajfm.params import Engine, PreprocessOptions, as_dict
 
 
-@flow(name="preprocess", flow_run_name="preprocess", log_prints=True)
+@flow(name="preprocess", flow_run_name="preprocess", log_prints=True, result_serializer="json", persist_result=False)
 @documented
 def preprocess_flow(
     ingest_dir: str, data_root: str | None = None, params: PreprocessOptions | None = None,
@@ -19,6 +20,7 @@ def preprocess_flow(
         params: Cleaning thresholds: fields here apply to every mover kind; an entry per kind
             overrides that kind's defaults.
     """
+    check_data_root(data_root)
     return preprocess_task(
         ingest_dir, data_root=data_root, params=as_dict(params), dask_address=dask_address, n_workers=n_workers, engine=engine,
     )

@@ -14,7 +14,7 @@ from tasks.validate import validate_task
 from trajfm.params import DEFAULT_PRETRAIN_PRESET, PresetName
 
 
-@flow(name="pretrain", log_prints=True)
+@flow(name="pretrain", log_prints=True, result_serializer="json", persist_result=False)
 def pretrain(
     corpus: str = "base",
     data_root: str | None = None,

@@ -6,10 +6,11 @@ from prefect import flow
 
 from flows._params import documented
 from tasks.train import train_task
+from trajfm.preflight import check_run
 from trajfm.params import DEFAULT_PRESET, PresetName, TrainOverrides, as_dict
 
 
-@flow(name="train", flow_run_name="train-{preset}", log_prints=True)
+@flow(name="train", flow_run_name="train-{preset}", log_prints=True, result_serializer="json", persist_result=False)
 @documented
 def train_flow(
     features_dir: str, data_root: str | None = None, preset: PresetName = DEFAULT_PRESET,
@@ -18,6 +19,7 @@ def train_flow(
 ) -> str:
     """Train a model preset on a features stage (GPU when present, CPU otherwise) in a child
     process; nproc > 1 runs it data-parallel under torchrun (one process per GPU)."""
+    check_run(data_root=data_root, preset=preset)
     return train_task(
         features_dir, data_root=data_root, preset=preset, model_overrides=model_overrides,
         train_overrides=as_dict(train_overrides), nproc=nproc, torchrun_args=torchrun_args,

@@ -9,7 +9,7 @@ from tasks.validate import validate_task
 from trajfm.params import QualityOptions, as_dict
 
 
-@flow(name="validate", flow_run_name="validate-{stage}", log_prints=True)
+@flow(name="validate", flow_run_name="validate-{stage}", log_prints=True, result_serializer="json", persist_result=False)
 @documented
 def validate_flow(
     stage_dir: str, stage: Literal["raw", "processed"] = "processed", params: QualityOptions | None = None,

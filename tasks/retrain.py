@@ -9,11 +9,19 @@ from dataclasses import asdict
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from tasks._common import RETRIES, RETRY_DELAY_S
+from tasks._common import (
+    RESULT_SERIALIZER,
+    RETRIES,
+    RETRY_DELAY_S,
+    retry_unless_deterministic,
+)
 from trajfm.retrain import champion_lineage, missing_watch_dir, new_files, record_consumed
 
 
-@task(name="find-new-files", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
+@task(
+    name="find-new-files", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S,
+    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
+)
 def find_new_files_task(watch_dir: str, data_root: str | None = None, format: str | None = None) -> list[dict]:
     """Fingerprints of the files under ``watch_dir`` that no successful retraining consumed."""
     missing = missing_watch_dir(watch_dir)
@@ -27,7 +35,10 @@ def find_new_files_task(watch_dir: str, data_root: str | None = None, format: st
     return files
 
 
-@task(name="champion-lineage", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
+@task(
+    name="champion-lineage", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S,
+    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
+)
 def champion_task(data_root: str | None = None, name: str = "trajfm") -> dict | None:
     """The champion to fine-tune from (checkpoint downloaded from the registry), or None."""
     lineage = champion_lineage(data_root, name)
@@ -39,7 +50,7 @@ def champion_task(data_root: str | None = None, name: str = "trajfm") -> dict | 
     return out
 
 
-@task(name="record-consumed")
+@task(name="record-consumed", result_serializer=RESULT_SERIALIZER)
 def record_consumed_task(files: list[dict], data_root: str | None = None, run: dict | None = None) -> str:
     """Mark ``files`` consumed (after registration), so the next run does not read them again."""
     return str(record_consumed(files, data_root, run))

@@ -24,11 +24,17 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks._common import RETRIES, RETRY_DELAY_S, STAGE_CACHE
+from tasks._common import (
+    RESULT_SERIALIZER,
+    RETRIES,
+    RETRY_DELAY_S,
+    STAGE_CACHE,
+    retry_unless_deterministic,
+)
 from trajfm.params import DEFAULT_PRESET
 from trajfm.progress import progress_bar
 from trajfm.store import read_manifest
-from trajfm.train import EPOCH_PREFIX, PROGRESS_PREFIX
+from trajfm.train import CONFIG_ERROR_EXIT, EPOCH_PREFIX, PROGRESS_PREFIX
 
 STOP_GRACE_S = 60  # after SIGTERM, the child finishes its step and writes last.pt
 
@@ -65,7 +71,10 @@ def single_node_launcher() -> list[str]:
     return ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"trajfm-{os.getpid()}"]
 
 
-@task(name="train", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True)
+@task(
+    name="train", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
+    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
+)
 def train_task(
     features_dir: str, data_root: str | None = None, preset: str = DEFAULT_PRESET,
     model_overrides: dict | None = None, train_overrides: dict | None = None,
@@ -120,6 +129,9 @@ def _supervise(cmd: list[str], progress, logger) -> Path:
                 proc.kill()
                 proc.wait()
         relay.join(timeout=5)
+    if proc.returncode == CONFIG_ERROR_EXIT:  # the child refused its configuration: not retried
+        refused = next((line for line in reversed(tail) if "error:" in line), tail[-1] if tail else "")
+        raise ValueError(f"training refused its configuration: {refused}")
     if proc.returncode != 0:
         how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
         raise RuntimeError(

@@ -8,7 +8,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks._common import RETRIES, RETRY_DELAY_S
+from tasks._common import RESULT_SERIALIZER, RETRIES, RETRY_DELAY_S, is_deterministic
 from trajfm.quality.gate import ValidationFailed, gate, validate_points
 from trajfm.quality.params import processed_gate_params
 from trajfm.store import data_root as data_root_path
@@ -16,17 +16,21 @@ from trajfm.store import read_manifest
 
 
 def _retry_unless_data_failed(task, task_run, state) -> bool:
-    """Retry infrastructure hiccups, never a failed expectation: the data will not change."""
+    """Retry infrastructure hiccups, never a failed expectation or a missing file: the data will
+    not change."""
     try:
         state.result()
     except ValidationFailed:
         return False
-    except Exception:
-        return True
+    except Exception as exc:
+        return not is_deterministic(exc)
     return True
 
 
-@task(name="validate", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=_retry_unless_data_failed)
+@task(
+    name="validate", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=_retry_unless_data_failed,
+    result_serializer=RESULT_SERIALIZER,
+)
 def validate_task(stage_dir: str, stage: str, params: dict | None = None, data_root: str | None = None) -> dict:
     """Validate ``points.parquet`` of a stage; publish the report; raise if a critical check fails.
 

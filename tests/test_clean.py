@@ -240,8 +240,10 @@ def test_params_normalization_and_unknown_kinds():
     star = normalize_params({"*": {"interval_s": 15}, "bird": {"interval_s": 600}})
     assert set(star) == {"*", "bird"} and star["*"].interval_s == 15
     assert set(KIND_DEFAULTS) >= {"vessel", "person", "vehicle", "bus", "bird", "aircraft"}
-    with pytest.raises(ValueError, match="submarine"):
-        clean_partition(track(kind="submarine"))
+    # Issue 19.8: a kind without parameters is quarantined with its reason, not a failed stage.
+    pts, q, counts = clean_partition(track(kind="submarine"))
+    assert pts.empty and counts["rows_quarantined"] == counts["rows_in"] == len(q) > 0
+    assert set(q["reason"]) == {"unknown_kind"} and q["detail"].str.contains("submarine").all()
     pts, _, _ = clean_partition(track(kind="submarine"), PreprocessParams())
     assert len(pts) > 0
     with pytest.raises(ValueError):

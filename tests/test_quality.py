@@ -220,9 +220,12 @@ def test_bad_inputs_raise(points):
         resolve_params({"v_max_mps": 0})
 
 
-def test_empty_frame_passes(points):
+def test_empty_frame_fails_the_gate_with_a_clear_message(points):
+    """Issue 19.9: every expectation holds on 0 rows, but an empty stage must stop the run here."""
     report = validate_points(points.iloc[:0], "processed", PARAMS)
-    assert report.success and report.n_rows == 0
+    assert not report.success and report.n_rows == 0
+    with pytest.raises(ValidationFailed, match="the stage has 0 rows"):
+        gate(report)
 
 
 def test_importing_library_does_not_import_gx_or_mlflow():

@@ -41,10 +41,12 @@ FLOWS = {
 
 
 def _prepare_env(data_root: str | None) -> Path:
-    """Resolve the data root and keep Prefect's and matplotlib's state inside it unless set."""
-    from trajfm.store import ENV_ROOT, data_root as resolve
+    """Resolve the data root (refused in one line when it is not writable) and keep Prefect's and
+    matplotlib's state inside it unless set."""
+    from trajfm.preflight import check_data_root
+    from trajfm.store import ENV_ROOT
 
-    root = resolve(data_root)
+    root = check_data_root(data_root)
     os.environ[ENV_ROOT] = str(root)
     os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
     os.environ.setdefault("MPLCONFIGDIR", str(root / "matplotlib"))
@@ -55,6 +57,9 @@ def _prepare_env(data_root: str | None) -> Path:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     # A fresh Prefect database takes a while to migrate on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Task results as JSON, never pickles: nothing under the data root is unpickled (docs/faults.md).
+    os.environ.setdefault("PREFECT_RESULTS_DEFAULT_SERIALIZER", "json")
+    check_data_root(root)  # again, now that PREFECT_HOME (under the root by default) is known
     _stop_orphans(root)
     return root
 
@@ -69,6 +74,19 @@ def _stop_orphans(root: Path) -> None:
     stopped = stop_orphaned_prefect_servers(os.environ["PREFECT_HOME"])
     if stopped:
         print(f"trajfm: stopped {len(stopped)} Prefect temporary server(s) left by a killed run (pids {stopped})", file=sys.stderr)
+
+
+def _preflight(flow: str, params: dict) -> None:
+    """The checks a flow runs first, run here before Prefect starts (one line, in about a second)."""
+    from trajfm.preflight import check_run
+
+    check_run(
+        sources=params.get("sources"),
+        data_root=params.get("data_root"),
+        preset=params.get("preset"),
+        model_name=params.get("name") if flow == "register" else params.get("model_name"),
+        ingest_params=params.get("params") if flow == "ingest" else params.get("ingest_params"),
+    )
 
 
 def _load_flow(name: str):
@@ -157,6 +175,7 @@ def summary_text(result: dict, root: Path, seconds: float, title: str = "trajfm 
 
 
 def cmd_demo(args) -> int:
+    _preflight("pipeline", {"data_root": args.data_root, "preset": args.preset})
     root = _prepare_env(args.data_root)
     pipeline = _load_flow("pipeline")
     started = time.perf_counter()
@@ -306,6 +325,7 @@ def cmd_run(args, extra: list[str]) -> int:
         print(flow_help(args.flow))
         return 0
     raw = _parse_params(extra)
+    _preflight(args.flow, raw)
     # Before any flow (and so Prefect) is imported: Prefect reads PREFECT_HOME and its settings once.
     root = _prepare_env(raw.get("data_root") if isinstance(raw.get("data_root"), str) else None)
     params = check_params(args.flow, raw)
@@ -338,6 +358,7 @@ def cmd_presets(_args) -> int:
 def cmd_train(args) -> int:
     """Train a preset: on an existing features stage (library call, no Prefect), or through the
     pipeline flow on the embedded data (every stage before training is reused from cache)."""
+    _preflight("train", {"data_root": args.data_root, "preset": args.preset})
     root = _prepare_env(args.data_root)
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
     if args.features_dir:
@@ -378,6 +399,27 @@ DELEGATED = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an error is one line on stderr and exit status 1 (``TRAJFM_DEBUG=1`` shows
+    the traceback)."""
+    try:
+        return _main(argv)
+    except Exception as exc:
+        if os.environ.get("TRAJFM_DEBUG"):
+            raise
+        print(f"trajfm: error: {error_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as one line: its message's lines joined (the type named unless it is a
+    ``ValueError``-like message that explains itself)."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if isinstance(exc, (ValueError, FileNotFoundError, PermissionError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
         import importlib

@@ -105,8 +105,21 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return json.loads(p.read_text())
 
 
-def is_complete(directory: Path) -> bool:
-    return (directory / "manifest.json").is_file()
+def is_complete(directory: str | os.PathLike) -> bool:
+    """Whether a stage directory is whole: its ``manifest.json`` reads, and every entry the manifest
+    lists is still there (``contents``: what the stage wrote; ``files``: its tables,
+    ``<name>.parquet``). A directory someone deleted files from is not complete, so the stage
+    (and a cache keyed on it) builds it again instead of handing out a path that fails later."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict):
+        return False
+    names = list(manifest.get("contents") or [])
+    names += [f"{name}.parquet" for name in (manifest.get("files") or {})]
+    return all(os.path.exists(directory / name) for name in names)
 
 
 OWNER_FILE = ".owner"  # in a stage's temporary directory: which process writes it
@@ -207,6 +220,8 @@ class StageWriter:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        # What the stage wrote (top level), so `is_complete` can tell a directory that lost a file.
+        self.manifest["contents"] = sorted(p.name for p in self.tmp.iterdir() if p.name not in ("manifest.json", OWNER_FILE))
         # Credentials in a source URL (s3://KEY:SECRET@...) never reach the data root.
         (self.tmp / "manifest.json").write_text(json.dumps(redact(self.manifest), indent=2, default=str))
         try:

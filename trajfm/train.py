@@ -975,15 +975,20 @@ def main(argv: list[str] | None = None) -> int:
     on_epoch = on_progress = None
     if args.report_progress:
         on_epoch, on_progress = _progress_printers()
-    out = run_training(
-        args.features_dir, args.root, args.preset, json.loads(args.model), json.loads(args.train),
-        on_epoch=on_epoch, on_progress=on_progress,
-    )
+    try:
+        out = run_training(
+            args.features_dir, args.root, args.preset, json.loads(args.model), json.loads(args.train),
+            on_epoch=on_epoch, on_progress=on_progress,
+        )
+    except (ValueError, TypeError, FileNotFoundError) as exc:  # configuration or input: a retry repeats it
+        print(f"trajfm.train: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        return CONFIG_ERROR_EXIT
     if _global_rank() == 0:
         print(out, flush=True)
     return 0
 
 
+CONFIG_ERROR_EXIT = 2  # exit status for a refused configuration or input (as argparse's usage errors)
 PROGRESS_PREFIX = "TRAJFM_PROGRESS"  # stdout protocol of `python -m trajfm.train --report-progress`
 EPOCH_PREFIX = "TRAJFM_EPOCH"
 

@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from trajfm.data.sampling import DEFAULT_UPSAMPLE_TOLERANCE, effective_interval_ns, median_step_ns
-from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, REASONS, empty_points, to_canonical
+from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, REASONS, empty_points, normalize_kind, to_canonical
 from trajfm.geo import haversine_m
 
 MAX_INTERVAL_S = 365.0 * 86400.0  # one year: a resampling interval beyond it is a typo (and overflows ns)
@@ -66,7 +66,7 @@ ENGINES = ("vectorized", "movingpandas")
 CLEAN_REASONS = ("duplicate_fix", "duplicate_time", "speed_outlier", "stop", "generalized", "short_trajectory")
 KNOWN_REASONS = dict(REASONS)
 # Reason codes as small integers while the arrays are built (0: the row is kept so far).
-_REASON_LIST = ("", "missing_value", "nonfinite_coord", *CLEAN_REASONS)
+_REASON_LIST = ("", "missing_value", "nonfinite_coord", *CLEAN_REASONS, "unknown_kind")
 _CODE = {r: i for i, r in enumerate(_REASON_LIST) if r}
 _SEARCH_WINDOW = 32  # fixes examined per pass while looking for the end of an outlier run
 
@@ -266,11 +266,22 @@ def params_to_json(params: ParamsLike = None) -> dict[str, dict]:
 
 
 def params_for_kind(table: Mapping[str, PreprocessParams], kind: str) -> PreprocessParams:
+    found = find_kind_params(table, kind)
+    if found is None:
+        raise ValueError(f"no preprocessing parameters for kind {kind!r}; pass params for it (known: {sorted(table)})")
+    return found
+
+
+def find_kind_params(table: Mapping[str, PreprocessParams], kind: str) -> PreprocessParams | None:
+    """The parameters for ``kind``: its entry, else its canonical spelling's (``"Vessel"`` finds
+    ``"vessel"``, see ``schema.normalize_kind``), else the ``"*"`` entry; ``None`` when none applies."""
     if kind in table:
         return table[kind]
-    if "*" in table:
-        return table["*"]
-    raise ValueError(f"no preprocessing parameters for kind {kind!r}; pass params for it (known: {sorted(table)})")
+    wanted = normalize_kind(kind)
+    for name, params in table.items():
+        if name != "*" and normalize_kind(name) == wanted:
+            return params
+    return table.get("*")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -737,7 +748,20 @@ def clean_partition(
         reason[invalid_xy] = _CODE["nonfinite_coord"]
         notes.append((np.flatnonzero(invalid_xy), "lon or lat is NaN or infinite"))
     live = np.flatnonzero(reason == 0)
-    kind_params = {code: params_for_kind(table, kind_names[code]) for code in np.unique(kind_codes[live])}
+    kind_params = {}
+    for code in np.unique(kind_codes[live]):
+        found = find_kind_params(table, kind_names[code])
+        if found is not None:
+            kind_params[code] = found
+    unknown = ~np.isin(kind_codes[live], list(kind_params))
+    if unknown.any():  # one odd row must not fail the stage: quarantined with its kind named
+        rows = live[unknown]
+        reason[rows] = _CODE["unknown_kind"]
+        known = ", ".join(sorted(k for k in table if k != "*"))
+        detail = {c: f"kind {kind_names[c]!r} has no preprocessing parameters (known: {known}; or pass params for it)"
+                  for c in np.unique(kind_codes[rows])}
+        notes.append((rows, [detail[c] for c in kind_codes[rows]]))
+        live = live[~unknown]
 
     # 1. Duplicates: exact duplicates are adjacent after the sort; then same-time fixes are.
     same_time = np.zeros(len(live), dtype=bool)

@@ -37,7 +37,7 @@ from trajfm.data.readers import READERS, SourceFile
 from trajfm.data.readers.sources import Source, resolve_sources
 from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, check_timezone, empty_quarantine
 from trajfm.data.readers.generic import check_mapping
-from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, empty_points, to_canonical
+from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, empty_points, normalize_kinds, to_canonical
 from trajfm.store import (
     SCHEMA_VERSION,
     StageWriter,
@@ -398,7 +398,8 @@ class _PointSink:
         missing = [c for c in POINT_COLUMNS if c not in points.columns]
         if missing:
             raise ValueError(f"a reader returned points without the canonical columns {missing}")
-        p = points.assign(_seq=np.arange(self.seq, self.seq + len(points), dtype=np.int64))
+        # Kinds in one spelling ("Vessel", " vessel" -> "vessel"): they pick per-kind parameters.
+        p = points.assign(_seq=np.arange(self.seq, self.seq + len(points), dtype=np.int64), kind=normalize_kinds(points["kind"]))
         self.seq += len(p)
         self.objects.update(p["obj_id"].dropna().unique().tolist())
         self.kinds.update(_values_of(p["kind"]))

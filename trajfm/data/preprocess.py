@@ -265,18 +265,54 @@ WORKER_ENV = {
 
 def local_cluster(n_workers: int):
     """A LocalCluster of ``n_workers`` processes x 1 thread on 127.0.0.1 (dashboard on a free
-    loopback port, logs at warning level) whose workers start with :data:`WORKER_ENV`."""
+    loopback port, logs at warning level) whose workers start with :data:`WORKER_ENV`.
+
+    Dask's nanny puts the pre-spawn variables into this process's ``os.environ`` before it
+    spawns a worker (that is how the worker gets them) and never takes them out; left there, every
+    later child (the trainer) would run with one BLAS thread and another malloc, so its speed and
+    last digits would depend on whether preprocessing ran or came from a cache. (It also sets
+    ``PYTHONHASHSEED`` and ``__DASK_PARENT_PID``.) The environment is restored once the workers
+    have started and again when the cluster closes."""
     import logging
 
+    before = dict(os.environ)
     import dask
     from distributed import LocalCluster
 
     env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-        return LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING,
-        )
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            cluster = LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING,
+            )
+    finally:
+        touched = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
+        restore_environ(before, touched)
+    close = cluster.close
+    touched |= set(env) | DASK_SETS
+
+    def close_and_restore(*args, **kwargs):  # a restarted worker sets the variables again
+        try:
+            return close(*args, **kwargs)
+        finally:
+            restore_environ(before, touched)
+
+    cluster.close = close_and_restore
+    return cluster
+
+
+# Variables distributed writes into the client's os.environ (nanny, scheduler, proctitle).
+DASK_SETS = {"PYTHONHASHSEED", "__DASK_PARENT_PID", "DASK_SCHEDULER_ADDRESS"}
+
+
+def restore_environ(saved: dict[str, str], keys: set[str]) -> None:
+    """Give each of ``keys`` its value in ``saved`` again (removed when ``saved`` lacks it)."""
+    for key in keys:
+        if key not in saved:
+            os.environ.pop(key, None)
+        elif os.environ.get(key) != saved[key]:
+            os.environ[key] = saved[key]
 
 
 def dask_runner(scheduler: str, address: str | None, n_workers: int) -> _Runner:

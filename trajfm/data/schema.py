@@ -25,12 +25,27 @@ REASONS = {
     "short_trajectory": "segment shorter than the minimum length or duration after splitting",
     "stop": "inside a detected stop (between the stop's first and last fix), removed by the stop split",
     "generalized": "dropped by time generalization: less than generalize_s after the previous kept fix",
+    "unknown_kind": "the mover kind has no preprocessing parameters (not a known kind, no '*' entry in params)",
     "source_flagged": "the source itself marks the record as incomplete (Porto MISSING_DATA=True: "
     "fixes are missing, so the times of the fixes after the gap cannot be known)",
 }
 
 MIN_TIME = pd.Timestamp("1990-01-01", tz="UTC")  # GPS fixes before this are clock errors
 MAX_TIME_AHEAD = pd.Timedelta(days=2)  # fixes more than this in the future are clock errors
+
+
+def normalize_kind(kind: str) -> str:
+    """The canonical spelling of a mover kind: trimmed, lower case (``" Vessel"`` -> ``"vessel"``)."""
+    return str(kind).strip().lower()
+
+
+def normalize_kinds(kind: pd.Series) -> pd.Series:
+    """A ``kind`` column with every value in its canonical spelling (:func:`normalize_kind`);
+    returned as is when it already is (the usual case: only the categories are looked at)."""
+    values = kind.cat.categories if isinstance(kind.dtype, pd.CategoricalDtype) else kind.dropna().unique()
+    if all(isinstance(v, str) and v == normalize_kind(v) for v in values):
+        return kind
+    return kind.astype("string").str.strip().str.lower().astype("category")
 
 
 def empty_points() -> pd.DataFrame:

@@ -114,11 +114,18 @@ def _describe(r: dict) -> str:
 
 
 def gate(report: ValidationReport) -> ValidationReport:
-    """Raise :class:`ValidationFailed` if any critical expectation failed; else return the report.
+    """Raise :class:`ValidationFailed` if the stage has no rows or any critical expectation
+    failed; else return the report.
 
     The message names every failed critical expectation, its column and unexpected count.
     Warning failures are logged, never raised.
     """
+    if report.n_rows == 0:  # every expectation holds on nothing; the next stage would crash on it
+        raise ValidationFailed(
+            f"{report.stage} points: the stage has 0 rows, nothing to validate or train on "
+            f"(empty sources, or every row quarantined: see the stage's quarantine table)",
+            report,
+        )
     for r in report.failed_warnings:
         log.warning("data quality warning (%s): %s", report.stage, _describe(r))
     failed = report.failed_critical
@@ -462,7 +469,7 @@ def _record(context_root, stage, resolved, extra, results: list[dict], n_partiti
 def _report(stage, results, n_rows, n_trajectories, resolved, data_docs) -> ValidationReport:
     return ValidationReport(
         stage=stage,
-        success=all(r["success"] for r in results if r["critical"]),
+        success=int(n_rows) > 0 and all(r["success"] for r in results if r["critical"]),  # 0 rows: see gate()
         n_rows=int(n_rows),
         results=results,
         n_trajectories=int(n_trajectories),
