@@ -464,3 +464,13 @@ def test_pipeline_on_a_file_without_valid_rows_stops_at_the_raw_gate(prefect_api
     assert "the stage has 0 rows" in message and "IndexError" not in message
     assert_no_pickle_in_result_storage()
     assert not (root / "features").exists() and not (root / "preprocess").exists()
+
+
+def test_pretrain_sources_are_corpus_names_not_paths(tmp_path):
+    """`trajfm run pretrain --sources '["hurdat2_storms"]'` names corpus entries: the CLI's
+    preflight must not refuse them as missing files (it did: 'source not found')."""
+    from trajfm.cli import _preflight
+
+    _preflight("pretrain", {"sources": ["hurdat2_storms", "embedded_ais"], "data_root": str(tmp_path / "root"), "preset": "base-small"})
+    with pytest.raises(PreflightError, match="source not found|no trajectory files"):
+        _preflight("ingest", {"sources": ["hurdat2_storms"], "data_root": str(tmp_path / "root")})

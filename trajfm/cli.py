@@ -81,7 +81,8 @@ def _preflight(flow: str, params: dict) -> None:
     from trajfm.preflight import check_run
 
     check_run(
-        sources=params.get("sources"),
+        # pretrain's sources are names of corpus entries (its flow checks them against the corpus)
+        sources=None if flow == "pretrain" else params.get("sources"),
         data_root=params.get("data_root"),
         preset=params.get("preset"),
         model_name=params.get("name") if flow == "register" else params.get("model_name"),
