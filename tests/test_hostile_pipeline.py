@@ -474,3 +474,19 @@ def test_pretrain_sources_are_corpus_names_not_paths(tmp_path):
     _preflight("pretrain", {"sources": ["hurdat2_storms", "embedded_ais"], "data_root": str(tmp_path / "root"), "preset": "base-small"})
     with pytest.raises(PreflightError, match="source not found|no trajectory files"):
         _preflight("ingest", {"sources": ["hurdat2_storms"], "data_root": str(tmp_path / "root")})
+
+
+def test_single_node_torchrun_rendezvous_listens_on_loopback_only(tmp_path):
+    """Issue 19.21: torchrun's --standalone rendezvous store listens on every interface; a
+    single-node data-parallel run binds it to 127.0.0.1 (a free port), and --torchrun-args for
+    several nodes replace it."""
+    from tasks.train import training_command
+
+    cmd = training_command(str(tmp_path), str(tmp_path), "tutorial", {}, {}, 2, None)
+    assert "--standalone" not in cmd
+    endpoint = cmd[cmd.index("--rdzv-endpoint") + 1]
+    host, port = endpoint.rsplit(":", 1)
+    assert host == "127.0.0.1" and 0 < int(port) < 65536
+    assert cmd[cmd.index("--nnodes") + 1] == "1" and cmd[cmd.index("--nproc_per_node") + 1] == "2"
+    multi = training_command(str(tmp_path), str(tmp_path), "tutorial", {}, {}, 2, ["--nnodes", "2", "--rdzv-endpoint", "head:29400"])
+    assert "127.0.0.1" not in " ".join(multi) and "head:29400" in multi
