@@ -9,7 +9,7 @@ from flows._redact import flow
 
 from tasks.ingest import ingest_task
 from tasks.preprocess import preprocess_task
-from tasks.pretrain import pretrain_task, register_base_task, shards_task
+from tasks.pretrain import calibrate_base_task, pretrain_task, register_base_task, shards_task
 from tasks.validate import validate_task
 from trajfm.params import DEFAULT_PRETRAIN_PRESET, PresetName
 
@@ -89,7 +89,9 @@ def pretrain(
     pretrain_dir = pretrain_task(shards_dir, data_root=data_root, preset=preset, model_overrides=model_overrides, train_overrides=overrides,
                                  probabilities={k: v for k, v in probabilities.items() if v > 0},
                                  lineage={"corpus": c.name, "corpus_sha256": corpus_sha}, nproc=nproc, torchrun_args=torchrun_args)
-    registration = register_base_task(pretrain_dir, shards_dir, corpus_sha, corpus_name=c.name, data_root=data_root,
+    # trajfm-base carries its never-worse-than-constant-velocity rule, fitted on the validation shards
+    model_dir = calibrate_base_task(pretrain_dir, shards_dir, data_root=data_root, context_len=context_len, horizon=horizon)
+    registration = register_base_task(model_dir, shards_dir, corpus_sha, corpus_name=c.name, data_root=data_root,
                                       name=model_name, context_len=context_len, horizon=horizon)
     return {"corpus": c.name, "corpus_sha256": corpus_sha, "processed": dict(processed), "shards_dir": shards_dir,
-            "mixing": probabilities, "pretrain_dir": pretrain_dir, "registration": registration}
+            "mixing": probabilities, "pretrain_dir": pretrain_dir, "model_dir": model_dir, "registration": registration}

@@ -14,12 +14,15 @@ import sys
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from tasks._common import RETRIES, RETRY_DELAY_S, STAGE_CACHE
+from tasks._common import RESULT_SERIALIZER, RETRIES, RETRY_DELAY_S, STAGE_CACHE, retry_unless_deterministic
 from tasks.train import _supervise, single_node_launcher
 from trajfm.store import read_manifest
 
 
-@task(name="shards", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True)
+@task(
+    name="shards", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
+    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
+)
 def shards_task(processed: list[list[str]], data_root: str | None = None, window_params: dict | None = None,
                 max_windows: int = 4096, coarsen: list[int] | None = None) -> str:
     """Shard the processed points of every source (``[name, preprocess dir]`` pairs); return the stage dir."""
@@ -57,7 +60,10 @@ def pretraining_command(shards_dir: str, data_root: str | None, preset: str, mod
     return [sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc_per_node", str(nproc), *args]
 
 
-@task(name="pretrain", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True)
+@task(
+    name="pretrain", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
+    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
+)
 def pretrain_task(shards_dir: str, data_root: str | None = None, preset: str = "base-small", model_overrides: dict | None = None,
                   train_overrides: dict | None = None, probabilities: dict | None = None, lineage: dict | None = None,
                   nproc: int = 1, torchrun_args: list[str] | None = None) -> str:
@@ -73,7 +79,26 @@ def pretrain_task(shards_dir: str, data_root: str | None = None, preset: str = "
     return str(out)
 
 
-@task(name="register-base", retries=RETRIES, retry_delay_seconds=[5, 20])
+@task(
+    name="calibrate-base", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
+    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
+)
+def calibrate_base_task(pretrain_dir: str, shards_dir: str, data_root: str | None = None, context_len: int = 20,
+                        horizon: int = 10) -> str:
+    """The pre-trained model with its never-worse blend and error radii, fitted on the shards'
+    validation sample (``trajfm.evaluate.calibrate.calibrate_pretrained``)."""
+    from trajfm.evaluate.calibrate import calibrate_pretrained
+
+    out = calibrate_pretrained(pretrain_dir, shards_dir, root=data_root, context_len=context_len, horizon=horizon)
+    info = read_manifest(out).get("calibration", {})
+    get_run_logger().info("calibrate-base: blend %s on %s validation windows", info.get("blend"), info.get("n_windows"))
+    return str(out)
+
+
+@task(
+    name="register-base", retries=RETRIES, retry_delay_seconds=[5, 20],
+    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
+)
 def register_base_task(pretrain_dir: str, shards_dir: str, corpus_sha256: str, corpus_name: str = "", data_root: str | None = None,
                        name: str = "trajfm-base", context_len: int = 20, horizon: int = 10) -> dict:
     """Evaluate on the shards' test sample, register ``name`` with the corpus hash as lineage.
@@ -90,12 +115,18 @@ def register_base_task(pretrain_dir: str, shards_dir: str, corpus_sha256: str, c
     return {**reg, "metrics": metrics}
 
 
-@task(name="init-checkpoint", retries=RETRIES, retry_delay_seconds=[5, 20])
+@task(
+    name="init-checkpoint", retries=RETRIES, retry_delay_seconds=[5, 20],
+    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
+)
 def init_checkpoint_task(init: str, data_root: str | None = None) -> str:
     """The local checkpoint to fine-tune from: ``models:/trajfm-base@champion`` (downloaded once
-    under the data root), ``models:/<name>/<version>``, or a ``.pt`` path."""
+    under the data root), ``models:/<name>/<version>``, or a ``.pt`` path; without the model's
+    calibration (a registered trajfm-base carries its blend with constant velocity, which the
+    fine-tuned model gets fitted again by the calibrate stage)."""
+    from trajfm.evaluate.calibrate import uncalibrated_checkpoint
     from trajfm.registry.pretrained import resolve_init_checkpoint
 
-    path = resolve_init_checkpoint(init, data_root)
+    path = str(uncalibrated_checkpoint(resolve_init_checkpoint(init, data_root), data_root))
     get_run_logger().info("fine-tuning from %s (%s)", init, path)
     return path

@@ -6,6 +6,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from tasks._common import RESULT_SERIALIZER
+
 from trajfm.summary import pipeline_summary
 
 
@@ -37,7 +39,7 @@ def stage_links(stage_runs: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
     return links
 
 
-@task(name="pipeline-summary")
+@task(name="pipeline-summary", result_serializer=RESULT_SERIALIZER)
 def pipeline_summary_task(result: dict, stage_runs: dict[str, str]) -> str:
     """Publish the summary of a pipeline run as the markdown artifact ``pipeline-summary``."""
     text = pipeline_summary(result, stage_links(stage_runs))

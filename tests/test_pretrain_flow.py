@@ -101,8 +101,18 @@ def test_pipeline_fine_tunes_from_the_base_model(pretrained):
     train = read_manifest(out["train_dir"])
     base = read_manifest(r["pretrain_dir"])
     assert train["model_config"] == base["model_config"]  # the base model's architecture, not the preset's
-    base_sha = hashlib.sha256((Path(r["pretrain_dir"]) / "model.pt").read_bytes()).hexdigest()
-    assert train["init_checkpoint_sha256"] == base_sha
+    # the registered base is the calibrated one; fine-tuning starts from its weights without the rule
+    from trajfm.evaluate.calibrate import uncalibrated_checkpoint
+    from trajfm.model.checkpoint import load_checkpoint
+
+    registered = Path(r["model_dir"]) / "model.pt"
+    assert load_checkpoint(registered)["config"]["forecast_blend"] is not None
+    init = uncalibrated_checkpoint(registered, root)
+    assert train["init_checkpoint_sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
+    import torch
+
+    pre, start = load_checkpoint(Path(r["pretrain_dir"]) / "model.pt"), load_checkpoint(init)
+    assert all(torch.equal(pre["model"][k], start["model"][k]) for k in pre["model"])  # the pre-trained weights
 
 
 def test_the_deployment_runs_the_pretrain_flow():
@@ -127,7 +137,7 @@ def test_init_names_a_registered_version_or_a_file(pretrained, tmp_path):
 
     root, _, r = pretrained
     path = resolve_init_checkpoint("models:/trajfm-base@champion", root)
-    assert Path(path).read_bytes() == (Path(r["pretrain_dir"]) / "model.pt").read_bytes()
+    assert Path(path).read_bytes() == (Path(r["model_dir"]) / "model.pt").read_bytes()  # the registered (calibrated) base
     assert resolve_init_checkpoint("models:/trajfm-base/1", root) == path  # downloaded once
     with pytest.raises(ValueError, match="no version of 'trajfm-base' has alias 'best'"):
         resolve_init_checkpoint("models:/trajfm-base@best", root)

@@ -105,6 +105,37 @@ def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, 
     return out
 
 
+def calibrate_pretrained(pretrain_dir: str | Path, shards_dir: str | Path, root=None, context_len: int = 20,
+                         horizon: int = 10, max_windows: int = 4000) -> Path:
+    """``calibrate_stage`` for a pre-trained model: the blend with constant velocity and the error
+    radii fitted on up to ``max_windows`` validation windows of the shards (every source's
+    validation period, at every sampling view), so ``trajfm-base`` is registered with its
+    never-worse rule. The stage's manifest carries the pretrain stage's (preset, configs,
+    final losses, mixing) for the registration."""
+    from trajfm.features.shards import sample_split
+    from trajfm.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash, stage_dir
+
+    root = data_root(root)
+    stage = read_manifest(pretrain_dir)
+    key = stable_hash({"pretrain": stage["key"], "shards": read_manifest(shards_dir)["key"], "context_len": context_len,
+                       "horizon": horizon, "max_windows": max_windows, "v": 1})
+    out = stage_dir(root, "calibrate", key)
+    if is_complete(out):
+        return out
+    ckpt = load_checkpoint(Path(pretrain_dir) / "model.pt")
+    model = model_from_checkpoint(ckpt)
+    calibrated, info = calibrate_model(model, sample_split(shards_dir, "val", context_len + horizon, max_windows), context_len, horizon)
+    with StageWriter(root, "calibrate", key) as w:
+        save_checkpoint(w.path / "model.pt", calibrated, extra={**ckpt.get("extra", {}), "calibration": info})
+        shutil.copyfile(Path(pretrain_dir) / "history.json", w.path / "history.json")
+        w.write_json("calibration", info)
+        carried = {k: v for k, v in stage.items() if k not in ("stage", "key", "schema_version", "files", "contents")}
+        w.manifest.update({**carried, "model_config": calibrated.config.to_dict(), "pretrain_dir": str(pretrain_dir),
+                           "pretrain_key": stage["key"], "calibration": info})
+    return out
+
+
 def uncalibrated_checkpoint(path: str | Path, root=None) -> Path:
     """``path`` itself when its model has no calibration, else a copy without it (same weights,
     config as trained) under ``<root>/calibrate/uncalibrated/``: what fine-tuning starts from

@@ -354,6 +354,23 @@ def load_shard(shards_dir: str | Path, shard: dict, verify: bool = False) -> Win
     return WindowSet.load(path)
 
 
+def sample_split(shards_dir: str | Path, split: str, min_points: int, max_windows: int = 4000) -> WindowSet:
+    """Up to ``max_windows`` windows of ``split`` with at least ``min_points`` real points, shard
+    by shard in manifest order (memory bounded by ``max_windows``, deterministic)."""
+    parts, n = [], 0
+    for sh in load_manifest(shards_dir)["shards"]:
+        if sh["split"] != split or n >= max_windows:
+            continue
+        ws = load_shard(shards_dir, sh)
+        ws = ws.subset(np.flatnonzero(ws.mask.sum(axis=1) >= min_points)[: max_windows - n])
+        if len(ws):
+            parts.append(ws)
+            n += len(ws)
+    if not parts:
+        raise ValueError(f"no {split} window of {shards_dir} has {min_points} real points")
+    return WindowSet(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "mask", "lon", "lat", "t_ns", "traj_id")))
+
+
 def load_split(shards_dir: str | Path, split: str) -> WindowSet:
     """All windows of one split, in manifest order (small corpora and tests only: in memory)."""
     parts = [load_shard(shards_dir, sh) for sh in load_manifest(shards_dir)["shards"] if sh["split"] == split]

@@ -23,21 +23,12 @@ BASE_NAME = "trajfm-base"
 
 def evaluation_sample(shards_dir: str | Path, context_len: int, horizon: int, max_windows: int = 4000):
     """Up to ``max_windows`` test windows with ``context_len + horizon`` real points, shard by shard."""
-    from trajfm.features.shards import load_manifest, load_shard
-    from trajfm.features.windows import WindowSet
+    from trajfm.features.shards import sample_split
 
-    parts, n = [], 0
-    for sh in load_manifest(shards_dir)["shards"]:
-        if sh["split"] != "test" or n >= max_windows:
-            continue
-        ws = load_shard(shards_dir, sh)
-        ws = ws.subset(np.flatnonzero(ws.mask.sum(axis=1) >= context_len + horizon)[: max_windows - n])
-        if len(ws):
-            parts.append(ws)
-            n += len(ws)
-    if not parts:
-        raise ValueError(f"no test window of {shards_dir} has context_len + horizon = {context_len + horizon} real points")
-    return WindowSet(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "mask", "lon", "lat", "t_ns", "traj_id")))
+    try:
+        return sample_split(shards_dir, "test", context_len + horizon, max_windows)
+    except ValueError:
+        raise ValueError(f"no test window of {shards_dir} has context_len + horizon = {context_len + horizon} real points") from None
 
 
 def evaluate_pretrained(pretrain_dir: str | Path, shards_dir: str | Path, context_len: int = 20, horizon: int = 10,
