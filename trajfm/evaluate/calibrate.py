@@ -73,8 +73,8 @@ def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, 
     the train stage's key, the features' key and the protocol). When the validation split has no
     window long enough, the model is written uncalibrated and ``calibration.json`` says why
     (``skipped``)."""
-    from trajfm.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash, stage_dir
+    from trajfm.model.checkpoint import load_checkpoint, model_from_checkpoint
+    from trajfm.store import data_root, is_complete, read_manifest, stable_hash, stage_dir
 
     root = data_root(root)
     train_manifest = read_manifest(train_dir)
@@ -95,14 +95,7 @@ def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, 
         info = {"split": "val", "n_windows": 0, "context_len": context_len, "horizon": horizon, "blend": None, "radius_m": None,
                 "skipped": f"no validation window has {context_len + horizon} real points: the model is left uncalibrated "
                            "(no never-worse rule, no error model)"}
-    with StageWriter(root, "calibrate", key) as w:
-        save_checkpoint(w.path / "model.pt", calibrated, extra={**ckpt.get("extra", {}), "calibration": info})
-        shutil.copyfile(Path(train_dir) / "history.json", w.path / "history.json")
-        w.write_json("calibration", info)
-        carried = {k: v for k, v in train_manifest.items() if k not in ("stage", "key", "schema_version", "files")}
-        w.manifest.update({**carried, "model_config": calibrated.config.to_dict(), "train_dir": str(train_dir),
-                           "train_key": train_manifest["key"], "calibration": info})
-    return out
+    return _write_calibrated(root, key, train_dir, ckpt, calibrated, info, "train")
 
 
 def calibrate_pretrained(pretrain_dir: str | Path, shards_dir: str | Path, root=None, context_len: int = 20,
@@ -113,8 +106,8 @@ def calibrate_pretrained(pretrain_dir: str | Path, shards_dir: str | Path, root=
     never-worse rule. The stage's manifest carries the pretrain stage's (preset, configs,
     final losses, mixing) for the registration."""
     from trajfm.features.shards import sample_split
-    from trajfm.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash, stage_dir
+    from trajfm.model.checkpoint import load_checkpoint, model_from_checkpoint
+    from trajfm.store import data_root, is_complete, read_manifest, stable_hash, stage_dir
 
     root = data_root(root)
     stage = read_manifest(pretrain_dir)
@@ -126,14 +119,25 @@ def calibrate_pretrained(pretrain_dir: str | Path, shards_dir: str | Path, root=
     ckpt = load_checkpoint(Path(pretrain_dir) / "model.pt")
     model = model_from_checkpoint(ckpt)
     calibrated, info = calibrate_model(model, sample_split(shards_dir, "val", context_len + horizon, max_windows), context_len, horizon)
+    return _write_calibrated(root, key, pretrain_dir, ckpt, calibrated, info, "pretrain")
+
+
+def _write_calibrated(root, key: str, source_dir: str | Path, ckpt: dict, calibrated: TrajGPT, info: dict, source: str) -> Path:
+    """The calibrate stage directory: the calibrated checkpoint, the source stage's history and
+    manifest fields (preset, configs, final losses, ...), and ``calibration.json``; ``source``
+    names the stage it came from (``train`` or ``pretrain``: ``<source>_dir`` / ``<source>_key``)."""
+    from trajfm.model.checkpoint import save_checkpoint
+    from trajfm.store import StageWriter, read_manifest
+
+    manifest = read_manifest(source_dir)
     with StageWriter(root, "calibrate", key) as w:
         save_checkpoint(w.path / "model.pt", calibrated, extra={**ckpt.get("extra", {}), "calibration": info})
-        shutil.copyfile(Path(pretrain_dir) / "history.json", w.path / "history.json")
+        shutil.copyfile(Path(source_dir) / "history.json", w.path / "history.json")
         w.write_json("calibration", info)
-        carried = {k: v for k, v in stage.items() if k not in ("stage", "key", "schema_version", "files", "contents")}
-        w.manifest.update({**carried, "model_config": calibrated.config.to_dict(), "pretrain_dir": str(pretrain_dir),
-                           "pretrain_key": stage["key"], "calibration": info})
-    return out
+        carried = {k: v for k, v in manifest.items() if k not in ("stage", "key", "schema_version", "files", "contents")}
+        w.manifest.update({**carried, "model_config": calibrated.config.to_dict(), f"{source}_dir": str(source_dir),
+                           f"{source}_key": manifest["key"], "calibration": info})
+    return w.final
 
 
 def uncalibrated_checkpoint(path: str | Path, root=None) -> Path:
