@@ -1,4 +1,7 @@
-"""A Prefect flow that stores its parameters without the credentials of a URL in them.
+"""The project's flow decorator: Prefect's, storing no pickle and no credentials.
+
+Every flow's result is JSON and not persisted (``result_serializer="json"``,
+``persist_result=False``: nothing under the data root is ever unpickled, docs/faults.md#security).
 
 Prefect writes every flow run's parameters to its database (and shows them in the UI): a source
 ``s3://KEY:SECRET@bucket/ais/`` would sit there in clear. ``flow`` here is Prefect's decorator
@@ -22,10 +25,16 @@ class RedactingFlow(Flow):
         return redact(super().serialize_parameters(parameters))
 
 
+# What every flow run stores: JSON results, not persisted (a flow's value is the stage directory
+# its tasks already wrote).
+FLOW_DEFAULTS: dict[str, Any] = {"result_serializer": "json", "persist_result": False}
+
+
 def flow(**options):
-    """``@flow(name=..., log_prints=...)`` as Prefect's, building a ``RedactingFlow``."""
+    """``@flow(name=..., log_prints=...)`` as Prefect's, building a ``RedactingFlow`` with
+    ``FLOW_DEFAULTS`` (an option given here wins)."""
 
     def decorate(fn) -> RedactingFlow:
-        return RedactingFlow(fn=fn, **options)
+        return RedactingFlow(fn=fn, **{**FLOW_DEFAULTS, **options})
 
     return decorate

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from prefect import flow
+from flows._redact import flow
 
 from flows._params import documented
 from tasks.calibrate import calibrate_task
 
 
-@flow(name="calibrate", flow_run_name="calibrate", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="calibrate", flow_run_name="calibrate", log_prints=True)
 @documented
 def calibrate_flow(features_dir: str, train_dir: str, data_root: str | None = None, context_len: int = 20, horizon: int = 10) -> str:
     """The trained model with its per-step blend with constant velocity and its error scale,

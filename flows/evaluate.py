@@ -7,7 +7,7 @@ from tasks.evaluate import evaluate_model_task, evaluate_task, report_task
 from trajfm.params import EvaluateParams, Split, as_dict
 
 
-@flow(name="evaluate", flow_run_name="evaluate-{split}", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="evaluate", flow_run_name="evaluate-{split}", log_prints=True)
 @documented
 def evaluate_flow(
     features_dir: str, train_dir: str, data_root: str | None = None, split: Split = "test",
@@ -17,7 +17,7 @@ def evaluate_flow(
     return evaluate_task(features_dir, train_dir, data_root=data_root, split=split, context_len=context_len, horizon=horizon)
 
 
-@flow(name="evaluate-model", flow_run_name="evaluate-model", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="evaluate-model", flow_run_name="evaluate-model", log_prints=True)
 @documented
 def evaluate_model_flow(
     model_uri: str, data: str | list[str], format: str | None = None, tasks: list[str] | None = None,

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from prefect import flow
+from flows._redact import flow
 
 from flows._params import documented
 from tasks.features import features_task
 from trajfm.params import WindowOptions, as_dict
 
 
-@flow(name="features", flow_run_name="features", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="features", flow_run_name="features", log_prints=True)
 @documented
 def features_flow(preprocess_dir: str, data_root: str | None = None, params: WindowOptions | None = None) -> str:
     """Windows, chronological train/val/test split, train-only normalization statistics.

@@ -20,7 +20,6 @@ from flows.train import train_flow
 from flows.validate import validate_flow
 from tasks.pretrain import init_checkpoint_task
 from tasks.summary import pipeline_summary_task
-from trajfm.evaluate.suite import expand_data
 from trajfm.preflight import check_run
 from trajfm.params import (
     DEFAULT_PRESET,
@@ -35,7 +34,7 @@ from trajfm.params import (
 )
 
 
-@flow(name="pipeline", flow_run_name="pipeline-{preset}", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="pipeline", flow_run_name="pipeline-{preset}", log_prints=True)
 @documented
 def pipeline(
     sources: list[str] | None = None,
@@ -68,7 +67,7 @@ def pipeline(
     starts from those weights, their model config and normalization (preset is then a label)."""
     # Before any stage: refuse what cannot succeed (unknown preset, invalid model name, empty or
     # unreadable sources, a read-only data root) in one line.
-    check_run(sources=None if sources is None else expand_data(sources), data_root=data_root, preset=preset, model_name=model_name, ingest_params=as_dict(ingest_params))
+    check_run(sources=sources, data_root=data_root, preset=preset, model_name=model_name, ingest_params=as_dict(ingest_params))
     runs: dict[str, str] = {}  # stage -> its flow run id, for the summary's links
 
     def stage(label, subflow, *args, **kwargs):

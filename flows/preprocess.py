@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import flow
+from flows._redact import flow
 
 from flows._params import documented
 from tasks.preprocess import preprocess_task
@@ -8,7 +8,7 @@ from trajfm.preflight import check_data_root
 from trajfm.params import Engine, PreprocessOptions, as_dict
 
 
-@flow(name="preprocess", flow_run_name="preprocess", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="preprocess", flow_run_name="preprocess", log_prints=True)
 @documented
 def preprocess_flow(
     ingest_dir: str, data_root: str | None = None, params: PreprocessOptions | None = None,

@@ -14,7 +14,7 @@ from tasks.validate import validate_task
 from trajfm.params import DEFAULT_PRETRAIN_PRESET, PresetName
 
 
-@flow(name="pretrain", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="pretrain", flow_run_name="pretrain-{preset}", log_prints=True)
 def pretrain(
     corpus: str = "base",
     data_root: str | None = None,

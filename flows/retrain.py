@@ -41,7 +41,7 @@ from trajfm.store import read_manifest
 NOTHING_NEW = "nothing new"
 
 
-@flow(name="retrain", flow_run_name="retrain", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="retrain", flow_run_name="retrain", log_prints=True)
 @documented
 def retrain(
     watch_dir: str,

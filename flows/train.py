@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from flows._redact import flow
 
 from flows._params import documented
 from tasks.train import train_task
@@ -10,7 +10,7 @@ from trajfm.preflight import check_run
 from trajfm.params import DEFAULT_PRESET, PresetName, TrainOverrides, as_dict
 
 
-@flow(name="train", flow_run_name="train-{preset}", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="train", flow_run_name="train-{preset}", log_prints=True)
 @documented
 def train_flow(
     features_dir: str, data_root: str | None = None, preset: PresetName = DEFAULT_PRESET,

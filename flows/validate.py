@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import flow
+from flows._redact import flow
 
 from flows._params import documented
 from tasks.validate import validate_task
 from trajfm.params import QualityOptions, as_dict
 
 
-@flow(name="validate", flow_run_name="validate-{stage}", log_prints=True, result_serializer="json", persist_result=False)
+@flow(name="validate", flow_run_name="validate-{stage}", log_prints=True)
 @documented
 def validate_flow(
     stage_dir: str, stage: Literal["raw", "processed"] = "processed", params: QualityOptions | None = None,

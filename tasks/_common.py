@@ -192,3 +192,16 @@ def retry_unless_deterministic(task, task_run, state) -> bool:
     except Exception as exc:  # noqa: BLE001 - every failure is classified here
         return not is_deterministic(exc)
     return True
+
+
+# The options of every retried task: retried on infrastructure failures only, its result stored
+# as JSON (never a pickle: docs/faults.md#security).
+RETRIED: dict[str, Any] = {
+    "retries": RETRIES, "retry_delay_seconds": RETRY_DELAY_S,
+    "retry_condition_fn": retry_unless_deterministic, "result_serializer": RESULT_SERIALIZER,
+}
+# Tasks that talk to the MLflow registry wait longer between tries (its SQLite store may be busy).
+REGISTRY_RETRIED: dict[str, Any] = {**RETRIED, "retry_delay_seconds": [5, 20]}
+# A stage task: retried, and cached by its inputs in the data root (STAGE_CACHE: a cached result
+# whose stage directory is gone or incomplete is recomputed).
+STAGE_TASK: dict[str, Any] = {**RETRIED, "cache_policy": STAGE_CACHE, "persist_result": True}

@@ -6,14 +6,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from tasks._common import RESULT_SERIALIZER, RETRIES, RETRY_DELAY_S, STAGE_CACHE, retry_unless_deterministic
+from tasks._common import STAGE_TASK
 from trajfm.evaluate.calibrate import calibrate_stage, read_calibration
 
 
-@task(
-    name="calibrate", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="calibrate", **STAGE_TASK)
 def calibrate_task(features_dir: str, train_dir: str, data_root: str | None = None, context_len: int = 20, horizon: int = 10) -> str:
     out = calibrate_stage(features_dir, train_dir, root=data_root, context_len=context_len, horizon=horizon)
     info = read_calibration(out)

@@ -7,20 +7,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from tasks._artifacts import embed_images, mlflow_run_url
-from tasks._common import (
-    RESULT_SERIALIZER,
-    RETRIES,
-    RETRY_DELAY_S,
-    STAGE_CACHE,
-    retry_unless_deterministic,
-)
+from tasks._common import RETRIED, STAGE_TASK
 from trajfm.evaluate.run import metrics_table, run_evaluation
 
 
-@task(
-    name="evaluate", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="evaluate", **STAGE_TASK)
 def evaluate_task(
     features_dir: str, train_dir: str, data_root: str | None = None, split: str = "test",
     context_len: int = 20, horizon: int = 10,
@@ -34,10 +25,7 @@ def evaluate_task(
 # --- any model on any data: trajfm.evaluate.suite + the report ---------------------------------
 
 
-@task(
-    name="evaluate-model", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="evaluate-model", **RETRIED)
 def evaluate_model_task(
     model_uri: str, data: str | list[str], out: str, format: str | None = None, tasks: list[str] | None = None,
     data_root: str | None = None, seed: int = 0, params: dict | None = None,
@@ -58,10 +46,7 @@ def evaluate_model_task(
     return result
 
 
-@task(
-    name="report", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="report", **RETRIED)
 def report_task(results: str, out_dir: str, data_root: str | None = None, log_to_mlflow: bool = True) -> dict:
     """Render report.md + PNGs, attach the markdown as an artifact, log the directory to MLflow."""
     import json

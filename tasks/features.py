@@ -5,21 +5,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from tasks._common import (
-    RESULT_SERIALIZER,
-    RETRIES,
-    RETRY_DELAY_S,
-    STAGE_CACHE,
-    retry_unless_deterministic,
-)
+from tasks._common import STAGE_TASK
 from trajfm.features.windows import WindowParams, make_features
 from trajfm.store import read_manifest
 
 
-@task(
-    name="features", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="features", **STAGE_TASK)
 def features_task(preprocess_dir: str, data_root: str | None = None, params: dict | None = None) -> str:
     out = make_features(preprocess_dir, root=data_root, params=WindowParams(**(params or {})))
     m = read_manifest(out)

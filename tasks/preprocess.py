@@ -5,21 +5,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from tasks._common import (
-    RESULT_SERIALIZER,
-    RETRIES,
-    RETRY_DELAY_S,
-    STAGE_CACHE,
-    retry_unless_deterministic,
-)
+from tasks._common import STAGE_TASK
 from trajfm.data.preprocess import preprocess
 from trajfm.store import read_manifest
 
 
-@task(
-    name="preprocess", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="preprocess", **STAGE_TASK)
 def preprocess_task(
     ingest_dir: str, data_root: str | None = None, params: dict | None = None,
     dask_address: str | None = None, n_workers: int = 2, engine: str = "vectorized",

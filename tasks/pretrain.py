@@ -9,20 +9,16 @@ a crash of the training process is an ordinary task failure, and the retry resum
 from __future__ import annotations
 
 import json
-import sys
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from tasks._common import RESULT_SERIALIZER, RETRIES, RETRY_DELAY_S, STAGE_CACHE, retry_unless_deterministic
-from tasks.train import _supervise, single_node_launcher
+from tasks._common import REGISTRY_RETRIED, STAGE_TASK
+from tasks.train import _supervise, launch_command
 from trajfm.store import read_manifest
 
 
-@task(
-    name="shards", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="shards", **STAGE_TASK)
 def shards_task(processed: list[list[str]], data_root: str | None = None, window_params: dict | None = None,
                 max_windows: int = 4096, coarsen: list[int] | None = None) -> str:
     """Shard the processed points of every source (``[name, preprocess dir]`` pairs); return the stage dir."""
@@ -54,16 +50,10 @@ def pretraining_command(shards_dir: str, data_root: str | None, preset: str, mod
             "--report-progress"]
     if data_root:
         args += ["--root", str(data_root)]
-    if nproc == 1 and not torchrun_args:
-        return [sys.executable, *args]
-    launcher = list(torchrun_args) if torchrun_args else single_node_launcher()
-    return [sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc_per_node", str(nproc), *args]
+    return launch_command(args, nproc, torchrun_args)
 
 
-@task(
-    name="pretrain", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="pretrain", **STAGE_TASK)
 def pretrain_task(shards_dir: str, data_root: str | None = None, preset: str = "base-small", model_overrides: dict | None = None,
                   train_overrides: dict | None = None, probabilities: dict | None = None, lineage: dict | None = None,
                   nproc: int = 1, torchrun_args: list[str] | None = None) -> str:
@@ -79,10 +69,7 @@ def pretrain_task(shards_dir: str, data_root: str | None = None, preset: str = "
     return str(out)
 
 
-@task(
-    name="calibrate-base", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="calibrate-base", **STAGE_TASK)
 def calibrate_base_task(pretrain_dir: str, shards_dir: str, data_root: str | None = None, context_len: int = 20,
                         horizon: int = 10) -> str:
     """The pre-trained model with its never-worse blend and error radii, fitted on the shards'
@@ -95,10 +82,7 @@ def calibrate_base_task(pretrain_dir: str, shards_dir: str, data_root: str | Non
     return str(out)
 
 
-@task(
-    name="register-base", retries=RETRIES, retry_delay_seconds=[5, 20],
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="register-base", **REGISTRY_RETRIED)
 def register_base_task(pretrain_dir: str, shards_dir: str, corpus_sha256: str, corpus_name: str = "", data_root: str | None = None,
                        name: str = "trajfm-base", context_len: int = 20, horizon: int = 10) -> dict:
     """Evaluate on the shards' test sample, register ``name`` with the corpus hash as lineage.
@@ -115,10 +99,7 @@ def register_base_task(pretrain_dir: str, shards_dir: str, corpus_sha256: str, c
     return {**reg, "metrics": metrics}
 
 
-@task(
-    name="init-checkpoint", retries=RETRIES, retry_delay_seconds=[5, 20],
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="init-checkpoint", **REGISTRY_RETRIED)
 def init_checkpoint_task(init: str, data_root: str | None = None) -> str:
     """The local checkpoint to fine-tune from: ``models:/trajfm-base@champion`` (downloaded once
     under the data root), ``models:/<name>/<version>``, or a ``.pt`` path; without the model's

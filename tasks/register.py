@@ -7,7 +7,7 @@ from dataclasses import asdict
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from tasks._common import RESULT_SERIALIZER, RETRIES, retry_unless_deterministic
+from tasks._common import REGISTRY_RETRIED
 from trajfm.registry.register import register_training
 
 
@@ -24,10 +24,7 @@ def prefect_run_tags() -> dict:
     return {k: str(v) for k, v in tags.items() if v}
 
 
-@task(
-    name="register", retries=RETRIES, retry_delay_seconds=[5, 20],
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="register", **REGISTRY_RETRIED)
 def register_task(train_dir: str, features_dir: str, metrics: dict, data_root: str | None = None, name: str = "trajfm") -> dict:
     """Not cached: registration has a side effect in the registry that a cache would skip (and
     the registry itself answers a repeat: the same lineage returns the existing version).

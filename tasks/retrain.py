@@ -9,19 +9,11 @@ from dataclasses import asdict
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from tasks._common import (
-    RESULT_SERIALIZER,
-    RETRIES,
-    RETRY_DELAY_S,
-    retry_unless_deterministic,
-)
+from tasks._common import RESULT_SERIALIZER, RETRIED
 from trajfm.retrain import champion_lineage, missing_watch_dir, new_files, record_consumed
 
 
-@task(
-    name="find-new-files", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="find-new-files", **RETRIED)
 def find_new_files_task(watch_dir: str, data_root: str | None = None, format: str | None = None) -> list[dict]:
     """Fingerprints of the files under ``watch_dir`` that no successful retraining consumed."""
     missing = missing_watch_dir(watch_dir)
@@ -35,10 +27,7 @@ def find_new_files_task(watch_dir: str, data_root: str | None = None, format: st
     return files
 
 
-@task(
-    name="champion-lineage", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="champion-lineage", **RETRIED)
 def champion_task(data_root: str | None = None, name: str = "trajfm") -> dict | None:
     """The champion to fine-tune from (checkpoint downloaded from the registry), or None."""
     lineage = champion_lineage(data_root, name)

@@ -24,13 +24,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks._common import (
-    RESULT_SERIALIZER,
-    RETRIES,
-    RETRY_DELAY_S,
-    STAGE_CACHE,
-    retry_unless_deterministic,
-)
+from tasks._common import STAGE_TASK
 from trajfm.params import DEFAULT_PRESET
 from trajfm.progress import progress_bar
 from trajfm.store import read_manifest
@@ -53,6 +47,12 @@ def training_command(
             "--model", json.dumps(model_overrides), "--train", json.dumps(train_overrides), "--report-progress"]
     if data_root:
         args += ["--root", str(data_root)]
+    return launch_command(args, nproc, torchrun_args)
+
+
+def launch_command(args: list[str], nproc: int = 1, torchrun_args: list[str] | None = None) -> list[str]:
+    """``python ARGS`` for one process, else torchrun with ``nproc`` processes per node: on the
+    loopback rendezvous of ``single_node_launcher``, or with ``torchrun_args`` for several nodes."""
     if nproc == 1 and not torchrun_args:
         return [sys.executable, *args]
     launcher = list(torchrun_args) if torchrun_args else single_node_launcher()
@@ -71,10 +71,7 @@ def single_node_launcher() -> list[str]:
     return ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"trajfm-{os.getpid()}"]
 
 
-@task(
-    name="train", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=STAGE_CACHE, persist_result=True,
-    retry_condition_fn=retry_unless_deterministic, result_serializer=RESULT_SERIALIZER,
-)
+@task(name="train", **STAGE_TASK)
 def train_task(
     features_dir: str, data_root: str | None = None, preset: str = DEFAULT_PRESET,
     model_overrides: dict | None = None, train_overrides: dict | None = None,

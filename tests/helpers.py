@@ -67,3 +67,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def loss_curve(history: list[dict]) -> list[tuple]:
+    """(epoch, step, train loss, validation loss) of every epoch: what a resumed run must repeat."""
+    return [(h["epoch"], h["step"], h["train_loss"], h["val_loss"]) for h in history]
+
+
+def kill_after_line(proc, marker: str, sig: int, result: dict) -> None:
+    """Wait for ``marker`` on the worker's stdout (e.g. its step-N checkpoint), send ``sig``, and
+    collect what it says into ``result`` (``returncode, stdout, stderr``, or ``error``)."""
+    try:
+        for line in proc.stdout:
+            if line.strip() == marker:
+                proc.send_signal(sig)
+                break
+        rest, err = proc.communicate(timeout=90)
+        result.update(returncode=proc.returncode, stdout=rest, stderr=err)
+    except Exception as exc:  # reported by the test
+        result.update(error=repr(exc))
+    finally:
+        if proc.poll() is None:
+            proc.kill()

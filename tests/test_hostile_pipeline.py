@@ -490,3 +490,27 @@ def test_single_node_torchrun_rendezvous_listens_on_loopback_only(tmp_path):
     assert cmd[cmd.index("--nnodes") + 1] == "1" and cmd[cmd.index("--nproc_per_node") + 1] == "2"
     multi = training_command(str(tmp_path), str(tmp_path), "tutorial", {}, {}, 2, ["--nnodes", "2", "--rdzv-endpoint", "head:29400"])
     assert "127.0.0.1" not in " ".join(multi) and "head:29400" in multi
+
+
+def test_every_flow_stores_json_results_and_redacts_its_parameters():
+    """Every flow of flows/ is built by the project's decorator (flows._redact.flow): JSON results,
+    not persisted, URL credentials redacted in the run record. A flow written with Prefect's own
+    decorator would store its failures as pickles and its parameters in clear."""
+    import importlib
+    import pkgutil
+
+    from prefect.flows import Flow
+
+    import flows
+    from flows._redact import RedactingFlow
+
+    found = {}
+    for m in pkgutil.iter_modules(flows.__path__):
+        for obj in vars(importlib.import_module(f"flows.{m.name}")).values():
+            if isinstance(obj, Flow):
+                found[obj.name] = obj
+    assert {"pipeline", "retrain", "pretrain", "ingest", "preprocess", "validate", "features", "train", "calibrate",
+            "evaluate", "evaluate-model", "register"} <= set(found)
+    for name, fl in found.items():
+        assert isinstance(fl, RedactingFlow), name
+        assert fl.result_serializer == "json" and fl.persist_result is False, name

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import kill_after_line, loss_curve
 from pretrain_data import generated_shards
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -36,25 +37,6 @@ def run(shards: Path, out: Path):
     return pretrain_stream(shards, GPTConfig(**MODEL), TrainConfig(**TRAIN), out, MIX)
 
 
-def curve(history):
-    return [(h["epoch"], h["step"], h["train_loss"], h["val_loss"]) for h in history]
-
-
-def _kill_after_checkpoint(proc: subprocess.Popen, sig: int, result: dict) -> None:
-    try:
-        for line in proc.stdout:
-            if line.strip() == f"CKPT {N}":
-                proc.send_signal(sig)
-                break
-        rest, err = proc.communicate(timeout=90)
-        result.update(returncode=proc.returncode, stdout=rest, stderr=err)
-    except Exception as exc:  # reported by the test
-        result.update(error=repr(exc))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
@@ -67,7 +49,7 @@ def runs(tmp_path_factory):
         proc = subprocess.Popen([sys.executable, __file__, str(shards), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env)
         killed[sig] = {"out": out}
-        threads.append(threading.Thread(target=_kill_after_checkpoint, args=(proc, sig, killed[sig])))
+        threads.append(threading.Thread(target=kill_after_line, args=(proc, f"CKPT {N}", sig, killed[sig])))
         threads[-1].start()
     uninterrupted = run(shards, tmp_path_factory.mktemp("full"))
     for t in threads:
@@ -89,7 +71,7 @@ def test_killed_pretraining_resumes_bit_for_bit(sig, runs):
     assert state["loaders"][0]["fetcher_state"]["dataset_iter_state"]["k"] == state["step"] * 8  # windows drawn so far
     resumed = run(shards, r["out"])
     assert resumed.start_step == state["step"]
-    assert curve(resumed.history) == curve(uninterrupted.history)
+    assert loss_curve(resumed.history) == loss_curve(uninterrupted.history)
     for k, v in uninterrupted.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     last_a = torch.load(r["out"] / "last.pt", weights_only=True)["model"]

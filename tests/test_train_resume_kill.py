@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import kill_after_line, loss_curve
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from synthetic_tracks import make_windows, stats_of
 
@@ -42,26 +43,6 @@ def run(out: Path, **kw):
     return train(tr, va, GPTConfig(**MODEL), st, TrainConfig(**{**TRAIN, **kw}), out)
 
 
-def curve(history):
-    return [(h["epoch"], h["step"], h["train_loss"], h["val_loss"]) for h in history]
-
-
-def _kill_after_checkpoint(proc: subprocess.Popen, sig: int, result: dict) -> None:
-    """Wait for the worker's step-N checkpoint, send ``sig``, collect what it says."""
-    try:
-        for line in proc.stdout:
-            if line.strip() == f"CKPT {N}":
-                proc.send_signal(sig)
-                break
-        rest, err = proc.communicate(timeout=90)
-        result.update(returncode=proc.returncode, stdout=rest, stderr=err)
-    except Exception as exc:  # reported by the test
-        result.update(error=repr(exc))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The uninterrupted run here while both workers run (and are killed) at once: each spends
@@ -74,7 +55,7 @@ def runs(tmp_path_factory):
             [sys.executable, __file__, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         runs[sig] = {"out": out}
-        threads.append(threading.Thread(target=_kill_after_checkpoint, args=(proc, sig, runs[sig])))
+        threads.append(threading.Thread(target=kill_after_line, args=(proc, f"CKPT {N}", sig, runs[sig])))
         threads[-1].start()
     uninterrupted = run(tmp_path_factory.mktemp("full"))
     for t in threads:
@@ -101,7 +82,7 @@ def test_killed_process_resumes_bit_for_bit(sig, runs):
     state = torch.load(out / "last.pt", weights_only=True)["extra"]
     assert N <= state["step"] < 2 * N
     resumed = run(out)
-    assert curve(resumed.history) == curve(uninterrupted.history)
+    assert loss_curve(resumed.history) == loss_curve(uninterrupted.history)
     for k, v in uninterrupted.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 

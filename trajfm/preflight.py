@@ -70,13 +70,10 @@ def check_sources(sources, params: dict | None = None) -> list[str] | None:
         raise PreflightError(f"sources must be a list of paths, globs or URLs, got {type(sources).__name__}")
     if len(sources) == 0:
         raise PreflightError("sources is an empty list: name files, directories or globs (leave sources out for the embedded demo data)")
-    from trajfm.data.catalog import embedded_files
+    from trajfm.data.catalog import expand_data
     from trajfm.data.readers.sources import resolve_sources
 
-    EMBEDDED_PREFIX = "embedded:"  # as trajfm.evaluate.suite (not imported here: it is heavy)
-    # embedded:SUBSET (e.g. embedded:small) names bundled AIS files, as everywhere else.
-    sources = [str(p) for s in sources for p in (embedded_files(str(s)[len(EMBEDDED_PREFIX):] or None)
-                                                 if str(s).startswith(EMBEDDED_PREFIX) else [s])]
+    sources = expand_data(sources)  # embedded:SUBSET (e.g. embedded:small) names bundled AIS files
 
     fmt = (params or {}).get("format")
     try:

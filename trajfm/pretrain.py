@@ -43,7 +43,7 @@ from trajfm.stream import ShardStream, make_loader
 from trajfm.train import (
     BEST, LAST, TrainConfig, TrainingInterrupted, TrainResult, _accumulate, _autocast, _barrier, _config_identity,
     _data_parallel, _gather_rng, _Group, _join_group, _log_metrics, _mlflow_run, _param_groups, _plain_stats,
-    _restore_rng, _stop_on, _sum_over_ranks, autocast_dtype, initial_weights, lr_factor, resolve_device, target_count,
+    _stop_on, _sum_over_ranks, _try_resume, autocast_dtype, initial_weights, lr_factor, resolve_device, target_count,
 )
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _pretrain(shards_dir, model_config, cfg, checkpoint_dir, probabilities, on_e
     step, history, best_val = 0, [], None
     acc = {"loss_sum": 0.0, "batches": 0, "points": 0, "seconds": 0.0}
     last_path, best_path = checkpoint_dir / LAST, checkpoint_dir / BEST
-    resumed = _try_resume_stream(last_path, identity, model, optimizer, scheduler, loaders, device, group)
+    resumed = _try_resume(last_path, identity, model, optimizer, scheduler, device, group, kind="stream_state", loaders=loaders)
     if resumed is not None:
         step, history, best_val, acc = resumed["step"], resumed["history"], resumed["best_val"], resumed["acc"]
         if group.main:
@@ -257,27 +257,6 @@ def _gather_object(obj, group: _Group) -> list:
     out = [None] * group.world
     dist.all_gather_object(out, obj)
     return out
-
-
-def _try_resume_stream(path: Path, identity: dict, model, optimizer, scheduler, loaders, device, group: _Group) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        ckpt = load_checkpoint(path, map_location="cpu")
-    except Exception as exc:
-        log.warning("cannot read %s (%s): starting a fresh run", path, exc)
-        return None
-    extra = ckpt.get("extra", {})
-    if extra.get("kind") != "stream_state" or extra.get("identity") != identity:
-        log.warning("%s was written for another config, corpus or data order: starting a fresh run", path)
-        return None
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    for i, ld in enumerate(loaders):  # the states are by data rank, in order
-        ld.load_state_dict(extra["loaders"][group.rank * len(loaders) + i])
-    _restore_rng(extra["rng"], device, group)
-    return {"step": int(extra["step"]), "history": list(extra["history"]), "best_val": extra["best_val"], "acc": dict(extra["acc"])}
 
 
 # --- the ``pretrain`` stage ----------------------------------------------------------------

@@ -78,6 +78,15 @@ def frame_hash(df: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_fingerprint(path: str | os.PathLike) -> dict:
     """Identity of an input file for cache keys: path, size and modification time."""
     st = os.stat(path)

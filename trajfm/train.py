@@ -70,6 +70,7 @@ from trajfm.model.checkpoint import load_checkpoint, save_checkpoint
 from trajfm.model.config import GPTConfig
 from trajfm.model.gpt import TrajGPT
 from trajfm.progress import progress_enabled
+from trajfm.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +251,6 @@ def _config_identity(cfg: TrainConfig, ignore: tuple[str, ...] = _RESUME_IGNORES
     if out.get("init_checkpoint"):
         out["init_checkpoint"] = "sha256:" + file_sha256(out["init_checkpoint"])
     return out
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def initial_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict, dict]:
@@ -836,8 +829,11 @@ def _forecast_selection(val, model_config: GPTConfig, cfg: TrainConfig):
     return val_fde
 
 
-def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device: torch.device, group: _Group) -> dict | None:
-    """Load training state from ``path`` into model/optimizer/scheduler/RNG if it matches ``identity``."""
+def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device: torch.device, group: _Group,
+                kind: str = "train_state", loaders=()) -> dict | None:
+    """Load training state from ``path`` into model/optimizer/scheduler/RNG if it matches ``identity``
+    and was written by a run of ``kind`` (``train_state``; ``stream_state`` for the streamed
+    pre-training, whose ``loaders`` get their states back: by data rank, in order)."""
     if not path.exists():
         return None
     try:
@@ -846,12 +842,14 @@ def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device:
         log.warning("cannot read %s (%s): starting a fresh run", path, exc)
         return None
     extra = ckpt.get("extra", {})
-    if extra.get("kind") != "train_state" or extra.get("identity") != identity:
+    if extra.get("kind") != kind or extra.get("identity") != identity:
         log.warning("%s was written for another config or data: starting a fresh run", path)
         return None
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
+    for i, ld in enumerate(loaders):
+        ld.load_state_dict(extra["loaders"][group.rank * len(loaders) + i])
     _restore_rng(extra["rng"], device, group)
     return {"step": int(extra["step"]), "history": list(extra["history"]), "best_val": extra["best_val"], "acc": dict(extra["acc"]),
             "ema": extra.get("ema")}

@@ -20,6 +20,7 @@ about 0.1 s) is the slice tests and smoke runs use.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -80,3 +81,22 @@ def embedded_files(subset: str | list[str] | tuple[str, ...] | None = None) -> l
     if missing:
         raise FileNotFoundError(f"embedded files missing from the tracktable-data install: {missing}")
     return paths
+
+
+# Names bundled data wherever sources are given: ``embedded:SUBSET`` (``embedded:small``, ``embedded:all``).
+EMBEDDED_PREFIX = "embedded:"
+
+
+def expand_data(data: str | os.PathLike | list) -> list[str]:
+    """Sources as strings; ``embedded:SUBSET`` becomes the embedded AIS files it names."""
+    items = data if isinstance(data, (list, tuple)) else [data]
+    if not items:
+        raise ValueError("no data given")
+    out: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        if text.startswith(EMBEDDED_PREFIX):
+            out.extend(str(p) for p in embedded_files(text[len(EMBEDDED_PREFIX) :] or None))
+        else:
+            out.append(text)
+    return out

@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from trajfm.data.catalog import EMBEDDED_PREFIX
+
 if TYPE_CHECKING:
     import pandas as pd
 
-EMBEDDED_PREFIX = "embedded:"
 CORPUS_KEYS = ("name", "description", "temperature", "coarsen", "sources")
 SOURCE_KEYS = ("name", "paths", "format", "kind", "weight", "reader_params", "clean", "description")
 REQUIRED_SOURCE_KEYS = ("name", "paths", "format", "weight")
@@ -435,11 +436,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = os.stat(path)
     key = (os.fspath(path), st.st_size, st.st_mtime_ns)
     if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASH_CACHE[key] = h.hexdigest()
+        from trajfm.store import file_sha256 as content_sha256
+
+        _HASH_CACHE[key] = content_sha256(path)
     return _HASH_CACHE[key]
 
 

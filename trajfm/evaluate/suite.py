@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trajfm.store import StageWriter, data_root, is_complete, read_manifest, stable_hash
+from trajfm.data.catalog import EMBEDDED_PREFIX, expand_data  # noqa: F401 - part of this module's API
+from trajfm.store import StageWriter, data_root, file_sha256, is_complete, read_manifest, stable_hash
 
 RESULTS_FORMAT = "trajfm.evaluate"
-EMBEDDED_PREFIX = "embedded:"
 DEFAULT_WINDOW = 32
 DEFAULT_FIT_FRAC = 0.3
 SELECT_VERSION = 1
@@ -62,16 +62,6 @@ class LoadedModel:
 
     model: object  # TrajGPT, in eval mode
     info: dict = field(default_factory=dict)  # uri, source, version, preset, config, checkpoint sha256
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _registry_version(uri: str, root) -> dict:
@@ -137,7 +127,7 @@ def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu")
         tmp = Path(tempfile.mkdtemp(prefix="trajfm-model-"))
         try:
             path = _download_registered_checkpoint(uri, root, tmp)
-            info["checkpoint_sha256"] = _sha256(path)
+            info["checkpoint_sha256"] = file_sha256(path)
             ckpt = load_checkpoint(path, map_location=device)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -153,7 +143,7 @@ def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu")
                 f"model {uri!r}: no such checkpoint; give models:/NAME@ALIAS, models:/NAME/VERSION, a model.pt or a train stage directory"
             )
         info["checkpoint"] = str(path.resolve())
-        info["checkpoint_sha256"] = _sha256(path)
+        info["checkpoint_sha256"] = file_sha256(path)
         ckpt = load_checkpoint(path, map_location=device)
     model = model_from_checkpoint(ckpt, map_location=device)
     stats = ckpt.get("extra", {}).get("stats") or {}
@@ -169,23 +159,6 @@ def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu")
 
 # ---------------------------------------------------------------------------------------------
 # Data: the pipeline's own stages
-
-
-def expand_data(data: str | os.PathLike | list) -> list[str]:
-    """Sources as strings; ``embedded:SUBSET`` becomes the embedded AIS files it names."""
-    from trajfm.data.catalog import embedded_files
-
-    items = data if isinstance(data, (list, tuple)) else [data]
-    if not items:
-        raise ValueError("no data given")
-    out: list[str] = []
-    for item in items:
-        text = os.fspath(item)
-        if text.startswith(EMBEDDED_PREFIX):
-            out.extend(str(p) for p in embedded_files(text[len(EMBEDDED_PREFIX) :] or None))
-        else:
-            out.append(text)
-    return out
 
 
 def ingest_params(format: str | None = None, kind: str | None = None, options: dict | None = None) -> dict:

@@ -40,6 +40,7 @@ import pandas as pd
 from trajfm.data.schema import time_ns
 from trajfm.features.encode import FEATURE_NAMES, N_FEATURES, encode_points
 from trajfm.features.windows import SPLITS, WindowParams, WindowSet, _windows_of_piece, stack_windows
+from trajfm.store import file_sha256
 
 SHARD_STAGE = "shards"
 CHUNK_ROWS = 500_000  # points read per chunk of a source (whole trajectories; a longer one is read whole)
@@ -193,14 +194,6 @@ def chunk_windows(points: pd.DataFrame, cuts: tuple[int, int], params: WindowPar
     return items, counts, new
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _ShardSink:
     """Buffers one (source, split)'s windows and writes a shard each ``max_windows``."""
 
@@ -227,7 +220,7 @@ class _ShardSink:
         self.shards.append({
             "path": rel.as_posix(), "split": self.split, "source": self.source, "windows": len(ws),
             "points": int(self.new_points), "window_points": ws.n_points,
-            "sha256": _sha256(self.out / rel), "bytes": (self.out / rel).stat().st_size,
+            "sha256": file_sha256(self.out / rel), "bytes": (self.out / rel).stat().st_size,
         })
         self.items, self.new_points = [], 0
 
@@ -349,7 +342,7 @@ def load_manifest(shards_dir: str | Path) -> dict:
 def load_shard(shards_dir: str | Path, shard: dict, verify: bool = False) -> WindowSet:
     """One shard's windows; ``verify`` checks its sha256 against the manifest first."""
     path = Path(shards_dir) / shard["path"]
-    if verify and _sha256(path) != shard["sha256"]:
+    if verify and file_sha256(path) != shard["sha256"]:
         raise ValueError(f"shard {path} does not match its manifest hash (corrupt or replaced)")
     return WindowSet.load(path)
 
