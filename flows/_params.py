@@ -14,19 +14,19 @@ from trajfm.params import DEFAULT_PRESET, KINDS, PRESETS
 
 DESCRIPTIONS: dict[str, str] = {
     "sources": "Files, directories, globs or fsspec URLs to read; `embedded:SUBSET` (e.g. `embedded:small`) "
-               "names bundled AIS data. Left out (null): every embedded tracktable-data AIS file. An empty list is an error.",
+    "names bundled AIS data. Left out (null): every embedded tracktable-data AIS file. An empty list is an error.",
     "data_root": "Where every stage writes (a folder, s3:// or gs://). Null: $TRAJFM_HOME or ./.trajfm.",
     "preset": f"Model preset (trajfm/model/presets; `trajfm presets` describes each). Default {DEFAULT_PRESET}. "
-              f"One of: {', '.join(PRESETS)}.",
+    f"One of: {', '.join(PRESETS)}.",
     "epochs": "Training epochs (passes over the train split).",
     "batch_size": "Windows per optimizer step (the global batch, over all processes).",
     "ingest_params": "Reader options for every source file (format, kind, columns, timezone, ...).",
     "preprocess_params": "Cleaning thresholds: fields here apply to every mover kind; an entry per kind "
-                         f"({', '.join(KINDS)}) overrides that kind's defaults.",
+    f"({', '.join(KINDS)}) overrides that kind's defaults.",
     "window_params": "Windows and the chronological train/val/test split (window, stride, fractions).",
     "quality_params": "Overrides of the Great Expectations gates (speed limit, fractions, severities).",
     "train_overrides": "Training configuration overrides (learning rate, warmup, seed, device, ...); "
-                       "epochs and batch_size here win over the parameters of the same name.",
+    "epochs and batch_size here win over the parameters of the same name.",
     "model_overrides": "Model configuration overrides on top of the preset (GPTConfig fields, e.g. dropout).",
     "dask_address": "Dask scheduler address for preprocessing (e.g. tcp://127.0.0.1:8786). Null: a local cluster.",
     "n_workers": "Workers of the local Dask cluster (ignored with dask_address).",
@@ -38,7 +38,7 @@ DESCRIPTIONS: dict[str, str] = {
     "name": "Registered model name in MLflow.",
     "nproc": "Training processes on this node; above 1, data-parallel under torchrun (one per GPU).",
     "torchrun_args": "torchrun launcher arguments for several nodes (replace --standalone), e.g. "
-                     "[\"--nnodes\", \"2\", \"--rdzv-endpoint\", \"head:29400\"].",
+    '["--nnodes", "2", "--rdzv-endpoint", "head:29400"].',
     "format": "Force one reader for every file (tracktable, geolife, generic, ...). Null: detected per file.",
     "watch_dir": "Folder, glob or fsspec URL watched for new files; each file is read by one successful retraining only.",
     "split": "Evaluation split: train, val or test.",
@@ -53,7 +53,7 @@ DESCRIPTIONS: dict[str, str] = {
     "data": "Data to evaluate on: files, a folder, a glob, `embedded:SUBSET` or a preprocess stage directory.",
     "tasks": "Evaluation tasks to run (forecast, recovery, travel_time, next_location, generation, similarity). Null: all.",
     "init": "Fine-tune from this model instead of training the preset from scratch: models:/trajfm-base@champion, "
-            "models:/NAME/VERSION or a .pt path. Null: train from scratch.",
+    "models:/NAME/VERSION or a .pt path. Null: train from scratch.",
     "out": "The results JSON file. Null: <data root>/evaluations/<hash of the request>/results.json (the report goes beside it).",
 }
 

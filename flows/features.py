@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from flows._redact import flow
-
 from flows._params import documented
+from flows._redact import flow
 from tasks.features import features_task
 from trajfm.params import WindowOptions, as_dict
 

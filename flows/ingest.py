@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from flows._redact import flow
-
 from flows._params import documented
+from flows._redact import flow
 from tasks.ingest import ingest_task
 from trajfm.data.catalog import embedded_files, expand_data
 from trajfm.params import IngestOptions, as_dict
@@ -11,7 +10,9 @@ from trajfm.preflight import check_run
 
 @flow(name="ingest", flow_run_name="ingest", log_prints=True)
 @documented
-def ingest_flow(sources: list[str] | None = None, data_root: str | None = None, params: IngestOptions | None = None) -> str:
+def ingest_flow(
+    sources: list[str] | None = None, data_root: str | None = None, params: IngestOptions | None = None
+) -> str:
     """Read raw trajectory files into canonical points (default: the embedded tracktable-data AIS files).
 
     Args:

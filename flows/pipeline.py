@@ -7,9 +7,8 @@ registry's decision, and links to every stage's run and artifacts."""
 
 from __future__ import annotations
 
-from flows._redact import flow
-
 from flows._params import documented
+from flows._redact import flow
 from flows.calibrate import calibrate_flow
 from flows.evaluate import evaluate_flow
 from flows.features import features_flow
@@ -20,7 +19,6 @@ from flows.train import train_flow
 from flows.validate import validate_flow
 from tasks.pretrain import init_checkpoint_task
 from tasks.summary import pipeline_summary_task
-from trajfm.preflight import check_run
 from trajfm.params import (
     DEFAULT_PRESET,
     Engine,
@@ -32,6 +30,7 @@ from trajfm.params import (
     WindowOptions,
     as_dict,
 )
+from trajfm.preflight import check_run
 
 
 @flow(name="pipeline", flow_run_name="pipeline-{preset}", log_prints=True)
@@ -67,7 +66,9 @@ def pipeline(
     starts from those weights, their model config and normalization (preset is then a label)."""
     # Before any stage: refuse what cannot succeed (unknown preset, invalid model name, empty or
     # unreadable sources, a read-only data root) in one line.
-    check_run(sources=sources, data_root=data_root, preset=preset, model_name=model_name, ingest_params=as_dict(ingest_params))
+    check_run(
+        sources=sources, data_root=data_root, preset=preset, model_name=model_name, ingest_params=as_dict(ingest_params)
+    )
     runs: dict[str, str] = {}  # stage -> its flow run id, for the summary's links
 
     def stage(label, subflow, *args, **kwargs):
@@ -76,24 +77,63 @@ def pipeline(
         return state.result()  # a failed stage fails the pipeline here, as a plain call would
 
     ingest_dir = stage("ingest", ingest_flow, sources=sources, data_root=data_root, params=ingest_params)
-    raw_report = stage("validate-raw", validate_flow, ingest_dir, stage="raw", params=quality_params, data_root=data_root)
-    processed_dir = stage(
-        "preprocess", preprocess_flow, ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address,
-        n_workers=n_workers, engine=preprocess_engine,
+    raw_report = stage(
+        "validate-raw", validate_flow, ingest_dir, stage="raw", params=quality_params, data_root=data_root
     )
-    processed_report = stage("validate-processed", validate_flow, processed_dir, stage="processed", params=quality_params, data_root=data_root)
+    processed_dir = stage(
+        "preprocess",
+        preprocess_flow,
+        ingest_dir,
+        data_root=data_root,
+        params=preprocess_params,
+        dask_address=dask_address,
+        n_workers=n_workers,
+        engine=preprocess_engine,
+    )
+    processed_report = stage(
+        "validate-processed",
+        validate_flow,
+        processed_dir,
+        stage="processed",
+        params=quality_params,
+        data_root=data_root,
+    )
     features_dir = stage("features", features_flow, processed_dir, data_root=data_root, params=window_params)
     overrides = {"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})}
     if init:
         overrides["init_checkpoint"] = init_checkpoint_task(init, data_root=data_root)
     train_dir = stage(
-        "train", train_flow, features_dir, data_root=data_root, preset=preset,
-        train_overrides=overrides, nproc=nproc, torchrun_args=torchrun_args,
+        "train",
+        train_flow,
+        features_dir,
+        data_root=data_root,
+        preset=preset,
+        train_overrides=overrides,
+        nproc=nproc,
+        torchrun_args=torchrun_args,
     )
     # the registered model carries its never-worse-than-constant-velocity rule and error scale
-    model_dir = stage("calibrate", calibrate_flow, features_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
-    metrics = stage("evaluate", evaluate_flow, features_dir, model_dir, data_root=data_root, context_len=context_len, horizon=horizon)
-    registration = stage("register", register_flow, model_dir, features_dir, metrics, data_root=data_root, name=model_name)
+    model_dir = stage(
+        "calibrate",
+        calibrate_flow,
+        features_dir,
+        train_dir,
+        data_root=data_root,
+        context_len=context_len,
+        horizon=horizon,
+    )
+    metrics = stage(
+        "evaluate",
+        evaluate_flow,
+        features_dir,
+        model_dir,
+        data_root=data_root,
+        context_len=context_len,
+        horizon=horizon,
+    )
+    registration = stage(
+        "register", register_flow, model_dir, features_dir, metrics, data_root=data_root, name=model_name
+    )
     result = {
         "ingest_dir": ingest_dir,
         "preprocess_dir": processed_dir,

@@ -1,18 +1,21 @@
 from __future__ import annotations
 
-from flows._redact import flow
-
 from flows._params import documented
+from flows._redact import flow
 from tasks.preprocess import preprocess_task
-from trajfm.preflight import check_data_root
 from trajfm.params import Engine, PreprocessOptions, as_dict
+from trajfm.preflight import check_data_root
 
 
 @flow(name="preprocess", flow_run_name="preprocess", log_prints=True)
 @documented
 def preprocess_flow(
-    ingest_dir: str, data_root: str | None = None, params: PreprocessOptions | None = None,
-    dask_address: str | None = None, n_workers: int = 2, engine: Engine = "vectorized",
+    ingest_dir: str,
+    data_root: str | None = None,
+    params: PreprocessOptions | None = None,
+    dask_address: str | None = None,
+    n_workers: int = 2,
+    engine: Engine = "vectorized",
 ) -> str:
     """Clean, split and resample per mover on Dask (a local cluster, or the scheduler at dask_address).
 
@@ -22,5 +25,10 @@ def preprocess_flow(
     """
     check_data_root(data_root)
     return preprocess_task(
-        ingest_dir, data_root=data_root, params=as_dict(params), dask_address=dask_address, n_workers=n_workers, engine=engine,
+        ingest_dir,
+        data_root=data_root,
+        params=as_dict(params),
+        dask_address=dask_address,
+        n_workers=n_workers,
+        engine=engine,
     )

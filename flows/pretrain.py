@@ -6,7 +6,6 @@ corpus hash as lineage, ``champion`` by the project's rule."""
 from __future__ import annotations
 
 from flows._redact import flow
-
 from tasks.ingest import ingest_task
 from tasks.preprocess import preprocess_task
 from tasks.pretrain import calibrate_base_task, pretrain_task, register_base_task, shards_task
@@ -68,30 +67,74 @@ def pretrain(
     chosen = [s for s in c.sources if sources is None or s.name in sources]
     unknown = sorted(set(sources or []) - {s.name for s in c.sources})
     if unknown or not chosen:
-        raise ValueError(f"corpus {c.name!r} has no source(s) {unknown or sources}; it has {[s.name for s in c.sources]}")
+        raise ValueError(
+            f"corpus {c.name!r} has no source(s) {unknown or sources}; it has {[s.name for s in c.sources]}"
+        )
     processed = []
     for src in chosen:
         ingest_dir = ingest_task(src.ingest_sources(), data_root=data_root, params=src.ingest_params())
         validate_task(ingest_dir, "raw", params=quality_params, data_root=data_root)
-        processed_dir = preprocess_task(ingest_dir, data_root=data_root, params=source_preprocess_params(src),
-                                        dask_address=dask_address, n_workers=n_workers)
+        processed_dir = preprocess_task(
+            ingest_dir,
+            data_root=data_root,
+            params=source_preprocess_params(src),
+            dask_address=dask_address,
+            n_workers=n_workers,
+        )
         validate_task(processed_dir, "processed", params=quality_params, data_root=data_root)
         processed.append([src.name, processed_dir])
-    shards_dir = shards_task(processed, data_root=data_root, window_params={"window": window, "stride": window},
-                             max_windows=max_windows, coarsen=list(c.coarsen))
+    shards_dir = shards_task(
+        processed,
+        data_root=data_root,
+        window_params={"window": window, "stride": window},
+        max_windows=max_windows,
+        coarsen=list(c.coarsen),
+    )
     if sources is not None:  # a subset: mixing over the chosen sources only
         from dataclasses import replace
 
         c = replace(c, sources=tuple(chosen))
     probabilities = corpus_mixing(c, shards_dir)
     corpus_sha = load_corpus(corpus).sha256()
-    overrides = {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr, **(train_overrides or {})}
-    pretrain_dir = pretrain_task(shards_dir, data_root=data_root, preset=preset, model_overrides=model_overrides, train_overrides=overrides,
-                                 probabilities={k: v for k, v in probabilities.items() if v > 0},
-                                 lineage={"corpus": c.name, "corpus_sha256": corpus_sha}, nproc=nproc, torchrun_args=torchrun_args)
+    overrides = {
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        **(train_overrides or {}),
+    }
+    pretrain_dir = pretrain_task(
+        shards_dir,
+        data_root=data_root,
+        preset=preset,
+        model_overrides=model_overrides,
+        train_overrides=overrides,
+        probabilities={k: v for k, v in probabilities.items() if v > 0},
+        lineage={"corpus": c.name, "corpus_sha256": corpus_sha},
+        nproc=nproc,
+        torchrun_args=torchrun_args,
+    )
     # trajfm-base carries its never-worse-than-constant-velocity rule, fitted on the validation shards
-    model_dir = calibrate_base_task(pretrain_dir, shards_dir, data_root=data_root, context_len=context_len, horizon=horizon)
-    registration = register_base_task(model_dir, shards_dir, corpus_sha, corpus_name=c.name, data_root=data_root,
-                                      name=model_name, context_len=context_len, horizon=horizon)
-    return {"corpus": c.name, "corpus_sha256": corpus_sha, "processed": dict(processed), "shards_dir": shards_dir,
-            "mixing": probabilities, "pretrain_dir": pretrain_dir, "model_dir": model_dir, "registration": registration}
+    model_dir = calibrate_base_task(
+        pretrain_dir, shards_dir, data_root=data_root, context_len=context_len, horizon=horizon
+    )
+    registration = register_base_task(
+        model_dir,
+        shards_dir,
+        corpus_sha,
+        corpus_name=c.name,
+        data_root=data_root,
+        name=model_name,
+        context_len=context_len,
+        horizon=horizon,
+    )
+    return {
+        "corpus": c.name,
+        "corpus_sha256": corpus_sha,
+        "processed": dict(processed),
+        "shards_dir": shards_dir,
+        "mixing": probabilities,
+        "pretrain_dir": pretrain_dir,
+        "model_dir": model_dir,
+        "registration": registration,
+    }

@@ -11,10 +11,10 @@ run that fails anywhere sees the same files again next time.
 
 from __future__ import annotations
 
-from flows._redact import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows._params import documented
+from flows._redact import flow
 from flows.calibrate import calibrate_flow
 from flows.evaluate import evaluate_flow
 from flows.features import features_flow
@@ -25,6 +25,7 @@ from flows.train import train_flow
 from flows.validate import validate_flow
 from tasks.pretrain import init_checkpoint_task
 from tasks.retrain import champion_task, find_new_files_task, record_consumed_task
+from trajfm.evaluate.calibrate import uncalibrated_checkpoint
 from trajfm.params import (
     DEFAULT_PRESET,
     IngestOptions,
@@ -35,7 +36,6 @@ from trajfm.params import (
     WindowOptions,
     as_dict,
 )
-from trajfm.evaluate.calibrate import uncalibrated_checkpoint
 from trajfm.store import read_manifest
 
 NOTHING_NEW = "nothing new"
@@ -79,14 +79,18 @@ def retrain(
     """
     files = find_new_files_task(watch_dir, data_root=data_root, format=format)
     if not files:
-        create_markdown_artifact(f"Nothing new under `{watch_dir}`: no training, no new version.", key="retrain-summary")
+        create_markdown_artifact(
+            f"Nothing new under `{watch_dir}`: no training, no new version.", key="retrain-summary"
+        )
         return {"status": NOTHING_NEW, "watch_dir": watch_dir, "new_files": []}
     champion = champion_task(data_root, name=model_name)
 
     params = {**(as_dict(ingest_params) or {}), **({"format": format} if format else {})}
     ingest_dir = ingest_flow(sources=[f["path"] for f in files], data_root=data_root, params=params)
     validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
-    processed_dir = preprocess_flow(ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers)
+    processed_dir = preprocess_flow(
+        ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers
+    )
     validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
     overrides = {"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})}
     eval_dir, split = None, "test"
@@ -105,7 +109,9 @@ def retrain(
     # as the pipeline: the registered model carries its never-worse blend, fitted on the val split of
     # the evaluation features (the champion's when there is one: new files alone may hold no long window)
     model_dir = calibrate_flow(eval_dir, train_dir, data_root=data_root, context_len=context_len, horizon=horizon)
-    metrics = evaluate_flow(eval_dir, model_dir, data_root=data_root, split=split, context_len=context_len, horizon=horizon)
+    metrics = evaluate_flow(
+        eval_dir, model_dir, data_root=data_root, split=split, context_len=context_len, horizon=horizon
+    )
     registration = register_flow(model_dir, eval_dir, metrics, data_root=data_root, name=model_name)
     record_consumed_task(files, data_root=data_root, run={"version": registration["version"], "train_dir": train_dir})
 

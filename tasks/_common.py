@@ -25,7 +25,10 @@ class DataRootAndFiles(CachePolicy):
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
         # The root's id and its path: a copied root has the same id, and a cached result would
         # hand it paths into the original.
-        parts: dict[str, Any] = {"root": root_identity(inputs.get("data_root")), "root_path": str(data_root(inputs.get("data_root")))}
+        parts: dict[str, Any] = {
+            "root": root_identity(inputs.get("data_root")),
+            "root_path": str(data_root(inputs.get("data_root"))),
+        }
         sources = inputs.get("sources")
         if sources:
             from trajfm.data.ingest import planned_key
@@ -68,7 +71,11 @@ def check_result_record(content: bytes) -> Any:
     if not isinstance(serializer, dict) or serializer.get("type") != "json":
         kind = serializer.get("type") if isinstance(serializer, dict) else serializer
         raise UnusableCachedResult(f"written with serializer {kind!r}, only 'json' is read")
-    if serializer.get("jsonlib", "json") != "json" or serializer.get("object_decoder") not in _JSON_DECODERS or serializer.get("loads_kwargs"):
+    if (
+        serializer.get("jsonlib", "json") != "json"
+        or serializer.get("object_decoder") not in _JSON_DECODERS
+        or serializer.get("loads_kwargs")
+    ):
         raise UnusableCachedResult("JSON serializer with a custom library, decoder or loads arguments")
     if not isinstance(raw, str):
         raise UnusableCachedResult("result is not JSON text")
@@ -170,7 +177,13 @@ RETRIES = 2
 RETRY_DELAY_S = [2, 10]
 # Errors that a retry would only repeat: bad configuration, bad values, missing files.
 DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+    ValueError,
+    TypeError,
+    KeyError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
 )
 
 
@@ -197,8 +210,10 @@ def retry_unless_deterministic(task, task_run, state) -> bool:
 # The options of every retried task: retried on infrastructure failures only, its result stored
 # as JSON (never a pickle: docs/faults.md#security).
 RETRIED: dict[str, Any] = {
-    "retries": RETRIES, "retry_delay_seconds": RETRY_DELAY_S,
-    "retry_condition_fn": retry_unless_deterministic, "result_serializer": RESULT_SERIALIZER,
+    "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAY_S,
+    "retry_condition_fn": retry_unless_deterministic,
+    "result_serializer": RESULT_SERIALIZER,
 }
 # Tasks that talk to the MLflow registry wait longer between tries (its SQLite store may be busy).
 REGISTRY_RETRIED: dict[str, Any] = {**RETRIED, "retry_delay_seconds": [5, 20]}

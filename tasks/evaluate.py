@@ -13,11 +13,19 @@ from trajfm.evaluate.run import metrics_table, run_evaluation
 
 @task(name="evaluate", **STAGE_TASK)
 def evaluate_task(
-    features_dir: str, train_dir: str, data_root: str | None = None, split: str = "test",
-    context_len: int = 20, horizon: int = 10,
+    features_dir: str,
+    train_dir: str,
+    data_root: str | None = None,
+    split: str = "test",
+    context_len: int = 20,
+    horizon: int = 10,
 ) -> dict:
-    metrics = run_evaluation(features_dir, train_dir, root=data_root, split=split, context_len=context_len, horizon=horizon)
-    create_table_artifact(metrics_table(metrics), key="forecast-metrics", description=f"{split} split: model vs baselines (metres)")
+    metrics = run_evaluation(
+        features_dir, train_dir, root=data_root, split=split, context_len=context_len, horizon=horizon
+    )
+    create_table_artifact(
+        metrics_table(metrics), key="forecast-metrics", description=f"{split} split: model vs baselines (metres)"
+    )
     get_run_logger().info("evaluate: %s", metrics)
     return metrics
 
@@ -27,21 +35,36 @@ def evaluate_task(
 
 @task(name="evaluate-model", **RETRIED)
 def evaluate_model_task(
-    model_uri: str, data: str | list[str], out: str, format: str | None = None, tasks: list[str] | None = None,
-    data_root: str | None = None, seed: int = 0, params: dict | None = None,
+    model_uri: str,
+    data: str | list[str],
+    out: str,
+    format: str | None = None,
+    tasks: list[str] | None = None,
+    data_root: str | None = None,
+    seed: int = 0,
+    params: dict | None = None,
 ) -> dict:
     """Not cached: ``models:/trajfm@champion`` names a different model after a promotion. The
     stages underneath (ingest, preprocess, features) are cached by content in the data root."""
     from trajfm.evaluate.suite import evaluate_model, metrics_rows
 
-    result = evaluate_model(model_uri, data, format=format, tasks=tasks, root=data_root, seed=seed, out=out, params=params)
+    result = evaluate_model(
+        model_uri, data, format=format, tasks=tasks, root=data_root, seed=seed, out=out, params=params
+    )
     rows, cols, cells = metrics_rows(result["metrics"])
-    table = [{"metric": r, **{c: (None if cells.get((r, c)) is None else round(cells[(r, c)], 4)) for c in cols}} for r in rows]
+    table = [
+        {"metric": r, **{c: (None if cells.get((r, c)) is None else round(cells[(r, c)], 4)) for c in cols}}
+        for r in rows
+    ]
     create_table_artifact(table, key="evaluation-metrics", description=f"{model_uri} on {data}: model vs baselines")
     acc = result["accounting"]
     get_run_logger().info(
-        "evaluated %s: read %d = kept %d + quarantined %d; %d eval windows", model_uri,
-        acc["ingest"]["rows_read"], acc["ingest"]["rows_kept"], acc["ingest"]["rows_quarantined"], result["split"]["eval_windows"],
+        "evaluated %s: read %d = kept %d + quarantined %d; %d eval windows",
+        model_uri,
+        acc["ingest"]["rows_read"],
+        acc["ingest"]["rows_kept"],
+        acc["ingest"]["rows_quarantined"],
+        result["split"]["eval_windows"],
     )
     return result
 
@@ -67,7 +90,9 @@ def report_task(results: str, out_dir: str, data_root: str | None = None, log_to
         note.append(f"MLflow run: [{run_id}]({run_url}) (the report and its plots are its artifacts `report/`)")
     elif run_id:
         note.append(f"MLflow run `{run_id}` (artifacts `report/`); set MLFLOW_TRACKING_URI to a server for a link")
-    create_markdown_artifact(text + "\n".join(note) + "\n", key="evaluation-report", description="trajfm evaluation report")
+    create_markdown_artifact(
+        text + "\n".join(note) + "\n", key="evaluation-report", description="trajfm evaluation report"
+    )
     if run_url:
         create_link_artifact(run_url, link_text="MLflow run of the report", key="evaluation-report-mlflow")
     return {"report": str(report), "mlflow_run_id": run_id}

@@ -17,6 +17,7 @@ def features_task(preprocess_dir: str, data_root: str | None = None, params: dic
     get_run_logger().info("features: windows %s, points %s", m["windows"], m["points"])
     create_table_artifact(
         [{"split": s, "windows": m["windows"][s], "points": m["points"][s]} for s in m["windows"]],
-        key="features-splits", description="Chronological split (test = latest period of each source)",
+        key="features-splits",
+        description="Chronological split (test = latest period of each source)",
     )
     return str(out)

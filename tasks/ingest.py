@@ -20,17 +20,29 @@ def ingest_task(sources: list[str], data_root: str | None = None, params: dict |
     try:
         out = ingest([str(s) for s in sources], root=data_root, params=params or {})
     except Exception as exc:
-        raise RuntimeError(f"ingest of {_describe(sources)} failed: {type(exc).__name__}: {redact_url(str(exc))}") from exc
+        raise RuntimeError(
+            f"ingest of {_describe(sources)} failed: {type(exc).__name__}: {redact_url(str(exc))}"
+        ) from exc
     m = read_manifest(out)
     get_run_logger().info(
         "ingest: %s read = %s kept + %s quarantined (%s)",
-        m["rows_read"], m["rows_kept"], m["rows_quarantined"], m.get("quarantined_by_reason", {}),
+        m["rows_read"],
+        m["rows_kept"],
+        m["rows_quarantined"],
+        m.get("quarantined_by_reason", {}),
     )
     rows = [
         {"file": name, **{k: int(v) for k, v in counts.items() if isinstance(v, (int, float))}}
         for name, counts in m.get("per_file", {}).items()
     ]
-    rows.append({"file": "TOTAL", "rows_read": m["rows_read"], "rows_kept": m["rows_kept"], "rows_quarantined": m["rows_quarantined"]})
+    rows.append(
+        {
+            "file": "TOTAL",
+            "rows_read": m["rows_read"],
+            "rows_kept": m["rows_kept"],
+            "rows_quarantined": m["rows_quarantined"],
+        }
+    )
     create_table_artifact(rows, key="ingest-row-accounting", description="Rows read = kept + quarantined, per file")
     return str(out)
 

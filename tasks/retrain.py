@@ -34,8 +34,15 @@ def champion_task(data_root: str | None = None, name: str = "trajfm") -> dict | 
     if lineage is None:
         get_run_logger().info("retrain: no champion of %s yet: training from scratch", name)
         return None
-    out = {k: (str(v) if v is not None and k in ("checkpoint", "features_dir") else v) for k, v in asdict(lineage).items()}
-    get_run_logger().info("retrain: fine-tuning champion v%s (%s), evaluated on %s", lineage.version, lineage.checkpoint, lineage.features_dir)
+    out = {
+        k: (str(v) if v is not None and k in ("checkpoint", "features_dir") else v) for k, v in asdict(lineage).items()
+    }
+    get_run_logger().info(
+        "retrain: fine-tuning champion v%s (%s), evaluated on %s",
+        lineage.version,
+        lineage.checkpoint,
+        lineage.features_dir,
+    )
     return out
 
 

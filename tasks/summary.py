@@ -7,7 +7,6 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks._common import RESULT_SERIALIZER
-
 from trajfm.summary import pipeline_summary
 
 
@@ -26,10 +25,14 @@ def stage_links(stage_runs: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     base = _ui_base()
-    links: dict[str, list[tuple[str, str]]] = {stage: [("flow run", f"{base}/runs/flow-run/{run_id}")] for stage, run_id in stage_runs.items()}
+    links: dict[str, list[tuple[str, str]]] = {
+        stage: [("flow run", f"{base}/runs/flow-run/{run_id}")] for stage, run_id in stage_runs.items()
+    }
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(r) for r in stage_runs.values()]))
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(r) for r in stage_runs.values()])
+            )
         )
     stage_of = {run_id: stage for stage, run_id in stage_runs.items()}
     for a in sorted(artifacts, key=lambda a: a.created or 0):
@@ -43,6 +46,8 @@ def stage_links(stage_runs: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
 def pipeline_summary_task(result: dict, stage_runs: dict[str, str]) -> str:
     """Publish the summary of a pipeline run as the markdown artifact ``pipeline-summary``."""
     text = pipeline_summary(result, stage_links(stage_runs))
-    create_markdown_artifact(text, key="pipeline-summary", description="trajfm pipeline: rows, splits, metrics vs baselines, registry")
+    create_markdown_artifact(
+        text, key="pipeline-summary", description="trajfm pipeline: rows, splits, metrics vs baselines, registry"
+    )
     get_run_logger().info("pipeline summary published (artifact pipeline-summary)")
     return text

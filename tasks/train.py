@@ -34,8 +34,13 @@ STOP_GRACE_S = 60  # after SIGTERM, the child finishes its step and writes last.
 
 
 def training_command(
-    features_dir: str, data_root: str | None, preset: str, model_overrides: dict, train_overrides: dict,
-    nproc: int = 1, torchrun_args: list[str] | None = None,
+    features_dir: str,
+    data_root: str | None,
+    preset: str,
+    model_overrides: dict,
+    train_overrides: dict,
+    nproc: int = 1,
+    torchrun_args: list[str] | None = None,
 ) -> list[str]:
     """The child's command line: one process, or torchrun with ``nproc`` processes per node.
 
@@ -43,8 +48,19 @@ def training_command(
     "--rdzv-backend", "c10d", "--rdzv-endpoint", "head:29400", "--rdzv-id", "trajfm"]``."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    args = ["-m", "trajfm.train", "--features-dir", str(features_dir), "--preset", preset,
-            "--model", json.dumps(model_overrides), "--train", json.dumps(train_overrides), "--report-progress"]
+    args = [
+        "-m",
+        "trajfm.train",
+        "--features-dir",
+        str(features_dir),
+        "--preset",
+        preset,
+        "--model",
+        json.dumps(model_overrides),
+        "--train",
+        json.dumps(train_overrides),
+        "--report-progress",
+    ]
     if data_root:
         args += ["--root", str(data_root)]
     return launch_command(args, nproc, torchrun_args)
@@ -68,19 +84,34 @@ def single_node_launcher() -> list[str]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"trajfm-{os.getpid()}"]
+    return [
+        "--nnodes",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        f"trajfm-{os.getpid()}",
+    ]
 
 
 @task(name="train", **STAGE_TASK)
 def train_task(
-    features_dir: str, data_root: str | None = None, preset: str = DEFAULT_PRESET,
-    model_overrides: dict | None = None, train_overrides: dict | None = None,
-    nproc: int = 1, torchrun_args: list[str] | None = None,
+    features_dir: str,
+    data_root: str | None = None,
+    preset: str = DEFAULT_PRESET,
+    model_overrides: dict | None = None,
+    train_overrides: dict | None = None,
+    nproc: int = 1,
+    torchrun_args: list[str] | None = None,
 ) -> str:
     """Train ``preset`` on the features; a retry resumes from the last checkpoint of the same run."""
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, key="train-progress", description=f"training {preset}")
-    cmd = training_command(features_dir, data_root, preset, model_overrides or {}, train_overrides or {}, nproc, torchrun_args)
+    cmd = training_command(
+        features_dir, data_root, preset, model_overrides or {}, train_overrides or {}, nproc, torchrun_args
+    )
     logger.info("train: %s", " ".join(cmd))
     out = _supervise(cmd, progress, logger)
     update_progress_artifact(progress, 100.0)
@@ -95,7 +126,9 @@ def _supervise(cmd: list[str], progress, logger) -> Path:
 
     Each epoch is logged once, from the child's epoch line on stdout (its own log line of the
     epoch is kept out of the task log); on a terminal a progress bar follows its steps."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=os.environ.copy())
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=os.environ.copy()
+    )
     tail: deque[str] = deque(maxlen=40)
     relay = threading.Thread(target=_relay_stderr, args=(proc, tail, logger), daemon=True)
     relay.start()
@@ -105,13 +138,18 @@ def _supervise(cmd: list[str], progress, logger) -> Path:
         for line in proc.stdout:
             line = line.rstrip("\n")
             if line.startswith(PROGRESS_PREFIX):
-                p = json.loads(line[len(PROGRESS_PREFIX):])
+                p = json.loads(line[len(PROGRESS_PREFIX) :])
                 update_progress_artifact(progress, 100.0 * p["step"] / max(p["total"], 1))
                 bar = bar or progress_bar(p["total"], "train", unit="step")
                 bar.update(p["step"] - bar.n)
             elif line.startswith(EPOCH_PREFIX):
-                r = json.loads(line[len(EPOCH_PREFIX):])
-                logger.info("epoch %s: train_loss %.4f val_loss %s", r.get("epoch"), r.get("train_loss", float("nan")), r.get("val_loss"))
+                r = json.loads(line[len(EPOCH_PREFIX) :])
+                logger.info(
+                    "epoch %s: train_loss %.4f val_loss %s",
+                    r.get("epoch"),
+                    r.get("train_loss", float("nan")),
+                    r.get("val_loss"),
+                )
             elif line.strip():
                 last_line = line.strip()
         proc.wait()
@@ -130,9 +168,12 @@ def _supervise(cmd: list[str], progress, logger) -> Path:
         refused = next((line for line in reversed(tail) if "error:" in line), tail[-1] if tail else "")
         raise ValueError(f"training refused its configuration: {refused}")
     if proc.returncode != 0:
-        how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        how = (
+            f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        )
         raise RuntimeError(
-            f"training process failed ({how}); a retry resumes from its last checkpoint. Its last log lines:\n" + "\n".join(tail)
+            f"training process failed ({how}); a retry resumes from its last checkpoint. Its last log lines:\n"
+            + "\n".join(tail)
         )
     out = Path(last_line)
     if not (out / "manifest.json").is_file():

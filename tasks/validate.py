@@ -28,7 +28,10 @@ def _retry_unless_data_failed(task, task_run, state) -> bool:
 
 
 @task(
-    name="validate", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S, retry_condition_fn=_retry_unless_data_failed,
+    name="validate",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_S,
+    retry_condition_fn=_retry_unless_data_failed,
     result_serializer=RESULT_SERIALIZER,
 )
 def validate_task(stage_dir: str, stage: str, params: dict | None = None, data_root: str | None = None) -> dict:
@@ -42,13 +45,16 @@ def validate_task(stage_dir: str, stage: str, params: dict | None = None, data_r
         params = processed_gate_params(read_manifest(stage_dir), kinds, overrides=params)
     # A file-mode GX context under the data root: suites, results and Data Docs persist there.
     report = validate_points(points, stage=stage, params=params or {}, context_root=data_root_path(data_root))
-    create_markdown_artifact(report.to_markdown(), key=f"validation-{stage}", description=f"Great Expectations: {stage} points")
+    create_markdown_artifact(
+        report.to_markdown(), key=f"validation-{stage}", description=f"Great Expectations: {stage} points"
+    )
     get_run_logger().info("validation %s: success=%s on %s rows", stage, report.success, report.n_rows)
     if report.data_docs:  # a file on the flow's machine: named, not linked (a browser elsewhere cannot open it)
         create_markdown_artifact(
             f"Great Expectations Data Docs of the {stage} gate are written under the data root, at\n\n"
             f"`{report.data_docs}`\n\nopen that file on the machine that ran the flow.",
-            key=f"data-docs-{stage}", description="where the Great Expectations Data Docs are",
+            key=f"data-docs-{stage}",
+            description="where the Great Expectations Data Docs are",
         )
     gate(report)  # raises ValidationFailed naming each failed critical expectation and its count
     return report.to_dict()

@@ -27,8 +27,11 @@ def source_points(name: str, n_tracks: int, points: int, seed: int):
     return track_frame(tracks).sort_values(["traj_id", "t"]).reset_index(drop=True)
 
 
-def generated_shards(out: Path, sources=(("ships", 30, 120, 1), ("boats", 12, 80, 2), ("ferries", 3, 60, 3)),
-                     params: ShardParams = PARAMS) -> dict:
+def generated_shards(
+    out: Path,
+    sources=(("ships", 30, 120, 1), ("boats", 12, 80, 2), ("ferries", 3, 60, 3)),
+    params: ShardParams = PARAMS,
+) -> dict:
     """Write each source's points to ``out/points/<name>.parquet`` and their shards to ``out/shards``."""
     (out / "points").mkdir(parents=True, exist_ok=True)
     paths = []

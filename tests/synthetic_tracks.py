@@ -77,7 +77,9 @@ def make_windows(n_tracks: int, points: int, window: int, seed: int = 0, stride:
     for k in range(n_tracks):
         n = int(rng.integers(points // 2, points + 1))
         lon0, lat0 = -74.05 + rng.uniform(-0.2, 0.2), 40.55 + rng.uniform(-0.2, 0.2)
-        tracks.append((f"v{k}", *vessel_track(rng, n, lon0, lat0, T0_NS + int(rng.integers(0, 86_400)) * 1_000_000_000)))
+        tracks.append(
+            (f"v{k}", *vessel_track(rng, n, lon0, lat0, T0_NS + int(rng.integers(0, 86_400)) * 1_000_000_000))
+        )
     return windows_from_tracks(tracks, window, stride)
 
 

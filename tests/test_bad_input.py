@@ -23,7 +23,9 @@ from trajfm.data.readers import SourceFormatError, read_file
 from trajfm.data.schema import REASONS
 
 PLT_HEADER = "Geolife trajectory\nWGS 84\nAltitude is in Feet\nReserved 3\n0,2,255,My Track,0,0,2,8421376\n0\n"
-PORTO_HEADER = '"TRIP_ID","CALL_TYPE","ORIGIN_CALL","ORIGIN_STAND","TAXI_ID","TIMESTAMP","DAY_TYPE","MISSING_DATA","POLYLINE"'
+PORTO_HEADER = (
+    '"TRIP_ID","CALL_TYPE","ORIGIN_CALL","ORIGIN_STAND","TAXI_ID","TIMESTAMP","DAY_TYPE","MISSING_DATA","POLYLINE"'
+)
 MC_HEADER = "BaseDateTime,LON,LAT,MMSI,SOG,COG,Heading,VesselName,IMO,CallSign,VesselType,Status,Length,Width,Draft,Cargo,TranscieverClass,ETA"
 GENERIC = {"traj_id": "id", "t": "t", "lon": "lon", "lat": "lat"}
 UTC = "UTC"
@@ -146,10 +148,28 @@ def test_wrong_delimiter(tmp_path):
 
 def test_non_utf8_bytes_quarantine_only_their_line(tmp_path):
     cases = [
-        ("1131.txt", [td().encode(), b"1131,2008-02-02 13:31:45,116.5\xff,39.9", td(t="2008-02-02 13:32:45").encode()], {}, 2),
-        ("x.plt", [PLT_HEADER.encode() + plt().encode(), plt(time="02:53:09").encode() + b"\xe9", plt(time="02:53:14").encode()], {}, 8),
-        ("g.csv", [b"id,t,lon,lat", b"caf\xe9,2020-01-01T00:00:00Z,1.0,2.0", b"a,2020-01-01T00:00:00Z,1.0,2.0"],
-         {"format": "generic", "columns": GENERIC, "kind": "bus"}, 2),
+        (
+            "1131.txt",
+            [td().encode(), b"1131,2008-02-02 13:31:45,116.5\xff,39.9", td(t="2008-02-02 13:32:45").encode()],
+            {},
+            2,
+        ),
+        (
+            "x.plt",
+            [
+                PLT_HEADER.encode() + plt().encode(),
+                plt(time="02:53:09").encode() + b"\xe9",
+                plt(time="02:53:14").encode(),
+            ],
+            {},
+            8,
+        ),
+        (
+            "g.csv",
+            [b"id,t,lon,lat", b"caf\xe9,2020-01-01T00:00:00Z,1.0,2.0", b"a,2020-01-01T00:00:00Z,1.0,2.0"],
+            {"format": "generic", "columns": GENERIC, "kind": "bus"},
+            2,
+        ),
         ("p.csv", [PORTO_HEADER.encode(), porto().encode(), porto(trip="TX2").encode().replace(b"X", b"\xff")], {}, 3),
     ]
     for name, lines, kwargs, bad_line in cases:
@@ -214,14 +234,28 @@ def test_nan_and_inf_coordinates(tmp_path):
     trips.write_text(PORTO_HEADER + "\n" + porto(poly="[[NaN,41.1],[-8.6,Infinity],[-8.6,41.1]]") + "\n")
     r = read(trips)
     assert r.quarantine["reason"].tolist() == ["nonfinite_coord"] * 2 and r.rows_kept == 1
-    table = pa.table({"id": ["a"] * 3, "t": ["2020-01-01T00:00:00Z"] * 3, "lon": pa.array([np.nan, np.inf, 1.0]), "lat": [2.0] * 3})
+    table = pa.table(
+        {"id": ["a"] * 3, "t": ["2020-01-01T00:00:00Z"] * 3, "lon": pa.array([np.nan, np.inf, 1.0]), "lat": [2.0] * 3}
+    )
     pq.write_table(table, tmp_path / "p.parquet")
     r = read(tmp_path / "p.parquet", format="generic", columns=GENERIC, kind="bus")
     assert reasons(r) == {1: "nonfinite_coord", 2: "nonfinite_coord"}
 
 
 def test_coordinates_out_of_range_and_null_island(tmp_path):
-    r = read(tdrive(tmp_path, [td(lat="91"), td(lon="181"), td(lon="-180.5"), td(lat="-90"), td(lon="0", lat="0"), td(lon="0.0", lat="51.5")]))
+    r = read(
+        tdrive(
+            tmp_path,
+            [
+                td(lat="91"),
+                td(lon="181"),
+                td(lon="-180.5"),
+                td(lat="-90"),
+                td(lon="0", lat="0"),
+                td(lon="0.0", lat="51.5"),
+            ],
+        )
+    )
     assert reasons(r) == {1: "coord_out_of_range", 2: "coord_out_of_range", 3: "coord_out_of_range", 5: "null_island"}
     assert r.rows_kept == 2  # lat -90 and lon 0 alone are real places
 
@@ -231,7 +265,10 @@ def test_epoch_zero_and_year_2100(tmp_path):
     g.write_text("id,t,lon,lat\na,0,1.0,2.0\na,4102444800,1.0,2.0\na,1700000000,1.0,2.0\n")
     r = read(g, format="generic", columns=GENERIC, time_format="epoch_s", kind="bus")
     assert reasons(r) == {2: "bad_time", 3: "bad_time"} and r.rows_kept == 1
-    assert r.quarantine["detail"].tolist() == ["timestamp before 1990-01-01", "timestamp more than 2 days 00:00:00 in the future"]
+    assert r.quarantine["detail"].tolist() == [
+        "timestamp before 1990-01-01",
+        "timestamp more than 2 days 00:00:00 in the future",
+    ]
     r = read(tdrive(tmp_path, [td(t="1970-01-01 08:00:00"), td(t="2100-01-01 00:00:00"), td()]))
     assert reasons(r) == {1: "bad_time", 2: "bad_time"}
     trips = tmp_path / "t.csv"

@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, straight_track, windows_from_tracks
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    straight_track,
+    windows_from_tracks,
+)
 from trajfm.bench.model import forecast_errors, linear_extrapolation
 from trajfm.evaluate.forecast import constant_velocity, forecastable
 from trajfm.geo import haversine_m
@@ -80,8 +84,12 @@ def test_mfu_script_measures_the_largest_preset_end_to_end_on_cpu(tmp_path, caps
     sizes = {p: TrajGPT(load_preset(p)).num_params() for p in list_presets()}
     assert mfu_gpu.largest_preset() == max(sizes, key=sizes.get)
     out = tmp_path / "mfu.json"
-    assert mfu_gpu.main(["--out", str(out), "--device", "cpu", "--seq", "64", "--batch", "2", "--steps", "2",
-                         "--warmup", "1"]) == 0
+    assert (
+        mfu_gpu.main(
+            ["--out", str(out), "--device", "cpu", "--seq", "64", "--batch", "2", "--steps", "2", "--warmup", "1"]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     cfg = r["config"]
     assert r["preset"] == mfu_gpu.largest_preset() and r["seq_tokens"] == 64 // cfg["patch_in"]
@@ -90,22 +98,35 @@ def test_mfu_script_measures_the_largest_preset_end_to_end_on_cpu(tmp_path, caps
     assert r["params_in_flops"] == model.num_params() - wpe
     assert r["flops_per_token"] == 6 * r["params_in_flops"] + 12 * cfg["n_layer"] * cfg["d_model"] * r["seq_tokens"]
     step_s = r["step_ms"] / 1000
-    assert r["achieved_tflops"] == pytest.approx(r["flops_per_token"] * 2 * r["seq_tokens"] / step_s / 1e12, rel=1e-2, abs=1e-3)
+    assert r["achieved_tflops"] == pytest.approx(
+        r["flops_per_token"] * 2 * r["seq_tokens"] / step_s / 1e12, rel=1e-2, abs=1e-3
+    )
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"], rel=1e-2, abs=1e-5)
     assert '"device": "cpu (script check only)"' in capsys.readouterr().out
 
 
 def _quality(presets: dict, val: dict | None = None, test_windows: int = 100, steps: int = 250) -> dict:
     """A dataset's quality section as ``evaluate_dataset`` writes it, errors given per predictor."""
+
     def errs(v):
         return {"ade_10_m": v / 2, "fde_10_m": float(v)}
 
     val = val or presets
     return {
-        "data": {"windows": {"train": 10, "val": 3, "test": 3}, "test_windows_evaluated": test_windows,
-                 "val_windows_evaluated": 50, "context_len": 20, "horizons": [1, 5, 10], "seconds": 1.0},
-        "training": {"train_overrides": {"max_steps": steps, "batch_size": 64},
-                     "per_preset": {p: {"train_s": 1.0} for p in presets if p not in ("constant_velocity", "linear_extrapolation")}},
+        "data": {
+            "windows": {"train": 10, "val": 3, "test": 3},
+            "test_windows_evaluated": test_windows,
+            "val_windows_evaluated": 50,
+            "context_len": 20,
+            "horizons": [1, 5, 10],
+            "seconds": 1.0,
+        },
+        "training": {
+            "train_overrides": {"max_steps": steps, "batch_size": 64},
+            "per_preset": {
+                p: {"train_s": 1.0} for p in presets if p not in ("constant_velocity", "linear_extrapolation")
+            },
+        },
         "results": {k: errs(v) for k, v in presets.items()},
         "val_results": {k: errs(v) for k, v in val.items()},
     }
@@ -114,8 +135,12 @@ def _quality(presets: dict, val: dict | None = None, test_windows: int = 100, st
 def test_summarize_picks_the_best_preset_and_measures_it_against_the_targets():
     from trajfm.bench.model import summarize
 
-    q = summarize(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700, "b": 750},
-                           val={"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 800, "b": 760}))
+    q = summarize(
+        _quality(
+            {"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700, "b": 750},
+            val={"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 800, "b": 760},
+        )
+    )
     assert q["best_preset"] == "a" and q["best_preset_by_val"] == "b"  # baselines never win the preset prize
     assert q["targets"]["best_vs_constant_velocity"] == pytest.approx(0.3)
     assert q["targets"]["best_vs_tutorial"] == pytest.approx(1 - 700 / 1200, abs=1e-4)
@@ -153,8 +178,10 @@ def test_merge_refuses_results_measured_another_way(change):
     from trajfm.bench.model import BenchError, merge_quality
 
     old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200})
-    new = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200},
-                   **({"test_windows": 99} if change == "windows" else {"steps": 20}))
+    new = _quality(
+        {"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200},
+        **({"test_windows": 99} if change == "windows" else {"steps": 20}),
+    )
     with pytest.raises(BenchError, match="cannot merge"):
         merge_quality(old, new)
 
@@ -163,11 +190,24 @@ def test_markdown_shows_merged_results_with_validation_column():
     from trajfm.bench.model import markdown, merge_quality
 
     old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
-    q = merge_quality(old, _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "c": 600}))
-    run = {"created": "t1", "parts": ["quality"], "presets": ["tutorial", "c"], "load_average_before": [1.0], "elapsed_s": 5}
-    r = {"budget": {"name": "default"}, "created": "t0", "elapsed_s": 9,
-         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-         "runs": [{**run, "created": "t0"}, run], "quality": {"ais": q}}
+    q = merge_quality(
+        old, _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "c": 600})
+    )
+    run = {
+        "created": "t1",
+        "parts": ["quality"],
+        "presets": ["tutorial", "c"],
+        "load_average_before": [1.0],
+        "elapsed_s": 5,
+    }
+    r = {
+        "budget": {"name": "default"},
+        "created": "t0",
+        "elapsed_s": 9,
+        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+        "runs": [{**run, "created": "t0"}, run],
+        "quality": {"ais": q},
+    }
     md = markdown(r)
     assert "| **c** |" in md and "| a |" in md and "val FDE @10" in md
     assert "Later runs merged into these results: t1 (quality; presets tutorial, c" in md
@@ -204,8 +244,13 @@ def test_variants_are_reported_apart_and_never_win_the_preset_prize():
     q["variants"] = {"a-x": {"file": "/tmp/a-x.json", "comment": "a without x"}}
     q = summarize(q)
     assert q["best_preset"] == "a" and q["best_preset_by_val"] == "a"
-    r = {"budget": {"name": "default"}, "created": "t0", "elapsed_s": 9, "quality": {"ais": q},
-         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]}}
+    r = {
+        "budget": {"name": "default"},
+        "created": "t0",
+        "elapsed_s": 9,
+        "quality": {"ais": q},
+        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+    }
     main_table, variants_table = markdown(r).split("Variants tried")
     assert "| a-x |" not in main_table and "| a-x |" in variants_table and "a without x" in variants_table
     adopted = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a-x": 600})
@@ -224,9 +269,14 @@ def test_train_stride_reaches_the_features_and_the_report(tmp_path, monkeypatch)
 
     q = bm.summarize(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200}))
     overlapped = {**q, "data": {**q["data"], "window_params": {"stride": 32, "train_stride": 8}}}
-    r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [],
-         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-         "quality": {"ais": overlapped}}
+    r = {
+        "budget": {"name": "quick"},
+        "created": "t0",
+        "elapsed_s": 9,
+        "runs": [],
+        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+        "quality": {"ais": overlapped},
+    }
     assert "training windows start every 8 points" in bm.markdown(r)
     assert "training windows start every" not in bm.markdown({**r, "quality": {"ais": q}})
     assert "Reused from the data root's cache" not in bm.markdown(r)
@@ -248,31 +298,59 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
     budget = dataclasses.replace(bm.BUDGETS["quick"], seeds=(0, 1), max_test_windows=32)
-    q = bm.evaluate_dataset("ais", [str(p) for p in embedded_files(SMALL_SLICE)], tmp_path / "root", 6, budget,
-                            log=lambda msg: None, presets=["tutorial"])
+    q = bm.evaluate_dataset(
+        "ais",
+        [str(p) for p in embedded_files(SMALL_SLICE)],
+        tmp_path / "root",
+        6,
+        budget,
+        log=lambda msg: None,
+        presets=["tutorial"],
+    )
     tr = q["training"]["per_preset"]["tutorial"]
     assert len(set(tr["train_dirs"])) == 2 and tr["train_dir"] == tr["train_dirs"][0]
     assert q["training"]["train_overrides"]["seeds"] == [0, 1]
     runs = q["seed_results"]["test"]["tutorial"]
     assert len(runs) == 2 and runs[0]["fde_10_m"] != runs[1]["fde_10_m"]  # another seed, another model
-    assert q["results"]["tutorial"]["fde_10_m"] == pytest.approx((runs[0]["fde_10_m"] + runs[1]["fde_10_m"]) / 2, abs=0.01)
+    assert q["results"]["tutorial"]["fde_10_m"] == pytest.approx(
+        (runs[0]["fde_10_m"] + runs[1]["fde_10_m"]) / 2, abs=0.01
+    )
     assert q["val_results"]["tutorial"] == bm.mean_errors(q["seed_results"]["val"]["tutorial"])
     assert "constant_velocity" not in q["seed_results"]["test"]  # baselines do not train
 
-    again = bm.evaluate_dataset("ais", [str(p) for p in embedded_files(SMALL_SLICE)], tmp_path / "root", 6, budget,
-                                log=lambda msg: None, presets=["tutorial"])
+    again = bm.evaluate_dataset(
+        "ais",
+        [str(p) for p in embedded_files(SMALL_SLICE)],
+        tmp_path / "root",
+        6,
+        budget,
+        log=lambda msg: None,
+        presets=["tutorial"],
+    )
     assert again["results"] == q["results"] and again["training"]["per_preset"]["tutorial"]["cached"]  # deterministic
 
-    r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [], "quality": {"ais": q},
-         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]}}
+    r = {
+        "budget": {"name": "quick"},
+        "created": "t0",
+        "elapsed_s": 9,
+        "runs": [],
+        "quality": {"ais": q},
+        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+    }
     md = bm.markdown(r)
     assert "mean over 2 training seeds (0, 1)" in md
     assert f"{q['results']['tutorial']['fde_10_m']:,.1f} ± {bm.seed_std(runs, 'fde_10_m'):,.1f}" in md
 
     # each test window's error at 10 steps is kept (seeds: their mean), and they add up to the table
     we = q["window_errors"]
-    assert we["metric"] == "fde_10_m" and set(we["errors"]) == {"constant_velocity", "linear_extrapolation", "kalman",
-                                                                 "kalman_mle", "tutorial", "tutorial+blend"}
+    assert we["metric"] == "fde_10_m" and set(we["errors"]) == {
+        "constant_velocity",
+        "linear_extrapolation",
+        "kalman",
+        "kalman_mle",
+        "tutorial",
+        "tutorial+blend",
+    }
     for label, errs in we["errors"].items():
         assert len(errs) == q["data"]["test_windows_evaluated"] == 32
         assert np.mean(errs) == pytest.approx(q["results"][label]["fde_10_m"], abs=0.05)  # kept to 0.1 m
@@ -283,8 +361,13 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     assert vs_tut["ci_low"] <= q["targets"]["best_vs_tutorial"] <= vs_tut["ci_high"]
     assert "paired bootstrap, 2,000 draws" in md
 
-    one_seed = {**q, "training": {**q["training"], "train_overrides": {
-        k: v for k, v in q["training"]["train_overrides"].items() if k != "seeds"}}}  # a file from before --seeds
+    one_seed = {
+        **q,
+        "training": {
+            **q["training"],
+            "train_overrides": {k: v for k, v in q["training"]["train_overrides"].items() if k != "seeds"},
+        },
+    }  # a file from before --seeds
     with pytest.raises(bm.BenchError, match="training budget differ.*seeds"):
         bm.merge_quality(one_seed, q)
     assert bm.merge_quality(q, q)["seed_results"] == q["seed_results"]
@@ -295,11 +378,17 @@ def test_cli_seeds_reach_the_budget(tmp_path, monkeypatch, capsys):
 
     seen = {}
     monkeypatch.setattr(bm, "run", lambda out, budget, *a: seen.setdefault("budget", budget))
-    bm.main(tmp_path / "m.json", ["--budget", "quick", "--seeds", "0,1,2", "--ema", "0.99", "--select", "fde", "--parts", "quality"])
+    bm.main(
+        tmp_path / "m.json",
+        ["--budget", "quick", "--seeds", "0,1,2", "--ema", "0.99", "--select", "fde", "--parts", "quality"],
+    )
     assert seen["budget"].seeds == (0, 1, 2) and seen["budget"].ais_steps == bm.BUDGETS["quick"].ais_steps
     assert seen["budget"].ema_decay == 0.99 and seen["budget"].select_by == "fde"
-    for bad, text in ((["--seeds", "0,x"], "comma-separated integers"), (["--seeds", "1,1"], "repeats a seed"),
-                      (["--ema", "1"], "decay in [0, 1)")):
+    for bad, text in (
+        (["--seeds", "0,x"], "comma-separated integers"),
+        (["--seeds", "1,1"], "repeats a seed"),
+        (["--ema", "1"], "decay in [0, 1)"),
+    ):
         with pytest.raises(SystemExit) as exc:
             bm.main(tmp_path / "m.json", bad)
         assert exc.value.code == 2 and text in capsys.readouterr().err
@@ -312,19 +401,37 @@ def test_weight_average_and_selection_reach_training_the_report_and_the_merge_ch
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
     budget = dataclasses.replace(bm.BUDGETS["quick"], ema_decay=0.9, select_by="fde", max_test_windows=16)
-    q = bm.evaluate_dataset("ais", [str(p) for p in embedded_files(SMALL_SLICE)], tmp_path / "root", 4, budget,
-                            log=lambda msg: None, presets=["tutorial"])
+    q = bm.evaluate_dataset(
+        "ais",
+        [str(p) for p in embedded_files(SMALL_SLICE)],
+        tmp_path / "root",
+        4,
+        budget,
+        log=lambda msg: None,
+        presets=["tutorial"],
+    )
     from trajfm.store import read_manifest
 
     manifest = read_manifest(q["training"]["per_preset"]["tutorial"]["train_dir"])
     assert manifest["train_config"]["ema_decay"] == 0.9 and manifest["train_config"]["select_by"] == "fde"
     assert manifest["final"]["best_val_fde_m"] > 0
-    r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [], "quality": {"ais": q},
-         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]}}
+    r = {
+        "budget": {"name": "quick"},
+        "created": "t0",
+        "elapsed_s": 9,
+        "runs": [],
+        "quality": {"ais": q},
+        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+    }
     assert "epoch with the best validation FDE @10 kept; weights averaged, ema_decay 0.9)" in bm.markdown(r)
     for option in ("ema_decay", "select_by"):
-        plain = {**q, "training": {**q["training"], "train_overrides": {
-            k: v for k, v in q["training"]["train_overrides"].items() if k != option}}}
+        plain = {
+            **q,
+            "training": {
+                **q["training"],
+                "train_overrides": {k: v for k, v in q["training"]["train_overrides"].items() if k != option},
+            },
+        }
         with pytest.raises(bm.BenchError, match=f"training budget differ.*{option}"):
             bm.merge_quality(plain, q)
 
@@ -365,31 +472,53 @@ def test_merge_keeps_each_predictors_window_errors_and_the_report_shows_the_inte
 
     def with_windows(q: dict, scale: dict) -> dict:
         ref = _heavy_tailed_errors(400)
-        q["window_errors"] = {"metric": "fde_10_m", "split": "test",
-                              "errors": {k: list(ref * f) for k, f in scale.items()}}
+        q["window_errors"] = {
+            "metric": "fde_10_m",
+            "split": "test",
+            "errors": {k: list(ref * f) for k, f in scale.items()},
+        }
         return q
 
-    old = with_windows(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700}),
-                       {"constant_velocity": 1.0, "linear_extrapolation": 0.9, "tutorial": 1.2, "a": 0.7})
-    new = with_windows(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "c": 600}),
-                       {"constant_velocity": 1.0, "linear_extrapolation": 0.9, "tutorial": 1.2, "c": 0.6})
+    old = with_windows(
+        _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700}),
+        {"constant_velocity": 1.0, "linear_extrapolation": 0.9, "tutorial": 1.2, "a": 0.7},
+    )
+    new = with_windows(
+        _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "c": 600}),
+        {"constant_velocity": 1.0, "linear_extrapolation": 0.9, "tutorial": 1.2, "c": 0.6},
+    )
     q = merge_quality(old, new)
     assert set(q["window_errors"]["errors"]) == {"constant_velocity", "linear_extrapolation", "tutorial", "a", "c"}
     boot = q["targets"]["bootstrap"]
     assert q["best_preset"] == "c" and boot["best_vs_constant_velocity"]["ci_low"] == pytest.approx(0.4)
     assert boot["best_vs_tutorial"]["improvement"] == pytest.approx(0.5)
     assert boot["best_vs_tutorial"]["share_reaching"] == {"0.2": 1.0}
-    run = {"created": "t1", "parts": ["quality"], "presets": ["tutorial", "c"], "load_average_before": [1.0], "elapsed_s": 5}
-    r = {"budget": {"name": "default"}, "created": "t0", "elapsed_s": 9, "runs": [run],
-         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-         "quality": {"ais": q}}
+    run = {
+        "created": "t1",
+        "parts": ["quality"],
+        "presets": ["tutorial", "c"],
+        "load_average_before": [1.0],
+        "elapsed_s": 5,
+    }
+    r = {
+        "budget": {"name": "default"},
+        "created": "t0",
+        "elapsed_s": 9,
+        "runs": [run],
+        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+        "quality": {"ais": q},
+    }
     assert "95% intervals of the improvement over the 400 test windows" in markdown(r)
     assert "vs `tutorial` 50.0 to 50.0% (target 20% reached in 100.0% of draws)" in markdown(r)
 
     # a file written before window errors were kept: no interval, and nothing breaks
     plain = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
-    assert "bootstrap" not in merge_quality(plain, _quality({"constant_velocity": 1000, "linear_extrapolation": 900,
-                                                             "tutorial": 1200, "c": 600}))["targets"]
+    assert (
+        "bootstrap"
+        not in merge_quality(
+            plain, _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "c": 600})
+        )["targets"]
+    )
     only_new = merge_quality(plain, new)  # the rerun's predictors have window errors, the old "a" none
     assert set(only_new["window_errors"]["errors"]) == {"constant_velocity", "linear_extrapolation", "tutorial", "c"}
     assert only_new["targets"]["bootstrap"]["best_vs_constant_velocity"]["improvement"] == pytest.approx(0.4)
@@ -400,8 +529,12 @@ def test_results_json_keeps_number_lists_on_one_line_and_round_trips():
 
     from trajfm.bench.model import dumps
 
-    result = {"quality": {"ais": {"window_errors": {"errors": {"cv": [1.5, 2.0, -3.25e-05, 1200.0]}}}},
-              "note": "a string [1,\n 2] stays as it is", "runs": [{"load": [0.5, 1]}, {"load": []}], "names": ["a", "b"]}
+    result = {
+        "quality": {"ais": {"window_errors": {"errors": {"cv": [1.5, 2.0, -3.25e-05, 1200.0]}}}},
+        "note": "a string [1,\n 2] stays as it is",
+        "runs": [{"load": [0.5, 1]}, {"load": []}],
+        "names": ["a", "b"],
+    }
     text = dumps(result)
     assert json.loads(text) == result
     assert '"cv": [1.5, 2.0, -3.25e-05, 1200.0]' in text and '"load": [0.5, 1]' in text

@@ -32,14 +32,18 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ais")
     features, _ = prepare_features([str(p) for p in embedded_files(SMALL_SLICE)], root)
-    train_dir = run_training(features, root=root, preset="tutorial", train_overrides={
-        "epochs": 8, "max_steps": 30, "batch_size": 32, "device": "cpu", "progress": False, "seed": 0})
+    train_dir = run_training(
+        features,
+        root=root,
+        preset="tutorial",
+        train_overrides={"epochs": 8, "max_steps": 30, "batch_size": 32, "device": "cpu", "progress": False, "seed": 0},
+    )
     return root, features, train_dir, load_model(train_dir / "model.pt")
 
 
 def _errors(model, ws):
     sel = forecastable(ws, CONTEXT, H)
-    tl, ta = ws.lon[sel, CONTEXT:CONTEXT + H], ws.lat[sel, CONTEXT:CONTEXT + H]
+    tl, ta = ws.lon[sel, CONTEXT : CONTEXT + H], ws.lat[sel, CONTEXT : CONTEXT + H]
     lon, lat, _ = rollout(model, ws, CONTEXT, H)
     cl, ca, _ = constant_velocity(ws, CONTEXT, H)
     return haversine_m(lon, lat, tl, ta).mean(axis=0), haversine_m(cl, ca, tl, ta).mean(axis=0)
@@ -78,8 +82,19 @@ def test_calibration_travels_in_the_checkpoint_to_forecast_points(trained, tmp_p
     assert loaded.config.forecast_blend is not None and loaded.config.forecast_radius_m is not None
     test = WindowSet.load(features / "test.npz")
     i = forecastable(test, CONTEXT, H)[:6]
-    points = pd.concat([pd.DataFrame({"traj_id": f"w{j}", "t": pd.to_datetime(test.t_ns[j, :CONTEXT], utc=True),
-                                      "lon": test.lon[j, :CONTEXT], "lat": test.lat[j, :CONTEXT]}) for j in i])
+    points = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "traj_id": f"w{j}",
+                    "t": pd.to_datetime(test.t_ns[j, :CONTEXT], utc=True),
+                    "lon": test.lon[j, :CONTEXT],
+                    "lat": test.lat[j, :CONTEXT],
+                }
+            )
+            for j in i
+        ]
+    )
     a = forecast_points(loaded, points, H)
     zero = forecast_points(with_calibration(loaded, blend=(0.0,) * H), points, H)
     cl, ca, _ = constant_velocity(test.subset(i), CONTEXT, H)
@@ -120,7 +135,9 @@ def test_gaussian_coverage_is_nominal_on_synthetic_gaussian_errors():
     err = rng.normal(size=(n, 2, 2)) * sigma[None, :, None]
     for level in (0.5, 0.8, 0.9):
         np.testing.assert_allclose(coverage(err, isotropic_cov(sigma, n), level), level, atol=0.005)
-        np.testing.assert_allclose(coverage(err, isotropic_cov(sigma * 2, n), level), 1 - (1 - level) ** 4, atol=0.005)  # a disc twice as wide
+        np.testing.assert_allclose(
+            coverage(err, isotropic_cov(sigma * 2, n), level), 1 - (1 - level) ** 4, atol=0.005
+        )  # a disc twice as wide
     C = np.array([[100.0, 60.0], [60.0, 49.0]])  # correlated: the ellipse, not the disc
     e = rng.multivariate_normal([0, 0], C, size=n)[:, None, :]
     np.testing.assert_allclose(coverage(e, np.broadcast_to(C, (n, 1, 2, 2)), 0.8), 0.8, atol=0.005)
@@ -141,7 +158,7 @@ def test_radial_error_model_is_calibrated_at_every_level_on_heavy_tailed_errors(
         sc = radial_scores(err, table)
         for level in ("50", "80", "90"):
             np.testing.assert_allclose(sc["coverage"][level], int(level) / 100, atol=tol)
-    rms = np.sqrt((fit ** 2).mean(axis=(0, 2)))  # the Gaussian with the same variance
+    rms = np.sqrt((fit**2).mean(axis=(0, 2)))  # the Gaussian with the same variance
     assert abs(coverage(fresh, isotropic_cov(rms, len(fresh)), 0.5)[0] - 0.5) > 0.1
     # Gaussian errors: the per-axis quantile offsets are sigma * z
     g = rng.normal(size=(100_000, 1, 2)) * 20.0
@@ -151,8 +168,11 @@ def test_radial_error_model_is_calibrated_at_every_level_on_heavy_tailed_errors(
     z = np.array([NormalDist().inv_cdf(p) for p in (0.1, 0.5, 0.9)])
     np.testing.assert_allclose(quantile_offsets_m(cfg, 1, (0.1, 0.5, 0.9))[0], 20.0 * z, atol=0.6)
     # and the CRPS of that table is the Gaussian's (closed form) to 1%
-    np.testing.assert_allclose(radial_scores(g[:5000], np.asarray(cfg.forecast_radius_m))["crps_m"][0],
-                               crps_m(g[:5000], isotropic_cov([20.0], 5000))[0], rtol=0.01)
+    np.testing.assert_allclose(
+        radial_scores(g[:5000], np.asarray(cfg.forecast_radius_m))["crps_m"][0],
+        crps_m(g[:5000], isotropic_cov([20.0], 5000))[0],
+        rtol=0.01,
+    )
 
 
 def test_crps_matches_its_definition_and_limits():
@@ -175,7 +195,9 @@ def test_crps_matches_its_definition_and_limits():
     np.testing.assert_allclose(crps_samples(x, obs), brute, rtol=1e-12)
     np.testing.assert_allclose(crps_samples(np.sort(draws), np.array([1.3])), crps_gaussian(1.3, sigma), rtol=0.01)
     err = np.stack([np.full((3, 1), 1.3), np.zeros((3, 1))], axis=-1)
-    np.testing.assert_allclose(crps_m(err, isotropic_cov([sigma], 3)), (crps_gaussian(1.3, sigma) + crps_gaussian(0, sigma)) / 2)
+    np.testing.assert_allclose(
+        crps_m(err, isotropic_cov([sigma], 3)), (crps_gaussian(1.3, sigma) + crps_gaussian(0, sigma)) / 2
+    )
 
 
 def test_evaluate_stage_and_demo_summary_show_cv_kalman_and_model_at_1_5_10(trained):
@@ -203,10 +225,24 @@ def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_p
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
     budget = dataclasses.replace(bm.BUDGETS["quick"], max_test_windows=48)
-    q = bm.evaluate_dataset("ais", [str(p) for p in embedded_files(SMALL_SLICE)], tmp_path / "root", 6, budget,
-                            log=lambda msg: None, presets=["tutorial"])
+    q = bm.evaluate_dataset(
+        "ais",
+        [str(p) for p in embedded_files(SMALL_SLICE)],
+        tmp_path / "root",
+        6,
+        budget,
+        log=lambda msg: None,
+        presets=["tutorial"],
+    )
     val, test = q["step_errors"]["val"], q["step_errors"]["test"]
-    assert set(test) == {"constant_velocity", "linear_extrapolation", "kalman", "kalman_mle", "tutorial", "tutorial+blend"}
+    assert set(test) == {
+        "constant_velocity",
+        "linear_extrapolation",
+        "kalman",
+        "kalman_mle",
+        "tutorial",
+        "tutorial+blend",
+    }
     assert all(len(v) == 10 for v in test.values())
     # on the split the rule was chosen on, never worse than constant velocity or the raw preset at any step
     assert np.all(np.asarray(val["tutorial+blend"]) <= np.minimum(val["constant_velocity"], val["tutorial"]) + 0.01)
@@ -216,8 +252,14 @@ def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_p
     assert set(pr) == {"constant_velocity", "constant_velocity (val fit)", "kalman_mle", "tutorial+blend"}
     assert all(0 <= c <= 1 for p in pr.values() for lv in ("50", "80", "90") for c in p["coverage"][lv])
     assert q["kalman"]["q_m2_s3"] > 0 and q["kalman"]["forecast_s"]["test"] >= 0
-    r = {"budget": {"name": "quick"}, "created": "t0", "elapsed_s": 9, "runs": [], "quality": {"ais": q},
-         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]}}
+    r = {
+        "budget": {"name": "quick"},
+        "created": "t0",
+        "elapsed_s": 9,
+        "runs": [],
+        "quality": {"ais": q},
+        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+    }
     md = bm.markdown(r)
     assert "Error (m) at each step ahead" in md and "| kalman |" in md and "CRPS m (mean)" in md
     assert "Kalman filter: q = " in md and "Steps where a blended preset is worse than constant velocity on test" in md
@@ -232,7 +274,9 @@ def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champi
     root, features, train_dir, model = trained
     calibrated = calibrate_stage(features, train_dir, root=root) / "model.pt"
     overrides = {"epochs": 1, "max_steps": 2, "batch_size": 32, "device": "cpu", "progress": False, "seed": 0}
-    stale = run_training(features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(calibrated)})
+    stale = run_training(
+        features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(calibrated)}
+    )
     assert load_model(stale / "model.pt").config.forecast_blend is not None  # fine-tuning inherits the old rule
     plain = uncalibrated_checkpoint(calibrated, root)
     assert plain != calibrated and uncalibrated_checkpoint(train_dir / "model.pt", root) == train_dir / "model.pt"
@@ -240,7 +284,9 @@ def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champi
     assert m.config == model.config
     for (k, a), (_, b) in zip(m.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), k
-    tuned = run_training(features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(plain)})
+    tuned = run_training(
+        features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(plain)}
+    )
     assert load_model(tuned / "model.pt").config.forecast_blend is None  # the retrain flow calibrates it afresh
 
 
@@ -265,7 +311,9 @@ def test_blend_falls_back_to_constant_velocity_when_the_gain_is_within_the_noise
     noisy = offset_lonlat(*true, d / np.sqrt(2), -d / np.sqrt(2))
     w_noisy = fit_blend(lon0, lat0, *map(col, noisy), *map(col, cv), *map(col, true))
     assert w_noisy[0] == 0.0  # its best blend gains little next to the spread: constant velocity
-    assert fit_blend(lon0, lat0, *map(col, noisy), *map(col, cv), *map(col, true), margin_z=-10.0)[0] > 0  # without the margin it would blend
+    assert (
+        fit_blend(lon0, lat0, *map(col, noisy), *map(col, cv), *map(col, true), margin_z=-10.0)[0] > 0
+    )  # without the margin it would blend
 
 
 def test_a_validation_split_without_long_windows_leaves_the_model_uncalibrated_with_a_reason(trained):

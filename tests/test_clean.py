@@ -283,7 +283,9 @@ def test_parity_with_movingpandas_on_real_tracks():
 
     params = PreprocessParams(min_points=2, min_duration_s=0.0)
     out, q, _ = clean_partition(df, params)
-    ours_outliers = set(zip(q.loc[q["reason"] == "speed_outlier", "traj_id"], q.loc[q["reason"] == "speed_outlier", "t"]))
+    ours_outliers = set(
+        zip(q.loc[q["reason"] == "speed_outlier", "traj_id"], q.loc[q["reason"] == "speed_outlier", "t"])
+    )
 
     frame = df.assign(t=df["t"].dt.tz_localize(None))
     with warnings.catch_warnings():
@@ -318,12 +320,18 @@ def stop_track(n_move=30, n_stop=30, dt_s=50.0, jitter_m=15.0, seed=0, traj_id="
     moving = lambda n, lon0: track(traj_id=traj_id, n=n, dt_s=dt_s, lon0=lon0)[["lon", "lat"]]  # noqa: E731
     first = moving(0 if stop_first else n_move, -74.0)
     here_lon = first["lon"].iloc[-1] if len(first) else -74.0
-    lon, lat = offset_lonlat(np.full(n_stop, here_lon), np.full(n_stop, 40.6), *rng.uniform(-jitter_m, jitter_m, (2, n_stop)))
+    lon, lat = offset_lonlat(
+        np.full(n_stop, here_lon), np.full(n_stop, 40.6), *rng.uniform(-jitter_m, jitter_m, (2, n_stop))
+    )
     after = moving(n_move, float(lon[-1]))
     xy = pd.concat([first, pd.DataFrame({"lon": lon, "lat": lat}), after], ignore_index=True)
     n = len(xy)
     return xy.assign(
-        traj_id=traj_id, obj_id=traj_id[-1], t=T0 + pd.to_timedelta(np.arange(n) * dt_s, unit="s"), kind="vessel", source="src"
+        traj_id=traj_id,
+        obj_id=traj_id[-1],
+        t=T0 + pd.to_timedelta(np.arange(n) * dt_s, unit="s"),
+        kind="vessel",
+        source="src",
     )[POINT_COLUMNS]
 
 
@@ -384,8 +392,13 @@ def test_detect_stops_matches_movingpandas_on_noisy_walks():
         for f in frames:
             t_ns = f["t"].to_numpy("datetime64[ns]").view(np.int64)
             first, last = detect_stops(
-                t_ns, f["lon"].to_numpy(), f["lat"].to_numpy(), np.array([0]), np.array([len(f)]),
-                np.array([diameter]), np.array([minutes * 60 * 10**9]),
+                t_ns,
+                f["lon"].to_numpy(),
+                f["lat"].to_numpy(),
+                np.array([0]),
+                np.array([len(f)]),
+                np.array([diameter]),
+                np.array([minutes * 60 * 10**9]),
             )
             mine = list(zip(f["t"].iloc[first], f["t"].iloc[last]))
             ref = mpd_stop_ranges(f, diameter, minutes * 60)
@@ -438,7 +451,7 @@ def test_movingpandas_engine_gives_the_same_output_on_synthetic_defects():
     params = {"vessel": {**STOPS, "min_points": 2, "min_duration_s": 0.0, "generalize_s": 90.0}}
     fast = clean_partition(df, params)
     ref = clean_partition(df, params, engine="movingpandas")
-    for (pts, q, counts) in (fast, ref):
+    for pts, q, counts in (fast, ref):
         check_accounting(df, counts, q)
     assert fast[2] == ref[2]
     pd.testing.assert_frame_equal(fast[1].drop(columns="detail"), ref[1].drop(columns="detail"))
@@ -448,7 +461,9 @@ def test_movingpandas_engine_gives_the_same_output_on_synthetic_defects():
 
 def read_plt(path, n=None):
     """A GeoLife .plt file (6 header lines; lat, lon, 0, alt ft, days, date, time) as canonical points."""
-    raw = pd.read_csv(path, skiprows=6, header=None, names=["lat", "lon", "zero", "alt", "days", "date", "time"], nrows=n)
+    raw = pd.read_csv(
+        path, skiprows=6, header=None, names=["lat", "lon", "zero", "alt", "days", "date", "time"], nrows=n
+    )
     user = path.parent.parent.name
     return pd.DataFrame(
         {
@@ -483,17 +498,31 @@ def test_engines_agree_on_real_ais_and_geolife(shared_data):
     later = (df["traj_id"] == df["traj_id"].iloc[-1]) & (df.index > len(df) - 200)
     df.loc[later, "t"] += pd.Timedelta(hours=1)
     params = {
-        "vessel": {"split_stops": True, "stop_max_diameter_m": 150.0, "stop_min_duration_s": 600.0, "interval_s": 120.0,
-                   "min_points": 2, "min_duration_s": 0.0},
-        "person": {"split_stops": True, "stop_max_diameter_m": 50.0, "stop_min_duration_s": 60.0, "interval_s": 30.0,
-                   "min_points": 2, "min_duration_s": 0.0},
+        "vessel": {
+            "split_stops": True,
+            "stop_max_diameter_m": 150.0,
+            "stop_min_duration_s": 600.0,
+            "interval_s": 120.0,
+            "min_points": 2,
+            "min_duration_s": 0.0,
+        },
+        "person": {
+            "split_stops": True,
+            "stop_max_diameter_m": 50.0,
+            "stop_min_duration_s": 60.0,
+            "interval_s": 30.0,
+            "min_points": 2,
+            "min_duration_s": 0.0,
+        },
     }
     fast_pts, fast_q, fast_counts = clean_partition(df, params)
     ref_pts, ref_q, ref_counts = clean_partition(df, params, engine="movingpandas")
     check_accounting(df, fast_counts, fast_q)
     check_accounting(df, ref_counts, ref_q)
     assert fast_counts == ref_counts
-    assert fast_counts["quarantined_by_reason"]["stop"] > 0 and fast_counts["quarantined_by_reason"]["speed_outlier"] >= 8
+    assert (
+        fast_counts["quarantined_by_reason"]["stop"] > 0 and fast_counts["quarantined_by_reason"]["speed_outlier"] >= 8
+    )
     assert fast_pts["traj_id"].tolist() == ref_pts["traj_id"].tolist() and (fast_pts["t"] == ref_pts["t"]).all()
     assert haversine_m(fast_pts["lon"], fast_pts["lat"], ref_pts["lon"], ref_pts["lat"]).max() < 1.0
 
@@ -505,15 +534,24 @@ def test_engines_agree_on_real_ais_and_geolife(shared_data):
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tc = mpd.TrajectoryCollection(sub.assign(t=sub["t"].dt.tz_localize(None)), traj_id_col="traj_id", t="t",
-                                          x="lon", y="lat", crs="EPSG:4326")
+            tc = mpd.TrajectoryCollection(
+                sub.assign(t=sub["t"].dt.tz_localize(None)),
+                traj_id_col="traj_id",
+                t="t",
+                x="lon",
+                y="lat",
+                crs="EPSG:4326",
+            )
             tc = mpd.OutlierCleaner(tc).clean(v_max=p.v_max_mps, units=("m", "s"))
             tc = mpd.ObservationGapSplitter(tc).split(gap=pd.Timedelta(seconds=p.max_gap_s))
-            tc = mpd.StopSplitter(tc).split(max_diameter=p.stop_max_diameter_m,
-                                            min_duration=pd.Timedelta(seconds=p.stop_min_duration_s))
+            tc = mpd.StopSplitter(tc).split(
+                max_diameter=p.stop_max_diameter_m, min_duration=pd.Timedelta(seconds=p.stop_min_duration_s)
+            )
         step = pd.Timedelta(seconds=p.interval_s)
         for tr in tc:
-            grid = pd.date_range(pd.Timestamp(tr.get_start_time()).ceil(step), pd.Timestamp(tr.get_end_time()).floor(step), freq=step)
+            grid = pd.date_range(
+                pd.Timestamp(tr.get_start_time()).ceil(step), pd.Timestamp(tr.get_end_time()).floor(step), freq=step
+            )
             if len(grid) >= 2:
                 pieces[tuple(grid)] = tr
     ours = {tuple(g["t"].dt.tz_localize(None)): g for _, g in fast_pts.groupby("traj_id")}
@@ -534,7 +572,9 @@ def test_degenerate_inputs_on_both_engines(engine):
         "never moves": track(n=3, east_mps=0.0),
     }
     for name, df in cases.items():
-        pts, q, counts = clean_partition(df, {"vessel": {**STOPS, "min_points": 1, "min_duration_s": 0.0}}, engine=engine)
+        pts, q, counts = clean_partition(
+            df, {"vessel": {**STOPS, "min_points": 1, "min_duration_s": 0.0}}, engine=engine
+        )
         check_accounting(df, counts, q)
         assert pts.empty and len(q) == len(df), name
 

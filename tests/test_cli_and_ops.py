@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_param_parsing_reads_json_values_and_strings():
-    p = _parse_params(["--epochs", "2", "--preset", "tutorial", "--sources", '["a.traj"]', "--window-params", '{"window": 16}'])
+    p = _parse_params(
+        ["--epochs", "2", "--preset", "tutorial", "--sources", '["a.traj"]', "--window-params", '{"window": 16}']
+    )
     assert p == {"epochs": 2, "preset": "tutorial", "sources": ["a.traj"], "window_params": {"window": 16}}
     with pytest.raises(SystemExit):
         _parse_params(["epochs", "2"])
@@ -58,8 +60,12 @@ def test_stage_writer_is_atomic(tmp_path):
 
 
 def test_processed_gate_params_follow_the_preprocess_params():
-    manifest = {"params": {"vessel": {"v_max_mps": 30.0, "min_duration_s": 600.0, "interval_s": 60.0},
-                           "person": {"v_max_mps": 50.0, "min_duration_s": 120.0, "interval_s": 10.0}}}
+    manifest = {
+        "params": {
+            "vessel": {"v_max_mps": 30.0, "min_duration_s": 600.0, "interval_s": 60.0},
+            "person": {"v_max_mps": 50.0, "min_duration_s": 120.0, "interval_s": 10.0},
+        }
+    }
     assert processed_gate_params(manifest, ["vessel"]) == {"v_max_mps": 30.0 * (1 + SPEED_TOLERANCE), "min_points": 10}
     assert processed_gate_params(manifest, ["vessel", "person"])["v_max_mps"] == 50.0 * (1 + SPEED_TOLERANCE)
     assert processed_gate_params(manifest, ["vessel"], {"v_max_mps": 1.0})["v_max_mps"] == 1.0
@@ -76,8 +82,11 @@ def test_library_imports_without_prefect_mlflow_or_gx():
 
 
 def test_no_library_module_imports_prefect():
-    offenders = [p for p in (REPO / "trajfm").rglob("*.py") if any(
-        line.lstrip().startswith(("import prefect", "from prefect")) for line in p.read_text().splitlines())]
+    offenders = [
+        p
+        for p in (REPO / "trajfm").rglob("*.py")
+        if any(line.lstrip().startswith(("import prefect", "from prefect")) for line in p.read_text().splitlines())
+    ]
     assert offenders == []
 
 
@@ -94,13 +103,40 @@ def test_train_command_trains_a_preset_on_a_features_stage(tmp_path, capsys):
         heading = np.cumsum(np.full(n, 0.02 * (i % 3 - 1)))
         east, north = np.cumsum(300 * np.cos(heading)), np.cumsum(300 * np.sin(heading))
         lon, lat = offset_lonlat(np.full(n, -74.0 + 0.05 * i), np.full(n, 40.5), east, north)
-        frames.append(pd.DataFrame({"traj_id": f"v{i}", "obj_id": f"v{i}", "t": t, "lon": lon, "lat": lat,
-                                    "kind": "vessel", "source": "gen"}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "traj_id": f"v{i}",
+                    "obj_id": f"v{i}",
+                    "t": t,
+                    "lon": lon,
+                    "lat": lat,
+                    "kind": "vessel",
+                    "source": "gen",
+                }
+            )
+        )
     with StageWriter(tmp_path, "preprocess", "gen") as w:
         w.write_frame("points", pd.concat(frames, ignore_index=True))
     feats = make_features(w.final, root=tmp_path, params=WindowParams(window=16, stride=16, min_points=8))
-    assert main(["train", "--preset", "tutorial", "--features-dir", str(feats), "--data-root", str(tmp_path),
-                 "--epochs", "1", "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "tutorial",
+                "--features-dir",
+                str(feats),
+                "--data-root",
+                str(tmp_path),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert (Path(out["train_dir"]) / "model.pt").is_file() and out["n_params"] > 0
 

@@ -29,11 +29,19 @@ def _canonical(path: Path, kinds=("bus",), n: int = 30, seed: int = 0) -> Path:
     frames = []
     for i, kind in enumerate(kinds):
         t = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(np.arange(n) * 60, unit="s")
-        frames.append(pd.DataFrame({
-            "traj_id": f"{kind}-{i}", "obj_id": f"m{i}", "t": t.astype("datetime64[ns, UTC]"),
-            "lon": 10.0 + np.cumsum(rng.uniform(1e-4, 2e-4, n)), "lat": 50.0 + i * 0.01,
-            "kind": kind, "source": "test",
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "traj_id": f"{kind}-{i}",
+                    "obj_id": f"m{i}",
+                    "t": t.astype("datetime64[ns, UTC]"),
+                    "lon": 10.0 + np.cumsum(rng.uniform(1e-4, 2e-4, n)),
+                    "lat": 50.0 + i * 0.01,
+                    "kind": kind,
+                    "source": "test",
+                }
+            )
+        )
     pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
     return path
 
@@ -196,7 +204,11 @@ def test_clean_report_accounts_for_every_row(tiny):
     from trajfm.data.corpus import clean_report
 
     report = clean_report(load_corpus(tiny))
-    assert list(report[["source", "kind"]].itertuples(index=False, name=None)) == [("a", "bus"), ("a", "tram"), ("b", "tram")]
+    assert list(report[["source", "kind"]].itertuples(index=False, name=None)) == [
+        ("a", "bus"),
+        ("a", "tram"),
+        ("b", "tram"),
+    ]
     reasons = ["duplicate_fix", "duplicate_time", "speed_outlier", "stop", "generalized", "short_trajectory"]
     assert (report["rows_in"] == report["rows_kept"] + report[reasons].sum(axis=1)).all()
     assert report["rows_in"].sum() == 90 and (report["interval_s"] == 60.0).all()  # 1 min data: bus 30 s x 1.5 < 60

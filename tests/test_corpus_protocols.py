@@ -52,7 +52,7 @@ def test_leave_one_kind_out_keeps_the_kind_out_of_training(shared_data, name):
     for spec, files in [(s, train_files) for s in proto.train] + [(s, held_files) for s in proto.heldout]:
         for item in spec.data:
             if item.startswith("embedded:"):
-                files.update(str(p) for p in embedded_files(item[len("embedded:"):]))
+                files.update(str(p) for p in embedded_files(item[len("embedded:") :]))
             else:
                 assert Path(item).exists(), f"{name}: {item} does not exist"
                 assert Path(item).is_relative_to(shared_data.resolve()), item
@@ -71,9 +71,12 @@ def test_leave_one_kind_out_keeps_the_kind_out_of_training(shared_data, name):
 
 
 def test_leave_one_region_out_selects_by_the_same_box(shared_data):
-    (name, box), = REGION_HELD_OUT.items()
+    ((name, box),) = REGION_HELD_OUT.items()
     proto = load_protocol(PROTOCOLS / f"{name}.yaml")
-    assert all(s.selection.get("exclude_bbox") == tuple(box) or list(s.selection.get("exclude_bbox")) == box for s in proto.train)
+    assert all(
+        s.selection.get("exclude_bbox") == tuple(box) or list(s.selection.get("exclude_bbox")) == box
+        for s in proto.train
+    )
     assert all(list(s.selection.get("bbox")) == box for s in proto.heldout)
     for s in proto.train + proto.heldout:
         for item in s.data:

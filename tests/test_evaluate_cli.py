@@ -32,8 +32,18 @@ def train_tiny(root: Path, preset: str = "tutorial", steps: int = 8, **model) ->
 
     pre = preprocess(ingest(embedded_files("small"), root=root), root=root, scheduler="sync")
     feats = make_features(pre, root=root)
-    overrides = {"epochs": 1, "max_steps": steps, "batch_size": 16, "warmup_steps": 2, "device": "cpu", "seed": 0, "progress": False}
-    return Path(run_training(feats, root=root, preset=preset, model_overrides={**TINY, **model}, train_overrides=overrides))
+    overrides = {
+        "epochs": 1,
+        "max_steps": steps,
+        "batch_size": 16,
+        "warmup_steps": 2,
+        "device": "cpu",
+        "seed": 0,
+        "progress": False,
+    }
+    return Path(
+        run_training(feats, root=root, preset=preset, model_overrides={**TINY, **model}, train_overrides=overrides)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +60,28 @@ def _run(capsys, *argv) -> tuple[int, str]:
 def test_evaluate_local_model_writes_json_and_prints_a_table(tiny, tmp_path, capsys):
     root, train_dir = tiny
     out = tmp_path / "r.json"
-    rc, printed = _run(capsys, "--model", train_dir / "model.pt", "--data", "embedded:small", "--tasks", TASKS,
-                       "--data-root", root, "--out", out)
+    rc, printed = _run(
+        capsys,
+        "--model",
+        train_dir / "model.pt",
+        "--data",
+        "embedded:small",
+        "--tasks",
+        TASKS,
+        "--data-root",
+        root,
+        "--out",
+        out,
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     m = res["metrics"]
-    for key in ("forecast.ade_m@10.model", "forecast.ade_m@10.constant_velocity", "forecast.fde_m@10.model",
-                "recovery.random_mae_m.linear_interp"):
+    for key in (
+        "forecast.ade_m@10.model",
+        "forecast.ade_m@10.constant_velocity",
+        "forecast.fde_m@10.model",
+        "recovery.random_mae_m.linear_interp",
+    ):
         assert key in m and math.isfinite(m[key]) and m[key] > 0, key
     for key in m:  # <task>.<metric>.<predictor>, or a count with no predictor
         assert key.split(".")[0] in ("forecast", "recovery"), key
@@ -87,7 +112,10 @@ def test_same_seed_same_json_other_seed_other_masks(tiny, tmp_path):
     b = evaluate_model(train_dir, "embedded:small", tasks=TASKS, root=root, seed=3, out=tmp_path / "b.json")
     c = evaluate_model(train_dir, "embedded:small", tasks=TASKS, root=root, seed=4)
     assert a["metrics"] == b["metrics"]
-    assert json.loads((tmp_path / "a.json").read_text())["metrics"] == json.loads((tmp_path / "b.json").read_text())["metrics"]
+    assert (
+        json.loads((tmp_path / "a.json").read_text())["metrics"]
+        == json.loads((tmp_path / "b.json").read_text())["metrics"]
+    )
     with np.load(tmp_path / "a.plots.npz") as za, np.load(tmp_path / "b.plots.npz") as zb:
         assert all(np.array_equal(za[k], zb[k]) for k in za.files)
     # forecasts are deterministic; random masking for recovery follows the seed
@@ -161,8 +189,21 @@ def test_a_preprocess_stage_directory_is_data_too(tiny):
 def test_geolife_files_with_format(tiny, shared_data, tmp_path, capsys):
     root, train_dir = tiny
     out = tmp_path / "geolife.json"
-    rc, printed = _run(capsys, "--model", train_dir, "--data", shared_data / "geolife" / "000", "--format", "geolife",
-                       "--tasks", "forecast", "--data-root", root, "--out", out)
+    rc, printed = _run(
+        capsys,
+        "--model",
+        train_dir,
+        "--data",
+        shared_data / "geolife" / "000",
+        "--format",
+        "geolife",
+        "--tasks",
+        "forecast",
+        "--data-root",
+        root,
+        "--out",
+        out,
+    )
     assert rc == 0, printed
     res = json.loads(out.read_text())
     ing = res["accounting"]["ingest"]
@@ -178,7 +219,10 @@ def test_geolife_files_with_format(tiny, shared_data, tmp_path, capsys):
     "argv, message",
     [
         (["--model", "nope.pt", "--data", "embedded:small"], "no such checkpoint"),
-        (["--model", "models:/trajfm@champion", "--data", "embedded:small", "--data-root", "{empty}"], "no MLflow store"),
+        (
+            ["--model", "models:/trajfm@champion", "--data", "embedded:small", "--data-root", "{empty}"],
+            "no MLflow store",
+        ),
         (["--model", "{train}", "--data", "embedded:small", "--tasks", "forecast,teleport"], "unknown task"),
         (["--model", "{train}", "--data", "embedded:small", "--format", "shapefile"], "unknown format"),
         (["--model", "{train}", "--data", "embedded:nosuchfile"], "unknown embedded"),

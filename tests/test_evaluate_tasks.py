@@ -7,9 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from helpers import cleaned_windows, seeded_model, small_slice_windows, zero_head
-from synthetic_tracks import straight_track, windows_from_tracks
+from synthetic_tracks import (
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    straight_track,
+    windows_from_tracks,
+)
 from trajfm.evaluate.tasks import TASKS, run_task, run_tasks
 
 SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=64, dropout=0.0)
@@ -167,8 +170,13 @@ def test_travel_time_trips_are_cut_by_distance_not_by_fix_count():
 
     NS = 1_000_000_000
     # same 60 s sampling, 3 and 6 m/s: the first 1,000 m take 333.3 s and 166.7 s
-    ws = windows_from_tracks([("slow", *straight_track(30, 180.0, 0.0, 60 * NS)),
-                              ("fast", *straight_track(30, 0.0, 360.0, 60 * NS, lat0=41))], 30)
+    ws = windows_from_tracks(
+        [
+            ("slow", *straight_track(30, 180.0, 0.0, 60 * NS)),
+            ("fast", *straight_track(30, 0.0, 360.0, 60 * NS, lat0=41)),
+        ],
+        30,
+    )
     tr = trips(ws, 1000.0, 10)
     assert duration_s(tr) == pytest.approx([1000 / 3, 1000 / 6], abs=1e-3)
     assert len(trips(ws, 1e6, 10)) == 0  # no window covers 1,000 km
@@ -302,7 +310,9 @@ def test_similarity_keys_and_the_handcrafted_baseline_finds_real_trips(ais):
         assert m[f"similarity.hit@1.{p}"] <= m[f"similarity.hit@5.{p}"] <= m[f"similarity.hit@10.{p}"]
     assert m["similarity.hit@1.resampled_path"] > 0.8  # odd and even halves of a real track coincide
     sub = run_task("similarity", None, ais["test"], max_windows=40, seed=3)
-    assert sub["similarity.n_windows"] == 40 and sub == run_task("similarity", None, ais["test"], max_windows=40, seed=3)
+    assert sub["similarity.n_windows"] == 40 and sub == run_task(
+        "similarity", None, ais["test"], max_windows=40, seed=3
+    )
 
 
 def test_constant_embeddings_rank_last():
@@ -318,8 +328,11 @@ def test_trajectory_embedding_ignores_padding_and_absolute_latitude(ais):
 
     NS = 1_000_000_000
     model = make_model(ais["train"], position="rope")
-    tracks = [("a", *straight_track(20, 30.0, 40.0, 60 * NS, lat0=40.0)), ("b", *straight_track(20, 30.0, 40.0, 60 * NS, lat0=45.0)),
-              ("c", *straight_track(12, -50.0, 10.0, 60 * NS))]
+    tracks = [
+        ("a", *straight_track(20, 30.0, 40.0, 60 * NS, lat0=40.0)),
+        ("b", *straight_track(20, 30.0, 40.0, 60 * NS, lat0=45.0)),
+        ("c", *straight_track(12, -50.0, 10.0, 60 * NS)),
+    ]
     ws = windows_from_tracks(tracks, 24)
     emb = trajectory_embedding(model, ws)
     assert emb.shape == (3, 32)
@@ -350,7 +363,9 @@ def test_run_tasks_on_real_geolife_users(shared_data):
     from trajfm.data.readers import read_file
     from trajfm.evaluate.tasks import parse_key
 
-    files = [p for u in ("000", "001", "002") for p in sorted((shared_data / "geolife" / u / "Trajectory").glob("*.plt"))[:4]]
+    files = [
+        p for u in ("000", "001", "002") for p in sorted((shared_data / "geolife" / u / "Trajectory").glob("*.plt"))[:4]
+    ]
     sets = cleaned_windows(pd.concat([read_file(p).points for p in files], ignore_index=True))
     test = sets["test"].subset(np.arange(min(len(sets["test"]), 80)))
     model = make_model(sets["train"], objective="mixed", head="mixture")
@@ -363,7 +378,9 @@ def test_run_tasks_on_real_geolife_users(shared_data):
     assert "forecast.fde_m@0p5min.model" in m
     assert m["next_location.resolution"] >= 11  # people move metres per fix, vessels hundreds
     base = run_tasks(None, test, train_ws=sets["train"], tasks=["travel_time", "next_location"])
-    assert base == {k: v for k, v in m.items() if k.split(".")[0] in ("travel_time", "next_location") and not k.endswith(".model")}
+    assert base == {
+        k: v for k, v in m.items() if k.split(".")[0] in ("travel_time", "next_location") and not k.endswith(".model")
+    }
 
 
 def test_windows_longer_than_the_model_block_are_cut_for_every_predictor():

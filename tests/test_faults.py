@@ -40,8 +40,13 @@ def prefect_api():
 
 def incomplete_stage_dirs(root: Path) -> list[Path]:
     """Directories under ``<root>/<stage>/`` that are not complete stages (no manifest)."""
-    return [d for stage in root.iterdir() if stage.is_dir() and stage.name in ("ingest", "preprocess", "features", "train", "evaluate")
-            for d in stage.iterdir() if not (d / "manifest.json").is_file()]
+    return [
+        d
+        for stage in root.iterdir()
+        if stage.is_dir() and stage.name in ("ingest", "preprocess", "features", "train", "evaluate")
+        for d in stage.iterdir()
+        if not (d / "manifest.json").is_file()
+    ]
 
 
 # --- 1. SIGKILL of the training process --------------------------------------------------------
@@ -97,7 +102,9 @@ def test_sigkilled_training_is_retried_and_resumes_to_the_same_result(prefect_ap
 
     @flow
     def train_once(root: str) -> str:
-        return quick_retry(features_dir, data_root=root, preset="tutorial", model_overrides=MODEL, train_overrides=TRAIN)
+        return quick_retry(
+            features_dir, data_root=root, preset="tutorial", model_overrides=MODEL, train_overrides=TRAIN
+        )
 
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
     before = _progress_artifacts()
@@ -142,7 +149,9 @@ def test_train_task_runs_data_parallel_under_torchrun_when_nproc_is_2(prefect_ap
 
     @flow
     def train_with(root: str, nproc: int) -> str:
-        return train_task(features_dir, data_root=root, preset="tutorial", model_overrides=small, train_overrides=steps, nproc=nproc)
+        return train_task(
+            features_dir, data_root=root, preset="tutorial", model_overrides=small, train_overrides=steps, nproc=nproc
+        )
 
     two = read_manifest(train_with(str(tmp_path / "two"), 2))
     one = read_manifest(train_with(str(tmp_path / "one"), 1))
@@ -170,7 +179,9 @@ def _reader_failing(times: int, calls: list):
 
 
 @pytest.mark.parametrize("failures", [1, 99])
-def test_source_failing_once_is_retried_and_one_always_failing_fails_cleanly(prefect_api, tmp_path, monkeypatch, failures):
+def test_source_failing_once_is_retried_and_one_always_failing_fails_cleanly(
+    prefect_api, tmp_path, monkeypatch, failures
+):
     import flows.ingest
     from trajfm.data.readers import READERS
 
@@ -213,8 +224,14 @@ def test_two_pipelines_at_once_on_one_data_root_both_complete_consistently(prefe
     root = tmp_path / "root"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", RUN, json.dumps(SMALL), str(root)], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", RUN, json.dumps(SMALL), str(root)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = []
@@ -222,7 +239,7 @@ def test_two_pipelines_at_once_on_one_data_root_both_complete_consistently(prefe
         for p in procs:
             out, err = p.communicate(timeout=400)
             assert p.returncode == 0, err[-3000:]
-            outputs.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):]))
+            outputs.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT ") :]))
     finally:
         for p in procs:
             if p.poll() is None:

@@ -13,11 +13,15 @@ from trajfm.geo import displacement_m, haversine_m, offset_lonlat
 from trajfm.store import StageWriter, read_manifest
 
 
-def track_frame(traj_id: str, n: int, lon0: float, lat0: float, t0: str, step_s: int = 60, source: str = "s", east_mps=5.0):
+def track_frame(
+    traj_id: str, n: int, lon0: float, lat0: float, t0: str, step_s: int = 60, source: str = "s", east_mps=5.0
+):
     t = pd.date_range(t0, periods=n, freq=f"{step_s}s", tz="UTC")
     east = np.arange(n) * east_mps * step_s
     lon, lat = offset_lonlat(np.full(n, lon0), np.full(n, lat0), east, np.arange(n) * 1.0)
-    return pd.DataFrame({"traj_id": traj_id, "obj_id": traj_id, "t": t, "lon": lon, "lat": lat, "kind": "vessel", "source": source})
+    return pd.DataFrame(
+        {"traj_id": traj_id, "obj_id": traj_id, "t": t, "lon": lon, "lat": lat, "kind": "vessel", "source": source}
+    )
 
 
 def test_encode_is_in_metres_and_keeps_lon_lat_order():
@@ -71,7 +75,9 @@ def test_chronological_split_puts_the_latest_period_in_test_without_leaks():
 
 
 def test_short_pieces_are_padded_at_the_end_and_masked():
-    pts = pd.concat([track_frame("long", 100, 10.0, 50.0, "2021-01-01"), track_frame("short", 13, 10.1, 50.0, "2021-01-01")])
+    pts = pd.concat(
+        [track_frame("long", 100, 10.0, 50.0, "2021-01-01"), track_frame("short", 13, 10.1, 50.0, "2021-01-01")]
+    )
     sets, _ = build_windows(pts, WindowParams(window=32, stride=32, min_points=5, train_frac=0.99, val_frac=0.0))
     train = sets["train"]
     short = train.subset(train.traj_id == "short")
@@ -89,7 +95,9 @@ def test_train_stride_overlaps_training_windows_only():
     one = over["train"].subset(over["train"].traj_id == "a0")
     starts = one.t_ns[:, 0]
     assert (np.diff(starts)[:-1] == 4 * 60 * 10**9).all()  # a window every 4 fixes (the tail window may be closer)
-    assert set(base["train"].t_ns[base["train"].traj_id == "a0"][:, 0]) <= set(starts)  # a superset of the disjoint ones
+    assert set(base["train"].t_ns[base["train"].traj_id == "a0"][:, 0]) <= set(
+        starts
+    )  # a superset of the disjoint ones
     assert np.array_equal(one.x[1, :12], one.x[0, 4:])  # slices of one encoded piece: same features
     with pytest.raises(ValueError, match="train_stride must be >= 1"):
         WindowParams(train_stride=0)

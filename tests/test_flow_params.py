@@ -81,14 +81,17 @@ def test_models_cover_every_library_field():
     assert list(P.PRESETS) == list_presets()
 
 
-@pytest.mark.parametrize("value, needle", [
-    ({"vesel": {"v_max_mps": 25}}, "unknown key(s) ['vesel']"),        # a typo in a kind
-    ({"vessel": {"v_max": 25}}, "unknown key(s) ['v_max']"),             # a typo in a threshold
-    ({"min_duration_s": math.nan}, "finite number"),
-    ({"vessel": {"generalize_s": math.inf}}, "finite number"),
-    ({"split_stops": "no"}, "valid boolean"),                            # would switch stop splitting on
-    ({"interval_s": -5}, "greater than 0"),
-])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ({"vesel": {"v_max_mps": 25}}, "unknown key(s) ['vesel']"),  # a typo in a kind
+        ({"vessel": {"v_max": 25}}, "unknown key(s) ['v_max']"),  # a typo in a threshold
+        ({"min_duration_s": math.nan}, "finite number"),
+        ({"vessel": {"generalize_s": math.inf}}, "finite number"),
+        ({"split_stops": "no"}, "valid boolean"),  # would switch stop splitting on
+        ({"interval_s": -5}, "greater than 0"),
+    ],
+)
 def test_preprocess_params_refuse_typos_nan_and_strings_for_flags(value, needle):
     with pytest.raises(P.ParamsError) as exc:
         P.parse(P.PreprocessOptions, value)
@@ -97,12 +100,15 @@ def test_preprocess_params_refuse_typos_nan_and_strings_for_flags(value, needle)
         assert "known:" in str(exc.value) and "vessel" in str(exc.value)
 
 
-@pytest.mark.parametrize("raw", [
-    {"interval_s": 30.0},
-    {"split_stops": True},
-    {"vessel": {"v_max_mps": 25.0}},
-    {"vessel": {"v_max_mps": 25.0}, "*": {"interval_s": 5.0}},
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"interval_s": 30.0},
+        {"split_stops": True},
+        {"vessel": {"v_max_mps": 25.0}},
+        {"vessel": {"v_max_mps": 25.0}, "*": {"interval_s": 5.0}},
+    ],
+)
 def test_preprocess_model_means_what_the_plain_dict_means(raw):
     from trajfm.data.clean import params_to_json
 
@@ -152,7 +158,9 @@ def test_the_flow_refuses_bad_params_before_running():
 
 
 def test_cli_parses_plain_json_into_the_models_and_fails_in_one_line():
-    params = check_params("pipeline", {"preprocess_params": {"split_stops": True}, "window_params": {"window": 16}, "epochs": 1})
+    params = check_params(
+        "pipeline", {"preprocess_params": {"split_stops": True}, "window_params": {"window": 16}, "epochs": 1}
+    )
     assert params["preprocess_params"].to_params() == {"split_stops": True}
     assert params["window_params"].to_params() == {"window": 16}
     with pytest.raises(SystemExit) as exc:
@@ -206,7 +214,11 @@ def test_run_ingest_takes_embedded_small_and_ends_with_a_summary(tmp_path):
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run(
         [sys.executable, "-m", "trajfm.cli", "run", "ingest", "--sources", "embedded:small", "--data-root", str(root)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout.strip().splitlines()
@@ -216,9 +228,11 @@ def test_run_ingest_takes_embedded_small_and_ends_with_a_summary(tmp_path):
 
 
 def test_evaluate_cli_checks_task_params_in_one_line(capsys):
-    for params, needle in (('{"forecst": {}}', "unknown key(s) ['forecst']"),
-                           ('{"forecast": {"horizon": 5}}', "unknown key(s) ['horizon'] for task 'forecast'"),
-                           ('{"forecast": {"horizons": [1, NaN]}}', "must be finite")):
+    for params, needle in (
+        ('{"forecst": {}}', "unknown key(s) ['forecst']"),
+        ('{"forecast": {"horizon": 5}}', "unknown key(s) ['horizon'] for task 'forecast'"),
+        ('{"forecast": {"horizons": [1, NaN]}}', "must be finite"),
+    ):
         with pytest.raises(SystemExit) as exc:
             main(["evaluate", "--model", "m.pt", "--data", "embedded:small", "--out", "o.json", "--params", params])
         assert exc.value.code == 2
@@ -226,7 +240,9 @@ def test_evaluate_cli_checks_task_params_in_one_line(capsys):
         assert needle in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["report", "--help"], ["registry", "--help"], ["run", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["evaluate", "--help"], ["report", "--help"], ["registry", "--help"], ["run", "--help"]]
+)
 def test_help_texts_carry_no_rst_backticks(argv, capsys):
     import contextlib
 
@@ -235,12 +251,15 @@ def test_help_texts_carry_no_rst_backticks(argv, capsys):
     assert "``" not in capsys.readouterr().out
 
 
-
 def test_run_summary_is_short_lines_not_json(tmp_path):
     from trajfm.cli import run_summary
 
-    result = {"status": "registered", "new_files": ["a.csv", "b.csv"], "metrics": {"ade_m": 812.345, "fde_m": 1500.0, "n_windows": 30,
-              "error_by_step_m": [1.0, 2.0]}, "train_dir": str(tmp_path)}
+    result = {
+        "status": "registered",
+        "new_files": ["a.csv", "b.csv"],
+        "metrics": {"ade_m": 812.345, "fde_m": 1500.0, "n_windows": 30, "error_by_step_m": [1.0, 2.0]},
+        "train_dir": str(tmp_path),
+    }
     text = run_summary("retrain", result, 12.3)
     lines = text.splitlines()
     assert lines[0] == "trajfm run retrain: finished in 12 s"

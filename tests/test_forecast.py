@@ -9,11 +9,19 @@ import pandas as pd
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import T0_NS, make_windows, stats_of, straight_track, track_frame, vessel_track, windows_from_tracks
+from synthetic_tracks import (
+    T0_NS,
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+    straight_track,
+    track_frame,
+    vessel_track,
+    windows_from_tracks,
+)
 from trajfm.evaluate import constant_velocity, evaluate_forecast, forecast_points, rollout
 from trajfm.evaluate.forecast import forecastable
-from trajfm.geo import haversine_m, offset_lonlat
+from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, TrajGPT
 
 NS = 1_000_000_000
@@ -92,8 +100,21 @@ def test_only_windows_long_enough_are_evaluated(random_model):
     assert np.isfinite(lon).all() and np.isfinite(lat).all()
     assert (np.diff(t, axis=1) >= 0).all()
     metrics = evaluate_forecast(random_model, ws, 16, 10)
-    assert set(metrics) == {"n_windows", "ade_m", "fde_m", "step1_m", "cv_ade_m", "cv_fde_m", "cv_step1_m",
-                            "fde1_m", "fde5_m", "fde10_m", "cv_fde1_m", "cv_fde5_m", "cv_fde10_m"}  # + steps 1, 5, 10
+    assert set(metrics) == {
+        "n_windows",
+        "ade_m",
+        "fde_m",
+        "step1_m",
+        "cv_ade_m",
+        "cv_fde_m",
+        "cv_step1_m",
+        "fde1_m",
+        "fde5_m",
+        "fde10_m",
+        "cv_fde1_m",
+        "cv_fde5_m",
+        "cv_fde10_m",
+    }  # + steps 1, 5, 10
     assert metrics["n_windows"] == len(sel)
     assert all(isinstance(v, float) and np.isfinite(v) for k, v in metrics.items() if k != "n_windows")
     ref_err = haversine_m(lon, lat, ws.lon[sel, 16:26], ws.lat[sel, 16:26])

@@ -102,8 +102,15 @@ def test_load_from_the_registry_and_without_mlflow_for_a_path(trained):
         f"fc.forecast(pd.read_parquet({str(sorted(root.glob('preprocess/*/points.parquet'))[0])!r}).head(200), horizon=2)\n"
         "print('mlflow' in sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False, capture_output=True, text=True, timeout=180,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "False"
 
@@ -120,9 +127,16 @@ def test_cli_forecast_writes_parquet_and_errors_in_one_line(trained, tmp_path, c
     got = pd.read_parquet(out)
     assert len(got) == points["traj_id"].nunique() * 4 and "radius_m_q90" in got.columns
     points.head(300).to_csv(tmp_path / "x.csv", index=False)
-    assert main(["forecast", "--model", str(train_dir), "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "y.csv")]) == 0
+    assert (
+        main(
+            ["forecast", "--model", str(train_dir), "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "y.csv")]
+        )
+        == 0
+    )
     assert len(pd.read_csv(tmp_path / "y.csv")) > 0
     capsys.readouterr()
-    assert main(["forecast", "--model", str(train_dir), "--data", str(tmp_path / "nope.parquet"), "--out", str(out)]) == 2
+    assert (
+        main(["forecast", "--model", str(train_dir), "--data", str(tmp_path / "nope.parquet"), "--out", str(out)]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.parquet" in err

@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+)
 from trajfm.model import GPTConfig, TrajGPT
 
 transformers = pytest.importorskip("transformers")
@@ -36,13 +39,22 @@ def reference_pair(n_layer=3, n_head=4, d_model=64, block_size=32, seed=0, wpe_s
     """
     torch.manual_seed(seed)
     hf_config = transformers.GPT2Config(
-        n_layer=n_layer, n_head=n_head, n_embd=d_model, n_positions=block_size, vocab_size=8,
-        activation_function="gelu_new", layer_norm_epsilon=1e-5,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=d_model,
+        n_positions=block_size,
+        vocab_size=8,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     hf_config._attn_implementation = "eager"  # the textbook softmax(QK^T/sqrt(d))V reference
     hf = transformers.GPT2Model(hf_config).eval()
-    ours = TrajGPT(GPTConfig(n_layer=n_layer, n_head=n_head, d_model=d_model, block_size=block_size, dropout=0.0)).eval()
+    ours = TrajGPT(
+        GPTConfig(n_layer=n_layer, n_head=n_head, d_model=d_model, block_size=block_size, dropout=0.0)
+    ).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if name == "wpe.weight":

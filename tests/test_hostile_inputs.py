@@ -11,14 +11,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from trajfm.data.readers import SourceFormatError, read_file
 from trajfm.data.schema import REASONS
 
-PLT_HEADER = ["Geolife trajectory", "WGS 84", "Altitude is in Feet", "Reserved 3", "0,2,255,My Track,0,0,2,8421376", "0"]
+PLT_HEADER = [
+    "Geolife trajectory",
+    "WGS 84",
+    "Altitude is in Feet",
+    "Reserved 3",
+    "0,2,255,My Track,0,0,2,8421376",
+    "0",
+]
 GENERIC = {"traj_id": "id", "t": "t", "lon": "lon", "lat": "lat"}
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +78,7 @@ def test_csv_quoted_field_with_line_break_is_quarantined_whole(tmp_path):
     path = tmp_path / "g.csv"
     path.write_text(
         "id,t,lon,lat,note\n"
-        'a,2020-01-01T00:00:00Z,1.0,2.0,ok\n'
+        "a,2020-01-01T00:00:00Z,1.0,2.0,ok\n"
         '"first\nline",2020-01-01T00:01:00Z,1.1,2.1,x\n'
         'a,2020-01-01T00:02:00Z,1.2,2.2,"one\ntwo\nthree"\n'
         'a,2020-01-01T00:03:00Z,1.3,2.3,"quoted, fine"\n'
@@ -151,7 +157,10 @@ NS_TIMES = ["2020-01-01T00:00:00.123456789Z", "2020-01-01T00:00:01.000000001Z"]
 
 
 def _ns_expected():
-    return [pd.Timestamp("2020-01-01 00:00:00.123456789", tz="UTC"), pd.Timestamp("2020-01-01 00:00:01.000000001", tz="UTC")]
+    return [
+        pd.Timestamp("2020-01-01 00:00:00.123456789", tz="UTC"),
+        pd.Timestamp("2020-01-01 00:00:01.000000001", tz="UTC"),
+    ]
 
 
 def test_nanosecond_text_times_are_kept(tmp_path):
@@ -182,7 +191,9 @@ def test_nanosecond_epoch_and_parquet_times_are_kept(tmp_path):
 
 def test_absurd_years_still_quarantined_not_overflowed(tmp_path):
     path = tmp_path / "g.csv"
-    path.write_text("id,t,lon,lat\na,1500-01-01T00:00:00Z,1,2\na,9999-01-01T00:00:00Z,1,2\na,2020-01-01T00:00:00.000000001Z,1,2\n")
+    path.write_text(
+        "id,t,lon,lat\na,1500-01-01T00:00:00Z,1,2\na,9999-01-01T00:00:00Z,1,2\na,2020-01-01T00:00:00.000000001Z,1,2\n"
+    )
     r = read(path, format="generic", columns=GENERIC, kind="bus")
     assert r.quarantine["reason"].tolist() == ["bad_time", "bad_time"] and r.rows_kept == 1
     assert r.points["t"].iloc[0].nanosecond == 1
@@ -197,7 +208,9 @@ def test_list_typed_parquet_column_is_one_clear_error(tmp_path):
 
     table = pa.table({"id": ["a", "a"], "t": ["2020-01-01T00:00:00Z"] * 2, "lon": [[1.0], [2.0]], "lat": [2.0, 2.0]})
     pq.write_table(table, tmp_path / "l.parquet")
-    with pytest.raises(SourceFormatError, match=r"l.parquet: column\(s\) named in columns= hold lists or structs.*'lon': 'list<"):
+    with pytest.raises(
+        SourceFormatError, match=r"l.parquet: column\(s\) named in columns= hold lists or structs.*'lon': 'list<"
+    ):
         read(tmp_path / "l.parquet", format="generic", columns=GENERIC, kind="bus")
 
 
@@ -223,7 +236,18 @@ def test_absent_device_is_one_clear_error_before_any_work(tmp_path, capsys):
 
     absent = f"cuda:{torch.cuda.device_count() + 6}"
     with pytest.raises(SystemExit) as exit_:
-        main(["--model", str(tmp_path / "nothing.pt"), "--data", str(tmp_path), "--device", absent, "--out", str(tmp_path / "o.json")])
+        main(
+            [
+                "--model",
+                str(tmp_path / "nothing.pt"),
+                "--data",
+                str(tmp_path),
+                "--device",
+                absent,
+                "--out",
+                str(tmp_path / "o.json"),
+            ]
+        )
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"trajfm evaluate: error: device '{absent}'") and "\n" not in err
@@ -301,7 +325,10 @@ def test_redact_url_hides_credentials_only():
     from trajfm.store import redact, redact_url
 
     assert redact_url("s3://AKIAKEY:s3cr3t@bucket/ais/*.csv") == "s3://***@bucket/ais/*.csv"
-    assert redact_url("read https://user:pass@example.org/a.csv and gs://b/c") == "read https://***@example.org/a.csv and gs://b/c"
+    assert (
+        redact_url("read https://user:pass@example.org/a.csv and gs://b/c")
+        == "read https://***@example.org/a.csv and gs://b/c"
+    )
     assert redact_url("s3://bucket/a@b.csv") == "s3://bucket/a@b.csv"  # an @ in a path is not a password
     assert redact_url("/data/me@host/x.csv") == "/data/me@host/x.csv"
     nested = {"sources": ["s3://k:v@b/x.csv", "/local.csv"], "n": 3, "opts": ("https://u:p@h/y",)}
@@ -317,13 +344,15 @@ def served(tmp_path_factory):
     pytest.importorskip("mlflow")
     import torch
 
-    from trajfm.model.checkpoint import load_model, save_checkpoint
+    from trajfm.model.checkpoint import save_checkpoint
     from trajfm.model.config import GPTConfig
     from trajfm.model.gpt import TrajGPT
     from trajfm.registry.pyfunc import TrajFMPyfunc
 
     torch.manual_seed(0)
-    path = save_checkpoint(tmp_path_factory.mktemp("m") / "model.pt", TrajGPT(GPTConfig(n_layer=1, n_head=1, d_model=8, block_size=8)))
+    path = save_checkpoint(
+        tmp_path_factory.mktemp("m") / "model.pt", TrajGPT(GPTConfig(n_layer=1, n_head=1, d_model=8, block_size=8))
+    )
     from trajfm.forecaster import load
 
     model = TrajFMPyfunc()
@@ -355,7 +384,9 @@ def test_serving_bounds_horizon_and_request_size(served, monkeypatch):
     assert "the request holds 12 points; the limit is 10" in _bad_request(served, points, {"horizon": 3})
     monkeypatch.delenv("TRAJFM_SERVE_MAX_POINTS")
     monkeypatch.setenv("TRAJFM_SERVE_MAX_FORECAST_STEPS", "5")
-    assert "2 trajectories x horizon 3 = 6 forecast steps; the limit is 5" in _bad_request(served, points, {"horizon": 3})
+    assert "2 trajectories x horizon 3 = 6 forecast steps; the limit is 5" in _bad_request(
+        served, points, {"horizon": 3}
+    )
 
 
 @pytest.mark.parametrize(
@@ -408,14 +439,32 @@ def test_models_serve_400_reason_and_sigterm_stops_the_server(tmp_path, monkeypa
     assert ts._register(root).promoted
     port = _free_port()
     proc = ts._start(
-        [ts.MLFLOW, "models", "serve", "-m", "models:/trajfm@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], ts._server_env(MLFLOW_TRACKING_URI=tracking_uri(root)), tmp_path,
+        [
+            ts.MLFLOW,
+            "models",
+            "serve",
+            "-m",
+            "models:/trajfm@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        ts._server_env(MLFLOW_TRACKING_URI=tracking_uri(root)),
+        tmp_path,
     )
 
     def ask(points, params):
         body = {"dataframe_split": points.to_dict(orient="split", index=False), "params": params}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as r:
                 return r.status, json.loads(r.read())
@@ -481,7 +530,9 @@ def test_credentials_in_a_source_url_never_reach_the_data_root_or_messages(tmp_p
         f.write("1,2008-02-02 15:00:00,116.5,39.9\n1,2008-02-02 15:01:00,116.51,39.91\n1,bad,116.5,39.9\n")
     out = ingest([url], root=tmp_path / "root")
     assert subprocess.run(["grep", "-rl", SECRET, str(tmp_path / "root")], capture_output=True).stdout == b""
-    assert pd.read_parquet(out / "quarantine.parquet")["file"].tolist() == [f"memory://***@bucket-{tmp_path.name}/taxi/1.txt"]
+    assert pd.read_parquet(out / "quarantine.parquet")["file"].tolist() == [
+        f"memory://***@bucket-{tmp_path.name}/taxi/1.txt"
+    ]
     assert "memory://***@" in (out / "manifest.json").read_text()
     with pytest.raises(FileNotFoundError) as err:
         ingest([f"memory://AKIAKEY:{SECRET}@nowhere/none.txt"], root=tmp_path / "root")
@@ -502,7 +553,10 @@ def test_flow_run_parameters_are_stored_redacted():
     sources = [f"s3://AKIAKEY:{SECRET}@bucket/ais/", "https://user:pw@example.org/a.csv", "/data/local.csv"]
     for fl in (ingest_flow, pipeline):
         stored = fl.serialize_parameters({"sources": sources, "data_root": "/tmp/r"})  # what Prefect's DB gets
-        assert stored == {"sources": ["s3://***@bucket/ais/", "https://***@example.org/a.csv", "/data/local.csv"], "data_root": "/tmp/r"}
+        assert stored == {
+            "sources": ["s3://***@bucket/ais/", "https://***@example.org/a.csv", "/data/local.csv"],
+            "data_root": "/tmp/r",
+        }
 
 
 def test_task_error_message_is_redacted():
@@ -555,7 +609,12 @@ def test_orphaned_prefect_temporary_server_is_stopped_by_the_next_run(tmp_path):
     from trajfm.orphans import orphaned_prefect_servers
 
     home = tmp_path / "prefect"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONPATH": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     env.pop("PREFECT_API_URL", None)
     script = textwrap.dedent("""
         import os, signal, sys
@@ -566,7 +625,9 @@ def test_orphaned_prefect_temporary_server_is_stopped_by_the_next_run(tmp_path):
         os.kill(os.getpid(), signal.SIGKILL)  # the run dies; atexit never stops the server
     """)
     # The server inherits stdout: read the pid line, not to EOF (the orphan keeps the pipe open).
-    run = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     line = run.stdout.readline()
     assert run.wait(timeout=200) == -9 and line.strip().isdigit(), line
     server = int(line)

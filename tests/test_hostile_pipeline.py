@@ -39,7 +39,13 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
     env.pop("TRAJFM_DEBUG", None)
     return subprocess.run(
-        [sys.executable, "-m", "trajfm.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False,
+        [sys.executable, "-m", "trajfm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        check=False,
     )
 
 
@@ -108,7 +114,9 @@ def test_invalid_model_name_is_refused_before_training(tmp_path, name):
 
 def test_cli_pipeline_bad_model_name_and_bad_preset_fail_before_any_stage(tmp_path):
     root = tmp_path / "root"
-    assert_one_line_error(run_cli("run", "pipeline", "--model-name", "a/b", "--data-root", str(root)), "invalid model name 'a/b'")
+    assert_one_line_error(
+        run_cli("run", "pipeline", "--model-name", "a/b", "--data-root", str(root)), "invalid model name 'a/b'"
+    )
     assert_one_line_error(run_cli("run", "pipeline", "--preset", "nope", "--data-root", str(root)), "known presets:")
     assert not (root / "ingest").exists() and not (root / "prefect").exists()
 
@@ -191,17 +199,25 @@ class _Planted:
 
 
 def pickle_record(value) -> bytes:
-    return json.dumps({
-        "metadata": {"storage_key": "x", "expiration": None, "serializer": {"type": "pickle", "picklelib": "pickle"}},
-        "result": base64.b64encode(pickle.dumps(value)).decode(),
-    }).encode()
+    return json.dumps(
+        {
+            "metadata": {
+                "storage_key": "x",
+                "expiration": None,
+                "serializer": {"type": "pickle", "picklelib": "pickle"},
+            },
+            "result": base64.b64encode(pickle.dumps(value)).decode(),
+        }
+    ).encode()
 
 
 def json_record(value, **serializer) -> bytes:
-    return json.dumps({
-        "metadata": {"storage_key": "x", "expiration": None, "serializer": {"type": "json", **serializer}},
-        "result": json.dumps(value),
-    }).encode()
+    return json.dumps(
+        {
+            "metadata": {"storage_key": "x", "expiration": None, "serializer": {"type": "json", **serializer}},
+            "result": json.dumps(value),
+        }
+    ).encode()
 
 
 def test_result_records_other_than_plain_json_are_refused(tmp_path, ingested):
@@ -273,7 +289,10 @@ def test_a_partition_of_only_unknown_kinds_is_all_quarantined(ingested):
     points = load_points(ingested)
     odd = points.assign(kind=pd.Categorical(["drone"] * len(points)))
     cleaned, quarantine, counts = clean_partition(odd)
-    assert len(cleaned) == 0 and counts["rows_quarantined"] == len(points) == (quarantine["reason"] == "unknown_kind").sum()
+    assert (
+        len(cleaned) == 0
+        and counts["rows_quarantined"] == len(points) == (quarantine["reason"] == "unknown_kind").sum()
+    )
 
 
 # --- 19.9: an empty stage fails its gate ------------------------------------------------------------
@@ -286,8 +305,15 @@ def test_an_empty_stage_fails_the_raw_gate_and_features_say_why(tmp_path, ingest
 
     junk = tmp_path / "junk.csv"
     junk.write_text("traj_id,t,lon,lat\n" + "".join(f"a,2020-06-30T00:0{i}:00Z,not-a-number,40.6\n" for i in range(5)))
-    out = ingest([str(junk)], root=tmp_path / "root", params={"format": "generic", "kind": "vessel",
-                                                               "columns": {"traj_id": "traj_id", "t": "t", "lon": "lon", "lat": "lat"}})
+    out = ingest(
+        [str(junk)],
+        root=tmp_path / "root",
+        params={
+            "format": "generic",
+            "kind": "vessel",
+            "columns": {"traj_id": "traj_id", "t": "t", "lon": "lon", "lat": "lat"},
+        },
+    )
     m = read_manifest(out)
     assert m["rows_read"] == 5 and m["rows_kept"] == 0 and m["rows_quarantined"] == 5
     report = validate_points(load_points(out), stage="raw")
@@ -314,7 +340,11 @@ def test_local_cluster_preprocess_leaves_os_environ_unchanged(ingested, tmp_path
     before = dict(os.environ)
     out = preprocess(ingested, root=tmp_path, scheduler="distributed", n_workers=1)
     assert read_manifest(out)["dask"]["scheduler"] == "distributed-local"
-    changed = {k: (before.get(k), os.environ.get(k)) for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
+    changed = {
+        k: (before.get(k), os.environ.get(k))
+        for k in set(before) | set(os.environ)
+        if before.get(k) != os.environ.get(k)
+    }
     assert changed == {}, changed
     # So the trainer's child process (it inherits os.environ) starts the same either way.
     from tasks.train import training_command
@@ -336,7 +366,14 @@ def prefect_api():
         yield
 
 
-PIPELINE_ARGS = {"epochs": 1, "batch_size": 64, "train_overrides": {"warmup_steps": 10}, "context_len": 12, "horizon": 6, "n_workers": 1}
+PIPELINE_ARGS = {
+    "epochs": 1,
+    "batch_size": 64,
+    "train_overrides": {"warmup_steps": 10},
+    "context_len": 12,
+    "horizon": 6,
+    "n_workers": 1,
+}
 STAGE_KEYS = {"ingest": "ingest_dir", "preprocess": "preprocess_dir", "features": "features_dir", "train": "train_dir"}
 
 
@@ -415,7 +452,9 @@ def test_planted_pickle_in_the_result_store_is_never_unpickled(first_run, tmp_pa
     assert third["ingest_dir"] == r["ingest_dir"] and record.stat().st_mtime_ns == stamp
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="ingest")), sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=1,
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="ingest")),
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+            limit=1,
         )
     assert runs[0].state.name == "Cached"
 
@@ -456,8 +495,14 @@ def test_pipeline_on_a_file_without_valid_rows_stops_at_the_raw_gate(prefect_api
     junk.write_text("traj_id,t,lon,lat\n" + "".join(f"a,2020-06-30T00:0{i}:00Z,x,40.6\n" for i in range(5)))
     root = tmp_path / "root"
     state = pipeline(
-        sources=[str(junk)], data_root=str(root), return_state=True,
-        ingest_params={"format": "generic", "kind": "vessel", "columns": {"traj_id": "traj_id", "t": "t", "lon": "lon", "lat": "lat"}},
+        sources=[str(junk)],
+        data_root=str(root),
+        return_state=True,
+        ingest_params={
+            "format": "generic",
+            "kind": "vessel",
+            "columns": {"traj_id": "traj_id", "t": "t", "lon": "lon", "lat": "lat"},
+        },
     )
     assert state.is_failed()
     message = str(state.message) + repr(state.result(raise_on_failure=False))
@@ -471,7 +516,10 @@ def test_pretrain_sources_are_corpus_names_not_paths(tmp_path):
     preflight must not refuse them as missing files (it did: 'source not found')."""
     from trajfm.cli import _preflight
 
-    _preflight("pretrain", {"sources": ["hurdat2_storms", "embedded_ais"], "data_root": str(tmp_path / "root"), "preset": "base-small"})
+    _preflight(
+        "pretrain",
+        {"sources": ["hurdat2_storms", "embedded_ais"], "data_root": str(tmp_path / "root"), "preset": "base-small"},
+    )
     with pytest.raises(PreflightError, match="source not found|no trajectory files"):
         _preflight("ingest", {"sources": ["hurdat2_storms"], "data_root": str(tmp_path / "root")})
 
@@ -488,7 +536,9 @@ def test_single_node_torchrun_rendezvous_listens_on_loopback_only(tmp_path):
     host, port = endpoint.rsplit(":", 1)
     assert host == "127.0.0.1" and 0 < int(port) < 65536
     assert cmd[cmd.index("--nnodes") + 1] == "1" and cmd[cmd.index("--nproc_per_node") + 1] == "2"
-    multi = training_command(str(tmp_path), str(tmp_path), "tutorial", {}, {}, 2, ["--nnodes", "2", "--rdzv-endpoint", "head:29400"])
+    multi = training_command(
+        str(tmp_path), str(tmp_path), "tutorial", {}, {}, 2, ["--nnodes", "2", "--rdzv-endpoint", "head:29400"]
+    )
     assert "127.0.0.1" not in " ".join(multi) and "head:29400" in multi
 
 
@@ -509,8 +559,20 @@ def test_every_flow_stores_json_results_and_redacts_its_parameters():
         for obj in vars(importlib.import_module(f"flows.{m.name}")).values():
             if isinstance(obj, Flow):
                 found[obj.name] = obj
-    assert {"pipeline", "retrain", "pretrain", "ingest", "preprocess", "validate", "features", "train", "calibrate",
-            "evaluate", "evaluate-model", "register"} <= set(found)
+    assert {
+        "pipeline",
+        "retrain",
+        "pretrain",
+        "ingest",
+        "preprocess",
+        "validate",
+        "features",
+        "train",
+        "calibrate",
+        "evaluate",
+        "evaluate-model",
+        "register",
+    } <= set(found)
     for name, fl in found.items():
         assert isinstance(fl, RedactingFlow), name
         assert fl.result_serializer == "json" and fl.persist_result is False, name

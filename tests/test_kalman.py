@@ -10,7 +10,13 @@ import pytest
 from synthetic_tracks import straight_track, windows_from_tracks
 from trajfm.evaluate.forecast import constant_velocity, forecastable
 from trajfm.evaluate.kalman import (
-    KalmanParams, _context, filter_tracks, fit_kalman, kalman_forecast, predict_ahead, stonesoup_models,
+    KalmanParams,
+    _context,
+    filter_tracks,
+    fit_kalman,
+    kalman_forecast,
+    predict_ahead,
+    stonesoup_models,
 )
 from trajfm.features.windows import WindowSet
 from trajfm.geo import haversine_m
@@ -41,19 +47,28 @@ def _stonesoup_filter(z, dt, params: KalmanParams, horizon: int, gap_s: float):
     transition, measurement = stonesoup_models(params.q_m2_s3, params.r_m2)
     predictor, updater = KalmanPredictor(transition), KalmanUpdater(measurement)
     t = datetime(2020, 12, 8)
-    state = GaussianState([[z[0, 0]], [0.0], [z[0, 1]], [0.0]],
-                          np.diag([params.r_m2, PRIOR_SPEED_MPS**2, params.r_m2, PRIOR_SPEED_MPS**2]), timestamp=t)
+    state = GaussianState(
+        [[z[0, 0]], [0.0], [z[0, 1]], [0.0]],
+        np.diag([params.r_m2, PRIOR_SPEED_MPS**2, params.r_m2, PRIOR_SPEED_MPS**2]),
+        timestamp=t,
+    )
     for k in range(1, len(z)):
         t = t + timedelta(seconds=float(dt[k - 1]))
         pred = predictor.predict(state, timestamp=t)
-        state = updater.update(SingleHypothesis(pred, Detection(z[k].reshape(2, 1), timestamp=t, measurement_model=measurement)))
+        state = updater.update(
+            SingleHypothesis(pred, Detection(z[k].reshape(2, 1), timestamp=t, measurement_model=measurement))
+        )
     filtered = state
     ahead = []
     for _ in range(horizon):
         t = t + timedelta(seconds=gap_s)
         state = predictor.predict(state, timestamp=t)
-        ahead.append((np.asarray(state.state_vector, float).ravel()[[0, 2]],
-                      np.asarray(state.covar, float)[np.ix_([0, 2], [0, 2])] + np.eye(2) * params.r_m2))
+        ahead.append(
+            (
+                np.asarray(state.state_vector, float).ravel()[[0, 2]],
+                np.asarray(state.covar, float)[np.ix_([0, 2], [0, 2])] + np.eye(2) * params.r_m2,
+            )
+        )
     return filtered, ahead
 
 
@@ -78,11 +93,13 @@ def test_fit_is_deterministic_and_beats_constant_velocity_one_step_on_real_ais(a
     train, test = ais
     p1, p2 = fit_kalman(train, CONTEXT, H), fit_kalman(train, CONTEXT, H)
     assert p1 == p2 and p1.q_m2_s3 > 0 and p1.r_m2 > 0
-    assert fit_kalman(train, CONTEXT, H, objective="likelihood") == fit_kalman(train, CONTEXT, H, objective="likelihood")
+    assert fit_kalman(train, CONTEXT, H, objective="likelihood") == fit_kalman(
+        train, CONTEXT, H, objective="likelihood"
+    )
     with pytest.raises(ValueError, match="objective must be one of"):
         fit_kalman(train, CONTEXT, H, objective="mse")
     sel = forecastable(test, CONTEXT, H)
-    tl, ta = test.lon[sel, CONTEXT:CONTEXT + H], test.lat[sel, CONTEXT:CONTEXT + H]
+    tl, ta = test.lon[sel, CONTEXT : CONTEXT + H], test.lat[sel, CONTEXT : CONTEXT + H]
     kl, ka, kt = kalman_forecast(test, CONTEXT, H, p1)
     cl, ca, ct = constant_velocity(test, CONTEXT, H)
     kf, cv = haversine_m(kl, ka, tl, ta).mean(axis=0), haversine_m(cl, ca, tl, ta).mean(axis=0)
@@ -112,7 +129,7 @@ def test_fitted_noise_is_recovered_on_a_noisy_straight_track():
     kl, ka, _ = kalman_forecast(ws, CONTEXT, H, p)
     cl, ca, _ = constant_velocity(ws, CONTEXT, H)
     sel = forecastable(ws, CONTEXT, H)
-    tl, ta = ws.lon[sel, CONTEXT:CONTEXT + H], ws.lat[sel, CONTEXT:CONTEXT + H]
+    tl, ta = ws.lon[sel, CONTEXT : CONTEXT + H], ws.lat[sel, CONTEXT : CONTEXT + H]
     assert haversine_m(kl, ka, tl, ta)[:, -1].mean() < 0.5 * haversine_m(cl, ca, tl, ta)[:, -1].mean()
     ul, ua, _ = kalman_forecast(ws, CONTEXT, H, tuned)
     assert haversine_m(ul, ua, tl, ta).mean() <= haversine_m(kl, ka, tl, ta).mean() + 1e-6
@@ -135,14 +152,15 @@ def test_the_evaluation_suite_reports_the_kalman_filter_fitted_on_the_training_w
     assert m["forecast.kalman_q_m2_s3"] == p.q_m2_s3 and m["forecast.kalman_r_m2"] == p.r_m2
     sel = forecastable(test, CONTEXT, 10)
     kl, ka, _ = kalman_forecast(test, CONTEXT, 10, p)
-    err = haversine_m(kl, ka, test.lon[sel, CONTEXT:CONTEXT + 10], test.lat[sel, CONTEXT:CONTEXT + 10])
+    err = haversine_m(kl, ka, test.lon[sel, CONTEXT : CONTEXT + 10], test.lat[sel, CONTEXT : CONTEXT + 10])
     assert m["forecast.fde_m@10.kalman"] == pytest.approx(err[:, -1].mean())
     assert m["forecast.fde_m@1.kalman"] < m["forecast.fde_m@1.constant_velocity"]
     from trajfm.evaluate.baselines import linear_extrapolation
 
     ll, la, _ = linear_extrapolation(test, CONTEXT, 10)  # the other straight line, in the same table
     assert m["forecast.fde_m@10.linear_extrapolation"] == pytest.approx(
-        haversine_m(ll, la, test.lon[sel, CONTEXT:CONTEXT + 10], test.lat[sel, CONTEXT:CONTEXT + 10])[:, -1].mean())
+        haversine_m(ll, la, test.lon[sel, CONTEXT : CONTEXT + 10], test.lat[sel, CONTEXT : CONTEXT + 10])[:, -1].mean()
+    )
     without = run_task("forecast", None, test)  # nothing to fit on: no Kalman row (never fitted on what it scores)
     assert not any("kalman" in k for k in without)
     assert without == {k: v for k, v in m.items() if "kalman" not in k}
@@ -150,10 +168,20 @@ def test_the_evaluation_suite_reports_the_kalman_filter_fitted_on_the_training_w
 
 def test_transfer_protocols_report_the_kalman_filter_and_the_blended_zero_shot_model(tmp_path):
     from test_transfer import TINY, _write
+
     from trajfm.evaluate.transfer import run_protocol
 
-    a = run_protocol(_write(tmp_path, TINY), "tutorial", root=tmp_path / "a", seeds=(0,), epochs=1, max_steps=6,
-                     fine_tune_steps=0, batch_size=16, compare_tutorial=False)
+    a = run_protocol(
+        _write(tmp_path, TINY),
+        "tutorial",
+        root=tmp_path / "a",
+        seeds=(0,),
+        epochs=1,
+        max_steps=6,
+        fine_tune_steps=0,
+        batch_size=16,
+        compare_tutorial=False,
+    )
     run = a["runs"]["0"]
     for predictor in ("kalman", "constant_velocity", "tutorial@zero-shot", "tutorial+blend@zero-shot"):
         assert run[f"forecast.fde_m@10.{predictor}"] > 0, predictor

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+)
 from trajfm.features.encode import N_FEATURES, N_TARGETS
 from trajfm.model import GPTConfig, TrajGPT, describe_presets, list_presets, load_model, load_preset, save_checkpoint
 from trajfm.model.checkpoint import load_checkpoint
@@ -39,7 +42,14 @@ def batch(ws, idx=slice(None)):
 
 
 def test_presets_are_listed_and_load():
-    assert {"tutorial", "trajgpt2-small", "trajfm-rope", "timesfm-patch", "timesfm-patch-large", "timesfm-patch-context"} <= set(list_presets())
+    assert {
+        "tutorial",
+        "trajgpt2-small",
+        "trajfm-rope",
+        "timesfm-patch",
+        "timesfm-patch-large",
+        "timesfm-patch-context",
+    } <= set(list_presets())
     assert set(describe_presets()) == set(list_presets()) and all(describe_presets().values())
     tut = load_preset("tutorial")
     assert (tut.n_layer, tut.n_head, tut.d_model, tut.block_size) == (2, 4, 96, 64)
@@ -198,10 +208,7 @@ def test_loss_counts_only_real_consecutive_pairs(model, windows):
         pred = model(x, mask)
         target = (x[..., :N_TARGETS] - model.feat_mean[:N_TARGETS]) / model.feat_std[:N_TARGETS]
         errs = [
-            ((pred[b, i] - target[b, i + 1]) ** 2)
-            for b in range(5)
-            for i in range(31)
-            if mask[b, i] and mask[b, i + 1]
+            ((pred[b, i] - target[b, i + 1]) ** 2) for b in range(5) for i in range(31) if mask[b, i] and mask[b, i + 1]
         ]
         manual = torch.stack(errs).mean()
         torch.testing.assert_close(model.loss(x, mask), manual)
@@ -267,7 +274,9 @@ def test_checkpoint_round_trip_weights_only(model, windows, tmp_path):
     model.loss(x, mask).backward()
     opt.step()
     model.eval()
-    path = save_checkpoint(tmp_path / "m.pt", model, opt, {"epoch": np.int64(3), "val": np.float32(0.5), "where": tmp_path})
+    path = save_checkpoint(
+        tmp_path / "m.pt", model, opt, {"epoch": np.int64(3), "val": np.float32(0.5), "where": tmp_path}
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
     raw = torch.load(path, weights_only=True)
     assert raw["config"] == model.config.to_dict()

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+)
 from trajfm.model import GPTConfig, TrajGPT, load_preset
 from trajfm.model.gpt import augment_steps
 from trajfm.train import TrainConfig, train
@@ -88,8 +91,16 @@ def test_augmented_training_resumes_bit_for_bit(windows, tmp_path):
     st = stats_of(windows)
     model = load_preset("tutorial", block_size=32, augment="rotate-flip")
     steps = 2 * math.ceil(len(windows) / 8)
-    config = TrainConfig(epochs=4, batch_size=8, lr=3e-3, warmup_steps=2, seed=0, device="cpu",
-                         max_steps=steps, checkpoint_every=steps // 2)
+    config = TrainConfig(
+        epochs=4,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=2,
+        seed=0,
+        device="cpu",
+        max_steps=steps,
+        checkpoint_every=steps // 2,
+    )
     full = train(windows, windows, model, st, config, tmp_path / "full")
 
     class Crash(RuntimeError):

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from helpers import seeded_model, small_slice_windows
+from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from trajfm.geo import haversine_m
-from trajfm.model import GPTConfig, TrajGPT, load_model, save_checkpoint
-from trajfm.model import cells
-from trajfm.model.config import ADDED_DEFAULTS, load_preset, list_presets
+from trajfm.model import GPTConfig, TrajGPT, cells, load_model, save_checkpoint
+from trajfm.model.config import ADDED_DEFAULTS, list_presets, load_preset
 
 h3 = pytest.importorskip("h3")
 RES, RADIUS = 9, 4
-SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, head="cell", cell_resolution=RES, cell_radius=RADIUS)
+SMALL = dict(
+    n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, head="cell", cell_resolution=RES, cell_radius=RADIUS
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +38,22 @@ def make_model(ws, seed=0, **cfg):
 
 def test_class_set_is_the_h3_disk_everywhere():
     assert len(cells.disk_offsets(RADIUS)) == cells.n_cell_classes(RADIUS) - 1 == 3 * RADIUS * (RADIUS + 1) + 1
-    for lat, lon in [(40.60, -74.02), (39.90, 116.40), (53.40, -2.98), (-33.9, 151.2)]:  # NY, Beijing, Liverpool, Sydney
+    for lat, lon in [
+        (40.60, -74.02),
+        (39.90, 116.40),
+        (53.40, -2.98),
+        (-33.9, 151.2),
+    ]:  # NY, Beijing, Liverpool, Sydney
         origin = h3.latlng_to_cell(lat, lon, RES)
         i0, j0 = h3.cell_to_local_ij(origin, origin)
         got = {tuple(np.subtract(h3.cell_to_local_ij(origin, c), (i0, j0))) for c in h3.grid_disk(origin, RADIUS)}
         assert got == {tuple(o) for o in cells.disk_offsets(RADIUS)}
-        ring = {(int(a), int(b)) for a, b in cells.disk_offsets(RADIUS)} - {tuple(o) for o in cells.disk_offsets(RADIUS - 1)}
-        assert {tuple(np.subtract(h3.cell_to_local_ij(origin, c), (i0, j0))) for c in h3.grid_ring(origin, RADIUS)} == ring
+        ring = {(int(a), int(b)) for a, b in cells.disk_offsets(RADIUS)} - {
+            tuple(o) for o in cells.disk_offsets(RADIUS - 1)
+        }
+        assert {
+            tuple(np.subtract(h3.cell_to_local_ij(origin, c), (i0, j0))) for c in h3.grid_ring(origin, RADIUS)
+        } == ring
 
 
 def test_true_class_decodes_to_the_true_cell_on_real_windows(ais):
@@ -127,4 +137,6 @@ def test_config_and_the_other_heads_refuse_misuse(ais):
     with pytest.raises(ValueError, match="cells.cell_loss"):
         model.loss(x, mask)
     with pytest.raises(ValueError, match="not 'cell'"):
-        cells.cell_loss(TrajGPT(GPTConfig(**{**SMALL, "head": "mse"})), x, mask, torch.tensor(lonlat_of(ais.subset(slice(0, 2)))))
+        cells.cell_loss(
+            TrajGPT(GPTConfig(**{**SMALL, "head": "mse"})), x, mask, torch.tensor(lonlat_of(ais.subset(slice(0, 2))))
+        )

@@ -10,8 +10,12 @@ import pytest
 import torch
 
 import trajfm.train as train_mod
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import jittered_model, make_windows, stats_of
+from synthetic_tracks import (
+    jittered_model,
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+)
 from trajfm.model import GPTConfig, Rollout, TrajGPT, load_preset
 from trajfm.train import TrainConfig, train
 
@@ -35,9 +39,16 @@ def scaled(x: torch.Tensor, k: float, dlog: float = 0.0) -> torch.Tensor:
     return y
 
 
-@pytest.mark.parametrize("options", [dict(), dict(patch_in=4, patch_out=8), dict(head="mixture", n_mixture=3),
-                                     dict(anchor="velocity", frame="heading", turn_inputs=True)],
-                         ids=["tutorial", "patched", "mixture", "anchored"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(patch_in=4, patch_out=8),
+        dict(head="mixture", n_mixture=3),
+        dict(anchor="velocity", frame="heading", turn_inputs=True),
+    ],
+    ids=["tutorial", "patched", "mixture", "anchored"],
+)
 def test_forecasts_scale_with_the_movement(windows, options):
     """With a negligible floor, steps k times longer and time gaps shifted give the same forecast
     in the same proportion: the model works in the sequence's own units."""
@@ -51,7 +62,9 @@ def test_forecasts_scale_with_the_movement(windows, options):
             torch.testing.assert_close(got[..., 2], ref[..., 2] + dlog, rtol=1e-4, atol=1e-3)
     plain = make_model(windows)  # global statistics: no such symmetry
     with torch.no_grad():
-        assert not torch.allclose(plain.predict(scaled(x, 0.05), mask)[..., :2], plain.predict(x, mask)[..., :2] * 0.05, rtol=0.05)
+        assert not torch.allclose(
+            plain.predict(scaled(x, 0.05), mask)[..., :2], plain.predict(x, mask)[..., :2] * 0.05, rtol=0.05
+        )
 
 
 def test_the_loss_counts_metres_or_the_sequences_units(windows):
@@ -121,11 +134,24 @@ def test_decoding_and_caching_without_units_are_clear_errors(windows):
         with pytest.raises(ValueError, match="KV cache"):
             m(x[:, 10:11], mask[:, 10:11], cache=r.cache)
         # the rollout's units are its contexts', and its first prediction is predict's
-        torch.testing.assert_close(r.predict(), m.predict(x[:, :10], mask[:, :10] & (torch.arange(10) < torch.tensor([[10], [7]]))))
+        torch.testing.assert_close(
+            r.predict(), m.predict(x[:, :10], mask[:, :10] & (torch.arange(10) < torch.tensor([[10], [7]])))
+        )
 
 
-@pytest.mark.parametrize("bad", [dict(norm_loss="feet"), dict(objective="infill"), dict(step_scale="speed"), dict(time_encoding="time2vec"),
-                                 dict(norm_points=0), dict(norm_points=64), dict(norm_floor_m=0.0), dict(norm="instance")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(norm_loss="feet"),
+        dict(objective="infill"),
+        dict(step_scale="speed"),
+        dict(time_encoding="time2vec"),
+        dict(norm_points=0),
+        dict(norm_points=64),
+        dict(norm_floor_m=0.0),
+        dict(norm="instance"),
+    ],
+)
 def test_unsupported_combinations_are_refused(bad):
     with pytest.raises(ValueError, match="norm"):
         GPTConfig(**{"norm": "context", **bad})

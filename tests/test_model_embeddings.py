@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of, track_frame, vessel_track
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+    track_frame,
+    vessel_track,
+)
 from trajfm.evaluate import forecast_points
 from trajfm.features.encode import calendar_features, encode_points
 from trajfm.geo import offset_lonlat
@@ -98,8 +103,15 @@ def test_space_and_time_encodings_train_and_forecast(tmp_path):
     tr = make_windows(n_tracks=16, points=90, window=32, seed=10, stride=16)
     va = make_windows(n_tracks=4, points=90, window=32, seed=11)
     st = stats_of(tr)
-    cfg = GPTConfig(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0,
-                    space_encoding="sinusoidal", time_encoding="time2vec")
+    cfg = GPTConfig(
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        block_size=32,
+        dropout=0.0,
+        space_encoding="sinusoidal",
+        time_encoding="time2vec",
+    )
     res = train(tr, va, cfg, st, TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_steps=2, device="cpu"), tmp_path)
     assert res.history[-1]["val_loss"] < res.history[0]["val_loss"]
     rng = np.random.default_rng(0)

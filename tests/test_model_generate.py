@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import jittered_model, make_windows
+from synthetic_tracks import (
+    jittered_model,
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+)
 from trajfm.evaluate.forecast import rollout
 from trajfm.geo import haversine_m
 from trajfm.model import KVCache, Rollout, TrajGPT
@@ -41,7 +44,9 @@ def teacher_forced(model, ws, n0: np.ndarray, steps: int, use_cache: bool, **pre
     """Predictions (steps, B, Q, T) while feeding each row's TRUE next points one at a time."""
     x, ll = torch.from_numpy(ws.x), lonlat_of(ws)
     kind = torch.arange(len(n0)) % 3 if model.config.n_kinds else None
-    state = Rollout(model, x[:, : n0.max()], torch.from_numpy(n0), lonlat=ll[:, : n0.max()], kind=kind, use_cache=use_cache)
+    state = Rollout(
+        model, x[:, : n0.max()], torch.from_numpy(n0), lonlat=ll[:, : n0.max()], kind=kind, use_cache=use_cache
+    )
     rows = np.arange(len(n0))
     preds, cached = [], []
     for s in range(steps):

@@ -10,11 +10,13 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+)
 from trajfm.evaluate import evaluate_forecast, rollout
-from trajfm.model import GPTConfig, TrajGPT
-from trajfm.model import heads
+from trajfm.model import GPTConfig, TrajGPT, heads
 from trajfm.train import TrainConfig, evaluate_loss, train
 
 K, T = 3, 3

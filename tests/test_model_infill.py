@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from helpers import seeded_model
-from synthetic_tracks import make_windows, straight_track, windows_from_tracks
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    straight_track,
+    windows_from_tracks,
+)
 from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, TrajGPT, load_model, save_checkpoint
 from trajfm.model.gpt import TYPE_ANS, TYPE_MASK, TYPE_NO_TIME, TYPE_POINT, TYPE_SEP
@@ -109,8 +113,9 @@ def test_sequence_layout_gap_step_targets_and_coordinates(windows):
 def test_hidden_time_hides_the_gap_duration_and_later_calendars(windows):
     x = torch.from_numpy(windows.x[:1, :10]).clone()
     mean = torch.tensor([1.0, 2.0, 4.1, 0.0, 0.0, 0.0, 0.0])
-    seq = build_sequences(x, torch.ones(1, 10, dtype=torch.bool), torch.tensor([3]), torch.tensor([6]),
-                          torch.tensor([True]), mean)
+    seq = build_sequences(
+        x, torch.ones(1, 10, dtype=torch.bool), torch.tensor([3]), torch.tensor([6]), torch.tensor([True]), mean
+    )
     assert seq.types[0, 4:8].tolist() == [TYPE_NO_TIME] * 4
     assert float(seq.x[0, 4, 2]) == pytest.approx(4.1)  # the mean: 0 after normalization
     assert (seq.x[0, 4:8, 3:] == 0).all()  # no calendar after the gap
@@ -137,7 +142,9 @@ def test_part_a_never_sees_the_hidden_points(windows):
 def test_answers_are_causal(windows):
     model = make_model(windows, seed=1)
     x, mask = torch.from_numpy(windows.x[:4, :16]), torch.ones(4, 16, dtype=torch.bool)
-    seq = build_sequences(x, mask, torch.full((4,), 4), torch.full((4,), 10), torch.zeros(4, dtype=torch.bool), model.feat_mean)
+    seq = build_sequences(
+        x, mask, torch.full((4,), 4), torch.full((4,), 10), torch.zeros(4, dtype=torch.bool), model.feat_mean
+    )
     with torch.no_grad():
         ref = model(seq.x, seq.mask, coords=seq.coords, types=seq.types)
         for k in (int(seq.sep[0]) + 1, int(seq.sep[0]) + 4):

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import jittered_model, make_windows, stats_of, straight_track, windows_from_tracks
+from synthetic_tracks import (
+    jittered_model,
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+    straight_track,
+    windows_from_tracks,
+)
 from trajfm.evaluate import evaluate_forecast, rollout
 from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, TrajGPT
@@ -25,7 +31,9 @@ def windows():
 
 
 def patched(windows, **kw) -> TrajGPT:
-    return jittered_model(windows, n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, patch_in=P, patch_out=Q, **kw)
+    return jittered_model(
+        windows, n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, patch_in=P, patch_out=Q, **kw
+    )
 
 
 def test_each_token_targets_the_points_after_its_patch():
@@ -95,8 +103,20 @@ def test_patched_model_trains_and_forecasts(windows, tmp_path):
 
     tr = make_windows(n_tracks=16, points=90, window=32, seed=10, stride=16)
     st = stats_of(tr)
-    cfg = GPTConfig(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, patch_in=P, patch_out=Q, head="mixture", n_mixture=2)
-    res = train(tr, None, cfg, st, TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_steps=2, device="cpu"), tmp_path)
+    cfg = GPTConfig(
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        block_size=32,
+        dropout=0.0,
+        patch_in=P,
+        patch_out=Q,
+        head="mixture",
+        n_mixture=2,
+    )
+    res = train(
+        tr, None, cfg, st, TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_steps=2, device="cpu"), tmp_path
+    )
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     metrics = evaluate_forecast(res.model, windows, 16, 12)
     assert metrics["n_windows"] > 0 and all(np.isfinite(v) for v in metrics.values())

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import jittered_model, make_windows
+from synthetic_tracks import (
+    jittered_model,
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+)
 from trajfm.model import GPTConfig, TrajGPT
 from trajfm.model.positions import Rotary, apply_rotary, point_coords
 
@@ -60,7 +63,9 @@ def test_st_rope_scores_depend_only_on_displacement_and_elapsed_time():
     ref = scores(rot, q, k, coords)
     # New York -> Beijing -> 50 years later: far coordinates, float64 angles keep the scores
     for shift in ([5_000.0, -3_000.0, 3_600.0], [1.2e7, -4.0e6, 1.6e9]):
-        torch.testing.assert_close(scores(rot, q, k, coords + torch.tensor(shift, dtype=torch.float64)), ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            scores(rot, q, k, coords + torch.tensor(shift, dtype=torch.float64)), ref, rtol=1e-4, atol=1e-4
+        )
     moved = coords.clone()
     moved[0, 10:, 0] += 250.0  # one displacement changes: the scores across it change
     assert not torch.allclose(scores(rot, q, k, moved), ref, atol=1e-3)

@@ -10,13 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from helpers import seeded_model, zero_head
-from synthetic_tracks import make_windows, stats_of, straight_track, windows_from_tracks
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+    straight_track,
+    windows_from_tracks,
+)
 from trajfm.evaluate.forecast import evaluate_forecast, rollout
 from trajfm.geo import haversine_m
-from trajfm.model import GPTConfig, TrajGPT, load_model, load_preset, save_checkpoint
-from trajfm.model import targets
+from trajfm.model import GPTConfig, TrajGPT, load_model, load_preset, save_checkpoint, targets
 from trajfm.model.config import ADDED_DEFAULTS
 
 SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)
@@ -73,8 +77,10 @@ def test_heading_frame_is_rotation_invariant():
     assert z1[0, 1] > 0  # left of the heading is positive
 
 
-@pytest.mark.parametrize("anchor,frame,step_scale", [("velocity", "absolute", "std"), ("velocity", "heading", "std"),
-                                                      ("velocity", "heading", "speed")])
+@pytest.mark.parametrize(
+    "anchor,frame,step_scale",
+    [("velocity", "absolute", "std"), ("velocity", "heading", "std"), ("velocity", "heading", "speed")],
+)
 def test_zero_output_is_constant_velocity(windows, anchor, frame, step_scale):
     model = zero_head(make_model(windows, anchor=anchor, frame=frame, step_scale=step_scale))
     m = evaluate_forecast(model, windows, context_len=12, horizon=8)
@@ -186,7 +192,9 @@ def test_turn_frame_steps_read_speed_and_turn_whatever_the_heading():
     torch.testing.assert_close(r1[0, 2], torch.tensor([100.0, 10.0]))  # 10 m to the left of east
     torch.testing.assert_close(r1[0, 4], torch.tensor([50.0, 0.0]))  # stopped before: its own heading
     prev = torch.tensor([[0.0, -30.0]])  # heading south before the first step
-    torch.testing.assert_close(turn_frame_steps(x[:, 1:], mask[:, 1:], prev)[0, 0], torch.tensor([0.0, 100.0]))  # east = left
+    torch.testing.assert_close(
+        turn_frame_steps(x[:, 1:], mask[:, 1:], prev)[0, 0], torch.tensor([0.0, 100.0])
+    )  # east = left
 
 
 def test_turn_inputs_cache_padding_and_checkpoint(windows, tmp_path):
@@ -258,11 +266,16 @@ def test_point_losses_belong_to_the_regression_head():
 
 def test_forecast_preset_loads_and_forecasts_points(windows):
     from synthetic_tracks import track_frame, vessel_track
-
     from trajfm.evaluate.forecast import forecast_points
 
     cfg = load_preset("trajfm-forecast")
-    assert (cfg.anchor, cfg.frame, cfg.patch_out, cfg.turn_inputs, cfg.length_input) == ("velocity", "heading", 10, True, True)
+    assert (cfg.anchor, cfg.frame, cfg.patch_out, cfg.turn_inputs, cfg.length_input) == (
+        "velocity",
+        "heading",
+        10,
+        True,
+        True,
+    )
     assert cfg.space_encoding == "sinusoidal" and cfg.objective == "next"
     small = load_preset("trajfm-forecast", n_layer=1, d_model=32, n_head=2, block_size=32)
     torch.manual_seed(0)

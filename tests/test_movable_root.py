@@ -37,7 +37,9 @@ def _paths_in_store(database, needle: str) -> list[tuple[str, str, str]]:
     with sqlite3.connect(database) as con:
         for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
             for col in [r[1] for r in con.execute(f"PRAGMA table_info({table})")]:
-                for (value,) in con.execute(f"SELECT {col} FROM {table} WHERE CAST({col} AS TEXT) LIKE ?", (f"%{needle}%",)):
+                for (value,) in con.execute(
+                    f"SELECT {col} FROM {table} WHERE CAST({col} AS TEXT) LIKE ?", (f"%{needle}%",)
+                ):
                     found.append((table, col, str(value)[:120]))
     return found
 
@@ -70,7 +72,10 @@ def test_the_copy_works_on_its_own_and_never_touches_the_original(copied, capsys
     some = points[points["traj_id"].isin(points["traj_id"].unique()[:2])]
     with global_uris(tracking_uri(copy)):
         model = mlflow.pyfunc.load_model("models:/trajfm@champion")
-    served = model.predict(some[["traj_id", "t", "lon", "lat"]].assign(t=some["t"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")), params={"horizon": 3})
+    served = model.predict(
+        some[["traj_id", "t", "lon", "lat"]].assign(t=some["t"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        params={"horizon": 3},
+    )
     assert len(served) == 6
     assert len(trajfm.load("models:/trajfm@champion", data_root=copy).forecast(some, horizon=3)) == 6
     assert not original.exists(), "something recreated or wrote the original root"

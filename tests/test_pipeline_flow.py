@@ -32,8 +32,15 @@ def small_run(prefect_api, tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     sources = [str(p) for p in embedded_files(SMALL_SLICE)]
     result = pipeline(
-        sources=sources, data_root=str(root), preset="tutorial", epochs=1, batch_size=64,
-        train_overrides={"warmup_steps": 10}, context_len=12, horizon=6, n_workers=2,
+        sources=sources,
+        data_root=str(root),
+        preset="tutorial",
+        epochs=1,
+        batch_size=64,
+        train_overrides={"warmup_steps": 10},
+        context_len=12,
+        horizon=6,
+        n_workers=2,
     )
     return root, sources, result
 
@@ -81,7 +88,9 @@ def test_model_is_registered_as_champion_and_serves_forecasts(small_run):
         model = mlflow.pyfunc.load_model("models:/trajfm@champion")
         points = pd.read_parquet(Path(r["preprocess_dir"]) / "points.parquet")
         first = points[points["traj_id"] == points["traj_id"].iloc[0]].head(20)
-        served = first[["traj_id", "t", "lon", "lat"]].assign(t=first["t"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))  # as JSON/CSV send it
+        served = first[["traj_id", "t", "lon", "lat"]].assign(
+            t=first["t"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        )  # as JSON/CSV send it
         out = model.predict(served, params={"horizon": 4})
     finally:
         mlflow.set_tracking_uri(None)
@@ -94,10 +103,22 @@ def test_artifacts_are_published(small_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    keys = {"ingest-row-accounting", "preprocess-row-accounting", "validation-raw", "validation-processed",
-            "features-splits", "forecast-metrics", "registration", "data-docs-raw", "data-docs-processed"}
+    keys = {
+        "ingest-row-accounting",
+        "preprocess-row-accounting",
+        "validation-raw",
+        "validation-processed",
+        "features-splits",
+        "forecast-metrics",
+        "registration",
+        "data-docs-raw",
+        "data-docs-processed",
+    }
     with get_client(sync_client=True) as client:
-        found = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))}
+        found = {
+            a.key
+            for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))
+        }
     assert keys <= found
 
 
@@ -146,7 +167,9 @@ def _first_pipeline_run(client):
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
-    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["pipeline"])), sort=FlowRunSort.START_TIME_ASC)
+    runs = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=["pipeline"])), sort=FlowRunSort.START_TIME_ASC
+    )
     return runs[0]
 
 
@@ -156,10 +179,22 @@ def test_every_subflow_run_is_named_by_its_stage(small_run):
 
     with get_client(sync_client=True) as client:
         parent = _first_pipeline_run(client)
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id]))
+        )
     assert parent.name == "pipeline-tutorial"
     assert sorted(c.name for c in children) == sorted(
-        ["ingest", "validate-raw", "preprocess", "validate-processed", "features", "train-tutorial", "calibrate", "evaluate-test", "register-trajfm"]
+        [
+            "ingest",
+            "validate-raw",
+            "preprocess",
+            "validate-processed",
+            "features",
+            "train-tutorial",
+            "calibrate",
+            "evaluate-test",
+            "register-trajfm",
+        ]
     )
 
 
@@ -170,7 +205,9 @@ def test_parent_run_has_the_summary_artifact_with_links(small_run):
     _, _, r = small_run
     with get_client(sync_client=True) as client:
         parent = _first_pipeline_run(client)
-        (summary,) = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id])))
+        (summary,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id]))
+        )
         ingest_art = [a for a in client.read_artifacts() if a.key == "ingest-row-accounting"]
     assert summary.key == "pipeline-summary" and summary.type == "markdown"
     text = summary.data
@@ -191,8 +228,15 @@ def test_rerun_on_same_data_reuses_every_stage(small_run):
 
     root, sources, r = small_run
     again = pipeline(
-        sources=sources, data_root=str(root), preset="tutorial", epochs=1, batch_size=64,
-        train_overrides={"warmup_steps": 10}, context_len=12, horizon=6, n_workers=2,
+        sources=sources,
+        data_root=str(root),
+        preset="tutorial",
+        epochs=1,
+        batch_size=64,
+        train_overrides={"warmup_steps": 10},
+        context_len=12,
+        horizon=6,
+        n_workers=2,
     )
     for key in ("ingest_dir", "preprocess_dir", "features_dir", "train_dir"):
         assert again[key] == r[key]
@@ -205,7 +249,11 @@ def test_failed_gate_stops_the_flow_before_training(prefect_api, tmp_path):
     root = tmp_path / "root"
     sources = [str(p) for p in embedded_files(SMALL_SLICE)]
     state = pipeline(
-        sources=sources, data_root=str(root), epochs=1, quality_params={"v_max_mps": 0.5}, return_state=True,
+        sources=sources,
+        data_root=str(root),
+        epochs=1,
+        quality_params={"v_max_mps": 0.5},
+        return_state=True,
     )
     assert state.is_failed()
     message = str(state.message) + repr(state.result(raise_on_failure=False))

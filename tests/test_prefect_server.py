@@ -90,14 +90,21 @@ def server(tmp_path):
     }
     env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     started: list[subprocess.Popen] = [proc]
     try:
         deadline = time.monotonic() + SERVER_START_S
         while not healthy(url):
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"prefect server did not answer on {url} within {SERVER_START_S} s (see {tmp_path / 'server.log'})")
+                pytest.skip(
+                    f"prefect server did not answer on {url} within {SERVER_START_S} s (see {tmp_path / 'server.log'})"
+                )
             time.sleep(0.5)
         yield env, started
     finally:
@@ -128,14 +135,27 @@ def test_deploy_run_pipeline_on_a_real_server(server, tmp_path):
     assert "trajfm-pipeline" in out and "trajfm-retrain" in out
 
     params = {
-        "sources": [str(p) for p in embedded_files(SMALL_SLICE)], "data_root": str(root), "epochs": 1, "batch_size": 64,
-        "n_workers": 1, "context_len": 12, "horizon": 6, "train_overrides": {"max_steps": 3, "warmup_steps": 1},
+        "sources": [str(p) for p in embedded_files(SMALL_SLICE)],
+        "data_root": str(root),
+        "epochs": 1,
+        "batch_size": 64,
+        "n_workers": 1,
+        "context_len": 12,
+        "horizon": 6,
+        "train_overrides": {"max_steps": 3, "warmup_steps": 1},
     }
     out = cli(["deployment", "run", "pipeline/trajfm-pipeline", "--params", json.dumps(params)], env)
     run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
     worker_log = open(tmp_path / "worker.log", "w")
-    started.append(subprocess.Popen([PREFECT, "worker", "start", "--pool", "trajfm-process"], cwd=REPO, env=env,
-                                    stdout=worker_log, stderr=subprocess.STDOUT))
+    started.append(
+        subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "trajfm-process"],
+            cwd=REPO,
+            env=env,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+        )
+    )
 
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         with get_client(sync_client=True) as client:

@@ -25,7 +25,9 @@ def manifest(path):
 def ingest_like(root, name, df, row_group_size=None):
     """An ingest-shaped stage directory holding ``df`` (written with the given row groups)."""
     with StageWriter(root, "ingest", name) as w:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), w.path / "points.parquet", row_group_size=row_group_size)
+        pq.write_table(
+            pa.Table.from_pandas(df, preserve_index=False), w.path / "points.parquet", row_group_size=row_group_size
+        )
         w.manifest["files"]["points"] = {"rows": len(df), "hash": frame_hash(df)}
         w.manifest.update(rows_kept=len(df))
     return w.final
@@ -74,7 +76,9 @@ def test_partitions_and_row_groups_never_change_the_tables(ingested, tmp_path):
     shuffled = ingest_like(tmp_path / "in", "shuffled", df.sample(frac=1.0, random_state=0).reset_index(drop=True))
     m = manifest(preprocess(shuffled, root=tmp_path / "shuffled", scheduler="sync", npartitions=3))
     assert m["dask"]["partition_by"] == "mover" and m["files"] == base
-    m = manifest(preprocess(small_groups, root=tmp_path / "movers", scheduler="sync", npartitions=2, partition_by="mover"))
+    m = manifest(
+        preprocess(small_groups, root=tmp_path / "movers", scheduler="sync", npartitions=2, partition_by="mover")
+    )
     assert m["dask"]["partition_by"] == "mover" and m["files"] == base
 
 
@@ -121,7 +125,9 @@ def test_parts_read_back_as_one_table_when_some_are_empty(tmp_path):
     def track(traj_id, obj_id, n):  # east at ~5 m/s, a fix every 50 s
         t = pd.Timestamp("2020-12-08 00:00:10", tz="UTC") + pd.to_timedelta(np.arange(n) * 50.0, unit="s")
         lon = -74.0 + np.arange(n) * 0.003
-        return pd.DataFrame({"traj_id": traj_id, "obj_id": obj_id, "t": t, "lon": lon, "lat": 40.6, "kind": "vessel", "source": "src"})
+        return pd.DataFrame(
+            {"traj_id": traj_id, "obj_id": obj_id, "t": t, "lon": lon, "lat": 40.6, "kind": "vessel", "source": "src"}
+        )
 
     frames = [track(f"src:{c}", c, 40) for c in "ABCDEF"]
     frames[4] = pd.concat([frames[4], frames[4].iloc[[3]]], ignore_index=True)  # one duplicate, in E
@@ -146,11 +152,26 @@ def test_prefix_ids_and_tied_quarantine_rows_keep_one_table_order(tmp_path):
     import numpy as np
 
     def piece(traj_id, start_h, n):
-        t = pd.Timestamp("2020-12-08", tz="UTC") + pd.Timedelta(hours=start_h) + pd.to_timedelta(np.arange(n) * 50.0, unit="s")
-        return pd.DataFrame({"traj_id": traj_id, "obj_id": traj_id, "t": t, "lon": -74.0 + np.arange(n) * 0.003, "lat": 40.6,
-                             "kind": "vessel", "source": "src"})
+        t = (
+            pd.Timestamp("2020-12-08", tz="UTC")
+            + pd.Timedelta(hours=start_h)
+            + pd.to_timedelta(np.arange(n) * 50.0, unit="s")
+        )
+        return pd.DataFrame(
+            {
+                "traj_id": traj_id,
+                "obj_id": traj_id,
+                "t": t,
+                "lon": -74.0 + np.arange(n) * 0.003,
+                "lat": 40.6,
+                "kind": "vessel",
+                "source": "src",
+            }
+        )
 
-    a = pd.concat([piece("src:A", h, 40) for h in (0, 3, 6)] + [piece("src:A", 9, 4)], ignore_index=True)  # 4 gap pieces
+    a = pd.concat(
+        [piece("src:A", h, 40) for h in (0, 3, 6)] + [piece("src:A", 9, 4)], ignore_index=True
+    )  # 4 gap pieces
     a = pd.concat([a, a.iloc[[len(a) - 2]]], ignore_index=True)  # duplicate of a fix of the short last piece
     b = piece("src:A_1", 0, 120)
     df = pd.concat([a, b], ignore_index=True).sort_values(["traj_id", "t"], kind="stable", ignore_index=True)
@@ -160,4 +181,10 @@ def test_prefix_ids_and_tied_quarantine_rows_keep_one_table_order(tmp_path):
     assert one["dask"]["partition_by"] == "range" and two["dask"]["partition_by"] == "mover"
     assert one["files"] == two["files"]
     q = read_points(tmp_path / "two" / "preprocess" / two["key"], "quarantine")
-    assert sorted(q["reason"]) == ["duplicate_fix", "short_trajectory", "short_trajectory", "short_trajectory", "short_trajectory"]
+    assert sorted(q["reason"]) == [
+        "duplicate_fix",
+        "short_trajectory",
+        "short_trajectory",
+        "short_trajectory",
+        "short_trajectory",
+    ]

@@ -55,7 +55,10 @@ def cli_cluster(tmp_path_factory):
 
     try:
         # Port 0: the scheduler picks a free loopback port and writes its address to the file.
-        start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(info)], "scheduler")
+        start(
+            ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(info)],
+            "scheduler",
+        )
         deadline = time.monotonic() + STARTUP_S
         while not info.exists():
             if procs[0].poll() is not None or time.monotonic() > deadline:
@@ -65,8 +68,21 @@ def cli_cluster(tmp_path_factory):
         assert address.startswith("tcp://127.0.0.1:")
         for i in range(2):
             start(
-                ["worker", address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-                 "--local-directory", str(tmp / f"w{i}"), "--death-timeout", str(STARTUP_S)],
+                [
+                    "worker",
+                    address,
+                    "--host",
+                    "127.0.0.1",
+                    "--nworkers",
+                    "1",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--local-directory",
+                    str(tmp / f"w{i}"),
+                    "--death-timeout",
+                    str(STARTUP_S),
+                ],
                 f"worker{i}",
             )
         with Client(address, timeout=STARTUP_S) as client:
@@ -104,7 +120,9 @@ def test_same_bytes_on_sync_local_cluster_and_cli_cluster(ingested, cli_cluster,
     for k in ("rows_in", "rows_kept", "rows_quarantined", "quarantined_by_reason", "rows_out", "n_trajectories"):
         assert manifests["sync"][k] == manifests["local"][k] == manifests["cli"][k]
     # The default partitioning follows the cluster's size; the tables do not.
-    default = json.loads((preprocess(ingested, root=tmp_path / "cli2", dask_address=cli_cluster) / "manifest.json").read_text())
+    default = json.loads(
+        (preprocess(ingested, root=tmp_path / "cli2", dask_address=cli_cluster) / "manifest.json").read_text()
+    )
     assert default["dask"]["npartitions"] == 2 and default["files"] == files["sync"]
 
 

@@ -14,14 +14,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from pretrain_data import generated_shards
+
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 
 MODEL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)  # dropout 0: ranks draw their own masks
 # 3 nominal epochs of ceil(92 / 8) steps; 2 micro-batches of 2 windows per process per step
-TRAIN = dict(epochs=3, max_steps=30, batch_size=8, lr=3e-3, warmup_steps=3, seed=0, device="cpu", checkpoint_every=7,
-             grad_accum_steps=2)
+TRAIN = dict(
+    epochs=3,
+    max_steps=30,
+    batch_size=8,
+    lr=3e-3,
+    warmup_steps=3,
+    seed=0,
+    device="cpu",
+    checkpoint_every=7,
+    grad_accum_steps=2,
+)
 MIX = {"ships": 0.5, "boats": 0.3, "ferries": 0.2}
 
 
@@ -42,9 +51,27 @@ def run(shards: Path, out: Path, data_ranks=None):
 def test_two_gloo_processes_reach_the_loss_of_one(tmp_path):
     generated_shards(tmp_path)
     shards = tmp_path / "shards"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", __file__, str(shards), str(tmp_path / "ddp")]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        __file__,
+        str(shards),
+        str(tmp_path / "ddp"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         single = run(shards, tmp_path / "single", data_ranks=2)
@@ -91,9 +118,27 @@ def test_in_memory_ddp_with_a_last_batch_smaller_than_the_group(tmp_path):
     from trajfm.model import GPTConfig
     from trajfm.train import TrainConfig, train
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", __file__, "memory", str(tmp_path / "ddp")]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        __file__,
+        "memory",
+        str(tmp_path / "ddp"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         tr, va, st = in_memory_data()
@@ -124,7 +169,9 @@ def _worker(shards: str, out: str) -> None:
         res = run(Path(shards), Path(out))
     assert not dist.is_initialized()
     rank = int(os.environ["RANK"])
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"world": int(os.environ["WORLD_SIZE"]), "history": res.history}))
+    (Path(out) / f"rank{rank}.json").write_text(
+        json.dumps({"world": int(os.environ["WORLD_SIZE"]), "history": res.history})
+    )
 
 
 if __name__ == "__main__":

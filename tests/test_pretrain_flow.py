@@ -21,17 +21,48 @@ SMALL_MODEL = {"n_layer": 2, "n_head": 2, "d_model": 32, "dropout": 0.0}
 
 def tiny_corpus(path: Path) -> Path:
     corpus = SHARED_DATA / "corpus"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny", "temperature": 2.0, "coarsen": [1, 2],
-        "sources": [
-            {"name": "kattegat", "paths": str(corpus / "dma_ais_kattegat_3ships.parquet"), "format": "canonical", "kind": None, "weight": 2.0},
-            {"name": "albatross", "paths": str(corpus / "movebank_galapagos_albatross.parquet"), "format": "canonical", "kind": None,
-             "weight": 1.0},
-            {"name": "liverpool_bus", "paths": str(SHARED_DATA / "liverpool_bus" / "route14_outbound.csv"), "format": "generic",
-             "kind": "bus", "weight": 1.0, "reader_params": {"timezone": "Europe/London", "columns": {
-                 "traj_id": "trip_id", "obj_id": "vehicle_id", "t": "timestamp", "lon": "longitude", "lat": "latitude"}}},
-        ],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "temperature": 2.0,
+                "coarsen": [1, 2],
+                "sources": [
+                    {
+                        "name": "kattegat",
+                        "paths": str(corpus / "dma_ais_kattegat_3ships.parquet"),
+                        "format": "canonical",
+                        "kind": None,
+                        "weight": 2.0,
+                    },
+                    {
+                        "name": "albatross",
+                        "paths": str(corpus / "movebank_galapagos_albatross.parquet"),
+                        "format": "canonical",
+                        "kind": None,
+                        "weight": 1.0,
+                    },
+                    {
+                        "name": "liverpool_bus",
+                        "paths": str(SHARED_DATA / "liverpool_bus" / "route14_outbound.csv"),
+                        "format": "generic",
+                        "kind": "bus",
+                        "weight": 1.0,
+                        "reader_params": {
+                            "timezone": "Europe/London",
+                            "columns": {
+                                "traj_id": "trip_id",
+                                "obj_id": "vehicle_id",
+                                "t": "timestamp",
+                                "lon": "longitude",
+                                "lat": "latitude",
+                            },
+                        },
+                    },
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -51,9 +82,20 @@ def pretrained(prefect_api, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("root")
     corpus = tiny_corpus(tmp_path_factory.mktemp("corpora") / "tiny.yaml")
-    result = pretrain(corpus=str(corpus), data_root=str(root), preset="base-small", model_overrides=SMALL_MODEL, epochs=1,
-                      max_steps=6, batch_size=8, window=32, max_windows=64, train_overrides={"warmup_steps": 2},
-                      context_len=12, horizon=6)
+    result = pretrain(
+        corpus=str(corpus),
+        data_root=str(root),
+        preset="base-small",
+        model_overrides=SMALL_MODEL,
+        epochs=1,
+        max_steps=6,
+        batch_size=8,
+        window=32,
+        max_windows=64,
+        train_overrides={"warmup_steps": 2},
+        context_len=12,
+        horizon=6,
+    )
     return root, corpus, result
 
 
@@ -73,7 +115,9 @@ def test_pretrain_flow_registers_trajfm_base_with_the_corpus_hash(pretrained):
     assert int(mv.version) == 1 and mv.tags["trajfm.corpus_sha256"] == sha
     stage = read_manifest(r["pretrain_dir"])
     assert stage["lineage"]["corpus_sha256"] == sha and stage["final"]["step"] == 6
-    assert set(stage["probabilities"]) <= set(r["processed"]) and sum(stage["probabilities"].values()) == pytest.approx(1.0)
+    assert set(stage["probabilities"]) <= set(r["processed"]) and sum(stage["probabilities"].values()) == pytest.approx(
+        1.0
+    )
     assert abs(sum(r["mixing"].values()) - 1.0) < 1e-9
 
 
@@ -95,9 +139,17 @@ def test_pipeline_fine_tunes_from_the_base_model(pretrained):
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
     root, _, r = pretrained
-    out = pipeline(sources=[str(p) for p in embedded_files(SMALL_SLICE)], data_root=str(root), preset="timesfm-patch-context",
-                   epochs=1, batch_size=64, train_overrides={"warmup_steps": 2, "max_steps": 3}, context_len=12, horizon=6,
-                   init="models:/trajfm-base@champion")
+    out = pipeline(
+        sources=[str(p) for p in embedded_files(SMALL_SLICE)],
+        data_root=str(root),
+        preset="timesfm-patch-context",
+        epochs=1,
+        batch_size=64,
+        train_overrides={"warmup_steps": 2, "max_steps": 3},
+        context_len=12,
+        horizon=6,
+        init="models:/trajfm-base@champion",
+    )
     train = read_manifest(out["train_dir"])
     base = read_manifest(r["pretrain_dir"])
     assert train["model_config"] == base["model_config"]  # the base model's architecture, not the preset's
@@ -137,7 +189,9 @@ def test_init_names_a_registered_version_or_a_file(pretrained, tmp_path):
 
     root, _, r = pretrained
     path = resolve_init_checkpoint("models:/trajfm-base@champion", root)
-    assert Path(path).read_bytes() == (Path(r["model_dir"]) / "model.pt").read_bytes()  # the registered (calibrated) base
+    assert (
+        Path(path).read_bytes() == (Path(r["model_dir"]) / "model.pt").read_bytes()
+    )  # the registered (calibrated) base
     assert resolve_init_checkpoint("models:/trajfm-base/1", root) == path  # downloaded once
     with pytest.raises(ValueError, match="no version of 'trajfm-base' has alias 'best'"):
         resolve_init_checkpoint("models:/trajfm-base@best", root)

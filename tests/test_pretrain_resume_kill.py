@@ -18,14 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from pretrain_data import generated_shards
 
 from helpers import kill_after_line, loss_curve
-from pretrain_data import generated_shards
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 
 N = 9  # steps between checkpoints; nominal epochs of ceil(92 / 8) = 12 steps: N is mid-epoch
 MODEL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.1)  # dropout: the RNG must resume too
-TRAIN = dict(epochs=100, max_steps=2 * N + 4, batch_size=8, lr=3e-3, warmup_steps=2, seed=0, device="cpu", checkpoint_every=N)
+TRAIN = dict(
+    epochs=100, max_steps=2 * N + 4, batch_size=8, lr=3e-3, warmup_steps=2, seed=0, device="cpu", checkpoint_every=N
+)
 MIX = {"ships": 0.5, "boats": 0.3, "ferries": 0.2}
 
 
@@ -42,12 +44,21 @@ def runs(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     generated_shards(data)
     shards = data / "shards"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
     killed, threads = {}, []
     for sig in (signal.SIGKILL, signal.SIGTERM):
         out = tmp_path_factory.mktemp(sig.name)
-        proc = subprocess.Popen([sys.executable, __file__, str(shards), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, str(shards), str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         killed[sig] = {"out": out}
         threads.append(threading.Thread(target=kill_after_line, args=(proc, f"CKPT {N}", sig, killed[sig])))
         threads[-1].start()
@@ -88,7 +99,9 @@ def test_a_checkpoint_of_other_mixing_weights_is_not_resumed(runs, tmp_path, cap
     import shutil
 
     shutil.copy(uninterrupted.last_checkpoint, tmp_path / "last.pt")
-    res = pretrain_stream(shards, GPTConfig(**MODEL), TrainConfig(**{**TRAIN, "max_steps": 2}), tmp_path, {"ships": 1.0})
+    res = pretrain_stream(
+        shards, GPTConfig(**MODEL), TrainConfig(**{**TRAIN, "max_steps": 2}), tmp_path, {"ships": 1.0}
+    )
     assert res.start_step == 0 and "starting a fresh run" in caplog.text
 
 

@@ -81,7 +81,9 @@ def test_statistics_come_from_the_train_split_only(written):
 def test_chunk_size_changes_nothing(corpus_sources, written, tmp_path):
     _, manifest = written
     again = write_shards(corpus_sources[:2], tmp_path, PARAMS, chunk_rows=1_000_000)
-    assert [sh["sha256"] for sh in again["shards"]] == [sh["sha256"] for sh in manifest["shards"] if sh["source"] in SOURCES[:2]]
+    assert [sh["sha256"] for sh in again["shards"]] == [
+        sh["sha256"] for sh in manifest["shards"] if sh["source"] in SOURCES[:2]
+    ]
 
 
 def test_a_replaced_shard_is_caught_by_its_hash(written, tmp_path):
@@ -114,6 +116,7 @@ def test_coarser_views_are_sharded_and_accounted(corpus_sources, tmp_path):
     assert src["view_points"] == sum(v["rows_kept"] for v in views.values())
     train = load_split(tmp_path, "train")
     ids = train.traj_id.astype(str)
+
     def median_step_s(rows):
         t, mask = train.t_ns[rows], train.mask[rows]
         steps = np.diff(t, axis=1)[mask[:, 1:]]
@@ -133,9 +136,13 @@ def test_a_partitioned_dataset_gives_the_shards_of_the_file(corpus_sources, writ
     folder = tmp_path / "points.parquet"
     folder.mkdir()
     for i, part in enumerate(np.array_split(ids, 3)):  # whole trajectories per partition, rows shuffled inside
-        points[points["traj_id"].isin(part)].sample(frac=1.0, random_state=i).to_parquet(folder / f"part.{i}.parquet", index=False)
+        points[points["traj_id"].isin(part)].sample(frac=1.0, random_state=i).to_parquet(
+            folder / f"part.{i}.parquet", index=False
+        )
     again = write_shards([(name, str(folder))], tmp_path / "out", PARAMS, chunk_rows=7_000)
     assert again["sources"][name]["windows"] == manifest["sources"][name]["windows"]
     ours = np.concatenate([load_shard(tmp_path / "out", sh).x for sh in again["shards"] if sh["split"] == "train"])
-    theirs = np.concatenate([load_shard(written[0], sh).x for sh in manifest["shards"] if sh["source"] == name and sh["split"] == "train"])
+    theirs = np.concatenate(
+        [load_shard(written[0], sh).x for sh in manifest["shards"] if sh["source"] == name and sh["split"] == "train"]
+    )
     assert sorted(map(bytes, ours)) == sorted(map(bytes, theirs))  # the same windows (in partition order)

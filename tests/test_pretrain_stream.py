@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from pretrain_data import generated_shards
+
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from trajfm.stream import ShardStream, make_loader
 
@@ -54,7 +54,9 @@ def test_ranks_read_their_own_shards_and_together_every_window(shards):
     seen = [set(windows(per_rank[r], counts[r])) for r in range(2)]
     assert seen[0].isdisjoint(seen[1]) and len(seen[0] | seen[1]) == total
     # a source with one shard: both ranks read it, each every other window
-    one = [set(windows(ShardStream(shards, rank=r, world=2, seed=5, probabilities={"boats": 1.0}), 9)) for r in range(2)]
+    one = [
+        set(windows(ShardStream(shards, rank=r, world=2, seed=5, probabilities={"boats": 1.0}), 9)) for r in range(2)
+    ]
     assert one[0].isdisjoint(one[1]) and len(one[0] | one[1]) == 18
 
 
@@ -65,7 +67,10 @@ def test_sources_are_drawn_with_their_mixing_probabilities(shards):
         next(it)
     drawn = {s: it.cursors[s] for s in p}
     n = {s: sum(sh["windows"] for sh in it.stream.by_source[s]) for s in p}
-    share = {s: (c.pass_ * n[s] + sum(sh["windows"] for sh in c.shards[: c.shard]) + c.pos) / 20_000 for s, c in drawn.items()}
+    share = {
+        s: (c.pass_ * n[s] + sum(sh["windows"] for sh in c.shards[: c.shard]) + c.pos) / 20_000
+        for s, c in drawn.items()
+    }
     for s in p:
         assert share[s] == pytest.approx(p[s], abs=0.015)
     with pytest.raises(ValueError, match="not in"):
@@ -111,6 +116,7 @@ def test_streamed_training_learns_what_in_memory_training_learns_from_one_source
     """One shard, one source, batches in the stream's order: the streamed step is the in-memory
     step, so with the same windows in the same order both trainers end with the same weights."""
     from pretrain_data import PARAMS
+
     from trajfm.features.shards import ShardParams
     from trajfm.model import GPTConfig
     from trajfm.pretrain import pretrain_stream
@@ -119,7 +125,9 @@ def test_streamed_training_learns_what_in_memory_training_learns_from_one_source
     generated_shards(tmp_path, sources=(("ships", 8, 90, 4),), params=ShardParams(PARAMS.windows, max_windows=1000))
     shards = tmp_path / "shards"
     model = GPTConfig(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)
-    cfg = TrainConfig(epochs=100, max_steps=6, batch_size=4, lr=3e-3, warmup_steps=2, seed=0, device="cpu", checkpoint_every=0)
+    cfg = TrainConfig(
+        epochs=100, max_steps=6, batch_size=4, lr=3e-3, warmup_steps=2, seed=0, device="cpu", checkpoint_every=0
+    )
     streamed = pretrain_stream(shards, model, cfg, tmp_path / "ck")
     # the same six batches, by hand, through trajfm.train's step
     import json
@@ -136,7 +144,9 @@ def test_streamed_training_learns_what_in_memory_training_learns_from_one_source
     m.train()
     for b in batches:
         opt.zero_grad(set_to_none=True)
-        _accumulate(_LossModule(m), [torch.arange(4)], [1.0], b["x"], b["mask"], None, torch.device("cpu"), None, _Group())
+        _accumulate(
+            _LossModule(m), [torch.arange(4)], [1.0], b["x"], b["mask"], None, torch.device("cpu"), None, _Group()
+        )
         torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()

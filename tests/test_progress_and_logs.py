@@ -70,8 +70,12 @@ def test_each_training_epoch_is_logged_once(features_dir, monkeypatch, capsys):
     monkeypatch.setattr(train_task_module, "update_progress_artifact", lambda *a, **k: None)
     monkeypatch.setenv("TRAJFM_PROGRESS", "1")  # the step bar on, as on a terminal: it must stay out of the log
     cmd = train_task_module.training_command(
-        str(feats), str(root), "tutorial", TINY,
-        {"epochs": 2, "batch_size": 512, "warmup_steps": 2, "device": "cpu", "seed": 0, "log_every": 0}, 1,
+        str(feats),
+        str(root),
+        "tutorial",
+        TINY,
+        {"epochs": 2, "batch_size": 512, "warmup_steps": 2, "device": "cpu", "seed": 0, "log_every": 0},
+        1,
     )
     logger = _Logger()
     out = train_task_module._supervise(cmd, progress=None, logger=logger)
@@ -95,7 +99,10 @@ def test_ingest_and_dask_preprocessing_draw_bars_when_on(features_dir, monkeypat
     monkeypatch.setenv("TRAJFM_PROGRESS", "1")
     out = ingest(embedded_files("small"), root=root / "bars")
     assert read_manifest(out)["rows_read"] == 9091 and "ingest" in capsys.readouterr().err
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         runner = _Runner("distributed", client=client)
         assert runner.gather(runner.map(lambda x: 2 * x, [1, 2, 3])) == [2, 4, 6]  # results in order
     assert "preprocess" in capsys.readouterr().err

@@ -12,7 +12,11 @@ import os
 import subprocess
 import sys
 
-for _key, _value in {"GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
+for _key, _value in {
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}.items():
     os.environ.setdefault(_key, _value)
 
 import numpy as np
@@ -34,8 +38,15 @@ def _track(traj_id: str, n: int, lon0: float, lat0: float, speed_mps: float = 6.
     rows, lon, lat = [], lon0, lat0
     for i in range(n):
         rows.append(
-            {"traj_id": traj_id, "obj_id": traj_id.split("-")[0], "t": T0 + pd.Timedelta(seconds=dt_s * i),
-             "lon": float(lon), "lat": float(lat), "kind": "vessel", "source": "synthetic"}
+            {
+                "traj_id": traj_id,
+                "obj_id": traj_id.split("-")[0],
+                "t": T0 + pd.Timedelta(seconds=dt_s * i),
+                "lon": float(lon),
+                "lat": float(lat),
+                "kind": "vessel",
+                "source": "synthetic",
+            }
         )
         lon, lat = offset_lonlat(lon, lat, step, step)
     return rows
@@ -44,7 +55,11 @@ def _track(traj_id: str, n: int, lon0: float, lat0: float, speed_mps: float = 6.
 @pytest.fixture
 def points() -> pd.DataFrame:
     """Three clean vessel tracks (12 fixes each, 6 m/s, 60 s), canonical dtypes and order."""
-    rows = _track("367001-0", 12, -74.02, 40.60) + _track("367002-0", 12, -73.95, 40.55) + _track("367003-0", 12, -74.10, 40.65)
+    rows = (
+        _track("367001-0", 12, -74.02, 40.60)
+        + _track("367002-0", 12, -73.95, 40.55)
+        + _track("367003-0", 12, -74.10, 40.65)
+    )
     return to_canonical(pd.DataFrame(rows))
 
 
@@ -67,7 +82,16 @@ def test_valid_points_pass_both_stages(points):
         assert gate(report) is report
         assert report.n_rows == len(points) and report.n_trajectories == 3
         assert all(r["success"] and r["unexpected_count"] == 0 for r in report.results)
-    assert {r["column"] for r in report.results} >= {"traj_id", "obj_id", "t", "lon", "lat", "dt_s", "speed_mps", "traj_len"}
+    assert {r["column"] for r in report.results} >= {
+        "traj_id",
+        "obj_id",
+        "t",
+        "lon",
+        "lat",
+        "dt_s",
+        "speed_mps",
+        "traj_len",
+    }
 
 
 def _lat_91(points):
@@ -234,4 +258,6 @@ def test_importing_library_does_not_import_gx_or_mlflow():
         "heavy = [m for m in ('great_expectations', 'mlflow', 'prefect') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )

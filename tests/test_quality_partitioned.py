@@ -53,23 +53,39 @@ def _table_level():
 
 def _outcome(report) -> list[tuple]:
     return [
-        (r["expectation"], r["column"], r["check"], r["success"], r["unexpected_count"], r["element_count"],
-         r["considered_count"], r.get("observed_value"))
+        (
+            r["expectation"],
+            r["column"],
+            r["check"],
+            r["success"],
+            r["unexpected_count"],
+            r["element_count"],
+            r["considered_count"],
+            r.get("observed_value"),
+        )
         for r in report.results
     ]
 
 
 def _whole(stage_dir, stage, params, extra=None):
-    return validate_points(pd.concat([pd.read_parquet(f) for f in stage_files(stage_dir)], ignore_index=True), stage, params,
-                           extra_expectations=extra)
+    return validate_points(
+        pd.concat([pd.read_parquet(f) for f in stage_files(stage_dir)], ignore_index=True),
+        stage,
+        params,
+        extra_expectations=extra,
+    )
 
 
 def test_merge_rules():
     assert merge_rule("expect_column_values_to_be_between") == "rowwise"
     assert merge_rule("expect_column_values_to_not_be_null") == "rowwise"
     assert merge_rule("expect_column_pair_values_a_to_be_greater_than_b") == "rowwise"
-    for t in ("expect_column_values_to_be_unique", "expect_column_values_to_be_increasing",
-              "expect_compound_columns_to_be_unique", "expect_column_mean_to_be_between"):
+    for t in (
+        "expect_column_values_to_be_unique",
+        "expect_column_values_to_be_increasing",
+        "expect_compound_columns_to_be_unique",
+        "expect_column_mean_to_be_between",
+    ):
         assert merge_rule(t) == "global"
     assert merge_rule("expect_column_min_to_be_between") == merge_rule("expect_column_max_to_be_between") == "extreme"
     assert merge_rule("expect_table_row_count_to_be_between") == "row_count"
@@ -92,8 +108,15 @@ def processed_reports(stages):
     """The processed stage validated as one frame and per partition on the synchronous scheduler."""
     extra = _table_level()
     whole = _whole(stages["processed"], "processed", TIGHT, extra)
-    sync = validate_stage(stages["processed"], "processed", TIGHT, partitioned=True, partition_rows=ROWS, scheduler="sync",
-                          extra_expectations=extra)
+    sync = validate_stage(
+        stages["processed"],
+        "processed",
+        TIGHT,
+        partitioned=True,
+        partition_rows=ROWS,
+        scheduler="sync",
+        extra_expectations=extra,
+    )
     return whole, sync
 
 
@@ -111,8 +134,13 @@ def test_processed_stage_partitions_equal_whole_frame_on_real_ais(processed_repo
     assert (parts.success, parts.n_rows, parts.n_trajectories) == (whole.success, whole.n_rows, whole.n_trajectories)
     # Real rows fail the tight speed and length checks and three of the table-level checks.
     failed = {r["check"] or r["expectation"] for r in parts.results if not r["success"]}
-    assert {"speed", "traj_length", "expect_column_values_to_be_unique",
-            "expect_column_max_to_be_between", "expect_table_row_count_to_be_between"} <= failed
+    assert {
+        "speed",
+        "traj_length",
+        "expect_column_values_to_be_unique",
+        "expect_column_max_to_be_between",
+        "expect_table_row_count_to_be_between",
+    } <= failed
     assert "expect_compound_columns_to_be_unique" not in failed
     with pytest.raises(ValidationFailed, match=r"speed_mps' \[speed\]: \d+ unexpected"):
         gate(parts)
@@ -124,12 +152,27 @@ def test_local_cluster_partitions_equal_sync_and_whole_frame(stages, processed_r
 
     whole, sync = processed_reports
     extra = _table_level()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
-        local = validate_stage(stages["processed"], "processed", TIGHT, partitioned=True, partition_rows=ROWS,
-                               dask_address=cluster.scheduler_address, extra_expectations=extra)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        local = validate_stage(
+            stages["processed"],
+            "processed",
+            TIGHT,
+            partitioned=True,
+            partition_rows=ROWS,
+            dask_address=cluster.scheduler_address,
+            extra_expectations=extra,
+        )
         # In-memory frames take the same route: partitions of chunk_rows rows on the workers.
-        frame = validate_points(read_points(stages["processed"]), "processed", TIGHT, chunk_rows=4000,
-                                dask_address=cluster.scheduler_address, extra_expectations=extra)
+        frame = validate_points(
+            read_points(stages["processed"]),
+            "processed",
+            TIGHT,
+            chunk_rows=4000,
+            dask_address=cluster.scheduler_address,
+            extra_expectations=extra,
+        )
     assert _outcome(local) == _outcome(sync) == _outcome(whole) == _outcome(frame)
     assert local.success is sync.success is whole.success is False
 
@@ -138,8 +181,11 @@ def _write_parts(df: pd.DataFrame, folder, cuts: list[int]) -> None:
     folder.mkdir(parents=True)
     bounds = [0, *cuts, len(df)]
     for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-        pq.write_table(pa.Table.from_pandas(df.iloc[lo:hi], preserve_index=False), folder / f"part-{i:05d}.parquet",
-                       row_group_size=97)
+        pq.write_table(
+            pa.Table.from_pandas(df.iloc[lo:hi], preserve_index=False),
+            folder / f"part-{i:05d}.parquet",
+            row_group_size=97,
+        )
 
 
 def test_cut_and_scattered_trajectories_merge_exactly(stages, tmp_path, monkeypatch):
@@ -163,10 +209,13 @@ def test_cut_and_scattered_trajectories_merge_exactly(stages, tmp_path, monkeypa
     calls = []
     real = partitioned.validate_partition
     monkeypatch.setattr(partitioned, "validate_partition", lambda *a, **k: calls.append(len(a)) or real(*a, **k))
-    parts = validate_stage(tmp_path / "points.parquet", "processed", params, partitioned=True, partition_rows=2000,
-                           scheduler="sync")
+    parts = validate_stage(
+        tmp_path / "points.parquet", "processed", params, partitioned=True, partition_rows=2000, scheduler="sync"
+    )
     n_slices = len(plan_slices(stage_files(tmp_path / "points.parquet"), 2000))
-    assert n_slices >= 4 and calls.count(2) == n_slices and calls.count(5) >= 3  # cut ones validated again, with context
+    assert (
+        n_slices >= 4 and calls.count(2) == n_slices and calls.count(5) >= 3
+    )  # cut ones validated again, with context
     assert _outcome(parts) == _outcome(whole)
     failed = {r["check"]: r["unexpected_count"] for r in parts.results if not r["success"]}
     assert failed["lat_range"] == 1 and failed["not_null"] == 1 and failed["time_increasing"] >= 1
@@ -174,16 +223,28 @@ def test_cut_and_scattered_trajectories_merge_exactly(stages, tmp_path, monkeypa
 
 
 def test_data_docs_written_once_from_the_merged_result(stages, tmp_path):
-    report = validate_stage(stages["processed"], "processed", TIGHT, context_root=tmp_path, partitioned=True,
-                            partition_rows=ROWS, scheduler="sync")
+    report = validate_stage(
+        stages["processed"],
+        "processed",
+        TIGHT,
+        context_root=tmp_path,
+        partitioned=True,
+        partition_rows=ROWS,
+        scheduler="sync",
+    )
     index = tmp_path / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     assert report.data_docs == str(index) and index.is_file()
     stored = list((tmp_path / "gx" / "uncommitted" / "validations").rglob("*.json"))
     assert len(stored) == 1  # one validation result for the whole stage, not one per partition
     result = json.loads(stored[0].read_text())
     assert result["meta"]["trajfm_partitions"] == len(plan_slices(stage_files(stages["processed"]), ROWS))
-    by_column = {(r["expectation_config"]["kwargs"].get("column"), r["expectation_config"]["meta"]["check"]):
-                 (r["success"], r["result"].get("unexpected_count")) for r in result["results"]}
+    by_column = {
+        (r["expectation_config"]["kwargs"].get("column"), r["expectation_config"]["meta"]["check"]): (
+            r["success"],
+            r["result"].get("unexpected_count"),
+        )
+        for r in result["results"]
+    }
     for r in report.results:
         assert by_column[(r["column"], r["check"])] == (r["success"], r["unexpected_count"])
     assert result["success"] is False

@@ -5,7 +5,6 @@ Every test checks the accounting: rows_read == kept + quarantined, each rejectio
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,13 +22,17 @@ CSV_HEADER = (
 
 def traj_record(points, n_points=None, uuid=UUID) -> str:
     """One .traj line: trajectory header, point header, then each point's fields."""
-    header = [f"*T*"] + ([uuid] if uuid else []) + ["terrestrial", str(len(points) if n_points is None else n_points), "0"]
+    header = (
+        ["*T*"] + ([uuid] if uuid else []) + ["terrestrial", str(len(points) if n_points is None else n_points), "0"]
+    )
     header += ["*P*", "terrestrial", "2", "1", "1", "0"]
     return ",".join(header + [",".join(p) for p in points])
 
 
 def csv_row(t, lon, lat, mmsi="367000001", sog="5.0", cog="90.0", name="TEST SHIP") -> str:
-    return ",".join([t, lon, lat, mmsi, sog, cog, "511.0", name, "", "", "70.0", "0.0", "100.0", "20.0", "", "", "A", ""])
+    return ",".join(
+        [t, lon, lat, mmsi, sog, cog, "511.0", name, "", "", "70.0", "0.0", "100.0", "20.0", "", "", "A", ""]
+    )
 
 
 def check_accounting(result) -> None:
@@ -156,7 +159,12 @@ def test_traj_non_utf8_bytes_quarantine_only_the_affected_point(tmp_path):
 
 
 def test_empty_files_read_zero_rows(tmp_path):
-    for name, text in (("empty.traj", ""), ("empty.csv", ""), ("header_only.csv", CSV_HEADER + "\n"), ("blank.traj", "\n\n")):
+    for name, text in (
+        ("empty.traj", ""),
+        ("empty.csv", ""),
+        ("header_only.csv", CSV_HEADER + "\n"),
+        ("blank.traj", "\n\n"),
+    ):
         path = tmp_path / name
         path.write_text(text)
         result = read_file(path)
@@ -247,7 +255,11 @@ def test_format_detection_and_clear_errors(tmp_path):
 
 def test_timestamps_are_never_float_seconds(tmp_path):
     path = tmp_path / "subsecond.traj"
-    path.write_text(traj_record([("1", "2020-12-08 00:00:00.123456", "-74.0", "40.6"), ("1", "2020-12-08 00:00:01", "-74.0", "40.6")]))
+    path.write_text(
+        traj_record(
+            [("1", "2020-12-08 00:00:00.123456", "-74.0", "40.6"), ("1", "2020-12-08 00:00:01", "-74.0", "40.6")]
+        )
+    )
     pts = read_file(path).points
     assert str(pts["t"].dtype) == "datetime64[ns, UTC]"
     assert pts["t"].iloc[0] == pd.Timestamp("2020-12-08 00:00:00.123456", tz="UTC")

@@ -52,11 +52,19 @@ def test_storms_before_1990_are_kept_gps_era_kinds_still_checked(corpus_dir, tmp
     assert storms.rows_read == 78644 == storms.rows_kept  # 1851-2024 best track: none is a clock error
     assert storms.points["t"].min() < pd.Timestamp("1852-01-01", tz="UTC")
     # A bus fix in 1985 is still a clock error, in the same file as storms of 1900.
-    df = pd.DataFrame({
-        "traj_id": ["s", "s", "b", "b"], "obj_id": ["s", "s", "b", "b"],
-        "t": pd.to_datetime(["1900-01-01 00:00", "1900-01-01 06:00", "1985-01-01 00:00", "2020-01-01 00:00"], utc=True),
-        "lon": [1.0, 2.0, 3.0, 4.0], "lat": [1.0, 1.0, 1.0, 1.0], "kind": ["storm", "storm", "bus", "bus"], "source": "x",
-    })
+    df = pd.DataFrame(
+        {
+            "traj_id": ["s", "s", "b", "b"],
+            "obj_id": ["s", "s", "b", "b"],
+            "t": pd.to_datetime(
+                ["1900-01-01 00:00", "1900-01-01 06:00", "1985-01-01 00:00", "2020-01-01 00:00"], utc=True
+            ),
+            "lon": [1.0, 2.0, 3.0, 4.0],
+            "lat": [1.0, 1.0, 1.0, 1.0],
+            "kind": ["storm", "storm", "bus", "bus"],
+            "source": "x",
+        }
+    )
     df.to_parquet(tmp_path / "mixed.parquet", index=False)
     r = read_file(tmp_path / "mixed.parquet")
     assert r.rows_read == 4 and r.rows_kept == 3
@@ -68,20 +76,28 @@ def test_storms_before_1990_are_kept_gps_era_kinds_still_checked(corpus_dir, tmp
 
 def test_bad_rows_are_quarantined_with_reasons_and_accounted(tmp_path):
     n = 8
-    df = pd.DataFrame({
-        "traj_id": ["a"] * n, "obj_id": ["m"] * n,
-        "t": pd.date_range("2024-01-01", periods=n, freq="10s", tz="UTC").astype("datetime64[ns, UTC]"),
-        "lon": [10.0, np.inf, 10.2, 0.0, 200.0, 10.5, 10.6, 10.7],
-        "lat": [50.0, 50.1, 50.2, 0.0, 50.4, 50.5, 50.6, 50.7],
-        "kind": ["tram"] * 6 + ["", "tram"], "source": "s",
-        "sog": np.arange(n, dtype=float),
-    })
+    df = pd.DataFrame(
+        {
+            "traj_id": ["a"] * n,
+            "obj_id": ["m"] * n,
+            "t": pd.date_range("2024-01-01", periods=n, freq="10s", tz="UTC").astype("datetime64[ns, UTC]"),
+            "lon": [10.0, np.inf, 10.2, 0.0, 200.0, 10.5, 10.6, 10.7],
+            "lat": [50.0, 50.1, 50.2, 0.0, 50.4, 50.5, 50.6, 50.7],
+            "kind": ["tram"] * 6 + ["", "tram"],
+            "source": "s",
+            "sog": np.arange(n, dtype=float),
+        }
+    )
     df.loc[7, "traj_id"] = None
     df.to_parquet(tmp_path / "x.parquet", index=False)
     r = read_file(tmp_path / "x.parquet")
     assert r.rows_read == n == r.rows_kept + r.rows_quarantined
     assert dict(zip(r.quarantine["line"], r.quarantine["reason"])) == {
-        2: "nonfinite_coord", 4: "null_island", 5: "coord_out_of_range", 7: "missing_value", 8: "missing_value"
+        2: "nonfinite_coord",
+        4: "null_island",
+        5: "coord_out_of_range",
+        7: "missing_value",
+        8: "missing_value",
     }
     assert list(r.points["sog"]) == [0.0, 2.0, 5.0]  # optional columns come along
     # kind= replaces every row's kind (an empty one included).
@@ -91,13 +107,22 @@ def test_bad_rows_are_quarantined_with_reasons_and_accounted(tmp_path):
 
 def test_non_canonical_parquet_is_not_guessed(tmp_path):
     pd.DataFrame({"lon": [1.0], "lat": [2.0], "time": [1]}).to_parquet(tmp_path / "other.parquet")
-    with pytest.raises(ValueError, match=r"other.parquet: Parquet without the canonical columns \(lacks \['traj_id'.*format='generic'"):
+    with pytest.raises(
+        ValueError, match=r"other.parquet: Parquet without the canonical columns \(lacks \['traj_id'.*format='generic'"
+    ):
         detect_format(tmp_path / "other.parquet")
     # A folder scan skips it with the reason, and still reads the canonical neighbour.
-    pd.DataFrame({
-        "traj_id": ["a"], "obj_id": ["a"], "t": pd.to_datetime(["2024-01-01"], utc=True),
-        "lon": [1.0], "lat": [2.0], "kind": ["bus"], "source": ["s"],
-    }).to_parquet(tmp_path / "good.parquet")
+    pd.DataFrame(
+        {
+            "traj_id": ["a"],
+            "obj_id": ["a"],
+            "t": pd.to_datetime(["2024-01-01"], utc=True),
+            "lon": [1.0],
+            "lat": [2.0],
+            "kind": ["bus"],
+            "source": ["s"],
+        }
+    ).to_parquet(tmp_path / "good.parquet")
     chosen, skipped = resolve_sources([str(tmp_path)])
     assert [Path(s.file.url).name for s in chosen] == ["good.parquet"] and chosen[0].format == "canonical"
     assert len(skipped) == 1 and "other.parquet" in skipped[0]["path"]
@@ -131,9 +156,21 @@ def test_trajfm_evaluate_data_canonical_parquet_without_format(corpus_dir, tmp_p
 
     train_dir = train_tiny(tmp_path, steps=4)
     out = tmp_path / "r.json"
-    rc = trajfm_main(["evaluate", "--model", str(train_dir / "model.pt"), "--data",
-                      str(corpus_dir / "riga_gtfsrt_transit.parquet"), "--tasks", "forecast",
-                      "--data-root", str(tmp_path), "--out", str(out)])
+    rc = trajfm_main(
+        [
+            "evaluate",
+            "--model",
+            str(train_dir / "model.pt"),
+            "--data",
+            str(corpus_dir / "riga_gtfsrt_transit.parquet"),
+            "--tasks",
+            "forecast",
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["metrics"]["forecast.ade_m@1.model"] > 0

@@ -22,8 +22,16 @@ from trajfm.data.schema import POINT_COLUMNS, REASONS
 
 UTC = "UTC"
 PLT_HEADER = "Geolife trajectory\nWGS 84\nAltitude is in Feet\nReserved 3\n0,2,255,My Track,0,0,2,8421376\n0\n"
-PORTO_HEADER = '"TRIP_ID","CALL_TYPE","ORIGIN_CALL","ORIGIN_STAND","TAXI_ID","TIMESTAMP","DAY_TYPE","MISSING_DATA","POLYLINE"'
-LIVERPOOL_COLUMNS = {"traj_id": "trip_id", "obj_id": "vehicle_id", "t": "timestamp", "lon": "longitude", "lat": "latitude"}
+PORTO_HEADER = (
+    '"TRIP_ID","CALL_TYPE","ORIGIN_CALL","ORIGIN_STAND","TAXI_ID","TIMESTAMP","DAY_TYPE","MISSING_DATA","POLYLINE"'
+)
+LIVERPOOL_COLUMNS = {
+    "traj_id": "trip_id",
+    "obj_id": "vehicle_id",
+    "t": "timestamp",
+    "lon": "longitude",
+    "lat": "latitude",
+}
 
 
 def check(result):
@@ -81,7 +89,11 @@ def test_geolife_written_file_altitude_user_and_bad_lines(tmp_path):
     path.write_text(PLT_HEADER + "\r\n".join(lines) + "\r\n")
     r = check(read_file(path))
     assert r.format == "geolife" and r.rows_read == 5 and len(r.points) == 2
-    assert r.quarantine.set_index("line")["reason"].to_dict() == {9: "parse_error", 10: "parse_error", 11: "coord_out_of_range"}
+    assert r.quarantine.set_index("line")["reason"].to_dict() == {
+        9: "parse_error",
+        10: "parse_error",
+        11: "coord_out_of_range",
+    }
     assert set(r.points["obj_id"]) == {"042"} and set(r.points["traj_id"]) == {"geolife:042:20090101000000"}
     assert np.isnan(r.points["alt"].iloc[0]) and r.points["alt"].iloc[1] == pytest.approx(30.48)
     assert r.points["t"].iloc[1] == pd.Timestamp("2008-10-23 00:00:05", tz=UTC)
@@ -106,8 +118,12 @@ def test_porto_trips_become_fixes_every_15_s(tmp_path):
             [
                 PORTO_HEADER,
                 porto_line(),
-                porto_line(trip="1372637303620000596", taxi="20000596", ts="1372637303",
-                           polyline="[[-8.639847,41.159826],[-8.640351,41.159871]]"),
+                porto_line(
+                    trip="1372637303620000596",
+                    taxi="20000596",
+                    ts="1372637303",
+                    polyline="[[-8.639847,41.159826],[-8.640351,41.159871]]",
+                ),
             ]
         )
         + "\n"
@@ -172,7 +188,12 @@ def test_tdrive_beijing_time_to_utc_and_lon_first(tmp_path):
     assert detect_format(path) == "tdrive"
     r = check(read_file(path))
     first = r.points.iloc[0]
-    assert (first["traj_id"], first["obj_id"], first["lon"], first["lat"]) == ("tdrive:1131", "1131", 116.51172, 39.92123)
+    assert (first["traj_id"], first["obj_id"], first["lon"], first["lat"]) == (
+        "tdrive:1131",
+        "1131",
+        116.51172,
+        39.92123,
+    )
     assert first["t"] == pd.Timestamp("2008-02-02 05:30:45", tz=UTC)  # Beijing is UTC+8
     assert set(r.points["kind"]) == {"vehicle"} and set(r.points["source"]) == {"tdrive"}
     utc = read_file(path, timezone="UTC").points
@@ -219,15 +240,34 @@ def test_generic_time_forms_kind_and_source_columns(tmp_path):
     assert r.points["sog"].iloc[0] == 3.5 and np.isnan(r.points["sog"].iloc[1])
 
     dated = tmp_path / "dated.csv"
-    dated.write_text("trip,d,clock,lon,lat,src\n1,23/10/2008,02:53:04,116.3,39.9,survey\n1,23/10/2008,02:53:09,116.3,39.9,\n")
+    dated.write_text(
+        "trip,d,clock,lon,lat,src\n1,23/10/2008,02:53:04,116.3,39.9,survey\n1,23/10/2008,02:53:09,116.3,39.9,\n"
+    )
     cols = {"obj_id": "trip", "date": "d", "time": "clock", "lon": "lon", "lat": "lat", "source": "src"}
-    r = check(read_file(dated, format="generic", columns=cols, time_format="%d/%m/%Y %H:%M:%S", timezone="Asia/Shanghai", kind="person"))
+    r = check(
+        read_file(
+            dated,
+            format="generic",
+            columns=cols,
+            time_format="%d/%m/%Y %H:%M:%S",
+            timezone="Asia/Shanghai",
+            kind="person",
+        )
+    )
     assert r.points["t"].iloc[0] == pd.Timestamp("2008-10-22 18:53:04", tz=UTC)
     assert r.points["source"].tolist() == ["survey", "dated"]  # empty source -> the file stem
     assert r.quarantine.empty
     ms = tmp_path / "ms.csv"
     ms.write_text("id,t,lon,lat\nz,1700000000123,1.5,2.5\n")
-    r = check(read_file(ms, format="generic", columns={"traj_id": "id", "t": "t", "lon": "lon", "lat": "lat"}, time_format="epoch_ms", kind="bird"))
+    r = check(
+        read_file(
+            ms,
+            format="generic",
+            columns={"traj_id": "id", "t": "t", "lon": "lon", "lat": "lat"},
+            time_format="epoch_ms",
+            kind="bird",
+        )
+    )
     assert r.points["t"].iloc[0] == pd.Timestamp(1700000000123, unit="ms", tz=UTC)
 
 
@@ -264,7 +304,13 @@ def test_generic_needs_a_valid_mapping(tmp_path):
     with pytest.raises(ValueError, match="does not take option"):
         read_file(path, format="tdrive", columns={"traj_id": "id"})
     with pytest.raises(ValueError, match="unknown timezone 'Mars/Olympus'"):
-        read_file(path, format="generic", columns={"traj_id": "id", "t": "t", "lon": "lon", "lat": "lat"}, kind="bus", timezone="Mars/Olympus")
+        read_file(
+            path,
+            format="generic",
+            columns={"traj_id": "id", "t": "t", "lon": "lon", "lat": "lat"},
+            kind="bus",
+            timezone="Mars/Olympus",
+        )
     # Ingest checks its parameters before reading anything.
     with pytest.raises(ValueError, match="needs columns="):
         ingest(path, root=tmp_path / "root", params={"format": "generic", "kind": "bus"})
@@ -284,7 +330,9 @@ def write_tdrive(path, n, taxi="1131", start="2008-02-02 00:00:00", step_s=5, se
     t = (np.datetime64(start) + (np.arange(n) * step_s).astype("timedelta64[s]")).astype(str)
     lon = 116.3 + np.cumsum(rng.normal(0, 1e-4, n))
     lat = 39.9 + np.cumsum(rng.normal(0, 1e-4, n))
-    body = "\n".join(f"{taxi},{a[:10]} {a[11:]},{x:.6f},{y:.6f}" for a, x, y in zip(t.tolist(), lon.tolist(), lat.tolist()))
+    body = "\n".join(
+        f"{taxi},{a[:10]} {a[11:]},{x:.6f},{y:.6f}" for a, x, y in zip(t.tolist(), lon.tolist(), lat.tolist())
+    )
     path.write_text(body + "\n")
     return path
 
@@ -356,7 +404,9 @@ def test_directories_globs_fsspec_urls_and_compressed_files(tmp_path):
     assert [c.rows_read for c in chunks] == [20, 10, 1, 20, 20, 10]  # sorted: 2.txt, 3.txt.gz, part1/1.txt
 
     fs = fsspec.filesystem("memory")
-    fs.pipe("/trajfm-test/taxis/9.txt", b"9,2008-02-02 13:30:45,116.51172,39.92123\n9,2008-02-02 13:31:45,116.51,39.92\n")
+    fs.pipe(
+        "/trajfm-test/taxis/9.txt", b"9,2008-02-02 13:30:45,116.51172,39.92123\n9,2008-02-02 13:31:45,116.51,39.92\n"
+    )
     fs.pipe("/trajfm-test/taxis/8.txt", b"8,2008-02-02 13:30:45,116.51172,39.92123\n")
     try:
         out = ingest("memory://trajfm-test/taxis", root=tmp_path / "r")

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 
-for _key, _value in {"GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
+for _key, _value in {
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}.items():
     os.environ.setdefault(_key, _value)
 
 from pathlib import Path

@@ -34,8 +34,16 @@ def registered(tmp_path_factory):
     handler = _Capture()
     logging.getLogger("trajfm.registry.register").addHandler(handler)
     try:
-        reg = register_training(train_dir, features_dir, metrics, root=root,
-                                extra_tags={"prefect.flow_run_id": "abc-123", "prefect.flow_run_url": "http://127.0.0.1:4200/runs/flow-run/abc-123"})
+        reg = register_training(
+            train_dir,
+            features_dir,
+            metrics,
+            root=root,
+            extra_tags={
+                "prefect.flow_run_id": "abc-123",
+                "prefect.flow_run_url": "http://127.0.0.1:4200/runs/flow-run/abc-123",
+            },
+        )
     finally:
         logging.getLogger("trajfm.registry.register").removeHandler(handler)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(root), registry_uri=tracking_uri(root))
@@ -55,8 +63,16 @@ def test_version_has_a_model_card_and_the_run_its_datasets(registered):
     _, _, metrics, reg, client, _ = registered
     mv = client.get_model_version(reg.name, str(reg.version))
     card = mv.description
-    for needed in ("## Input contract", "WGS84 degrees", "radius_m_q10", "## Data it saw", "constant velocity",
-                   f"{metrics['ade_m']:,.1f}", f"{metrics['cv_ade_m']:,.1f}", "~60 s"):
+    for needed in (
+        "## Input contract",
+        "WGS84 degrees",
+        "radius_m_q10",
+        "## Data it saw",
+        "constant velocity",
+        f"{metrics['ade_m']:,.1f}",
+        f"{metrics['cv_ade_m']:,.1f}",
+        "~60 s",
+    ):
         assert needed in card, needed
     run = client.get_run(reg.run_id)
     assert run.data.tags["mlflow.note.content"] == card
@@ -103,7 +119,9 @@ def model_copy(registered, tmp_path_factory):
     root, _, _, reg, _, _ = registered
     dest = tmp_path_factory.mktemp("served")
     with global_uris(tracking_uri(root)):
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{reg.name}/{reg.version}", dst_path=str(dest))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{reg.name}/{reg.version}", dst_path=str(dest)
+        )
     return Path(local)
 
 
@@ -141,7 +159,9 @@ def test_logged_model_loads_in_a_fresh_process_from_its_own_code(model_copy, reg
     repo = str(Path(__file__).resolve().parents[1])
     code = f"REPO={repo!r}; MODEL={str(model_copy)!r}; POINTS={str(tmp_path / 'points.parquet')!r}\n" + FRESH
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     n, n_traj, lon, lat, where = proc.stdout.split()[-5:]
     assert int(n) == 12 and int(n_traj) == 3
@@ -163,12 +183,16 @@ def test_csv_input_and_the_cadence_contract(model_copy, registered):
     out = model.predict(parse_csv_input(StringIO(csv), schema=model.metadata.get_input_schema()), params={"horizon": 3})
     assert len(out) == 6 and set(out.columns) >= {"traj_id", "step", "t", "lon", "lat", "radius_m_q50"}
     numeric_ids = two.assign(traj_id=two["traj_id"].factorize()[0])  # a CSV whose ids read as integers
-    out2 = model.predict(parse_csv_input(StringIO(numeric_ids.to_csv(index=False)), schema=model.metadata.get_input_schema()),
-                         params={"horizon": 3})
+    out2 = model.predict(
+        parse_csv_input(StringIO(numeric_ids.to_csv(index=False)), schema=model.metadata.get_input_schema()),
+        params={"horizon": 3},
+    )
     assert sorted(out2["traj_id"].unique()) == ["0", "1"]
     # raw points every 10 s for a model trained at 60 s: refused with the reason, or resampled on request
     by = two.groupby("traj_id")
-    fast = two.assign(t=(by["t"].transform("first") + pd.to_timedelta(by.cumcount() * 10, unit="s")).dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    fast = two.assign(
+        t=(by["t"].transform("first") + pd.to_timedelta(by.cumcount() * 10, unit="s")).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
     with pytest.raises(Exception, match="cadence"):
         model.predict(fast, params={"horizon": 3})
     resampled = model.predict(fast, params={"horizon": 3, "resample_s": "model"})

@@ -43,9 +43,21 @@ def _stages(root):
         w.manifest.update(upstream=str(root / "preprocess" / "fixture"), params={"window": 32, "note": "synthetic"})
     features = root / "features" / "fixture"
     trains = [
-        run_training(features, root=root, preset="tutorial", model_overrides=TINY,
-                     train_overrides={"epochs": 1, "max_steps": 3, "batch_size": 16, "warmup_steps": 1, "seed": seed,
-                                      "device": "cpu", "progress": False})
+        run_training(
+            features,
+            root=root,
+            preset="tutorial",
+            model_overrides=TINY,
+            train_overrides={
+                "epochs": 1,
+                "max_steps": 3,
+                "batch_size": 16,
+                "warmup_steps": 1,
+                "seed": seed,
+                "device": "cpu",
+                "progress": False,
+            },
+        )
         for seed in (0, 1)
     ]
     return features, trains
@@ -67,8 +79,15 @@ def env(tmp_path_factory):
 
 def _register(env, name, ade, eval_id="set-A", **kw):
     return log_and_register(
-        env["root"], run_name=f"{name}-{ade}", params={"preset": "tutorial"}, metrics={"test_ade_m": ade},
-        history=[], checkpoint_path=env["checkpoint"], name=name, eval_id=eval_id, **kw,
+        env["root"],
+        run_name=f"{name}-{ade}",
+        params={"preset": "tutorial"},
+        metrics={"test_ade_m": ade},
+        history=[],
+        checkpoint_path=env["checkpoint"],
+        name=name,
+        eval_id=eval_id,
+        **kw,
     )
 
 
@@ -263,7 +282,11 @@ def test_register_task_retries_until_mlflow_answers(env, monkeypatch):
     @flow
     def tiny():
         return task_module.register_task.with_options(retry_delay_seconds=0)(
-            str(train_a), str(env["features"]), metrics, data_root=str(env["root"]), name="task-retry",
+            str(train_a),
+            str(env["features"]),
+            metrics,
+            data_root=str(env["root"]),
+            name="task-retry",
         )
 
     with prefect_test_harness(server_startup_timeout=120):
@@ -300,8 +323,16 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     start = time.time() + 8.0  # after every interpreter has imported mlflow
-    procs = [subprocess.Popen([sys.executable, "-c", NEW_STORE, str(tmp_path / "root"), str(start)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", NEW_STORE, str(tmp_path / "root"), str(start)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
     assert len({out.strip().splitlines()[-1] for out, _ in outs}) == 1

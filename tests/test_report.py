@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_evaluate_cli import train_tiny
+
 from trajfm.evaluate.report import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -69,7 +69,10 @@ def test_report_renders_markdown_and_valid_pngs(evaluated, tmp_path, capsys):
     assert f"{res['metrics']['forecast.ade_m@6.model']:,.1f}" in text
     assert "read 9,091 = kept 9,091 + quarantined 0" in text
     linked = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
-    assert {f"0_mixture_{n}.png" for n in ("trajectory_map", "trajectories", "error_vs_horizon", "calibration", "generation")} <= set(linked)
+    assert {
+        f"0_mixture_{n}.png"
+        for n in ("trajectory_map", "trajectories", "error_vs_horizon", "calibration", "generation")
+    } <= set(linked)
     assert "1_mse_calibration.png" not in linked and "1_mse_trajectories.png" in linked
     for name in linked:
         _png_ok(rep / name)
@@ -123,9 +126,14 @@ def test_evaluate_model_flow_publishes_artifacts_and_logs_the_report(evaluated, 
         r = evaluate_model_flow(model_uri=str(model), data="embedded:small", tasks=["forecast"], data_root=str(root))
         keys = ["evaluation-metrics", "evaluation-report"]
         with get_client(sync_client=True) as client:
-            found = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+            found = {
+                a.key: a
+                for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+            }
     assert set(keys) <= set(found)
-    assert "constant_velocity" in str(found["evaluation-metrics"].data) and "forecast.ade_m@10" in str(found["evaluation-metrics"].data)
+    assert "constant_velocity" in str(found["evaluation-metrics"].data) and "forecast.ade_m@10" in str(
+        found["evaluation-metrics"].data
+    )
     assert "# trajfm evaluation report" in found["evaluation-report"].data
     # the plots render in any browser: inline data URIs, no local path as an image or link target
     from tasks._artifacts import local_targets
@@ -136,8 +144,13 @@ def test_evaluate_model_flow_publishes_artifacts_and_logs_the_report(evaluated, 
     results = Path(r["results"])
     assert results.is_relative_to(root) and json.loads(results.read_text())["metrics"] == r["metrics"]
     assert Path(r["report"]).is_file() and (Path(r["report"]).parent / "0_results_trajectories.png").is_file()
-    files = {Path(f.path).name for f in MlflowClient(tracking_uri=tracking_uri(root)).list_artifacts(r["mlflow_run_id"], "report")}
-    assert "report.md" in files and "0_results_error_vs_horizon.png" in files and "0_results_trajectory_map.png" in files
+    files = {
+        Path(f.path).name
+        for f in MlflowClient(tracking_uri=tracking_uri(root)).list_artifacts(r["mlflow_run_id"], "report")
+    }
+    assert (
+        "report.md" in files and "0_results_error_vs_horizon.png" in files and "0_results_trajectory_map.png" in files
+    )
 
 
 def test_trajectory_map_draws_context_truth_forecast_and_its_error_in_degrees(evaluated, tmp_path):
@@ -158,7 +171,9 @@ def test_trajectory_map_draws_context_truth_forecast_and_its_error_in_degrees(ev
     ellipses = [p for p in ax.patches if isinstance(p, Ellipse)]
     assert len(ellipses) == int(d["horizon"])
     w, h = error_radius_deg(float(d["err_model_m"][-1]), 40.7)
-    assert ellipses[-1].height == pytest.approx(2 * h, rel=1e-3) and ellipses[-1].width > ellipses[-1].height  # cos(lat) < 1
+    assert (
+        ellipses[-1].height == pytest.approx(2 * h, rel=1e-3) and ellipses[-1].width > ellipses[-1].height
+    )  # cos(lat) < 1
     labels = {t.get_text() for t in ax.get_legend().get_texts()}
     assert {"context", "truth", "forecast", "sampled futures", "model mean error at the step"} <= labels
     fig.savefig(tmp_path / "map.png")

@@ -30,7 +30,9 @@ def test_plot_curve_is_the_tables_fde_on_the_same_windows(evaluated):
         assert int(z["horizon"]) == 10
         for h in (1, 5, 10):
             assert z["err_model_m"][h - 1] == pytest.approx(m[f"forecast.fde_m@{h}.model"], rel=1e-9)
-            assert z["err_constant_velocity_m"][h - 1] == pytest.approx(m[f"forecast.fde_m@{h}.constant_velocity"], rel=1e-9)
+            assert z["err_constant_velocity_m"][h - 1] == pytest.approx(
+                m[f"forecast.fde_m@{h}.constant_velocity"], rel=1e-9
+            )
         assert z["err_model_m"].mean() == pytest.approx(m["forecast.ade_m@10.model"], rel=1e-9)
     assert json.loads(out.read_text())["plot_data"] == "results.plots.npz"
 

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+)
 from trajfm.data.catalog import SMALL_SLICE, embedded_files
 from trajfm.retrain import new_files, read_ledger, record_consumed, watched_files
 
@@ -76,7 +79,14 @@ def test_init_checkpoint_starts_from_its_weights_and_normalization(data, tmp_pat
     from trajfm.model import GPTConfig
     from trajfm.train import TrainConfig, train
 
-    zero = train(tr, va, GPTConfig(**MODEL), other_stats, TrainConfig(**TRAIN, max_steps=0, init_checkpoint=str(base.last_checkpoint)), tmp_path / "z")
+    zero = train(
+        tr,
+        va,
+        GPTConfig(**MODEL),
+        other_stats,
+        TrainConfig(**TRAIN, max_steps=0, init_checkpoint=str(base.last_checkpoint)),
+        tmp_path / "z",
+    )
     for k, v in zero.model.state_dict().items():  # no step taken: exactly the checkpoint, stats included
         assert torch.equal(v, ckpt["model"][k]), k
 
@@ -104,7 +114,14 @@ def test_init_checkpoint_of_another_architecture_is_refused(data, tmp_path):
     a = _train(tmp_path / "a", data).last_checkpoint
     tr, va, st = data
     with pytest.raises(ValueError, match="another model config"):
-        train(tr, va, GPTConfig(**{**MODEL, "d_model": 32}), st, TrainConfig(**TRAIN, init_checkpoint=str(a)), tmp_path / "x")
+        train(
+            tr,
+            va,
+            GPTConfig(**{**MODEL, "d_model": 32}),
+            st,
+            TrainConfig(**TRAIN, init_checkpoint=str(a)),
+            tmp_path / "x",
+        )
 
 
 # --- the flow ------------------------------------------------------------------------------------
@@ -124,9 +141,20 @@ def test_retrain_flow_from_scratch_then_nothing_new_then_fine_tunes_the_champion
     watch.mkdir()
     shutil.copy(embedded_files(SMALL_SLICE)[0], watch / "day1.traj")
     # one small Dask cluster for every run (the flows connect to it by address, as to a remote one)
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None)
-    kw = dict(watch_dir=str(watch), data_root=str(root), preset="tutorial", epochs=1, batch_size=64, dask_address=cluster.scheduler_address,
-              context_len=12, horizon=6, train_overrides={"warmup_steps": 5, "max_steps": 20})
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    )
+    kw = dict(
+        watch_dir=str(watch),
+        data_root=str(root),
+        preset="tutorial",
+        epochs=1,
+        batch_size=64,
+        dask_address=cluster.scheduler_address,
+        context_len=12,
+        horizon=6,
+        train_overrides={"warmup_steps": 5, "max_steps": 20},
+    )
     with cluster, prefect_test_harness(server_startup_timeout=120):
         first = retrain(**kw)
         assert first["status"] == "registered" and first["fine_tuned_from"] is None
@@ -154,7 +182,9 @@ def test_retrain_flow_from_scratch_then_nothing_new_then_fine_tunes_the_champion
         assert tuned["init_checkpoint_sha256"] == file_sha256(init)
         trained_first = load_model(Path(first["train_dir"]) / "model.pt")
         assert load_model(init).config == trained_first.config
-        assert all(a.equal(b) for a, b in zip(load_model(init).state_dict().values(), trained_first.state_dict().values()))
+        assert all(
+            a.equal(b) for a, b in zip(load_model(init).state_dict().values(), trained_first.state_dict().values())
+        )
         # the champion moved only if v2 beat it on that set
         better = second["metrics"]["ade_m"] < first["metrics"]["ade_m"]
         assert champion_info(root)["version"] == (2 if better else 1)

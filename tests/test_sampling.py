@@ -104,11 +104,17 @@ def test_native_interval_is_the_sources_not_the_partitions(ais, tmp_path):
     m1, m3 = read_manifest(one), read_manifest(three)
     assert m1["files"]["points"]["hash"] == m3["files"]["points"]["hash"]
     assert m1["native_interval_s"] == m3["native_interval_s"]
-    assert m1["native_interval_s"]["NYHarbor_2020_12_08"] <= 90 < m1["native_interval_s"]["VirginiaBeach_2020_06_04_to_06_filtered"]
+    assert (
+        m1["native_interval_s"]["NYHarbor_2020_12_08"]
+        <= 90
+        < m1["native_interval_s"]["VirginiaBeach_2020_06_04_to_06_filtered"]
+    )
     pts = read_points(one)
     by_src = _steps(pts).groupby(pts.loc[_steps(pts).index, "source"].astype(str)).median()
     coarse_native = m1["native_interval_s"]["VirginiaBeach_2020_06_04_to_06_filtered"]
-    assert by_src["NYHarbor_2020_12_08"] == 60 and by_src["VirginiaBeach_2020_06_04_to_06_filtered"] == 60 * np.ceil(coarse_native / 60)
+    assert by_src["NYHarbor_2020_12_08"] == 60 and by_src["VirginiaBeach_2020_06_04_to_06_filtered"] == 60 * np.ceil(
+        coarse_native / 60
+    )
     assert m1["n_native_interval"] > 0 and m1["rows_in"] == m1["rows_kept"] + m1["rows_quarantined"]
 
 
@@ -169,14 +175,27 @@ def test_a_2s_geolife_track_yields_native_x2_x4_views(geolife_track):
 
 def test_coarsen_views_drops_short_views_and_checks_input():
     t = pd.date_range("2024-01-01", periods=7, freq="60s", tz="UTC")
-    pts = pd.DataFrame({
-        "traj_id": ["a"] * 5 + ["b"] * 2, "obj_id": "o", "t": list(t[:5]) + list(t[:2]),
-        "lon": np.arange(7.0), "lat": 0.5, "kind": "bus", "source": "s",
-    })
+    pts = pd.DataFrame(
+        {
+            "traj_id": ["a"] * 5 + ["b"] * 2,
+            "obj_id": "o",
+            "t": list(t[:5]) + list(t[:2]),
+            "lon": np.arange(7.0),
+            "lat": 0.5,
+            "kind": "bus",
+            "source": "s",
+        }
+    )
     views, counts = coarsen_views(pts, (4, 1), min_points=2)
     assert sorted(set(views["traj_id"])) == ["a", "a@x4", "b"]
-    assert counts[4] == {"rows_in": 7, "rows_kept": 2, "rows_skipped": 4, "rows_in_short_views": 1,
-                         "n_views": 1, "n_short_views": 1}
+    assert counts[4] == {
+        "rows_in": 7,
+        "rows_kept": 2,
+        "rows_skipped": 4,
+        "rows_in_short_views": 1,
+        "n_views": 1,
+        "n_short_views": 1,
+    }
     assert counts[1]["rows_kept"] == 7
     with pytest.raises(ValueError, match="distinct whole numbers >= 1"):
         coarsen_views(pts, (1, 0))

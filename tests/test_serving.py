@@ -68,7 +68,12 @@ def _stop(proc: subprocess.Popen) -> str:
 
 def _start(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        args,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -85,17 +90,32 @@ def _tiny_checkpoint(root: Path) -> Path:
             ws.save(w.path / f"{split}.npz")
         w.write_json("stats", stats_of(train))
     out = run_training(
-        root / "features" / "serving", root=root, preset="tutorial",
+        root / "features" / "serving",
+        root=root,
+        preset="tutorial",
         model_overrides={"n_layer": 1, "n_head": 2, "d_model": 32, "block_size": 16, "dropout": 0.0},
-        train_overrides={"epochs": 1, "max_steps": 5, "batch_size": 16, "warmup_steps": 1, "device": "cpu", "progress": False},
+        train_overrides={
+            "epochs": 1,
+            "max_steps": 5,
+            "batch_size": 16,
+            "warmup_steps": 1,
+            "device": "cpu",
+            "progress": False,
+        },
     )
     return out / "model.pt"
 
 
 def _register(root, **kw):
     return log_and_register(
-        root, run_name="serve", params={"preset": "tutorial"}, metrics={"test_ade_m": 321.0}, history=[],
-        checkpoint_path=_tiny_checkpoint(Path(root)), eval_id="serving", **kw,
+        root,
+        run_name="serve",
+        params={"preset": "tutorial"},
+        metrics={"test_ade_m": 321.0},
+        history=[],
+        checkpoint_path=_tiny_checkpoint(Path(root)),
+        eval_id="serving",
+        **kw,
     )
 
 
@@ -116,8 +136,23 @@ def test_models_serve_answers_points_with_forecast_points(tmp_path, clean_env):
     port = free_port()
     env = _server_env(MLFLOW_TRACKING_URI=tracking_uri(root))
     proc = _start(
-        [MLFLOW, "models", "serve", "-m", "models:/trajfm@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, tmp_path,
+        [
+            MLFLOW,
+            "models",
+            "serve",
+            "-m",
+            "models:/trajfm@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env,
+        tmp_path,
     )
     try:
         assert _wait_for(f"http://127.0.0.1:{port}/ping", 120, proc), "model server did not answer /ping"
@@ -125,13 +160,15 @@ def test_models_serve_answers_points_with_forecast_points(tmp_path, clean_env):
         horizon = 5
         body = {"dataframe_split": points.to_dict(orient="split", index=False), "params": {"horizon": horizon}}
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as r:
             out = pd.DataFrame(json.loads(r.read())["predictions"])
         csv_request = urllib.request.Request(  # the same points as CSV (no params: horizon 10)
-            f"http://127.0.0.1:{port}/invocations", data=points.to_csv(index=False).encode(),
+            f"http://127.0.0.1:{port}/invocations",
+            data=points.to_csv(index=False).encode(),
             headers={"Content-Type": "text/csv"},
         )
         with urllib.request.urlopen(csv_request, timeout=60) as r:
@@ -145,7 +182,9 @@ def test_models_serve_answers_points_with_forecast_points(tmp_path, clean_env):
     assert len(from_csv) == 3 * 10 and sorted(from_csv["traj_id"].unique()) == sorted(points["traj_id"].unique())
     assert len(out) == 3 * horizon and sorted(out["traj_id"].unique()) == sorted(points["traj_id"].unique())
     assert np.isfinite(out[["lon", "lat"]].to_numpy()).all()
-    assert out["lon"].between(-75, -73).all() and out["lat"].between(40, 41.5).all()  # near New York: degrees, not metres
+    assert (
+        out["lon"].between(-75, -73).all() and out["lat"].between(40, 41.5).all()
+    )  # near New York: degrees, not metres
     last = pd.to_datetime(points["t"], utc=True).groupby(points["traj_id"]).max()
     for tid, g in out.groupby("traj_id"):
         t = pd.to_datetime(g.sort_values("step")["t"], utc=True, format="ISO8601")
@@ -161,9 +200,23 @@ def test_tracking_server_takes_registrations_and_lists_them(tmp_path, clean_env,
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     proc = _start(
-        [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-         "--artifacts-destination", str(root / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], _server_env(), tmp_path,
+        [
+            MLFLOW,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(root / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        _server_env(),
+        tmp_path,
     )
     try:
         if not _wait_for(f"{uri}/health", SERVER_WAIT_S, proc):

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 import trajfm.train as train_mod
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+)
 from trajfm.model import GPTConfig, TrajGPT, load_model, load_preset
 from trajfm.train import TrainConfig, evaluate_loss, lr_factor, train
 
@@ -58,7 +61,9 @@ def test_training_lowers_the_loss(data, tmp_path):
     # the returned model is the best checkpoint, and it loads with weights_only=True
     assert res.checkpoint == tmp_path / "best.pt"
     best_val = min(h["val_loss"] for h in res.history)
-    assert evaluate_loss(load_model(res.checkpoint), vx, vm, 64, torch.device("cpu")) == pytest.approx(best_val, rel=1e-5)
+    assert evaluate_loss(load_model(res.checkpoint), vx, vm, 64, torch.device("cpu")) == pytest.approx(
+        best_val, rel=1e-5
+    )
     assert evaluate_loss(res.model, vx, vm, 64, torch.device("cpu")) == pytest.approx(best_val, rel=1e-5)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["extra"]["step"] == res.history[-1]["step"]
 
@@ -94,13 +99,22 @@ def test_resume_after_crash_at_epoch_end_matches_uninterrupted(data, tmp_path):
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
-@pytest.mark.parametrize("ema_decay,select_by", [(0.0, "loss"), (0.9, "fde")])  # the average and the kept epoch resume too
+@pytest.mark.parametrize(
+    "ema_decay,select_by", [(0.0, "loss"), (0.9, "fde")]
+)  # the average and the kept epoch resume too
 def test_resume_mid_epoch_matches_uninterrupted(data, tmp_path, monkeypatch, ema_decay, select_by):
     tr, va, st = data
     steps_per_epoch = -(-len(tr) // 16)
     n = steps_per_epoch + steps_per_epoch // 2  # in the middle of epoch 2
-    config = cfg(max_steps=2 * n, epochs=10, checkpoint_every=n, ema_decay=ema_decay, select_by=select_by,
-                 select_context=20, select_horizon=5)
+    config = cfg(
+        max_steps=2 * n,
+        epochs=10,
+        checkpoint_every=n,
+        ema_decay=ema_decay,
+        select_by=select_by,
+        select_context=20,
+        select_horizon=5,
+    )
     full = train(tr, va, MODEL, st, config, tmp_path / "full")
     assert full.history[-1]["step"] == 2 * n
 
@@ -163,8 +177,12 @@ def test_run_training_stage_writes_model_and_is_cached(data, tmp_path):
     fractions = []
     overrides = dict(epochs=2, batch_size=16, warmup_steps=2, device="cpu")
     out = run_training(
-        features_dir, root=tmp_path, preset="tutorial", model_overrides={"block_size": 32, "d_model": 32},
-        train_overrides=overrides, on_epoch=lambda record, fraction: fractions.append(fraction),
+        features_dir,
+        root=tmp_path,
+        preset="tutorial",
+        model_overrides={"block_size": 32, "d_model": 32},
+        train_overrides=overrides,
+        on_epoch=lambda record, fraction: fractions.append(fraction),
     )
     assert fractions[-1] == 1.0 and fractions == sorted(fractions) and len(fractions) == 2
     manifest = read_manifest(out)
@@ -174,13 +192,21 @@ def test_run_training_stage_writes_model_and_is_cached(data, tmp_path):
     assert model.config.d_model == 32
     assert load_checkpoint(out / "model.pt")["extra"]["preset"] == "tutorial"
     again = run_training(
-        features_dir, root=tmp_path, preset="tutorial", model_overrides={"block_size": 32, "d_model": 32},
-        train_overrides=overrides, on_epoch=lambda record, fraction: fractions.append(fraction),
+        features_dir,
+        root=tmp_path,
+        preset="tutorial",
+        model_overrides={"block_size": 32, "d_model": 32},
+        train_overrides=overrides,
+        on_epoch=lambda record, fraction: fractions.append(fraction),
     )
     assert again == out and len(fractions) == 2  # finished stage: returned without training
     quiet = run_training(  # settings that change no number do not change the stage
-        features_dir, root=tmp_path, preset="tutorial", model_overrides={"block_size": 32, "d_model": 32},
-        train_overrides={**overrides, "log_every": 7, "progress": False}, on_epoch=lambda record, fraction: fractions.append(fraction),
+        features_dir,
+        root=tmp_path,
+        preset="tutorial",
+        model_overrides={"block_size": 32, "d_model": 32},
+        train_overrides={**overrides, "log_every": 7, "progress": False},
+        on_epoch=lambda record, fraction: fractions.append(fraction),
     )
     assert quiet == out and len(fractions) == 2
 
@@ -197,7 +223,9 @@ def test_gradient_accumulation_learns_what_one_batch_learns(data, tmp_path):
     for a, b in zip(one.history, acc.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
     for k, v in one.model.state_dict().items():
-        torch.testing.assert_close(acc.model.state_dict()[k], v, rtol=1e-4, atol=2e-5, msg=k)  # Adam magnifies rounding in ~0 gradients (key biases)
+        torch.testing.assert_close(
+            acc.model.state_dict()[k], v, rtol=1e-4, atol=2e-5, msg=k
+        )  # Adam magnifies rounding in ~0 gradients (key biases)
 
 
 @pytest.mark.parametrize("patch_in,patch_out", [(1, 1), (4, 8), (2, 3)])
@@ -222,11 +250,14 @@ def test_sigterm_checkpoints_raises_and_resumes(data, tmp_path):
     sentinel = lambda signum, frame: None  # noqa: E731
     previous = signal.signal(signal.SIGTERM, sentinel)
     try:
+
         def terminate_in_epoch_2(record):
             if record["epoch"] == 1:
                 os.kill(os.getpid(), signal.SIGTERM)  # handled at the end of the next step
 
-        with pytest.raises(train_mod.TrainingInterrupted, match="SIGTERM received: training stopped after step") as info:
+        with pytest.raises(
+            train_mod.TrainingInterrupted, match="SIGTERM received: training stopped after step"
+        ) as info:
             train(tr, va, MODEL, st, cfg(), tmp_path / "run", on_epoch=terminate_in_epoch_2)
         assert signal.getsignal(signal.SIGTERM) is sentinel  # the caller's handler is back
     finally:
@@ -294,7 +325,17 @@ def test_bf16_autocast_on_cpu_when_asked(data, tmp_path):
 def test_added_settings_keep_old_checkpoints_and_keys():
     """Settings added after the first release stay out of resume identities at their defaults."""
     ident = train_mod._config_identity(TrainConfig())
-    first_release = {"epochs", "batch_size", "lr", "min_lr_ratio", "weight_decay", "warmup_steps", "grad_clip", "seed", "max_steps"}
+    first_release = {
+        "epochs",
+        "batch_size",
+        "lr",
+        "min_lr_ratio",
+        "weight_decay",
+        "warmup_steps",
+        "grad_clip",
+        "seed",
+        "max_steps",
+    }
     assert set(ident) == first_release
     assert "grad_accum_steps" in train_mod._config_identity(TrainConfig(grad_accum_steps=2))
     assert train_mod._config_identity(TrainConfig(ema_decay=0.99))["ema_decay"] == 0.99
@@ -324,7 +365,9 @@ def test_weight_average_follows_its_recursion_and_swaps_back():
         assert torch.allclose(avg.avg[0], expected)
     training = {k: v.clone() for k, v in model.state_dict().items()}
     with avg.swapped():
-        assert torch.equal(p, avg.avg[0]) and not torch.equal(p, training[next(n for n, q in model.named_parameters() if q is p)])
+        assert torch.equal(p, avg.avg[0]) and not torch.equal(
+            p, training[next(n for n, q in model.named_parameters() if q is p)]
+        )
     for k, v in model.state_dict().items():
         assert torch.equal(v, training[k]), k  # the training weights are back, bit for bit
     with pytest.raises(ValueError, match="ema_decay"):
@@ -342,9 +385,13 @@ def test_ema_validates_keeps_and_returns_the_average(data, tmp_path):
     assert ema.checkpoint == tmp_path / "ema" / "best.pt"
     best = min(h["val_loss"] for h in ema.history)
     vx, vm = train_mod._tensors(va, MODEL.block_size, MODEL.n_features)
-    assert evaluate_loss(ema.model, vx, vm, 64, torch.device("cpu")) == pytest.approx(best, rel=1e-5)  # the validated weights
+    assert evaluate_loss(ema.model, vx, vm, 64, torch.device("cpu")) == pytest.approx(
+        best, rel=1e-5
+    )  # the validated weights
     last = load_model(tmp_path / "ema" / "last.pt")  # the training weights, for resuming
-    assert evaluate_loss(last, vx, vm, 64, torch.device("cpu")) == pytest.approx(plain.history[-1]["val_loss"], rel=1e-5)
+    assert evaluate_loss(last, vx, vm, 64, torch.device("cpu")) == pytest.approx(
+        plain.history[-1]["val_loss"], rel=1e-5
+    )
     assert best < min(h["val_loss"] for h in plain.history)  # averaging the noisy iterates pays on held-out windows
 
     no_val = train(tr, None, MODEL, st, cfg(epochs=2, ema_decay=0.9), tmp_path / "no_val")
@@ -372,19 +419,26 @@ def test_select_by_fde_keeps_the_epoch_that_forecasts_best(data, tmp_path, monke
     assert best["val_fde_m"] == pytest.approx(min(fdes)) and best["epoch"] == 1 + fdes.index(min(fdes))
     scores = iter([3.0, 1.0, 2.0, 5.0])  # a forecast error that disagrees with the falling validation loss
     with monkeypatch.context() as m:
-        m.setattr(train_mod, "_forecast_selection", lambda val, model_config, c: (lambda model: next(scores)))
+        m.setattr(train_mod, "_forecast_selection", lambda val, model_config, c: lambda model: next(scores))
         chosen = train(tr, va, MODEL, st, cfg(epochs=4, select_by="fde"), tmp_path / "scripted")
     assert torch.load(chosen.checkpoint, weights_only=True)["extra"]["epoch"] == 2  # not the lowest loss (epoch 4)
     assert [h["val_loss"] for h in chosen.history] == sorted((h["val_loss"] for h in chosen.history), reverse=True)
     by_loss = train(tr, va, MODEL, st, cfg(epochs=4), tmp_path / "by_loss")
-    assert [h["train_loss"] for h in by_loss.history] == [h["train_loss"] for h in res.history]  # only the choice differs
+    assert [h["train_loss"] for h in by_loss.history] == [
+        h["train_loss"] for h in res.history
+    ]  # only the choice differs
     assert "val_fde_m" not in by_loss.history[0]
 
-    for bad, text in ((dict(select_by="ade"), "select_by must be one of"), (dict(select_by="fde", select_context=1), "select_context >= 2")):
+    for bad, text in (
+        (dict(select_by="ade"), "select_by must be one of"),
+        (dict(select_by="fde", select_context=1), "select_context >= 2"),
+    ):
         with pytest.raises(ValueError, match=text):
             cfg(**bad)
     with pytest.raises(ValueError, match="no validation window has"):
-        train(tr, va, MODEL, st, cfg(epochs=1, select_by="fde", select_context=30, select_horizon=5), tmp_path / "short")
+        train(
+            tr, va, MODEL, st, cfg(epochs=1, select_by="fde", select_context=30, select_horizon=5), tmp_path / "short"
+        )
     infill = GPTConfig(n_layer=1, n_head=2, d_model=16, block_size=32, objective="infill")
     with pytest.raises(ValueError, match="needs a model that forecasts"):
         train(tr, va, infill, st, cfg(epochs=1, select_by="fde"), tmp_path / "infill")

@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from helpers import free_port
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+)
 
 # dropout 0: the processes draw their own dropout masks, so only the deterministic model can be
 # compared with one process parameter for parameter
@@ -36,12 +39,22 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     from trajfm.model import GPTConfig
     from trajfm.train import TrainConfig, train
 
-
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=str(Path(__file__).parent))
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        __file__, str(tmp_path / "ddp"), json.dumps({**TRAIN, "grad_accum_steps": 2}),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        __file__,
+        str(tmp_path / "ddp"),
+        json.dumps({**TRAIN, "grad_accum_steps": 2}),
     ]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -8,7 +8,6 @@ this process: the loss curve and the weights must equal those of an uninterrupte
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,12 +20,17 @@ import pytest
 import torch
 
 from helpers import kill_after_line, loss_curve
-from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
-from synthetic_tracks import make_windows, stats_of
+from synthetic_tracks import (
+    make_windows,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    stats_of,
+)
 
 N = 7  # steps between checkpoints; the run makes 2N (mid-epoch: 3 steps per epoch)
 MODEL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.1)  # dropout: the RNG must resume too
-TRAIN = dict(epochs=100, max_steps=2 * N, batch_size=8, lr=3e-3, warmup_steps=2, seed=0, device="cpu", checkpoint_every=N)
+TRAIN = dict(
+    epochs=100, max_steps=2 * N, batch_size=8, lr=3e-3, warmup_steps=2, seed=0, device="cpu", checkpoint_every=N
+)
 
 
 def data():

@@ -46,13 +46,25 @@ def _write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
         ("train: [{data: a}]\nheldout: [{data: b}]\ncolour: red\n", "unknown key(s) ['colour']"),
         ("train: [{data: a, speed: 3}]\nheldout: [{data: b}]\n", "train[0]: unknown key(s) ['speed']"),
         ("train: [{data: 3}]\nheldout: [{data: b}]\n", "train[0].data must be a path"),
-        ("train: [{data: a}]\nheldout: [{data: b, format: shapefile}]\n", "heldout[0].format 'shapefile' is not a reader"),
-        ("train: [{data: a, bbox: [1, 2, 3]}]\nheldout: [{data: b}]\n", "train[0]: bbox must be [lon_min, lat_min, lon_max, lat_max]"),
-        ("train: [{data: a, time_range: [2020-02-01, 2020-01-01]}]\nheldout: [{data: b}]\n", "start must be before end"),
+        (
+            "train: [{data: a}]\nheldout: [{data: b, format: shapefile}]\n",
+            "heldout[0].format 'shapefile' is not a reader",
+        ),
+        (
+            "train: [{data: a, bbox: [1, 2, 3]}]\nheldout: [{data: b}]\n",
+            "train[0]: bbox must be [lon_min, lat_min, lon_max, lat_max]",
+        ),
+        (
+            "train: [{data: a, time_range: [2020-02-01, 2020-01-01]}]\nheldout: [{data: b}]\n",
+            "start must be before end",
+        ),
         ("train: [{data: a}]\nheldout: [{data: b}]\nfine_tune: {frac: 0.8, val_frac: 0.3}\n", "frac + val_frac < 1"),
         ("train: [{data: a}]\nheldout: [{data: b}]\ntasks: [forecast, teleport]\n", "tasks: unknown task"),
         ("train: [{data: a}]\nheldout: [{data: b}]\nwindow: 1\n", "window must be an integer >= 2"),
-        ("train: [{data: a}]\nheldout: [{data: b, clean: {interval: 3}}]\n", "heldout[0]: clean must map cleaning parameters"),
+        (
+            "train: [{data: a}]\nheldout: [{data: b, clean: {interval: 3}}]\n",
+            "heldout[0]: clean must map cleaning parameters",
+        ),
         ("train: [{data: a}]\nheldout: [{data: b, clean: {interval_s: -5}}]\n", "heldout[0]: interval_s must be > 0"),
         ("train: [{data: a}\n", "not valid YAML"),
         ("- just a list\n", "must be a mapping"),
@@ -83,7 +95,7 @@ def test_shipped_protocols_parse_and_point_at_real_data():
         for spec in proto.train + proto.heldout:
             for item in spec.data:
                 if item.startswith("embedded:"):
-                    assert embedded_files(item[len("embedded:"):])  # a real file of the catalog
+                    assert embedded_files(item[len("embedded:") :])  # a real file of the catalog
                 else:  # relative to the protocol file: the project's ../shared/data
                     assert Path(item).is_relative_to(shared.resolve()), item
     nyh = load_protocol(PROTOCOLS / "ais_to_nyharbor_dec.yaml")
@@ -121,13 +133,21 @@ def test_clean_overrides_reach_preprocessing(tmp_path):
 
 def test_selection_keeps_or_drops_whole_trajectories():
     t0 = pd.Timestamp("2020-12-08T00:00:00Z")
-    pts = pd.DataFrame({
-        "traj_id": ["a", "a", "b", "b", "c", "c"],
-        "lon": [-74.0, -73.0, -70.0, -70.1, -74.0, -74.1],
-        "lat": [40.5, 40.0, 38.0, 38.1, 40.6, 40.7],
-        "t": [t0, t0 + pd.Timedelta(minutes=1), t0 + pd.Timedelta(hours=13), t0 + pd.Timedelta(hours=14),
-              t0 + pd.Timedelta(hours=11), t0 + pd.Timedelta(hours=12, minutes=30)],
-    })
+    pts = pd.DataFrame(
+        {
+            "traj_id": ["a", "a", "b", "b", "c", "c"],
+            "lon": [-74.0, -73.0, -70.0, -70.1, -74.0, -74.1],
+            "lat": [40.5, 40.0, 38.0, 38.1, 40.6, 40.7],
+            "t": [
+                t0,
+                t0 + pd.Timedelta(minutes=1),
+                t0 + pd.Timedelta(hours=13),
+                t0 + pd.Timedelta(hours=14),
+                t0 + pd.Timedelta(hours=11),
+                t0 + pd.Timedelta(hours=12, minutes=30),
+            ],
+        }
+    )
     box = [-74.5, 40.3, -73.5, 41.0]
     # a touches the box once: dropped whole; b never does; c lies inside
     assert selected_trajectories(pts, {"exclude_bbox": box}).tolist() == [False, False, True, True, False, False]
@@ -157,7 +177,10 @@ def test_tiny_protocol_runs_zero_shot_and_fine_tuned_deterministically(tmp_path,
         assert v["n"] == 2 and math.isfinite(v["mean"]) and v["mean"] > 0 and math.isfinite(v["std"])
     assert s["forecast.ade_m@10.tutorial@zero-shot"]["std"] > 0  # two seeds, two models
     assert s["forecast.ade_m@10.constant_velocity"]["std"] == 0  # the baseline has no seed
-    assert a["runs"]["0"]["forecast.ade_m@10.tutorial@zero-shot"] != a["runs"]["0"]["forecast.ade_m@10.tutorial@fine-tuned"]
+    assert (
+        a["runs"]["0"]["forecast.ade_m@10.tutorial@zero-shot"]
+        != a["runs"]["0"]["forecast.ade_m@10.tutorial@fine-tuned"]
+    )
     held, train = a["accounting"]["heldout"], a["accounting"]["train"]
     assert held["select"]["rows_in"] == held["select"]["rows_kept"] + held["select"]["rows_filtered"]
     # morning and afternoon of one file: every processed point lands on exactly one side
@@ -168,8 +191,31 @@ def test_tiny_protocol_runs_zero_shot_and_fine_tuned_deterministically(tmp_path,
     assert b["runs"]["0"] == a["runs"]["0"]
     # the command prints the mean ± std table and writes the JSON
     out = tmp_path / "t.json"
-    assert main(["--protocol", str(path), "--preset", "tutorial", "--epochs", "1", "--max-steps", "6", "--fine-tune-steps", "4",
-                 "--batch-size", "16", "--seeds", "0", "--data-root", str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--protocol",
+                str(path),
+                "--preset",
+                "tutorial",
+                "--epochs",
+                "1",
+                "--max-steps",
+                "6",
+                "--fine-tune-steps",
+                "4",
+                "--batch-size",
+                "16",
+                "--seeds",
+                "0",
+                "--data-root",
+                str(tmp_path / "b"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "tutorial@zero-shot" in printed and "±" in printed and out.is_file()
 
@@ -178,7 +224,9 @@ def test_fine_tune_learning_rate_reaches_the_fine_tune_only(tmp_path):
     from trajfm.store import read_manifest
 
     path = _write(tmp_path, TINY)
-    kw = dict(epochs=1, max_steps=6, fine_tune_steps=4, batch_size=16, compare_tutorial=False, seeds=(0,), root=tmp_path / "r")
+    kw = dict(
+        epochs=1, max_steps=6, fine_tune_steps=4, batch_size=16, compare_tutorial=False, seeds=(0,), root=tmp_path / "r"
+    )
     default = run_protocol(path, "tutorial", **kw)
     low = run_protocol(path, "tutorial", fine_tune_lr=1e-5, **kw)
     for res, lr in ((default, 1e-3), (low, 1e-5)):

@@ -73,7 +73,10 @@ def _stop_orphans(root: Path) -> None:
         return  # a real server: nothing temporary to clean
     stopped = stop_orphaned_prefect_servers(os.environ["PREFECT_HOME"])
     if stopped:
-        print(f"trajfm: stopped {len(stopped)} Prefect temporary server(s) left by a killed run (pids {stopped})", file=sys.stderr)
+        print(
+            f"trajfm: stopped {len(stopped)} Prefect temporary server(s) left by a killed run (pids {stopped})",
+            file=sys.stderr,
+        )
 
 
 def _preflight(flow: str, params: dict) -> None:
@@ -124,15 +127,26 @@ def forecast_rows(m: dict, w: int) -> list[str]:
     ADE, of constant velocity, the Kalman filter (when measured) and the model; then the model's
     never-worse rule and the coverage of each one's 80% region (when measured)."""
     steps = [h for h in (1, 5, 10) if f"fde{h}_m" in m]
-    head = "".join(f"{f'@{h} (m)':>10}" for h in steps) + f"{'ADE (m)':>10}" + (f"{'80% cov':>9}" if "coverage80" in m or "cv_coverage80" in m else "")
+    head = (
+        "".join(f"{f'@{h} (m)':>10}" for h in steps)
+        + f"{'ADE (m)':>10}"
+        + (f"{'80% cov':>9}" if "coverage80" in m or "cv_coverage80" in m else "")
+    )
     lines = [f"            {'':{w}}{head}"]
     for label, p in (("constant velocity", "cv_"), ("Kalman filter", "kf_"), ("model " + m["preset"], "")):
         if f"{p}ade_m" not in m:
             continue
         cov = f"{100 * m[f'{p}coverage80']:8.0f}%" if f"{p}coverage80" in m else ""
-        lines.append(f"            {label:{w}}" + "".join(f"{m[f'{p}fde{h}_m']:10.1f}" for h in steps) + f"{m[f'{p}ade_m']:10.1f}" + cov)
+        lines.append(
+            f"            {label:{w}}"
+            + "".join(f"{m[f'{p}fde{h}_m']:10.1f}" for h in steps)
+            + f"{m[f'{p}ade_m']:10.1f}"
+            + cov
+        )
     if m.get("blend") is not None:
-        lines.append(f"            (the model blends with constant velocity per step, weights {m['blend']}: chosen on validation)")
+        lines.append(
+            f"            (the model blends with constant velocity per step, weights {m['blend']}: chosen on validation)"
+        )
     return lines
 
 
@@ -160,8 +174,11 @@ def summary_text(result: dict, root: Path, seconds: float, title: str = "trajfm 
         f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, {m['horizon']} steps ahead",
         *forecast_rows(m, w),
         f"register    {reg['name']} version {reg['version']}: "
-        + ("same data, config and evaluation as before: reused, no new version" if reg.get("reused")
-           else (reg.get("decision") or ("champion" if reg["promoted"] else "challenger")))
+        + (
+            "same data, config and evaluation as before: reused, no new version"
+            if reg.get("reused")
+            else (reg.get("decision") or ("champion" if reg["promoted"] else "challenger"))
+        )
         + f"; champion is version {reg['champion_version']}",
         "-" * 72,
         "Open the UIs on this data (both listen on 127.0.0.1 only):",
@@ -236,16 +253,25 @@ def flow_help(name: str) -> str:
 
     fn = _load_flow(name)
     summary, docs = _flow_doc(fn)
-    lines = [f"usage: trajfm run {name} [--PARAM VALUE ...]   (values are JSON when they parse, else strings)", "",
-             plain_help(summary), "", "parameters:"]
+    lines = [
+        f"usage: trajfm run {name} [--PARAM VALUE ...]   (values are JSON when they parse, else strings)",
+        "",
+        plain_help(summary),
+        "",
+        "parameters:",
+    ]
     for p in inspect.signature(fn.fn, eval_str=True).parameters.values():
-        default = "required" if p.default is inspect.Parameter.empty else f"default {json.dumps(p.default, default=str)}"
+        default = (
+            "required" if p.default is inspect.Parameter.empty else f"default {json.dumps(p.default, default=str)}"
+        )
         lines.append(f"  --{p.name.replace('_', '-')}  ({_type_text(p.annotation)}; {default})")
         wrap = dict(width=96, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False)
         lines += textwrap.wrap(plain_help(docs.get(p.name, "")), **wrap)
         model = _model_of(p.annotation)
         if model is not None:
-            lines += textwrap.wrap("JSON keys: " + ", ".join(f.alias or k for k, f in model.model_fields.items()), **wrap)
+            lines += textwrap.wrap(
+                "JSON keys: " + ", ".join(f.alias or k for k, f in model.model_fields.items()), **wrap
+            )
     return "\n".join(lines)
 
 
@@ -265,7 +291,9 @@ def check_params(name: str, params: dict) -> dict:
         raise SystemExit(f"trajfm run {name}: unknown parameter(s) {unknown}; known: {known}")
     missing = [p.name for p in sig.parameters.values() if p.default is inspect.Parameter.empty and p.name not in params]
     if missing:
-        raise SystemExit(f"trajfm run {name}: missing required parameter(s) {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        raise SystemExit(
+            f"trajfm run {name}: missing required parameter(s) {', '.join('--' + m.replace('_', '-') for m in missing)}"
+        )
     out, errors = {}, []
     for key, value in params.items():
         annotation = sig.parameters[key].annotation
@@ -295,7 +323,11 @@ def run_summary(name: str, result, seconds: float) -> str:
             m = read_manifest(result)
         except (OSError, ValueError):
             m = {}
-        counts = {k: m[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "rows_in", "rows_out", "n_trajectories") if k in m}
+        counts = {
+            k: m[k]
+            for k in ("rows_read", "rows_kept", "rows_quarantined", "rows_in", "rows_out", "n_trajectories")
+            if k in m
+        }
         if "windows" in m:
             counts["windows"] = m["windows"]
         if "final" in m:
@@ -428,21 +460,34 @@ def _main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(DELEGATED[argv[0]]).main(argv[1:]) or 0)
     from trajfm.params import DEFAULT_PRESET, PRESETS
 
-    parser = argparse.ArgumentParser(prog="trajfm", description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="trajfm", description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded real AIS data")
     demo.add_argument("--data-root", default=None, help="default: $TRAJFM_HOME or ./.trajfm")
-    demo.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME",
-                      help=f"model preset, one of {', '.join(PRESETS)} (default {DEFAULT_PRESET}: transfers to unseen movers)")
+    demo.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        metavar="NAME",
+        help=f"model preset, one of {', '.join(PRESETS)} (default {DEFAULT_PRESET}: transfers to unseen movers)",
+    )
     demo.add_argument("--epochs", type=int, default=5)
-    run = sub.add_parser("run", help="run one flow: trajfm run FLOW --param value ... (trajfm run FLOW --help: its parameters)",
-                         add_help=False)
+    run = sub.add_parser(
+        "run",
+        help="run one flow: trajfm run FLOW --param value ... (trajfm run FLOW --help: its parameters)",
+        add_help=False,
+    )
     run.add_argument("flow", nargs="?", choices=sorted(FLOWS), metavar="FLOW", help=f"one of {', '.join(FLOWS)}")
     sub.add_parser("flows", help="list the flows (trajfm run FLOW --help: a flow's parameters)")
     sub.add_parser("presets", help="list the model presets")
     train = sub.add_parser("train", help="train a model preset")
-    train.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME",
-                       help=f"model preset, one of {', '.join(PRESETS)} (default {DEFAULT_PRESET})")
+    train.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        metavar="NAME",
+        help=f"model preset, one of {', '.join(PRESETS)} (default {DEFAULT_PRESET})",
+    )
     train.add_argument("--features-dir", default=None, help="a features stage directory; default: run the pipeline")
     train.add_argument("--data-root", default=None)
     train.add_argument("--epochs", type=int, default=5)
@@ -459,7 +504,9 @@ def _main(argv: list[str] | None = None) -> int:
         return cmd_bench(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return {"demo": cmd_demo, "flows": cmd_flows, "bench": cmd_bench, "presets": cmd_presets, "train": cmd_train}[args.command](args)
+    return {"demo": cmd_demo, "flows": cmd_flows, "bench": cmd_bench, "presets": cmd_presets, "train": cmd_train}[
+        args.command
+    ](args)
 
 
 if __name__ == "__main__":

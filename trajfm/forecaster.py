@@ -182,7 +182,9 @@ class Forecaster:
                     pieces.append(ctx)
                     truths.append(g.iloc[end : end + horizon][["lon", "lat"]].to_numpy())
         if pieces:
-            back = forecast_points(self.model, pd.concat(pieces, ignore_index=True), horizon, batch_size=self.batch_size)
+            back = forecast_points(
+                self.model, pd.concat(pieces, ignore_index=True), horizon, batch_size=self.batch_size
+            )
             # forecast_points sorts by traj_id; the pieces' ids sort the same as their order only
             # within a trajectory, so align by id.
             order = {tid: i for i, tid in enumerate(pd.concat(pieces)["traj_id"].drop_duplicates())}
@@ -203,7 +205,9 @@ def canonical_points(points: pd.DataFrame) -> pd.DataFrame:
     need = ["traj_id", "t", "lon", "lat"]
     missing = [c for c in need if c not in points.columns]
     if missing:
-        raise ValueError(f"points lack columns {missing}; need canonical points with {need} (obj_id, kind, ... are ignored)")
+        raise ValueError(
+            f"points lack columns {missing}; need canonical points with {need} (obj_id, kind, ... are ignored)"
+        )
     t = points["t"]
     if isinstance(t.dtype, pd.DatetimeTZDtype):
         t = t.dt.tz_convert("UTC")
@@ -225,13 +229,17 @@ def canonical_points(points: pd.DataFrame) -> pd.DataFrame:
     df["t"] = pd.to_datetime(df["t"], utc=True)
     bad = df[["traj_id", "t", "lon", "lat"]].isna().any(axis=1)
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} points have a missing or non-numeric traj_id, t, lon or lat (first row {int(np.flatnonzero(bad)[0])})")
+        raise ValueError(
+            f"{int(bad.sum())} points have a missing or non-numeric traj_id, t, lon or lat (first row {int(np.flatnonzero(bad)[0])})"
+        )
     if not (df["lon"].between(-180, 180).all() and df["lat"].between(-90, 90).all()):
         raise ValueError("lon must be in [-180, 180] and lat in [-90, 90] degrees (is the order swapped?)")
     df = df.sort_values(["traj_id", "t"], kind="stable").reset_index(drop=True)
     dup = df.duplicated(["traj_id", "t"])
     if dup.any():
-        raise ValueError(f"{int(dup.sum())} points repeat a time within their trajectory (e.g. {df.loc[dup, 'traj_id'].iloc[0]})")
+        raise ValueError(
+            f"{int(dup.sum())} points repeat a time within their trajectory (e.g. {df.loc[dup, 'traj_id'].iloc[0]})"
+        )
     return df
 
 
@@ -247,9 +255,16 @@ def resample_points(df: pd.DataFrame, interval_s: float) -> pd.DataFrame:
     ends = np.r_[starts[1:], len(df)]
     t_ns = df["t"].astype("int64").to_numpy()
     interval_ns = np.full(len(starts), round(interval_s * 1e9), dtype=np.int64)
-    seg, grid_t, lon, lat = resample_to_interval(t_ns, df["lon"].to_numpy(), df["lat"].to_numpy(), starts, ends, interval_ns)
+    seg, grid_t, lon, lat = resample_to_interval(
+        t_ns, df["lon"].to_numpy(), df["lat"].to_numpy(), starts, ends, interval_ns
+    )
     return pd.DataFrame(
-        {"traj_id": pd.array(ids[starts][seg], dtype="string"), "t": pd.to_datetime(grid_t, unit="ns", utc=True), "lon": lon, "lat": lat}
+        {
+            "traj_id": pd.array(ids[starts][seg], dtype="string"),
+            "t": pd.to_datetime(grid_t, unit="ns", utc=True),
+            "lon": lon,
+            "lat": lat,
+        }
     )
 
 
@@ -287,13 +302,22 @@ def main(argv: list[str] | None = None) -> int:
         description="Forecast the next HORIZON fixes of every trajectory in a canonical points file "
         "(Parquet or CSV: traj_id, t, lon, lat; other columns ignored), with error radii in metres.",
     )
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a model.pt or a train directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a model.pt or a train directory",
+    )
     p.add_argument("--data", required=True, help="canonical points: .parquet (file or dataset directory) or .csv")
     p.add_argument("--horizon", type=int, default=10, help="steps to forecast (default 10)")
     p.add_argument("--out", required=True, help="output .parquet (or .csv) of forecast points")
-    p.add_argument("--data-root", default=None, help="where the MLflow registry lives (default: $TRAJFM_HOME or ./.trajfm)")
-    p.add_argument("--resample-s", default=None,
-                   help="resample every trajectory to this interval in seconds first ('model': the model's interval)")
+    p.add_argument(
+        "--data-root", default=None, help="where the MLflow registry lives (default: $TRAJFM_HOME or ./.trajfm)"
+    )
+    p.add_argument(
+        "--resample-s",
+        default=None,
+        help="resample every trajectory to this interval in seconds first ('model': the model's interval)",
+    )
     p.add_argument("--samples", type=int, default=100, help="sampled futures per trajectory (mixture head)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

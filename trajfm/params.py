@@ -117,28 +117,41 @@ class KindPreprocess(_Model):
     """Cleaning thresholds (overrides of a kind's defaults; a field left out keeps the default)."""
 
     what: ClassVar[str] = "preprocess params"
-    v_max_mps: Optional[float] = Field(None, gt=0, description="speed above which a fix is an outlier, metres per second")
+    v_max_mps: Optional[float] = Field(
+        None, gt=0, description="speed above which a fix is an outlier, metres per second"
+    )
     max_gap_s: Optional[float] = Field(None, gt=0, description="observation gap above which a track is split, seconds")
     interval_s: Optional[float] = Field(None, gt=0, description="resampling interval, seconds")
     min_points: Optional[int] = Field(None, ge=1, description="fewest original fixes a piece needs to be kept")
     min_duration_s: Optional[float] = Field(None, ge=0, description="shortest piece duration kept, seconds")
-    split_stops: Optional[StrictBool] = Field(None, description="split at stops (true/false; off by default: it is the slowest step)")
+    split_stops: Optional[StrictBool] = Field(
+        None, description="split at stops (true/false; off by default: it is the slowest step)"
+    )
     stop_max_diameter_m: Optional[float] = Field(None, gt=0, description="a stop stays within this diameter, metres")
     stop_min_duration_s: Optional[float] = Field(None, gt=0, description="a stop lasts at least this long, seconds")
-    generalize_s: Optional[float] = Field(None, ge=0, description="keep fixes at least this many seconds apart before resampling (0: off)")
+    generalize_s: Optional[float] = Field(
+        None, ge=0, description="keep fixes at least this many seconds apart before resampling (0: off)"
+    )
     upsample_tolerance: Optional[float] = Field(
-        None, ge=1, description="a source whose native interval exceeds interval_s by more than this factor is "
-                                "resampled at its own (coarser) interval, never upsampled (inf: always interval_s)")
+        None,
+        ge=1,
+        description="a source whose native interval exceeds interval_s by more than this factor is "
+        "resampled at its own (coarser) interval, never upsampled (inf: always interval_s)",
+    )
 
 
 _THRESHOLDS = tuple(KindPreprocess.model_fields)
-assert set(_THRESHOLDS) == set(PreprocessParams.__dataclass_fields__), "KindPreprocess out of step with PreprocessParams"
+assert set(_THRESHOLDS) == set(PreprocessParams.__dataclass_fields__), (
+    "KindPreprocess out of step with PreprocessParams"
+)
 
 
 def _kind_defaults_text(kind: str) -> str:
     p = KIND_DEFAULTS[kind]
-    return (f"overrides for {kind} movers (defaults: v_max_mps {p.v_max_mps:g}, max_gap_s {p.max_gap_s:g}, "
-            f"interval_s {p.interval_s:g}, min_points {p.min_points}, min_duration_s {p.min_duration_s:g})")
+    return (
+        f"overrides for {kind} movers (defaults: v_max_mps {p.v_max_mps:g}, max_gap_s {p.max_gap_s:g}, "
+        f"interval_s {p.interval_s:g}, min_points {p.min_points}, min_duration_s {p.min_duration_s:g})"
+    )
 
 
 class _PreprocessBase(KindPreprocess):
@@ -161,7 +174,10 @@ PreprocessOptions = create_model(
     __base__=_PreprocessBase,
     __doc__="Cleaning thresholds: the fields here apply to every kind; an entry per kind overrides that kind's defaults.",
     **{kind: (Optional[KindPreprocess], Field(None, description=_kind_defaults_text(kind))) for kind in KINDS},
-    other_kinds=(Optional[KindPreprocess], Field(None, alias="*", description="kinds not named: built-in defaults plus these")),
+    other_kinds=(
+        Optional[KindPreprocess],
+        Field(None, alias="*", description="kinds not named: built-in defaults plus these"),
+    ),
 )
 
 
@@ -174,13 +190,24 @@ class WindowOptions(_Model):
 
     what: ClassVar[str] = "window params"
     window: Optional[int] = Field(None, ge=1, description="points per window (default 32)")
-    stride: Optional[int] = Field(None, ge=1, description="points between window starts (default: the window, no overlap)")
-    train_stride: Optional[int] = Field(None, ge=1, description="train split only, e.g. 8 for 4x overlapping windows (default: stride)")
-    min_points: Optional[int] = Field(None, ge=1, description="shortest piece kept, padded to a full window (default 12)")
-    train_frac: Optional[float] = Field(None, gt=0, lt=1, description="fraction of the time span in the train split (default 0.7)")
-    val_frac: Optional[float] = Field(None, ge=0, lt=1, description="fraction of the time span in the validation split (default 0.15)")
+    stride: Optional[int] = Field(
+        None, ge=1, description="points between window starts (default: the window, no overlap)"
+    )
+    train_stride: Optional[int] = Field(
+        None, ge=1, description="train split only, e.g. 8 for 4x overlapping windows (default: stride)"
+    )
+    min_points: Optional[int] = Field(
+        None, ge=1, description="shortest piece kept, padded to a full window (default 12)"
+    )
+    train_frac: Optional[float] = Field(
+        None, gt=0, lt=1, description="fraction of the time span in the train split (default 0.7)"
+    )
+    val_frac: Optional[float] = Field(
+        None, ge=0, lt=1, description="fraction of the time span in the validation split (default 0.15)"
+    )
     split_by: Optional[Literal["global", "source"]] = Field(
-        None, description="global: one set of cut times; source: cut each source's own time span (default global)")
+        None, description="global: one set of cut times; source: cut each source's own time span (default global)"
+    )
     extra: Optional[dict[str, Any]] = Field(None, description="free-form extras recorded in the manifest")
 
 
@@ -193,25 +220,53 @@ class TrainOverrides(_Model):
 
     what: ClassVar[str] = "train overrides"
     epochs: Optional[int] = Field(None, ge=0, description="passes over the train split")
-    batch_size: Optional[int] = Field(None, ge=1, description="windows per optimizer step (the global batch, over all processes)")
+    batch_size: Optional[int] = Field(
+        None, ge=1, description="windows per optimizer step (the global batch, over all processes)"
+    )
     lr: Optional[float] = Field(None, gt=0, description="peak learning rate, after warmup (default 1e-3)")
-    min_lr_ratio: Optional[float] = Field(None, ge=0, le=1, description="cosine decay ends at lr * min_lr_ratio (default 0.1)")
-    weight_decay: Optional[float] = Field(None, ge=0, description="AdamW weight decay on matrices and embeddings (default 0.1)")
+    min_lr_ratio: Optional[float] = Field(
+        None, ge=0, le=1, description="cosine decay ends at lr * min_lr_ratio (default 0.1)"
+    )
+    weight_decay: Optional[float] = Field(
+        None, ge=0, description="AdamW weight decay on matrices and embeddings (default 0.1)"
+    )
     warmup_steps: Optional[int] = Field(None, ge=0, description="linear warmup steps (default 100)")
     grad_clip: Optional[float] = Field(None, ge=0, description="max global gradient norm; 0 disables (default 1.0)")
     seed: Optional[int] = Field(None, description="random seed (default 0)")
-    device: Optional[str] = Field(None, description='"auto" (CUDA when present, else CPU) or a torch device such as "cpu", "cuda:0"')
-    checkpoint_every: Optional[int] = Field(None, ge=0, description="steps between last.pt rewrites (also every epoch end and on SIGTERM)")
+    device: Optional[str] = Field(
+        None, description='"auto" (CUDA when present, else CPU) or a torch device such as "cpu", "cuda:0"'
+    )
+    checkpoint_every: Optional[int] = Field(
+        None, ge=0, description="steps between last.pt rewrites (also every epoch end and on SIGTERM)"
+    )
     max_steps: Optional[int] = Field(None, ge=0, description="cap on total optimizer steps")
-    grad_accum_steps: Optional[int] = Field(None, ge=1, description="micro-batches per step and process (same gradient, less memory)")
-    amp: Optional[Literal["auto", "bf16", "off"]] = Field(None, description="mixed precision: auto = bf16 on CUDA when supported")
-    compile: Optional[StrictBool] = Field(None, description="torch.compile the loss (numbers may differ in the last bits)")
-    log_every: Optional[int] = Field(None, ge=0, description="steps between step metrics sent to MLflow; 0: epoch metrics only")
-    progress: Optional[StrictBool] = Field(None, description="progress bar (default: on a terminal only, never under CI=true)")
-    init_checkpoint: Optional[str] = Field(None, description="fine-tune: start from these weights (a model.pt or last.pt)")
-    ema_decay: Optional[float] = Field(None, ge=0, lt=1, description="> 0: keep an exponential moving average of the weights")
-    select_by: Optional[Literal["loss", "fde"]] = Field(None, description="epoch kept: lowest validation loss, or lowest validation FDE (metres)")
-    select_context: Optional[int] = Field(None, ge=2, description='"fde" selection: points of context per validation window')
+    grad_accum_steps: Optional[int] = Field(
+        None, ge=1, description="micro-batches per step and process (same gradient, less memory)"
+    )
+    amp: Optional[Literal["auto", "bf16", "off"]] = Field(
+        None, description="mixed precision: auto = bf16 on CUDA when supported"
+    )
+    compile: Optional[StrictBool] = Field(
+        None, description="torch.compile the loss (numbers may differ in the last bits)"
+    )
+    log_every: Optional[int] = Field(
+        None, ge=0, description="steps between step metrics sent to MLflow; 0: epoch metrics only"
+    )
+    progress: Optional[StrictBool] = Field(
+        None, description="progress bar (default: on a terminal only, never under CI=true)"
+    )
+    init_checkpoint: Optional[str] = Field(
+        None, description="fine-tune: start from these weights (a model.pt or last.pt)"
+    )
+    ema_decay: Optional[float] = Field(
+        None, ge=0, lt=1, description="> 0: keep an exponential moving average of the weights"
+    )
+    select_by: Optional[Literal["loss", "fde"]] = Field(
+        None, description="epoch kept: lowest validation loss, or lowest validation FDE (metres)"
+    )
+    select_context: Optional[int] = Field(
+        None, ge=2, description='"fde" selection: points of context per validation window'
+    )
     select_horizon: Optional[int] = Field(None, ge=1, description='"fde" selection: the step whose error is averaged')
 
 
@@ -223,16 +278,25 @@ class IngestOptions(_Model):
     """Reader options for every source file."""
 
     what: ClassVar[str] = "ingest params"
-    format: Optional[str] = Field(None, description="force one reader for all files, e.g. tracktable, geolife, generic (default: detected per file)")
-    kind: Optional[str] = Field(None, description=f"mover kind of every point ({', '.join(KINDS)}; default: the format's)")
+    format: Optional[str] = Field(
+        None,
+        description="force one reader for all files, e.g. tracktable, geolife, generic (default: detected per file)",
+    )
+    kind: Optional[str] = Field(
+        None, description=f"mover kind of every point ({', '.join(KINDS)}; default: the format's)"
+    )
     source: Optional[str] = Field(None, description="the source tag (default: the format's, e.g. the file stem)")
-    columns: Optional[dict[str, str]] = Field(None, description="generic CSV: canonical name -> file column, e.g. {\"lon\": \"x\"}")
+    columns: Optional[dict[str, str]] = Field(
+        None, description='generic CSV: canonical name -> file column, e.g. {"lon": "x"}'
+    )
     timezone: Optional[str] = Field(None, description="zone of naive times, e.g. Europe/London (generic, tdrive)")
     time_format: Optional[str] = Field(None, description="generic: auto, epoch_s, epoch_ms, ... or a strftime pattern")
     delimiter: Optional[str] = Field(None, description="generic CSV delimiter")
     chunk_rows: Optional[int] = Field(None, ge=1, description="rows per read chunk (memory only; not in the cache key)")
     chunk_bytes: Optional[int] = Field(None, ge=1, description="bytes per read chunk (memory only)")
-    memory_rows: Optional[int] = Field(None, ge=1, description="points held in memory before sorted runs spill to disk (memory only)")
+    memory_rows: Optional[int] = Field(
+        None, ge=1, description="points held in memory before sorted runs spill to disk (memory only)"
+    )
 
 
 QUALITY_CHECKS = ("not_null", "lon_range", "lat_range", "time_range", "time_increasing", "speed", "traj_length")
@@ -242,12 +306,16 @@ class QualityOptions(_Model):
     """Overrides of the Great Expectations gates (raw and processed)."""
 
     what: ClassVar[str] = "quality params"
-    v_max_mps: Optional[float] = Field(None, gt=0, description="processed gate: highest plausible speed, metres per second")
+    v_max_mps: Optional[float] = Field(
+        None, gt=0, description="processed gate: highest plausible speed, metres per second"
+    )
     min_points: Optional[int] = Field(None, ge=1, description="processed gate: fewest fixes per trajectory")
     mostly: Optional[dict[Literal[QUALITY_CHECKS], float]] = Field(  # type: ignore[valid-type]
-        None, description="per check: the fraction of rows (0..1) that must pass")
+        None, description="per check: the fraction of rows (0..1) that must pass"
+    )
     severity: Optional[dict[Literal[QUALITY_CHECKS], Literal["critical", "warning"]]] = Field(  # type: ignore[valid-type]
-        None, description="per check: critical fails the gate, warning only reports")
+        None, description="per check: critical fails the gate, warning only reports"
+    )
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -305,10 +373,15 @@ def _evaluate_params_model() -> type[_Model]:
     return create_model(
         "EvaluateParams",
         __base__=_EvaluateBase,
-        __doc__="Per-task parameters of the evaluation suite, e.g. {\"forecast\": {\"horizons\": [1, 5]}}.",
+        __doc__='Per-task parameters of the evaluation suite, e.g. {"forecast": {"horizons": [1, 5]}}.',
         __module__=__name__,
-        **{task: (Optional[dict[str, Any]], Field(None, description=f"{task} task: {', '.join(keys) or 'no parameters'}"))
-           for task, keys in task_params.items()},
+        **{
+            task: (
+                Optional[dict[str, Any]],
+                Field(None, description=f"{task} task: {', '.join(keys) or 'no parameters'}"),
+            )
+            for task, keys in task_params.items()
+        },
     )
 
 

@@ -32,14 +32,18 @@ def check_data_root(root: str | os.PathLike | None) -> Path:
     try:
         path = data_root(root)
     except OSError as exc:
-        raise PreflightError(f"cannot create the data root {root or os.environ.get('TRAJFM_HOME') or '.trajfm'}: {_reason(exc)}") from None
+        raise PreflightError(
+            f"cannot create the data root {root or os.environ.get('TRAJFM_HOME') or '.trajfm'}: {_reason(exc)}"
+        ) from None
     _require_writable(path, "data root")
     prefect_home = os.environ.get("PREFECT_HOME")
     if prefect_home and Path(prefect_home).expanduser().is_dir():
         _require_writable(Path(prefect_home).expanduser(), "Prefect home (PREFECT_HOME)")
         db = Path(prefect_home).expanduser() / "prefect.db"
         if db.is_file() and not os.access(db, os.W_OK):
-            raise PreflightError(f"the Prefect database {db} is read-only: fix its permissions or choose another data root")
+            raise PreflightError(
+                f"the Prefect database {db} is read-only: fix its permissions or choose another data root"
+            )
     return path
 
 
@@ -69,7 +73,9 @@ def check_sources(sources, params: dict | None = None) -> list[str] | None:
     if not isinstance(sources, (list, tuple)):
         raise PreflightError(f"sources must be a list of paths, globs or URLs, got {type(sources).__name__}")
     if len(sources) == 0:
-        raise PreflightError("sources is an empty list: name files, directories or globs (leave sources out for the embedded demo data)")
+        raise PreflightError(
+            "sources is an empty list: name files, directories or globs (leave sources out for the embedded demo data)"
+        )
     from trajfm.data.catalog import expand_data
     from trajfm.data.readers.sources import resolve_sources
 
@@ -116,7 +122,10 @@ def check_model_name(name: str) -> None:
 
 
 def check_run(
-    sources=None, data_root=None, preset: str | None = None, model_name: str | None = None,
+    sources=None,
+    data_root=None,
+    preset: str | None = None,
+    model_name: str | None = None,
     ingest_params: dict | None = None,
 ) -> None:
     """Every check that applies to a run (arguments left ``None`` are not checked), cheapest first."""

@@ -36,8 +36,16 @@ def progress_bar(total: int | None, desc: str, unit: str = "it", initial: int = 
     """A tqdm bar that follows ``progress_enabled`` (a disabled bar costs nothing)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, disable=not progress_enabled(),
-                file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        leave=False,
+        disable=not progress_enabled(),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 def track(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterator[T]:

@@ -155,11 +155,17 @@ def download_checkpoint(root, name: str, version: int) -> Path:
     if found:
         return found[0]
     uri = tracking_uri(root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-v{version}.", dir=dest.parent if dest.parent.exists() else _mkdir(dest.parent)))
+    tmp = Path(
+        tempfile.mkdtemp(
+            prefix=f".{name}-v{version}.", dir=dest.parent if dest.parent.exists() else _mkdir(dest.parent)
+        )
+    )
     previous = mlflow.get_registry_uri()
     try:
         mlflow.set_registry_uri(uri)  # models:/ URIs resolve through the registry URI
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp), tracking_uri=uri)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp), tracking_uri=uri
+        )
     finally:
         mlflow.set_registry_uri(previous)
     found = sorted(tmp.rglob("*.pt"))

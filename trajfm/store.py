@@ -230,7 +230,9 @@ class StageWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         # What the stage wrote (top level), so `is_complete` can tell a directory that lost a file.
-        self.manifest["contents"] = sorted(p.name for p in self.tmp.iterdir() if p.name not in ("manifest.json", OWNER_FILE))
+        self.manifest["contents"] = sorted(
+            p.name for p in self.tmp.iterdir() if p.name not in ("manifest.json", OWNER_FILE)
+        )
         # Credentials in a source URL (s3://KEY:SECRET@...) never reach the data root.
         (self.tmp / "manifest.json").write_text(json.dumps(redact(self.manifest), indent=2, default=str))
         try:

@@ -52,8 +52,17 @@ class ShardStream(IterableDataset):
     """Windows of a shards directory as ``{"x": (L, F) float32, "mask": (L,) bool, "lonlat":
     (L, 2) float64}`` samples (``lonlat`` only with ``lonlat=True``), truncated to ``block_size``."""
 
-    def __init__(self, shards_dir: str | Path, split: str = "train", rank: int = 0, world: int = 1, seed: int = 0,
-                 probabilities: dict[str, float] | None = None, block_size: int | None = None, lonlat: bool = False):
+    def __init__(
+        self,
+        shards_dir: str | Path,
+        split: str = "train",
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        probabilities: dict[str, float] | None = None,
+        block_size: int | None = None,
+        lonlat: bool = False,
+    ):
         self.shards_dir = Path(shards_dir)
         manifest = load_manifest(shards_dir)
         self.split, self.rank, self.world, self.seed = split, rank, world, seed
@@ -73,7 +82,9 @@ class ShardStream(IterableDataset):
             raise ValueError(f"mixing probabilities for sources not in {shards_dir}: {unknown}")
         p = np.array([float(probabilities.get(s, 0.0)) for s in self.sources])
         if split == "train" and (not len(p) or p.sum() <= 0 or (p < 0).any()):
-            raise ValueError(f"need non-negative mixing probabilities with a positive sum over {self.sources}, got {probabilities}")
+            raise ValueError(
+                f"need non-negative mixing probabilities with a positive sum over {self.sources}, got {probabilities}"
+            )
         self.p = p / p.sum() if len(p) and p.sum() > 0 else p
 
     @property
@@ -87,8 +98,10 @@ class ShardStream(IterableDataset):
 
     def sample(self, ws, i: int) -> dict:
         L = self.block_size or ws.x.shape[1]
-        out = {"x": torch.from_numpy(np.ascontiguousarray(ws.x[i, :L], dtype=np.float32)),
-               "mask": torch.from_numpy(np.ascontiguousarray(ws.mask[i, :L], dtype=bool))}
+        out = {
+            "x": torch.from_numpy(np.ascontiguousarray(ws.x[i, :L], dtype=np.float32)),
+            "mask": torch.from_numpy(np.ascontiguousarray(ws.mask[i, :L], dtype=bool)),
+        }
         if self.lonlat:
             out["lonlat"] = torch.from_numpy(np.stack([ws.lon[i, :L], ws.lat[i, :L]], axis=-1).astype(np.float64))
         return out
@@ -137,8 +150,10 @@ class _SourceCursor:
                 return self.stream.sample(ws, i)
             empty = empty + 1 if self.pos == 0 else 0
             if empty > n_mine:
-                raise ValueError(f"source {self.source!r} has no window for rank {self.stream.rank} of {self.stream.world}: "
-                                 f"give it mixing probability 0 or train on fewer ranks")
+                raise ValueError(
+                    f"source {self.source!r} has no window for rank {self.stream.rank} of {self.stream.world}: "
+                    f"give it mixing probability 0 or train on fewer ranks"
+                )
             self.pos, self.shard = 0, self.shard + 1  # this shard is done (or had nothing for this rank)
             if self.shard >= n_mine:
                 self.pass_, self.shard = self.pass_ + 1, 0
@@ -170,14 +185,21 @@ class _MixedIterator:
         return self.cursors[source].next()
 
     def state_dict(self) -> dict:
-        return {"k": self.k, "sources": {s: c.state() for s, c in self.cursors.items()},
-                "rank": self.stream.rank, "world": self.stream.world, "seed": self.stream.seed}
+        return {
+            "k": self.k,
+            "sources": {s: c.state() for s, c in self.cursors.items()},
+            "rank": self.stream.rank,
+            "world": self.stream.world,
+            "seed": self.stream.seed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         s = self.stream
         if (state["rank"], state["world"], state["seed"]) != (s.rank, s.world, s.seed):
-            raise ValueError(f"loader state of rank {state['rank']}/{state['world']} seed {state['seed']} "
-                             f"cannot resume rank {s.rank}/{s.world} seed {s.seed}")
+            raise ValueError(
+                f"loader state of rank {state['rank']}/{state['world']} seed {state['seed']} "
+                f"cannot resume rank {s.rank}/{s.world} seed {s.seed}"
+            )
         if sorted(state["sources"]) != sorted(s.sources):
             raise ValueError(f"loader state for sources {sorted(state['sources'])}, stream has {s.sources}")
         self.k = int(state["k"])
@@ -189,8 +211,12 @@ class _EvalIterator:
 
     def __init__(self, stream: ShardStream):
         self.stream = stream
-        self.items = ((j, i) for j, sh in enumerate(stream.shards) if j % stream.world == stream.rank
-                      for i in range(sh["windows"]))
+        self.items = (
+            (j, i)
+            for j, sh in enumerate(stream.shards)
+            if j % stream.world == stream.rank
+            for i in range(sh["windows"])
+        )
         self._ws: tuple[int, object] | None = None
 
     def __iter__(self):

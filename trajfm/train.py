@@ -81,8 +81,16 @@ AVERAGE = "average.pt"  # the weight average at the end, when there is no valida
 _RESUME_IGNORES = ("device", "checkpoint_every", "log_every", "progress")
 # Settings added after the first release, with the defaults that reproduce it: left out of
 # resume identities and stage keys at these values, so older checkpoints and stages still match.
-_ADDED_DEFAULTS = {"grad_accum_steps": 1, "amp": "auto", "compile": False, "init_checkpoint": None, "ema_decay": 0.0,
-                   "select_by": "loss", "select_context": 20, "select_horizon": 10}
+_ADDED_DEFAULTS = {
+    "grad_accum_steps": 1,
+    "amp": "auto",
+    "compile": False,
+    "init_checkpoint": None,
+    "ema_decay": 0.0,
+    "select_by": "loss",
+    "select_context": 20,
+    "select_horizon": 10,
+}
 AMP_MODES = ("auto", "bf16", "off")
 SELECT_BY = ("loss", "fde")
 
@@ -106,7 +114,9 @@ class TrainConfig:
     log_every: int = 50  # steps between step metrics sent to an active MLflow run; 0: epoch metrics only
     progress: bool | None = None  # progress bar: None shows it on a terminal only (tqdm's rule)
     init_checkpoint: str | None = None  # fine-tune: start from these weights (and their normalization)
-    ema_decay: float = 0.0  # > 0: validate, keep and return an exponential moving average of the weights (``WeightAverage``)
+    ema_decay: float = (
+        0.0  # > 0: validate, keep and return an exponential moving average of the weights (``WeightAverage``)
+    )
     select_by: str = "loss"  # the epoch kept: lowest validation "loss", or "fde" (forecast error, metres; below)
     select_context: int = 20  # "fde": points of context of each validation window ...
     select_horizon: int = 10  # ... and the step whose great-circle error (FDE) is averaged
@@ -245,7 +255,8 @@ def _config_identity(cfg: TrainConfig, ignore: tuple[str, ...] = _RESUME_IGNORES
     """The settings that decide the numbers: all but ``ignore``, and added ones left at their
     default. ``init_checkpoint`` counts by its content (sha256), not its path."""
     out = {
-        k: v for k, v in asdict(cfg).items()
+        k: v
+        for k, v in asdict(cfg).items()
         if k not in ignore and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])
     }
     if out.get("init_checkpoint"):
@@ -427,7 +438,9 @@ def _data_parallel(model: TrajGPT, group: _Group, device: torch.device) -> torch
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(
-        module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
+        module,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,
     )
 
 
@@ -449,7 +462,9 @@ def _restore_rng(state: dict, device: torch.device, group: _Group) -> None:
         if len(ranks) == group.world:
             _set_rng_state(ranks[group.rank], device)
         else:  # other world size: the run continues, not bit for bit
-            log.warning("checkpoint written by %d processes, resuming with %d: RNG streams restart", len(ranks), group.world)
+            log.warning(
+                "checkpoint written by %d processes, resuming with %d: RNG streams restart", len(ranks), group.world
+            )
             torch.manual_seed(torch.initial_seed() + group.rank)
     elif group.parallel and not group.main:  # a single process wrote it: rank 0 takes its stream
         torch.manual_seed(torch.initial_seed() + 7919 * group.rank)
@@ -496,7 +511,9 @@ def _log_metrics(mlflow, metrics: dict, step: int) -> None:
     if mlflow is None:
         return
     try:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}, step=step)
+        mlflow.log_metrics(
+            {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}, step=step
+        )
     except Exception as exc:  # tracking trouble must never stop training
         log.warning("could not log metrics to MLflow: %s", exc)
 
@@ -520,8 +537,13 @@ def _loss_sums(model, x, mask, batch_size, device, lonlat=None, amp_dtype=None) 
 
 @torch.no_grad()
 def evaluate_loss(
-    model: TrajGPT, x: torch.Tensor, mask: torch.Tensor, batch_size: int, device: torch.device,
-    lonlat: torch.Tensor | None = None, amp_dtype: torch.dtype | None = None,
+    model: TrajGPT,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    lonlat: torch.Tensor | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> float:
     """Mean next-point loss (``model.loss``: MSE in normalized units, or mixture NLL) over a
     dataset, each batch weighted by its real consecutive pairs. ``lonlat`` (N, L, 2) degrees
@@ -542,8 +564,9 @@ def _validation_loss(model, vx, vmask, vlonlat, batch_size, device, amp_dtype, g
     lo, hi = (int(part[0]), int(part[-1]) + 1) if len(part) else (0, 0)
     was_training = model.training
     model.eval()
-    total, pairs = _loss_sums(model, vx[lo:hi], vmask[lo:hi], batch_size, device,
-                              None if vlonlat is None else vlonlat[lo:hi], amp_dtype)
+    total, pairs = _loss_sums(
+        model, vx[lo:hi], vmask[lo:hi], batch_size, device, None if vlonlat is None else vlonlat[lo:hi], amp_dtype
+    )
     model.train(was_training)
     total, pairs = _sum_over_ranks([total, float(pairs)], group, device)
     return total / pairs if pairs else float("nan")
@@ -569,7 +592,7 @@ def _accumulate(loss_fn, micro, weights, x, mask, lonlat, device, amp_dtype, gro
         xb, mb = x[mi].to(device, non_blocking=True), mask[mi].to(device, non_blocking=True)
         lb = lonlat[mi].to(device, non_blocking=True) if lonlat is not None else None
         sync = i == len(micro) - 1 or not group.parallel
-        with (contextlib.nullcontext() if sync else _no_sync(loss_fn)):
+        with contextlib.nullcontext() if sync else _no_sync(loss_fn):
             with _autocast(device, amp_dtype):
                 loss = loss_fn(xb, mb, lb)
             loss = loss if (w == 1.0 and scale == 1) else loss * (w * scale)
@@ -612,7 +635,9 @@ def train(
     group, device = _join_group(resolve_device(cfg.device))
     try:
         with _stop_on() as stop:
-            return _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_progress, group, device, stop)
+            return _train(
+                train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_progress, group, device, stop
+            )
     finally:
         if group.owns:
             import torch.distributed as dist
@@ -620,7 +645,9 @@ def train(
             dist.destroy_process_group()
 
 
-def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_progress, group: _Group, device, stop) -> TrainResult:
+def _train(
+    train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_progress, group: _Group, device, stop
+) -> TrainResult:
     if group.main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     amp_dtype = autocast_dtype(cfg.amp, device)
@@ -628,7 +655,9 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
     if cfg.init_checkpoint:
         init_config, init_state, stats = initial_weights(cfg.init_checkpoint)
         if init_config.to_dict() != model_config.to_dict():
-            raise ValueError(f"init_checkpoint {cfg.init_checkpoint} was written for another model config: {init_config}")
+            raise ValueError(
+                f"init_checkpoint {cfg.init_checkpoint} was written for another model config: {init_config}"
+            )
     stats = _plain_stats(stats, model_config.n_features)
     x, mask = _tensors(train, model_config.block_size, model_config.n_features)
     if len(x) == 0:
@@ -709,7 +738,9 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
 
     mlflow = _mlflow_run() if group.main else None
     model.train()
-    show = (progress_enabled() if cfg.progress is None else cfg.progress) if group.main else False  # trajfm.progress's rule
+    show = (
+        (progress_enabled() if cfg.progress is None else cfg.progress) if group.main else False
+    )  # trajfm.progress's rule
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show, leave=False)
     order, order_epoch = None, -1
     t0 = time.perf_counter()
@@ -718,7 +749,11 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
         if order_epoch != epoch:
             order, order_epoch = _epoch_order(cfg.seed, epoch, len(x)), epoch
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]  # the global batch
-        micro = [m for m in torch.tensor_split(torch.tensor_split(idx, group.world)[group.rank], cfg.grad_accum_steps) if len(m)]
+        micro = [
+            m
+            for m in torch.tensor_split(torch.tensor_split(idx, group.world)[group.rank], cfg.grad_accum_steps)
+            if len(m)
+        ]
         n_targets = max(target_count(mask[idx], P, Q, first), 1)
         weights = [target_count(mask[mi], P, Q, first) / n_targets for mi in micro]
         if not micro:  # a last batch shorter than the group: this rank joins DDP's all-reduce with zeros
@@ -748,21 +783,43 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
         if on_progress is not None and group.main:
             on_progress(step, total_steps, {"epoch": epoch + 1, "loss": loss_value, "lr": scheduler.get_last_lr()[0]})
         if cfg.log_every and step % cfg.log_every == 0:
-            _log_metrics(mlflow, {"train/step_loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
-                                  "train/points_per_s": acc["points"] / max(elapsed, 1e-9)}, step)
+            _log_metrics(
+                mlflow,
+                {
+                    "train/step_loss": loss_value,
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/points_per_s": acc["points"] / max(elapsed, 1e-9),
+                },
+                step,
+            )
 
         epoch_done = step % steps_per_epoch == 0 or step == total_steps
         if epoch_done:
             acc["seconds"] += time.perf_counter() - t0
             with averaged():  # with ema_decay, the average is what is validated and kept
-                val_loss = _validation_loss(model, vx, vmask, vlonlat, cfg.batch_size, device, amp_dtype, group) if vx is not None else None
+                val_loss = (
+                    _validation_loss(model, vx, vmask, vlonlat, cfg.batch_size, device, amp_dtype, group)
+                    if vx is not None
+                    else None
+                )
                 fde = val_fde(model) if val_fde is not None else None  # every rank: the same weights, the same number
                 score = fde if val_fde is not None else val_loss
                 if score is not None and math.isfinite(score) and (best_val is None or score < best_val):
                     best_val = score
                     if group.main:
-                        save_checkpoint(best_path, model, None, {"kind": "best", "epoch": epoch + 1, "step": step, "val_loss": val_loss,
-                                                                 "val_fde_m": fde, "stats": stats})
+                        save_checkpoint(
+                            best_path,
+                            model,
+                            None,
+                            {
+                                "kind": "best",
+                                "epoch": epoch + 1,
+                                "step": step,
+                                "val_loss": val_loss,
+                                "val_fde_m": fde,
+                                "stats": stats,
+                            },
+                        )
             record = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -775,7 +832,11 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
             history.append(record)
             acc = {"loss_sum": 0.0, "batches": 0, "points": 0, "seconds": 0.0}
             save_last()
-            _log_metrics(mlflow, {"train/epoch_loss": record["train_loss"], "val/loss": val_loss, "val/fde_m": fde, "epoch": epoch + 1}, step)
+            _log_metrics(
+                mlflow,
+                {"train/epoch_loss": record["train_loss"], "val/loss": val_loss, "val/fde_m": fde, "epoch": epoch + 1},
+                step,
+            )
             if group.main:
                 log.info("epoch %d step %d train %.5f val %s", record["epoch"], step, record["train_loss"], val_loss)
                 if on_epoch is not None:
@@ -804,7 +865,9 @@ def _train(train, val, model_config, stats, cfg, checkpoint_dir, on_epoch, on_pr
         if group.main:
             save_checkpoint(final_path, model, None, {"kind": "average", "step": step, "stats": stats})
         _barrier(group)
-    return TrainResult(model=model.eval(), history=history, checkpoint=final_path, last_checkpoint=last_path, start_step=start_step)
+    return TrainResult(
+        model=model.eval(), history=history, checkpoint=final_path, last_checkpoint=last_path, start_step=start_step
+    )
 
 
 def _forecast_selection(val, model_config: GPTConfig, cfg: TrainConfig):
@@ -819,8 +882,10 @@ def _forecast_selection(val, model_config: GPTConfig, cfg: TrainConfig):
     if model_config.objective == "infill":
         raise ValueError("select_by 'fde' needs a model that forecasts (objective 'next' or 'mixed'), not 'infill'")
     if len(forecastable(val, cfg.select_context, cfg.select_horizon)) == 0:
-        raise ValueError(f"select_by 'fde': no validation window has select_context + select_horizon = "
-                         f"{cfg.select_context + cfg.select_horizon} real points")
+        raise ValueError(
+            f"select_by 'fde': no validation window has select_context + select_horizon = "
+            f"{cfg.select_context + cfg.select_horizon} real points"
+        )
 
     def val_fde(model: TrajGPT) -> float:
         with torch.no_grad():
@@ -829,8 +894,17 @@ def _forecast_selection(val, model_config: GPTConfig, cfg: TrainConfig):
     return val_fde
 
 
-def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device: torch.device, group: _Group,
-                kind: str = "train_state", loaders=()) -> dict | None:
+def _try_resume(
+    path: Path,
+    identity: dict,
+    model,
+    optimizer,
+    scheduler,
+    device: torch.device,
+    group: _Group,
+    kind: str = "train_state",
+    loaders=(),
+) -> dict | None:
     """Load training state from ``path`` into model/optimizer/scheduler/RNG if it matches ``identity``
     and was written by a run of ``kind`` (``train_state``; ``stream_state`` for the streamed
     pre-training, whose ``loaders`` get their states back: by data rank, in order)."""
@@ -851,8 +925,13 @@ def _try_resume(path: Path, identity: dict, model, optimizer, scheduler, device:
     for i, ld in enumerate(loaders):
         ld.load_state_dict(extra["loaders"][group.rank * len(loaders) + i])
     _restore_rng(extra["rng"], device, group)
-    return {"step": int(extra["step"]), "history": list(extra["history"]), "best_val": extra["best_val"], "acc": dict(extra["acc"]),
-            "ema": extra.get("ema")}
+    return {
+        "step": int(extra["step"]),
+        "history": list(extra["history"]),
+        "best_val": extra["best_val"],
+        "acc": dict(extra["acc"]),
+        "ema": extra.get("ema"),
+    }
 
 
 # --- the ``train`` stage -------------------------------------------------------------------
@@ -900,7 +979,13 @@ def run_training(
         model_config = load_preset(preset, **(model_overrides or {}))
     settings = _config_identity(cfg, ignore=("device", "log_every", "progress"))
     key = stable_hash(
-        {"features": read_manifest(features_dir)["key"], "preset": preset, "model": model_config.to_dict(), "train": settings, "v": 1}
+        {
+            "features": read_manifest(features_dir)["key"],
+            "preset": preset,
+            "model": model_config.to_dict(),
+            "train": settings,
+            "v": 1,
+        }
     )
     out = root / "train" / key
     if is_complete(out):
@@ -915,7 +1000,14 @@ def run_training(
     if cfg.init_checkpoint:
         _, _, stats = initial_weights(cfg.init_checkpoint)
     result = train(
-        sets["train"], sets["val"], model_config, stats, cfg, root / CHECKPOINT_STAGE / key, on_epoch=report, on_progress=on_progress,
+        sets["train"],
+        sets["val"],
+        model_config,
+        stats,
+        cfg,
+        root / CHECKPOINT_STAGE / key,
+        on_epoch=report,
+        on_progress=on_progress,
     )
     if _global_rank() != 0:
         return out
@@ -927,7 +1019,11 @@ def run_training(
         "train_loss": last.get("train_loss"),
         "val_loss": last.get("val_loss"),
         "best_val_loss": min(val_losses) if val_losses else None,
-        **({"best_val_fde_m": min(h["val_fde_m"] for h in result.history)} if cfg.select_by == "fde" and val_losses else {}),
+        **(
+            {"best_val_fde_m": min(h["val_fde_m"] for h in result.history)}
+            if cfg.select_by == "fde" and val_losses
+            else {}
+        ),
         "n_params": result.model.num_params(),
         "checkpoint": "model.pt",
     }
@@ -935,7 +1031,12 @@ def run_training(
         save_checkpoint(
             w.path / "model.pt",
             result.model,
-            extra={"preset": preset, "stats": _plain_stats(stats, model_config.n_features), "history": result.history, "final": final},
+            extra={
+                "preset": preset,
+                "stats": _plain_stats(stats, model_config.n_features),
+                "history": result.history,
+                "final": final,
+            },
         )
         w.write_json("history", result.history)
         w.manifest.update(
@@ -962,10 +1063,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features-dir", required=True, help="a features stage directory")
     parser.add_argument("--root", default=None, help="data root (default: $TRAJFM_HOME or ./.trajfm)")
     parser.add_argument("--preset", default="tutorial")
-    parser.add_argument("--model", default="{}", help='GPTConfig overrides as JSON, e.g. \'{"dropout": 0}\'')
-    parser.add_argument("--train", default="{}", help='TrainConfig overrides as JSON, e.g. \'{"epochs": 2}\'')
+    parser.add_argument("--model", default="{}", help="GPTConfig overrides as JSON, e.g. '{\"dropout\": 0}'")
+    parser.add_argument("--train", default="{}", help="TrainConfig overrides as JSON, e.g. '{\"epochs\": 2}'")
     parser.add_argument(
-        "--report-progress", action="store_true",
+        "--report-progress",
+        action="store_true",
         help=f"print '{PROGRESS_PREFIX} <json>' and '{EPOCH_PREFIX} <json>' lines on stdout (for a supervising process)",
     )
     args = parser.parse_args(argv)
@@ -975,8 +1077,13 @@ def main(argv: list[str] | None = None) -> int:
         on_epoch, on_progress = _progress_printers()
     try:
         out = run_training(
-            args.features_dir, args.root, args.preset, json.loads(args.model), json.loads(args.train),
-            on_epoch=on_epoch, on_progress=on_progress,
+            args.features_dir,
+            args.root,
+            args.preset,
+            json.loads(args.model),
+            json.loads(args.train),
+            on_epoch=on_epoch,
+            on_progress=on_progress,
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:  # configuration or input: a retry repeats it
         print(f"trajfm.train: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)

@@ -53,8 +53,16 @@ def flops_per_token(model, seq_tokens: int) -> tuple[float, int]:
     return 6.0 * n + 12.0 * c.n_layer * c.d_model * seq_tokens, n
 
 
-def measure(preset: str | None, seq: int, batch: int, steps: int, warmup: int, peak_tflops: float, compile: bool,
-            device: str = "cuda") -> dict:
+def measure(
+    preset: str | None,
+    seq: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    peak_tflops: float,
+    compile: bool,
+    device: str = "cuda",
+) -> dict:
     """One MFU measurement; ``device="cpu"`` only checks the script (bf16 autocast on CPU, wall clock)."""
     from trajfm.model import TrajGPT, load_preset
 
@@ -140,16 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="windows per step")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--peak-tflops", type=float, default=H100_H200_BF16_DENSE_TFLOPS,
-                        help="dense bf16 peak of the GPU (H100 SXM / H200: 989.5)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=H100_H200_BF16_DENSE_TFLOPS,
+        help="dense bf16 peak of the GPU (H100 SXM / H200: 989.5)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss")
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": check the script only
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("mfu_gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine. "
-              "Nothing was measured or written.", file=sys.stderr)
+        print(
+            "mfu_gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine. "
+            "Nothing was measured or written.",
+            file=sys.stderr,
+        )
         return 2
-    result = measure(args.preset, args.seq, args.batch, args.steps, args.warmup, args.peak_tflops, args.compile, args.device)
+    result = measure(
+        args.preset, args.seq, args.batch, args.steps, args.warmup, args.peak_tflops, args.compile, args.device
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("device", "preset", "step_ms", "tokens_per_s", "achieved_tflops", "mfu")}))

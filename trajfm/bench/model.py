@@ -84,6 +84,7 @@ GEN_STEPS = 64  # rollout length of the KV-cache benchmark
 GEN_CONTEXT = 32
 SPEED_PRESET = "trajgpt2-small"  # the largest one-point-per-token GPT-2 preset: the HF comparison
 from trajfm.evaluate.baselines import LINEAR_FIT_POINTS  # noqa: E402 (fixes the linear extrapolation fits)
+
 BOOTSTRAP_RESAMPLES = 2000  # paired bootstrap over test windows for the targets' intervals
 TARGET_VS_CONSTANT_VELOCITY = 0.25  # the issue's targets: best preset's FDE at the longest horizon
 TARGET_VS_TUTORIAL = 0.20
@@ -109,12 +110,23 @@ class Budget:
     train_stride: int | None = None  # points between training window starts (None: 32, disjoint)
     seeds: tuple[int, ...] = (0,)  # training seeds per preset; errors are the mean over them
     ema_decay: float = 0.0  # > 0: every preset keeps and is judged by its weight average (TrainConfig.ema_decay)
-    select_by: str = "loss"  # the epoch kept: lowest validation loss, or "fde" (validation FDE, this benchmark's protocol)
+    select_by: str = (
+        "loss"  # the epoch kept: lowest validation loss, or "fde" (validation FDE, this benchmark's protocol)
+    )
 
 
 BUDGETS = {
-    "quick": Budget("quick", ais_steps=20, geolife_steps=10, speed_batch=16, speed_reps=3, speed_warmup=1,
-                    gen_batch=4, gen_reps=1, max_test_windows=128),
+    "quick": Budget(
+        "quick",
+        ais_steps=20,
+        geolife_steps=10,
+        speed_batch=16,
+        speed_reps=3,
+        speed_warmup=1,
+        gen_batch=4,
+        gen_reps=1,
+        max_test_windows=128,
+    ),
     "default": Budget("default", ais_steps=250, geolife_steps=125),
     "long": Budget("long", ais_steps=1000, geolife_steps=500),
     "full": Budget("full", ais_steps=3000, geolife_steps=1000, speed_reps=15, gen_reps=5),
@@ -125,7 +137,6 @@ BUDGETS = {
 
 
 from trajfm.evaluate.baselines import linear_extrapolation  # noqa: E402,F401 (lives with the other baselines; importable here)
-
 
 # --- speed: trajfm against transformers' GPT-2 ---------------------------------------------------
 
@@ -140,10 +151,18 @@ class HFTrajGPT2(nn.Module):
 
         c = config
         hf_config = transformers.GPT2Config(
-            n_layer=c.n_layer, n_head=c.n_head, n_embd=c.d_model, n_positions=c.block_size, vocab_size=1,
-            bos_token_id=None, eos_token_id=None,
-            activation_function="gelu_new", layer_norm_epsilon=1e-5,
-            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
+            n_layer=c.n_layer,
+            n_head=c.n_head,
+            n_embd=c.d_model,
+            n_positions=c.block_size,
+            vocab_size=1,
+            bos_token_id=None,
+            eos_token_id=None,
+            activation_function="gelu_new",
+            layer_norm_epsilon=1e-5,
+            resid_pdrop=c.dropout,
+            embd_pdrop=c.dropout,
+            attn_pdrop=c.dropout,
         )
         hf_config._attn_implementation = "sdpa"
         self.n_targets = c.n_targets
@@ -298,7 +317,7 @@ def measure_generation(budget: Budget, preset: str = SPEED_PRESET) -> dict:
     times = {True: [], False: []}
     outputs, cache_bytes = {}, 0
     for rep in range(budget.gen_reps):
-        for use_cache in ((True, False) if rep % 2 == 0 else (False, True)):
+        for use_cache in (True, False) if rep % 2 == 0 else (False, True):
             seconds, preds, nbytes = roll(use_cache)
             times[use_cache].append(seconds)
             outputs[use_cache] = preds
@@ -358,8 +377,9 @@ def forecast_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true
     return errors_and_final(lon, lat, true_lon, true_lat)[0]
 
 
-def errors_and_final(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray,
-                     true_lat: np.ndarray) -> tuple[dict, np.ndarray]:
+def errors_and_final(
+    lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true_lat: np.ndarray
+) -> tuple[dict, np.ndarray]:
     """``forecast_errors`` and each window's error in metres at the last step (the target
     metric, window by window), from one distance computation."""
     from trajfm.geo import haversine_m
@@ -373,8 +393,14 @@ def errors_and_final(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray,
     return out, err[:, -1]
 
 
-def paired_improvement(errors: np.ndarray, reference: np.ndarray, targets: tuple[float, ...] = (),
-                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict:
+def paired_improvement(
+    errors: np.ndarray,
+    reference: np.ndarray,
+    targets: tuple[float, ...] = (),
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """How much better ``errors`` is than ``reference`` on the same windows, 1 - mean(errors) /
     mean(reference), with a paired percentile bootstrap over windows: ``resamples`` draws of the
     windows with replacement (the same draw for both, seeded), the ``level`` interval of the
@@ -391,12 +417,16 @@ def paired_improvement(errors: np.ndarray, reference: np.ndarray, targets: tuple
     chunk = max(1, 2_000_000 // len(a))  # bounded memory on large test splits
     for start in range(0, resamples, chunk):
         idx = rng.integers(0, len(a), size=(min(chunk, resamples - start), len(a)))
-        ratios[start:start + len(idx)] = 1 - a[idx].sum(1) / np.maximum(b[idx].sum(1), 1e-12)
+        ratios[start : start + len(idx)] = 1 - a[idx].sum(1) / np.maximum(b[idx].sum(1), 1e-12)
     lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
     return {
         "improvement": round(float(1 - a.mean() / b.mean()), 4),
-        "ci_low": round(float(lo), 4), "ci_high": round(float(hi), 4), "level": level,
-        "resamples": resamples, "seed": seed, "windows": len(a),
+        "ci_low": round(float(lo), 4),
+        "ci_high": round(float(hi), 4),
+        "level": level,
+        "resamples": resamples,
+        "seed": seed,
+        "windows": len(a),
         "share_reaching": {str(t): round(float((ratios >= t).mean()), 4) for t in targets},
     }
 
@@ -437,8 +467,9 @@ def is_variant(preset: str) -> bool:
     return preset.endswith(".json") and Path(preset).is_file()
 
 
-def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: Budget, log,
-                     presets: list[str] | None = None) -> dict:
+def evaluate_dataset(
+    name: str, sources: list, root: Path, steps: int, budget: Budget, log, presets: list[str] | None = None
+) -> dict:
     """``presets`` (default: all of ``list_presets()``; names or ``.json`` paths) each trained
     ``steps`` steps on one dataset, and the baselines, forecast on its test split; the validation
     split's errors come with them (``val_results``: the split to choose variants on). Each preset
@@ -458,10 +489,18 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
     n_train = info["windows"]["train"]
     steps_per_epoch = math.ceil(n_train / budget.batch_size)
     train_overrides = {
-        "epochs": math.ceil(steps / steps_per_epoch), "max_steps": steps, "batch_size": budget.batch_size,
-        "warmup_steps": min(100, max(steps // 10, 1)), "device": "cpu", "progress": False,
+        "epochs": math.ceil(steps / steps_per_epoch),
+        "max_steps": steps,
+        "batch_size": budget.batch_size,
+        "warmup_steps": min(100, max(steps // 10, 1)),
+        "device": "cpu",
+        "progress": False,
         **({"ema_decay": budget.ema_decay} if budget.ema_decay else {}),
-        **({"select_by": "fde", "select_context": CONTEXT_LEN, "select_horizon": horizon} if budget.select_by == "fde" else {}),
+        **(
+            {"select_by": "fde", "select_context": CONTEXT_LEN, "select_horizon": horizon}
+            if budget.select_by == "fde"
+            else {}
+        ),
     }  # + "seed", one of budget.seeds
     results: dict = {"test": {}, "val": {}}
     per_window: dict = {}  # test windows' errors at the longest horizon, per predictor (seeds: the mean)
@@ -480,9 +519,12 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
         kalman_forecast_s[split] = round(time.perf_counter() - t0, 3)
         l_lon, l_lat, _, l_cov = kalman_forecast(ws, CONTEXT_LEN, horizon, kalman_mle, with_cov=True)
         c_lon, c_lat, _ = constant_velocity(ws, CONTEXT_LEN, horizon)
-        for label, (lon, lat) in (("constant_velocity", (c_lon, c_lat)),
-                                  ("linear_extrapolation", linear_extrapolation(ws, CONTEXT_LEN, horizon)[:2]),
-                                  ("kalman", (k_lon, k_lat)), ("kalman_mle", (l_lon, l_lat))):
+        for label, (lon, lat) in (
+            ("constant_velocity", (c_lon, c_lat)),
+            ("linear_extrapolation", linear_extrapolation(ws, CONTEXT_LEN, horizon)[:2]),
+            ("kalman", (k_lon, k_lat)),
+            ("kalman_mle", (l_lon, l_lat)),
+        ):
             results[split][label], final = errors_and_final(lon, lat, true_lon, true_lat)
             steps[split][label] = step_errors(lon, lat, true_lon, true_lat)
             if split == "test":
@@ -498,8 +540,13 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
         for seed in budget.seeds:
             t0 = time.perf_counter()
             epochs_run = []
-            train_dir = run_training(features, root=root, preset=preset, train_overrides={**train_overrides, "seed": seed},
-                                     on_epoch=lambda record, fraction: epochs_run.append(record["epoch"]))
+            train_dir = run_training(
+                features,
+                root=root,
+                preset=preset,
+                train_overrides={**train_overrides, "seed": seed},
+                on_epoch=lambda record, fraction: epochs_run.append(record["epoch"]),
+            )
             train_s = time.perf_counter() - t0
             model = load_model(train_dir / "model.pt")
             t1 = time.perf_counter()
@@ -512,12 +559,23 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
                     windows = final
             forecast_s = time.perf_counter() - t1
             blended = _blended(positions, splits)  # the never-worse rule, fitted on val (trajfm.model.blend)
-            runs.append({"seed": seed, "train_dir": train_dir, "train_s": train_s, "cached": not epochs_run,
-                         "forecast_s": forecast_s, "errors": errors, "windows": windows,
-                         "steps": {split: step_errors(*positions[split], *splits[split][1:]) for split in splits},
-                         "blended": blended})
-            log(f"{name}: {label} seed {seed} test {errors['test']} val fde@{horizon} "
-                f"{errors['val'].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)")
+            runs.append(
+                {
+                    "seed": seed,
+                    "train_dir": train_dir,
+                    "train_s": train_s,
+                    "cached": not epochs_run,
+                    "forecast_s": forecast_s,
+                    "errors": errors,
+                    "windows": windows,
+                    "steps": {split: step_errors(*positions[split], *splits[split][1:]) for split in splits},
+                    "blended": blended,
+                }
+            )
+            log(
+                f"{name}: {label} seed {seed} test {errors['test']} val fde@{horizon} "
+                f"{errors['val'].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)"
+            )
         per_window[label] = np.mean([r["windows"] for r in runs], axis=0)
         per_window[f"{label}+blend"] = np.mean([r["blended"]["windows"] for r in runs], axis=0)
         for split in results:
@@ -529,56 +587,94 @@ def evaluate_dataset(name: str, sources: list, root: Path, steps: int, budget: B
                 by_seed[split][label] = [r["errors"][split] for r in runs]
                 by_seed[split][f"{label}+blend"] = [r["blended"]["errors"][split] for r in runs]
         probabilistic[f"{label}+blend"] = {
-            "coverage": {lv: _mean_lists([r["blended"]["scores"]["coverage"][lv] for r in runs]) for lv in runs[0]["blended"]["scores"]["coverage"]},
+            "coverage": {
+                lv: _mean_lists([r["blended"]["scores"]["coverage"][lv] for r in runs])
+                for lv in runs[0]["blended"]["scores"]["coverage"]
+            },
             "crps_m": _mean_lists([r["blended"]["scores"]["crps_m"] for r in runs]),
         }
         blend_rules = {f"seed {r['seed']}": r["blended"]["rule"] for r in runs}
         manifest = read_manifest(runs[0]["train_dir"])
         final = manifest["final"]
         training[label] = {
-            "steps": final["step"], "epochs": final["epoch"], "best_val_loss": final["best_val_loss"],
-            "params": final["n_params"], "train_s": round(sum(r["train_s"] for r in runs), 1),
+            "steps": final["step"],
+            "epochs": final["epoch"],
+            "best_val_loss": final["best_val_loss"],
+            "params": final["n_params"],
+            "train_s": round(sum(r["train_s"] for r in runs), 1),
             "forecast_s": round(sum(r["forecast_s"] for r in runs), 1),
-            "train_dir": str(runs[0]["train_dir"]), "cached": all(r["cached"] for r in runs),  # finished stages of an earlier run
+            "train_dir": str(runs[0]["train_dir"]),
+            "cached": all(r["cached"] for r in runs),  # finished stages of an earlier run
             "config": manifest.get("model_config"),
             "blend": blend_rules,
             **({"train_dirs": [str(r["train_dir"]) for r in runs]} if len(runs) > 1 else {}),
         }
-    return summarize({
-        "data": {**info, "test_windows_evaluated": len(splits["test"][0]), "val_windows_evaluated": len(splits["val"][0]),
-                 "context_len": CONTEXT_LEN, "horizons": list(HORIZONS)},
-        "baselines": {
-            "constant_velocity": "repeat the last displacement and time gap (trajfm.evaluate.forecast.constant_velocity)",
-            "linear_extrapolation": f"least-squares velocity over the last {LINEAR_FIT_POINTS} fixes, last time gap repeated",
-            "kalman": "constant-velocity Kalman filter (Stone Soup models, trajfm.evaluate.kalman), noise tuned on the "
-                      "train split for the lowest error of its own forecasts",
-            "kalman_mle": "the same filter with its noise fitted on the train split by maximum likelihood",
-        },
-        "kalman": {**kalman_params.to_dict(), "objective": "forecast", "likelihood_fit": kalman_mle.to_dict(),
-                   "fit_s": round(kalman_fit_s, 2), "forecast_s": kalman_forecast_s,
-                   "fit_windows": int(min(len(forecastable(train_ws, CONTEXT_LEN, horizon)), FIT_MAX_WINDOWS))},
-        "step_errors": {"metric": "mean error (m) at each step 1..horizon", **{k: {p: [round(v, 2) for v in e] for p, e in d.items()}
-                                                                               for k, d in steps.items()}},
-        "probabilistic": {"split": "test", "levels": [50, 80, 90], "error_models": {
-            "constant_velocity": "radial error quantiles per step fitted on the train split (trajfm.model.blend.fit_radius)",
-            "constant_velocity (val fit)": "the same fitted on the val split, as the model's",
-            "kalman_mle": "the likelihood-fitted filter's own predicted Gaussian covariance (state + fix noise); the "
-                          "forecast-tuned filter's covariance is no error model (its noise is chosen for its mean)",
-            "<preset>+blend": "radial error quantiles per step of the blended forecast fitted on the val split (the registered model's)"},
-            "predictors": probabilistic},
-        "training": {
-            "train_overrides": {**{k: v for k, v in train_overrides.items() if k != "progress"}, "seeds": list(budget.seeds)},
-            "planned_steps": planned_steps(n_train, TrainConfig(**train_overrides)),
-            "per_preset": training,
-        },
-        "results": results["test"],
-        "val_results": results["val"],
-        **({"seed_results": by_seed} if len(budget.seeds) > 1 else {}),
-        "window_errors": {"metric": f"fde_{horizon}_m", "split": "test",
-                          "errors": {k: [round(float(e), 1) for e in v] for k, v in per_window.items()}},
-        "variants": {preset_label(p): {"file": str(Path(p).resolve()), "comment": json.loads(Path(p).read_text()).get("_comment", "")}
-                     for p in presets or [] if is_variant(p)},
-    })
+    return summarize(
+        {
+            "data": {
+                **info,
+                "test_windows_evaluated": len(splits["test"][0]),
+                "val_windows_evaluated": len(splits["val"][0]),
+                "context_len": CONTEXT_LEN,
+                "horizons": list(HORIZONS),
+            },
+            "baselines": {
+                "constant_velocity": "repeat the last displacement and time gap (trajfm.evaluate.forecast.constant_velocity)",
+                "linear_extrapolation": f"least-squares velocity over the last {LINEAR_FIT_POINTS} fixes, last time gap repeated",
+                "kalman": "constant-velocity Kalman filter (Stone Soup models, trajfm.evaluate.kalman), noise tuned on the "
+                "train split for the lowest error of its own forecasts",
+                "kalman_mle": "the same filter with its noise fitted on the train split by maximum likelihood",
+            },
+            "kalman": {
+                **kalman_params.to_dict(),
+                "objective": "forecast",
+                "likelihood_fit": kalman_mle.to_dict(),
+                "fit_s": round(kalman_fit_s, 2),
+                "forecast_s": kalman_forecast_s,
+                "fit_windows": int(min(len(forecastable(train_ws, CONTEXT_LEN, horizon)), FIT_MAX_WINDOWS)),
+            },
+            "step_errors": {
+                "metric": "mean error (m) at each step 1..horizon",
+                **{k: {p: [round(v, 2) for v in e] for p, e in d.items()} for k, d in steps.items()},
+            },
+            "probabilistic": {
+                "split": "test",
+                "levels": [50, 80, 90],
+                "error_models": {
+                    "constant_velocity": "radial error quantiles per step fitted on the train split (trajfm.model.blend.fit_radius)",
+                    "constant_velocity (val fit)": "the same fitted on the val split, as the model's",
+                    "kalman_mle": "the likelihood-fitted filter's own predicted Gaussian covariance (state + fix noise); the "
+                    "forecast-tuned filter's covariance is no error model (its noise is chosen for its mean)",
+                    "<preset>+blend": "radial error quantiles per step of the blended forecast fitted on the val split (the registered model's)",
+                },
+                "predictors": probabilistic,
+            },
+            "training": {
+                "train_overrides": {
+                    **{k: v for k, v in train_overrides.items() if k != "progress"},
+                    "seeds": list(budget.seeds),
+                },
+                "planned_steps": planned_steps(n_train, TrainConfig(**train_overrides)),
+                "per_preset": training,
+            },
+            "results": results["test"],
+            "val_results": results["val"],
+            **({"seed_results": by_seed} if len(budget.seeds) > 1 else {}),
+            "window_errors": {
+                "metric": f"fde_{horizon}_m",
+                "split": "test",
+                "errors": {k: [round(float(e), 1) for e in v] for k, v in per_window.items()},
+            },
+            "variants": {
+                preset_label(p): {
+                    "file": str(Path(p).resolve()),
+                    "comment": json.loads(Path(p).read_text()).get("_comment", ""),
+                }
+                for p in presets or []
+                if is_variant(p)
+            },
+        }
+    )
 
 
 BASELINES = ("constant_velocity", "linear_extrapolation", "kalman", "kalman_mle")
@@ -638,7 +734,12 @@ def _blended(positions: dict, splits: dict) -> dict:
         if rule is None:
             w = fit_blend(last_lon, last_lat, m_lon, m_lat, c_lon, c_lat, true_lon, true_lat)
             b_lon, b_lat = mix(np.asarray(w), last_lon, last_lat, m_lon, m_lat, c_lon, c_lat)
-            rule = {"weights": list(w), "radius_m": [[round(v, 2) for v in row] for row in fit_radius(haversine_m(b_lon, b_lat, true_lon, true_lat))]}
+            rule = {
+                "weights": list(w),
+                "radius_m": [
+                    [round(v, 2) for v in row] for row in fit_radius(haversine_m(b_lon, b_lat, true_lon, true_lat))
+                ],
+            }
         b_lon, b_lat = mix(np.asarray(rule["weights"]), last_lon, last_lat, m_lon, m_lat, c_lon, c_lat)
         out["errors"][split], final = errors_and_final(b_lon, b_lat, true_lon, true_lat)
         out["steps"][split] = step_errors(b_lon, b_lat, true_lon, true_lat)
@@ -677,10 +778,15 @@ def summarize(q: dict) -> dict:
     }
     windows = (q.get("window_errors") or {}).get("errors", {})
     if windows.get("constant_velocity") and windows.get(best):
-        intervals = {"best_vs_constant_velocity": paired_improvement(
-            windows[best], windows["constant_velocity"], (TARGET_VS_CONSTANT_VELOCITY,))}
+        intervals = {
+            "best_vs_constant_velocity": paired_improvement(
+                windows[best], windows["constant_velocity"], (TARGET_VS_CONSTANT_VELOCITY,)
+            )
+        }
         if windows.get("tutorial"):
-            intervals["best_vs_tutorial"] = paired_improvement(windows[best], windows["tutorial"], (TARGET_VS_TUTORIAL,))
+            intervals["best_vs_tutorial"] = paired_improvement(
+                windows[best], windows["tutorial"], (TARGET_VS_TUTORIAL,)
+            )
         out["targets"]["bootstrap"] = intervals
     return out
 
@@ -698,14 +804,21 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     if not old or "results" not in old or "results" not in new:
         return new
     unset = {"seeds": [0], "ema_decay": 0.0, "select_by": "loss"}  # results from before these options
-    for what, a, b in (("windows", old["data"], new["data"]),
-                       ("training budget", {**unset, **old["training"]["train_overrides"]},
-                        {**unset, **new["training"]["train_overrides"]})):
+    for what, a, b in (
+        ("windows", old["data"], new["data"]),
+        (
+            "training budget",
+            {**unset, **old["training"]["train_overrides"]},
+            {**unset, **new["training"]["train_overrides"]},
+        ),
+    ):
         keys = set(b) - {"seconds", "val_windows_evaluated"}
         diff = sorted(k for k in keys if k in a and _unset_dropped(a[k]) != _unset_dropped(b[k]))
         if diff:
-            raise BenchError(f"cannot merge: the {what} differ ({', '.join(diff)}) from the existing results; "
-                             "use --fresh (trained models are cached under the data root) or another --out")
+            raise BenchError(
+                f"cannot merge: the {what} differ ({', '.join(diff)}) from the existing results; "
+                "use --fresh (trained models are cached under the data root) or another --out"
+            )
 
     def merged(a: dict, b: dict) -> dict:
         both = {**a, **b}
@@ -715,16 +828,20 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     for label, entry in new["training"]["per_preset"].items():
         before = per_preset.get(label, {})
         same_model = before.get("train_dir") == entry.get("train_dir") or (
-            label in old["results"] and old["results"][label] == new["results"].get(label)
-            and old.get("val_results", {}).get(label) == new["val_results"].get(label))  # deterministic: the same model
+            label in old["results"]
+            and old["results"][label] == new["results"].get(label)
+            and old.get("val_results", {}).get(label) == new["val_results"].get(label)
+        )  # deterministic: the same model
         if entry.get("cached") and same_model and "train_s" in before:
             entry = {**entry, "train_s": before["train_s"]}  # the time of the run that trained it, not of the cache hit
         per_preset[label] = entry
     training = {**old["training"], "per_preset": per_preset}
     variants = {k: v for k, v in old.get("variants", {}).items() if k not in new["results"]}  # a rerun decides
     variants.update(new.get("variants", {}))
-    seeds = {split: {k: v for k, v in old.get("seed_results", {}).get(split, {}).items() if k not in new["results"]}
-             for split in ("test", "val")}  # a rerun decides, with its own seeds
+    seeds = {
+        split: {k: v for k, v in old.get("seed_results", {}).get(split, {}).items() if k not in new["results"]}
+        for split in ("test", "val")
+    }  # a rerun decides, with its own seeds
     for split in seeds:
         seeds[split].update(new.get("seed_results", {}).get(split, {}))
     windows = {k: v for k, v in (old.get("window_errors") or {}).get("errors", {}).items() if k not in new["results"]}
@@ -732,19 +849,34 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     window_errors = {**(new.get("window_errors") or old.get("window_errors") or {}), "errors": windows}
     extra = {}  # per-step errors and probabilistic scores: a rerun's predictors replace, others stay
     if "step_errors" in new:
-        extra["step_errors"] = {k: ({**(old.get("step_errors") or {}).get(k, {}), **v} if isinstance(v, dict) else v)
-                                for k, v in new["step_errors"].items()}
+        extra["step_errors"] = {
+            k: ({**(old.get("step_errors") or {}).get(k, {}), **v} if isinstance(v, dict) else v)
+            for k, v in new["step_errors"].items()
+        }
     if "probabilistic" in new:
-        extra["probabilistic"] = {**new["probabilistic"], "predictors": {
-            **(old.get("probabilistic") or {}).get("predictors", {}), **new["probabilistic"]["predictors"]}}
+        extra["probabilistic"] = {
+            **new["probabilistic"],
+            "predictors": {
+                **(old.get("probabilistic") or {}).get("predictors", {}),
+                **new["probabilistic"]["predictors"],
+            },
+        }
     for key in ("baselines", "kalman"):
         if key in new:
             extra[key] = new[key]
-    return summarize({**old, **extra, **({"window_errors": window_errors} if windows else {}),
-                      "data": {**old["data"], **new["data"]}, "training": training, "variants": variants,
-                      "results": merged(old["results"], new["results"]),
-                      "val_results": merged(old.get("val_results", {}), new["val_results"]),
-                      **({"seed_results": seeds} if any(seeds.values()) else {})})
+    return summarize(
+        {
+            **old,
+            **extra,
+            **({"window_errors": window_errors} if windows else {}),
+            "data": {**old["data"], **new["data"]},
+            "training": training,
+            "variants": variants,
+            "results": merged(old["results"], new["results"]),
+            "val_results": merged(old.get("val_results", {}), new["val_results"]),
+            **({"seed_results": seeds} if any(seeds.values()) else {}),
+        }
+    )
 
 
 # --- the whole run -----------------------------------------------------------------------------
@@ -782,14 +914,22 @@ def _previous(out: Path, budget: Budget) -> dict | None:
     if previous.get("benchmark") != "model":
         raise BenchError(f"{out} is not a model benchmark result; use --fresh or another --out")
     if previous["budget"]["name"] != budget.name:
-        raise BenchError(f"{out} holds budget {previous['budget']['name']!r} results, not {budget.name!r}: "
-                         "use the same budget, --fresh, or another --out")
+        raise BenchError(
+            f"{out} holds budget {previous['budget']['name']!r} results, not {budget.name!r}: "
+            "use the same budget, --fresh, or another --out"
+        )
     return previous
 
 
-def run(out: Path, budget: Budget | str = "default", root: str | Path | None = None,
-        parts: tuple[str, ...] = PARTS, presets: list[str] | None = None,
-        datasets: tuple[str, ...] = DATASETS, fresh: bool = False) -> dict:
+def run(
+    out: Path,
+    budget: Budget | str = "default",
+    root: str | Path | None = None,
+    parts: tuple[str, ...] = PARTS,
+    presets: list[str] | None = None,
+    datasets: tuple[str, ...] = DATASETS,
+    fresh: bool = False,
+) -> dict:
     """Run the benchmark parts, writing ``out`` (JSON) and ``out.with_suffix('.md')`` after each.
 
     ``presets`` (names or ``.json`` paths; default all bundled presets) limits the quality part;
@@ -818,8 +958,11 @@ def run(out: Path, budget: Budget | str = "default", root: str | Path | None = N
     torch.set_num_threads(budget.threads)
     started = time.perf_counter()
     this_run = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "parts": list(parts), "datasets": list(datasets),
-        "presets": presets or "all", "load_average_before": [round(v, 2) for v in os.getloadavg()],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "parts": list(parts),
+        "datasets": list(datasets),
+        "presets": presets or "all",
+        "load_average_before": [round(v, 2) for v in os.getloadavg()],
     }
     result: dict = previous or {
         "benchmark": "model",
@@ -881,8 +1024,12 @@ _NUMBER_LIST = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]"
 def dumps(result: dict) -> str:
     """``result`` as indented JSON with each list of numbers on one line (the per-window errors
     are thousands of numbers: one line per predictor, not one per number)."""
-    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
-                            json.dumps(result, indent=2)) + "\n"
+    return (
+        _NUMBER_LIST.sub(
+            lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", json.dumps(result, indent=2)
+        )
+        + "\n"
+    )
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -910,9 +1057,16 @@ def markdown(r: dict) -> str:
     ]
     later = r.get("runs", [])[1:]
     if later:
-        lines += ["Later runs merged into these results: " + "; ".join(
-            f"{x['created']} ({', '.join(x['parts'])}; presets {x['presets'] if isinstance(x['presets'], str) else ', '.join(x['presets'])}; "
-            f"load average {x['load_average_before']} before; {x.get('elapsed_s')} s)" for x in later) + ".", ""]
+        lines += [
+            "Later runs merged into these results: "
+            + "; ".join(
+                f"{x['created']} ({', '.join(x['parts'])}; presets {x['presets'] if isinstance(x['presets'], str) else ', '.join(x['presets'])}; "
+                f"load average {x['load_average_before']} before; {x.get('elapsed_s')} s)"
+                for x in later
+            )
+            + ".",
+            "",
+        ]
     s = r.get("speed")
     if s:
         c = s["config"]
@@ -927,10 +1081,16 @@ def markdown(r: dict) -> str:
         for k in ("trajfm", "transformers"):
             if k in s:
                 v = s[k]
-                lines.append(f"| {k} | {v['params']:,} | {v['step_ms_median']:.1f} | {v['points_per_s']:,.0f} | "
-                             f"{v['points_per_cpu_s']:,.0f} | {v['saved_activation_mb']:.1f} | {v['weights_grads_adam_mb']:.2f} |")
-        lines += ["", f"**train_speed_ratio_vs_hf = {_fmt(s.get('train_speed_ratio_vs_hf'), 3)}** (wall; "
-                      f"{_fmt(s.get('train_speed_ratio_vs_hf_cpu_time'), 3)} on thread CPU time; target >= 1.0). {s['note']}.", ""]
+                lines.append(
+                    f"| {k} | {v['params']:,} | {v['step_ms_median']:.1f} | {v['points_per_s']:,.0f} | "
+                    f"{v['points_per_cpu_s']:,.0f} | {v['saved_activation_mb']:.1f} | {v['weights_grads_adam_mb']:.2f} |"
+                )
+        lines += [
+            "",
+            f"**train_speed_ratio_vs_hf = {_fmt(s.get('train_speed_ratio_vs_hf'), 3)}** (wall; "
+            f"{_fmt(s.get('train_speed_ratio_vs_hf_cpu_time'), 3)} on thread CPU time; target >= 1.0). {s['note']}.",
+            "",
+        ]
     g = r.get("generation")
     if g:
         lines += [
@@ -965,7 +1125,8 @@ def markdown(r: dict) -> str:
             "",
         ]
         header = [
-            "| predictor | " + " | ".join(k.replace("_m", "").replace("_", "@", 1).upper().replace("@", " @") for k in keys)
+            "| predictor | "
+            + " | ".join(k.replace("_m", "").replace("_", "@", 1).upper().replace("@", " @") for k in keys)
             + f" | val {tg_key.replace('_m', '').replace('_', ' @', 1).upper()} | train s |",
             "|---|" + "---:|" * (len(keys) + 2),
         ]
@@ -981,14 +1142,20 @@ def markdown(r: dict) -> str:
         def row(pred: str, errs: dict) -> str:
             tr = t["per_preset"].get(pred, {})
             label = f"**{pred}**" if pred == q.get("best_preset") else pred
-            return (f"| {label} | " + " | ".join(cell(pred, "test", errs, k) for k in keys)
-                    + f" | {cell(pred, 'val', val.get(pred, {}), tg_key)} | {_fmt(tr.get('train_s'))} |")
+            return (
+                f"| {label} | "
+                + " | ".join(cell(pred, "test", errs, k) for k in keys)
+                + f" | {cell(pred, 'val', val.get(pred, {}), tg_key)} | {_fmt(tr.get('train_s'))} |"
+            )
 
         lines += [row(pred, errs) for pred, errs in q["results"].items() if pred not in variants]
         reused = [p for p, tr in t["per_preset"].items() if tr.get("cached") and (tr.get("train_s") or 0) < 1.0]
         if reused:
-            lines += ["", f"Reused from the data root's cache (trained by an earlier run on the same windows with the "
-                          f"same config and budget; train s is the lookup): {', '.join(f'`{p}`' for p in reused)}."]
+            lines += [
+                "",
+                f"Reused from the data root's cache (trained by an earlier run on the same windows with the "
+                f"same config and budget; train s is the lookup): {', '.join(f'`{p}`' for p in reused)}.",
+            ]
         tg = q.get("targets")
         if tg:
             lines += [
@@ -1003,8 +1170,13 @@ def markdown(r: dict) -> str:
                 lines += ["", _bootstrap_note(tg["bootstrap"])]
         lines += _steps_and_scores_md(q)
         if variants:
-            lines += ["", f"Variants tried ({name}; preset files outside the bundle, compared on the validation split, "
-                          "not candidates for the best preset):", "", *header]
+            lines += [
+                "",
+                f"Variants tried ({name}; preset files outside the bundle, compared on the validation split, "
+                "not candidates for the best preset):",
+                "",
+                *header,
+            ]
             lines += [row(pred, q["results"][pred]) for pred in variants if pred in q["results"]]
             lines += [""] + [f"- `{pred}`: {v['comment']}" for pred, v in variants.items() if pred in q["results"]]
         lines.append("")
@@ -1017,38 +1189,63 @@ def _steps_and_scores_md(q: dict) -> list[str]:
     st, variants = (q.get("step_errors") or {}).get("test"), q.get("variants", {})
     if not st:
         return []
-    order = [p for p in BASELINES if p in st] + [p for p in st if p not in BASELINES and p.split("+")[0] not in variants]
+    order = [p for p in BASELINES if p in st] + [
+        p for p in st if p not in BASELINES and p.split("+")[0] not in variants
+    ]
     H = len(st[order[0]])
-    lines = ["", "Error (m) at each step ahead, test split (`<preset>+blend`: the preset with its per-step blend with "
-             "constant velocity and error scale, both fitted on the val split, as the registered model forecasts; "
-             "its val errors are on the split the rule was fitted on):", "",
-             "| predictor | " + " | ".join(f"@{h}" for h in range(1, H + 1)) + " |", "|---|" + "---:|" * H]
+    lines = [
+        "",
+        "Error (m) at each step ahead, test split (`<preset>+blend`: the preset with its per-step blend with "
+        "constant velocity and error scale, both fitted on the val split, as the registered model forecasts; "
+        "its val errors are on the split the rule was fitted on):",
+        "",
+        "| predictor | " + " | ".join(f"@{h}" for h in range(1, H + 1)) + " |",
+        "|---|" + "---:|" * H,
+    ]
     lines += [f"| {p} | " + " | ".join(_fmt(v) for v in st[p]) + " |" for p in order]
     cv = np.asarray(st.get("constant_velocity") or [np.nan] * H)
     worse = {p: [h + 1 for h, (a, b) in enumerate(zip(st[p], cv)) if a > b] for p in order if p.endswith("+blend")}
     if worse:
-        lines += ["", "Steps where a blended preset is worse than constant velocity on test: "
-                  + "; ".join(f"`{p}` {', '.join(map(str, w)) if w else 'none'}" for p, w in worse.items()) + "."]
+        lines += [
+            "",
+            "Steps where a blended preset is worse than constant velocity on test: "
+            + "; ".join(f"`{p}` {', '.join(map(str, w)) if w else 'none'}" for p, w in worse.items())
+            + ".",
+        ]
     kf = q.get("kalman")
     if kf:
-        lines += ["", f"Kalman filter: q = {kf['q_m2_s3']:.3g} m²/s³ (white-noise acceleration per axis), r = {kf['r_m2']:.3g} m² "
-                  f"(fix noise per axis), fitted ({'for its own forecast error' if kf.get('objective') == 'forecast' else 'by maximum likelihood'}) on {kf['fit_windows']:,} training windows in "
-                  f"{kf['fit_s']} s; forecasting the test split took {kf['forecast_s'].get('test')} s."
-                  + (f" `kalman_mle`: q = {kf['likelihood_fit']['q_m2_s3']:.3g} m²/s³, r = {kf['likelihood_fit']['r_m2']:.3g} m², "
-                     "by maximum likelihood (its covariance is the filter's error model below)." if kf.get("likelihood_fit") else "")]
+        lines += [
+            "",
+            f"Kalman filter: q = {kf['q_m2_s3']:.3g} m²/s³ (white-noise acceleration per axis), r = {kf['r_m2']:.3g} m² "
+            f"(fix noise per axis), fitted ({'for its own forecast error' if kf.get('objective') == 'forecast' else 'by maximum likelihood'}) on {kf['fit_windows']:,} training windows in "
+            f"{kf['fit_s']} s; forecasting the test split took {kf['forecast_s'].get('test')} s."
+            + (
+                f" `kalman_mle`: q = {kf['likelihood_fit']['q_m2_s3']:.3g} m²/s³, r = {kf['likelihood_fit']['r_m2']:.3g} m², "
+                "by maximum likelihood (its covariance is the filter's error model below)."
+                if kf.get("likelihood_fit")
+                else ""
+            ),
+        ]
     pr = (q.get("probabilistic") or {}).get("predictors")
     if pr:
-        lines += ["", "Probabilistic forecasts, test split: coverage of the 50/80/90% regions (share of windows whose true "
-                  "fix lies inside; mean over steps 1..H, and the 80% region at steps 1 and H) and CRPS in metres (mean over "
-                  "east/north and windows; lower is better), each predictor with its own error model "
-                  "(`probabilistic.error_models` in the JSON):", "",
-                  f"| predictor | cov 50% | cov 80% | cov 90% | cov 80% @1 | cov 80% @{H} | CRPS m (mean) | CRPS @1 | CRPS @{H} |",
-                  "|---|" + "---:|" * 8]
+        lines += [
+            "",
+            "Probabilistic forecasts, test split: coverage of the 50/80/90% regions (share of windows whose true "
+            "fix lies inside; mean over steps 1..H, and the 80% region at steps 1 and H) and CRPS in metres (mean over "
+            "east/north and windows; lower is better), each predictor with its own error model "
+            "(`probabilistic.error_models` in the JSON):",
+            "",
+            f"| predictor | cov 50% | cov 80% | cov 90% | cov 80% @1 | cov 80% @{H} | CRPS m (mean) | CRPS @1 | CRPS @{H} |",
+            "|---|" + "---:|" * 8,
+        ]
         for p in [p for p in BASELINES if p in pr] + [p for p in pr if p not in BASELINES]:
             c, crps = pr[p]["coverage"], pr[p]["crps_m"]
-            lines.append(f"| {p} | " + " | ".join(f"{100 * np.mean(c[lv]):.1f}%" for lv in ("50", "80", "90"))
-                         + f" | {100 * c['80'][0]:.1f}% | {100 * c['80'][-1]:.1f}% | {_fmt(float(np.mean(crps)))} | "
-                         f"{_fmt(crps[0])} | {_fmt(crps[-1])} |")
+            lines.append(
+                f"| {p} | "
+                + " | ".join(f"{100 * np.mean(c[lv]):.1f}%" for lv in ("50", "80", "90"))
+                + f" | {100 * c['80'][0]:.1f}% | {100 * c['80'][-1]:.1f}% | {_fmt(float(np.mean(crps)))} | "
+                f"{_fmt(crps[0])} | {_fmt(crps[-1])} |"
+            )
     return lines
 
 
@@ -1058,12 +1255,16 @@ def _bootstrap_note(b: dict) -> str:
     parts = []
     for key, v in b.items():
         target, share = next(iter(v["share_reaching"].items()), (None, None))
-        parts.append(f"vs {names.get(key, key)} {100 * v['ci_low']:.1f} to {100 * v['ci_high']:.1f}%"
-                     + (f" (target {100 * float(target):.0f}% reached in {100 * share:.1f}% of draws)" if target else ""))
+        parts.append(
+            f"vs {names.get(key, key)} {100 * v['ci_low']:.1f} to {100 * v['ci_high']:.1f}%"
+            + (f" (target {100 * float(target):.0f}% reached in {100 * share:.1f}% of draws)" if target else "")
+        )
     first = next(iter(b.values()))
-    return (f"{100 * first['level']:.0f}% intervals of the improvement over the {first['windows']:,} test windows "
-            f"(paired bootstrap, {first['resamples']:,} draws, seed {first['seed']}; the spread over which windows were "
-            f"drawn, not over training seeds): " + "; ".join(parts) + ".")
+    return (
+        f"{100 * first['level']:.0f}% intervals of the improvement over the {first['windows']:,} test windows "
+        f"(paired bootstrap, {first['resamples']:,} draws, seed {first['seed']}; the spread over which windows were "
+        f"drawn, not over training seeds): " + "; ".join(parts) + "."
+    )
 
 
 def _kept_note(overrides: dict) -> str:
@@ -1079,8 +1280,10 @@ def _ema_note(decay: float | None) -> str:
 def _seeds_note(seeds: list[int]) -> str:
     if len(seeds) < 2:
         return ""
-    return (f"; errors are the mean over {len(seeds)} training seeds ({', '.join(map(str, seeds))}), "
-            f"± the standard deviation over them; train s is the sum")
+    return (
+        f"; errors are the mean over {len(seeds)} training seeds ({', '.join(map(str, seeds))}), "
+        f"± the standard deviation over them; train s is the sum"
+    )
 
 
 def _stride_note(params: dict) -> str:
@@ -1098,22 +1301,44 @@ def main(out: Path, argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=os.environ.get(ENV_BUDGET, "default"))
     parser.add_argument("--root", default=None, help=f"data root for the pipeline stages (default {DEFAULT_ROOT})")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the budget's)")
-    parser.add_argument("--train-stride", type=int, default=None,
-                        help="points between training window starts (default 32: disjoint; e.g. 8 overlaps them)")
-    parser.add_argument("--parts", default=os.environ.get(ENV_PARTS, ",".join(PARTS)),
-                        help=f"comma-separated subset of {','.join(PARTS)} (or ${ENV_PARTS})")
-    parser.add_argument("--presets", default=os.environ.get(ENV_PRESETS),
-                        help=f"comma-separated presets (names or .json paths) for the quality part; tutorial "
-                             f"always comes with them (or ${ENV_PRESETS}; default: all bundled presets)")
+    parser.add_argument(
+        "--train-stride",
+        type=int,
+        default=None,
+        help="points between training window starts (default 32: disjoint; e.g. 8 overlaps them)",
+    )
+    parser.add_argument(
+        "--parts",
+        default=os.environ.get(ENV_PARTS, ",".join(PARTS)),
+        help=f"comma-separated subset of {','.join(PARTS)} (or ${ENV_PARTS})",
+    )
+    parser.add_argument(
+        "--presets",
+        default=os.environ.get(ENV_PRESETS),
+        help=f"comma-separated presets (names or .json paths) for the quality part; tutorial "
+        f"always comes with them (or ${ENV_PRESETS}; default: all bundled presets)",
+    )
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of ais,geolife")
-    parser.add_argument("--seeds", default=None,
-                        help="comma-separated training seeds per preset (default 0); errors are their mean, "
-                             "with the standard deviation in the report")
-    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                        help="train every preset with a weight average (TrainConfig.ema_decay, e.g. 0.999) and judge it by that")
-    parser.add_argument("--select", choices=("loss", "fde"), default="loss",
-                        help="the epoch each preset keeps: lowest validation loss, or lowest validation FDE at the "
-                             "longest horizon (TrainConfig.select_by)")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated training seeds per preset (default 0); errors are their mean, "
+        "with the standard deviation in the report",
+    )
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="train every preset with a weight average (TrainConfig.ema_decay, e.g. 0.999) and judge it by that",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("loss", "fde"),
+        default="loss",
+        help="the epoch each preset keeps: lowest validation loss, or lowest validation FDE at the "
+        "longest horizon (TrainConfig.select_by)",
+    )
     parser.add_argument("--fresh", action="store_true", help="start a new results file instead of merging into --out")
     args = parser.parse_args(argv or [])
     budget = BUDGETS[args.budget]
@@ -1126,12 +1351,26 @@ def main(out: Path, argv: list[str] | None = None) -> int:
     if not 0.0 <= args.ema < 1.0:
         parser.exit(2, f"{parser.prog}: error: --ema takes a decay in [0, 1), not {args.ema}\n")
     if args.threads or args.train_stride or seeds != budget.seeds or args.ema or args.select != budget.select_by:
-        budget = Budget(**{**asdict(budget), "threads": args.threads or budget.threads,
-                           "train_stride": args.train_stride or budget.train_stride, "seeds": seeds,
-                           "ema_decay": args.ema, "select_by": args.select})
+        budget = Budget(
+            **{
+                **asdict(budget),
+                "threads": args.threads or budget.threads,
+                "train_stride": args.train_stride or budget.train_stride,
+                "seeds": seeds,
+                "ema_decay": args.ema,
+                "select_by": args.select,
+            }
+        )
     try:
-        run(args.out or out, budget, args.root, tuple(_csv(args.parts)), _csv(args.presets) or None,
-            tuple(_csv(args.datasets)), args.fresh)
+        run(
+            args.out or out,
+            budget,
+            args.root,
+            tuple(_csv(args.parts)),
+            _csv(args.presets) or None,
+            tuple(_csv(args.datasets)),
+            args.fresh,
+        )
     except BenchError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return 0

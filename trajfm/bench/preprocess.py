@@ -116,7 +116,9 @@ def write_input(root: Path, name: str, df: pd.DataFrame) -> Path:
     from trajfm.store import StageWriter
 
     with StageWriter(root, "ingest", name) as w:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), w.path / "points.parquet", row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(
+            pa.Table.from_pandas(df, preserve_index=False), w.path / "points.parquet", row_group_size=ROW_GROUP_ROWS
+        )
         w.manifest["files"]["points"] = {"rows": int(len(df)), "hash": name}
         w.manifest.update(rows_kept=int(len(df)))
     return w.final
@@ -181,7 +183,9 @@ def time_movingpandas(path: str, repeats: int) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 t0 = time.perf_counter()
-                tc = mpd.TrajectoryCollection(frame, traj_id_col="traj_id", obj_id_col="obj_id", t="t", x="lon", y="lat", crs="EPSG:4326")
+                tc = mpd.TrajectoryCollection(
+                    frame, traj_id_col="traj_id", obj_id_col="obj_id", t="t", x="lon", y="lat", crs="EPSG:4326"
+                )
                 t1 = time.perf_counter()
                 tc.add_speed(units=("m", "s"))
                 t2 = time.perf_counter()
@@ -191,7 +195,11 @@ def time_movingpandas(path: str, repeats: int) -> dict:
                 t4 = time.perf_counter()
                 step = pd.Timedelta(seconds=p.interval_s)
                 for tr in tc:
-                    grid = pd.date_range(pd.Timestamp(tr.get_start_time()).ceil(step), pd.Timestamp(tr.get_end_time()).floor(step), freq=step)
+                    grid = pd.date_range(
+                        pd.Timestamp(tr.get_start_time()).ceil(step),
+                        pd.Timestamp(tr.get_end_time()).floor(step),
+                        freq=step,
+                    )
                     for t in grid:
                         tr.get_position_at(t)
                     n_out += len(grid)
@@ -270,7 +278,9 @@ def time_stages(ingest_dir: Path, worker_counts: tuple[int, ...], repeats: int, 
                 client = clients[n]
                 before = sum(client.run(_cpu_s).values()) + _cpu_s()
                 t0 = time.perf_counter()
-                out = preprocess(ingest_dir, root=work / f"run-{ingest_dir.name}-{n}-{r}", dask_address=client.scheduler.address)
+                out = preprocess(
+                    ingest_dir, root=work / f"run-{ingest_dir.name}-{n}-{r}", dask_address=client.scheduler.address
+                )
                 runs[n]["seconds"].append(time.perf_counter() - t0)
                 runs[n]["cpu_s"].append(sum(client.run(_cpu_s).values()) + _cpu_s() - before)
                 runs[n]["manifests"].append(read_manifest(out))
@@ -403,10 +413,14 @@ def _machine_note(before, after) -> str:
     # The load after includes this benchmark's own processes; only the load before says whether
     # other jobs shared the machine.
     if before[0] > 0.5:
-        return (f"{cores}-core machine with other jobs running (load average {before[0]:.1f} before, {after[0]:.1f} "
-                "after, this benchmark included): rates and scaling are lower bounds")
-    return (f"{cores}-core machine, idle before the run (load average {before[0]:.1f}; {after[0]:.1f} after, "
-            "this benchmark's own load)")
+        return (
+            f"{cores}-core machine with other jobs running (load average {before[0]:.1f} before, {after[0]:.1f} "
+            "after, this benchmark included): rates and scaling are lower bounds"
+        )
+    return (
+        f"{cores}-core machine, idle before the run (load average {before[0]:.1f}; {after[0]:.1f} after, "
+        "this benchmark's own load)"
+    )
 
 
 def _cpu_model() -> str:
@@ -435,15 +449,41 @@ def markdown(r: dict) -> str:
     s, mp = r["trajfm_stage"], r["movingpandas"]
     fmt = lambda v: f"{v:,.0f}"  # noqa: E731
     rows = [
-        ("plain MovingPandas, 1 process", f"subset, {mp['points']:,} fixes", fmt(mp["points_per_s"]), f"{mp['seconds']:.1f}", f"{mp['peak_rss_mb']:.0f}"),
+        (
+            "plain MovingPandas, 1 process",
+            f"subset, {mp['points']:,} fixes",
+            fmt(mp["points_per_s"]),
+            f"{mp['seconds']:.1f}",
+            f"{mp['peak_rss_mb']:.0f}",
+        ),
     ]
-    for key, label in (("real_1", "trajfm stage, 1 worker"), ("real_2", "trajfm stage, 2 workers"),
-                       ("replica_1", "trajfm stage, 1 worker"), ("replica_2", "trajfm stage, 2 workers")):
+    for key, label in (
+        ("real_1", "trajfm stage, 1 worker"),
+        ("real_2", "trajfm stage, 2 workers"),
+        ("replica_1", "trajfm stage, 1 worker"),
+        ("replica_2", "trajfm stage, 2 workers"),
+    ):
         x = s[key]
         data = "real set" if key.startswith("real") else f"replica x{r['dataset']['replica_copies']}"
-        rows.append((label, f"{data}, {x['points']:,} fixes", fmt(x["points_per_s"]), f"{x['seconds']:.2f}", f"{max(x['peak_rss_mb_per_worker']):.0f} per worker"))
+        rows.append(
+            (
+                label,
+                f"{data}, {x['points']:,} fixes",
+                fmt(x["points_per_s"]),
+                f"{x['seconds']:.2f}",
+                f"{max(x['peak_rss_mb_per_worker']):.0f} per worker",
+            )
+        )
     k = r["trajfm_chain_in_memory"]
-    rows.append(("trajfm chain in memory, 1 process", f"real set, {k['points']:,} fixes", fmt(k["points_per_s"]), f"{k['seconds']:.2f}", f"{k['peak_rss_mb']:.0f}"))
+    rows.append(
+        (
+            "trajfm chain in memory, 1 process",
+            f"real set, {k['points']:,} fixes",
+            fmt(k["points_per_s"]),
+            f"{k['seconds']:.2f}",
+            f"{k['peak_rss_mb']:.0f}",
+        )
+    )
     table = ["| contender | data | fixes/s (median) | seconds | peak RSS MB |", "|---|---|---:|---:|---:|"]
     table += [f"| {' | '.join(row)} |" for row in rows]
     m = r["machine"]

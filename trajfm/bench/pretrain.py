@@ -59,7 +59,9 @@ def write_replica(out: Path, points: int, chunk_rows: int = 200_000) -> list[tup
 
     corpus = _shared_corpus()
     out.mkdir(parents=True, exist_ok=True)
-    frames = {n: pd.read_parquet(corpus / f"{n}.parquet", columns=["traj_id", "t", "lon", "lat"]) for n in REPLICA_SOURCES}
+    frames = {
+        n: pd.read_parquet(corpus / f"{n}.parquet", columns=["traj_id", "t", "lon", "lat"]) for n in REPLICA_SOURCES
+    }
     share = points // len(frames)
     paths = []
     for name, df in frames.items():
@@ -87,14 +89,20 @@ def _shard(sources, out: Path, max_windows: int = 4096) -> Path:
     from trajfm.features.shards import ShardParams, write_shards
     from trajfm.features.windows import WindowParams
 
-    write_shards(sources, out, ShardParams(WindowParams(window=WINDOW, stride=WINDOW, split_by="source"), max_windows=max_windows))
+    write_shards(
+        sources,
+        out,
+        ShardParams(WindowParams(window=WINDOW, stride=WINDOW, split_by="source"), max_windows=max_windows),
+    )
     return out
 
 
 def _train_cfg(steps: int, batch: int):
     from trajfm.train import TrainConfig
 
-    return TrainConfig(epochs=10_000, max_steps=steps, batch_size=batch, warmup_steps=2, seed=0, device="cpu", checkpoint_every=0)
+    return TrainConfig(
+        epochs=10_000, max_steps=steps, batch_size=batch, warmup_steps=2, seed=0, device="cpu", checkpoint_every=0
+    )
 
 
 def speed(shards: Path, steps: int, batch: int, work: Path) -> dict:
@@ -120,8 +128,14 @@ def speed(shards: Path, steps: int, batch: int, work: Path) -> dict:
         results["memory"].append(_points(res.history, time.perf_counter() - t0))
     stream = max(r["points_per_s"] for r in results["stream"])
     memory = max(r["points_per_s"] for r in results["memory"])
-    return {"stream_points_per_s": stream, "memory_points_per_s": memory, "stream_vs_memory_speed": stream / memory,
-            "steps": steps, "batch_size": batch, "train_windows": len(tr)}
+    return {
+        "stream_points_per_s": stream,
+        "memory_points_per_s": memory,
+        "stream_vs_memory_speed": stream / memory,
+        "steps": steps,
+        "batch_size": batch,
+        "train_windows": len(tr),
+    }
 
 
 def _points(history: list[dict], seconds: float) -> dict:
@@ -143,7 +157,11 @@ def _peak_rss_child(shards: Path, steps: int, batch: int, work: Path) -> int:
         "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
         "print(json.dumps({'maxrss_kib': hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return int(json.loads(out.stdout.strip().splitlines()[-1])["maxrss_kib"]) * 1024
 
@@ -157,9 +175,16 @@ def rss_growth(scale: float, steps: int, batch: int, work: Path, max_windows: in
         from trajfm.features.shards import load_manifest
 
         m = load_manifest(shards)
-        rows[mult] = {"points": m["points_in"], "train_windows": m["windows"]["train"], "shards": len(m["shards"]),
-                      "peak_rss_bytes": _peak_rss_child(shards, steps, batch, work / f"ck{mult}")}
-    return {"rss_growth_10x": rows[10]["peak_rss_bytes"] / rows[1]["peak_rss_bytes"], "corpus": {str(k): v for k, v in rows.items()}}
+        rows[mult] = {
+            "points": m["points_in"],
+            "train_windows": m["windows"]["train"],
+            "shards": len(m["shards"]),
+            "peak_rss_bytes": _peak_rss_child(shards, steps, batch, work / f"ck{mult}"),
+        }
+    return {
+        "rss_growth_10x": rows[10]["peak_rss_bytes"] / rows[1]["peak_rss_bytes"],
+        "corpus": {str(k): v for k, v in rows.items()},
+    }
 
 
 def ddp(shards: Path, steps: int, work: Path) -> dict:
@@ -179,25 +204,67 @@ def ddp(shards: Path, steps: int, work: Path) -> dict:
     )
     script = work / "ddp_worker.py"
     script.write_text(code)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
-                          "--rdzv-endpoint", f"127.0.0.1:{port}", str(script), str(shards), str(work / "ddp2"), "2", str(steps)],
-                         capture_output=True, text=True, env=env, check=True)
-    one = subprocess.run([sys.executable, str(script), str(shards), str(work / "ddp1"), "2", str(steps)],
-                         capture_output=True, text=True, env=env, check=True)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    )
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            str(script),
+            str(shards),
+            str(work / "ddp2"),
+            "2",
+            str(steps),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    one = subprocess.run(
+        [sys.executable, str(script), str(shards), str(work / "ddp1"), "2", str(steps)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     a, b = json.loads(two.stdout.strip().splitlines()[-1]), json.loads(one.stdout.strip().splitlines()[-1])
     diff = max(abs(x - y) for x, y in zip(a, b, strict=True))
-    return {"ddp_matches_single": bool(diff < 1e-3), "ddp_max_loss_diff": diff, "ddp_losses_2proc": a, "ddp_losses_1proc": b}
+    return {
+        "ddp_matches_single": bool(diff < 1e-3),
+        "ddp_max_loss_diff": diff,
+        "ddp_losses_2proc": a,
+        "ddp_losses_1proc": b,
+    }
 
 
 def run(scale: float, steps: int, batch: int, work: Path, max_windows: int = 4096) -> dict:
     t0 = time.perf_counter()
     small = write_replica(work / "speed", int(FULL_POINTS * scale))
     shards = _shard(small, work / "speed_shards", max_windows)
-    out = {"scale": scale, **speed(shards, steps, batch, work / "speed_runs"), **rss_growth(scale, steps, batch, work, max_windows),
-           **ddp(shards, min(steps, 20), work)}
-    out["bars"] = {"stream_vs_memory_speed >= 0.9": out["stream_vs_memory_speed"] >= 0.9,
-                   "rss_growth_10x <= 1.1": out["rss_growth_10x"] <= 1.1, "ddp_matches_single": out["ddp_matches_single"]}
+    out = {
+        "scale": scale,
+        **speed(shards, steps, batch, work / "speed_runs"),
+        **rss_growth(scale, steps, batch, work, max_windows),
+        **ddp(shards, min(steps, 20), work),
+    }
+    out["bars"] = {
+        "stream_vs_memory_speed >= 0.9": out["stream_vs_memory_speed"] >= 0.9,
+        "rss_growth_10x <= 1.1": out["rss_growth_10x"] <= 1.1,
+        "ddp_matches_single": out["ddp_matches_single"],
+    }
     out["seconds"] = time.perf_counter() - t0
     out["model"], out["window"], out["max_windows"] = MODEL, WINDOW, max_windows
     return out
@@ -206,13 +273,16 @@ def run(scale: float, steps: int, batch: int, work: Path, max_windows: int = 409
 def markdown(r: dict) -> str:
     c = r["corpus"]
     lines = [
-        f"# Pre-training benchmark (scale {r['scale']})", "",
-        "| measure | value | bar |", "|---|---|---|",
+        f"# Pre-training benchmark (scale {r['scale']})",
+        "",
+        "| measure | value | bar |",
+        "|---|---|---|",
         f"| stream_vs_memory_speed | {r['stream_vs_memory_speed']:.3f} ({r['stream_points_per_s']:.0f} vs {r['memory_points_per_s']:.0f} points/s) | >= 0.9 |",
         f"| rss_growth_10x | {r['rss_growth_10x']:.3f} ({c['1']['peak_rss_bytes'] / 2**20:.0f} MiB at {c['1']['points']:,} points, "
         f"{c['10']['peak_rss_bytes'] / 2**20:.0f} MiB at {c['10']['points']:,}) | <= 1.1 |",
         f"| ddp_matches_single | {r['ddp_matches_single']} (max loss difference {r['ddp_max_loss_diff']:.2e}) | true |",
-        "", f"{r['steps']} steps of {r['batch_size']} windows of {r['window']} points, model {r['model']}, shards of at most "
+        "",
+        f"{r['steps']} steps of {r['batch_size']} windows of {r['window']} points, model {r['model']}, shards of at most "
         f"{r['max_windows']} windows; {r['seconds']:.0f} s in all.",
     ]
     return "\n".join(lines) + "\n"
@@ -220,11 +290,17 @@ def markdown(r: dict) -> str:
 
 def main(out: Path, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trajfm bench pretrain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="replica size as a fraction of 6M points (10x: 60M at 1.0)")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="replica size as a fraction of 6M points (10x: 60M at 1.0)"
+    )
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per timed run")
     parser.add_argument("--batch", type=int, default=16, help="windows per step")
-    parser.add_argument("--max-windows", type=int, default=4096,
-                        help="windows per shard (the memory bound: make the 1x corpus fill its shards, e.g. 64 at --scale 0.005)")
+    parser.add_argument(
+        "--max-windows",
+        type=int,
+        default=4096,
+        help="windows per shard (the memory bound: make the 1x corpus fill its shards, e.g. 64 at --scale 0.005)",
+    )
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
     args = parser.parse_args(argv or [])
     out = Path(out)

@@ -108,7 +108,9 @@ class PreprocessParams:
         if self.min_points < 1 or self.min_duration_s < 0 or self.generalize_s < 0:
             raise ValueError(f"min_points must be >= 1, min_duration_s and generalize_s >= 0, got {self}")
         if not np.isfinite(float(self.interval_s)) or self.interval_s > MAX_INTERVAL_S:
-            raise ValueError(f"interval_s must be a finite number of seconds <= {MAX_INTERVAL_S:g}, got {self.interval_s}")
+            raise ValueError(
+                f"interval_s must be a finite number of seconds <= {MAX_INTERVAL_S:g}, got {self.interval_s}"
+            )
         if round(self.interval_s * NS_PER_S) < 1:
             raise ValueError(f"interval_s {self.interval_s} is below a nanosecond")
         if not float(self.upsample_tolerance) >= 1.0:
@@ -132,37 +134,67 @@ KIND_DEFAULTS: dict[str, PreprocessParams] = {
     # AIS: ~60-180 s reports; 30 m/s = 58 kn, above all but a few fast craft. A vessel at anchor
     # swings on its chain within ~250 m; half an hour there is a stop, not slow steaming.
     "vessel": PreprocessParams(
-        v_max_mps=30.0, max_gap_s=1800.0, interval_s=60.0, min_points=10, min_duration_s=600.0,
-        stop_max_diameter_m=250.0, stop_min_duration_s=1800.0,
+        v_max_mps=30.0,
+        max_gap_s=1800.0,
+        interval_s=60.0,
+        min_points=10,
+        min_duration_s=600.0,
+        stop_max_diameter_m=250.0,
+        stop_min_duration_s=1800.0,
     ),
     # Phone GPS of people (GeoLife-like, 1-5 s): 50 m/s keeps trips on trains and highways. 5 min
     # within 100 m (GPS noise indoors included) is a stay, not a walk.
     "person": PreprocessParams(
-        v_max_mps=50.0, max_gap_s=300.0, interval_s=10.0, min_points=10, min_duration_s=120.0,
-        stop_max_diameter_m=100.0, stop_min_duration_s=300.0,
+        v_max_mps=50.0,
+        max_gap_s=300.0,
+        interval_s=10.0,
+        min_points=10,
+        min_duration_s=120.0,
+        stop_max_diameter_m=100.0,
+        stop_min_duration_s=300.0,
     ),
     # Cars and taxis (15-180 s fixes): 60 m/s = 216 km/h. Parked or waiting 5 min within 100 m.
     "vehicle": PreprocessParams(
-        v_max_mps=60.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
-        stop_max_diameter_m=100.0, stop_min_duration_s=300.0,
+        v_max_mps=60.0,
+        max_gap_s=600.0,
+        interval_s=30.0,
+        min_points=10,
+        min_duration_s=300.0,
+        stop_max_diameter_m=100.0,
+        stop_min_duration_s=300.0,
     ),
     # City buses (10-60 s AVL fixes): 35 m/s = 126 km/h. Dwell at a stop is < 1 min; a 10 min
     # layover at a terminus is a stop.
     "bus": PreprocessParams(
-        v_max_mps=35.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
-        stop_max_diameter_m=100.0, stop_min_duration_s=600.0,
+        v_max_mps=35.0,
+        max_gap_s=600.0,
+        interval_s=30.0,
+        min_points=10,
+        min_duration_s=300.0,
+        stop_max_diameter_m=100.0,
+        stop_min_duration_s=600.0,
     ),
     # GPS-tagged birds (minutes to hours between fixes): 40 m/s = 144 km/h ground speed; roosting
     # for 3 h within 500 m is a stop.
     "bird": PreprocessParams(
-        v_max_mps=40.0, max_gap_s=21600.0, interval_s=900.0, min_points=10, min_duration_s=3600.0,
-        stop_max_diameter_m=500.0, stop_min_duration_s=10800.0,
+        v_max_mps=40.0,
+        max_gap_s=21600.0,
+        interval_s=900.0,
+        min_points=10,
+        min_duration_s=3600.0,
+        stop_max_diameter_m=500.0,
+        stop_min_duration_s=10800.0,
     ),
     # ADS-B aircraft (1-60 s): 350 m/s covers jets with a strong tail wind; 15 min within 500 m
     # is parked at a stand.
     "aircraft": PreprocessParams(
-        v_max_mps=350.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
-        stop_max_diameter_m=500.0, stop_min_duration_s=900.0,
+        v_max_mps=350.0,
+        max_gap_s=600.0,
+        interval_s=30.0,
+        min_points=10,
+        min_duration_s=300.0,
+        stop_max_diameter_m=500.0,
+        stop_min_duration_s=900.0,
     ),
     # Kinds of the pre-training corpus (../shared/data/corpus, docs/corpus.md). Each interval is
     # the kind's usual native sampling or coarser; a source sampled more coarsely than its kind's
@@ -170,51 +202,86 @@ KIND_DEFAULTS: dict[str, PreprocessParams] = {
     # Trams (GTFS-RT / AVL, 5-15 s): line speeds top out near 70 km/h, 25 m/s = 90 km/h. A tram
     # at a platform dwells < 1 min; 10 min within 100 m is a layover at the terminus.
     "tram": PreprocessParams(
-        v_max_mps=25.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
-        stop_max_diameter_m=100.0, stop_min_duration_s=600.0,
+        v_max_mps=25.0,
+        max_gap_s=600.0,
+        interval_s=30.0,
+        min_points=10,
+        min_duration_s=300.0,
+        stop_max_diameter_m=100.0,
+        stop_min_duration_s=600.0,
     ),
     # Trolleybuses (AVL, 5-20 s): tied to the overhead wires, limited to about 65 km/h; 30 m/s
     # = 108 km/h still flags the jumps. Stops and layovers as buses.
     "trolleybus": PreprocessParams(
-        v_max_mps=30.0, max_gap_s=600.0, interval_s=30.0, min_points=10, min_duration_s=300.0,
-        stop_max_diameter_m=100.0, stop_min_duration_s=600.0,
+        v_max_mps=30.0,
+        max_gap_s=600.0,
+        interval_s=30.0,
+        min_points=10,
+        min_duration_s=300.0,
+        stop_max_diameter_m=100.0,
+        stop_min_duration_s=600.0,
     ),
     # Tropical/extratropical cyclones (best-track analyses, 6 h synoptic fixes): storms translate
     # at up to ~25 m/s in extratropical transition; 40 m/s is never a real track. 12 h without a
     # fix splits (a skipped synoptic time is normal, two are not). Many systems live 1-3 days, so
     # 5 fixes over 24 h is enough. A storm stalled within 50 km for 2 days is a stop.
     "storm": PreprocessParams(
-        v_max_mps=40.0, max_gap_s=43200.0, interval_s=21600.0, min_points=5, min_duration_s=86400.0,
-        stop_max_diameter_m=50000.0, stop_min_duration_s=172800.0,
+        v_max_mps=40.0,
+        max_gap_s=43200.0,
+        interval_s=21600.0,
+        min_points=5,
+        min_duration_s=86400.0,
+        stop_max_diameter_m=50000.0,
+        stop_min_duration_s=172800.0,
     ),
     # Icebergs (daily scatterometer positions; days are missing when no pass saw them): they
     # drift at < 1 m/s; 3 m/s (260 km/day) is a mislocated berg. 3 days without a fix splits;
     # 10 fixes over 10 days make a track. Grounded within 10 km for 30 days is a stop.
     "ice": PreprocessParams(
-        v_max_mps=3.0, max_gap_s=259200.0, interval_s=86400.0, min_points=10, min_duration_s=864000.0,
-        stop_max_diameter_m=10000.0, stop_min_duration_s=2592000.0,
+        v_max_mps=3.0,
+        max_gap_s=259200.0,
+        interval_s=86400.0,
+        min_points=10,
+        min_duration_s=864000.0,
+        stop_max_diameter_m=10000.0,
+        stop_min_duration_s=2592000.0,
     ),
     # Ocean and sea-ice drifters, wave buoys (Iridium/GPS, 30 min): surface currents and ice drift
     # stay under ~2.5 m/s; 5 m/s flags fixes on a ship deck or bad fixes. 6 h of silence splits
     # (lost messages). Frozen in / grounded within 500 m for a day is a stop.
     "drifter": PreprocessParams(
-        v_max_mps=5.0, max_gap_s=21600.0, interval_s=1800.0, min_points=10, min_duration_s=21600.0,
-        stop_max_diameter_m=500.0, stop_min_duration_s=86400.0,
+        v_max_mps=5.0,
+        max_gap_s=21600.0,
+        interval_s=1800.0,
+        min_points=10,
+        min_duration_s=21600.0,
+        stop_max_diameter_m=500.0,
+        stop_min_duration_s=86400.0,
     ),
     # Mammals on land and at sea (GPS/Argos collars and tags: fishers 2 min, buffalo 1 h, deer
     # 6 h, seals tens of minutes): buffalo and deer sprint at ~15 m/s, seals swim < 3 m/s, so
     # 20 m/s marks position errors (Argos' km-scale ones included). Collars are duty-cycled: 12 h
     # without a fix splits. Bedding or hauled out within 50 m for 2 h is a stop.
     "animal": PreprocessParams(
-        v_max_mps=20.0, max_gap_s=43200.0, interval_s=600.0, min_points=10, min_duration_s=7200.0,
-        stop_max_diameter_m=50.0, stop_min_duration_s=7200.0,
+        v_max_mps=20.0,
+        max_gap_s=43200.0,
+        interval_s=600.0,
+        min_points=10,
+        min_duration_s=7200.0,
+        stop_max_diameter_m=50.0,
+        stop_min_duration_s=7200.0,
     ),
     # Bats (GPS tags, minutes apart at night): fast fliers, ~15 m/s commuting; 25 m/s flags
     # errors. They roost all day: 3 h without a fix splits the nights' foraging trips. A night
     # roost is 1 h within 100 m.
     "bat": PreprocessParams(
-        v_max_mps=25.0, max_gap_s=10800.0, interval_s=600.0, min_points=10, min_duration_s=3600.0,
-        stop_max_diameter_m=100.0, stop_min_duration_s=3600.0,
+        v_max_mps=25.0,
+        max_gap_s=10800.0,
+        interval_s=600.0,
+        min_points=10,
+        min_duration_s=3600.0,
+        stop_max_diameter_m=100.0,
+        stop_min_duration_s=3600.0,
     ),
 }
 
@@ -440,7 +507,13 @@ def time_grid(t_first: np.ndarray, t_last: np.ndarray, interval_ns: np.ndarray) 
 
 
 def interpolate_at(
-    t_ns: np.ndarray, lon: np.ndarray, lat: np.ndarray, start: np.ndarray, end: np.ndarray, piece: np.ndarray, grid_t: np.ndarray
+    t_ns: np.ndarray,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    piece: np.ndarray,
+    grid_t: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """lon/lat of each piece at ``grid_t``, linear in time between the surrounding fixes.
 
@@ -523,7 +596,9 @@ def min_time_delta(t_ns: np.ndarray, start: np.ndarray, end: np.ndarray, toleran
     v[rows] = t_ns[rows] - t_ns[start][piece_of_row] + base[piece_of_row]
     # The next kept fix after a kept fix i is the first fix of its piece at >= t_i + tolerance.
     nxt = np.full(len(t_ns), -1, dtype=np.int64)
-    nxt[rows] = rows[np.searchsorted(v[rows], v[rows] + tolerance_ns[piece_of_row], side="left").clip(max=len(rows) - 1)]
+    nxt[rows] = rows[
+        np.searchsorted(v[rows], v[rows] + tolerance_ns[piece_of_row], side="left").clip(max=len(rows) - 1)
+    ]
     cur, stop = start.copy(), end.copy()
     while len(cur):
         keep[cur] = True
@@ -591,7 +666,11 @@ def split_vectorized(t, lon, lat, codes, kinds, kind_params) -> Pieces:
         from trajfm.data.stops import detect_stops
 
         stop_first, stop_last = detect_stops(
-            tk, xk, yk, seg_start[split], seg_end[split],
+            tk,
+            xk,
+            yk,
+            seg_start[split],
+            seg_end[split],
             _per_row(kind_params, seg_kind[split], "stop_max_diameter_m"),
             np.round(_per_row(kind_params, seg_kind[split], "stop_min_duration_s") * NS_PER_S).astype(np.int64),
         )
@@ -681,7 +760,9 @@ def _engine(name: str):
 
 
 def clean_partition(
-    df: pd.DataFrame, params: ParamsLike = None, engine: str = "vectorized",
+    df: pd.DataFrame,
+    params: ParamsLike = None,
+    engine: str = "vectorized",
     native_interval_s: Mapping[str, float] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Clean, split, filter and resample every trajectory in ``df`` (canonical points).
@@ -758,8 +839,10 @@ def clean_partition(
         rows = live[unknown]
         reason[rows] = _CODE["unknown_kind"]
         known = ", ".join(sorted(k for k in table if k != "*"))
-        detail = {c: f"kind {kind_names[c]!r} has no preprocessing parameters (known: {known}; or pass params for it)"
-                  for c in np.unique(kind_codes[rows])}
+        detail = {
+            c: f"kind {kind_names[c]!r} has no preprocessing parameters (known: {known}; or pass params for it)"
+            for c in np.unique(kind_codes[rows])
+        }
         notes.append((rows, [detail[c] for c in kind_codes[rows]]))
         live = live[~unknown]
 
@@ -768,7 +851,9 @@ def clean_partition(
     same_time[1:] = (traj_codes[live[1:]] == traj_codes[live[:-1]]) & (t_all[live[1:]] == t_all[live[:-1]])
     if same_time.any():
         dup_fix = np.zeros(len(live), dtype=bool)
-        dup_fix[1:] = same_time[1:] & (lon_all[live[1:]] == lon_all[live[:-1]]) & (lat_all[live[1:]] == lat_all[live[:-1]])
+        dup_fix[1:] = (
+            same_time[1:] & (lon_all[live[1:]] == lon_all[live[:-1]]) & (lat_all[live[1:]] == lat_all[live[:-1]])
+        )
         if dup_fix.any():
             reason[live[dup_fix]] = _CODE["duplicate_fix"]
             notes.append((live[dup_fix], "same time and position as an earlier fix"))
@@ -816,7 +901,12 @@ def clean_partition(
             f"segment {traj_names[c]}_{k}: {p} fixes over {d / NS_PER_S:.0f} s "
             f"(needs {mp:g} fixes, {md / NS_PER_S:g} s, 2 resampled fixes)"
             for c, k, p, d, mp, md in zip(
-                p_traj[short], pieces.k[short], n_pts[short], (t_last - t_first)[short], min_points[short], min_dur_ns[short]
+                p_traj[short],
+                pieces.k[short],
+                n_pts[short],
+                (t_last - t_first)[short],
+                min_points[short],
+                min_dur_ns[short],
             )
         ]
         notes.append((rows, np.repeat(np.asarray(piece_detail, dtype=object), n_pts[short]).tolist()))

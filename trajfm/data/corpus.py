@@ -271,7 +271,9 @@ def _source(entry, i: int, where: str, base: Path, check_data: bool) -> CorpusSo
 
     label = f"sources[{i}]"
     if not isinstance(entry, dict):
-        raise CorpusError(f"corpus {where}: {label} must be a mapping (name, paths, format, weight, ...), got {entry!r}")
+        raise CorpusError(
+            f"corpus {where}: {label} must be a mapping (name, paths, format, weight, ...), got {entry!r}"
+        )
     if isinstance(entry.get("name"), str) and entry["name"].strip():
         label = f"sources[{i}] ({entry['name'].strip()})"
     at = f"corpus {where}: {label}"
@@ -292,8 +294,11 @@ def _source(entry, i: int, where: str, base: Path, check_data: bool) -> CorpusSo
     kind = entry.get("kind")
     if kind is not None and kind not in KIND_DEFAULTS:
         raise CorpusError(f"{at}: unknown kind {kind!r}; known: {sorted(KIND_DEFAULTS)}")
-    if kind is None and READERS[fmt].kind is None and fmt != "canonical" and "kind" not in (
-        (entry.get("reader_params") or {}).get("columns") or {}
+    if (
+        kind is None
+        and READERS[fmt].kind is None
+        and fmt != "canonical"
+        and "kind" not in ((entry.get("reader_params") or {}).get("columns") or {})
     ):
         raise CorpusError(f"{at}: format {fmt!r} has no default kind: give kind: (one of {sorted(KIND_DEFAULTS)})")
     reader_params = entry.get("reader_params") or {}
@@ -329,8 +334,15 @@ def _source(entry, i: int, where: str, base: Path, check_data: bool) -> CorpusSo
         raise CorpusError(f"{at}: paths must be a path or a non-empty list of paths, got {entry['paths']!r}")
     paths = tuple(_resolve(p, base) for p in raw_paths)
     src = CorpusSource(
-        name=name, paths=paths, format=fmt, kind=kind, weight=weight, reader_params=dict(reader_params),
-        clean=dict(clean), description=str(entry.get("description") or "").strip(), raw_paths=tuple(raw_paths),
+        name=name,
+        paths=paths,
+        format=fmt,
+        kind=kind,
+        weight=weight,
+        reader_params=dict(reader_params),
+        clean=dict(clean),
+        description=str(entry.get("description") or "").strip(),
+        raw_paths=tuple(raw_paths),
     )
     if check_data:
         try:
@@ -399,8 +411,10 @@ def _source_files(src: CorpusSource) -> list[str]:
             files.update(str(Path(f).resolve()) for f in found)
         elif os.path.isdir(p):
             found = [
-                str(f) for f in Path(p).rglob("*")
-                if f.is_file() and f.suffix.lower() in extensions
+                str(f)
+                for f in Path(p).rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in extensions
                 and not any(part.startswith(".") for part in f.relative_to(p).parts)
             ]
             if not found:
@@ -516,12 +530,20 @@ def clean_report(corpus: Corpus, names: list[str] | None = None) -> "pd.DataFram
         for (kind, tag), part in points.groupby(["kind", "source"], observed=True):
             out, _q, c = clean_partition(part, table, native_interval_s=native)
             steps = out.groupby("traj_id", observed=True)["t"].diff().dt.total_seconds()
-            rows.append({
-                "source": src.name, "tag": str(tag), "kind": str(kind), "rows_in": c["rows_in"],
-                "rows_kept": c["rows_kept"], **{r: c["quarantined_by_reason"].get(r, 0) for r in CLEAN_REASONS},
-                "pieces": c["n_trajectories"], "native_s": native.get(str(tag), float("nan")),
-                "interval_s": float(steps.median()) if len(out) else float("nan"), "rows_out": c["rows_out"],
-            })
+            rows.append(
+                {
+                    "source": src.name,
+                    "tag": str(tag),
+                    "kind": str(kind),
+                    "rows_in": c["rows_in"],
+                    "rows_kept": c["rows_kept"],
+                    **{r: c["quarantined_by_reason"].get(r, 0) for r in CLEAN_REASONS},
+                    "pieces": c["n_trajectories"],
+                    "native_s": native.get(str(tag), float("nan")),
+                    "interval_s": float(steps.median()) if len(out) else float("nan"),
+                    "rows_out": c["rows_out"],
+                }
+            )
         rows[-1]["reader_quarantined"] = sum(reader_q.values())
         rows[-1]["rows_read"] = rows_read
     return pd.DataFrame(rows)

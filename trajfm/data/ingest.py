@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 
 from trajfm.data.readers import READERS, SourceFile
-from trajfm.data.readers.sources import Source, resolve_sources
 from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, check_timezone, empty_quarantine
 from trajfm.data.readers.generic import check_mapping
+from trajfm.data.readers.sources import Source, resolve_sources
 from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, empty_points, normalize_kinds, to_canonical
 from trajfm.store import (
     SCHEMA_VERSION,
@@ -65,7 +65,11 @@ DEFAULT_PARAMS = {
 READER_OPTIONS = ("columns", "timezone", "time_format", "delimiter")
 DEFAULT_MEMORY_ROWS = 2_000_000  # points held in memory before sorted runs are spilled to disk
 # Memory knobs: accepted in params, never in the cache key (the output does not depend on them).
-PERFORMANCE_PARAMS = {"chunk_rows": DEFAULT_CHUNK_ROWS, "chunk_bytes": DEFAULT_CHUNK_BYTES, "memory_rows": DEFAULT_MEMORY_ROWS}
+PERFORMANCE_PARAMS = {
+    "chunk_rows": DEFAULT_CHUNK_ROWS,
+    "chunk_bytes": DEFAULT_CHUNK_BYTES,
+    "memory_rows": DEFAULT_MEMORY_ROWS,
+}
 
 
 @dataclass(frozen=True)
@@ -360,7 +364,11 @@ class _QuarantineSink:
         if self.writer is None:
             self.template.to_parquet(self.path, index=False)
         self.close()
-        return {"rows": self.rows, "hash": self.hash.hexdigest()[:16], "by_reason": dict(sorted(self.by_reason.items()))}
+        return {
+            "rows": self.rows,
+            "hash": self.hash.hexdigest()[:16],
+            "by_reason": dict(sorted(self.by_reason.items())),
+        }
 
     def close(self) -> None:
         if self.writer is not None:
@@ -399,7 +407,9 @@ class _PointSink:
         if missing:
             raise ValueError(f"a reader returned points without the canonical columns {missing}")
         # Kinds in one spelling ("Vessel", " vessel" -> "vessel"): they pick per-kind parameters.
-        p = points.assign(_seq=np.arange(self.seq, self.seq + len(points), dtype=np.int64), kind=normalize_kinds(points["kind"]))
+        p = points.assign(
+            _seq=np.arange(self.seq, self.seq + len(points), dtype=np.int64), kind=normalize_kinds(points["kind"])
+        )
         self.seq += len(p)
         self.objects.update(p["obj_id"].dropna().unique().tolist())
         self.kinds.update(_values_of(p["kind"]))
@@ -460,7 +470,9 @@ class _PointSink:
         out = {
             "traj_id": _as_dtype(df["traj_id"], "string"),
             "obj_id": _as_dtype(df["obj_id"], "string"),
-            "t": df["t"] if str(df["t"].dtype) == "datetime64[ns, UTC]" else pd.to_datetime(df["t"], utc=True).astype("datetime64[ns, UTC]"),
+            "t": df["t"]
+            if str(df["t"].dtype) == "datetime64[ns, UTC]"
+            else pd.to_datetime(df["t"], utc=True).astype("datetime64[ns, UTC]"),
             "lon": _as_dtype(df["lon"], "float64"),
             "lat": _as_dtype(df["lat"], "float64"),
             "kind": _as_category(df["kind"], sorted(self.kinds)),
@@ -469,7 +481,11 @@ class _PointSink:
         for col in OPTIONAL_COLUMNS:
             if col in self.optional:
                 dtype = "string" if col == "mode" else "float64"
-                out[col] = _as_dtype(df[col], dtype) if col in df.columns else pd.Series(pd.NA if col == "mode" else np.nan, index=df.index, dtype=dtype)
+                out[col] = (
+                    _as_dtype(df[col], dtype)
+                    if col in df.columns
+                    else pd.Series(pd.NA if col == "mode" else np.nan, index=df.index, dtype=dtype)
+                )
         return pd.DataFrame(out).reset_index(drop=True)
 
     def _merge(self, path: Path) -> dict:

@@ -79,7 +79,14 @@ def split(t, lon, lat, codes, kinds, kind_params) -> Pieces:
         outlier = np.setdiff1d(sub["row"].to_numpy(), kept)
         if len(outlier):
             drop[outlier] = _CODE["speed_outlier"]
-            notes.append((outlier, _speed_notes(_speed_from_previous_kept(t, lon, lat, codes, outlier, kept), np.full(len(outlier), p.v_max_mps))))
+            notes.append(
+                (
+                    outlier,
+                    _speed_notes(
+                        _speed_from_previous_kept(t, lon, lat, codes, outlier, kept), np.full(len(outlier), p.v_max_mps)
+                    ),
+                )
+            )
 
         by_traj: dict[int, dict[int, object]] = {}
         for g in gaps:
@@ -102,7 +109,9 @@ def split(t, lon, lat, codes, kinds, kind_params) -> Pieces:
                     continue
                 k = _stop_pieces(mpd, segments[i], code, k, p, pieces, drop, notes)
         for tr in cleaned:  # gap segments, kept or dropped: one more than the gaps
-            n_segments += 1 + int((np.diff(tr.df.index.to_numpy()) > np.timedelta64(int(round(p.max_gap_s * NS_PER_S)), "ns")).sum())
+            n_segments += 1 + int(
+                (np.diff(tr.df.index.to_numpy()) > np.timedelta64(int(round(p.max_gap_s * NS_PER_S)), "ns")).sum()
+            )
 
     pieces.sort(key=lambda item: (item[0], item[1]))
     sizes = np.array([len(r) for _, _, r in pieces], dtype=np.int64)

@@ -176,7 +176,9 @@ def native_intervals(points_path: str | os.PathLike) -> dict[str, float]:
 
     from trajfm.data.sampling import source_native_interval_s
 
-    df = pq.read_table(points_path, columns=["traj_id", "t", "source"], read_dictionary=["traj_id", "source"]).to_pandas()
+    df = pq.read_table(
+        points_path, columns=["traj_id", "t", "source"], read_dictionary=["traj_id", "source"]
+    ).to_pandas()
     return source_native_interval_s(df)
 
 
@@ -283,8 +285,12 @@ def local_cluster(n_workers: int):
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
             cluster = LocalCluster(
-                n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING,
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                silence_logs=logging.WARNING,
             )
     finally:
         touched = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
@@ -450,7 +456,9 @@ class _RowGroups:
             chunks = [c for t in self.tables for c in t.column("traj_id").chunks]
             ids = pa.chunked_array(chunks).slice(pos - 1 - self.base, stop - pos + 1)
             ids = ids.combine_chunks()
-            change = np.flatnonzero(pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1)).to_numpy(zero_copy_only=False))
+            change = np.flatnonzero(
+                pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1)).to_numpy(zero_copy_only=False)
+            )
             if len(change):
                 return int(pos + change[0])
             pos = stop
@@ -467,7 +475,9 @@ def _clean_range(job: _Job, lo: int, hi: int) -> _Part:
 
 
 def _clean(df: pd.DataFrame, job: _Job) -> _Part:
-    points, quarantine, counts = clean_partition(df, job.table, engine=job.engine, native_interval_s=job.native_interval_s)
+    points, quarantine, counts = clean_partition(
+        df, job.table, engine=job.engine, native_interval_s=job.native_interval_s
+    )
     categories = {c: _category_values(df[c]) for c in ("kind", "source") if len(df)}
     return _Part(points, quarantine, counts, categories=categories)
 
@@ -514,9 +524,18 @@ def _parquet_options(schema) -> dict:
     (level 1) writes smaller files than snappy for less CPU on these tables."""
     import pyarrow as pa
 
-    text = [f.name for f in schema if pa.types.is_dictionary(f.type) or pa.types.is_large_string(f.type) or pa.types.is_string(f.type)]
+    text = [
+        f.name
+        for f in schema
+        if pa.types.is_dictionary(f.type) or pa.types.is_large_string(f.type) or pa.types.is_string(f.type)
+    ]
     floats = [f.name for f in schema if pa.types.is_floating(f.type)]
-    return {"use_dictionary": text, "use_byte_stream_split": floats or False, "compression": "zstd", "compression_level": 1}
+    return {
+        "use_dictionary": text,
+        "use_byte_stream_split": floats or False,
+        "compression": "zstd",
+        "compression_level": 1,
+    }
 
 
 def row_hashes(frame: pd.DataFrame) -> np.ndarray:
@@ -602,7 +621,11 @@ def _stage_categories(path: str) -> dict:
     for col in columns:
         values: set[str] = set()
         for chunk in table.column(col).chunks:
-            values |= {str(v) for v in (chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk).to_pylist() if v is not None}
+            values |= {
+                str(v)
+                for v in (chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk).to_pylist()
+                if v is not None
+            }
         out[col] = sorted(values)
     return out
 

@@ -81,7 +81,9 @@ def window_diameter_m(lon: np.ndarray, lat: np.ndarray, sizes: np.ndarray) -> tu
     many = np.flatnonzero(sizes > 2)
     if len(many):
         take = np.repeat(sizes > 2, sizes)
-        mp = shapely.multipoints(np.column_stack([lon[take], lat[take]]), indices=np.repeat(np.arange(len(many)), sizes[many]))
+        mp = shapely.multipoints(
+            np.column_stack([lon[take], lat[take]]), indices=np.repeat(np.arange(len(many)), sizes[many])
+        )
         env = shapely.oriented_envelope(mp)
         kind = shapely.get_type_id(env)
         poly = kind == 3
@@ -187,7 +189,9 @@ def detect_stops(
     cls[p == first_p[seg_of_row]] = MOVING  # a window of one fix is never a stop
 
     for s in np.flatnonzero(np.bincount(seg_of_row[cls != MOVING], minlength=len(seg_start)) > 0):
-        f, l = _segment_stops(t, x, y, a, cls, rx, ry, int(first_p[s]), int(end_p[s]), float(diam[first_p[s]]), int(dur[first_p[s]]))
+        f, l = _segment_stops(
+            t, x, y, a, cls, rx, ry, int(first_p[s]), int(end_p[s]), float(diam[first_p[s]]), int(dur[first_p[s]])
+        )
         firsts.append(row_of[f])
         lasts.append(row_of[l])
     if not firsts:

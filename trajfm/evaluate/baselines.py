@@ -30,8 +30,18 @@ from trajfm.geo import displacement_m, haversine_m, offset_lonlat
 from trajfm.model.infill import linear_interpolation
 
 __all__ = [  # constant_velocity and linear_interpolation live with the code they are baselines for
-    "HistoricalSpeed", "MarkovChain", "constant_velocity", "h3_cells", "linear_extrapolation", "linear_interpolation", "local_hour",
-    "path_length_m", "real_steps", "resampled_path_embedding", "resampled_steps", "split_for_fitting",
+    "HistoricalSpeed",
+    "MarkovChain",
+    "constant_velocity",
+    "h3_cells",
+    "linear_extrapolation",
+    "linear_interpolation",
+    "local_hour",
+    "path_length_m",
+    "real_steps",
+    "resampled_path_embedding",
+    "resampled_steps",
+    "split_for_fitting",
 ]
 
 
@@ -141,7 +151,9 @@ def h3_cells(lon: np.ndarray, lat: np.ndarray, resolution: int) -> np.ndarray:
     from h3.api import basic_int as h3
 
     lon, lat = np.asarray(lon, np.float64).ravel(), np.asarray(lat, np.float64).ravel()
-    return np.fromiter((h3.latlng_to_cell(la, lo, resolution) for lo, la in zip(lon, lat)), np.uint64, len(lon)).astype(np.int64)
+    return np.fromiter((h3.latlng_to_cell(la, lo, resolution) for lo, la in zip(lon, lat)), np.uint64, len(lon)).astype(
+        np.int64
+    )
 
 
 class MarkovChain:
@@ -209,8 +221,9 @@ def resampled_steps(
 # --- similarity --------------------------------------------------------------------------------
 
 
-def resampled_path_embedding(lon: np.ndarray, lat: np.ndarray, mask: np.ndarray, points: int = 8,
-                             origin: tuple[float, float] | None = None) -> np.ndarray:
+def resampled_path_embedding(
+    lon: np.ndarray, lat: np.ndarray, mask: np.ndarray, points: int = 8, origin: tuple[float, float] | None = None
+) -> np.ndarray:
     """(N, 2 * points) handcrafted trajectory vectors: ``points`` positions evenly spaced along
     each track's length, as east/north metres from a common ``origin`` (lon, lat; default the
     mean of all real points). Tracks are (N, L) degrees with (N, L) real-point masks (prefixes)."""

@@ -36,8 +36,9 @@ def with_calibration(model: TrajGPT, blend=None, radius_m=None) -> TrajGPT:
     return out
 
 
-def calibrate_model(model: TrajGPT, val_ws: WindowSet, context_len: int = 20, horizon: int = 10,
-                    batch_size: int = 256) -> tuple[TrajGPT, dict]:
+def calibrate_model(
+    model: TrajGPT, val_ws: WindowSet, context_len: int = 20, horizon: int = 10, batch_size: int = 256
+) -> tuple[TrajGPT, dict]:
     """(calibrated model, what was fitted) from the ``forecastable`` validation windows: per step
     1..``horizon`` the blend weight (``fit_blend``) and then the radial error quantiles of the
     blended forecast (``fit_radius``). Any calibration the model had is replaced. The dict has
@@ -49,15 +50,23 @@ def calibrate_model(model: TrajGPT, val_ws: WindowSet, context_len: int = 20, ho
     raw = with_calibration(model)
     m_lon, m_lat, _ = rollout(raw, val_ws, context_len, horizon, batch_size)
     c_lon, c_lat, _ = constant_velocity(val_ws, context_len, horizon)
-    true_lon, true_lat = val_ws.lon[sel, context_len:context_len + horizon], val_ws.lat[sel, context_len:context_len + horizon]
+    true_lon, true_lat = (
+        val_ws.lon[sel, context_len : context_len + horizon],
+        val_ws.lat[sel, context_len : context_len + horizon],
+    )
     last_lon, last_lat = val_ws.lon[sel, context_len - 1], val_ws.lat[sel, context_len - 1]
     blend = fit_blend(last_lon, last_lat, m_lon, m_lat, c_lon, c_lat, true_lon, true_lat)
     b_lon, b_lat = mix(np.asarray(blend), last_lon, last_lat, m_lon, m_lat, c_lon, c_lat)
     err = haversine_m(b_lon, b_lat, true_lon, true_lat)
     radius = fit_radius(err)
     info = {
-        "split": "val", "n_windows": int(len(sel)), "context_len": context_len, "horizon": horizon,
-        "blend": list(blend), "radius_m": [list(r) for r in radius], "radius_levels": list(RADIUS_LEVELS),
+        "split": "val",
+        "n_windows": int(len(sel)),
+        "context_len": context_len,
+        "horizon": horizon,
+        "blend": list(blend),
+        "radius_m": [list(r) for r in radius],
+        "radius_levels": list(RADIUS_LEVELS),
         "val_error_m": {
             "model": haversine_m(m_lon, m_lat, true_lon, true_lat).mean(axis=0).round(2).tolist(),
             "constant_velocity": haversine_m(c_lon, c_lat, true_lon, true_lat).mean(axis=0).round(2).tolist(),
@@ -67,8 +76,9 @@ def calibrate_model(model: TrajGPT, val_ws: WindowSet, context_len: int = 20, ho
     return with_calibration(model, blend, radius), info
 
 
-def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, context_len: int = 20,
-                    horizon: int = 10) -> Path:
+def calibrate_stage(
+    features_dir: str | Path, train_dir: str | Path, root=None, context_len: int = 20, horizon: int = 10
+) -> Path:
     """The calibrated model as a stage directory a train directory's consumers accept (cached by
     the train stage's key, the features' key and the protocol). When the validation split has no
     window long enough, the model is written uncalibrated and ``calibration.json`` says why
@@ -78,8 +88,15 @@ def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, 
 
     root = data_root(root)
     train_manifest = read_manifest(train_dir)
-    key = stable_hash({"train": train_manifest["key"], "features": read_manifest(features_dir)["key"],
-                       "context_len": context_len, "horizon": horizon, "v": 1})
+    key = stable_hash(
+        {
+            "train": train_manifest["key"],
+            "features": read_manifest(features_dir)["key"],
+            "context_len": context_len,
+            "horizon": horizon,
+            "v": 1,
+        }
+    )
     out = stage_dir(root, "calibrate", key)
     if is_complete(out):
         return out
@@ -92,14 +109,27 @@ def calibrate_stage(features_dir: str | Path, train_dir: str | Path, root=None, 
         calibrated, info = calibrate_model(model, val, context_len, horizon)
     else:  # nothing to choose a rule on: the model stays as trained, and says why
         calibrated = with_calibration(model)
-        info = {"split": "val", "n_windows": 0, "context_len": context_len, "horizon": horizon, "blend": None, "radius_m": None,
-                "skipped": f"no validation window has {context_len + horizon} real points: the model is left uncalibrated "
-                           "(no never-worse rule, no error model)"}
+        info = {
+            "split": "val",
+            "n_windows": 0,
+            "context_len": context_len,
+            "horizon": horizon,
+            "blend": None,
+            "radius_m": None,
+            "skipped": f"no validation window has {context_len + horizon} real points: the model is left uncalibrated "
+            "(no never-worse rule, no error model)",
+        }
     return _write_calibrated(root, key, train_dir, ckpt, calibrated, info, "train")
 
 
-def calibrate_pretrained(pretrain_dir: str | Path, shards_dir: str | Path, root=None, context_len: int = 20,
-                         horizon: int = 10, max_windows: int = 4000) -> Path:
+def calibrate_pretrained(
+    pretrain_dir: str | Path,
+    shards_dir: str | Path,
+    root=None,
+    context_len: int = 20,
+    horizon: int = 10,
+    max_windows: int = 4000,
+) -> Path:
     """``calibrate_stage`` for a pre-trained model: the blend with constant velocity and the error
     radii fitted on up to ``max_windows`` validation windows of the shards (every source's
     validation period, at every sampling view), so ``trajfm-base`` is registered with its
@@ -111,18 +141,30 @@ def calibrate_pretrained(pretrain_dir: str | Path, shards_dir: str | Path, root=
 
     root = data_root(root)
     stage = read_manifest(pretrain_dir)
-    key = stable_hash({"pretrain": stage["key"], "shards": read_manifest(shards_dir)["key"], "context_len": context_len,
-                       "horizon": horizon, "max_windows": max_windows, "v": 1})
+    key = stable_hash(
+        {
+            "pretrain": stage["key"],
+            "shards": read_manifest(shards_dir)["key"],
+            "context_len": context_len,
+            "horizon": horizon,
+            "max_windows": max_windows,
+            "v": 1,
+        }
+    )
     out = stage_dir(root, "calibrate", key)
     if is_complete(out):
         return out
     ckpt = load_checkpoint(Path(pretrain_dir) / "model.pt")
     model = model_from_checkpoint(ckpt)
-    calibrated, info = calibrate_model(model, sample_split(shards_dir, "val", context_len + horizon, max_windows), context_len, horizon)
+    calibrated, info = calibrate_model(
+        model, sample_split(shards_dir, "val", context_len + horizon, max_windows), context_len, horizon
+    )
     return _write_calibrated(root, key, pretrain_dir, ckpt, calibrated, info, "pretrain")
 
 
-def _write_calibrated(root, key: str, source_dir: str | Path, ckpt: dict, calibrated: TrajGPT, info: dict, source: str) -> Path:
+def _write_calibrated(
+    root, key: str, source_dir: str | Path, ckpt: dict, calibrated: TrajGPT, info: dict, source: str
+) -> Path:
     """The calibrate stage directory: the calibrated checkpoint, the source stage's history and
     manifest fields (preset, configs, final losses, ...), and ``calibration.json``; ``source``
     names the stage it came from (``train`` or ``pretrain``: ``<source>_dir`` / ``<source>_key``)."""
@@ -134,9 +176,18 @@ def _write_calibrated(root, key: str, source_dir: str | Path, ckpt: dict, calibr
         save_checkpoint(w.path / "model.pt", calibrated, extra={**ckpt.get("extra", {}), "calibration": info})
         shutil.copyfile(Path(source_dir) / "history.json", w.path / "history.json")
         w.write_json("calibration", info)
-        carried = {k: v for k, v in manifest.items() if k not in ("stage", "key", "schema_version", "files", "contents")}
-        w.manifest.update({**carried, "model_config": calibrated.config.to_dict(), f"{source}_dir": str(source_dir),
-                           f"{source}_key": manifest["key"], "calibration": info})
+        carried = {
+            k: v for k, v in manifest.items() if k not in ("stage", "key", "schema_version", "files", "contents")
+        }
+        w.manifest.update(
+            {
+                **carried,
+                "model_config": calibrated.config.to_dict(),
+                f"{source}_dir": str(source_dir),
+                f"{source}_key": manifest["key"],
+                "calibration": info,
+            }
+        )
     return w.final
 
 
@@ -176,17 +227,23 @@ def main(argv: list[str] | None = None) -> int:
     from trajfm.cli import forecast_rows
     from trajfm.evaluate.run import run_evaluation
 
-    parser = argparse.ArgumentParser(prog="python -m trajfm.evaluate.calibrate", description=main.__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m trajfm.evaluate.calibrate", description=main.__doc__.split("\n")[0]
+    )
     parser.add_argument("--features", required=True, help="a features stage directory (train/val/test windows)")
     parser.add_argument("--train-dir", required=True, help="a train stage directory (model.pt, manifest.json)")
     parser.add_argument("--root", default=None, help="data root (default: $TRAJFM_HOME or ./.trajfm)")
     parser.add_argument("--context-len", type=int, default=20)
     parser.add_argument("--horizon", type=int, default=10)
     args = parser.parse_args(argv)
-    out = calibrate_stage(args.features, args.train_dir, root=args.root, context_len=args.context_len, horizon=args.horizon)
+    out = calibrate_stage(
+        args.features, args.train_dir, root=args.root, context_len=args.context_len, horizon=args.horizon
+    )
     m = run_evaluation(args.features, out, root=args.root, context_len=args.context_len, horizon=args.horizon)
     print(f"calibrated model: {out / 'model.pt'}")
-    print(f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, {m['horizon']} steps ahead")
+    print(
+        f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, {m['horizon']} steps ahead"
+    )
     print("\n".join(forecast_rows(m, max(18, len(m["preset"]) + 7))))
     print(json.dumps({k: v for k, v in m.items() if "coverage" in k or "crps" in k}, indent=1))
     return 0

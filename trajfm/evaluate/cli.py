@@ -51,25 +51,51 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trajfm evaluate", description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a model.pt or a train stage directory")
+    p = argparse.ArgumentParser(
+        prog="trajfm evaluate",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a model.pt or a train stage directory",
+    )
     p.add_argument("--data", nargs="+", help="data files/directories/globs, or embedded:SUBSET")
     p.add_argument("--format", default=None, help="reader name (default: detected per file)")
-    p.add_argument("--kind", default=None, help="mover kind of every point (default: the format's); picks the cleaning defaults")
-    p.add_argument("--reader-options", default=None, help='reader options as JSON, e.g. \'{"columns": {...}, "timezone": "Europe/London"}\'')
+    p.add_argument(
+        "--kind", default=None, help="mover kind of every point (default: the format's); picks the cleaning defaults"
+    )
+    p.add_argument(
+        "--reader-options",
+        default=None,
+        help='reader options as JSON, e.g. \'{"columns": {...}, "timezone": "Europe/London"}\'',
+    )
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
-    p.add_argument("--params", default=None, help='per-task params as JSON, e.g. \'{"forecast": {"horizons": [1, 5]}}\'')
+    p.add_argument(
+        "--params", default=None, help='per-task params as JSON, e.g. \'{"forecast": {"horizons": [1, 5]}}\''
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=32, help="points per evaluation window")
-    p.add_argument("--fit-frac", type=float, default=0.3, help="earliest fraction of the time span that fits the learning baselines")
+    p.add_argument(
+        "--fit-frac",
+        type=float,
+        default=0.3,
+        help="earliest fraction of the time span that fits the learning baselines",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--protocol", default=None, help="a transfer protocol file (protocols/*.yaml)")
     p.add_argument("--preset", default="tutorial", help="protocol: the preset trained on the train sources")
     p.add_argument("--epochs", type=int, default=5, help="protocol: training epochs")
     p.add_argument("--max-steps", type=int, default=None, help="protocol: cap on training steps")
-    p.add_argument("--fine-tune-steps", type=int, default=100, help="protocol: fine-tuning steps on the held-out fine-tune split")
-    p.add_argument("--fine-tune-lr", type=float, default=None,
-                   help="protocol: peak learning rate of fine-tuning (default: the training one, 1e-3)")
+    p.add_argument(
+        "--fine-tune-steps", type=int, default=100, help="protocol: fine-tuning steps on the held-out fine-tune split"
+    )
+    p.add_argument(
+        "--fine-tune-lr",
+        type=float,
+        default=None,
+        help="protocol: peak learning rate of fine-tuning (default: the training one, 1e-3)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="protocol: windows per training step")
     p.add_argument("--seeds", default="0,1,2", help="protocol: training seeds (mean ± std over them)")
     p.add_argument("--data-root", default=None, help="default: $TRAJFM_HOME or ./.trajfm")
@@ -87,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         check_device(args.device)  # an absent device fails now, not after reading the data
         if args.protocol:
             if args.model or args.data:
-                raise ValueError("--protocol trains its own models on its own data: do not combine it with --model/--data")
+                raise ValueError(
+                    "--protocol trains its own models on its own data: do not combine it with --model/--data"
+                )
             return _protocol(args)
         if not args.model or not args.data:
             raise ValueError("give --model URI and --data PATH (or --protocol FILE --preset NAME)")
@@ -100,17 +128,33 @@ def _evaluate(args) -> int:
     from trajfm.evaluate.suite import evaluate_model, metrics_table_text
 
     result = evaluate_model(
-        args.model, args.data, format=args.format, kind=args.kind, options=_json_arg(args.reader_options, "--reader-options"),
-        tasks=args.tasks, root=args.data_root, seed=args.seed, params=_task_params(args.params),
-        window=args.window, fit_frac=args.fit_frac, out=args.out, device=args.device,
+        args.model,
+        args.data,
+        format=args.format,
+        kind=args.kind,
+        options=_json_arg(args.reader_options, "--reader-options"),
+        tasks=args.tasks,
+        root=args.data_root,
+        seed=args.seed,
+        params=_task_params(args.params),
+        window=args.window,
+        fit_frac=args.fit_frac,
+        out=args.out,
+        device=args.device,
     )
     acc = result["accounting"]
     m = result["model"]
     print(f"model {m['uri']} (preset {m['preset']}{', version ' + str(m['version']) if m.get('version') else ''})")
     ing, pre = acc.get("ingest"), acc["preprocess"]
-    read = f"read {ing['rows_read']:,} = kept {ing['rows_kept']:,} + quarantined {ing['rows_quarantined']:,}; " if ing else ""
-    print(f"data  {read}preprocess in {pre['rows_in']:,} = kept {pre['rows_kept']:,} + quarantined {pre['rows_quarantined']:,};"
-          f" windows fit/eval {result['split']['fit_windows']}/{result['split']['eval_windows']}")
+    read = (
+        f"read {ing['rows_read']:,} = kept {ing['rows_kept']:,} + quarantined {ing['rows_quarantined']:,}; "
+        if ing
+        else ""
+    )
+    print(
+        f"data  {read}preprocess in {pre['rows_in']:,} = kept {pre['rows_kept']:,} + quarantined {pre['rows_quarantined']:,};"
+        f" windows fit/eval {result['split']['fit_windows']}/{result['split']['eval_windows']}"
+    )
     print(metrics_table_text(result["metrics"]))
     print(f"wrote {args.out}")
     return 0
@@ -121,9 +165,18 @@ def _protocol(args) -> int:
     from trajfm.evaluate.transfer import run_protocol, summary_text
 
     result = run_protocol(
-        args.protocol, args.preset, epochs=args.epochs, max_steps=args.max_steps, root=args.data_root,
-        fine_tune_steps=args.fine_tune_steps, fine_tune_lr=args.fine_tune_lr, seeds=_seeds(args.seeds), batch_size=args.batch_size, device=args.device,
-        tasks=args.tasks, params=_task_params(args.params),
+        args.protocol,
+        args.preset,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        root=args.data_root,
+        fine_tune_steps=args.fine_tune_steps,
+        fine_tune_lr=args.fine_tune_lr,
+        seeds=_seeds(args.seeds),
+        batch_size=args.batch_size,
+        device=args.device,
+        tasks=args.tasks,
+        params=_task_params(args.params),
     )
     from pathlib import Path
 

@@ -62,7 +62,9 @@ def rollout_points(
     if model.needs_lonlat and context_lonlat is None:
         raise ValueError("this model encodes absolute position: pass context_lonlat (B, L, 2) degrees")
     state = Rollout(
-        model, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(n_real, np.int64)),
+        model,
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        torch.from_numpy(np.asarray(n_real, np.int64)),
         lonlat=None if context_lonlat is None else torch.from_numpy(np.asarray(context_lonlat, np.float64)),
         use_cache=use_cache,
     )
@@ -107,22 +109,31 @@ def rollout(
         for i in range(0, len(sel), batch_size):
             b = sel[i : i + batch_size]
             n_real = np.full(len(b), context_len)
-            lonlat = np.stack([ws.lon[b, :context_len], ws.lat[b, :context_len]], axis=-1) if model.needs_lonlat else None
+            lonlat = (
+                np.stack([ws.lon[b, :context_len], ws.lat[b, :context_len]], axis=-1) if model.needs_lonlat else None
+            )
             lo, la, t = rollout_points(
-                model, ws.x[b, :context_len], n_real, ws.lon[b, c], ws.lat[b, c], ws.t_ns[b, c], horizon,
-                context_lonlat=lonlat, **options,
+                model,
+                ws.x[b, :context_len],
+                n_real,
+                ws.lon[b, c],
+                ws.lat[b, c],
+                ws.t_ns[b, c],
+                horizon,
+                context_lonlat=lonlat,
+                **options,
             )
             if options.get("how", "mode") != "sample":  # the model's own never-worse rule (trajfm.model.blend)
-                lo, la = apply_blend(model.config, ws.lon[b, c - 1], ws.lat[b, c - 1], ws.lon[b, c], ws.lat[b, c], lo, la)
+                lo, la = apply_blend(
+                    model.config, ws.lon[b, c - 1], ws.lat[b, c - 1], ws.lon[b, c], ws.lat[b, c], lo, la
+                )
             out_lon[i : i + len(b)], out_lat[i : i + len(b)], out_t[i : i + len(b)] = lo, la, t
     finally:
         model.train(was_training)
     return out_lon, out_lat, out_t
 
 
-def constant_velocity(
-    ws: WindowSet, context_len: int, horizon: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def constant_velocity(ws: WindowSet, context_len: int, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Baseline forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
 
     Repeats the last displacement (east/north metres in the tangent plane at the previous fix)
@@ -153,8 +164,14 @@ def _errors(pred_lon, pred_lat, true_lon, true_lat) -> dict:
     return {**out, **{f"fde{h}_m": float(err[:, h - 1].mean()) for h in SUMMARY_STEPS if h <= err.shape[1]}}
 
 
-def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: int, batch_size: int = 256,
-                      fit_ws: WindowSet | None = None) -> dict:
+def evaluate_forecast(
+    model: TrajGPT,
+    ws: WindowSet,
+    context_len: int,
+    horizon: int,
+    batch_size: int = 256,
+    fit_ws: WindowSet | None = None,
+) -> dict:
     """ADE, FDE and 1-step error in metres of the model and of constant velocity, same windows;
     with ``fit_ws`` (the training windows) also of the Kalman filter fitted on them.
 
@@ -177,8 +194,11 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
     true_lon, true_lat = ws.lon[sel, truth], ws.lat[sel, truth]
     m_lon, m_lat, _ = rollout(model, ws, context_len, horizon, batch_size)
     c_lon, c_lat, _ = constant_velocity(ws, context_len, horizon)
-    out = {"n_windows": int(len(sel)), **_errors(m_lon, m_lat, true_lon, true_lat),
-           **{f"cv_{k}": v for k, v in _errors(c_lon, c_lat, true_lon, true_lat).items()}}
+    out = {
+        "n_windows": int(len(sel)),
+        **_errors(m_lon, m_lat, true_lon, true_lat),
+        **{f"cv_{k}": v for k, v in _errors(c_lon, c_lat, true_lon, true_lat).items()},
+    }
     if fit_ws is None:
         return out
     from trajfm.evaluate.kalman import fit_kalman, kalman_forecast
@@ -196,18 +216,23 @@ def evaluate_forecast(model: TrajGPT, ws: WindowSet, context_len: int, horizon: 
     if len(fsel):  # constant velocity's own error model, from the training windows
         f_lon, f_lat, _ = constant_velocity(fit_ws, context_len, horizon)
         cv_table = fit_radius(haversine_m(f_lon, f_lat, fit_ws.lon[fsel, truth], fit_ws.lat[fsel, truth]))
-        scores = {"cv_": radial_scores(error_vectors_m(c_lon, c_lat, true_lon, true_lat), cv_table),
-                  "kf_": probabilistic_scores(error_vectors_m(l_lon, l_lat, true_lon, true_lat), l_cov)}
+        scores = {
+            "cv_": radial_scores(error_vectors_m(c_lon, c_lat, true_lon, true_lat), cv_table),
+            "kf_": probabilistic_scores(error_vectors_m(l_lon, l_lat, true_lon, true_lat), l_cov),
+        }
         if model.config.forecast_radius_m is not None:
-            scores[""] = radial_scores(error_vectors_m(m_lon, m_lat, true_lon, true_lat),
-                                       radius_table(model.config.forecast_radius_m, horizon))
+            scores[""] = radial_scores(
+                error_vectors_m(m_lon, m_lat, true_lon, true_lat), radius_table(model.config.forecast_radius_m, horizon)
+            )
         for prefix, sc in scores.items():
             out.update({f"{prefix}coverage{p}": float(np.mean(v)) for p, v in sc["coverage"].items()})
             out[f"{prefix}crps_m"] = float(np.mean(sc["crps_m"]))
     return out
 
 
-def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256, **options) -> pd.DataFrame:
+def forecast_points(
+    model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256, **options
+) -> pd.DataFrame:
     """Forecast ``horizon`` next fixes of every trajectory in ``points``; ``options`` go to
     ``rollout_points`` (e.g. ``how="sample", generator=g`` for a sampled future).
 
@@ -268,8 +293,15 @@ def forecast_points(model: TrajGPT, points: pd.DataFrame, horizon: int, batch_si
                 context_lonlat=lonlat if model.needs_lonlat else None,
                 **options,
             )
-            lo, la = apply_blend(model.config, np.array([c[5] for c in chunk]), np.array([c[6] for c in chunk]),
-                                 np.array([c[1] for c in chunk]), np.array([c[2] for c in chunk]), lo, la)
+            lo, la = apply_blend(
+                model.config,
+                np.array([c[5] for c in chunk]),
+                np.array([c[6] for c in chunk]),
+                np.array([c[1] for c in chunk]),
+                np.array([c[2] for c in chunk]),
+                lo,
+                la,
+            )
             out_lon.append(lo), out_lat.append(la), out_t.append(t)
     finally:
         model.train(was_training)
@@ -294,7 +326,9 @@ def can_forecast(model: TrajGPT) -> bool:
     return model.config.objective != "infill"
 
 
-def position_at(lon: np.ndarray, lat: np.ndarray, t_ns: np.ndarray, when_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def position_at(
+    lon: np.ndarray, lat: np.ndarray, t_ns: np.ndarray, when_ns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(N,) lon, lat of (N, K) tracks at times ``when_ns`` (N,), linear in time between fixes
     (along the tangent-plane step); before the first fix: the first, after the last: the last."""
     K = t_ns.shape[1]
@@ -313,8 +347,16 @@ def _minutes_label(m: float) -> str:
 
 
 def forecast_task(
-    model: TrajGPT | None, ws: WindowSet, *, seed: int = 0, context_len: int = 20, horizons=(1, 5, 10),
-    minutes=(1, 5, 10), mae_points: int = 5, batch_size: int = 256, train_ws: WindowSet | None = None,
+    model: TrajGPT | None,
+    ws: WindowSet,
+    *,
+    seed: int = 0,
+    context_len: int = 20,
+    horizons=(1, 5, 10),
+    minutes=(1, 5, 10),
+    mae_points: int = 5,
+    batch_size: int = 256,
+    train_ws: WindowSet | None = None,
 ) -> dict[str, float]:
     """Forecast metrics of the model and of constant velocity on the same windows (metres).
 
@@ -335,7 +377,9 @@ def forecast_task(
     """
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1 or mae_points < 1 or any(m <= 0 for m in minutes):
-        raise ValueError(f"need horizons >= 1, mae_points >= 1 and minutes > 0, got {horizons}, {mae_points}, {minutes}")
+        raise ValueError(
+            f"need horizons >= 1, mae_points >= 1 and minutes > 0, got {horizons}, {mae_points}, {minutes}"
+        )
     H = max(horizons[-1], mae_points)
     sel = forecastable(ws, context_len, H)
     if len(sel) == 0:
@@ -348,7 +392,10 @@ def forecast_task(
     track = (np.c_[ws.lon[sel, last], true_lon], np.c_[ws.lat[sel, last], true_lat], np.c_[t0, true_t])
     from trajfm.evaluate.baselines import linear_extrapolation
 
-    preds = {"constant_velocity": constant_velocity(ws, context_len, H), "linear_extrapolation": linear_extrapolation(ws, context_len, H)}
+    preds = {
+        "constant_velocity": constant_velocity(ws, context_len, H),
+        "linear_extrapolation": linear_extrapolation(ws, context_len, H),
+    }
     out = {"forecast.n_windows": float(len(sel)), "forecast.context_len": float(context_len)}
     if train_ws is not None and len(forecastable(train_ws, context_len, H)):
         from trajfm.evaluate.kalman import fit_kalman, kalman_forecast
@@ -374,7 +421,8 @@ def forecast_task(
             if not ok.any():
                 continue
             tl, ta = position_at(*(a[ok] for a in track), when[ok])
-            pl, pa = position_at(np.c_[ws.lon[sel, last], lon][ok], np.c_[ws.lat[sel, last], lat][ok],
-                                 np.c_[t0, t_ns][ok], when[ok])
+            pl, pa = position_at(
+                np.c_[ws.lon[sel, last], lon][ok], np.c_[ws.lat[sel, last], lat][ok], np.c_[t0, t_ns][ok], when[ok]
+            )
             out[f"forecast.fde_m@{_minutes_label(m)}.{name}"] = float(haversine_m(pl, pa, tl, ta).mean())
     return out

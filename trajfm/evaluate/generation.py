@@ -31,8 +31,15 @@ from trajfm.model.gpt import TrajGPT
 
 
 def generation_task(
-    model: TrajGPT | None, ws: WindowSet, *, seed: int = 0, context_len: int = 8, horizon: int = 16,
-    temperature: float = 1.0, train_ws: WindowSet | None = None, batch_size: int = 256,
+    model: TrajGPT | None,
+    ws: WindowSet,
+    *,
+    seed: int = 0,
+    context_len: int = 8,
+    horizon: int = 16,
+    temperature: float = 1.0,
+    train_ws: WindowSet | None = None,
+    batch_size: int = 256,
 ) -> dict[str, float]:
     """JSD between generated and real continuations, per motion statistic and generator."""
     if context_len < 2 or horizon < 2:
@@ -57,8 +64,12 @@ def generation_task(
     }
     if model is not None and can_forecast(model):
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-        generated = {"model": rollout(model, ws, context_len, horizon, batch_size, how="sample",
-                                      temperature=temperature, generator=gen), **generated}
+        generated = {
+            "model": rollout(
+                model, ws, context_len, horizon, batch_size, how="sample", temperature=temperature, generator=gen
+            ),
+            **generated,
+        }
     out = {"generation.n_windows": float(len(sel))}
     for name, (lon, lat, t_ns) in generated.items():
         track = (np.c_[start[0], lon], np.c_[start[1], lat], np.c_[start[2], t_ns])

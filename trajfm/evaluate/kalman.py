@@ -148,7 +148,9 @@ def predict_ahead(m: np.ndarray, P: np.ndarray, dt_s: np.ndarray, horizon: int, 
 def _context(ws: WindowSet, sel: np.ndarray, context_len: int):
     c = context_len - 1
     ref_lon, ref_lat = ws.lon[sel, c].astype(np.float64), ws.lat[sel, c].astype(np.float64)
-    z, dt = _local_metres(ws.lon[sel, :context_len], ws.lat[sel, :context_len], ws.t_ns[sel, :context_len], ref_lon, ref_lat)
+    z, dt = _local_metres(
+        ws.lon[sel, :context_len], ws.lat[sel, :context_len], ws.t_ns[sel, :context_len], ref_lon, ref_lat
+    )
     return ref_lon, ref_lat, z, dt
 
 
@@ -189,8 +191,13 @@ def forecast_error_m(z_m, dt_s, context_len: int, params: KalmanParams, F=None, 
     ``context_len..`` of (N, K, 2) tracks from their first ``context_len`` fixes (each step as
     long as the last context gap, as ``kalman_forecast``)."""
     C = context_len
-    m, P, _ = filter_tracks(z_m[:, :C], dt_s[:, :C - 1], params,
-                            None if F is None else F[:, :C - 1], None if Qu is None else Qu[:, :C - 1])
+    m, P, _ = filter_tracks(
+        z_m[:, :C],
+        dt_s[:, : C - 1],
+        params,
+        None if F is None else F[:, : C - 1],
+        None if Qu is None else Qu[:, : C - 1],
+    )
     mean, _ = predict_ahead(m, P, dt_s[:, C - 2], z_m.shape[1] - C, params, Fg, Qg)
     return float(np.linalg.norm(mean - z_m[:, C:], axis=-1).mean())
 
@@ -198,8 +205,13 @@ def forecast_error_m(z_m, dt_s, context_len: int, params: KalmanParams, F=None, 
 OBJECTIVES = ("forecast", "likelihood")
 
 
-def fit_kalman(ws: WindowSet, context_len: int = 20, horizon: int = 10, max_windows: int = FIT_MAX_WINDOWS,
-               objective: str = "forecast") -> KalmanParams:
+def fit_kalman(
+    ws: WindowSet,
+    context_len: int = 20,
+    horizon: int = 10,
+    max_windows: int = FIT_MAX_WINDOWS,
+    objective: str = "forecast",
+) -> KalmanParams:
     """``KalmanParams`` fitted on (up to ``max_windows`` of) the training windows ``ws`` that can
     be forecast (``context_len + horizon`` real points): with ``objective="forecast"`` (default:
     the tuned reference a forecaster is judged against) the lowest mean error of its
@@ -215,13 +227,14 @@ def fit_kalman(ws: WindowSet, context_len: int = 20, horizon: int = 10, max_wind
     F, Qu = _transition_matrices(dt)
     if objective == "forecast":
         C = context_len
-        ref = z[:, C - 1:C]  # the plane's origin moved to the last context fix: as kalman_forecast
+        ref = z[:, C - 1 : C]  # the plane's origin moved to the last context fix: as kalman_forecast
         z = z - ref
         Fg, Qg = _transition_matrices(dt[:, C - 2])
 
         def score(p):
             return -forecast_error_m(z, dt, C, p, F, Qu, Fg, Qg)
     else:
+
         def score(p):
             return kalman_loglik(z, dt, p, F, Qu)
 

@@ -40,12 +40,27 @@ def trajectory_map_figure(d: dict, max_examples: int = 6):
         f_lon, f_lat = d["ex_model_lon"][i], d["ex_model_lat"][i]
         for h, (x, y) in enumerate(zip(f_lon, f_lat)):
             w, hgt = error_radius_deg(float(err[h]), float(y))
-            ax.add_patch(Ellipse((x, y), 2 * w, 2 * hgt, color="tab:red", alpha=0.08, lw=0,
-                                 label="model mean error at the step" if h == 0 else None))
+            ax.add_patch(
+                Ellipse(
+                    (x, y),
+                    2 * w,
+                    2 * hgt,
+                    color="tab:red",
+                    alpha=0.08,
+                    lw=0,
+                    label="model mean error at the step" if h == 0 else None,
+                )
+            )
         if "ex_sample_lon" in d:
             for s in range(len(d["ex_sample_lon"])):
-                ax.plot(np.r_[lon0, d["ex_sample_lon"][s, i]], np.r_[lat0, d["ex_sample_lat"][s, i]],
-                        color="tab:orange", alpha=0.25, lw=0.7, label="sampled futures" if s == 0 else None)
+                ax.plot(
+                    np.r_[lon0, d["ex_sample_lon"][s, i]],
+                    np.r_[lat0, d["ex_sample_lat"][s, i]],
+                    color="tab:orange",
+                    alpha=0.25,
+                    lw=0.7,
+                    label="sampled futures" if s == 0 else None,
+                )
         ax.plot(d["ex_context_lon"][i], d["ex_context_lat"][i], "k.-", ms=3, lw=1, label="context")
         ax.plot(np.r_[lon0, d["ex_true_lon"][i]], np.r_[lat0, d["ex_true_lat"][i]], "g.-", ms=4, label="truth")
         ax.plot(np.r_[lon0, f_lon], np.r_[lat0, f_lat], "r.--", ms=4, label="forecast")

@@ -86,7 +86,11 @@ def model_next_points(model: TrajGPT, ws: WindowSet, rows, cols, samples: int, s
                 continue
             x = torch.from_numpy(ws.x[w0:w1]).to(device)
             mask = torch.from_numpy(ws.mask[w0:w1]).to(device)
-            ll = torch.from_numpy(np.stack([ws.lon[w0:w1], ws.lat[w0:w1]], -1)).to(device) if model.needs_lonlat else None
+            ll = (
+                torch.from_numpy(np.stack([ws.lon[w0:w1], ws.lat[w0:w1]], -1)).to(device)
+                if model.needs_lonlat
+                else None
+            )
             norm = model.context_scale(x, mask) if model.config.norm == "context" else None  # (B, 2) or None
             out = model(x, mask, ll, norm=norm)  # (B, Lt, Q*W)
             r, tok = torch.from_numpy(rows[sel] - w0).to(device), torch.from_numpy(cols[sel] // P).to(device)
@@ -130,8 +134,16 @@ def point_ranks(mode: np.ndarray, draws: np.ndarray, truth: np.ndarray, resoluti
 
 
 def next_location_task(
-    model: TrajGPT | None, ws: WindowSet, *, seed: int = 0, resolution: int | None = None,
-    train_ws: WindowSet | None = None, min_context: int = 2, samples: int = 32, k_ring: int = 2, batch_size: int = 256,
+    model: TrajGPT | None,
+    ws: WindowSet,
+    *,
+    seed: int = 0,
+    resolution: int | None = None,
+    train_ws: WindowSet | None = None,
+    min_context: int = 2,
+    samples: int = 32,
+    k_ring: int = 2,
+    batch_size: int = 256,
 ) -> dict[str, float]:
     """Acc@1, Acc@5 and MRR of the next fix's H3 cell: model, ``constant_velocity``, ``markov_h3``."""
     if min_context < 2:
@@ -143,8 +155,14 @@ def next_location_task(
     use_model = model is not None and can_forecast(model)
     if use_model and eval_ws.mask.shape[1] > model.config.block_size:  # the model reads one window at once
         k = model.config.block_size
-        eval_ws = WindowSet(eval_ws.x[:, :k], eval_ws.mask[:, :k], eval_ws.lon[:, :k], eval_ws.lat[:, :k],
-                            eval_ws.t_ns[:, :k], eval_ws.traj_id)
+        eval_ws = WindowSet(
+            eval_ws.x[:, :k],
+            eval_ws.mask[:, :k],
+            eval_ws.lon[:, :k],
+            eval_ws.lat[:, :k],
+            eval_ws.t_ns[:, :k],
+            eval_ws.traj_id,
+        )
     rows, cols = pairs_of(eval_ws, min_context, model.config.patch_in if use_model else 1)
     if len(rows) == 0:
         raise ValueError(f"no window has {min_context + 1} real points: no next location to predict")
@@ -154,14 +172,24 @@ def next_location_task(
     both = fit_ws.mask[:, 1:] & fit_ws.mask[:, :-1]
     chain = MarkovChain().fit(fit_cells[:, :-1][both], fit_cells[:, 1:][both])
 
-    e, nn = displacement_m(eval_ws.lon[rows, cols - 1], eval_ws.lat[rows, cols - 1], eval_ws.lon[rows, cols], eval_ws.lat[rows, cols])
+    e, nn = displacement_m(
+        eval_ws.lon[rows, cols - 1], eval_ws.lat[rows, cols - 1], eval_ws.lon[rows, cols], eval_ws.lat[rows, cols]
+    )
     cv = np.stack(offset_lonlat(eval_ws.lon[rows, cols], eval_ws.lat[rows, cols], e, nn), -1)
-    ranks = {"constant_velocity": point_ranks(cv, cv[:, None, :], truth, res, k_ring), "markov_h3": chain.rank_of(cur, truth)}
+    ranks = {
+        "constant_velocity": point_ranks(cv, cv[:, None, :], truth, res, k_ring),
+        "markov_h3": chain.rank_of(cur, truth),
+    }
     if use_model:
-        mode, draws = model_next_points(model, eval_ws, rows, cols, samples if model.config.head == "mixture" else 1, seed, batch_size)
+        mode, draws = model_next_points(
+            model, eval_ws, rows, cols, samples if model.config.head == "mixture" else 1, seed, batch_size
+        )
         ranks = {"model": point_ranks(mode, draws, truth, res, k_ring), **ranks}
-    out = {"next_location.n_pairs": float(len(rows)), "next_location.resolution": float(res),
-           "next_location.stay_share": float((cur == truth).mean())}
+    out = {
+        "next_location.n_pairs": float(len(rows)),
+        "next_location.resolution": float(res),
+        "next_location.stay_share": float((cur == truth).mean()),
+    }
     for name, r in ranks.items():
         for metric, v in rank_metrics(r, ks=(1, 5)).items():
             out[f"next_location.{metric}.{name}"] = v

@@ -107,8 +107,15 @@ def _score(rws: WindowSet, spans: np.ndarray, lon: np.ndarray, lat: np.ndarray) 
 
 
 def recovery_task(
-    model: TrajGPT | None, ws: WindowSet, *, seed: int = 0, mask_ratio: float = 0.5, block_points: int | None = None,
-    max_points: int = 30, how: str = "mode", batch_size: int = 256,
+    model: TrajGPT | None,
+    ws: WindowSet,
+    *,
+    seed: int = 0,
+    mask_ratio: float = 0.5,
+    block_points: int | None = None,
+    max_points: int = 30,
+    how: str = "mode",
+    batch_size: int = 256,
 ) -> dict[str, float]:
     """Recovery MAE/RMSE (metres) of random and block masking: ``model`` and ``linear_interp``.
 

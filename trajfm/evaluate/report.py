@@ -50,8 +50,17 @@ def plot_data_path(results_json: Path) -> Path:
 # What the plots need (computed once, at evaluation time)
 
 
-def collect_plot_data(model, ws, *, seed: int = 0, context_len: int = 20, horizon: int = 10,
-                      n_examples: int = EXAMPLES, n_samples: int = SAMPLES, max_windows: int = MAX_WINDOWS) -> dict:
+def collect_plot_data(
+    model,
+    ws,
+    *,
+    seed: int = 0,
+    context_len: int = 20,
+    horizon: int = 10,
+    n_examples: int = EXAMPLES,
+    n_samples: int = SAMPLES,
+    max_windows: int = MAX_WINDOWS,
+) -> dict:
     """Arrays for the report from the forecastable windows of ``ws``: degrees, UTC ns, metres.
     Deterministic for a given ``seed``.
 
@@ -84,20 +93,31 @@ def collect_plot_data(model, ws, *, seed: int = 0, context_len: int = 20, horizo
     cv_lon, cv_lat = cv_all[0][idx], cv_all[1][idx]
     mixture = model.config.head == "mixture"
     g = torch.Generator().manual_seed(int(seed))
-    draws = [rollout(model, sub, context_len, horizon, how="sample", generator=g) for _ in range(n_samples if mixture else 1)]
+    draws = [
+        rollout(model, sub, context_len, horizon, how="sample", generator=g) for _ in range(n_samples if mixture else 1)
+    ]
     s_lon, s_lat, s_t = (np.stack([d[i] for d in draws]) for i in range(3))  # (S, N, H)
 
     data = {
-        "n_windows": np.array(len(sel)), "n_subset_windows": np.array(len(pick)),
-        "context_len": np.array(context_len), "horizon": np.array(horizon),
-        "mixture": np.array(mixture), "seed": np.array(seed),
+        "n_windows": np.array(len(sel)),
+        "n_subset_windows": np.array(len(pick)),
+        "context_len": np.array(context_len),
+        "horizon": np.array(horizon),
+        "mixture": np.array(mixture),
+        "seed": np.array(seed),
         "err_model_m": err_model.mean(axis=0),  # (H,) over all forecastable windows
         "err_constant_velocity_m": err_cv.mean(axis=0),
     }
     ex = np.unique(np.linspace(0, len(pick) - 1, min(n_examples, len(pick))).round().astype(int))
     data.update(
-        ex_context_lon=sub.lon[ex, c], ex_context_lat=sub.lat[ex, c], ex_true_lon=true_lon[ex], ex_true_lat=true_lat[ex],
-        ex_model_lon=m_lon[ex], ex_model_lat=m_lat[ex], ex_cv_lon=cv_lon[ex], ex_cv_lat=cv_lat[ex],
+        ex_context_lon=sub.lon[ex, c],
+        ex_context_lat=sub.lat[ex, c],
+        ex_true_lon=true_lon[ex],
+        ex_true_lat=true_lat[ex],
+        ex_model_lon=m_lon[ex],
+        ex_model_lat=m_lat[ex],
+        ex_cv_lon=cv_lon[ex],
+        ex_cv_lat=cv_lat[ex],
         ex_traj_id=sub.traj_id[ex].astype(str),
     )
     if mixture:
@@ -105,10 +125,18 @@ def collect_plot_data(model, ws, *, seed: int = 0, context_len: int = 20, horizo
         d_samples = haversine_m(s_lon, s_lat, m_lon[None], m_lat[None])  # (S, N, H) spread around the forecast
         d_true = haversine_m(true_lon, true_lat, m_lon, m_lat)  # (N, H)
         radius = np.quantile(d_samples, LEVELS, axis=0)  # (levels, N, H)
-        data.update(calibration_levels=LEVELS, calibration_coverage=(d_true[None] <= radius).mean(axis=1))  # (levels, H)
+        data.update(
+            calibration_levels=LEVELS, calibration_coverage=(d_true[None] <= radius).mean(axis=1)
+        )  # (levels, H)
     # motion statistics of real and generated continuations, each starting at the last context fix
-    last = (sub.lon[:, context_len - 1 : context_len], sub.lat[:, context_len - 1 : context_len], sub.t_ns[:, context_len - 1 : context_len])
-    real = motion_statistics(np.hstack([last[0], true_lon]), np.hstack([last[1], true_lat]), np.hstack([last[2], true_t]))
+    last = (
+        sub.lon[:, context_len - 1 : context_len],
+        sub.lat[:, context_len - 1 : context_len],
+        sub.t_ns[:, context_len - 1 : context_len],
+    )
+    real = motion_statistics(
+        np.hstack([last[0], true_lon]), np.hstack([last[1], true_lat]), np.hstack([last[2], true_t])
+    )
     gen_lon = np.concatenate([np.hstack([last[0], s]) for s in s_lon])
     gen_lat = np.concatenate([np.hstack([last[1], s]) for s in s_lat])
     gen_t = np.concatenate([np.hstack([last[2], s]) for s in s_t])
@@ -160,12 +188,19 @@ def trajectories_figure(d: dict):
 
         if "ex_sample_lon" in d:
             for s in range(len(d["ex_sample_lon"])):
-                ax.plot(*xy(np.r_[lon0, d["ex_sample_lon"][s, i]], np.r_[lat0, d["ex_sample_lat"][s, i]]),
-                        color="tab:orange", alpha=0.2, lw=0.8, label="sampled futures" if s == 0 else None)
+                ax.plot(
+                    *xy(np.r_[lon0, d["ex_sample_lon"][s, i]], np.r_[lat0, d["ex_sample_lat"][s, i]]),
+                    color="tab:orange",
+                    alpha=0.2,
+                    lw=0.8,
+                    label="sampled futures" if s == 0 else None,
+                )
         ax.plot(*xy(d["ex_context_lon"][i], d["ex_context_lat"][i]), "k.-", ms=3, lw=1, label="context")
         ax.plot(*xy(np.r_[lon0, d["ex_true_lon"][i]], np.r_[lat0, d["ex_true_lat"][i]]), "g.-", ms=4, label="truth")
         ax.plot(*xy(np.r_[lon0, d["ex_model_lon"][i]], np.r_[lat0, d["ex_model_lat"][i]]), "r.--", ms=4, label="model")
-        ax.plot(*xy(np.r_[lon0, d["ex_cv_lon"][i]], np.r_[lat0, d["ex_cv_lat"][i]]), "b:", lw=1, label="constant velocity")
+        ax.plot(
+            *xy(np.r_[lon0, d["ex_cv_lon"][i]], np.r_[lat0, d["ex_cv_lat"][i]]), "b:", lw=1, label="constant velocity"
+        )
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_title(str(d["ex_traj_id"][i])[:28], fontsize=8)
         ax.set_xlabel("east (m)", fontsize=8)
@@ -221,8 +256,14 @@ def generation_figure(d: dict):
         real, gen = d[f"real_{name}"], d[f"gen_{name}"]
         for values, colour, what in ((real, "tab:green", "real"), (gen, "tab:orange", "generated")):
             if len(values):
-                ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, weights=np.full(len(values), 1.0 / len(values)),
-                        alpha=0.5, color=colour, label=f"{what} ({len(values)})")
+                ax.hist(
+                    np.clip(values, bins[0], bins[-1]),
+                    bins=bins,
+                    weights=np.full(len(values), 1.0 / len(values)),
+                    alpha=0.5,
+                    color=colour,
+                    label=f"{what} ({len(values)})",
+                )
         if name != "turn_deg":
             ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -246,11 +287,15 @@ def _accounting_lines(acc: dict) -> list[str]:
     lines = []
     if "ingest" in acc:
         a = acc["ingest"]
-        lines.append(f"- ingest: read {a['rows_read']:,} = kept {a['rows_kept']:,} + quarantined {a['rows_quarantined']:,}")
+        lines.append(
+            f"- ingest: read {a['rows_read']:,} = kept {a['rows_kept']:,} + quarantined {a['rows_quarantined']:,}"
+        )
     if "preprocess" in acc:
         a = acc["preprocess"]
-        lines.append(f"- preprocess: in {a['rows_in']:,} = kept {a['rows_kept']:,} + quarantined {a['rows_quarantined']:,}"
-                     f" -> {a['n_trajectories']:,} trajectories, {a['rows_out']:,} resampled points")
+        lines.append(
+            f"- preprocess: in {a['rows_in']:,} = kept {a['rows_kept']:,} + quarantined {a['rows_quarantined']:,}"
+            f" -> {a['n_trajectories']:,} trajectories, {a['rows_out']:,} resampled points"
+        )
     if "select" in acc:
         a = acc["select"]
         lines.append(f"- select: in {a['rows_in']:,} = kept {a['rows_kept']:,} + filtered out {a['rows_filtered']:,}")
@@ -267,7 +312,8 @@ def _evaluate_section(path: Path, res: dict, out_dir: Path, prefix: str) -> tupl
         f"## {path.name}",
         "",
         f"- model: `{m.get('uri')}` (preset `{m.get('preset')}`"
-        + (f", registry version {m['version']}" if m.get("version") else "") + f", {m.get('n_params', 0):,} parameters)",
+        + (f", registry version {m['version']}" if m.get("version") else "")
+        + f", {m.get('n_params', 0):,} parameters)",
         f"- data: {', '.join(f'`{s}`' for s in res.get('data', {}).get('sources', []))}",
         f"- split: the earliest {res['split']['fit_frac']:.0%} of the time span fits the learning baselines "
         f"({res['split']['fit_windows']} windows); metrics on the later {res['split']['eval_windows']} windows; seed {res.get('seed')}",
@@ -283,9 +329,11 @@ def _evaluate_section(path: Path, res: dict, out_dir: Path, prefix: str) -> tupl
         return lines, pngs
     from trajfm.evaluate.maps import trajectory_map_figure
 
-    figures = [("trajectory_map", trajectory_map_figure(d), "Map: context, truth, forecast and its mean error (lon/lat)"),
-               ("trajectories", trajectories_figure(d), "Forecasts on the real track (metres from the last context fix)"),
-               ("error_vs_horizon", error_vs_horizon_figure(d), "Error vs horizon")]
+    figures = [
+        ("trajectory_map", trajectory_map_figure(d), "Map: context, truth, forecast and its mean error (lon/lat)"),
+        ("trajectories", trajectories_figure(d), "Forecasts on the real track (metres from the last context fix)"),
+        ("error_vs_horizon", error_vs_horizon_figure(d), "Error vs horizon"),
+    ]
     if "calibration_coverage" in d:
         figures.append(("calibration", calibration_figure(d), "Calibration of the mixture head"))
     figures.append(("generation", generation_figure(d), "Generation: real vs generated distributions"))
@@ -324,13 +372,20 @@ def _transfer_section(path: Path, res: dict, out_dir: Path, prefix: str) -> list
     from trajfm.evaluate.transfer import summary_markdown
 
     s = res.get("settings", {})
-    lines = [f"## {path.name}: protocol `{res.get('protocol')}`, preset `{res.get('preset')}`", "",
-             res.get("description", "").strip(), "",
-             f"Mean ± std over seeds {res.get('seeds')}; training: {s.get('epochs')} epoch(s)"
-             + (f", at most {s['max_steps']} steps" if s.get("max_steps") else "")
-             + f"; fine-tuning: {s.get('fine_tune_steps')} steps; held-out windows: "
-             + ", ".join(f"{k} {v}" for k, v in (res.get("heldout_windows") or {}).items()) + ".", "",
-             summary_markdown(res["summary"]), ""]
+    lines = [
+        f"## {path.name}: protocol `{res.get('protocol')}`, preset `{res.get('preset')}`",
+        "",
+        res.get("description", "").strip(),
+        "",
+        f"Mean ± std over seeds {res.get('seeds')}; training: {s.get('epochs')} epoch(s)"
+        + (f", at most {s['max_steps']} steps" if s.get("max_steps") else "")
+        + f"; fine-tuning: {s.get('fine_tune_steps')} steps; held-out windows: "
+        + ", ".join(f"{k} {v}" for k, v in (res.get("heldout_windows") or {}).items())
+        + ".",
+        "",
+        summary_markdown(res["summary"]),
+        "",
+    ]
     fig = transfer_horizon_figure(res["summary"])
     if fig is not None:
         png = out_dir / f"{prefix}ade_vs_horizon.png"
@@ -360,7 +415,9 @@ def render_report(results: list[str | Path], out_dir: str | Path) -> Path:
         elif kind == "trajfm.transfer":
             section = _transfer_section(path, res, out_dir, f"{i}_{_slug(path.stem)}_")
         else:
-            raise ValueError(f"{path}: not a trajfm results file (format {kind!r}); write one with trajfm evaluate --out")
+            raise ValueError(
+                f"{path}: not a trajfm results file (format {kind!r}); write one with trajfm evaluate --out"
+            )
         lines += section
     report = out_dir / "report.md"
     report.write_text("\n".join(lines).rstrip() + "\n")
@@ -372,8 +429,14 @@ def _metric_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", key.replace("@", "_at_"))
 
 
-def log_report(out_dir: str | Path, root=None, run_name: str = "report", metrics: dict | None = None,
-               experiment: str = "trajfm-evaluate", tags: dict | None = None) -> str:
+def log_report(
+    out_dir: str | Path,
+    root=None,
+    run_name: str = "report",
+    metrics: dict | None = None,
+    experiment: str = "trajfm-evaluate",
+    tags: dict | None = None,
+) -> str:
     """Log ``out_dir`` (report.md + PNGs) as artifacts ``report/`` of a new MLflow run (and the
     flat ``metrics`` given); returns the run id."""
     import mlflow
@@ -381,9 +444,17 @@ def log_report(out_dir: str | Path, root=None, run_name: str = "report", metrics
     from trajfm.registry.tracking import setup_mlflow
 
     experiment_id = setup_mlflow(root, experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={k: str(v) for k, v in (tags or {}).items()},
-                          nested=mlflow.active_run() is not None) as run:
-        numeric = {_metric_name(k): float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name,
+        tags={k: str(v) for k, v in (tags or {}).items()},
+        nested=mlflow.active_run() is not None,
+    ) as run:
+        numeric = {
+            _metric_name(k): float(v)
+            for k, v in (metrics or {}).items()
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        }
         if numeric:
             mlflow.log_metrics(numeric)
         mlflow.log_artifacts(str(out_dir), artifact_path="report")
@@ -391,11 +462,17 @@ def log_report(out_dir: str | Path, root=None, run_name: str = "report", metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trajfm report", description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="trajfm report",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--results", nargs="+", required=True, help="results JSON files of trajfm evaluate")
     parser.add_argument("--out", required=True, help="report directory (report.md + PNGs)")
     parser.add_argument("--mlflow", action="store_true", help="log the report as artifacts of an MLflow run")
-    parser.add_argument("--data-root", default=None, help="data root whose MLflow store is used (default $TRAJFM_HOME or ./.trajfm)")
+    parser.add_argument(
+        "--data-root", default=None, help="data root whose MLflow store is used (default $TRAJFM_HOME or ./.trajfm)"
+    )
     parser.add_argument("--run-name", default="report")
     args = parser.parse_args(argv)
     try:

@@ -18,8 +18,13 @@ from trajfm.store import StageWriter, data_root, is_complete, read_manifest, sta
 
 
 def run_evaluation(
-    features_dir: str | Path, train_dir: str | Path, root=None, split: str = "test",
-    context_len: int = 20, horizon: int = 10, batch_size: int = 256,
+    features_dir: str | Path,
+    train_dir: str | Path,
+    root=None,
+    split: str = "test",
+    context_len: int = 20,
+    horizon: int = 10,
+    batch_size: int = 256,
 ) -> dict:
     from trajfm.evaluate.forecast import evaluate_forecast
     from trajfm.features.windows import WindowSet
@@ -27,10 +32,16 @@ def run_evaluation(
 
     root = data_root(root)
     train_manifest = read_manifest(train_dir)
-    key = stable_hash({
-        "features": read_manifest(features_dir)["key"], "train": train_manifest["key"], "split": split,
-        "context_len": context_len, "horizon": horizon, "v": 4,
-    })
+    key = stable_hash(
+        {
+            "features": read_manifest(features_dir)["key"],
+            "train": train_manifest["key"],
+            "split": split,
+            "context_len": context_len,
+            "horizon": horizon,
+            "v": 4,
+        }
+    )
     out = root / "evaluate" / key
     if is_complete(out):
         return json.loads((out / "metrics.json").read_text())
@@ -40,14 +51,19 @@ def run_evaluation(
         raise ValueError(f"need context_len >= 2 and horizon >= 1, got {context_len}, {horizon}")
     train_ws = Path(features_dir) / "train.npz"
     fit_ws = WindowSet.load(train_ws) if train_ws.is_file() else None
-    metrics = evaluate_forecast(model, ws, context_len=context_len, horizon=horizon, batch_size=batch_size, fit_ws=fit_ws)
+    metrics = evaluate_forecast(
+        model, ws, context_len=context_len, horizon=horizon, batch_size=batch_size, fit_ws=fit_ws
+    )
     if metrics["n_windows"] == 0:
         raise ValueError(
             f"no {split} window has {context_len + horizon} real points: lower context_len/horizon or use longer windows"
         )
     metrics = {
         **{k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()},
-        "split": split, "context_len": context_len, "horizon": horizon, "preset": train_manifest.get("preset", "?"),
+        "split": split,
+        "context_len": context_len,
+        "horizon": horizon,
+        "preset": train_manifest.get("preset", "?"),
         **errors_by_step(model, ws, context_len, horizon, batch_size),
         "blend": list(model.config.forecast_blend) if model.config.forecast_blend is not None else None,
     }
@@ -80,12 +96,26 @@ def metrics_table(metrics: dict) -> list[dict]:
     table artifact or a printed table: ADE, FDE, the error at steps 1, 5, 10, coverage of the 80%
     region and CRPS where measured."""
     rows = []
-    for label, p in ((f"model ({metrics.get('preset', '?')})", ""), ("constant velocity", "cv_"), ("Kalman filter", "kf_")):
+    for label, p in (
+        (f"model ({metrics.get('preset', '?')})", ""),
+        ("constant velocity", "cv_"),
+        ("Kalman filter", "kf_"),
+    ):
         if f"{p}ade_m" not in metrics:
             continue
-        row = {"predictor": label, "ade_m": round(metrics[f"{p}ade_m"], 1), "fde_m": round(metrics[f"{p}fde_m"], 1),
-               "step1_m": round(metrics[f"{p}step1_m"], 1)}
-        row.update({k[len(p):]: round(metrics[k], 1) for k in sorted(metrics) if k.startswith(f"{p}fde") and k[len(p) + 3:-2].isdigit()})
+        row = {
+            "predictor": label,
+            "ade_m": round(metrics[f"{p}ade_m"], 1),
+            "fde_m": round(metrics[f"{p}fde_m"], 1),
+            "step1_m": round(metrics[f"{p}step1_m"], 1),
+        }
+        row.update(
+            {
+                k[len(p) :]: round(metrics[k], 1)
+                for k in sorted(metrics)
+                if k.startswith(f"{p}fde") and k[len(p) + 3 : -2].isdigit()
+            }
+        )
         if f"{p}coverage80" in metrics:
             row.update(coverage80=round(metrics[f"{p}coverage80"], 3), crps_m=round(metrics[f"{p}crps_m"], 1))
         rows.append(row)

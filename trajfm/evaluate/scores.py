@@ -102,7 +102,9 @@ def radial_scores(err_m: np.ndarray, table: np.ndarray, levels=LEVELS) -> dict:
 
     table = np.asarray(table, np.float64)
     dist = np.hypot(err_m[..., 0], err_m[..., 1])  # (N, H)
-    coverage_by = {f"{round(100 * p)}": (dist <= radius_at(table, p)[None, :]).mean(axis=0).round(4).tolist() for p in levels}
+    coverage_by = {
+        f"{round(100 * p)}": (dist <= radius_at(table, p)[None, :]).mean(axis=0).round(4).tolist() for p in levels
+    }
     draws = marginal_samples(table)  # (H, M): the east (= north) marginal of each step
     crps = [float(np.mean([crps_samples(draws[h], err_m[:, h, a]).mean() for a in (0, 1)])) for h in range(len(table))]
     return {"coverage": coverage_by, "crps_m": np.round(crps, 2).tolist()}

@@ -38,7 +38,9 @@ def trajectory_embedding(model: TrajGPT, ws: WindowSet, batch_size: int = 256) -
     width = int(ws.mask.sum(axis=1).max()) if len(ws) else 0
     if width > model.config.block_size:
         raise ValueError(f"tracks of {width} points are longer than block_size {model.config.block_size}")
-    ws = WindowSet(ws.x[:, :width], ws.mask[:, :width], ws.lon[:, :width], ws.lat[:, :width], ws.t_ns[:, :width], ws.traj_id)
+    ws = WindowSet(
+        ws.x[:, :width], ws.mask[:, :width], ws.lon[:, :width], ws.lat[:, :width], ws.t_ns[:, :width], ws.traj_id
+    )
     hidden: list[torch.Tensor] = []
     hook = model.transformer.ln_f.register_forward_hook(lambda mod, inp, out: hidden.append(out))
     out = np.zeros((len(ws), model.config.d_model))
@@ -84,8 +86,14 @@ def self_ranks(query: np.ndarray, database: np.ndarray) -> np.ndarray:
 
 
 def similarity_task(
-    model: TrajGPT | None, ws: WindowSet, *, seed: int = 0, min_points: int = 8, max_windows: int = 2000,
-    path_points: int = 8, batch_size: int = 256,
+    model: TrajGPT | None,
+    ws: WindowSet,
+    *,
+    seed: int = 0,
+    min_points: int = 8,
+    max_windows: int = 2000,
+    path_points: int = 8,
+    batch_size: int = 256,
 ) -> dict[str, float]:
     """Odd/even self-similarity: mean rank and hit@1/5/10 of the model embedding and ``resampled_path``."""
     if min_points < 4:
@@ -97,9 +105,16 @@ def similarity_task(
         sel = np.sort(np.random.default_rng(seed).choice(sel, size=max_windows, replace=False))
     odd, even = halves(ws.subset(sel))
     origin = (float(ws.lon[sel][ws.mask[sel]].mean()), float(ws.lat[sel][ws.mask[sel]].mean()))
-    emb = {"resampled_path": tuple(resampled_path_embedding(h.lon, h.lat, h.mask, path_points, origin) for h in (odd, even))}
+    emb = {
+        "resampled_path": tuple(
+            resampled_path_embedding(h.lon, h.lat, h.mask, path_points, origin) for h in (odd, even)
+        )
+    }
     if model is not None:
-        emb = {"model": (trajectory_embedding(model, odd, batch_size), trajectory_embedding(model, even, batch_size)), **emb}
+        emb = {
+            "model": (trajectory_embedding(model, odd, batch_size), trajectory_embedding(model, even, batch_size)),
+            **emb,
+        }
     out = {"similarity.n_windows": float(len(sel))}
     for name, (q, d) in emb.items():
         ranks = self_ranks(q, d)

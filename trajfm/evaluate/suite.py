@@ -74,7 +74,9 @@ def _registry_version(uri: str, root) -> dict:
     body = uri[len("models:/") :].strip("/")
     tracking = tracking_uri(root)
     if tracking.startswith("sqlite:///") and not Path(tracking[len("sqlite:///") :]).is_file():
-        raise ValueError(f"{uri!r}: there is no MLflow store at {tracking} (wrong --data-root, or nothing registered yet)")
+        raise ValueError(
+            f"{uri!r}: there is no MLflow store at {tracking} (wrong --data-root, or nothing registered yet)"
+        )
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     try:
         if "@" in body:
@@ -103,8 +105,11 @@ def _download_registered_checkpoint(uri: str, root, into: Path) -> Path:
     tracking = tracking_uri(root)
     try:
         with global_uris(tracking):  # MLflow resolves the version's logged model through the global store
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into), tracking_uri=tracking,
-                                                             registry_uri=tracking))
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=str(into), tracking_uri=tracking, registry_uri=tracking
+                )
+            )
     except MlflowException as exc:
         raise ValueError(f"{uri!r} cannot be downloaded from {tracking}: {exc.message}") from None
     if not (local / "MLmodel").is_file():
@@ -123,7 +128,13 @@ def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu")
     uri = str(model_uri)
     info: dict = {"uri": uri}
     if uri.startswith(("models:/", "runs:/")):
-        info.update(**({"source": "registry", **_registry_version(uri, root)} if uri.startswith("models:/") else {"source": "run"}))
+        info.update(
+            **(
+                {"source": "registry", **_registry_version(uri, root)}
+                if uri.startswith("models:/")
+                else {"source": "run"}
+            )
+        )
         tmp = Path(tempfile.mkdtemp(prefix="trajfm-model-"))
         try:
             path = _download_registered_checkpoint(uri, root, tmp)
@@ -172,8 +183,13 @@ def ingest_params(format: str | None = None, kind: str | None = None, options: d
 
 
 def ingest_and_clean(
-    data, *, format: str | None = None, kind: str | None = None, options: dict | None = None,
-    root=None, preprocess_params: dict | None = None,
+    data,
+    *,
+    format: str | None = None,
+    kind: str | None = None,
+    options: dict | None = None,
+    root=None,
+    preprocess_params: dict | None = None,
 ) -> tuple[Path | None, Path]:
     """Run the ``ingest`` and ``preprocess`` stages on ``data``; returns their directories.
 
@@ -185,14 +201,18 @@ def ingest_and_clean(
     stage = _preprocess_stage(data)
     if stage is not None:
         if format or kind or options or preprocess_params:
-            raise ValueError(f"{data} is already preprocessed: format, kind, reader options and cleaning params do not apply")
+            raise ValueError(
+                f"{data} is already preprocessed: format, kind, reader options and cleaning params do not apply"
+            )
         ingest_dir = Path(read_manifest(stage).get("ingest", {}).get("dir") or "")
         return (ingest_dir if (ingest_dir / "manifest.json").is_file() else None), stage
     root = data_root(root)
     ingest_dir = ingest(expand_data(data), root=root, params=ingest_params(format, kind, options))
     m = read_manifest(ingest_dir)
     if m["rows_kept"] == 0:
-        raise ValueError(f"no valid point in {data!r}: read {m['rows_read']}, quarantined {m['rows_quarantined']} {m.get('quarantined_by_reason')}")
+        raise ValueError(
+            f"no valid point in {data!r}: read {m['rows_read']}, quarantined {m['rows_quarantined']} {m.get('quarantined_by_reason')}"
+        )
     pre_dir = preprocess(ingest_dir, root=root, params=preprocess_params, scheduler="sync")
     return Path(ingest_dir), Path(pre_dir)
 
@@ -278,7 +298,9 @@ def select_stage(parts: list[tuple[Path, dict]], root=None) -> Path:
     selection (whole trajectories), as one table; ``rows_in = rows_kept + rows_filtered``."""
     root = data_root(root)
     parts = [(Path(d), check_selection(s)) for d, s in parts]
-    key = stable_hash({"parts": [(read_manifest(d)["key"], read_manifest(d)["files"], s) for d, s in parts], "v": SELECT_VERSION})
+    key = stable_hash(
+        {"parts": [(read_manifest(d)["key"], read_manifest(d)["files"], s) for d, s in parts], "v": SELECT_VERSION}
+    )
     out = root / "select" / key
     if is_complete(out):
         return out
@@ -291,8 +313,16 @@ def select_stage(parts: list[tuple[Path, dict]], root=None) -> Path:
             raise ValueError(f"trajectories selected by more than one source entry, e.g. {sorted(ids & seen)[:3]}")
         seen |= ids
         frames.append(pts[keep])
-        per_part.append({"preprocess_dir": str(d), "selection": s, "rows_in": int(len(pts)), "rows_kept": int(keep.sum()),
-                         "rows_filtered": int((~keep).sum()), "trajectories_kept": int(pts["traj_id"][keep].nunique())})
+        per_part.append(
+            {
+                "preprocess_dir": str(d),
+                "selection": s,
+                "rows_in": int(len(pts)),
+                "rows_kept": int(keep.sum()),
+                "rows_filtered": int((~keep).sum()),
+                "trajectories_kept": int(pts["traj_id"][keep].nunique()),
+            }
+        )
     points = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     points = points.sort_values(["traj_id", "t"], kind="stable").reset_index(drop=True)
     for col in points.columns:  # categories of different parts: back to one category dtype
@@ -302,26 +332,39 @@ def select_stage(parts: list[tuple[Path, dict]], root=None) -> Path:
     with StageWriter(root, "select", key) as w:
         w.write_frame("points", points)
         w.manifest.update(
-            rows_in=rows_in, rows_kept=int(len(points)), rows_filtered=rows_in - int(len(points)),
-            n_trajectories=int(points["traj_id"].nunique()), parts=per_part,
+            rows_in=rows_in,
+            rows_kept=int(len(points)),
+            rows_filtered=rows_in - int(len(points)),
+            n_trajectories=int(points["traj_id"].nunique()),
+            parts=per_part,
         )
     return out
 
 
-def window_sets(points_dir: Path, root=None, *, window: int = DEFAULT_WINDOW, train_frac: float = DEFAULT_FIT_FRAC,
-                val_frac: float = 0.0, min_points: int | None = None) -> Path:
+def window_sets(
+    points_dir: Path,
+    root=None,
+    *,
+    window: int = DEFAULT_WINDOW,
+    train_frac: float = DEFAULT_FIT_FRAC,
+    val_frac: float = 0.0,
+    min_points: int | None = None,
+) -> Path:
     """The ``features`` stage on a preprocess/select output: chronological windows, train (fit /
     fine-tune) = the earliest ``train_frac`` of the time span, then ``val_frac``, test = the rest."""
     from trajfm.features.windows import WindowParams, make_features
 
     if window < 2:
         raise ValueError(f"window must be >= 2 points, got {window}")
-    params = WindowParams(window=window, stride=window, min_points=min_points or min(12, window),
-                          train_frac=train_frac, val_frac=val_frac)
+    params = WindowParams(
+        window=window, stride=window, min_points=min_points or min(12, window), train_frac=train_frac, val_frac=val_frac
+    )
     return Path(make_features(points_dir, root=root, params=params))
 
 
-def accounting(ingest_dir: Path | None, preprocess_dir: Path, select_dir: Path | None = None, features_dir: Path | None = None) -> dict:
+def accounting(
+    ingest_dir: Path | None, preprocess_dir: Path, select_dir: Path | None = None, features_dir: Path | None = None
+) -> dict:
     """Row accounting of each stage, checked: read = kept + quarantined (ingest and preprocess)."""
     out = {}
     if ingest_dir is not None:
@@ -332,7 +375,10 @@ def accounting(ingest_dir: Path | None, preprocess_dir: Path, select_dir: Path |
     pre = read_manifest(preprocess_dir)
     if pre["rows_in"] != pre["rows_kept"] + pre["rows_quarantined"]:
         raise AssertionError(f"preprocess accounting broken in {preprocess_dir}")
-    out["preprocess"] = {k: pre[k] for k in ("rows_in", "rows_kept", "rows_quarantined", "quarantined_by_reason", "rows_out", "n_trajectories")}
+    out["preprocess"] = {
+        k: pre[k]
+        for k in ("rows_in", "rows_kept", "rows_quarantined", "quarantined_by_reason", "rows_out", "n_trajectories")
+    }
     if select_dir is not None:
         sel = read_manifest(select_dir)
         out["select"] = {k: sel[k] for k in ("rows_in", "rows_kept", "rows_filtered", "n_trajectories")}
@@ -374,7 +420,9 @@ def check_tasks(tasks: list[str] | str | None) -> list[str] | None:
     return list(tasks)
 
 
-def run_suite(model, eval_ws, fit_ws, tasks: list[str] | None = None, *, seed: int = 0, params: dict | None = None) -> dict[str, float]:
+def run_suite(
+    model, eval_ws, fit_ws, tasks: list[str] | None = None, *, seed: int = 0, params: dict | None = None
+) -> dict[str, float]:
     """Every metric of ``tasks`` on ``eval_ws`` (model=None: baselines only); learning baselines
     fit on ``fit_ws`` (given to each task as ``train_ws``)."""
     from trajfm.evaluate.tasks import run_tasks
@@ -421,26 +469,40 @@ def evaluate_model(
     tasks = check_tasks(tasks)
     root = data_root(root)
     loaded = load_any_model(model_uri, root, device=device)
-    ingest_dir, pre_dir = ingest_and_clean(data, format=format, kind=kind, options=options, root=root, preprocess_params=preprocess_params)
+    ingest_dir, pre_dir = ingest_and_clean(
+        data, format=format, kind=kind, options=options, root=root, preprocess_params=preprocess_params
+    )
     sel_dir = select_stage([(pre_dir, selection)], root) if selection else None
     feat_dir = window_sets(sel_dir or pre_dir, root, window=window, train_frac=fit_frac)
     sets, _ = load_features(feat_dir)
     fit_ws, eval_ws = sets["train"], sets["test"]
     if len(eval_ws) == 0:
-        raise ValueError(f"no evaluation window from {data!r}: the data after the fit part ({fit_frac:.0%} of its time span) is too short")
+        raise ValueError(
+            f"no evaluation window from {data!r}: the data after the fit part ({fit_frac:.0%} of its time span) is too short"
+        )
     metrics = run_suite(loaded.model, eval_ws, fit_ws, tasks, seed=seed, params=params)
     result = {
         "format": RESULTS_FORMAT,
         "metrics": _finite(metrics),
         "model": loaded.info,
-        "data": {"sources": [str(d) for d in (data if isinstance(data, (list, tuple)) else [data])], "format": format, "kind": kind,
-                 "options": options or {}, "selection": check_selection(selection) if selection else {}},
+        "data": {
+            "sources": [str(d) for d in (data if isinstance(data, (list, tuple)) else [data])],
+            "format": format,
+            "kind": kind,
+            "options": options or {},
+            "selection": check_selection(selection) if selection else {},
+        },
         "tasks": tasks or task_names(),
         "seed": int(seed),
         "params": _json_params(params),
         "split": {"fit_frac": fit_frac, "window": window, "fit_windows": len(fit_ws), "eval_windows": len(eval_ws)},
         "accounting": accounting(ingest_dir, pre_dir, sel_dir, feat_dir),
-        "stages": {"ingest": str(ingest_dir), "preprocess": str(pre_dir), "select": str(sel_dir) if sel_dir else None, "features": str(feat_dir)},
+        "stages": {
+            "ingest": str(ingest_dir),
+            "preprocess": str(pre_dir),
+            "select": str(sel_dir) if sel_dir else None,
+            "features": str(feat_dir),
+        },
         "data_root": str(root),
     }
     if out is not None:
@@ -501,7 +563,7 @@ def metrics_rows(metrics: dict) -> tuple[list[str], list[str], dict]:
             cols.append(predictor)
         cells[(row, predictor)] = value
     # the model (or models) first, baselines after, in first-seen order
-    cols.sort(key=lambda c: (0 if c == "model" or "@" in c else 1))
+    cols.sort(key=lambda c: 0 if c == "model" or "@" in c else 1)
     return rows, cols, cells
 
 

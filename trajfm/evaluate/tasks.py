@@ -83,8 +83,15 @@ def run_task(name: str, model, ws: WindowSet, *, seed: int = 0, **params) -> dic
         raise
 
 
-def run_tasks(model, ws: WindowSet, tasks: list[str] | None = None, *, seed: int = 0,
-              params: dict[str, dict] | None = None, train_ws: WindowSet | None = None) -> dict[str, float]:
+def run_tasks(
+    model,
+    ws: WindowSet,
+    tasks: list[str] | None = None,
+    *,
+    seed: int = 0,
+    params: dict[str, dict] | None = None,
+    train_ws: WindowSet | None = None,
+) -> dict[str, float]:
     """All ``tasks`` (default: every task in ``TASKS``), metrics merged into one flat dict.
 
     ``params`` maps a task name to its keyword parameters (e.g. ``{"forecast": {"context_len": 8}}``);

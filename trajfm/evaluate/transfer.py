@@ -109,9 +109,13 @@ def _source(raw, where: str, base: Path, path) -> SourceSpec:
     try:
         ingest_params(fmt, raw.get("kind"), options)
         if not isinstance(clean, dict) or not set(clean) <= CLEAN_FIELDS:
-            raise ValueError(f"clean must map cleaning parameters to values, got {clean!r}; known: {sorted(CLEAN_FIELDS)}")
+            raise ValueError(
+                f"clean must map cleaning parameters to values, got {clean!r}; known: {sorted(CLEAN_FIELDS)}"
+            )
         normalize_params(clean)  # the values make a valid PreprocessParams for every kind
-        selection = check_selection({k: raw[k] for k in ("bbox", "exclude_bbox", "time_range") if raw.get(k) is not None})
+        selection = check_selection(
+            {k: raw[k] for k in ("bbox", "exclude_bbox", "time_range") if raw.get(k) is not None}
+        )
     except (ValueError, TypeError) as exc:
         raise ProtocolError(path, f"{where}: {exc}") from None
     items = [data] if isinstance(data, str) else data
@@ -159,7 +163,10 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
     ft = raw.get("fine_tune") or {}
     if not isinstance(ft, dict) or set(ft) - {"frac", "val_frac"}:
         raise ProtocolError(path, f"fine_tune must be a mapping with frac and val_frac, got {ft!r}")
-    ff, fv = _fraction(ft.get("frac", 0.3), "fine_tune.frac", path), _fraction(ft.get("val_frac", 0.1), "fine_tune.val_frac", path)
+    ff, fv = (
+        _fraction(ft.get("frac", 0.3), "fine_tune.frac", path),
+        _fraction(ft.get("val_frac", 0.1), "fine_tune.val_frac", path),
+    )
     if not (ff > 0 and ff + fv < 1):
         raise ProtocolError(path, f"fine_tune needs frac > 0 and frac + val_frac < 1 (the rest is evaluated), got {ft}")
     window = raw.get("window", 32)
@@ -177,27 +184,42 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ProtocolError(path, f"params must map task names to parameter mappings, got {params!r}")
     return Protocol(
-        name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""), train=train, heldout=heldout,
-        train_split=(tf, vf), fine_tune_frac=ff, fine_tune_val_frac=fv, window=window, tasks=tasks, params=params, path=str(path),
+        name=str(raw.get("name") or path.stem),
+        description=str(raw.get("description") or ""),
+        train=train,
+        heldout=heldout,
+        train_split=(tf, vf),
+        fine_tune_frac=ff,
+        fine_tune_val_frac=fv,
+        window=window,
+        tasks=tasks,
+        params=params,
+        path=str(path),
     )
 
 
-def _features(sources: list[SourceSpec], root: Path, window: int, train_frac: float, val_frac: float) -> tuple[Path, dict]:
+def _features(
+    sources: list[SourceSpec], root: Path, window: int, train_frac: float, val_frac: float
+) -> tuple[Path, dict]:
     """ingest + preprocess each source, select, window: (features dir, accounting per source)."""
     from trajfm.evaluate.suite import accounting, ingest_and_clean, select_stage, window_sets
     from trajfm.store import read_manifest
 
     parts, per_source = [], []
     for s in sources:
-        ing, pre = ingest_and_clean(s.data, format=s.format, kind=s.kind, options=s.options, root=root,
-                                    preprocess_params=s.clean or None)
+        ing, pre = ingest_and_clean(
+            s.data, format=s.format, kind=s.kind, options=s.options, root=root, preprocess_params=s.clean or None
+        )
         parts.append((pre, s.selection))
         per_source.append({"data": s.data, **accounting(ing, pre)})
     sel = select_stage(parts, root)
     feat = window_sets(sel, root, window=window, train_frac=train_frac, val_frac=val_frac)
     m = read_manifest(sel)
-    return feat, {"sources": per_source, "select": {k: m[k] for k in ("rows_in", "rows_kept", "rows_filtered", "n_trajectories")},
-                  "windows": read_manifest(feat)["windows"]}
+    return feat, {
+        "sources": per_source,
+        "select": {k: m[k] for k in ("rows_in", "rows_kept", "rows_filtered", "n_trajectories")},
+        "windows": read_manifest(feat)["windows"],
+    }
 
 
 def _renamed(metrics: dict, predictor: str) -> dict:
@@ -233,14 +255,23 @@ def summary_markdown(summary: dict) -> str:
     return metrics_table_markdown(summary)
 
 
-def _train_overrides(n_windows: int, epochs: int, max_steps: int | None, batch_size: int, seed: int, device: str) -> dict:
+def _train_overrides(
+    n_windows: int, epochs: int, max_steps: int | None, batch_size: int, seed: int, device: str
+) -> dict:
     """TrainConfig overrides; warmup is a tenth of the planned steps (at most 100), so a short
     budget still reaches its peak learning rate."""
     from trajfm.train import TrainConfig, planned_steps
 
     planned = planned_steps(n_windows, TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size))
-    return {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "seed": seed, "device": device,
-            "warmup_steps": max(1, min(100, planned // 10)), "progress": False}
+    return {
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": device,
+        "warmup_steps": max(1, min(100, planned // 10)),
+        "progress": False,
+    }
 
 
 def run_protocol(
@@ -273,7 +304,9 @@ def run_protocol(
     proto = load_protocol(path)
     load_preset(preset)  # an unknown preset fails before any work
     if fine_tune_steps < 0 or epochs < 1 or not seeds:
-        raise ValueError(f"need fine_tune_steps >= 0, epochs >= 1 and at least one seed, got {fine_tune_steps}, {epochs}, {seeds}")
+        raise ValueError(
+            f"need fine_tune_steps >= 0, epochs >= 1 and at least one seed, got {fine_tune_steps}, {epochs}, {seeds}"
+        )
     if fine_tune_lr is not None and not fine_tune_lr > 0:
         raise ValueError(f"fine_tune_lr must be > 0 (or None for the training learning rate), got {fine_tune_lr}")
     tasks = check_tasks(tasks) if tasks is not None else proto.tasks
@@ -285,30 +318,64 @@ def run_protocol(
     n_train = len(load_features(train_feat)[0]["train"])
     fit_ws, eval_ws = held["train"], held["test"]
     if len(eval_ws) == 0 or len(fit_ws) == 0:
-        raise ValueError(f"protocol {proto.name}: the held-out data gives {len(fit_ws)} fine-tune and {len(eval_ws)} evaluation windows; both must be > 0")
+        raise ValueError(
+            f"protocol {proto.name}: the held-out data gives {len(fit_ws)} fine-tune and {len(eval_ws)} evaluation windows; both must be > 0"
+        )
     presets = [preset] + (["tutorial"] if compare_tutorial and preset != "tutorial" else [])
     runs: dict[str, dict] = {}
     trained: dict[str, dict] = {}
     for seed in seeds:
         metrics = _baselines(run_suite(None, eval_ws, fit_ws, tasks, seed=seed, params=params))
         for name in presets:
-            base = Path(run_training(train_feat, root, name, train_overrides=_train_overrides(n_train, epochs, max_steps, batch_size, seed, device)))
-            metrics.update(_renamed(run_suite(load_model(base / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params), f"{name}@zero-shot"))
+            base = Path(
+                run_training(
+                    train_feat,
+                    root,
+                    name,
+                    train_overrides=_train_overrides(n_train, epochs, max_steps, batch_size, seed, device),
+                )
+            )
+            metrics.update(
+                _renamed(
+                    run_suite(load_model(base / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params),
+                    f"{name}@zero-shot",
+                )
+            )
             dirs = {"zero-shot": str(base)}
             if "forecast" in (tasks or ["forecast"]):
                 # the never-worse rule, chosen on the TRAIN sources' validation split: still zero-shot
-                shape = (params.get("forecast") or {})
-                calibrated = calibrate_stage(train_feat, base, root=root, context_len=int(shape.get("context_len", 20)),
-                                             horizon=max(int(h) for h in shape.get("horizons", (1, 5, 10))))
-                metrics.update(_renamed(run_suite(load_model(calibrated / "model.pt"), eval_ws, fit_ws, ["forecast"], seed=seed,
-                                                  params=params), f"{name}+blend@zero-shot"))
+                shape = params.get("forecast") or {}
+                calibrated = calibrate_stage(
+                    train_feat,
+                    base,
+                    root=root,
+                    context_len=int(shape.get("context_len", 20)),
+                    horizon=max(int(h) for h in shape.get("horizons", (1, 5, 10))),
+                )
+                metrics.update(
+                    _renamed(
+                        run_suite(
+                            load_model(calibrated / "model.pt"), eval_ws, fit_ws, ["forecast"], seed=seed, params=params
+                        ),
+                        f"{name}+blend@zero-shot",
+                    )
+                )
                 dirs["zero-shot+blend"] = str(calibrated)
             if fine_tune_steps > 0:
                 ft = _train_overrides(len(fit_ws), fine_tune_steps, fine_tune_steps, batch_size, seed, device)
                 if fine_tune_lr is not None:
                     ft["lr"] = fine_tune_lr
-                tuned = Path(run_training(held_feat, root, name, train_overrides={**ft, "init_checkpoint": str(base / "model.pt")}))
-                metrics.update(_renamed(run_suite(load_model(tuned / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params), f"{name}@fine-tuned"))
+                tuned = Path(
+                    run_training(
+                        held_feat, root, name, train_overrides={**ft, "init_checkpoint": str(base / "model.pt")}
+                    )
+                )
+                metrics.update(
+                    _renamed(
+                        run_suite(load_model(tuned / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params),
+                        f"{name}@fine-tuned",
+                    )
+                )
                 dirs["fine-tuned"] = str(tuned)
             trained[f"{seed}/{name}"] = dirs
         runs[str(seed)] = metrics
@@ -319,10 +386,18 @@ def run_protocol(
         "protocol_file": proto.path,
         "preset": preset,
         "seeds": [int(s) for s in seeds],
-        "settings": {"epochs": epochs, "max_steps": max_steps, "fine_tune_steps": fine_tune_steps, "fine_tune_lr": fine_tune_lr,
-                     "batch_size": batch_size,
-                     "window": proto.window, "train_split": list(proto.train_split),
-                     "fine_tune": {"frac": proto.fine_tune_frac, "val_frac": proto.fine_tune_val_frac}, "tasks": tasks, "params": params},
+        "settings": {
+            "epochs": epochs,
+            "max_steps": max_steps,
+            "fine_tune_steps": fine_tune_steps,
+            "fine_tune_lr": fine_tune_lr,
+            "batch_size": batch_size,
+            "window": proto.window,
+            "train_split": list(proto.train_split),
+            "fine_tune": {"frac": proto.fine_tune_frac, "val_frac": proto.fine_tune_val_frac},
+            "tasks": tasks,
+            "params": params,
+        },
         "heldout_windows": {"fine_tune": len(fit_ws), "fine_tune_val": len(held["val"]), "eval": len(eval_ws)},
         "accounting": {"train": train_acc, "heldout": held_acc},
         "summary": summarize(runs),

@@ -104,16 +104,26 @@ def path_travel_time_s(model: TrajGPT, tr: WindowSet, batch_size: int = 256, how
         for i in range(0, N, batch_size):
             b = np.arange(i, min(i + batch_size, N))
             lonlat = np.stack([tr.lon[b, :1], tr.lat[b, :1]], -1) if model.needs_lonlat else None
-            state = Rollout(model, torch.from_numpy(tr.x[b, :1]), torch.ones(len(b), dtype=torch.long),
-                            lonlat=None if lonlat is None else torch.from_numpy(lonlat))
+            state = Rollout(
+                model,
+                torch.from_numpy(tr.x[b, :1]),
+                torch.ones(len(b), dtype=torch.long),
+                lonlat=None if lonlat is None else torch.from_numpy(lonlat),
+            )
             t = tr.t_ns[b, 0].copy()
             for k in range(1, K):
                 log_dt = state.predict(how)[:, 0, 2].double().cpu().numpy()
                 dt_s = np.expm1(np.clip(log_dt, 0.0, 20.0))
                 t_next = t + np.round(dt_s * 1000.0).astype(np.int64) * 1_000_000
                 if k < K - 1:
-                    feats = next_point_features(tr.lon[b, k - 1], tr.lat[b, k - 1], t, tr.lon[b, k], tr.lat[b, k], t_next)
-                    ll = None if lonlat is None else torch.from_numpy(np.stack([tr.lon[b, k], tr.lat[b, k]], -1)[:, None])
+                    feats = next_point_features(
+                        tr.lon[b, k - 1], tr.lat[b, k - 1], t, tr.lon[b, k], tr.lat[b, k], t_next
+                    )
+                    ll = (
+                        None
+                        if lonlat is None
+                        else torch.from_numpy(np.stack([tr.lon[b, k], tr.lat[b, k]], -1)[:, None])
+                    )
                     state.extend(torch.from_numpy(feats[:, None]), ll)
                 t = t_next
             out[b] = (t - tr.t_ns[b, 0]).astype(np.float64) / NS_PER_S
@@ -123,8 +133,15 @@ def path_travel_time_s(model: TrajGPT, tr: WindowSet, batch_size: int = 256, how
 
 
 def travel_time_task(
-    model: TrajGPT | None, ws: WindowSet, *, seed: int = 0, distance_m: float | None = None, route_points: int = 10,
-    train_ws: WindowSet | None = None, min_trips_per_hour: int = 5, batch_size: int = 256,
+    model: TrajGPT | None,
+    ws: WindowSet,
+    *,
+    seed: int = 0,
+    distance_m: float | None = None,
+    route_points: int = 10,
+    train_ws: WindowSet | None = None,
+    min_trips_per_hour: int = 5,
+    batch_size: int = 256,
 ) -> dict[str, float]:
     """Travel-time MAE (s) and MAPE (%) of the model and ``historical_speed``, same trips.
     ``seed`` is unused (deterministic: "mode" predictions)."""
@@ -133,8 +150,10 @@ def travel_time_task(
         distance_m = float(np.median(window_path_m(fit_ws))) / 2
     fit, tr = trips(fit_ws, distance_m, route_points), trips(eval_ws, distance_m, route_points)
     if len(fit) == 0 or len(tr) == 0:
-        raise ValueError(f"travel time needs windows whose path covers {distance_m:.0f} m, "
-                         f"to fit ({len(fit)}) and to score ({len(tr)}): pass a shorter distance_m")
+        raise ValueError(
+            f"travel time needs windows whose path covers {distance_m:.0f} m, "
+            f"to fit ({len(fit)}) and to score ({len(tr)}): pass a shorter distance_m"
+        )
     true = duration_s(tr)
     fit_hour, hour = local_hour(fit.t_ns[:, 0], fit.lon[:, 0]), local_hour(tr.t_ns[:, 0], tr.lon[:, 0])
     preds: dict[str, dict[str, np.ndarray]] = {"path": {}, "od": {}}
@@ -142,15 +161,20 @@ def travel_time_task(
         preds["path"]["model"] = path_travel_time_s(model, tr, batch_size)
     if model is not None and can_infill(model):
         if route_points + 2 > model.config.n_tokens:
-            raise ValueError(f"routes of {route_points} points do not fit block_size {model.config.block_size} with MASK and SEP")
+            raise ValueError(
+                f"routes of {route_points} points do not fit block_size {model.config.block_size} with MASK and SEP"
+            )
         res = infill(model, tr, (1, route_points - 1), hide_time=True, batch_size=batch_size)
         preds["od"]["model"] = res.travel_time_s
     path_speed = HistoricalSpeed(min_trips_per_hour).fit(path_length_m(fit.lon, fit.lat), duration_s(fit), fit_hour)
     od_speed = HistoricalSpeed(min_trips_per_hour).fit(od_distance_m(fit), duration_s(fit), fit_hour)
     preds["path"]["historical_speed"] = path_speed.predict(path_length_m(tr.lon, tr.lat), hour)
     preds["od"]["historical_speed"] = od_speed.predict(od_distance_m(tr), hour)
-    out = {"travel_time.n_trips": float(len(tr)), "travel_time.distance_m": float(distance_m),
-           "travel_time.mean_s": float(true.mean())}
+    out = {
+        "travel_time.n_trips": float(len(tr)),
+        "travel_time.distance_m": float(distance_m),
+        "travel_time.mean_s": float(true.mean()),
+    }
     for setting, by in preds.items():
         for name, p in by.items():
             out[f"travel_time.{setting}_mae_s.{name}"] = float(np.abs(p - true).mean())

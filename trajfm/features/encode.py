@@ -39,9 +39,7 @@ def calendar_features(t_ns: np.ndarray, lon: np.ndarray) -> np.ndarray:
     tod = (solar_s % 86_400).astype(np.float64) / DAY_S
     dow = ((solar_s + int(_EPOCH_DOW_OFFSET_S)) % int(WEEK_S)).astype(np.float64) / WEEK_S
     two_pi = 2.0 * np.pi
-    return np.stack(
-        [np.sin(two_pi * tod), np.cos(two_pi * tod), np.sin(two_pi * dow), np.cos(two_pi * dow)], axis=-1
-    )
+    return np.stack([np.sin(two_pi * tod), np.cos(two_pi * tod), np.sin(two_pi * dow), np.cos(two_pi * dow)], axis=-1)
 
 
 def encode_points(lon: np.ndarray, lat: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
@@ -80,7 +78,12 @@ def decode_step(
 
 
 def next_point_features(
-    prev_lon: np.ndarray, prev_lat: np.ndarray, prev_t_ns: np.ndarray, lon: np.ndarray, lat: np.ndarray, t_ns: np.ndarray
+    prev_lon: np.ndarray,
+    prev_lat: np.ndarray,
+    prev_t_ns: np.ndarray,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    t_ns: np.ndarray,
 ) -> np.ndarray:
     """(b, N_FEATURES) features of new points given their predecessors (batched rollout)."""
     east, north = displacement_m(prev_lon, prev_lat, lon, lat)

@@ -100,7 +100,9 @@ class RunningStats:
 def source_cut_times(t_ns: np.ndarray, params: WindowParams) -> tuple[int, int]:
     """(train/val cut, val/test cut) in int64 ns: ``split_periods``'s quantiles of one source."""
     if not 0 < params.train_frac < 1 or not 0 <= params.val_frac < 1 - params.train_frac:
-        raise ValueError(f"need 0 < train_frac < 1 and 0 <= val_frac < 1 - train_frac, got {params.train_frac}, {params.val_frac}")
+        raise ValueError(
+            f"need 0 < train_frac < 1 and 0 <= val_frac < 1 - train_frac, got {params.train_frac}, {params.val_frac}"
+        )
     cut1 = np.quantile(t_ns, params.train_frac, method="lower")
     cut2 = np.quantile(t_ns, params.train_frac + params.val_frac, method="lower")
     return int(cut1), int(cut2)
@@ -168,7 +170,10 @@ def chunk_windows(points: pd.DataFrame, cuts: tuple[int, int], params: WindowPar
     traj = points["traj_id"].astype(str).to_numpy()
     items: dict[str, list] = {s: [] for s in SPLITS}
     new: dict[str, list] = {s: [] for s in SPLITS}
-    counts = {s: {"pieces": 0, "pieces_too_short": 0, "points_too_short": 0, "points_in_windows": 0, "windows": 0} for s in SPLITS}
+    counts = {
+        s: {"pieces": 0, "pieces_too_short": 0, "points_too_short": 0, "points_in_windows": 0, "windows": 0}
+        for s in SPLITS
+    }
     if len(points) == 0:
         return items, counts, new
     starts = np.flatnonzero(np.r_[True, (traj[1:] != traj[:-1]) | (per[1:] != per[:-1])])
@@ -217,11 +222,18 @@ class _ShardSink:
         rel = Path(self.split) / f"{_safe(self.source)}-{len(self.shards):05d}.npz"
         (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
         ws.save(self.out / rel)
-        self.shards.append({
-            "path": rel.as_posix(), "split": self.split, "source": self.source, "windows": len(ws),
-            "points": int(self.new_points), "window_points": ws.n_points,
-            "sha256": file_sha256(self.out / rel), "bytes": (self.out / rel).stat().st_size,
-        })
+        self.shards.append(
+            {
+                "path": rel.as_posix(),
+                "split": self.split,
+                "source": self.source,
+                "windows": len(ws),
+                "points": int(self.new_points),
+                "window_points": ws.n_points,
+                "sha256": file_sha256(self.out / rel),
+                "bytes": (self.out / rel).stat().st_size,
+            }
+        )
         self.items, self.new_points = [], 0
 
 
@@ -229,8 +241,12 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def write_shards(sources: Iterable[tuple[str, str | Path]], out: str | Path, params: ShardParams | None = None,
-                 chunk_rows: int = CHUNK_ROWS) -> dict:
+def write_shards(
+    sources: Iterable[tuple[str, str | Path]],
+    out: str | Path,
+    params: ShardParams | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> dict:
     """Write the shards of ``sources`` (``(name, processed points Parquet)`` pairs) into ``out``;
     returns the manifest (also written to ``out/shards.json``) and writes ``out/stats.json``.
 
@@ -248,13 +264,29 @@ def write_shards(sources: Iterable[tuple[str, str | Path]], out: str | Path, par
 
         t = time_ns(pq.read_table(path, columns=["t"]).column("t").to_pandas())  # a file or a dataset directory
         if len(t) == 0:
-            per_source[name] = {"points_in": 0, "view_points": 0, "points_in_shards": 0, "points_too_short": 0,
-                                "pieces": 0, "pieces_too_short": 0, "windows": {s: 0 for s in SPLITS}, "views": {}}
+            per_source[name] = {
+                "points_in": 0,
+                "view_points": 0,
+                "points_in_shards": 0,
+                "points_too_short": 0,
+                "pieces": 0,
+                "pieces_too_short": 0,
+                "windows": {s: 0 for s in SPLITS},
+                "views": {},
+            }
             continue
         cuts = source_cut_times(t, params.windows)
         sinks = {s: _ShardSink(out, name, s, params) for s in SPLITS}
-        acc = {"points_in": 0, "view_points": 0, "points_in_shards": 0, "points_too_short": 0, "pieces": 0,
-               "pieces_too_short": 0, "windows": {s: 0 for s in SPLITS}, "views": {}}
+        acc = {
+            "points_in": 0,
+            "view_points": 0,
+            "points_in_shards": 0,
+            "points_too_short": 0,
+            "pieces": 0,
+            "pieces_too_short": 0,
+            "windows": {s: 0 for s in SPLITS},
+            "views": {},
+        }
         for chunk in read_chunks(path, chunk_rows):
             acc["points_in"] += len(chunk)
             chunk = _views(chunk, params, acc["views"])
@@ -323,8 +355,9 @@ def make_shards(sources: list[tuple[str, str]], root=None, params: ShardParams |
 
     params = params or ShardParams()
     root = data_root(root)
-    key = stable_hash({"sources": [[n, file_fingerprint(p)] for n, p in sources],
-                       "params": _params_json(params), "v": 1})
+    key = stable_hash(
+        {"sources": [[n, file_fingerprint(p)] for n, p in sources], "params": _params_json(params), "v": 1}
+    )
     final = root / SHARD_STAGE / key
     if is_complete(final):
         return final
@@ -361,7 +394,9 @@ def sample_split(shards_dir: str | Path, split: str, min_points: int, max_window
             n += len(ws)
     if not parts:
         raise ValueError(f"no {split} window of {shards_dir} has {min_points} real points")
-    return WindowSet(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "mask", "lon", "lat", "t_ns", "traj_id")))
+    return WindowSet(
+        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "mask", "lon", "lat", "t_ns", "traj_id"))
+    )
 
 
 def load_split(shards_dir: str | Path, split: str) -> WindowSet:
@@ -369,4 +404,6 @@ def load_split(shards_dir: str | Path, split: str) -> WindowSet:
     parts = [load_shard(shards_dir, sh) for sh in load_manifest(shards_dir)["shards"] if sh["split"] == split]
     if not parts:
         return WindowSet.empty(load_manifest(shards_dir)["params"]["windows"]["window"])
-    return WindowSet(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "mask", "lon", "lat", "t_ns", "traj_id")))
+    return WindowSet(
+        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "mask", "lon", "lat", "t_ns", "traj_id"))
+    )

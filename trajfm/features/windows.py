@@ -58,7 +58,9 @@ class WindowSet:
             return cls(**{k: z[k] for k in ("x", "mask", "lon", "lat", "t_ns", "traj_id")})
 
     def subset(self, index) -> "WindowSet":
-        return WindowSet(self.x[index], self.mask[index], self.lon[index], self.lat[index], self.t_ns[index], self.traj_id[index])
+        return WindowSet(
+            self.x[index], self.mask[index], self.lon[index], self.lat[index], self.t_ns[index], self.traj_id[index]
+        )
 
     @classmethod
     def empty(cls, window: int) -> "WindowSet":
@@ -92,13 +94,17 @@ class WindowParams:
             if value is not None and (isinstance(value, bool) or not float(value).is_integer()):
                 raise ValueError(f"{name} must be a whole number of points, got {value!r}")
             if value is not None and value > MAX_WINDOW_POINTS:
-                raise ValueError(f"{name} {value:g} is above the limit of {MAX_WINDOW_POINTS} points per window "
-                                 f"(every window is held in memory at this length)")
+                raise ValueError(
+                    f"{name} {value:g} is above the limit of {MAX_WINDOW_POINTS} points per window "
+                    f"(every window is held in memory at this length)"
+                )
             if value is not None:
                 object.__setattr__(self, name, int(value))
         if self.window < 1 or self.stride < 1 or (self.train_stride is not None and self.train_stride < 1):
-            raise ValueError(f"window, stride and train_stride must be >= 1 (train_stride may be None), got "
-                             f"{self.window}, {self.stride}, {self.train_stride}")
+            raise ValueError(
+                f"window, stride and train_stride must be >= 1 (train_stride may be None), got "
+                f"{self.window}, {self.stride}, {self.train_stride}"
+            )
 
 
 def split_periods(points: pd.DataFrame, train_frac: float, val_frac: float, split_by: str = "global") -> pd.Series:

@@ -8,6 +8,17 @@ from trajfm.model.gpt import TrajGPT
 from trajfm.model.infill import InfillResult, infill, linear_interpolation
 
 __all__ = [
-    "GPTConfig", "InfillResult", "KVCache", "Rollout", "TrajGPT", "describe_presets", "infill", "linear_interpolation",
-    "list_presets", "load_checkpoint", "load_model", "load_preset", "save_checkpoint",
+    "GPTConfig",
+    "InfillResult",
+    "KVCache",
+    "Rollout",
+    "TrajGPT",
+    "describe_presets",
+    "infill",
+    "linear_interpolation",
+    "list_presets",
+    "load_checkpoint",
+    "load_model",
+    "load_preset",
+    "save_checkpoint",
 ]

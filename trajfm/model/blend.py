@@ -92,8 +92,18 @@ def apply_blend(config, prev_lon, prev_lat, last_lon, last_lat, model_lon, model
     return mix(w, last_lon, last_lat, model_lon, model_lat, cv_lon, cv_lat)
 
 
-def fit_blend(last_lon, last_lat, model_lon, model_lat, cv_lon, cv_lat, true_lon, true_lat,
-              grid=BLEND_GRID, margin_z: float = MARGIN_Z) -> tuple[float, ...]:
+def fit_blend(
+    last_lon,
+    last_lat,
+    model_lon,
+    model_lat,
+    cv_lon,
+    cv_lat,
+    true_lon,
+    true_lat,
+    grid=BLEND_GRID,
+    margin_z: float = MARGIN_Z,
+) -> tuple[float, ...]:
     """Per step, the weight of ``grid`` whose blend has the lowest mean great-circle error (m)
     against the truth (ties: the smaller weight, nearer constant velocity); then 0 (constant
     velocity itself) wherever that blend's gain over constant velocity is not clear: the mean

@@ -119,7 +119,9 @@ def _check(model) -> None:
         raise ValueError(f"this model has a {model.config.head!r} head, not 'cell': use GPTConfig(head='cell')")
 
 
-def cell_loss(model, x_raw: torch.Tensor, mask: torch.Tensor, lonlat: torch.Tensor, classes=None, kind=None) -> torch.Tensor:
+def cell_loss(
+    model, x_raw: torch.Tensor, mask: torch.Tensor, lonlat: torch.Tensor, classes=None, kind=None
+) -> torch.Tensor:
     """Mean cross entropy (nats) of the next point's cell class over real (point, next point)
     pairs; 0 when there is none. ``classes`` (B, L) from ``step_classes`` (computed from
     ``lonlat`` (B, L, 2) degrees when not given: pass them to train many epochs cheaply)."""
@@ -152,8 +154,11 @@ def predict_cells(model, x_raw: torch.Tensor, mask: torch.Tensor, lonlat: torch.
     cells_out, probs_out = [], np.zeros((len(probs), k))
     for b, p in enumerate(probs):
         order = np.argsort(-p[:-1], kind="stable")  # FARTHER is not a place
-        found = [(cell, p[o]) for o, cell in zip(order, decode_classes([origin[b]] * len(order), order, c.cell_radius))
-                 if cell is not None][:k]
+        found = [
+            (cell, p[o])
+            for o, cell in zip(order, decode_classes([origin[b]] * len(order), order, c.cell_radius))
+            if cell is not None
+        ][:k]
         cells_out.append([cell for cell, _ in found])
         probs_out[b, : len(found)] = [q for _, q in found]
     return cells_out, probs_out

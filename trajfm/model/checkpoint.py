@@ -85,7 +85,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # torch: "[Errno 22] Invalid argument"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
-            raise ValueError(f"{path}: refused, it holds objects other than tensors and plain data ({first[:160]})") from None
+            raise ValueError(
+                f"{path}: refused, it holds objects other than tensors and plain data ({first[:160]})"
+            ) from None
         raise ValueError(f"{path}: not a readable checkpoint, truncated or corrupt ({first[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a trajfm checkpoint")

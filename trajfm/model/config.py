@@ -34,11 +34,29 @@ NORM_LOSSES = ("metres", "units")
 # Fields added after train-stage keys were first hashed from ``to_dict``: left out of it at their
 # defaults, so earlier configs keep their dicts (cache keys, resume identities, checkpoints).
 ADDED_DEFAULTS = {
-    "turn_inputs": False, "length_input": False, "anchor": "none", "frame": "absolute", "step_scale": "std", "step_scale_floor_m": 10.0, "point_loss": "mse",
-    "huber_delta": 1.0, "score_positions": False, "objective": "next", "infill_min_span": 1, "infill_max_span": 8,
-    "infill_time_prob": 0.5, "infill_weight": 1.0, "cell_resolution": 9, "cell_radius": 4, "augment": "none",
-    "norm": "global", "norm_points": 8, "norm_floor_m": 5.0, "norm_loss": "metres",
-    "forecast_blend": None, "forecast_radius_m": None,
+    "turn_inputs": False,
+    "length_input": False,
+    "anchor": "none",
+    "frame": "absolute",
+    "step_scale": "std",
+    "step_scale_floor_m": 10.0,
+    "point_loss": "mse",
+    "huber_delta": 1.0,
+    "score_positions": False,
+    "objective": "next",
+    "infill_min_span": 1,
+    "infill_max_span": 8,
+    "infill_time_prob": 0.5,
+    "infill_weight": 1.0,
+    "cell_resolution": 9,
+    "cell_radius": 4,
+    "augment": "none",
+    "norm": "global",
+    "norm_points": 8,
+    "norm_floor_m": 5.0,
+    "norm_loss": "metres",
+    "forecast_blend": None,
+    "forecast_radius_m": None,
 }
 # levels of the radial error quantiles a calibrated model stores per forecast step (trajfm/model/blend.py)
 RADIUS_LEVELS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -94,29 +112,52 @@ class GPTConfig:
     infill_time_prob: float = 0.5  # chance that a span's travel time is hidden too (travel-time estimation)
     infill_weight: float = 1.0  # "mixed": loss = next + infill_weight * infill
     # --- training-time augmentation (TrajGPT.loss, training mode only) ---
-    augment: str = "none"  # "rotate": each window's steps turned by a random angle; "rotate-flip": and mirrored half the time
+    augment: str = (
+        "none"  # "rotate": each window's steps turned by a random angle; "rotate-flip": and mirrored half the time
+    )
     # --- input scale (TimesFM's per-context normalization; TrajGPT.context_scale) ---
     norm: str = "global"  # "global": training-set mean/std; "context": each sequence in units of its own early steps
     norm_points: int = 8  # "context": steps 1..norm_points of a sequence set its scale (mean length) and time shift
     norm_floor_m: float = 5.0  # "context": added to the mean step length (a stationary start still has a scale)
-    norm_loss: str = "metres"  # "context", MSE head: (dx, dy) errors weighted back to metres ("units": each sequence's own)
+    norm_loss: str = (
+        "metres"  # "context", MSE head: (dx, dy) errors weighted back to metres ("units": each sequence's own)
+    )
     # --- forecast calibration, fitted on the validation split after training (trajfm/model/blend.py) ---
     forecast_blend: tuple | None = None  # per forecast step: weight of the model against constant velocity (0..1)
-    forecast_radius_m: tuple | None = None  # per forecast step: quantiles (m) at RADIUS_LEVELS of the distance to the truth
+    forecast_radius_m: tuple | None = (
+        None  # per forecast step: quantiles (m) at RADIUS_LEVELS of the distance to the truth
+    )
 
     def __post_init__(self) -> None:
         if self.forecast_blend is not None:  # JSON gives lists: keep tuples, so configs compare equal
             self.forecast_blend = tuple(float(v) for v in self.forecast_blend)
             if not self.forecast_blend or not all(0.0 <= w <= 1.0 for w in self.forecast_blend):
-                raise ValueError(f"forecast_blend needs one weight in [0, 1] per forecast step, got {self.forecast_blend}")
+                raise ValueError(
+                    f"forecast_blend needs one weight in [0, 1] per forecast step, got {self.forecast_blend}"
+                )
         if self.forecast_radius_m is not None:
             self.forecast_radius_m = tuple(tuple(float(v) for v in row) for row in self.forecast_radius_m)
             rows = self.forecast_radius_m
-            if not rows or any(len(r) != len(RADIUS_LEVELS) or min(r) <= 0 or any(b < a for a, b in zip(r, r[1:])) for r in rows):
-                raise ValueError(f"forecast_radius_m needs, per forecast step, {len(RADIUS_LEVELS)} increasing radii > 0 m "
-                                 f"(quantiles at {RADIUS_LEVELS})")
-        for name in ("n_layer", "n_head", "d_model", "block_size", "n_features", "n_targets", "n_mixture",
-                     "patch_in", "patch_out", "space_scales", "time2vec_dim"):
+            if not rows or any(
+                len(r) != len(RADIUS_LEVELS) or min(r) <= 0 or any(b < a for a, b in zip(r, r[1:])) for r in rows
+            ):
+                raise ValueError(
+                    f"forecast_radius_m needs, per forecast step, {len(RADIUS_LEVELS)} increasing radii > 0 m "
+                    f"(quantiles at {RADIUS_LEVELS})"
+                )
+        for name in (
+            "n_layer",
+            "n_head",
+            "d_model",
+            "block_size",
+            "n_features",
+            "n_targets",
+            "n_mixture",
+            "patch_in",
+            "patch_out",
+            "space_scales",
+            "time2vec_dim",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_head:
@@ -125,9 +166,20 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.n_targets > self.n_features:
             raise ValueError("targets are the first n_targets input features: need n_targets <= n_features")
-        for name, allowed in (("position", POSITIONS), ("head", HEADS), ("space_encoding", SPACE_ENCODINGS),
-                              ("time_encoding", TIME_ENCODINGS), ("anchor", ANCHORS), ("frame", FRAMES), ("step_scale", STEP_SCALES),
-                              ("point_loss", POINT_LOSSES), ("objective", OBJECTIVES), ("augment", AUGMENTS), ("norm", NORMS), ("norm_loss", NORM_LOSSES)):
+        for name, allowed in (
+            ("position", POSITIONS),
+            ("head", HEADS),
+            ("space_encoding", SPACE_ENCODINGS),
+            ("time_encoding", TIME_ENCODINGS),
+            ("anchor", ANCHORS),
+            ("frame", FRAMES),
+            ("step_scale", STEP_SCALES),
+            ("point_loss", POINT_LOSSES),
+            ("objective", OBJECTIVES),
+            ("augment", AUGMENTS),
+            ("norm", NORMS),
+            ("norm_loss", NORM_LOSSES),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.position != "learned" and self.head_dim % 2:
@@ -140,7 +192,9 @@ class GPTConfig:
             raise ValueError(f"n_kinds must be >= 0, got {self.n_kinds}")
         if self.time_encoding != "none" and self.n_features < 7:
             raise ValueError("time2vec reads log_dt_s and the day-of-week cycle: needs the 7 standard features")
-        if (self.anchor != "none" or self.frame != "absolute" or self.turn_inputs or self.length_input) and self.n_targets < 2:
+        if (
+            self.anchor != "none" or self.frame != "absolute" or self.turn_inputs or self.length_input
+        ) and self.n_targets < 2:
             raise ValueError("anchor / frame / turn_inputs / length_input read (dx, dy): need n_targets >= 2")
         if self.step_scale_floor_m <= 0:
             raise ValueError(f"step_scale_floor_m must be > 0, got {self.step_scale_floor_m}")
@@ -148,19 +202,34 @@ class GPTConfig:
             raise ValueError(f"huber_delta must be > 0, got {self.huber_delta}")
         if self.head == "cell":
             if not 0 <= self.cell_resolution <= 15 or self.cell_radius < 1:
-                raise ValueError(f"need 0 <= cell_resolution <= 15 and cell_radius >= 1, got {self.cell_resolution}, {self.cell_radius}")
+                raise ValueError(
+                    f"need 0 <= cell_resolution <= 15 and cell_radius >= 1, got {self.cell_resolution}, {self.cell_radius}"
+                )
             if (self.patch_in, self.patch_out, self.objective) != (1, 1, "next"):
-                raise ValueError("the cell head classifies the next point of each point: needs patch_in = patch_out = 1, objective 'next'")
+                raise ValueError(
+                    "the cell head classifies the next point of each point: needs patch_in = patch_out = 1, objective 'next'"
+                )
         if self.augment != "none" and (self.space_encoding != "none" or self.n_targets < 2):
-            raise ValueError("augment turns each window's (dx, dy) steps: needs n_targets >= 2 and no absolute "
-                             "space_encoding (turned steps would no longer match the window's lon/lat)")
+            raise ValueError(
+                "augment turns each window's (dx, dy) steps: needs n_targets >= 2 and no absolute "
+                "space_encoding (turned steps would no longer match the window's lon/lat)"
+            )
         if self.norm == "context":
             if self.norm_points < 1 or self.norm_floor_m <= 0 or self.norm_points >= self.block_size:
-                raise ValueError(f"norm 'context' needs 1 <= norm_points < block_size and norm_floor_m > 0, got "
-                                 f"{self.norm_points}, {self.norm_floor_m}")
-            if self.objective != "next" or self.head == "cell" or self.step_scale != "std" or self.time_encoding != "none":
-                raise ValueError("norm 'context' rescales (dx, dy, log dt) per sequence: it needs objective 'next', a "
-                                 "point head (mse / mixture), step_scale 'std' and no time encoding")
+                raise ValueError(
+                    f"norm 'context' needs 1 <= norm_points < block_size and norm_floor_m > 0, got "
+                    f"{self.norm_points}, {self.norm_floor_m}"
+                )
+            if (
+                self.objective != "next"
+                or self.head == "cell"
+                or self.step_scale != "std"
+                or self.time_encoding != "none"
+            ):
+                raise ValueError(
+                    "norm 'context' rescales (dx, dy, log dt) per sequence: it needs objective 'next', a "
+                    "point head (mse / mixture), step_scale 'std' and no time encoding"
+                )
             if self.n_targets < 3:
                 raise ValueError("norm 'context' shifts log_dt_s: needs n_targets = 3")
         if self.head != "mse" and (self.point_loss != "mse" or self.score_positions):
@@ -206,7 +275,9 @@ class GPTConfig:
         """All fields, except those of ``ADDED_DEFAULTS`` that hold their default: a config that
         could be written before they existed keeps the same dict (cache keys, resume identities)."""
         keep = {"norm_loss"} if self.norm == "context" else set()  # added after the first context-norm models
-        return {k: v for k, v in asdict(self).items() if k in keep or not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
+        return {
+            k: v for k, v in asdict(self).items() if k in keep or not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":

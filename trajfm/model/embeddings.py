@@ -71,8 +71,10 @@ class SpaceEncoding(nn.Module):
         super().__init__()
         n = config.space_scales
         lo, hi = math.log(config.space_min_m), math.log(config.space_max_m)
-        self.wavelength_m = torch.exp(torch.linspace(lo, hi, n, dtype=torch.float64)) if n > 1 else torch.tensor(
-            [config.space_min_m], dtype=torch.float64
+        self.wavelength_m = (
+            torch.exp(torch.linspace(lo, hi, n, dtype=torch.float64))
+            if n > 1
+            else torch.tensor([config.space_min_m], dtype=torch.float64)
         )
         angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3], dtype=torch.float64)
         self.directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (3, 2) unit vectors
@@ -111,7 +113,9 @@ def turn_frame_steps(x_raw: torch.Tensor, mask: torch.Tensor, prev: torch.Tensor
     return torch.stack([along, left], dim=-1)
 
 
-def extra_inputs(config: GPTConfig, x_raw: torch.Tensor, mask: torch.Tensor, scale_m: torch.Tensor, prev=None) -> torch.Tensor:
+def extra_inputs(
+    config: GPTConfig, x_raw: torch.Tensor, mask: torch.Tensor, scale_m: torch.Tensor, prev=None
+) -> torch.Tensor:
     """(B, L, 2 * turn_inputs + length_input) extra inputs per point (see the module docstring)."""
     parts = []
     if config.turn_inputs:

@@ -252,7 +252,9 @@ class TrajGPT(nn.Module):
 
     # --- the forward pass: embed -> backbone -> head --------------------------------------
 
-    def embed(self, x_raw, mask, coords=None, lonlat=None, kind=None, types=None, to_go=None, prev_step=None) -> torch.Tensor:
+    def embed(
+        self, x_raw, mask, coords=None, lonlat=None, kind=None, types=None, to_go=None, prev_step=None
+    ) -> torch.Tensor:
         """(B, Lt, D) token embeddings, without positions. ``mask`` (B, L), L a multiple of P;
         ``coords`` (B, L, 3) from ``point_coords`` (needed for time2vec), ``lonlat`` (B, L, 2)
         degrees (needed for the space encoding), ``kind`` (B,) long mover kinds, ``types``
@@ -273,7 +275,9 @@ class TrajGPT(nn.Module):
         real = mask[:, last, None]  # (B, Lt, 1): padded tokens get 0, never NaN (0 * NaN leaks through attention)
         if c.time_encoding == "time2vec":
             tau = time_scalars(x_raw[:, last], coords[:, last])  # (B, Lt, 2) hours
-            h = h + self.time_proj(self.time2vec(torch.where(real, tau, torch.zeros((), dtype=tau.dtype, device=tau.device))))
+            h = h + self.time_proj(
+                self.time2vec(torch.where(real, tau, torch.zeros((), dtype=tau.dtype, device=tau.device)))
+            )
         if c.space_encoding == "sinusoidal":
             if lonlat is None:
                 raise ValueError("this model encodes absolute position: pass lonlat (B, L, 2) degrees")
@@ -319,8 +323,18 @@ class TrajGPT(nn.Module):
             h = block(h, attn_mask, rotary, cache.layer(i) if cache is not None else None)
         return self.transformer.ln_f(h)
 
-    def forward(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None, coords=None, cache=None,
-                types=None, to_go=None, norm=None) -> torch.Tensor:
+    def forward(
+        self,
+        x_raw: torch.Tensor,
+        mask: torch.Tensor,
+        lonlat=None,
+        kind=None,
+        coords=None,
+        cache=None,
+        types=None,
+        to_go=None,
+        norm=None,
+    ) -> torch.Tensor:
         """(B, Lt, Q*W) normalized head outputs from raw (B, L, F) features and a (B, L) mask.
 
         By default (one point per token, MSE head) that is (B, L, T): the normalized prediction
@@ -339,7 +353,9 @@ class TrajGPT(nn.Module):
         if c.norm == "context":
             if norm is None:
                 if cache is not None:
-                    raise ValueError("norm 'context' with a KV cache: pass the sequences' norm (context_scale of the prefill)")
+                    raise ValueError(
+                        "norm 'context' with a KV cache: pass the sequences' norm (context_scale of the prefill)"
+                    )
                 norm = self.context_scale(x_raw, mask.to(torch.bool))
             x_raw = self.scale_steps(x_raw, norm)
         x_raw, mask = pad_to_patches(x_raw, P), pad_to_patches(mask.to(torch.bool), P)
@@ -359,7 +375,6 @@ class TrajGPT(nn.Module):
         if cache is not None:
             cache.advance(tmask, tok_coords, x_raw[..., :2])
         return out
-
 
     def loss(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None, generator=None) -> torch.Tensor:
         """The training loss of ``config.objective`` on raw windows (B, L, F), masks (B, L) prefixes.
@@ -418,8 +433,9 @@ class TrajGPT(nn.Module):
 
     # --- predictions in raw units ----------------------------------------------------------
 
-    def decode(self, out: torch.Tensor, how: str = "mode", temperature: float = 1.0, generator=None, cur=None,
-               norm=None) -> torch.Tensor:
+    def decode(
+        self, out: torch.Tensor, how: str = "mode", temperature: float = 1.0, generator=None, cur=None, norm=None
+    ) -> torch.Tensor:
         """(..., Q*W) head outputs -> (..., Q, T) raw (dx_m, dy_m, log_dt_s).
 
         ``how``: "mode" (MSE point, or mean of the most likely mixture component), "mean"
@@ -432,7 +448,9 @@ class TrajGPT(nn.Module):
         c = self.config
         if c.norm == "context" and norm is not _UNIT:
             if norm is None:
-                raise ValueError("this model works in each sequence's own units: pass norm (context_scale of its context)")
+                raise ValueError(
+                    "this model works in each sequence's own units: pass norm (context_scale of its context)"
+                )
             cur = None if cur is None else self.scale_steps(cur, norm)
             return self.scale_steps(self.decode(out, how, temperature, generator, cur, _UNIT), norm, inverse=True)
         out = out.unflatten(-1, (c.patch_out, -1))  # (..., Q, W)

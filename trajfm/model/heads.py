@@ -47,8 +47,10 @@ def output_width(config: GPTConfig) -> int:
 
 def _not_cell(config: GPTConfig) -> None:
     if config.head == "cell":
-        raise ValueError("the cell head's classes come from positions: train with trajfm.model.cells.cell_loss "
-                         "and decode with trajfm.model.cells.predict_cells")
+        raise ValueError(
+            "the cell head's classes come from positions: train with trajfm.model.cells.cell_loss "
+            "and decode with trajfm.model.cells.predict_cells"
+        )
 
 
 def split_mixture(out: torch.Tensor, K: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -90,8 +90,14 @@ def sample_spans(n_real: torch.Tensor, config, generator=None) -> tuple[torch.Te
 
 
 def build_sequences(
-    x_raw: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor, hide_time: torch.Tensor,
-    feat_mean: torch.Tensor, lonlat: torch.Tensor | None = None, gap: torch.Tensor | None = None,
+    x_raw: torch.Tensor,
+    mask: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    hide_time: torch.Tensor,
+    feat_mean: torch.Tensor,
+    lonlat: torch.Tensor | None = None,
+    gap: torch.Tensor | None = None,
 ) -> InfillSequences:
     """Infilling sequences (module docstring) from raw windows ``x_raw`` (B, L, F), prefix masks
     (B, L), spans ``[start, end)`` (B,) and ``hide_time`` (B,) bool. A row with ``end <= start``
@@ -130,7 +136,7 @@ def build_sequences(
     # Hidden time: the gap's duration and the calendar of every later point of part A.
     mean = feat_mean.to(dev, x.dtype)
     hidden = torch.zeros_like(x, dtype=torch.bool)
-    hidden[..., LOG_DT] = (is_gap & hide)
+    hidden[..., LOG_DT] = is_gap & hide
     hidden[..., CALENDAR] = (is_post & hide)[..., None]
     x = torch.where(hidden, mean.expand_as(x), x)
     marker = is_mask | is_sep
@@ -237,12 +243,16 @@ def _spans(span, N: int) -> tuple[np.ndarray, np.ndarray]:
         return np.full(N, int(span[0])), np.full(N, int(span[1]))
     arr = np.asarray(span, dtype=np.int64)
     if arr.shape != (N, 2):
-        raise ValueError(f"span must be (start, end) or an (N, 2) array of [start, end) per window, got shape {arr.shape}")
+        raise ValueError(
+            f"span must be (start, end) or an (N, 2) array of [start, end) per window, got shape {arr.shape}"
+        )
     return arr[:, 0].copy(), arr[:, 1].copy()
 
 
 @torch.no_grad()
-def infill(model: TrajGPT, ws, span, *, hide_time: bool = False, how: str = "mode", batch_size: int = 256) -> InfillResult:
+def infill(
+    model: TrajGPT, ws, span, *, hide_time: bool = False, how: str = "mode", batch_size: int = 256
+) -> InfillResult:
     """Reconstruct hidden spans of the windows ``ws`` (a ``WindowSet``) with an infilling model.
 
     ``span``: ``(start, end)`` for every window, or an (N, 2) array; points ``[start, end)`` are
@@ -264,8 +274,12 @@ def infill(model: TrajGPT, ws, span, *, hide_time: bool = False, how: str = "mod
         raise ValueError(f"windows of up to {c.n_tokens - 2} points fit this model's block_size with MASK and SEP")
     M = int((end - start).max()) if N else 0
     res = InfillResult(
-        np.full((N, M), np.nan), np.full((N, M), np.nan), np.zeros((N, M), np.int64),
-        np.arange(M)[None, :] < (end - start)[:, None], np.zeros(N, np.int64), np.zeros(N),
+        np.full((N, M), np.nan),
+        np.full((N, M), np.nan),
+        np.zeros((N, M), np.int64),
+        np.arange(M)[None, :] < (end - start)[:, None],
+        np.zeros(N, np.int64),
+        np.zeros(N),
     )
     device = next(model.parameters()).device
     was_training = model.training
@@ -293,15 +307,25 @@ def _infill_batch(model, ws, b, start, end, hide_time, how, res: InfillResult, d
     lonlat = torch.from_numpy(np.stack([ws.lon[b, :width], ws.lat[b, :width]], -1)) if model.needs_lonlat else None
     hide = torch.full((len(b),), bool(hide_time))
     xt = torch.from_numpy(x).to(device)
-    seq = build_sequences(xt, torch.from_numpy(mask).to(device), torch.from_numpy(start), torch.from_numpy(end), hide,
-                          model.feat_mean, None if lonlat is None else lonlat.to(device), torch.from_numpy(gap))
+    seq = build_sequences(
+        xt,
+        torch.from_numpy(mask).to(device),
+        torch.from_numpy(start),
+        torch.from_numpy(end),
+        hide,
+        model.feat_mean,
+        None if lonlat is None else lonlat.to(device),
+        torch.from_numpy(gap),
+    )
     sep = seq.sep.cpu().numpy()
     m = end - start
     lon, lat, t_ns = lon_a.astype(np.float64), lat_a.astype(np.float64), t_a.astype(np.int64)
     for q in range(int(m.max()) + 1):  # q < m: hidden point s+q; q = m: the step that reaches e
         cols = torch.from_numpy(np.minimum(sep + q, seq.x.shape[1] - 1)).to(device)  # rows past their span: unused
         rr = torch.from_numpy(rows).to(device)
-        out = model(seq.x, seq.mask, seq.lonlat, None, coords=seq.coords, types=seq.types, to_go=to_go_features(model, seq))
+        out = model(
+            seq.x, seq.mask, seq.lonlat, None, coords=seq.coords, types=seq.types, to_go=to_go_features(model, seq)
+        )
         step = model.decode(out[rr, cols], how, cur=seq.cur[rr, cols])[:, 0].double().cpu().numpy()  # (B, T) raw
         lon2, lat2, t2 = decode_step(lon, lat, t_ns, step[:, 0], step[:, 1], step[:, 2])
         live = q < m  # rows still inside their span

@@ -55,7 +55,9 @@ def _units(config: GPTConfig, cur: torch.Tensor, std: torch.Tensor) -> torch.Ten
     return std[:2]
 
 
-def encode(config: GPTConfig, target: torch.Tensor, cur: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def encode(
+    config: GPTConfig, target: torch.Tensor, cur: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     """(..., T) raw targets -> head units. ``cur`` (..., >=2) raw features of the current point
     (the point whose token predicts ``target``; broadcast over extra target axes)."""
     T = target.shape[-1]

@@ -333,9 +333,13 @@ def validate_points(
 
         sources = [FrameSlice(frame.iloc[s : s + chunk_rows]) for s in range(0, len(frame), chunk_rows)]
         entries, _, _ = validate_partitions(
-            sources, stage, suite_configs(stage, resolved, extra_expectations), derived=True,
+            sources,
+            stage,
+            suite_configs(stage, resolved, extra_expectations),
+            derived=True,
             scheduler="sync" if n_workers is None and dask_address is None else "distributed",
-            dask_address=dask_address, n_workers=n_workers or 2,
+            dask_address=dask_address,
+            n_workers=n_workers or 2,
         )
         results = [_finish(e) for e in entries]
         data_docs = _record(context_root, stage, resolved, extra_expectations, results, len(sources))
@@ -381,8 +385,13 @@ def validate_stage(
     context_root = Path(context_root) if context_root is not None else None
     slices = plan_slices(files, partition_rows)
     entries, n_rows, n_trajectories = validate_partitions(
-        slices, stage, suite_configs(stage, resolved, extra_expectations), derived=False,
-        scheduler=scheduler, dask_address=dask_address, n_workers=n_workers,
+        slices,
+        stage,
+        suite_configs(stage, resolved, extra_expectations),
+        derived=False,
+        scheduler=scheduler,
+        dask_address=dask_address,
+        n_workers=n_workers,
     )
     results = [_finish(e) for e in entries]
     data_docs = _record(context_root, stage, resolved, extra_expectations, results, len(slices))
@@ -431,14 +440,20 @@ def _record(context_root, stage, resolved, extra, results: list[dict], n_partiti
     from trajfm.data.schema import empty_points, to_canonical
 
     context, definition, _ = _build(stage, resolved, context_root, extra)
-    run_id = RunIdentifier(run_name=f"trajfm-{stage}-{n_partitions}-partitions", run_time=dt.datetime.now(dt.timezone.utc))
+    run_id = RunIdentifier(
+        run_name=f"trajfm-{stage}-{n_partitions}-partitions", run_time=dt.datetime.now(dt.timezone.utc)
+    )
     empty = _frame_for(to_canonical(empty_points()), stage, None)
     suite_result = definition.run(batch_parameters={"dataframe": empty}, result_format="SUMMARY", run_id=run_id)
     merged = {(r["expectation"], r["column"], r["check"]): r for r in results}
     for er in suite_result.results:
         r = merged[_result_key(er.expectation_config)]
         er.success = r["success"]
-        er.exception_info = {"raised_exception": bool(r["exception"]), "exception_message": r["exception"], "exception_traceback": None}
+        er.exception_info = {
+            "raised_exception": bool(r["exception"]),
+            "exception_message": r["exception"],
+            "exception_traceback": None,
+        }
         if r["unexpected_count"] is None:
             er.result = {"observed_value": r.get("observed_value")}
         else:
@@ -452,7 +467,9 @@ def _record(context_root, stage, resolved, extra, results: list[dict], n_partiti
     n_ok = sum(1 for r in results if r["success"])
     suite_result.success = n_ok == len(results)
     suite_result.statistics.update(
-        evaluated_expectations=len(results), successful_expectations=n_ok, unsuccessful_expectations=len(results) - n_ok,
+        evaluated_expectations=len(results),
+        successful_expectations=n_ok,
+        unsuccessful_expectations=len(results) - n_ok,
         success_percent=100.0 * n_ok / len(results) if results else None,
     )
     suite_result.meta["trajfm_partitions"] = n_partitions

@@ -199,14 +199,17 @@ def run_expectations(configs: list[dict], frame: pd.DataFrame, name: str = "traj
     return acc
 
 
-def validate_partition(source, plan: _Plan, carry: pd.DataFrame | None = None, totals: dict | None = None,
-                       seen: set | None = None) -> dict:
+def validate_partition(
+    source, plan: _Plan, carry: pd.DataFrame | None = None, totals: dict | None = None, seen: set | None = None
+) -> dict:
     """Validate one partition; returns counts, extremes, global-check columns and an id summary.
 
     ``carry``, ``totals``, ``seen``: for trajectories that also appear in other partitions (see
     :func:`trajfm.quality.suites.derive_columns`).
     """
-    columns = REQUIRED_COLUMNS + sorted(set(plan.global_columns) | {c for c, _ in plan.extremes} | _config_columns(plan.rowwise))
+    columns = REQUIRED_COLUMNS + sorted(
+        set(plan.global_columns) | {c for c, _ in plan.extremes} | _config_columns(plan.rowwise)
+    )
     df = source.load(columns)
     summary = None
     if plan.derived:
@@ -250,8 +253,16 @@ def split_suite(configs: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def validate_partitions(sources: list, stage: str, configs: list[dict], *, derived: bool, scheduler: str = "sync",
-                        dask_address: str | None = None, n_workers: int = 2) -> tuple[list[dict], int, int]:
+def validate_partitions(
+    sources: list,
+    stage: str,
+    configs: list[dict],
+    *,
+    derived: bool,
+    scheduler: str = "sync",
+    dask_address: str | None = None,
+    n_workers: int = 2,
+) -> tuple[list[dict], int, int]:
     """Validate ``sources`` on Dask and merge: (gate entries in suite order, rows, trajectories).
 
     ``configs``: the suite's expectation configurations (JSON dicts) in suite order.
@@ -324,7 +335,9 @@ def _merge_rowwise(results: list[dict]) -> dict:
     merged: dict = {}
     for r in results:
         for key, e in r["entries"].items():
-            m = merged.setdefault(key, {**e, "element_count": 0, "considered_count": 0, "unexpected_count": 0, "examples": []})
+            m = merged.setdefault(
+                key, {**e, "element_count": 0, "considered_count": 0, "unexpected_count": 0, "examples": []}
+            )
             for count in ("element_count", "considered_count", "unexpected_count"):
                 m[count] += e[count]
             m["exception"] = m["exception"] or e["exception"]

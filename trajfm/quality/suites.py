@@ -231,19 +231,27 @@ def processed_suite(params: dict | None = None, name: str = "trajfm_processed_po
         suite.add_expectation(expectation)
     suite.add_expectation(
         e.ExpectColumnValuesToBeBetween(
-            column="dt_s", min_value=0.0, strict_min=True, mostly=mostly["time_increasing"],
+            column="dt_s",
+            min_value=0.0,
+            strict_min=True,
+            mostly=mostly["time_increasing"],
             meta=_meta("time_increasing", params),
         )
     )
     suite.add_expectation(
         e.ExpectColumnValuesToBeBetween(
-            column="speed_mps", min_value=0.0, max_value=params["v_max_mps"], mostly=mostly["speed"],
+            column="speed_mps",
+            min_value=0.0,
+            max_value=params["v_max_mps"],
+            mostly=mostly["speed"],
             meta=_meta("speed", params),
         )
     )
     suite.add_expectation(
         e.ExpectColumnValuesToBeBetween(
-            column="traj_len", min_value=float(params["min_points"]), mostly=mostly["traj_length"],
+            column="traj_len",
+            min_value=float(params["min_points"]),
+            mostly=mostly["traj_length"],
             meta=_meta("traj_length", params),
         )
     )

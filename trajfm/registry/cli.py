@@ -34,8 +34,15 @@ from trajfm.registry.manage import (
     rollback,
 )
 
-LINEAGE_TAGS = ("trajfm.data_hash", "trajfm.config", "trajfm.code_version", "trajfm.train_key", "trajfm.features_key",
-                "trajfm.eval_id", LINEAGE_TAG)
+LINEAGE_TAGS = (
+    "trajfm.data_hash",
+    "trajfm.config",
+    "trajfm.code_version",
+    "trajfm.train_key",
+    "trajfm.features_key",
+    "trajfm.eval_id",
+    LINEAGE_TAG,
+)
 
 
 def _client(args):
@@ -44,8 +51,10 @@ def _client(args):
     from trajfm.registry.tracking import tracking_uri
 
     uri = args.tracking_uri or tracking_uri(args.data_root)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise RegistryError(f"no MLflow store at {uri[len('sqlite:///'):]}: nothing registered under this data root yet")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise RegistryError(
+            f"no MLflow store at {uri[len('sqlite:///') :]}: nothing registered under this data root yet"
+        )
     check_reachable(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -203,7 +212,9 @@ def _show_text(info: dict) -> str:
     ]
     if "manual" in p:
         m = p["manual"]
-        lines.append(f"  by hand     {m['alias']} by {m['by']} at {m['time']}: {m['reason'] or '-'} (was v{m['previous']})")
+        lines.append(
+            f"  by hand     {m['alias']} by {m['by']} at {m['time']}: {m['reason'] or '-'} (was v{m['previous']})"
+        )
     lines += [
         f"  code        {lin.get('code_version')}",
         f"  data hash   {json.dumps(lin.get('data_hash'))}",
@@ -220,10 +231,18 @@ def _show_text(info: dict) -> str:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--name", default="trajfm", help="registered model name (default: trajfm)")
-    common.add_argument("--data-root", default=None, help="data root whose mlflow.db to use (default: $TRAJFM_HOME or ./.trajfm)")
-    common.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the data root's)")
+    common.add_argument(
+        "--data-root", default=None, help="data root whose mlflow.db to use (default: $TRAJFM_HOME or ./.trajfm)"
+    )
+    common.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the data root's)"
+    )
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser = argparse.ArgumentParser(prog="trajfm registry", description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="trajfm registry",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", parents=[common], help="all versions, newest first")
     show = sub.add_parser("show", parents=[common], help="one version (default: the champion)")
@@ -240,9 +259,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mlflow.exceptions import MlflowException
-
     import os
+
+    from mlflow.exceptions import MlflowException
 
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     settings = _http_settings()
@@ -262,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with _lock(args):
                 out = rollback(client, args.name, reason=args.reason, by=args.by)
-            text = f"{args.name}: champion rolled back from version {out['from']} to version {out['to']}; by {out['by']}"
+            text = (
+                f"{args.name}: champion rolled back from version {out['from']} to version {out['to']}; by {out['by']}"
+            )
     except (RegistryError, MlflowException) as exc:
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
         print(f"trajfm registry: error: {one_line(message)}", file=sys.stderr)

@@ -162,7 +162,9 @@ def version_metric(client, name: str, version: int, metric: str) -> float | None
 
 
 def _append_history(client, name: str, version: int, by: str, reason: str) -> None:
-    history = champion_history(client, name) + [{"version": int(version), "time": now_iso(), "by": by, "reason": reason}]
+    history = champion_history(client, name) + [
+        {"version": int(version), "time": now_iso(), "by": by, "reason": reason}
+    ]
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-_HISTORY_KEEP:]))
 
 
@@ -173,7 +175,9 @@ def _set_champion(client, name: str, version: int, by: str, reason: str) -> None
     _append_history(client, name, version, by, reason)
 
 
-def promote(client, name: str, version: str | int, alias: str = CHAMPION, reason: str = "", by: str | None = None) -> dict:
+def promote(
+    client, name: str, version: str | int, alias: str = CHAMPION, reason: str = "", by: str | None = None
+) -> dict:
     """Move ``alias`` to ``version`` by hand; recorded on the version (``trajfm.promotion.manual``)
     and, for ``champion``, in the champion history. Returns the record."""
     mv = resolve_version(client, name, version)
@@ -261,16 +265,23 @@ def decide(
     else:
         client.set_registered_model_alias(name, CHALLENGER, str(version))
     tags = {
-        "decision": decision, "metric": metric, "value": repr(float(value)),
+        "decision": decision,
+        "metric": metric,
+        "value": repr(float(value)),
         "compared_with": "" if champion in (None, version) else str(champion),
-        "compared_value": "" if compared_value is None else repr(compared_value), "reason": reason, "time": now_iso(),
+        "compared_value": "" if compared_value is None else repr(compared_value),
+        "reason": reason,
+        "time": now_iso(),
     }
     for key, text in tags.items():
         client.set_model_version_tag(name, str(version), DECISION + key, text)
     log.info("%s v%d: %s (%s)", name, version, decision, reason)
     return Decision(
-        decision=decision, champion_version=version if decision == "champion" else int(champion),
-        compared_with=None if champion in (None, version) else int(champion), compared_value=compared_value, reason=reason,
+        decision=decision,
+        champion_version=version if decision == "champion" else int(champion),
+        compared_with=None if champion in (None, version) else int(champion),
+        compared_value=compared_value,
+        reason=reason,
     )
 
 

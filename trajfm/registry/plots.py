@@ -13,7 +13,9 @@ ERROR_VS_HORIZON_ARTIFACT = "plots/error_vs_horizon.png"
 CONFIG_ARTIFACT = "config.json"
 
 
-def error_vs_horizon_figure(model_m: list[float], baseline_m: list[float], n_windows: int | None = None, preset: str = "model"):
+def error_vs_horizon_figure(
+    model_m: list[float], baseline_m: list[float], n_windows: int | None = None, preset: str = "model"
+):
     """Mean error (metres) per step ahead of the model and constant velocity (no pyplot)."""
     from matplotlib.figure import Figure
 
@@ -42,8 +44,12 @@ def log_training_artifacts(tracking_uri: str, run_id: str, config: dict, metrics
     written = [CONFIG_ARTIFACT]
     model_m = metrics.get("error_by_step_m")
     if model_m:
-        fig = error_vs_horizon_figure(model_m, metrics.get("cv_error_by_step_m") or [], metrics.get("n_windows"),
-                                      str(metrics.get("preset", "model")))
+        fig = error_vs_horizon_figure(
+            model_m,
+            metrics.get("cv_error_by_step_m") or [],
+            metrics.get("n_windows"),
+            str(metrics.get("preset", "model")),
+        )
         client.log_figure(run_id, fig, ERROR_VS_HORIZON_ARTIFACT)
         written.append(ERROR_VS_HORIZON_ARTIFACT)
     return written

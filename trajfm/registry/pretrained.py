@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from trajfm.store import read_manifest, stable_hash
 
 BASE_NAME = "trajfm-base"
@@ -28,45 +26,98 @@ def evaluation_sample(shards_dir: str | Path, context_len: int, horizon: int, ma
     try:
         return sample_split(shards_dir, "test", context_len + horizon, max_windows)
     except ValueError:
-        raise ValueError(f"no test window of {shards_dir} has context_len + horizon = {context_len + horizon} real points") from None
+        raise ValueError(
+            f"no test window of {shards_dir} has context_len + horizon = {context_len + horizon} real points"
+        ) from None
 
 
-def evaluate_pretrained(pretrain_dir: str | Path, shards_dir: str | Path, context_len: int = 20, horizon: int = 10,
-                        max_windows: int = 4000) -> dict:
+def evaluate_pretrained(
+    pretrain_dir: str | Path, shards_dir: str | Path, context_len: int = 20, horizon: int = 10, max_windows: int = 4000
+) -> dict:
     """Forecast metrics (metres) of the stage's model on the shards' test sample."""
     from trajfm.evaluate.forecast import evaluate_forecast
     from trajfm.model.checkpoint import load_model
 
     model = load_model(Path(pretrain_dir) / "model.pt")
-    metrics = evaluate_forecast(model, evaluation_sample(shards_dir, context_len, horizon, max_windows), context_len, horizon)
+    metrics = evaluate_forecast(
+        model, evaluation_sample(shards_dir, context_len, horizon, max_windows), context_len, horizon
+    )
     return {**metrics, "split": "test", "context_len": context_len, "horizon": horizon}
 
 
-def register_pretrained(pretrain_dir: str | Path, shards_dir: str | Path, metrics: dict, corpus_sha256: str, root=None,
-                        name: str = BASE_NAME, corpus_name: str = "") -> dict:
+def register_pretrained(
+    pretrain_dir: str | Path,
+    shards_dir: str | Path,
+    metrics: dict,
+    corpus_sha256: str,
+    root=None,
+    name: str = BASE_NAME,
+    corpus_name: str = "",
+) -> dict:
     """Log and register the pre-trained model; returns the registration (version, champion, ...)."""
     from trajfm.registry.register import code_version
     from trajfm.registry.tracking import log_and_register
 
     stage, shards = read_manifest(pretrain_dir), read_manifest(shards_dir)
     history = json.loads((Path(pretrain_dir) / "history.json").read_text())
-    params = {"preset": stage["preset"], "model": stage["model_config"], "train": stage["train_config"],
-              "shards": shards.get("params", {}), "mixing": stage.get("probabilities") or {},
-              "eval": {"context_len": metrics["context_len"], "horizon": metrics["horizon"], "split": "test"}}
-    eval_id = stable_hash({"shards": shards["key"], "split": "test", "context_len": metrics["context_len"], "horizon": metrics["horizon"]})
-    lineage_key = stable_hash({"pretrain": stage["key"], "shards": shards["key"], "eval": eval_id, "corpus": corpus_sha256})
-    tags = {"trajfm.corpus_sha256": corpus_sha256, "trajfm.corpus": corpus_name, "trajfm.shards_key": shards["key"],
-            "trajfm.shards_sha256": shards.get("sha256", ""), "trajfm.train_key": stage["key"], "trajfm.preset": stage["preset"],
-            "trajfm.data_hash": corpus_sha256, "trajfm.code_version": code_version(), "trajfm.device": stage.get("device", "?"),
-            "trajfm.config": json.dumps(params, sort_keys=True, default=str)}
+    params = {
+        "preset": stage["preset"],
+        "model": stage["model_config"],
+        "train": stage["train_config"],
+        "shards": shards.get("params", {}),
+        "mixing": stage.get("probabilities") or {},
+        "eval": {"context_len": metrics["context_len"], "horizon": metrics["horizon"], "split": "test"},
+    }
+    eval_id = stable_hash(
+        {"shards": shards["key"], "split": "test", "context_len": metrics["context_len"], "horizon": metrics["horizon"]}
+    )
+    lineage_key = stable_hash(
+        {"pretrain": stage["key"], "shards": shards["key"], "eval": eval_id, "corpus": corpus_sha256}
+    )
+    tags = {
+        "trajfm.corpus_sha256": corpus_sha256,
+        "trajfm.corpus": corpus_name,
+        "trajfm.shards_key": shards["key"],
+        "trajfm.shards_sha256": shards.get("sha256", ""),
+        "trajfm.train_key": stage["key"],
+        "trajfm.preset": stage["preset"],
+        "trajfm.data_hash": corpus_sha256,
+        "trajfm.code_version": code_version(),
+        "trajfm.device": stage.get("device", "?"),
+        "trajfm.config": json.dumps(params, sort_keys=True, default=str),
+    }
     numbers = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    final = {f"final_{k}": v for k, v in stage.get("final", {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    r = log_and_register(root, run_name=f"{stage['preset']}-{stage['key'][:8]}", params=params, metrics={**numbers, **final},
-                         history=history, checkpoint_path=Path(pretrain_dir) / "model.pt", tags=tags, name=name,
-                         promote_metric="test_ade_m", lower_is_better=True, eval_id=eval_id, lineage_key=lineage_key)
-    return {"name": name, "version": r.version, "champion_version": r.champion_version, "promoted": r.promoted,
-            "decision": r.decision, "reason": r.reason, "reused": r.reused, "model_uri": r.model_uri,
-            "test_ade_m": r.metric_value, "corpus_sha256": corpus_sha256}
+    final = {
+        f"final_{k}": v
+        for k, v in stage.get("final", {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    r = log_and_register(
+        root,
+        run_name=f"{stage['preset']}-{stage['key'][:8]}",
+        params=params,
+        metrics={**numbers, **final},
+        history=history,
+        checkpoint_path=Path(pretrain_dir) / "model.pt",
+        tags=tags,
+        name=name,
+        promote_metric="test_ade_m",
+        lower_is_better=True,
+        eval_id=eval_id,
+        lineage_key=lineage_key,
+    )
+    return {
+        "name": name,
+        "version": r.version,
+        "champion_version": r.champion_version,
+        "promoted": r.promoted,
+        "decision": r.decision,
+        "reason": r.reason,
+        "reused": r.reused,
+        "model_uri": r.model_uri,
+        "test_ade_m": r.metric_value,
+        "corpus_sha256": corpus_sha256,
+    }
 
 
 def resolve_init_checkpoint(init: str, root=None) -> str:
@@ -82,7 +133,7 @@ def resolve_init_checkpoint(init: str, root=None) -> str:
     from trajfm.registry.tracking import tracking_uri
     from trajfm.retrain import download_checkpoint
 
-    ref = str(init)[len("models:/"):]
+    ref = str(init)[len("models:/") :]
     uri = tracking_uri(root)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if "@" in ref:
@@ -90,8 +141,10 @@ def resolve_init_checkpoint(init: str, root=None) -> str:
         try:
             version = int(client.get_model_version_by_alias(name, alias).version)
         except Exception as exc:
-            raise ValueError(f"{init}: no version of {name!r} has alias {alias!r} in the registry at {uri} "
-                             f"(run `trajfm run pretrain` first)") from exc
+            raise ValueError(
+                f"{init}: no version of {name!r} has alias {alias!r} in the registry at {uri} "
+                f"(run `trajfm run pretrain` first)"
+            ) from exc
     else:
         name, _, v = ref.partition("/")
         if not v.isdigit():

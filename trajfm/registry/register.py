@@ -42,7 +42,11 @@ def code_version() -> str:
     """The git commit of the checkout trajfm runs from, else the package version."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(trajfm.__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(trajfm.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
@@ -51,10 +55,14 @@ def code_version() -> str:
 
 def eval_identity(features_manifest: dict, metrics: dict) -> str:
     """Hash naming the evaluation set: features key, split, context length, horizon."""
-    return stable_hash({
-        "features": features_manifest["key"], "split": metrics.get("split", "test"),
-        "context_len": metrics.get("context_len"), "horizon": metrics.get("horizon"),
-    })
+    return stable_hash(
+        {
+            "features": features_manifest["key"],
+            "split": metrics.get("split", "test"),
+            "context_len": metrics.get("context_len"),
+            "horizon": metrics.get("horizon"),
+        }
+    )
 
 
 def _data_hash(features_manifest: dict, root=None) -> str:
@@ -91,8 +99,11 @@ def model_card(train_manifest: dict, features_manifest: dict, metrics: dict, tag
     interval = training_interval_s(load_checkpoint(ckpt).get("extra", {}).get("stats")) if ckpt.is_file() else None
     ade, cv = metrics.get("ade_m"), metrics.get("cv_ade_m")
     gain = f"{(1 - ade / cv) * 100:+.1f}% vs constant velocity" if ade and cv else "no baseline"
-    verdict = ("**Worse than constant velocity on its evaluation set: do not serve it as it is.**"
-               if worse_than_constant_velocity(metrics) else "Better than constant velocity on its evaluation set.")
+    verdict = (
+        "**Worse than constant velocity on its evaluation set: do not serve it as it is.**"
+        if worse_than_constant_velocity(metrics)
+        else "Better than constant velocity on its evaluation set."
+    )
     rows = [("ADE (m)", "ade_m", "cv_ade_m"), ("FDE (m)", "fde_m", "cv_fde_m"), ("step 1 (m)", "step1_m", "cv_step1_m")]
     table = "\n".join(
         f"| {label} | {metrics[m]:,.1f} | {metrics[c]:,.1f} |" for label, m, c in rows if m in metrics and c in metrics
@@ -143,13 +154,21 @@ def training_datasets(features_dir: str | Path, features_manifest: dict, split: 
     for part, context in (("train", "training"), (split, "evaluation")):
         digest = stable_hash({"key": key, "part": part, "counts": counts.get(part, {})}, length=16)
         source = LocalArtifactDatasetSource(f"features/{key}/{part}.npz")
-        out.append((MetaDataset(source=source, name=f"features-{key[:8]}-{part}", digest=digest, schema=schema), context))
+        out.append(
+            (MetaDataset(source=source, name=f"features-{key[:8]}-{part}", digest=digest, schema=schema), context)
+        )
     return out
 
 
 def register_training(
-    train_dir: str | Path, features_dir: str | Path, metrics: dict, root=None, name: str = "trajfm",
-    *, reevaluate_champion: bool = True, extra_tags: dict | None = None,
+    train_dir: str | Path,
+    features_dir: str | Path,
+    metrics: dict,
+    root=None,
+    name: str = "trajfm",
+    *,
+    reevaluate_champion: bool = True,
+    extra_tags: dict | None = None,
 ) -> Registration:
     """Register the model of a train stage evaluated with ``metrics`` (from ``run_evaluation``).
 
@@ -171,7 +190,8 @@ def register_training(
     history = json.loads((Path(train_dir) / "history.json").read_text())
     split = metrics.get("split", "test")
     test_metrics = {
-        f"{split}_{k}": v for k, v in metrics.items()
+        f"{split}_{k}": v
+        for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in EVAL_SETTINGS
     }
     params = {
@@ -183,9 +203,14 @@ def register_training(
     }
     eval_id = eval_identity(features_manifest, metrics)
     promote_metric = f"{split}_ade_m"
-    lineage_key = stable_hash({
-        "train": train_manifest["key"], "features": features_manifest["key"], "eval": eval_id, "metric": promote_metric,
-    })
+    lineage_key = stable_hash(
+        {
+            "train": train_manifest["key"],
+            "features": features_manifest["key"],
+            "eval": eval_id,
+            "metric": promote_metric,
+        }
+    )
     tags = {
         "trajfm.features_key": features_manifest["key"],
         "trajfm.train_key": train_manifest["key"],
@@ -201,28 +226,54 @@ def register_training(
     if worse:
         log.warning(
             "%s: %s ADE %.1f m is worse than constant velocity's %.1f m on the same windows; registered and flagged (%s=true)",
-            train_manifest["preset"], split, metrics["ade_m"], metrics["cv_ade_m"], WORSE_THAN_CV_TAG,
+            train_manifest["preset"],
+            split,
+            metrics["ade_m"],
+            metrics["cv_ade_m"],
+            WORSE_THAN_CV_TAG,
         )
     card = model_card({**train_manifest, "_dir": str(train_dir)}, features_manifest, metrics, tags)
     datasets = training_datasets(features_dir, features_manifest, split)
     measure = _champion_on_eval(features_dir, split, metrics, name) if reevaluate_champion else None
     r = log_and_register(
-        root, run_name=f"{train_manifest['preset']}-{train_manifest['key'][:8]}", params=params,
-        metrics={**test_metrics, **{f"final_{k}": v for k, v in train_manifest.get("final", {}).items() if isinstance(v, (int, float))}},
-        history=history, checkpoint_path=Path(train_dir) / "model.pt", tags=tags, name=name,
-        promote_metric=promote_metric, lower_is_better=True,
-        eval_id=eval_id, lineage_key=lineage_key, champion_metric_on_eval=measure,
-        description=card, datasets=datasets,
+        root,
+        run_name=f"{train_manifest['preset']}-{train_manifest['key'][:8]}",
+        params=params,
+        metrics={
+            **test_metrics,
+            **{f"final_{k}": v for k, v in train_manifest.get("final", {}).items() if isinstance(v, (int, float))},
+        },
+        history=history,
+        checkpoint_path=Path(train_dir) / "model.pt",
+        tags=tags,
+        name=name,
+        promote_metric=promote_metric,
+        lower_is_better=True,
+        eval_id=eval_id,
+        lineage_key=lineage_key,
+        champion_metric_on_eval=measure,
+        description=card,
+        datasets=datasets,
     )
     if not r.reused:  # the error-vs-horizon plot and the readable config beside the loss curves
         from trajfm.registry.plots import log_training_artifacts
 
         log_training_artifacts(tracking_uri(root), r.run_id, params, metrics)
     return Registration(
-        name=name, version=r.version, champion_version=r.champion_version, promoted=r.promoted,
-        metric_value=r.metric_value, previous_champion_metric=r.previous_champion_metric, run_id=r.run_id,
-        model_uri=r.model_uri, run_url=_run_url(tracking_uri(root), r.run_id, root), reused=r.reused,
-        decision=r.decision, reason=r.reason, lineage_key=lineage_key, worse_than_constant_velocity=worse,
+        name=name,
+        version=r.version,
+        champion_version=r.champion_version,
+        promoted=r.promoted,
+        metric_value=r.metric_value,
+        previous_champion_metric=r.previous_champion_metric,
+        run_id=r.run_id,
+        model_uri=r.model_uri,
+        run_url=_run_url(tracking_uri(root), r.run_id, root),
+        reused=r.reused,
+        decision=r.decision,
+        reason=r.reason,
+        lineage_key=lineage_key,
+        worse_than_constant_velocity=worse,
     )
 
 
@@ -235,6 +286,7 @@ def _champion_on_eval(features_dir, split: str, metrics: dict, name: str):
 
         from trajfm.evaluate.forecast import evaluate_forecast
         from trajfm.features.windows import WindowSet
+
         # log_and_register has pointed MLflow's registry at this root before it asks.
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().model
         ws = WindowSet.load(Path(features_dir) / f"{split}.npz")

@@ -49,8 +49,11 @@ class Limits:
     def from_env(cls) -> "Limits":
         """The defaults, or ``TRAJFM_SERVE_MAX_*`` where set (positive integers)."""
         values = {}
-        for field, var in (("max_horizon", "TRAJFM_SERVE_MAX_HORIZON"), ("max_points", "TRAJFM_SERVE_MAX_POINTS"),
-                           ("max_forecast_steps", "TRAJFM_SERVE_MAX_FORECAST_STEPS")):
+        for field, var in (
+            ("max_horizon", "TRAJFM_SERVE_MAX_HORIZON"),
+            ("max_points", "TRAJFM_SERVE_MAX_POINTS"),
+            ("max_forecast_steps", "TRAJFM_SERVE_MAX_FORECAST_STEPS"),
+        ):
             text = os.environ.get(var)
             if text in (None, ""):
                 continue
@@ -104,7 +107,9 @@ def check_points(points: pd.DataFrame, horizon: int, limits: Limits) -> None:
     check_size(len(points), limits)
     ids = points["traj_id"]
     if ids.isna().any() or (ids.astype("string").str.strip() == "").any():
-        raise RequestError(f"{int(ids.isna().sum() + (ids.astype('string').str.strip() == '').sum())} points have no traj_id")
+        raise RequestError(
+            f"{int(ids.isna().sum() + (ids.astype('string').str.strip() == '').sum())} points have no traj_id"
+        )
     if points["t"].isna().any():
         rows = np.flatnonzero(points["t"].isna().to_numpy())
         raise RequestError(f"{len(rows)} points have no time t (rows {rows[:5].tolist()})")

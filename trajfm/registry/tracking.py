@@ -80,9 +80,14 @@ ARTIFACTS_DIR = "mlartifacts"
 _REBASED: set[tuple[str, int]] = set()  # (database, inode) checked by this process
 # (table, column) holding artifact locations; values of params and tags are rebased too.
 _LOCATION_COLUMNS = (
-    ("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
-    ("model_versions", "storage_location"), ("model_versions", "source"),
-    ("params", "value"), ("tags", "value"), ("model_version_tags", "value"),
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+    ("params", "value"),
+    ("tags", "value"),
+    ("model_version_tags", "value"),
 )
 
 
@@ -141,7 +146,9 @@ def rebase_moved_store(root: Path) -> str | None:
                 text = mlmodel.read_text()
                 if old + "/" in text:
                     mlmodel.write_text(text.replace(old + "/", new + "/"))
-            log.warning("data root moved: %s was written under %s; its MLflow locations now point under %s", database, old, new)
+            log.warning(
+                "data root moved: %s was written under %s; its MLflow locations now point under %s", database, old, new
+            )
     _REBASED.add(key)
     return old
 
@@ -226,7 +233,7 @@ def sqlite_init_lock(uri: str):
     if not uri.lower().startswith("sqlite:///"):
         yield
         return
-    database = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(database.with_name(database.name + ".init.lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -321,9 +328,7 @@ def loss_curve_figure(history: list[dict]):
     keys += sorted({k for r in history for k in r if k.endswith("_loss") and k not in keys})
     positive = True
     for key in keys:
-        points = [
-            (int(r.get("epoch", r.get("step", i))), _as_float(r[key])) for i, r in enumerate(history) if key in r
-        ]
+        points = [(int(r.get("epoch", r.get("step", i))), _as_float(r[key])) for i, r in enumerate(history) if key in r]
         points = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
         if points:
             xs, ys = zip(*points)
@@ -385,8 +390,18 @@ def _current_champion(client, name: str) -> tuple[int | None, Any]:
 
 
 def _log_run(
-    experiment_id, client, run_name, tags, params, metrics, history, checkpoint_path: Path, input_example, pip_requirements,
-    description: str | None = None, datasets=(),
+    experiment_id,
+    client,
+    run_name,
+    tags,
+    params,
+    metrics,
+    history,
+    checkpoint_path: Path,
+    input_example,
+    pip_requirements,
+    description: str | None = None,
+    datasets=(),
 ) -> tuple[str, str]:
     """One MLflow run: params, metrics, history, loss curve, datasets (``log_input``), the pyfunc
     model; ``description`` is the run's note. (run id, model URI)."""
@@ -484,10 +499,16 @@ def log_and_register(
             log.info("%s v%s already holds lineage %s: no new version", name, existing.version, lineage_key)
             champion = aliases_of(client, name).get(CHAMPION)
             return RegistrationResult(
-                run_id=existing.run_id, model_uri=f"models:/{name}/{existing.version}", version=int(existing.version),
-                promoted=False, champion_version=int(champion) if champion is not None else int(existing.version),
-                previous_champion_metric=None, metric_value=_as_float(existing.tags.get(promote_metric)) or metric_value,
-                reused=True, decision=existing.tags.get(DECISION + "decision", ""), reason="same lineage: no new version",
+                run_id=existing.run_id,
+                model_uri=f"models:/{name}/{existing.version}",
+                version=int(existing.version),
+                promoted=False,
+                champion_version=int(champion) if champion is not None else int(existing.version),
+                previous_champion_metric=None,
+                metric_value=_as_float(existing.tags.get(promote_metric)) or metric_value,
+                reused=True,
+                decision=existing.tags.get(DECISION + "decision", ""),
+                reason="same lineage: no new version",
             )
 
         version_tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -500,16 +521,27 @@ def log_and_register(
             version, run_id = int(existing.version), existing.run_id
         else:
             run_id, model_uri = _log_run(
-                experiment_id, client, run_name, {**version_tags, "trajfm.promote_metric": promote_metric,
-                                                  "trajfm.registered_model": name},
-                params, metrics, history, checkpoint_path, input_example, pip_requirements, description, datasets,
+                experiment_id,
+                client,
+                run_name,
+                {**version_tags, "trajfm.promote_metric": promote_metric, "trajfm.registered_model": name},
+                params,
+                metrics,
+                history,
+                checkpoint_path,
+                input_example,
+                pip_requirements,
+                description,
+                datasets,
             )
             # One call creates the version with its tags, so a version never lacks its lineage.
             version = int(mlflow.register_model(model_uri, name, tags=version_tags).version)
             if description:
                 client.update_model_version(name, str(version), description=description)
 
-        d = decide(client, name, version, promote_metric, metric_value, lower_is_better, eval_id, champion_metric_on_eval)
+        d = decide(
+            client, name, version, promote_metric, metric_value, lower_is_better, eval_id, champion_metric_on_eval
+        )
         client.set_model_version_tag(name, str(version), "trajfm.promoted", str(d.promoted).lower())
     return RegistrationResult(
         run_id=run_id,

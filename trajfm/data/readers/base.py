@@ -553,7 +553,9 @@ def fast_fields(
         return None  # an empty or "nan" number is null here: the line-by-line path says which
     rows = np.flatnonzero(non_blank)
     columns = {
-        j: table.column(names[j]).to_numpy(zero_copy_only=False).astype(np.float64 if j in numeric else object, copy=False)
+        j: table.column(names[j])
+        .to_numpy(zero_copy_only=False)
+        .astype(np.float64 if j in numeric else object, copy=False)
         for j in wanted
     }
 
@@ -672,7 +674,9 @@ def multiline_records(
     return in_record, first, None
 
 
-def flag_multiline_records(reason: np.ndarray, detail: np.ndarray, in_record: np.ndarray, first: np.ndarray, line_nos: np.ndarray) -> None:
+def flag_multiline_records(
+    reason: np.ndarray, detail: np.ndarray, in_record: np.ndarray, first: np.ndarray, line_nos: np.ndarray
+) -> None:
     """Quarantine every line of a record whose quoted field holds a line break (``parse_error``)."""
     for k in np.flatnonzero(in_record):
         reason[k] = "parse_error"
@@ -710,7 +714,9 @@ def field_count_problems(counts: np.ndarray, n_fields: int, what: str = "header 
     if wrong.any():
         reason[wrong] = "parse_error"
         detail[wrong] = [
-            "unbalanced quotes" if c < 0 else f"{c} fields, {what} {n_fields} (wrong delimiter, truncated or shifted line?)"
+            "unbalanced quotes"
+            if c < 0
+            else f"{c} fields, {what} {n_fields} (wrong delimiter, truncated or shifted line?)"
             for c in counts[wrong]
         ]
     return reason, detail
@@ -1034,7 +1040,11 @@ def split_checked(
     n_kept = int(good.sum())
 
     def take(values):
-        arr = values if isinstance(values, (np.ndarray, pd.api.extensions.ExtensionArray)) else np.asarray(values, dtype=object)
+        arr = (
+            values
+            if isinstance(values, (np.ndarray, pd.api.extensions.ExtensionArray))
+            else np.asarray(values, dtype=object)
+        )
         return arr if all_good else arr[good]
 
     def category(value) -> pd.Categorical:
@@ -1130,7 +1140,6 @@ def raw_lines(lines: list[str]):
 
 # ---------------------------------------------------------------------------------------------
 # A format: how to read it, how to recognise it
-
 
 
 @dataclass(frozen=True)

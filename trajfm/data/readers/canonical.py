@@ -89,7 +89,8 @@ def iter_canonical(
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise SourceFormatError(
-            str(file), None,
+            str(file),
+            None,
             f"not canonical Parquet: lacks column(s) {missing} (found {names[:12]}); "
             f"read it with format='generic' and columns= mapping",
         )
@@ -133,7 +134,9 @@ def iter_canonical(
                 m = len(part_lines)
                 reason = np.full(m, None, dtype=object)
                 detail = np.full(m, None, dtype=object)
-                chunk = generic._check_chunk(file, part, part_lines, reason, detail, raw_of, {**batch_opts, "min_time": floor})
+                chunk = generic._check_chunk(
+                    file, part, part_lines, reason, detail, raw_of, {**batch_opts, "min_time": floor}
+                )
                 chunk.format = FORMAT
                 parts.append(chunk)
             yield parts[0] if len(parts) == 1 else ReadResult.concat(parts, file.display(), FORMAT)
@@ -175,8 +178,9 @@ def _constant(column) -> str | None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if column.null_count or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-                                 or pa.types.is_dictionary(column.type)):
+    if column.null_count or not (
+        pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type)
+    ):
         return None
     distinct = pc.unique(column.dictionary_decode() if pa.types.is_dictionary(column.type) else column).to_pylist()
     if len(distinct) != 1 or not isinstance(distinct[0], str) or not distinct[0].strip():

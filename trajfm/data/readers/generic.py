@@ -169,7 +169,8 @@ def _iter_csv(file, mapping, chunk_rows, chunk_bytes, delimiter, opts) -> Iterat
     if doubled:
         at = {name: [i + 1 for i, h in enumerate(header) if h == name] for name in doubled}
         raise SourceFormatError(
-            str(file), line_no,
+            str(file),
+            line_no,
             f"header names column(s) {doubled} more than once (at field positions {at}); "
             f"rename the duplicates so columns= picks one unambiguously",
         )
@@ -224,14 +225,16 @@ def _iter_parquet(file, mapping, chunk_rows, opts) -> Iterator[ReadResult]:
         }
         if nested:
             raise SourceFormatError(
-                str(file), None,
+                str(file),
+                None,
                 f"column(s) named in columns= hold lists or structs, not one value per row: {nested}; "
                 f"flatten them first (one row per fix)",
             )
         t_field = pf.schema_arrow.field(mapping["t"]) if "t" in mapping else None
         if t_field is not None and _is_number_type(t_field.type) and opts["time_format"] not in EPOCH_NS:
             raise SourceFormatError(
-                str(file), None,
+                str(file),
+                None,
                 f"time column {mapping['t']!r} holds numbers ({t_field.type}); pass time_format= one of {sorted(EPOCH_NS)}",
             )
         wanted = list(dict.fromkeys(mapping.values()))
@@ -240,7 +243,9 @@ def _iter_parquet(file, mapping, chunk_rows, opts) -> Iterator[ReadResult]:
             n = batch.num_rows
             if n == 0:
                 continue
-            values = {k: _arrow_values(k, batch.column(batch.schema.get_field_index(name))) for k, name in mapping.items()}
+            values = {
+                k: _arrow_values(k, batch.column(batch.schema.get_field_index(name))) for k, name in mapping.items()
+            }
             line_nos = np.arange(first_row, first_row + n, dtype=np.int64)
             first_row += n
 
@@ -294,7 +299,9 @@ def _arrow_values(key: str, arr):
 def _text(values) -> np.ndarray:
     """Values as stripped strings (``""`` for missing)."""
     arr = np.asarray(values, dtype=object)
-    return np.asarray([v.strip() if isinstance(v, str) else ("" if v is None or v != v else str(v)) for v in arr], dtype=object)
+    return np.asarray(
+        [v.strip() if isinstance(v, str) else ("" if v is None or v != v else str(v)) for v in arr], dtype=object
+    )
 
 
 def _times(values, time_format: str, timezone: str | None) -> tuple[pd.Series, np.ndarray, np.ndarray]:
@@ -355,7 +362,7 @@ def _epoch(values, time_format: str) -> tuple[pd.Series, np.ndarray, np.ndarray]
             ok = np.isfinite(v) & (np.abs(v) < limit)
         ns[ok] = np.round(v[ok] * per).astype(np.int64)
     blank = text == ""
-    detail[~ok & ~blank] = f"not a number of {time_format[len('epoch_'):]} since 1970 in range"
+    detail[~ok & ~blank] = f"not a number of {time_format[len('epoch_') :]} since 1970 in range"
     t = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")  # nanoseconds kept (epoch_ns)
     t[~ok] = pd.NaT
     return t, detail, text
@@ -391,8 +398,15 @@ def _check_chunk(file: SourceFile, values: dict, line_nos, reason, detail, raw_o
         source = sources
 
     parsed, reason, detail = validate_fixes(
-        obj_text, t_text, values["lon"], values["lat"],
-        pre_reason=reason, pre_detail=detail, t_parsed=t, t_detail=t_detail, min_time=opts.get("min_time"),
+        obj_text,
+        t_text,
+        values["lon"],
+        values["lat"],
+        pre_reason=reason,
+        pre_detail=detail,
+        t_parsed=t,
+        t_detail=t_detail,
+        min_time=opts.get("min_time"),
     )
     optional = {k: numeric_optional(values[k], k, reason, detail) for k in NUMERIC_OPTIONAL if k in values}
     if "mode" in values:

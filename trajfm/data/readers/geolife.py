@@ -113,7 +113,9 @@ def _data_chunks(file: SourceFile, chunk_rows: int, chunk_bytes: int) -> Iterato
             first = chunk.first_line()
             if not _looks_like_geolife(first):
                 raise SourceFormatError(
-                    str(file), 1, f"not a GeoLife .plt file: line 1 should be 'Geolife trajectory', found {first[:80]!r}"
+                    str(file),
+                    1,
+                    f"not a GeoLife .plt file: line 1 should be 'Geolife trajectory', found {first[:80]!r}",
                 )
             # The header sits in the first chunk unless chunks are tiny: read the first lines apart.
             header = header_length(_first_lines(file, HEADER_LINES))

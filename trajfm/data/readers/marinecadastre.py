@@ -138,7 +138,10 @@ def iter_marinecadastre(
             obj_id_pattern=r"\d+",
         )
         sog, cog = _optional_kinematics(
-            pd.Series(col.get("sog", empty), dtype=object), pd.Series(col.get("cog", empty), dtype=object), reason, detail
+            pd.Series(col.get("sog", empty), dtype=object),
+            pd.Series(col.get("cog", empty), dtype=object),
+            reason,
+            detail,
         )
         traj_id = (stem + ":" + parsed["obj_id"]).to_numpy(dtype=object)
         points, quarantine = split_checked(

@@ -189,13 +189,17 @@ def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kin
 
     n_points = sum(trips.lengths)
     rows_read = n_points + len(trips.row_trip)
-    whole_rows = quarantine_frame(
-        str(file),
-        line_nos[trips.row_trip],
-        [lines[i] for i in trips.row_trip],
-        trips.row_reason,
-        trips.row_detail,
-    ) if trips.row_trip else empty_quarantine()
+    whole_rows = (
+        quarantine_frame(
+            str(file),
+            line_nos[trips.row_trip],
+            [lines[i] for i in trips.row_trip],
+            trips.row_reason,
+            trips.row_detail,
+        )
+        if trips.row_trip
+        else empty_quarantine()
+    )
     if n_points == 0:
         from trajfm.data.schema import empty_points
 
@@ -248,12 +252,21 @@ def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kin
         for r in rows:
             i, j = int(trip[r]), int(pos[r])
             point = trips.bad_points.get((i, j)) or f"[{lonlat[r, 0]!r},{lonlat[r, 1]!r}]"
-            out.append(f"TRIP_ID={trip_id[i]} TAXI_ID={col['TAXI_ID'][i]} TIMESTAMP={stamp_text[i]} POLYLINE[{j}]={point}")
+            out.append(
+                f"TRIP_ID={trip_id[i]} TAXI_ID={col['TAXI_ID'][i]} TIMESTAMP={stamp_text[i]} POLYLINE[{j}]={point}"
+            )
         return out
 
     points, quarantine = split_checked(
-        file, parsed, reason, detail, ("porto:" + pd.Series(trip_id[trip], dtype=object)).to_numpy(dtype=object),
-        kind, tag, line_nos[trip], raw_of,
+        file,
+        parsed,
+        reason,
+        detail,
+        ("porto:" + pd.Series(trip_id[trip], dtype=object)).to_numpy(dtype=object),
+        kind,
+        tag,
+        line_nos[trip],
+        raw_of,
     )
     if len(whole_rows):
         quarantine = pd.concat([quarantine, whole_rows], ignore_index=True)

@@ -143,4 +143,6 @@ def iter_sources(
 
     files, _skipped = resolve_sources(sources, format)
     for s in files:
-        yield from READERS[s.format].chunks(s.file, kind=kind, chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, **options)
+        yield from READERS[s.format].chunks(
+            s.file, kind=kind, chunk_rows=chunk_rows, chunk_bytes=chunk_bytes, **options
+        )

@@ -21,7 +21,6 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-
 from trajfm.data.readers.base import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_CHUNK_ROWS,
