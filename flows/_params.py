@@ -30,7 +30,8 @@ DESCRIPTIONS: dict[str, str] = {
     "model_overrides": "Model configuration overrides on top of the preset (GPTConfig fields, e.g. dropout).",
     "dask_address": "Dask scheduler address for preprocessing (e.g. tcp://127.0.0.1:8786). Null: a local cluster.",
     "n_workers": "Workers of the local Dask cluster (ignored with dask_address).",
-    "preprocess_engine": "Preprocessing implementation: vectorized (numpy, default) or movingpandas (the reference, slow).",
+    "preprocess_engine": "Preprocessing implementation: vectorized (numpy, default) "
+    "or movingpandas (the reference, slow).",
     "engine": "Preprocessing implementation: vectorized (numpy, default) or movingpandas (the reference, slow).",
     "context_len": "Evaluation: points of observed track before each forecast.",
     "horizon": "Evaluation: steps forecast ahead (at the resampling interval).",
@@ -40,7 +41,8 @@ DESCRIPTIONS: dict[str, str] = {
     "torchrun_args": "torchrun launcher arguments for several nodes (replace --standalone), e.g. "
     '["--nnodes", "2", "--rdzv-endpoint", "head:29400"].',
     "format": "Force one reader for every file (tracktable, geolife, generic, ...). Null: detected per file.",
-    "watch_dir": "Folder, glob or fsspec URL watched for new files; each file is read by one successful retraining only.",
+    "watch_dir": "Folder, glob or fsspec URL watched for new files; "
+    "each file is read by one successful retraining only.",
     "split": "Evaluation split: train, val or test.",
     "ingest_dir": "An ingest stage directory (the output of the ingest flow).",
     "preprocess_dir": "A preprocess stage directory (the output of the preprocess flow).",
@@ -49,12 +51,15 @@ DESCRIPTIONS: dict[str, str] = {
     "stage_dir": "The stage directory whose points.parquet is validated.",
     "stage": "Which gate: raw (after ingest) or processed (after preprocess).",
     "metrics": "The evaluate flow's metrics (ADE/FDE in metres, model and constant velocity).",
-    "model_uri": "The model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a model.pt or a train stage directory.",
+    "model_uri": "The model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, "
+    "a model.pt or a train stage directory.",
     "data": "Data to evaluate on: files, a folder, a glob, `embedded:SUBSET` or a preprocess stage directory.",
-    "tasks": "Evaluation tasks to run (forecast, recovery, travel_time, next_location, generation, similarity). Null: all.",
+    "tasks": "Evaluation tasks to run "
+    "(forecast, recovery, travel_time, next_location, generation, similarity). Null: all.",
     "init": "Fine-tune from this model instead of training the preset from scratch: models:/trajfm-base@champion, "
     "models:/NAME/VERSION or a .pt path. Null: train from scratch.",
-    "out": "The results JSON file. Null: <data root>/evaluations/<hash of the request>/results.json (the report goes beside it).",
+    "out": "The results JSON file. Null: <data root>/evaluations/<hash of the request>/results.json "
+    "(the report goes beside it).",
 }
 
 

@@ -31,7 +31,9 @@ def calibrate_task(
             for h in range(len(info["blend"]))
         ],
         key="forecast-calibration",
-        description="per step: blend weight of the model vs constant velocity, radius of the 80% region (validation split)",
+        description=(
+            "per step: blend weight of the model vs constant velocity, radius of the 80% region (validation split)"
+        ),
     )
     get_run_logger().info("calibrate: blend %s", info["blend"])
     return str(out)

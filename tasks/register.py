@@ -49,7 +49,10 @@ def register_task(
     )
     flag = ""
     if result.worse_than_constant_velocity:
-        flag = "\n\n**Warning: worse than constant velocity on its evaluation set** (tagged `trajfm.worse_than_constant_velocity`)."
+        flag = (
+            "\n\n**Warning: worse than constant velocity on its evaluation set** "
+            "(tagged `trajfm.worse_than_constant_velocity`)."
+        )
         get_run_logger().warning(
             "%s version %s is worse than constant velocity on its evaluation set: flagged", name, result.version
         )

@@ -145,7 +145,8 @@ def forecast_rows(m: dict, w: int) -> list[str]:
         )
     if m.get("blend") is not None:
         lines.append(
-            f"            (the model blends with constant velocity per step, weights {m['blend']}: chosen on validation)"
+            f"            (the model blends with constant velocity per step, weights {m['blend']}: "
+            "chosen on validation)"
         )
     return lines
 
@@ -164,14 +165,17 @@ def summary_text(result: dict, root: Path, seconds: float, title: str = "trajfm 
         "=" * 72,
         f"{title} finished in {seconds:.0f} s   (data root: {root})",
         "-" * 72,
-        f"ingest      read {ing['rows_read']:,} points = kept {ing['rows_kept']:,} + quarantined {ing['rows_quarantined']:,}",
+        f"ingest      read {ing['rows_read']:,} points = kept {ing['rows_kept']:,} "
+        f"+ quarantined {ing['rows_quarantined']:,}",
         f"preprocess  in {pre['rows_in']:,} = kept {pre['rows_kept']:,} + quarantined {pre['rows_quarantined']:,}"
         f"  {dict(pre.get('quarantined_by_reason', {}))}",
         f"            -> {pre['n_trajectories']:,} trajectories, {pre['rows_out']:,} points resampled",
         f"validate    raw: {'passed' if result['validation']['raw'] else 'FAILED'}, processed: "
         f"{'passed' if result['validation']['processed'] else 'FAILED'}",
-        f"features    windows train/val/test = {feat['windows']['train']:,}/{feat['windows']['val']:,}/{feat['windows']['test']:,}",
-        f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, {m['horizon']} steps ahead",
+        f"features    windows train/val/test = "
+        f"{feat['windows']['train']:,}/{feat['windows']['val']:,}/{feat['windows']['test']:,}",
+        f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, "
+        f"{m['horizon']} steps ahead",
         *forecast_rows(m, w),
         f"register    {reg['name']} version {reg['version']}: "
         + (
@@ -182,10 +186,10 @@ def summary_text(result: dict, root: Path, seconds: float, title: str = "trajfm 
         + f"; champion is version {reg['champion_version']}",
         "-" * 72,
         "Open the UIs on this data (both listen on 127.0.0.1 only):",
-        f"  Prefect: PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start --host 127.0.0.1 --port 4200"
-        "   -> http://127.0.0.1:4200",
-        f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root}/mlflow.db --host 127.0.0.1 --port 5000"
-        "   -> http://127.0.0.1:5000",
+        f"  Prefect: PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start "
+        "--host 127.0.0.1 --port 4200   -> http://127.0.0.1:4200",
+        f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root}/mlflow.db "
+        "--host 127.0.0.1 --port 5000   -> http://127.0.0.1:5000",
         "  (or: make ui-prefect / make ui-mlflow)",
         "=" * 72,
     ]

@@ -141,7 +141,8 @@ class Forecaster:
         if len(off):
             examples = ", ".join(f"{k} ({v:.0f} s)" for k, v in off.head(3).items())
             raise ValueError(
-                f"{len(off)} trajectories are not at the model's cadence (~{model_s:.0f} s between fixes), e.g. {examples}: "
+                f"{len(off)} trajectories are not at the model's cadence (~{model_s:.0f} s between fixes), e.g. "
+                f"{examples}: "
                 f"resample them first (forecast(..., resample_s='model') or trajfm.data.clean.resample_to_interval)"
             )
 
@@ -230,7 +231,8 @@ def canonical_points(points: pd.DataFrame) -> pd.DataFrame:
     bad = df[["traj_id", "t", "lon", "lat"]].isna().any(axis=1)
     if bad.any():
         raise ValueError(
-            f"{int(bad.sum())} points have a missing or non-numeric traj_id, t, lon or lat (first row {int(np.flatnonzero(bad)[0])})"
+            f"{int(bad.sum())} points have a missing or non-numeric traj_id, t, lon or lat (first row "
+            f"{int(np.flatnonzero(bad)[0])})"
         )
     if not (df["lon"].between(-180, 180).all() and df["lat"].between(-90, 90).all()):
         raise ValueError("lon must be in [-180, 180] and lat in [-90, 90] degrees (is the order swapped?)")

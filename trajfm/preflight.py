@@ -54,7 +54,8 @@ def _require_writable(path: Path, what: str) -> None:
         os.unlink(name)
     except OSError as exc:
         raise PreflightError(
-            f"the {what} {path} is not writable ({_reason(exc)}): choose another --data-root / TRAJFM_HOME or fix its permissions"
+            f"the {what} {path} is not writable ({_reason(exc)}): choose another --data-root / TRAJFM_HOME or fix "
+            "its permissions"
         ) from None
 
 
@@ -117,7 +118,8 @@ def check_model_name(name: str) -> None:
     """A name the MLflow registry accepts and ``models:/<name>@champion`` can carry."""
     if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or name != name.strip():
         raise PreflightError(
-            f"invalid model name {name!r}: use letters, digits, '_', '.', '-' or inner spaces, starting with a letter or digit"
+            f"invalid model name {name!r}: use letters, digits, '_', '.', '-' or inner spaces, starting with a "
+            "letter or digit"
         )
 
 

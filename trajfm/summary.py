@@ -36,7 +36,8 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
         f"- **preprocess**: in {_n(pre.get('rows_in'))} = kept {_n(pre.get('rows_kept'))} + quarantined "
         f"{_n(pre.get('rows_quarantined'))}"
         + (f" ({reasons})" if reasons else "")
-        + f" -> {_n(pre.get('n_trajectories'))} trajectories, {_n(pre.get('rows_out'))} resampled points{see('preprocess')}"
+        + f" -> {_n(pre.get('n_trajectories'))} trajectories, {_n(pre.get('rows_out'))} resampled "
+        f"points{see('preprocess')}"
     )
     lines.append(
         f"- **validate processed**: {'passed' if ok.get('processed') else 'FAILED'}{see('validate-processed')}"
@@ -50,8 +51,10 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
         f"## Model{see('train')}",
         "",
         (
-            f"preset `{train.get('preset')}`, {_n(final.get('n_params', 0))} parameters, {final.get('epoch', '?')} epochs "
-            f"({final.get('step', '?')} steps) on {train.get('device', '?')}; best validation loss {final.get('best_val_loss')}"
+            f"preset `{train.get('preset')}`, {_n(final.get('n_params', 0))} parameters, {final.get('epoch', '?')} "
+            "epochs "
+            f"({final.get('step', '?')} steps) on {train.get('device', '?')}; best validation loss "
+            f"{final.get('best_val_loss')}"
         ),
     ]
     if result.get("model_dir") or m.get("blend") is not None:
@@ -71,7 +74,8 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
             "",
             f"## {m.get('split', 'test').capitalize()} split: forecast error (metres){see('evaluate')}",
             "",
-            f"{_n(m.get('n_windows'))} windows, context {m.get('context_len')} points, horizon {m.get('horizon')} steps.",
+            f"{_n(m.get('n_windows'))} windows, context {m.get('context_len')} points, horizon {m.get('horizon')} "
+            "steps.",
             "",
             "| metric | model | constant velocity | model vs baseline |",
             "|---|---|---|---|",
@@ -90,8 +94,8 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
             "",
             f"## Registry{see('register')}",
             "",
-            f"**{reg.get('name')}** version **{reg.get('version')}**: {what}; `champion` is version {reg.get('champion_version')}."
-            + (f" {reg['reason']}." if reg.get("reason") else ""),
+            f"**{reg.get('name')}** version **{reg.get('version')}**: {what}; `champion` is version "
+            f"{reg.get('champion_version')}." + (f" {reg['reason']}." if reg.get("reason") else ""),
         ]
         if reg.get("run_url"):
             lines.append(f"MLflow run: [{reg['run_id']}]({reg['run_url']})")

@@ -215,7 +215,8 @@ def make_features(preprocess_dir: str | Path, root=None, params: WindowParams | 
     points = pd.read_parquet(Path(preprocess_dir) / "points.parquet")
     if len(points) == 0:
         raise ValueError(
-            f"{preprocess_dir} has 0 points: nothing to cut into windows (every input row was quarantined? see its quarantine table)"
+            f"{preprocess_dir} has 0 points: nothing to cut into windows (every input row was quarantined? see its "
+            "quarantine table)"
         )
     sets, counts = build_windows(points, params)
     if len(sets["train"]) == 0:

@@ -24,13 +24,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from trajfm.quality.suites import STAGES, _jsonable, derive_columns, resolve_params, suite_for
+from trajfm.data.schema import empty_points, to_canonical
+from trajfm.quality.partitioned import (
+    PARTITION_ROWS,
+    FrameSlice,
+    plan_slices,
+    stage_files,
+    suite_configs,
+    validate_partitions,
+)
+from trajfm.quality.results import accumulate, result_key, silence_progress_bars
+from trajfm.quality.suites import STAGES, derive_columns, jsonable, resolve_params, suite_for
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ROWS = 2_000_000
 DATA_DOCS_INDEX = Path("gx/uncommitted/data_docs/local_site/index.html")
-_MAX_EXAMPLES = 5
 
 
 class ValidationFailed(ValueError):
@@ -70,7 +79,7 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (for manifests, Prefect artifacts, MLflow)."""
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
     def to_markdown(self) -> str:
         status = "PASSED" if self.success else "FAILED"
@@ -136,12 +145,6 @@ def gate(report: ValidationReport) -> ValidationReport:
     return report
 
 
-def _silence(context) -> None:
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-
-
 def _build(stage: str, params: dict, context_root: Path | None, extra: list | None = None):
     """(context, validation definition, checkpoint or None) for ``stage`` (plus ``extra`` expectations)."""
     import great_expectations as gx
@@ -152,7 +155,7 @@ def _build(stage: str, params: dict, context_root: Path | None, extra: list | No
     else:
         Path(context_root).mkdir(parents=True, exist_ok=True)
         context = gx.get_context(mode="file", project_root_dir=str(context_root))
-    _silence(context)
+    silence_progress_bars(context)
 
     # add_or_update replaces a stored datasource with a fresh one without assets; add them anew.
     source = context.data_sources.add_or_update_pandas(name="trajfm_points")
@@ -177,72 +180,6 @@ def _build(stage: str, params: dict, context_root: Path | None, extra: list | No
             )
         )
     return context, definition, checkpoint
-
-
-def _result_key(config) -> tuple:
-    return (config.type, config.kwargs.get("column"), (config.meta or {}).get("check"))
-
-
-def _exception_message(result) -> str | None:
-    info = result.exception_info or {}
-    if info.get("raised_exception"):
-        return info.get("exception_message") or "exception"
-    # When several metrics fail, GX nests one info dict per metric.
-    for value in info.values():
-        if isinstance(value, dict) and value.get("raised_exception"):
-            return value.get("exception_message") or "exception"
-    return None
-
-
-def _mostly(config) -> float:
-    mostly = config.kwargs.get("mostly")
-    return 1.0 if mostly is None else float(mostly)
-
-
-def _accumulate(acc: dict, suite_result, frame: pd.DataFrame) -> None:
-    """Add one chunk's GX results to ``acc`` (keyed by expectation type, column, check)."""
-    for er in suite_result.results:
-        config = er.expectation_config
-        key = _result_key(config)
-        meta = config.meta or {}
-        entry = acc.setdefault(
-            key,
-            {
-                "expectation": config.type,
-                "column": config.kwargs.get("column"),
-                "check": meta.get("check"),
-                "severity": meta.get("severity", "critical"),
-                "mostly": _mostly(config),
-                "element_count": 0,
-                "considered_count": 0,
-                "unexpected_count": 0,
-                "examples": [],
-                "exception": None,
-            },
-        )
-        message = _exception_message(er)
-        if message is not None:
-            entry["exception"] = entry["exception"] or message
-            continue
-        res = er.result or {}
-        if "unexpected_count" not in res:  # not a map expectation (row count, min, uniqueness...)
-            entry["gx_success"] = bool(er.success) and entry.get("gx_success", True)
-            entry["observed_value"] = _jsonable(res.get("observed_value"))
-        elements = int(res.get("element_count") or 0)
-        missing = int(res.get("missing_count") or 0)  # absent for not-null checks: all rows count
-        entry["element_count"] += elements
-        entry["considered_count"] += elements - missing
-        entry["unexpected_count"] += int(res.get("unexpected_count") or 0)
-        if not er.success and len(entry["examples"]) < _MAX_EXAMPLES:
-            # GX reports index labels; the frame's labels are row positions of the whole frame.
-            for index in res.get("partial_unexpected_index_list") or []:
-                example = frame["traj_id"].get(index)
-                if example is None or pd.isna(example):
-                    continue
-                if str(example) not in entry["examples"]:
-                    entry["examples"].append(str(example))
-                if len(entry["examples"]) >= _MAX_EXAMPLES:
-                    break
 
 
 def _finish(entry: dict) -> dict:
@@ -329,8 +266,6 @@ def validate_points(
     if len(frame) <= chunk_rows and n_workers is None and dask_address is None:
         results, data_docs = _validate_whole(frame, stage, resolved, context_root, extra_expectations)
     else:
-        from trajfm.quality.partitioned import FrameSlice, suite_configs, validate_partitions
-
         sources = [FrameSlice(frame.iloc[s : s + chunk_rows]) for s in range(0, len(frame), chunk_rows)]
         entries, _, _ = validate_partitions(
             sources,
@@ -370,8 +305,6 @@ def validate_stage(
     """
     import pyarrow.parquet as pq
 
-    from trajfm.quality.partitioned import PARTITION_ROWS, plan_slices, stage_files, suite_configs, validate_partitions
-
     _check_stage(stage)
     files = stage_files(path)
     rows = sum(int(pq.ParquetFile(f).metadata.num_rows) for f in files)
@@ -407,9 +340,9 @@ def _validate_whole(frame, stage, resolved, context_root, extra) -> tuple[list[d
         suite_results = [definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")]
     acc: dict[tuple, dict] = {}
     for suite_result in suite_results:
-        _accumulate(acc, suite_result, frame)
+        accumulate(acc, suite_result, frame)
     # Report in suite order (GX returns results in evaluation order).
-    order = {_result_key(e.configuration): i for i, e in enumerate(definition.suite.expectations)}
+    order = {result_key(e.configuration): i for i, e in enumerate(definition.suite.expectations)}
     results = [_finish(entry) for key, entry in sorted(acc.items(), key=lambda kv: order.get(kv[0], len(order)))]
     return results, _data_docs_index(context_root)
 
@@ -437,8 +370,6 @@ def _record(context_root, stage, resolved, extra, results: list[dict], n_partiti
         ValidationResultIdentifier,
     )
 
-    from trajfm.data.schema import empty_points, to_canonical
-
     context, definition, _ = _build(stage, resolved, context_root, extra)
     run_id = RunIdentifier(
         run_name=f"trajfm-{stage}-{n_partitions}-partitions", run_time=dt.datetime.now(dt.timezone.utc)
@@ -447,7 +378,7 @@ def _record(context_root, stage, resolved, extra, results: list[dict], n_partiti
     suite_result = definition.run(batch_parameters={"dataframe": empty}, result_format="SUMMARY", run_id=run_id)
     merged = {(r["expectation"], r["column"], r["check"]): r for r in results}
     for er in suite_result.results:
-        r = merged[_result_key(er.expectation_config)]
+        r = merged[result_key(er.expectation_config)]
         er.success = r["success"]
         er.exception_info = {
             "raised_exception": bool(r["exception"]),

@@ -49,7 +49,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trajfm.quality.suites import REQUIRED_COLUMNS, STAGES, derive_columns, resolve_params
+from trajfm.quality.results import MAX_EXAMPLES, accumulate, silence_progress_bars
+from trajfm.quality.suites import REQUIRED_COLUMNS, STAGES, derive_columns, resolve_params, suite_for
 
 PARTITION_ROWS = 1_000_000  # rows per partition (and the size above which a stage is partitioned)
 SCHEDULERS = ("distributed", "sync")
@@ -176,10 +177,8 @@ def _ephemeral_definition(configs: list[dict], name: str):
     import great_expectations as gx
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-    from trajfm.quality.gate import _silence
-
     context = gx.get_context(mode="ephemeral")
-    _silence(context)
+    silence_progress_bars(context)
     asset = context.data_sources.add_pandas(name="trajfm_points").add_dataframe_asset(name=name)
     batch_definition = asset.add_batch_definition_whole_dataframe(name="whole_frame")
     expectations = [ExpectationConfiguration(**c).to_domain_obj() for c in configs]
@@ -189,13 +188,12 @@ def _ephemeral_definition(configs: list[dict], name: str):
 
 def run_expectations(configs: list[dict], frame: pd.DataFrame, name: str = "trajfm_partition") -> dict:
     """GX results of ``configs`` on ``frame`` as gate entries keyed by (type, column, check)."""
-    from trajfm.quality.gate import _accumulate
 
     acc: dict = {}
     if configs:
         definition = _ephemeral_definition(configs, name)
         result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
-        _accumulate(acc, result, frame)
+        accumulate(acc, result, frame)
     return acc
 
 
@@ -330,7 +328,6 @@ def _rerun_cut_trajectories(runner, sources, plan: _Plan, results: list[dict]) -
 
 
 def _merge_rowwise(results: list[dict]) -> dict:
-    from trajfm.quality.gate import _MAX_EXAMPLES
 
     merged: dict = {}
     for r in results:
@@ -341,7 +338,7 @@ def _merge_rowwise(results: list[dict]) -> dict:
             for count in ("element_count", "considered_count", "unexpected_count"):
                 m[count] += e[count]
             m["exception"] = m["exception"] or e["exception"]
-            m["examples"] += [x for x in e["examples"] if x not in m["examples"]][: _MAX_EXAMPLES - len(m["examples"])]
+            m["examples"] += [x for x in e["examples"] if x not in m["examples"]][: MAX_EXAMPLES - len(m["examples"])]
     return merged
 
 
@@ -371,10 +368,7 @@ def suite_configs(stage: str, params: dict | None = None, extra: list | None = N
     """The stage's suite (plus ``extra`` expectations) as configuration dicts, built once."""
     import great_expectations as gx
 
-    from trajfm.quality.gate import _silence
-    from trajfm.quality.suites import suite_for
-
-    _silence(gx.get_context(mode="ephemeral"))  # building a suite needs an active context
+    silence_progress_bars(gx.get_context(mode="ephemeral"))  # building a suite needs an active context
     suite = suite_for(stage, resolve_params(params))
     out = [e.configuration.to_json_dict() for e in suite.expectations]
     out += [e.configuration.to_json_dict() for e in extra or []]

@@ -209,7 +209,7 @@ def raw_points_suite(params: dict | None = None, name: str = "trajfm_raw_points"
     import great_expectations as gx
 
     params = resolve_params(params)
-    suite = gx.ExpectationSuite(name=name, meta={"stage": "raw", "params": _jsonable(params)})
+    suite = gx.ExpectationSuite(name=name, meta={"stage": "raw", "params": jsonable(params)})
     for expectation in _raw_expectations(params):
         suite.add_expectation(expectation)
     return suite
@@ -226,7 +226,7 @@ def processed_suite(params: dict | None = None, name: str = "trajfm_processed_po
     params = resolve_params(params)
     e = gx.expectations
     mostly = params["mostly"]
-    suite = gx.ExpectationSuite(name=name, meta={"stage": "processed", "params": _jsonable(params)})
+    suite = gx.ExpectationSuite(name=name, meta={"stage": "processed", "params": jsonable(params)})
     for expectation in _raw_expectations(params):
         suite.add_expectation(expectation)
     suite.add_expectation(
@@ -267,12 +267,12 @@ def suite_for(stage: str, params: dict | None = None) -> "gx.ExpectationSuite":
     raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON types (numpy scalars and Timestamps become Python numbers and ISO strings)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):
