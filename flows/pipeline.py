@@ -69,17 +69,66 @@ def pipeline(
     check_run(
         sources=sources, data_root=data_root, preset=preset, model_name=model_name, ingest_params=as_dict(ingest_params)
     )
-    runs: dict[str, str] = {}  # stage -> its flow run id, for the summary's links
+    stage = StageRuns()
+    data = _data_stages(
+        stage,
+        sources,
+        data_root,
+        ingest_params,
+        preprocess_params,
+        window_params,
+        quality_params,
+        dask_address,
+        n_workers,
+        preprocess_engine,
+    )
+    overrides = {"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})}
+    if init:
+        overrides["init_checkpoint"] = init_checkpoint_task(init, data_root=data_root)
+    models = _model_stages(
+        stage,
+        data["features_dir"],
+        data_root,
+        preset,
+        overrides,
+        nproc,
+        torchrun_args,
+        context_len,
+        horizon,
+        model_name,
+    )
+    result = {**data, **models}
+    pipeline_summary_task(result, stage.runs)
+    return result
 
-    def stage(label, subflow, *args, **kwargs):
+
+class StageRuns:
+    """Calls a stage's subflow and remembers its flow run id (stage -> id) for the summary's links."""
+
+    def __init__(self):
+        self.runs: dict[str, str] = {}
+
+    def __call__(self, label, subflow, *args, **kwargs):
         state = subflow(*args, return_state=True, **kwargs)
-        runs[label] = str(state.state_details.flow_run_id)
+        self.runs[label] = str(state.state_details.flow_run_id)
         return state.result()  # a failed stage fails the pipeline here, as a plain call would
 
+
+def _data_stages(
+    stage: StageRuns,
+    sources,
+    data_root,
+    ingest_params,
+    preprocess_params,
+    window_params,
+    quality_params,
+    dask_address,
+    n_workers,
+    preprocess_engine,
+) -> dict:
+    """ingest -> validate raw -> preprocess -> validate processed -> features: the stage directories."""
     ingest_dir = stage("ingest", ingest_flow, sources=sources, data_root=data_root, params=ingest_params)
-    raw_report = stage(
-        "validate-raw", validate_flow, ingest_dir, stage="raw", params=quality_params, data_root=data_root
-    )
+    raw = stage("validate-raw", validate_flow, ingest_dir, stage="raw", params=quality_params, data_root=data_root)
     processed_dir = stage(
         "preprocess",
         preprocess_flow,
@@ -90,7 +139,7 @@ def pipeline(
         n_workers=n_workers,
         engine=preprocess_engine,
     )
-    processed_report = stage(
+    processed = stage(
         "validate-processed",
         validate_flow,
         processed_dir,
@@ -99,9 +148,18 @@ def pipeline(
         data_root=data_root,
     )
     features_dir = stage("features", features_flow, processed_dir, data_root=data_root, params=window_params)
-    overrides = {"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})}
-    if init:
-        overrides["init_checkpoint"] = init_checkpoint_task(init, data_root=data_root)
+    return {
+        "ingest_dir": ingest_dir,
+        "preprocess_dir": processed_dir,
+        "features_dir": features_dir,
+        "validation": {"raw": raw["success"], "processed": processed["success"]},
+    }
+
+
+def _model_stages(
+    stage: StageRuns, features_dir, data_root, preset, overrides, nproc, torchrun_args, context_len, horizon, model_name
+) -> dict:
+    """train -> calibrate -> evaluate -> register: the model directories, metrics and registration."""
     train_dir = stage(
         "train",
         train_flow,
@@ -134,15 +192,4 @@ def pipeline(
     registration = stage(
         "register", register_flow, model_dir, features_dir, metrics, data_root=data_root, name=model_name
     )
-    result = {
-        "ingest_dir": ingest_dir,
-        "preprocess_dir": processed_dir,
-        "features_dir": features_dir,
-        "train_dir": train_dir,
-        "model_dir": model_dir,
-        "validation": {"raw": raw_report["success"], "processed": processed_report["success"]},
-        "metrics": metrics,
-        "registration": registration,
-    }
-    pipeline_summary_task(result, runs)
-    return result
+    return {"train_dir": train_dir, "model_dir": model_dir, "metrics": metrics, "registration": registration}

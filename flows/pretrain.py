@@ -5,6 +5,9 @@ corpus hash as lineage, ``champion`` by the project's rule."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from flows._params import documented
 from flows._redact import flow
 from tasks.ingest import ingest_task
 from tasks.preprocess import preprocess_task
@@ -14,6 +17,7 @@ from trajfm.params import DEFAULT_PRETRAIN_PRESET, PresetName
 
 
 @flow(name="pretrain", flow_run_name="pretrain-{preset}", log_prints=True)
+@documented
 def pretrain(
     corpus: str = "base",
     data_root: str | None = None,
@@ -40,61 +44,28 @@ def pretrain(
 
     Args:
         corpus: a corpus name (corpora/<name>.yaml) or a YAML path.
-        data_root: where the stages, checkpoints and the MLflow registry live.
         preset: model preset (base-small, base, base-large or any other).
-        model_overrides: GPTConfig fields changed from the preset's.
         epochs: nominal epochs (train windows / batch_size steps each).
         max_steps: cap on optimizer steps (the schedule is laid out over it).
-        batch_size: windows per optimizer step over all processes.
         lr: peak learning rate.
         sources: only these corpus sources (default: all).
         window: points per window (the preset's block_size at most is used).
         max_windows: windows per shard.
-        quality_params: Great Expectations gate overrides.
-        train_overrides: other TrainConfig fields.
-        dask_address: an existing Dask scheduler for preprocessing (default: a LocalCluster).
-        n_workers: LocalCluster workers.
-        nproc: training processes on this node (torchrun + DistributedDataParallel when > 1).
-        torchrun_args: torchrun rendezvous arguments for several nodes.
-        model_name: registered model name.
         context_len: points of context of the registration's forecast evaluation.
         horizon: forecast steps of that evaluation.
     """
     from trajfm.data.corpus import load_corpus
-    from trajfm.pretrain import corpus_mixing, source_preprocess_params
+    from trajfm.pretrain import source_preprocess_params
 
     c = load_corpus(corpus)
-    chosen = [s for s in c.sources if sources is None or s.name in sources]
-    unknown = sorted(set(sources or []) - {s.name for s in c.sources})
-    if unknown or not chosen:
-        raise ValueError(
-            f"corpus {c.name!r} has no source(s) {unknown or sources}; it has {[s.name for s in c.sources]}"
+    chosen = _chosen_sources(c, sources)
+    processed = {
+        src.name: _prepare_source(
+            src, source_preprocess_params(src), data_root, quality_params, dask_address, n_workers
         )
-    processed = []
-    for src in chosen:
-        ingest_dir = ingest_task(src.ingest_sources(), data_root=data_root, params=src.ingest_params())
-        validate_task(ingest_dir, "raw", params=quality_params, data_root=data_root)
-        processed_dir = preprocess_task(
-            ingest_dir,
-            data_root=data_root,
-            params=source_preprocess_params(src),
-            dask_address=dask_address,
-            n_workers=n_workers,
-        )
-        validate_task(processed_dir, "processed", params=quality_params, data_root=data_root)
-        processed.append([src.name, processed_dir])
-    shards_dir = shards_task(
-        processed,
-        data_root=data_root,
-        window_params={"window": window, "stride": window},
-        max_windows=max_windows,
-        coarsen=list(c.coarsen),
-    )
-    if sources is not None:  # a subset: mixing over the chosen sources only
-        from dataclasses import replace
-
-        c = replace(c, sources=tuple(chosen))
-    probabilities = corpus_mixing(c, shards_dir)
+        for src in chosen
+    }
+    shards_dir, probabilities = _shards_and_mixing(c, chosen, sources, processed, data_root, window, max_windows)
     corpus_sha = load_corpus(corpus).sha256()
     overrides = {
         "epochs": epochs,
@@ -114,7 +85,48 @@ def pretrain(
         nproc=nproc,
         torchrun_args=torchrun_args,
     )
-    # trajfm-base carries its never-worse-than-constant-velocity rule, fitted on the validation shards
+    model_dir, registration = _calibrate_and_register(
+        pretrain_dir, shards_dir, corpus_sha, c.name, data_root, model_name, context_len, horizon
+    )
+    return {
+        "corpus": c.name,
+        "corpus_sha256": corpus_sha,
+        "processed": processed,
+        "shards_dir": shards_dir,
+        "mixing": probabilities,
+        "pretrain_dir": pretrain_dir,
+        "model_dir": model_dir,
+        "registration": registration,
+    }
+
+
+def _chosen_sources(c, sources: list[str] | None) -> list:
+    """The corpus sources to pre-train on: all, or the named ones (an unknown name is an error)."""
+    chosen = [s for s in c.sources if sources is None or s.name in sources]
+    unknown = sorted(set(sources or []) - {s.name for s in c.sources})
+    if unknown or not chosen:
+        raise ValueError(
+            f"corpus {c.name!r} has no source(s) {unknown or sources}; it has {[s.name for s in c.sources]}"
+        )
+    return chosen
+
+
+def _prepare_source(src, preprocess_params: dict, data_root, quality_params, dask_address, n_workers) -> str:
+    """One corpus source: ingest -> validate raw -> preprocess (Dask) -> validate processed."""
+    ingest_dir = ingest_task(src.ingest_sources(), data_root=data_root, params=src.ingest_params())
+    validate_task(ingest_dir, "raw", params=quality_params, data_root=data_root)
+    processed_dir = preprocess_task(
+        ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers
+    )
+    validate_task(processed_dir, "processed", params=quality_params, data_root=data_root)
+    return processed_dir
+
+
+def _calibrate_and_register(
+    pretrain_dir, shards_dir, corpus_sha, corpus_name, data_root, model_name, context_len, horizon
+) -> tuple[str, dict]:
+    """trajfm-base carries its never-worse-than-constant-velocity rule, fitted on the validation
+    shards; then it is registered with the corpus hash as lineage."""
     model_dir = calibrate_base_task(
         pretrain_dir, shards_dir, data_root=data_root, context_len=context_len, horizon=horizon
     )
@@ -122,19 +134,27 @@ def pretrain(
         model_dir,
         shards_dir,
         corpus_sha,
-        corpus_name=c.name,
+        corpus_name=corpus_name,
         data_root=data_root,
         name=model_name,
         context_len=context_len,
         horizon=horizon,
     )
-    return {
-        "corpus": c.name,
-        "corpus_sha256": corpus_sha,
-        "processed": dict(processed),
-        "shards_dir": shards_dir,
-        "mixing": probabilities,
-        "pretrain_dir": pretrain_dir,
-        "model_dir": model_dir,
-        "registration": registration,
-    }
+    return model_dir, registration
+
+
+def _shards_and_mixing(c, chosen, sources, processed: dict, data_root, window: int, max_windows: int):
+    """The shards of every processed source (native and coarser views) and the mixing probabilities."""
+    from trajfm.pretrain import corpus_mixing
+
+    shards_dir = shards_task(
+        [[k, v] for k, v in processed.items()],
+        data_root=data_root,
+        window_params={"window": window, "stride": window},
+        max_windows=max_windows,
+        coarsen=list(c.coarsen),
+    )
+    if sources is not None:  # a subset: mixing over the chosen sources only
+        c = replace(c, sources=tuple(chosen))
+    probabilities = corpus_mixing(c, shards_dir)
+    return shards_dir, probabilities

@@ -86,23 +86,13 @@ def retrain(
     champion = champion_task(data_root, name=model_name)
 
     params = {**(as_dict(ingest_params) or {}), **({"format": format} if format else {})}
-    ingest_dir = ingest_flow(sources=[f["path"] for f in files], data_root=data_root, params=params)
-    validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
-    processed_dir = preprocess_flow(
-        ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers
+    processed_dir = _ingest_and_clean(
+        [f["path"] for f in files], data_root, params, preprocess_params, quality_params, dask_address, n_workers
     )
-    validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
     overrides = {"epochs": epochs, "batch_size": batch_size, **(as_dict(train_overrides) or {})}
-    eval_dir, split = None, "test"
-    if champion is not None:
-        # fine-tune the champion's weights; its calibration is fitted again after training
-        overrides["init_checkpoint"] = str(uncalibrated_checkpoint(champion["checkpoint"], data_root))
-        context_len, horizon, split = champion["context_len"], champion["horizon"], champion["split"]
-        eval_dir = champion["features_dir"]
-        if window_params is None and eval_dir is not None:  # the same feature config as the champion
-            window_params = read_manifest(eval_dir).get("params")
-    elif init:
-        overrides["init_checkpoint"] = init_checkpoint_task(init, data_root=data_root)
+    context_len, horizon, split, eval_dir, window_params = _start_point(
+        champion, init, overrides, data_root, context_len, horizon, window_params
+    )
     features_dir = features_flow(processed_dir, data_root=data_root, params=window_params)
     train_dir = train_flow(features_dir, data_root=data_root, preset=preset, train_overrides=overrides, nproc=nproc)
     eval_dir = eval_dir or features_dir  # the champion's evaluation set when it is under this root
@@ -116,11 +106,7 @@ def retrain(
     record_consumed_task(files, data_root=data_root, run={"version": registration["version"], "train_dir": train_dir})
 
     base = f"champion v{champion['version']}" if champion else (f"`{init}`" if init else f"`{preset}` from scratch")
-    create_markdown_artifact(
-        f"Retrained {base} on {len(files)} new file(s); registered **v{registration['version']}** "
-        f"({split} ADE {metrics['ade_m']:.1f} m on `{eval_dir}`), champion is v{registration['champion_version']}.",
-        key="retrain-summary",
-    )
+    _summary_artifact(base, files, registration, metrics, split, eval_dir)
     return {
         "status": "registered",
         "watch_dir": watch_dir,
@@ -133,3 +119,37 @@ def retrain(
         "metrics": metrics,
         "registration": registration,
     }
+
+
+def _ingest_and_clean(sources, data_root, params, preprocess_params, quality_params, dask_address, n_workers) -> str:
+    """Ingest the new files, gate them, preprocess on Dask and gate again: the processed stage."""
+    ingest_dir = ingest_flow(sources=sources, data_root=data_root, params=params)
+    validate_flow(ingest_dir, stage="raw", params=quality_params, data_root=data_root)
+    processed_dir = preprocess_flow(
+        ingest_dir, data_root=data_root, params=preprocess_params, dask_address=dask_address, n_workers=n_workers
+    )
+    validate_flow(processed_dir, stage="processed", params=quality_params, data_root=data_root)
+    return processed_dir
+
+
+def _summary_artifact(base: str, files: list, registration: dict, metrics: dict, split: str, eval_dir) -> None:
+    create_markdown_artifact(
+        f"Retrained {base} on {len(files)} new file(s); registered **v{registration['version']}** "
+        f"({split} ADE {metrics['ade_m']:.1f} m on `{eval_dir}`), champion is v{registration['champion_version']}.",
+        key="retrain-summary",
+    )
+
+
+def _start_point(champion, init, overrides: dict, data_root, context_len, horizon, window_params):
+    """Fine-tune the champion's weights (its calibration is fitted again after training) on its own
+    evaluation settings and features, else ``init``'s, else train the preset from scratch. Sets
+    ``overrides["init_checkpoint"]``; returns (context_len, horizon, split, eval_dir, window_params)."""
+    if champion is not None:
+        overrides["init_checkpoint"] = str(uncalibrated_checkpoint(champion["checkpoint"], data_root))
+        eval_dir = champion["features_dir"]
+        if window_params is None and eval_dir is not None:  # the same feature config as the champion
+            window_params = read_manifest(eval_dir).get("params")
+        return champion["context_len"], champion["horizon"], champion["split"], eval_dir, window_params
+    if init:
+        overrides["init_checkpoint"] = init_checkpoint_task(init, data_root=data_root)
+    return context_len, horizon, "test", None, window_params

@@ -130,7 +130,9 @@ def _record_path(task_ctx, key: str) -> Path | None:
     storage = getattr(store, "result_storage", None) or get_default_result_storage()
     if not isinstance(storage, LocalFileSystem):
         return None
-    return Path(storage._resolve_path(key))
+    base = Path(storage.basepath).expanduser().resolve() if storage.basepath else Path.cwd()
+    path = (base / Path(key).expanduser()).resolve()  # as Prefect stores it: under the base path only
+    return path if base in path.parents else None
 
 
 @dataclass

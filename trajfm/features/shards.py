@@ -6,7 +6,7 @@ of at most ``max_windows`` windows of one split of one source. The windows are e
 ``build_windows`` makes from the same points with ``split_by="source"`` (each source's fix
 times cut at its own ``train_frac`` / ``train_frac + val_frac`` quantiles: a corpus spans
 1851-2024, one global cut would put whole sources in one split), from the same encoding
-(``encode_points``) and the same cutting (``_windows_of_piece``), so a streamed trainer sees the
+(``encode_points``) and the same cutting (``windows_of_piece``), so a streamed trainer sees the
 windows an in-memory trainer would (tests/test_pretrain_shards.py checks it on real data).
 
 Sampling rates: with ``coarsen=(1, 2, 4)`` each chunk of trajectories is also cut at 2x and 4x
@@ -39,7 +39,7 @@ import pandas as pd
 
 from trajfm.data.schema import time_ns
 from trajfm.features.encode import FEATURE_NAMES, N_FEATURES, encode_points
-from trajfm.features.windows import SPLITS, WindowParams, WindowSet, _windows_of_piece, stack_windows
+from trajfm.features.windows import SPLITS, WindowParams, WindowSet, stack_windows, windows_of_piece
 from trajfm.store import file_sha256
 
 SHARD_STAGE = "shards"
@@ -190,7 +190,7 @@ def chunk_windows(points: pd.DataFrame, cuts: tuple[int, int], params: WindowPar
         feats = encode_points(lon, lat, t)
         stride = params.train_stride if split == "train" and params.train_stride else params.stride
         covered = 0
-        for a, b in _windows_of_piece(n, params.window, stride):
+        for a, b in windows_of_piece(n, params.window, stride):
             items[split].append((feats[a:b], lon[a:b], lat[a:b], t[a:b], traj[s0]))
             c["windows"] += 1
             new[split].append(b - max(a, covered))

@@ -126,7 +126,7 @@ def split_periods(points: pd.DataFrame, train_frac: float, val_frac: float, spli
     return pd.Series(period, index=points.index)
 
 
-def _windows_of_piece(n: int, window: int, stride: int) -> list[tuple[int, int]]:
+def windows_of_piece(n: int, window: int, stride: int) -> list[tuple[int, int]]:
     if n <= window:
         return [(0, n)]
     starts = list(range(0, n - window + 1, stride))
@@ -162,7 +162,7 @@ def build_windows(points: pd.DataFrame, params: WindowParams) -> tuple[dict[str,
         lon, lat, t_ns = all_lon[s0:e0], all_lat[s0:e0], all_t[s0:e0]
         feats = encode_points(lon, lat, t_ns)
         stride = params.train_stride if split == "train" and params.train_stride else params.stride
-        for a, b in _windows_of_piece(int(n), L, stride):
+        for a, b in windows_of_piece(int(n), L, stride):
             buckets[split].append((feats[a:b], lon[a:b], lat[a:b], t_ns[a:b], traj[s0]))
             c["windows"] += 1
     sets = {s: stack_windows(buckets[s], L) for s in SPLITS}
