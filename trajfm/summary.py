@@ -69,6 +69,19 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
                 else "no never-worse rule stored (no validation window long enough)"
             ),
         ]
+    lines += _metrics_section(m, see) + _registry_section(reg, see)
+    lines += ["", "## Stage outputs", ""]
+    lines += [
+        f"- {k}: `{result[k]}`"
+        for k in ("ingest_dir", "preprocess_dir", "features_dir", "train_dir", "model_dir")
+        if result.get(k)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _metrics_section(m: dict, see) -> list[str]:
+    """The evaluated split's forecast error, model vs constant velocity (and the Kalman filter)."""
+    lines: list[str] = []
     if m:
         lines += [
             "",
@@ -88,6 +101,12 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
             lines.append(
                 f"\nKalman filter (noise fitted on train): ADE {m['kf_ade_m']:,.1f} m, FDE {m['kf_fde_m']:,.1f} m."
             )
+    return lines
+
+
+def _registry_section(reg: dict, see) -> list[str]:
+    """What the registry did with the new version."""
+    lines: list[str] = []
     if reg:
         what = "reused (same lineage: no new version)" if reg.get("reused") else reg.get("decision", "")
         lines += [
@@ -99,10 +118,4 @@ def pipeline_summary(result: dict, links: dict[str, list[tuple[str, str]]] | Non
         ]
         if reg.get("run_url"):
             lines.append(f"MLflow run: [{reg['run_id']}]({reg['run_url']})")
-    lines += ["", "## Stage outputs", ""]
-    lines += [
-        f"- {k}: `{result[k]}`"
-        for k in ("ingest_dir", "preprocess_dir", "features_dir", "train_dir", "model_dir")
-        if result.get(k)
-    ]
-    return "\n".join(lines) + "\n"
+    return lines

@@ -251,6 +251,8 @@ def write_shards(
     returns the manifest (also written to ``out/shards.json``) and writes ``out/stats.json``.
 
     Memory: one chunk of a source plus at most ``max_windows`` windows per split."""
+    import pyarrow.parquet as pq
+
     params = params or ShardParams()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,57 +262,11 @@ def write_shards(
     for name, path in sources:
         if name in per_source:
             raise ValueError(f"source {name!r} given twice")
-        import pyarrow.parquet as pq
-
         t = time_ns(pq.read_table(path, columns=["t"]).column("t").to_pandas())  # a file or a dataset directory
         if len(t) == 0:
-            per_source[name] = {
-                "points_in": 0,
-                "view_points": 0,
-                "points_in_shards": 0,
-                "points_too_short": 0,
-                "pieces": 0,
-                "pieces_too_short": 0,
-                "windows": {s: 0 for s in SPLITS},
-                "views": {},
-            }
+            per_source[name] = _source_counts()
             continue
-        cuts = source_cut_times(t, params.windows)
-        sinks = {s: _ShardSink(out, name, s, params) for s in SPLITS}
-        acc = {
-            "points_in": 0,
-            "view_points": 0,
-            "points_in_shards": 0,
-            "points_too_short": 0,
-            "pieces": 0,
-            "pieces_too_short": 0,
-            "windows": {s: 0 for s in SPLITS},
-            "views": {},
-        }
-        for chunk in read_chunks(path, chunk_rows):
-            acc["points_in"] += len(chunk)
-            chunk = _views(chunk, params, acc["views"])
-            acc["view_points"] += len(chunk)
-            items, counts, new = chunk_windows(chunk, cuts, params.windows)
-            for s in SPLITS:
-                c = counts[s]
-                acc["pieces"] += c["pieces"]
-                acc["pieces_too_short"] += c["pieces_too_short"]
-                acc["points_too_short"] += c["points_too_short"]
-                acc["points_in_shards"] += c["points_in_windows"]
-                acc["windows"][s] += c["windows"]
-                sinks[s].add(items[s], new[s])
-                if s == "train":
-                    for f, *_ in items[s]:
-                        stats.add(f)
-        for sink in sinks.values():
-            sink.flush()
-            shards.extend(sink.shards)
-        if acc["view_points"] != acc["points_in_shards"] + acc["points_too_short"]:
-            raise AssertionError(f"source {name}: {acc} does not add up")  # a bug here, never bad input
-        acc["cuts_ns"] = list(cuts)
-        acc["quarantine_reason"] = f"piece shorter than min_points={params.windows.min_points}"
-        per_source[name] = acc
+        per_source[name] = _shard_source(name, path, t, out, params, stats, shards, chunk_rows)
     manifest = {
         "params": _params_json(params),
         "shards": shards,
@@ -327,6 +283,52 @@ def write_shards(
     (out / "stats.json").write_text(json.dumps(stats.result(), indent=2))
     (out / "shards.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _source_counts() -> dict:
+    """A source's point, piece and window counts, all zero."""
+    return {
+        "points_in": 0,
+        "view_points": 0,
+        "points_in_shards": 0,
+        "points_too_short": 0,
+        "pieces": 0,
+        "pieces_too_short": 0,
+        "windows": {s: 0 for s in SPLITS},
+        "views": {},
+    }
+
+
+def _shard_source(name: str, path, t, out: Path, params: ShardParams, stats, shards: list, chunk_rows: int) -> dict:
+    """Cut one source (``t`` its times, ns) chunk by chunk into its shards (appended to ``shards``);
+    the train windows' features go into ``stats``. Returns the source's counts."""
+    cuts = source_cut_times(t, params.windows)
+    sinks = {s: _ShardSink(out, name, s, params) for s in SPLITS}
+    acc = _source_counts()
+    for chunk in read_chunks(path, chunk_rows):
+        acc["points_in"] += len(chunk)
+        chunk = _views(chunk, params, acc["views"])
+        acc["view_points"] += len(chunk)
+        items, counts, new = chunk_windows(chunk, cuts, params.windows)
+        for s in SPLITS:
+            c = counts[s]
+            acc["pieces"] += c["pieces"]
+            acc["pieces_too_short"] += c["pieces_too_short"]
+            acc["points_too_short"] += c["points_too_short"]
+            acc["points_in_shards"] += c["points_in_windows"]
+            acc["windows"][s] += c["windows"]
+            sinks[s].add(items[s], new[s])
+            if s == "train":
+                for f, *_ in items[s]:
+                    stats.add(f)
+    for sink in sinks.values():
+        sink.flush()
+        shards.extend(sink.shards)
+    if acc["view_points"] != acc["points_in_shards"] + acc["points_too_short"]:
+        raise AssertionError(f"source {name}: {acc} does not add up")  # a bug here, never bad input
+    acc["cuts_ns"] = list(cuts)
+    acc["quarantine_reason"] = f"piece shorter than min_points={params.windows.min_points}"
+    return acc
 
 
 def _params_json(params: ShardParams) -> dict:
