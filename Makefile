@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.trajfm-installed
 
-.PHONY: demo test setup bench clean lint docs ui-prefect ui-mlflow pretrain
+.PHONY: demo test setup bench clean lint format docs ui-prefect ui-mlflow pretrain
 
 setup: $(STAMP)
 
@@ -25,19 +25,27 @@ demo: $(STAMP)
 pretrain: $(STAMP)
 	$(BIN)/trajfm run pretrain --corpus base --preset base-small $(PRETRAIN_ARGS)
 
-# The docs site is built first (offline, warnings are errors; output in the ignored site/).
+# Style and import contracts first (config in pyproject.toml), then the docs site (offline,
+# warnings are errors; output in the ignored site/), then the tests.
 test: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 	$(BIN)/python -m pytest -q -ra
 
 docs: $(STAMP)
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
-# Style and import contracts (config in pyproject.toml); not yet part of `make test`.
+# Style and import contracts alone (also the first steps of `make test`); `make format` fixes style.
 lint: $(STAMP)
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
 	$(BIN)/lint-imports
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix
+	$(BIN)/ruff format
 
 clean:
 	rm -rf .trajfm site
