@@ -2,7 +2,7 @@
 forecast quality of every preset on held-out real data.
 
 ``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
-``python -m trajfm.bench.model --out FILE [--budget quick|default|long|full] [--root DIR]
+``python -m benchmarks.model --out FILE [--budget quick|default|long|full] [--root DIR]
 [--train-stride N] [--seeds 0,1,2] [--ema DECAY] [--select loss|fde] [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
 [--fresh]``) writes the JSON results and a markdown table beside it (same stem, ``.md``). The
 budget, parts and presets can also come from ``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS``
@@ -344,7 +344,7 @@ def measure_generation(budget: Budget, preset: str = SPEED_PRESET) -> dict:
 
 def shared_geolife_dir() -> Path:
     """``../shared/data/geolife`` next to the project checkout (where the tests look too)."""
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "geolife"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geolife"
 
 
 def prepare_features(sources: list, root: Path, train_stride: int | None = None) -> tuple[Path, dict]:
@@ -1296,7 +1296,7 @@ def _csv(text: str | None) -> list[str]:
 
 
 def main(out: Path, argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trajfm.bench.model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="JSON results file (a .md table is written beside it)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default=os.environ.get(ENV_BUDGET, "default"))
     parser.add_argument("--root", default=None, help=f"data root for the pipeline stages (default {DEFAULT_ROOT})")
@@ -1379,7 +1379,6 @@ def main(out: Path, argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    cli = argparse.ArgumentParser(add_help=False)
-    cli.add_argument("--out", type=Path, required=True)
-    known, _ = cli.parse_known_args()
-    sys.exit(main(known.out, sys.argv[1:]))
+    from benchmarks import run_as_script
+
+    sys.exit(run_as_script(main, "python -m benchmarks.model"))

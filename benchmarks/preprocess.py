@@ -57,7 +57,7 @@ ROW_GROUP_ROWS = 65_536
 
 def shared_geolife_dir() -> Path:
     """``../shared/data/geolife`` next to the project checkout (where the tests look too)."""
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "geolife"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geolife"
 
 
 def load_real_points(geolife: Path | None = None) -> pd.DataFrame:
@@ -529,4 +529,6 @@ def main(out: Path, argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("benchmarks/results/preprocess.json"), sys.argv[2:]))
+    from benchmarks import run_as_script
+
+    sys.exit(run_as_script(main, "python -m benchmarks.preprocess"))

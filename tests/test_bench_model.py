@@ -13,7 +13,7 @@ from synthetic_tracks import (
     straight_track,
     windows_from_tracks,
 )
-from trajfm.bench.model import forecast_errors, linear_extrapolation
+from benchmarks.model import forecast_errors, linear_extrapolation
 from trajfm.evaluate.forecast import constant_velocity, forecastable
 from trajfm.geo import haversine_m
 
@@ -40,7 +40,7 @@ def test_linear_extrapolation_is_exact_on_a_straight_track_and_cv_with_two_point
 
 def test_the_transformers_twin_computes_the_same_loss():
     pytest.importorskip("transformers")
-    from trajfm.bench.model import HFTrajGPT2, speed_batch
+    from benchmarks.model import HFTrajGPT2, speed_batch
     from trajfm.model import GPTConfig, TrajGPT
 
     config = GPTConfig(n_layer=2, n_head=4, d_model=32, block_size=24, dropout=0.0)
@@ -66,7 +66,7 @@ def test_the_transformers_twin_computes_the_same_loss():
 def test_mfu_script_refuses_without_cuda(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    from trajfm.bench import mfu_gpu
+    from benchmarks import mfu_gpu
 
     assert mfu_gpu.main(["--out", str(tmp_path / "mfu.json")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
@@ -78,7 +78,7 @@ def test_mfu_script_measures_the_largest_preset_end_to_end_on_cpu(tmp_path, caps
     the day a GPU is lent it runs the code this test ran."""
     import json
 
-    from trajfm.bench import mfu_gpu
+    from benchmarks import mfu_gpu
     from trajfm.model import TrajGPT, list_presets, load_preset
 
     sizes = {p: TrajGPT(load_preset(p)).num_params() for p in list_presets()}
@@ -133,7 +133,7 @@ def _quality(presets: dict, val: dict | None = None, test_windows: int = 100, st
 
 
 def test_summarize_picks_the_best_preset_and_measures_it_against_the_targets():
-    from trajfm.bench.model import summarize
+    from benchmarks.model import summarize
 
     q = summarize(
         _quality(
@@ -147,7 +147,7 @@ def test_summarize_picks_the_best_preset_and_measures_it_against_the_targets():
 
 
 def test_merge_adds_new_presets_and_keeps_the_others():
-    from trajfm.bench.model import merge_quality
+    from benchmarks.model import merge_quality
 
     old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
     del old["val_results"]["a"]  # measured before validation errors were recorded
@@ -175,7 +175,7 @@ def test_merge_adds_new_presets_and_keeps_the_others():
 
 @pytest.mark.parametrize("change", ["windows", "budget"])
 def test_merge_refuses_results_measured_another_way(change):
-    from trajfm.bench.model import BenchError, merge_quality
+    from benchmarks.model import BenchError, merge_quality
 
     old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200})
     new = _quality(
@@ -187,7 +187,7 @@ def test_merge_refuses_results_measured_another_way(change):
 
 
 def test_markdown_shows_merged_results_with_validation_column():
-    from trajfm.bench.model import markdown, merge_quality
+    from benchmarks.model import markdown, merge_quality
 
     old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
     q = merge_quality(
@@ -214,7 +214,7 @@ def test_markdown_shows_merged_results_with_validation_column():
 
 
 def test_cli_refuses_bad_requests_before_any_work(tmp_path, capsys, monkeypatch):
-    from trajfm.bench.model import ENV_PRESETS, main
+    from benchmarks.model import ENV_PRESETS, main
 
     monkeypatch.setenv(ENV_PRESETS, "tutorial,not-a-preset")  # what `trajfm bench model` reads
     with pytest.raises(SystemExit) as exc:
@@ -238,7 +238,7 @@ def test_cli_refuses_bad_requests_before_any_work(tmp_path, capsys, monkeypatch)
 
 
 def test_variants_are_reported_apart_and_never_win_the_preset_prize():
-    from trajfm.bench.model import markdown, merge_quality, summarize
+    from benchmarks.model import markdown, merge_quality, summarize
 
     q = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 800, "a-x": 600})
     q["variants"] = {"a-x": {"file": "/tmp/a-x.json", "comment": "a without x"}}
@@ -259,7 +259,7 @@ def test_variants_are_reported_apart_and_never_win_the_preset_prize():
 
 
 def test_train_stride_reaches_the_features_and_the_report(tmp_path, monkeypatch):
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
 
     seen = {}
     monkeypatch.setattr(bm, "run", lambda out, budget, *a: seen.setdefault("budget", budget))
@@ -294,7 +294,7 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     seed's kept, the report showing the spread; a one-seed file refuses to merge them."""
     import dataclasses
 
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
     budget = dataclasses.replace(bm.BUDGETS["quick"], seeds=(0, 1), max_test_windows=32)
@@ -374,7 +374,7 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
 
 
 def test_cli_seeds_reach_the_budget(tmp_path, monkeypatch, capsys):
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
 
     seen = {}
     monkeypatch.setattr(bm, "run", lambda out, budget, *a: seen.setdefault("budget", budget))
@@ -397,7 +397,7 @@ def test_cli_seeds_reach_the_budget(tmp_path, monkeypatch, capsys):
 def test_weight_average_and_selection_reach_training_the_report_and_the_merge_check(tmp_path, monkeypatch):
     import dataclasses
 
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
     budget = dataclasses.replace(bm.BUDGETS["quick"], ema_decay=0.9, select_by="fde", max_test_windows=16)
@@ -443,7 +443,7 @@ def _heavy_tailed_errors(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_paired_bootstrap_brackets_the_improvement_and_narrows_with_more_windows():
-    from trajfm.bench.model import paired_improvement
+    from benchmarks.model import paired_improvement
 
     ref = _heavy_tailed_errors(2000)
     noise = np.random.default_rng(1).normal(1.0, 0.2, size=ref.size).clip(0.1)
@@ -468,7 +468,7 @@ def test_paired_bootstrap_brackets_the_improvement_and_narrows_with_more_windows
 
 
 def test_merge_keeps_each_predictors_window_errors_and_the_report_shows_the_intervals():
-    from trajfm.bench.model import markdown, merge_quality
+    from benchmarks.model import markdown, merge_quality
 
     def with_windows(q: dict, scale: dict) -> dict:
         ref = _heavy_tailed_errors(400)
@@ -527,7 +527,7 @@ def test_merge_keeps_each_predictors_window_errors_and_the_report_shows_the_inte
 def test_results_json_keeps_number_lists_on_one_line_and_round_trips():
     import json
 
-    from trajfm.bench.model import dumps
+    from benchmarks.model import dumps
 
     result = {
         "quality": {"ais": {"window_errors": {"errors": {"cv": [1.5, 2.0, -3.25e-05, 1200.0]}}}},

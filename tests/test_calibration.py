@@ -26,7 +26,7 @@ CONTEXT, H = 20, 10
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tutorial model trained 30 steps on one real day of New York Harbor AIS (tracktable-data)."""
-    from trajfm.bench.model import prepare_features
+    from benchmarks.model import prepare_features
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
     from trajfm.train import run_training
 
@@ -221,7 +221,7 @@ def test_evaluate_stage_and_demo_summary_show_cv_kalman_and_model_at_1_5_10(trai
 def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_path):
     import dataclasses
 
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
     budget = dataclasses.replace(bm.BUDGETS["quick"], max_test_windows=48)
