@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.model import forecast_errors, linear_extrapolation
 from synthetic_tracks import (
     make_windows,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     straight_track,
     windows_from_tracks,
 )
-from benchmarks.model import forecast_errors, linear_extrapolation
 from trajfm.evaluate.forecast import constant_velocity, forecastable
 from trajfm.geo import haversine_m
 
@@ -50,7 +50,7 @@ def test_the_transformers_twin_computes_the_same_loss():
     ours = TrajGPT(config).eval()
     ours.set_normalization(mean.tolist(), std.tolist())
     with torch.no_grad():
-        for name, p in hf.gpt2.named_parameters():
+        for _name, p in hf.gpt2.named_parameters():
             p.normal_(0.0, 0.1)
         for name, p in ours.transformer.named_parameters():
             src = hf.gpt2.get_parameter(name)
