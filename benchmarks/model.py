@@ -3,7 +3,8 @@ forecast quality of every preset on held-out real data.
 
 ``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
 ``python -m benchmarks.model --out FILE [--budget quick|default|long|full] [--root DIR]
-[--train-stride N] [--seeds 0,1,2] [--ema DECAY] [--select loss|fde] [--parts speed,generation,quality] [--presets NAME|FILE.json,...] [--datasets ais,geolife]
+[--train-stride N] [--seeds 0,1,2] [--ema DECAY] [--select loss|fde] [--parts speed,generation,quality]
+[--presets NAME|FILE.json,...] [--datasets ais,geolife]
 [--fresh]``) writes the JSON results and a markdown table beside it (same stem, ``.md``). The
 budget, parts and presets can also come from ``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS``
 and ``$TRAJFM_BENCH_PRESETS`` (``trajfm bench model`` takes only ``--out``). The JSON is
@@ -545,7 +546,7 @@ def evaluate_dataset(
                 root=root,
                 preset=preset,
                 train_overrides={**train_overrides, "seed": seed},
-                on_epoch=lambda record, fraction: epochs_run.append(record["epoch"]),
+                on_epoch=lambda record, fraction, epochs_run=epochs_run: epochs_run.append(record["epoch"]),
             )
             train_s = time.perf_counter() - t0
             model = load_model(train_dir / "model.pt")
@@ -619,10 +620,12 @@ def evaluate_dataset(
                 "horizons": list(HORIZONS),
             },
             "baselines": {
-                "constant_velocity": "repeat the last displacement and time gap (trajfm.evaluate.forecast.constant_velocity)",
-                "linear_extrapolation": f"least-squares velocity over the last {LINEAR_FIT_POINTS} fixes, last time gap repeated",
-                "kalman": "constant-velocity Kalman filter (Stone Soup models, trajfm.evaluate.kalman), noise tuned on the "
-                "train split for the lowest error of its own forecasts",
+                "constant_velocity": "repeat the last displacement and time gap "
+                "(trajfm.evaluate.forecast.constant_velocity)",
+                "linear_extrapolation": f"least-squares velocity over the last {LINEAR_FIT_POINTS} fixes, "
+                "last time gap repeated",
+                "kalman": "constant-velocity Kalman filter (Stone Soup models, trajfm.evaluate.kalman), "
+                "noise tuned on the train split for the lowest error of its own forecasts",
                 "kalman_mle": "the same filter with its noise fitted on the train split by maximum likelihood",
             },
             "kalman": {
@@ -641,11 +644,14 @@ def evaluate_dataset(
                 "split": "test",
                 "levels": [50, 80, 90],
                 "error_models": {
-                    "constant_velocity": "radial error quantiles per step fitted on the train split (trajfm.model.blend.fit_radius)",
+                    "constant_velocity": "radial error quantiles per step fitted on the train split "
+                    "(trajfm.model.blend.fit_radius)",
                     "constant_velocity (val fit)": "the same fitted on the val split, as the model's",
-                    "kalman_mle": "the likelihood-fitted filter's own predicted Gaussian covariance (state + fix noise); the "
-                    "forecast-tuned filter's covariance is no error model (its noise is chosen for its mean)",
-                    "<preset>+blend": "radial error quantiles per step of the blended forecast fitted on the val split (the registered model's)",
+                    "kalman_mle": "the likelihood-fitted filter's own predicted Gaussian covariance (state + fix "
+                    "noise); the forecast-tuned filter's covariance is no error model "
+                    "(its noise is chosen for its mean)",
+                    "<preset>+blend": "radial error quantiles per step of the blended forecast fitted on the val split "
+                    "(the registered model's)",
                 },
                 "predictors": probabilistic,
             },
@@ -1060,7 +1066,8 @@ def markdown(r: dict) -> str:
         lines += [
             "Later runs merged into these results: "
             + "; ".join(
-                f"{x['created']} ({', '.join(x['parts'])}; presets {x['presets'] if isinstance(x['presets'], str) else ', '.join(x['presets'])}; "
+                f"{x['created']} ({', '.join(x['parts'])}; "
+                f"presets {x['presets'] if isinstance(x['presets'], str) else ', '.join(x['presets'])}; "
                 f"load average {x['load_average_before']} before; {x.get('elapsed_s')} s)"
                 for x in later
             )
@@ -1071,11 +1078,13 @@ def markdown(r: dict) -> str:
     if s:
         c = s["config"]
         lines += [
-            f"## Training step: trajfm vs transformers GPT-2 ({s['preset']}: {c['n_layer']} layers, {c['n_head']} heads, "
+            f"## Training step: trajfm vs transformers GPT-2 ({s['preset']}: {c['n_layer']} layers, "
+            f"{c['n_head']} heads, "
             f"d={c['d_model']}, {c['block_size']} points, dropout {c['dropout']}; {s['batch_windows']} windows = "
             f"{s['points_per_step']} real points per step; median of {s['timed_steps']} steps)",
             "",
-            "| model | params | step (ms, median) | points/s | points/CPU-s | saved activations (MB) | weights+grads+AdamW (MB) |",
+            "| model | params | step (ms, median) | points/s | points/CPU-s | saved activations (MB) "
+            "| weights+grads+AdamW (MB) |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for k in ("trajfm", "transformers"):
@@ -1083,7 +1092,8 @@ def markdown(r: dict) -> str:
                 v = s[k]
                 lines.append(
                     f"| {k} | {v['params']:,} | {v['step_ms_median']:.1f} | {v['points_per_s']:,.0f} | "
-                    f"{v['points_per_cpu_s']:,.0f} | {v['saved_activation_mb']:.1f} | {v['weights_grads_adam_mb']:.2f} |"
+                    f"{v['points_per_cpu_s']:,.0f} | {v['saved_activation_mb']:.1f} | "
+                    f"{v['weights_grads_adam_mb']:.2f} |"
                 )
         lines += [
             "",
@@ -1094,13 +1104,15 @@ def markdown(r: dict) -> str:
     g = r.get("generation")
     if g:
         lines += [
-            f"## Generation: {g['steps']}-step rollout, KV cache vs recompute ({g['preset']}, block_size {g['block_size']}, "
+            f"## Generation: {g['steps']}-step rollout, KV cache vs recompute ({g['preset']}, "
+            f"block_size {g['block_size']}, "
             f"{g['batch']} trajectories, {g['context_points']}-point context, median of {g['reps']})",
             "",
             "| | seconds | steps/s |",
             "|---|---:|---:|",
             f"| with KV cache | {g['with_cache_s']:.3f} | {g['with_cache_steps_per_s']:.1f} |",
-            f"| without (recompute the prefix) | {g['without_cache_s']:.3f} | {g['steps'] / g['without_cache_s']:.1f} |",
+            f"| without (recompute the prefix) | {g['without_cache_s']:.3f} | "
+            f"{g['steps'] / g['without_cache_s']:.1f} |",
             "",
             f"**kv_cache_speedup = {g['kv_cache_speedup']:.1f}x** (target >= 5); cache {g['kv_cache_mb']} MB; largest "
             f"difference between the two paths' predictions {g['max_abs_diff_cache_vs_recompute']:.2e} (raw units).",
@@ -1116,11 +1128,14 @@ def markdown(r: dict) -> str:
         lines += [
             f"## Forecast quality: {name}, test split (latest 15% of the time span)",
             "",
-            f"{d['test_windows_evaluated']:,} test windows, {d['context_len']} points of context; windows train/val/test "
+            f"{d['test_windows_evaluated']:,} test windows, {d['context_len']} points of context; "
+            "windows train/val/test "
             f"{d['windows']['train']:,}/{d['windows']['val']:,}/{d['windows']['test']:,}"
             f"{_stride_note(d.get('window_params') or {})}; each preset trained "
             f"{t['train_overrides']['max_steps']} steps of {t['train_overrides']['batch_size']} windows "
-            f"({_kept_note(t['train_overrides'])}{_ema_note(t['train_overrides'].get('ema_decay'))}){_seeds_note(t['train_overrides'].get('seeds') or [0])}. Errors in metres (great circle); ADE@k = mean over steps 1..k, FDE@k = at step k; "
+            f"({_kept_note(t['train_overrides'])}{_ema_note(t['train_overrides'].get('ema_decay'))})"
+            f"{_seeds_note(t['train_overrides'].get('seeds') or [0])}. Errors in metres (great circle); "
+            "ADE@k = mean over steps 1..k, FDE@k = at step k; "
             f"val = the same on {d.get('val_windows_evaluated', '-')} validation windows (the split to choose on).",
             "",
         ]
@@ -1134,12 +1149,12 @@ def markdown(r: dict) -> str:
         val, variants = q.get("val_results", {}), q.get("variants", {})
         by_seed = q.get("seed_results", {})
 
-        def cell(pred: str, split: str, errs: dict, k: str) -> str:
+        def cell(pred: str, split: str, errs: dict, k: str, by_seed=by_seed, tg_key=tg_key) -> str:
             runs = by_seed.get(split, {}).get(pred)
             spread = f" ± {_fmt(seed_std(runs, k))}" if runs and k == tg_key else ""
             return _fmt(errs.get(k)) + spread
 
-        def row(pred: str, errs: dict) -> str:
+        def row(pred: str, errs: dict, t=t, q=q, keys=keys, val=val, tg_key=tg_key) -> str:
             tr = t["per_preset"].get(pred, {})
             label = f"**{pred}**" if pred == q.get("best_preset") else pred
             return (
@@ -1158,12 +1173,13 @@ def markdown(r: dict) -> str:
             ]
         tg = q.get("targets")
         if tg:
+            vs_cv, vs_tutorial = tg["best_vs_constant_velocity"], tg["best_vs_tutorial"]
             lines += [
                 "",
                 f"Best preset **{q['best_preset']}** on {tg['metric']}: "
-                f"{_fmt(100 * tg['best_vs_constant_velocity'] if tg['best_vs_constant_velocity'] is not None else None)}% better than "
+                f"{_fmt(100 * vs_cv if vs_cv is not None else None)}% better than "
                 f"constant velocity (target 25%), "
-                f"{_fmt(100 * tg['best_vs_tutorial'] if tg['best_vs_tutorial'] is not None else None)}% better than `tutorial` "
+                f"{_fmt(100 * vs_tutorial if vs_tutorial is not None else None)}% better than `tutorial` "
                 f"(target 20%). Chosen on the validation split instead: {q.get('best_preset_by_val') or '-'}.",
             ]
             if tg.get("bootstrap"):
@@ -1216,11 +1232,15 @@ def _steps_and_scores_md(q: dict) -> list[str]:
     if kf:
         lines += [
             "",
-            f"Kalman filter: q = {kf['q_m2_s3']:.3g} m²/s³ (white-noise acceleration per axis), r = {kf['r_m2']:.3g} m² "
-            f"(fix noise per axis), fitted ({'for its own forecast error' if kf.get('objective') == 'forecast' else 'by maximum likelihood'}) on {kf['fit_windows']:,} training windows in "
+            f"Kalman filter: q = {kf['q_m2_s3']:.3g} m²/s³ (white-noise acceleration per axis), "
+            f"r = {kf['r_m2']:.3g} m² "
+            "(fix noise per axis), fitted "
+            f"({'for its own forecast error' if kf.get('objective') == 'forecast' else 'by maximum likelihood'}) "
+            f"on {kf['fit_windows']:,} training windows in "
             f"{kf['fit_s']} s; forecasting the test split took {kf['forecast_s'].get('test')} s."
             + (
-                f" `kalman_mle`: q = {kf['likelihood_fit']['q_m2_s3']:.3g} m²/s³, r = {kf['likelihood_fit']['r_m2']:.3g} m², "
+                f" `kalman_mle`: q = {kf['likelihood_fit']['q_m2_s3']:.3g} m²/s³, "
+                f"r = {kf['likelihood_fit']['r_m2']:.3g} m², "
                 "by maximum likelihood (its covariance is the filter's error model below)."
                 if kf.get("likelihood_fit")
                 else ""
@@ -1235,7 +1255,8 @@ def _steps_and_scores_md(q: dict) -> list[str]:
             "east/north and windows; lower is better), each predictor with its own error model "
             "(`probabilistic.error_models` in the JSON):",
             "",
-            f"| predictor | cov 50% | cov 80% | cov 90% | cov 80% @1 | cov 80% @{H} | CRPS m (mean) | CRPS @1 | CRPS @{H} |",
+            f"| predictor | cov 50% | cov 80% | cov 90% | cov 80% @1 | cov 80% @{H} | CRPS m (mean) | CRPS @1 "
+            f"| CRPS @{H} |",
             "|---|" + "---:|" * 8,
         ]
         for p in [p for p in BASELINES if p in pr] + [p for p in pr if p not in BASELINES]:

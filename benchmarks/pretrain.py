@@ -199,7 +199,9 @@ def ddp(shards: Path, steps: int, work: Path) -> dict:
         "from trajfm.model import GPTConfig\n"
         "from trajfm.pretrain import pretrain_stream\n"
         "data_ranks = int(sys.argv[3]) if len(sys.argv) > 3 else None\n"
-        "r = pretrain_stream(sys.argv[1], GPTConfig(**MODEL), train_cfg(int(sys.argv[4]), 8), sys.argv[2], data_ranks=data_ranks)\n"
+        "r = pretrain_stream(\n"
+        "    sys.argv[1], GPTConfig(**MODEL), train_cfg(int(sys.argv[4]), 8), sys.argv[2], data_ranks=data_ranks\n"
+        ")\n"
         "if int(os.environ.get('RANK', '0')) == 0: print(json.dumps([h['train_loss'] for h in r.history]))\n"
     )
     script = work / "ddp_worker.py"
@@ -277,12 +279,15 @@ def markdown(r: dict) -> str:
         "",
         "| measure | value | bar |",
         "|---|---|---|",
-        f"| stream_vs_memory_speed | {r['stream_vs_memory_speed']:.3f} ({r['stream_points_per_s']:.0f} vs {r['memory_points_per_s']:.0f} points/s) | >= 0.9 |",
-        f"| rss_growth_10x | {r['rss_growth_10x']:.3f} ({c['1']['peak_rss_bytes'] / 2**20:.0f} MiB at {c['1']['points']:,} points, "
+        f"| stream_vs_memory_speed | {r['stream_vs_memory_speed']:.3f} ({r['stream_points_per_s']:.0f} vs "
+        f"{r['memory_points_per_s']:.0f} points/s) | >= 0.9 |",
+        f"| rss_growth_10x | {r['rss_growth_10x']:.3f} ({c['1']['peak_rss_bytes'] / 2**20:.0f} MiB at "
+        f"{c['1']['points']:,} points, "
         f"{c['10']['peak_rss_bytes'] / 2**20:.0f} MiB at {c['10']['points']:,}) | <= 1.1 |",
         f"| ddp_matches_single | {r['ddp_matches_single']} (max loss difference {r['ddp_max_loss_diff']:.2e}) | true |",
         "",
-        f"{r['steps']} steps of {r['batch_size']} windows of {r['window']} points, model {r['model']}, shards of at most "
+        f"{r['steps']} steps of {r['batch_size']} windows of {r['window']} points, model {r['model']}, "
+        "shards of at most "
         f"{r['max_windows']} windows; {r['seconds']:.0f} s in all.",
     ]
     return "\n".join(lines) + "\n"
