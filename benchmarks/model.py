@@ -1,18 +1,17 @@
 """Model benchmark: training speed against ``transformers`` GPT-2, KV-cache generation, memory, and
 forecast quality of every preset on held-out real data.
 
-``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or
-``python -m benchmarks.model --out FILE [--budget quick|default|long|full] [--root DIR]
-[--train-stride N] [--seeds 0,1,2] [--ema DECAY] [--select loss|fde] [--parts speed,generation,quality]
-[--presets NAME|FILE.json,...] [--datasets ais,geolife]
-[--fresh]``) writes the JSON results and a markdown table beside it (same stem, ``.md``). The
-budget, parts and presets can also come from ``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS``
-and ``$TRAJFM_BENCH_PRESETS`` (``trajfm bench model`` takes only ``--out``). The JSON is
-rewritten after each part, so a long run leaves what it has. Unless ``--fresh``, a run MERGES
-into the file it writes: parts it does not run are kept, and its presets are added to (or
-replace) those measured before on the same windows with the same budget (anything else is
-refused); ``runs`` lists every run that contributed. ``tutorial`` always comes with a preset
-list, the baselines with every dataset.
+``trajfm bench model --out benchmarks/results/model.json`` (or ``main(out)``, or ``python -m
+benchmarks.model --out FILE [--budget quick|default|long|full] [--root DIR] [--train-stride N]
+[--seeds 0,1,2] [--ema DECAY] [--select loss|fde] [--parts speed,generation,quality] [--presets
+NAME|FILE.json,...] [--datasets ais,geolife] [--fresh]``) writes the JSON results and a markdown
+table beside it (same stem, ``.md``). The budget, parts and presets can also come from
+``$TRAJFM_BENCH_BUDGET``, ``$TRAJFM_BENCH_PARTS`` and ``$TRAJFM_BENCH_PRESETS`` (``trajfm bench
+model --out FILE`` takes the same arguments). The JSON is rewritten after each part, so a long run
+leaves what it has. Unless ``--fresh``, a run MERGES into the file it writes: parts it does not run
+are kept, and its presets are added to (or replace) those measured before on the same windows with
+the same budget (anything else is refused); ``runs`` lists every run that contributed. ``tutorial``
+always comes with a preset list, the baselines with every dataset.
 
 **Speed** (one process, ``threads`` torch threads, interleaved so both contenders see the same
 machine load; medians of ``speed_reps`` timed steps after ``speed_warmup`` untimed ones):
@@ -58,286 +57,34 @@ bootstrap over the test windows (``paired_improvement``: ``BOOTSTRAP_RESAMPLES``
 95% percentile interval of 1 - best/reference, and the share of draws reaching each target).
 They say how much a figure depends on which windows the test split holds; the seed spread says
 how much it depends on training.
+
+This module runs the parts and measures quality; budgets and options: ``benchmarks.model_budget``,
+speed: ``model_speed``, summaries, merge, JSON and markdown: ``model_results``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import platform
-import re
 import resource
 import statistics
-import tempfile
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-HORIZONS = (1, 5, 10)
+from benchmarks import run_as_script
+from benchmarks.model_budget import BUDGETS, DATASETS, DEFAULT_ROOT, PARTS, Budget, csv_list, parse_options
+from benchmarks.model_results import HORIZONS, BenchError, dumps, markdown, merge_quality, previous_results, summarize
+from benchmarks.model_speed import measure_generation, measure_train_speed
+from trajfm.evaluate.baselines import LINEAR_FIT_POINTS, linear_extrapolation
+
 CONTEXT_LEN = 20  # points of context before the forecast
-GEN_STEPS = 64  # rollout length of the KV-cache benchmark
-GEN_CONTEXT = 32
-SPEED_PRESET = "trajgpt2-small"  # the largest one-point-per-token GPT-2 preset: the HF comparison
-from trajfm.evaluate.baselines import LINEAR_FIT_POINTS  # noqa: E402 (fixes the linear extrapolation fits)
-
-BOOTSTRAP_RESAMPLES = 2000  # paired bootstrap over test windows for the targets' intervals
-TARGET_VS_CONSTANT_VELOCITY = 0.25  # the issue's targets: best preset's FDE at the longest horizon
-TARGET_VS_TUTORIAL = 0.20
-DEFAULT_ROOT = Path(tempfile.gettempdir()) / "trajfm-bench-model"
-ENV_BUDGET = "TRAJFM_BENCH_BUDGET"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much work each part does."""
-
-    name: str
-    ais_steps: int  # optimizer steps per preset on AIS
-    geolife_steps: int  # optimizer steps per preset on GeoLife
-    batch_size: int = 64  # windows per training step
-    speed_batch: int = 64  # windows per timed training step
-    speed_reps: int = 9  # timed steps per contender
-    speed_warmup: int = 2
-    gen_batch: int = 32  # rollouts at once in the KV-cache benchmark
-    gen_reps: int = 3
-    max_test_windows: int | None = None  # cap on forecast windows per dataset (None: all)
-    threads: int = 1  # torch threads (1: steady on a shared machine)
-    train_stride: int | None = None  # points between training window starts (None: 32, disjoint)
-    seeds: tuple[int, ...] = (0,)  # training seeds per preset; errors are the mean over them
-    ema_decay: float = 0.0  # > 0: every preset keeps and is judged by its weight average (TrainConfig.ema_decay)
-    select_by: str = (
-        "loss"  # the epoch kept: lowest validation loss, or "fde" (validation FDE, this benchmark's protocol)
-    )
-
-
-BUDGETS = {
-    "quick": Budget(
-        "quick",
-        ais_steps=20,
-        geolife_steps=10,
-        speed_batch=16,
-        speed_reps=3,
-        speed_warmup=1,
-        gen_batch=4,
-        gen_reps=1,
-        max_test_windows=128,
-    ),
-    "default": Budget("default", ais_steps=250, geolife_steps=125),
-    "long": Budget("long", ais_steps=1000, geolife_steps=500),
-    "full": Budget("full", ais_steps=3000, geolife_steps=1000, speed_reps=15, gen_reps=5),
-}
-
-
-# --- baselines ---------------------------------------------------------------------------------
-
-
-from trajfm.evaluate.baselines import linear_extrapolation  # noqa: E402,F401 (lives with the other baselines; importable here)
-
-# --- speed: trajfm against transformers' GPT-2 ---------------------------------------------------
-
-
-class HFTrajGPT2(nn.Module):
-    """TrajGPT's computation with ``transformers.GPT2Model`` as the trunk: normalize -> Linear(F, D)
-    -> GPT-2 (learned positions, blocks, ln_f) -> Linear(D, T) -> masked MSE on the next point."""
-
-    def __init__(self, config, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        import transformers
-
-        c = config
-        hf_config = transformers.GPT2Config(
-            n_layer=c.n_layer,
-            n_head=c.n_head,
-            n_embd=c.d_model,
-            n_positions=c.block_size,
-            vocab_size=1,
-            bos_token_id=None,
-            eos_token_id=None,
-            activation_function="gelu_new",
-            layer_norm_epsilon=1e-5,
-            resid_pdrop=c.dropout,
-            embd_pdrop=c.dropout,
-            attn_pdrop=c.dropout,
-        )
-        hf_config._attn_implementation = "sdpa"
-        self.n_targets = c.n_targets
-        self.register_buffer("mean", mean.clone())
-        self.register_buffer("std", std.clone())
-        self.in_proj = nn.Linear(c.n_features, c.d_model, bias=c.bias)
-        self.gpt2 = transformers.GPT2Model(hf_config)
-        self.head = nn.Linear(c.d_model, c.n_targets, bias=c.bias)
-
-    def loss(self, x_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = torch.where(mask[..., None], (x_raw - self.mean) / self.std, 0.0)  # (B, L, F)
-        h = self.gpt2(inputs_embeds=self.in_proj(x), attention_mask=mask.long()).last_hidden_state
-        pred, target = self.head(h)[:, :-1], x[:, 1:, : self.n_targets]  # (B, L-1, T)
-        valid = (mask[:, :-1] & mask[:, 1:])[..., None]
-        return torch.where(valid, (pred - target).square(), 0.0).sum() / (valid.sum() * self.n_targets).clamp_min(1)
-
-
-def speed_batch(config, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L, F) raw-like features and a (B, L) mask: a quarter of the rows end early (padding)."""
-    g = torch.Generator().manual_seed(seed)
-    B, L, F = batch, config.block_size, config.n_features
-    x = torch.randn(B, L, F, generator=g)
-    x[..., :2] *= 300.0  # dx, dy metres
-    x[..., 2] = 4.1 + 0.1 * x[..., 2]  # log1p(60 s)
-    n = torch.full((B,), L)
-    short = torch.arange(B) % 4 == 3
-    n[short] = torch.randint(12, L, (int(short.sum()),), generator=g)
-    mask = torch.arange(L)[None, :] < n[:, None]
-    return x, mask
-
-
-def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, mask: torch.Tensor) -> None:
-    loss = model.loss(x, mask)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
-def saved_activation_bytes(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> int:
-    """Bytes of the tensors autograd saves for backward in one loss (each storage counted once)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        try:
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # e.g. sparse or wrapper tensors
-            seen[id(t)] = t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model.loss(x, mask)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return int(sum(seen.values()))
-
-
-def _state_bytes(model: nn.Module, opt: torch.optim.Optimizer) -> int:
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    state = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
-    return int(2 * params + state)  # weights + gradients + AdamW moments
-
-
-def measure_train_speed(budget: Budget, preset: str = SPEED_PRESET) -> dict:
-    from trajfm.model import TrajGPT, load_preset
-
-    config = load_preset(preset)
-    x, mask = speed_batch(config, budget.speed_batch)
-    points = int(mask.sum())
-    mean = torch.zeros(config.n_features)
-    std = torch.ones(config.n_features)
-    mean[2], std[:2] = 4.1, 300.0
-    torch.manual_seed(0)
-    ours = TrajGPT(config)
-    ours.set_normalization(mean.tolist(), std.tolist())
-    contenders = {"trajfm": ours}
-    try:
-        torch.manual_seed(0)
-        contenders["transformers"] = HFTrajGPT2(config, mean, std)
-    except ImportError as exc:
-        note = f"transformers is not installed ({exc}): no comparison"
-    else:
-        import transformers
-
-        note = f"transformers {transformers.__version__}, GPT2Model with attn_implementation='sdpa'"
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in contenders.items()}
-    for m in contenders.values():
-        m.train()
-    wall = {k: [] for k in contenders}
-    cpu = {k: [] for k in contenders}
-    names = list(contenders)
-    for rep in range(budget.speed_warmup + budget.speed_reps):
-        for k in names if rep % 2 == 0 else names[::-1]:  # alternate who goes first
-            t0, c0 = time.perf_counter(), time.thread_time()
-            _train_step(contenders[k], opts[k], x, mask)
-            t1, c1 = time.perf_counter(), time.thread_time()
-            if rep >= budget.speed_warmup:
-                wall[k].append(t1 - t0)
-                cpu[k].append(c1 - c0)
-    out = {
-        "preset": preset,
-        "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "d_model", "block_size", "dropout")},
-        "batch_windows": budget.speed_batch,
-        "points_per_step": points,
-        "timed_steps": budget.speed_reps,
-        "warmup_steps": budget.speed_warmup,
-        "note": note,
-    }
-    for k, m in contenders.items():
-        med_wall, med_cpu = statistics.median(wall[k]), statistics.median(cpu[k])
-        out[k] = {
-            "params": sum(p.numel() for p in m.parameters()),
-            "step_ms_median": round(1000 * med_wall, 2),
-            "step_ms_min": round(1000 * min(wall[k]), 2),
-            "cpu_ms_median": round(1000 * med_cpu, 2),
-            "points_per_s": round(points / med_wall, 1),
-            "points_per_cpu_s": round(points / med_cpu, 1),
-            "saved_activation_mb": round(saved_activation_bytes(m, x, mask) / 2**20, 2),
-            "weights_grads_adam_mb": round(_state_bytes(m, opts[k]) / 2**20, 2),
-        }
-    if "transformers" in out:
-        out["train_speed_ratio_vs_hf"] = round(out["trajfm"]["points_per_s"] / out["transformers"]["points_per_s"], 3)
-        out["train_speed_ratio_vs_hf_cpu_time"] = round(
-            out["trajfm"]["points_per_cpu_s"] / out["transformers"]["points_per_cpu_s"], 3
-        )
-    return out
-
-
-def measure_generation(budget: Budget, preset: str = SPEED_PRESET) -> dict:
-    """Rollout of ``GEN_STEPS`` steps with and without the KV cache, same model and inputs."""
-    from trajfm.model import Rollout, TrajGPT, load_preset
-
-    config = load_preset(preset, block_size=128, dropout=0.0)
-    torch.manual_seed(0)
-    model = TrajGPT(config).eval()
-    x, _ = speed_batch(config, budget.gen_batch, seed=1)
-    context, future = x[:, :GEN_CONTEXT], x[:, GEN_CONTEXT : GEN_CONTEXT + GEN_STEPS]
-    n_real = torch.full((budget.gen_batch,), GEN_CONTEXT)
-
-    def roll(use_cache: bool) -> tuple[float, torch.Tensor, int]:
-        t0 = time.perf_counter()
-        r = Rollout(model, context, n_real, use_cache=use_cache)
-        preds = []
-        for s in range(GEN_STEPS):
-            preds.append(r.predict())  # (B, Q, T) raw
-            if s + 1 < GEN_STEPS:
-                r.extend(future[:, s : s + 1])
-        seconds = time.perf_counter() - t0
-        cache_bytes = 0 if r.cache is None else int(2 * r.cache.k.numel() * r.cache.k.element_size())
-        return seconds, torch.stack(preds, 1), cache_bytes
-
-    times = {True: [], False: []}
-    outputs, cache_bytes = {}, 0
-    for rep in range(budget.gen_reps):
-        for use_cache in (True, False) if rep % 2 == 0 else (False, True):
-            seconds, preds, nbytes = roll(use_cache)
-            times[use_cache].append(seconds)
-            outputs[use_cache] = preds
-            cache_bytes = max(cache_bytes, nbytes)
-    cached, uncached = statistics.median(times[True]), statistics.median(times[False])
-    return {
-        "preset": preset,
-        "block_size": config.block_size,
-        "batch": budget.gen_batch,
-        "context_points": GEN_CONTEXT,
-        "steps": GEN_STEPS,
-        "reps": budget.gen_reps,
-        "with_cache_s": round(cached, 4),
-        "without_cache_s": round(uncached, 4),
-        "with_cache_steps_per_s": round(GEN_STEPS / cached, 1),
-        "kv_cache_speedup": round(uncached / cached, 2),
-        "max_abs_diff_cache_vs_recompute": float((outputs[True] - outputs[False]).abs().max()),
-        "kv_cache_mb": round(cache_bytes / 2**20, 3),
-    }
 
 
 # --- quality: the real pipeline, every preset, baselines -----------------------------------------
@@ -394,52 +141,12 @@ def errors_and_final(
     return out, err[:, -1]
 
 
-def paired_improvement(
-    errors: np.ndarray,
-    reference: np.ndarray,
-    targets: tuple[float, ...] = (),
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict:
-    """How much better ``errors`` is than ``reference`` on the same windows, 1 - mean(errors) /
-    mean(reference), with a paired percentile bootstrap over windows: ``resamples`` draws of the
-    windows with replacement (the same draw for both, seeded), the ``level`` interval of the
-    ratio, and for each target the share of draws where the improvement reaches it. The interval
-    says how much the figure depends on which windows the test split happens to hold; it does not
-    cover training seeds (their spread is reported apart)."""
-    a, b = np.asarray(errors, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
-        raise ValueError(f"paired errors need two 1-D arrays of the same length >= 2, got {a.shape} and {b.shape}")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()) or b.sum() <= 0:
-        raise ValueError("paired errors must be finite and the reference's must not all be zero")
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(resamples)
-    chunk = max(1, 2_000_000 // len(a))  # bounded memory on large test splits
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, len(a), size=(min(chunk, resamples - start), len(a)))
-        ratios[start : start + len(idx)] = 1 - a[idx].sum(1) / np.maximum(b[idx].sum(1), 1e-12)
-    lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return {
-        "improvement": round(float(1 - a.mean() / b.mean()), 4),
-        "ci_low": round(float(lo), 4),
-        "ci_high": round(float(hi), 4),
-        "level": level,
-        "resamples": resamples,
-        "seed": seed,
-        "windows": len(a),
-        "share_reaching": {str(t): round(float((ratios >= t).mean()), 4) for t in targets},
-    }
+# (the paired bootstrap over these errors and their spread over seeds: benchmarks.model_results)
 
 
 def mean_errors(per_seed: list[dict]) -> dict:
     """The errors of several training seeds averaged key by key (one seed: its own errors)."""
     return {k: round(statistics.fmean(e[k] for e in per_seed), 2) for k in per_seed[0]}
-
-
-def seed_std(per_seed: list[dict], key: str) -> float:
-    """Sample standard deviation of one error over training seeds."""
-    return round(statistics.stdev(e[key] for e in per_seed), 2)
 
 
 def _split_windows(features: Path, split: str, budget: Budget):
@@ -683,7 +390,7 @@ def evaluate_dataset(
     )
 
 
-BASELINES = ("constant_velocity", "linear_extrapolation", "kalman", "kalman_mle")
+# --- per-step errors, probabilistic scores, the never-worse blend -------------------------------
 
 
 def step_errors(lon, lat, true_lon, true_lat) -> list[float]:
@@ -756,146 +463,11 @@ def _blended(positions: dict, splits: dict) -> dict:
     return out
 
 
-class BenchError(ValueError):
-    """A request the benchmark refuses (unknown part, results that cannot be merged)."""
-
-
-def summarize(q: dict) -> dict:
-    """Adds ``best_preset`` (lowest test FDE at the longest horizon, the issue's target), the
-    preset a reader would pick without seeing the test split (``best_preset_by_val``, when every
-    preset has validation errors) and ``targets`` to one dataset's quality section."""
-    key = f"fde_{max(HORIZONS)}_m"
-    presets = [p for p in q["results"] if p not in BASELINES and p not in q.get("variants", {})]
-    out = {k: v for k, v in q.items() if k not in ("best_preset", "best_preset_by_val", "targets")}
-    if not presets:
-        return out
-    res = q["results"]
-    best = min(presets, key=lambda p: res[p][key])
-    val = q.get("val_results", {})
-    cv, tut = res["constant_velocity"][key], res.get("tutorial", {}).get(key)
-    out["best_preset"] = best
-    out["best_preset_by_val"] = min(presets, key=lambda p: val[p][key]) if all(p in val for p in presets) else None
-    out["targets"] = {
-        "metric": key,
-        "best_vs_constant_velocity": round(1 - res[best][key] / cv, 4) if cv else None,
-        "best_vs_constant_velocity_target": TARGET_VS_CONSTANT_VELOCITY,
-        "best_vs_tutorial": round(1 - res[best][key] / tut, 4) if tut else None,
-        "best_vs_tutorial_target": TARGET_VS_TUTORIAL,
-    }
-    windows = (q.get("window_errors") or {}).get("errors", {})
-    if windows.get("constant_velocity") and windows.get(best):
-        intervals = {
-            "best_vs_constant_velocity": paired_improvement(
-                windows[best], windows["constant_velocity"], (TARGET_VS_CONSTANT_VELOCITY,)
-            )
-        }
-        if windows.get("tutorial"):
-            intervals["best_vs_tutorial"] = paired_improvement(
-                windows[best], windows["tutorial"], (TARGET_VS_TUTORIAL,)
-            )
-        out["targets"]["bootstrap"] = intervals
-    return out
-
-
-def _unset_dropped(value):
-    """A setting added later with default None (``train_stride``) equals its absence."""
-    return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
-
-
-def merge_quality(old: dict | None, new: dict) -> dict:
-    """One dataset's quality section with ``new``'s presets added to (or replacing) ``old``'s.
-
-    Only results measured the same way merge: the same windows and the same training budget;
-    otherwise a ``BenchError`` says what differs."""
-    if not old or "results" not in old or "results" not in new:
-        return new
-    unset = {"seeds": [0], "ema_decay": 0.0, "select_by": "loss"}  # results from before these options
-    for what, a, b in (
-        ("windows", old["data"], new["data"]),
-        (
-            "training budget",
-            {**unset, **old["training"]["train_overrides"]},
-            {**unset, **new["training"]["train_overrides"]},
-        ),
-    ):
-        keys = set(b) - {"seconds", "val_windows_evaluated"}
-        diff = sorted(k for k in keys if k in a and _unset_dropped(a[k]) != _unset_dropped(b[k]))
-        if diff:
-            raise BenchError(
-                f"cannot merge: the {what} differ ({', '.join(diff)}) from the existing results; "
-                "use --fresh (trained models are cached under the data root) or another --out"
-            )
-
-    def merged(a: dict, b: dict) -> dict:
-        both = {**a, **b}
-        return {k: both[k] for k in [*BASELINES, *sorted(k for k in both if k not in BASELINES)] if k in both}
-
-    per_preset = dict(old["training"]["per_preset"])
-    for label, entry in new["training"]["per_preset"].items():
-        before = per_preset.get(label, {})
-        same_model = before.get("train_dir") == entry.get("train_dir") or (
-            label in old["results"]
-            and old["results"][label] == new["results"].get(label)
-            and old.get("val_results", {}).get(label) == new["val_results"].get(label)
-        )  # deterministic: the same model
-        if entry.get("cached") and same_model and "train_s" in before:
-            entry = {**entry, "train_s": before["train_s"]}  # the time of the run that trained it, not of the cache hit
-        per_preset[label] = entry
-    training = {**old["training"], "per_preset": per_preset}
-    variants = {k: v for k, v in old.get("variants", {}).items() if k not in new["results"]}  # a rerun decides
-    variants.update(new.get("variants", {}))
-    seeds = {
-        split: {k: v for k, v in old.get("seed_results", {}).get(split, {}).items() if k not in new["results"]}
-        for split in ("test", "val")
-    }  # a rerun decides, with its own seeds
-    for split in seeds:
-        seeds[split].update(new.get("seed_results", {}).get(split, {}))
-    windows = {k: v for k, v in (old.get("window_errors") or {}).get("errors", {}).items() if k not in new["results"]}
-    windows.update((new.get("window_errors") or {}).get("errors", {}))  # a rerun decides; older files have none
-    window_errors = {**(new.get("window_errors") or old.get("window_errors") or {}), "errors": windows}
-    extra = {}  # per-step errors and probabilistic scores: a rerun's predictors replace, others stay
-    if "step_errors" in new:
-        extra["step_errors"] = {
-            k: ({**(old.get("step_errors") or {}).get(k, {}), **v} if isinstance(v, dict) else v)
-            for k, v in new["step_errors"].items()
-        }
-    if "probabilistic" in new:
-        extra["probabilistic"] = {
-            **new["probabilistic"],
-            "predictors": {
-                **(old.get("probabilistic") or {}).get("predictors", {}),
-                **new["probabilistic"]["predictors"],
-            },
-        }
-    for key in ("baselines", "kalman"):
-        if key in new:
-            extra[key] = new[key]
-    return summarize(
-        {
-            **old,
-            **extra,
-            **({"window_errors": window_errors} if windows else {}),
-            "data": {**old["data"], **new["data"]},
-            "training": training,
-            "variants": variants,
-            "results": merged(old["results"], new["results"]),
-            "val_results": merged(old.get("val_results", {}), new["val_results"]),
-            **({"seed_results": seeds} if any(seeds.values()) else {}),
-        }
-    )
-
-
 # --- the whole run -----------------------------------------------------------------------------
 
 
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-
-
-PARTS = ("speed", "generation", "quality")
-DATASETS = ("ais", "geolife")
-ENV_PRESETS = "TRAJFM_BENCH_PRESETS"
-ENV_PARTS = "TRAJFM_BENCH_PARTS"
 
 
 def _quality(name: str, budget: Budget, root: Path, log, presets: list[str] | None) -> dict:
@@ -910,21 +482,6 @@ def _quality(name: str, budget: Budget, root: Path, log, presets: list[str] | No
     if not geolife.is_dir():
         return {"skipped": f"{geolife} not found (the shared GeoLife files are not on this machine)"}
     return evaluate_dataset("geolife", [str(geolife)], root, budget.geolife_steps, budget, log, presets)
-
-
-def _previous(out: Path, budget: Budget) -> dict | None:
-    """The results already in ``out`` to merge into (None if there are none)."""
-    if not out.is_file():
-        return None
-    previous = json.loads(out.read_text())
-    if previous.get("benchmark") != "model":
-        raise BenchError(f"{out} is not a model benchmark result; use --fresh or another --out")
-    if previous["budget"]["name"] != budget.name:
-        raise BenchError(
-            f"{out} holds budget {previous['budget']['name']!r} results, not {budget.name!r}: "
-            "use the same budget, --fresh, or another --out"
-        )
-    return previous
 
 
 def run(
@@ -959,7 +516,7 @@ def run(
     root = Path(root) if root else DEFAULT_ROOT
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    previous = None if fresh else _previous(out, budget)
+    previous = None if fresh else previous_results(out, budget)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(budget.threads)
     started = time.perf_counter()
@@ -1022,374 +579,16 @@ def run(
     return result
 
 
-# a JSON array of numbers as ``json.dumps(indent=2)`` writes it: newlines only occur between
-# tokens (never inside a JSON string), so this cannot match text within a string
-_NUMBER_LIST = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
-
-
-def dumps(result: dict) -> str:
-    """``result`` as indented JSON with each list of numbers on one line (the per-window errors
-    are thousands of numbers: one line per predictor, not one per number)."""
-    return (
-        _NUMBER_LIST.sub(
-            lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", json.dumps(result, indent=2)
-        )
-        + "\n"
-    )
-
-
-# --- the report --------------------------------------------------------------------------------
-
-
-def _fmt(v, digits: int = 1) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
-
-
-def markdown(r: dict) -> str:
-    m = r["machine"]
-    lines = [
-        "# trajfm model benchmark",
-        "",
-        f"`trajfm bench model`, budget `{r['budget']['name']}`, {r['created']}; {m['cpu_count']} cores "
-        f"({m['processor']}), torch {m['torch']} on {m['torch_threads']} thread(s); load average "
-        f"{m['load_average_before']} before, {m.get('load_average_after')} after (a machine shared with other jobs: "
-        f"absolute rates are lower bounds, ratios are measured interleaved). Peak RSS {m.get('peak_rss_mb')} MB; "
-        f"{r.get('elapsed_s')} s in all.",
-        "",
-    ]
-    later = r.get("runs", [])[1:]
-    if later:
-        lines += [
-            "Later runs merged into these results: "
-            + "; ".join(
-                f"{x['created']} ({', '.join(x['parts'])}; "
-                f"presets {x['presets'] if isinstance(x['presets'], str) else ', '.join(x['presets'])}; "
-                f"load average {x['load_average_before']} before; {x.get('elapsed_s')} s)"
-                for x in later
-            )
-            + ".",
-            "",
-        ]
-    s = r.get("speed")
-    if s:
-        c = s["config"]
-        lines += [
-            f"## Training step: trajfm vs transformers GPT-2 ({s['preset']}: {c['n_layer']} layers, "
-            f"{c['n_head']} heads, "
-            f"d={c['d_model']}, {c['block_size']} points, dropout {c['dropout']}; {s['batch_windows']} windows = "
-            f"{s['points_per_step']} real points per step; median of {s['timed_steps']} steps)",
-            "",
-            "| model | params | step (ms, median) | points/s | points/CPU-s | saved activations (MB) "
-            "| weights+grads+AdamW (MB) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for k in ("trajfm", "transformers"):
-            if k in s:
-                v = s[k]
-                lines.append(
-                    f"| {k} | {v['params']:,} | {v['step_ms_median']:.1f} | {v['points_per_s']:,.0f} | "
-                    f"{v['points_per_cpu_s']:,.0f} | {v['saved_activation_mb']:.1f} | "
-                    f"{v['weights_grads_adam_mb']:.2f} |"
-                )
-        lines += [
-            "",
-            f"**train_speed_ratio_vs_hf = {_fmt(s.get('train_speed_ratio_vs_hf'), 3)}** (wall; "
-            f"{_fmt(s.get('train_speed_ratio_vs_hf_cpu_time'), 3)} on thread CPU time; target >= 1.0). {s['note']}.",
-            "",
-        ]
-    g = r.get("generation")
-    if g:
-        lines += [
-            f"## Generation: {g['steps']}-step rollout, KV cache vs recompute ({g['preset']}, "
-            f"block_size {g['block_size']}, "
-            f"{g['batch']} trajectories, {g['context_points']}-point context, median of {g['reps']})",
-            "",
-            "| | seconds | steps/s |",
-            "|---|---:|---:|",
-            f"| with KV cache | {g['with_cache_s']:.3f} | {g['with_cache_steps_per_s']:.1f} |",
-            f"| without (recompute the prefix) | {g['without_cache_s']:.3f} | "
-            f"{g['steps'] / g['without_cache_s']:.1f} |",
-            "",
-            f"**kv_cache_speedup = {g['kv_cache_speedup']:.1f}x** (target >= 5); cache {g['kv_cache_mb']} MB; largest "
-            f"difference between the two paths' predictions {g['max_abs_diff_cache_vs_recompute']:.2e} (raw units).",
-            "",
-        ]
-    for name, q in r.get("quality", {}).items():
-        if "skipped" in q:
-            lines += [f"## Forecast quality: {name}", "", f"Skipped: {q['skipped']}", ""]
-            continue
-        d, t = q["data"], q["training"]
-        keys = [f"{a}_{k}_m" for k in HORIZONS for a in ("ade", "fde")]
-        tg_key = f"fde_{max(HORIZONS)}_m"
-        lines += [
-            f"## Forecast quality: {name}, test split (latest 15% of the time span)",
-            "",
-            f"{d['test_windows_evaluated']:,} test windows, {d['context_len']} points of context; "
-            "windows train/val/test "
-            f"{d['windows']['train']:,}/{d['windows']['val']:,}/{d['windows']['test']:,}"
-            f"{_stride_note(d.get('window_params') or {})}; each preset trained "
-            f"{t['train_overrides']['max_steps']} steps of {t['train_overrides']['batch_size']} windows "
-            f"({_kept_note(t['train_overrides'])}{_ema_note(t['train_overrides'].get('ema_decay'))})"
-            f"{_seeds_note(t['train_overrides'].get('seeds') or [0])}. Errors in metres (great circle); "
-            "ADE@k = mean over steps 1..k, FDE@k = at step k; "
-            f"val = the same on {d.get('val_windows_evaluated', '-')} validation windows (the split to choose on).",
-            "",
-        ]
-        header = [
-            "| predictor | "
-            + " | ".join(k.replace("_m", "").replace("_", "@", 1).upper().replace("@", " @") for k in keys)
-            + f" | val {tg_key.replace('_m', '').replace('_', ' @', 1).upper()} | train s |",
-            "|---|" + "---:|" * (len(keys) + 2),
-        ]
-        lines += header
-        val, variants = q.get("val_results", {}), q.get("variants", {})
-        by_seed = q.get("seed_results", {})
-
-        def cell(pred: str, split: str, errs: dict, k: str, by_seed=by_seed, tg_key=tg_key) -> str:
-            runs = by_seed.get(split, {}).get(pred)
-            spread = f" ± {_fmt(seed_std(runs, k))}" if runs and k == tg_key else ""
-            return _fmt(errs.get(k)) + spread
-
-        def row(pred: str, errs: dict, t=t, q=q, keys=keys, val=val, tg_key=tg_key) -> str:
-            tr = t["per_preset"].get(pred, {})
-            label = f"**{pred}**" if pred == q.get("best_preset") else pred
-            return (
-                f"| {label} | "
-                + " | ".join(cell(pred, "test", errs, k) for k in keys)
-                + f" | {cell(pred, 'val', val.get(pred, {}), tg_key)} | {_fmt(tr.get('train_s'))} |"
-            )
-
-        lines += [row(pred, errs) for pred, errs in q["results"].items() if pred not in variants]
-        reused = [p for p, tr in t["per_preset"].items() if tr.get("cached") and (tr.get("train_s") or 0) < 1.0]
-        if reused:
-            lines += [
-                "",
-                f"Reused from the data root's cache (trained by an earlier run on the same windows with the "
-                f"same config and budget; train s is the lookup): {', '.join(f'`{p}`' for p in reused)}.",
-            ]
-        tg = q.get("targets")
-        if tg:
-            vs_cv, vs_tutorial = tg["best_vs_constant_velocity"], tg["best_vs_tutorial"]
-            lines += [
-                "",
-                f"Best preset **{q['best_preset']}** on {tg['metric']}: "
-                f"{_fmt(100 * vs_cv if vs_cv is not None else None)}% better than "
-                f"constant velocity (target 25%), "
-                f"{_fmt(100 * vs_tutorial if vs_tutorial is not None else None)}% better than `tutorial` "
-                f"(target 20%). Chosen on the validation split instead: {q.get('best_preset_by_val') or '-'}.",
-            ]
-            if tg.get("bootstrap"):
-                lines += ["", _bootstrap_note(tg["bootstrap"])]
-        lines += _steps_and_scores_md(q)
-        if variants:
-            lines += [
-                "",
-                f"Variants tried ({name}; preset files outside the bundle, compared on the validation split, "
-                "not candidates for the best preset):",
-                "",
-                *header,
-            ]
-            lines += [row(pred, q["results"][pred]) for pred in variants if pred in q["results"]]
-            lines += [""] + [f"- `{pred}`: {v['comment']}" for pred, v in variants.items() if pred in q["results"]]
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def _steps_and_scores_md(q: dict) -> list[str]:
-    """Markdown: the test error at every step 1..H, the never-worse check of each blended row,
-    the Kalman filter's fitted noise and time, and the probabilistic scores."""
-    st, variants = (q.get("step_errors") or {}).get("test"), q.get("variants", {})
-    if not st:
-        return []
-    order = [p for p in BASELINES if p in st] + [
-        p for p in st if p not in BASELINES and p.split("+")[0] not in variants
-    ]
-    H = len(st[order[0]])
-    lines = [
-        "",
-        "Error (m) at each step ahead, test split (`<preset>+blend`: the preset with its per-step blend with "
-        "constant velocity and error scale, both fitted on the val split, as the registered model forecasts; "
-        "its val errors are on the split the rule was fitted on):",
-        "",
-        "| predictor | " + " | ".join(f"@{h}" for h in range(1, H + 1)) + " |",
-        "|---|" + "---:|" * H,
-    ]
-    lines += [f"| {p} | " + " | ".join(_fmt(v) for v in st[p]) + " |" for p in order]
-    cv = np.asarray(st.get("constant_velocity") or [np.nan] * H)
-    worse = {p: [h + 1 for h, (a, b) in enumerate(zip(st[p], cv)) if a > b] for p in order if p.endswith("+blend")}
-    if worse:
-        lines += [
-            "",
-            "Steps where a blended preset is worse than constant velocity on test: "
-            + "; ".join(f"`{p}` {', '.join(map(str, w)) if w else 'none'}" for p, w in worse.items())
-            + ".",
-        ]
-    kf = q.get("kalman")
-    if kf:
-        lines += [
-            "",
-            f"Kalman filter: q = {kf['q_m2_s3']:.3g} m²/s³ (white-noise acceleration per axis), "
-            f"r = {kf['r_m2']:.3g} m² "
-            "(fix noise per axis), fitted "
-            f"({'for its own forecast error' if kf.get('objective') == 'forecast' else 'by maximum likelihood'}) "
-            f"on {kf['fit_windows']:,} training windows in "
-            f"{kf['fit_s']} s; forecasting the test split took {kf['forecast_s'].get('test')} s."
-            + (
-                f" `kalman_mle`: q = {kf['likelihood_fit']['q_m2_s3']:.3g} m²/s³, "
-                f"r = {kf['likelihood_fit']['r_m2']:.3g} m², "
-                "by maximum likelihood (its covariance is the filter's error model below)."
-                if kf.get("likelihood_fit")
-                else ""
-            ),
-        ]
-    pr = (q.get("probabilistic") or {}).get("predictors")
-    if pr:
-        lines += [
-            "",
-            "Probabilistic forecasts, test split: coverage of the 50/80/90% regions (share of windows whose true "
-            "fix lies inside; mean over steps 1..H, and the 80% region at steps 1 and H) and CRPS in metres (mean over "
-            "east/north and windows; lower is better), each predictor with its own error model "
-            "(`probabilistic.error_models` in the JSON):",
-            "",
-            f"| predictor | cov 50% | cov 80% | cov 90% | cov 80% @1 | cov 80% @{H} | CRPS m (mean) | CRPS @1 "
-            f"| CRPS @{H} |",
-            "|---|" + "---:|" * 8,
-        ]
-        for p in [p for p in BASELINES if p in pr] + [p for p in pr if p not in BASELINES]:
-            c, crps = pr[p]["coverage"], pr[p]["crps_m"]
-            lines.append(
-                f"| {p} | "
-                + " | ".join(f"{100 * np.mean(c[lv]):.1f}%" for lv in ("50", "80", "90"))
-                + f" | {100 * c['80'][0]:.1f}% | {100 * c['80'][-1]:.1f}% | {_fmt(float(np.mean(crps)))} | "
-                f"{_fmt(crps[0])} | {_fmt(crps[-1])} |"
-            )
-    return lines
-
-
-def _bootstrap_note(b: dict) -> str:
-    """The targets' intervals in one sentence (``paired_improvement`` per reference)."""
-    names = {"best_vs_constant_velocity": "constant velocity", "best_vs_tutorial": "`tutorial`"}
-    parts = []
-    for key, v in b.items():
-        target, share = next(iter(v["share_reaching"].items()), (None, None))
-        parts.append(
-            f"vs {names.get(key, key)} {100 * v['ci_low']:.1f} to {100 * v['ci_high']:.1f}%"
-            + (f" (target {100 * float(target):.0f}% reached in {100 * share:.1f}% of draws)" if target else "")
-        )
-    first = next(iter(b.values()))
-    return (
-        f"{100 * first['level']:.0f}% intervals of the improvement over the {first['windows']:,} test windows "
-        f"(paired bootstrap, {first['resamples']:,} draws, seed {first['seed']}; the spread over which windows were "
-        f"drawn, not over training seeds): " + "; ".join(parts) + "."
-    )
-
-
-def _kept_note(overrides: dict) -> str:
-    if overrides.get("select_by") == "fde":
-        return f"epoch with the best validation FDE @{overrides.get('select_horizon')} kept"
-    return "best validation epoch kept"
-
-
-def _ema_note(decay: float | None) -> str:
-    return f"; weights averaged, ema_decay {decay}" if decay else ""
-
-
-def _seeds_note(seeds: list[int]) -> str:
-    if len(seeds) < 2:
-        return ""
-    return (
-        f"; errors are the mean over {len(seeds)} training seeds ({', '.join(map(str, seeds))}), "
-        f"± the standard deviation over them; train s is the sum"
-    )
-
-
-def _stride_note(params: dict) -> str:
-    stride = params.get("train_stride")
-    return f" (training windows start every {stride} points, overlapping)" if stride else ""
-
-
-def _csv(text: str | None) -> list[str]:
-    return [p.strip() for p in (text or "").split(",") if p.strip()]
-
-
 def main(out: Path, argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="JSON results file (a .md table is written beside it)")
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default=os.environ.get(ENV_BUDGET, "default"))
-    parser.add_argument("--root", default=None, help=f"data root for the pipeline stages (default {DEFAULT_ROOT})")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the budget's)")
-    parser.add_argument(
-        "--train-stride",
-        type=int,
-        default=None,
-        help="points between training window starts (default 32: disjoint; e.g. 8 overlaps them)",
-    )
-    parser.add_argument(
-        "--parts",
-        default=os.environ.get(ENV_PARTS, ",".join(PARTS)),
-        help=f"comma-separated subset of {','.join(PARTS)} (or ${ENV_PARTS})",
-    )
-    parser.add_argument(
-        "--presets",
-        default=os.environ.get(ENV_PRESETS),
-        help=f"comma-separated presets (names or .json paths) for the quality part; tutorial "
-        f"always comes with them (or ${ENV_PRESETS}; default: all bundled presets)",
-    )
-    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of ais,geolife")
-    parser.add_argument(
-        "--seeds",
-        default=None,
-        help="comma-separated training seeds per preset (default 0); errors are their mean, "
-        "with the standard deviation in the report",
-    )
-    parser.add_argument(
-        "--ema",
-        type=float,
-        default=0.0,
-        metavar="DECAY",
-        help="train every preset with a weight average (TrainConfig.ema_decay, e.g. 0.999) and judge it by that",
-    )
-    parser.add_argument(
-        "--select",
-        choices=("loss", "fde"),
-        default="loss",
-        help="the epoch each preset keeps: lowest validation loss, or lowest validation FDE at the "
-        "longest horizon (TrainConfig.select_by)",
-    )
-    parser.add_argument("--fresh", action="store_true", help="start a new results file instead of merging into --out")
-    args = parser.parse_args(argv or [])
-    budget = BUDGETS[args.budget]
-    try:
-        seeds = tuple(int(s) for s in _csv(args.seeds)) or budget.seeds
-    except ValueError:
-        parser.exit(2, f"{parser.prog}: error: --seeds takes comma-separated integers, not {args.seeds!r}\n")
-    if len(set(seeds)) != len(seeds):
-        parser.exit(2, f"{parser.prog}: error: --seeds repeats a seed: {args.seeds!r}\n")
-    if not 0.0 <= args.ema < 1.0:
-        parser.exit(2, f"{parser.prog}: error: --ema takes a decay in [0, 1), not {args.ema}\n")
-    if args.threads or args.train_stride or seeds != budget.seeds or args.ema or args.select != budget.select_by:
-        budget = Budget(
-            **{
-                **asdict(budget),
-                "threads": args.threads or budget.threads,
-                "train_stride": args.train_stride or budget.train_stride,
-                "seeds": seeds,
-                "ema_decay": args.ema,
-                "select_by": args.select,
-            }
-        )
+    parser, args, budget = parse_options(argv, description=__doc__.split("\n\n")[0])
     try:
         run(
             args.out or out,
             budget,
             args.root,
-            tuple(_csv(args.parts)),
-            _csv(args.presets) or None,
-            tuple(_csv(args.datasets)),
+            tuple(csv_list(args.parts)),
+            csv_list(args.presets) or None,
+            tuple(csv_list(args.datasets)),
             args.fresh,
         )
     except BenchError as exc:
@@ -1398,8 +597,4 @@ def main(out: Path, argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from benchmarks import run_as_script
-
     sys.exit(run_as_script(main, "python -m benchmarks.model"))
