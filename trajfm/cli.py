@@ -417,7 +417,7 @@ def cmd_bench(args, extra: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(f"benchmarks.{args.name}")
     except ModuleNotFoundError as exc:
-        raise SystemExit(f"no benchmark named {args.name!r} (benchmarks/{args.name}.py): {exc}")
+        raise SystemExit(f"no benchmark named {args.name!r} (benchmarks/{args.name}.py): {exc}") from exc
     if extra:
         return int(module.main(out=Path(args.out), argv=extra) or 0)
     return int(module.main(out=Path(args.out)) or 0)
