@@ -26,7 +26,10 @@ PLT_HEADER = "Geolife trajectory\nWGS 84\nAltitude is in Feet\nReserved 3\n0,2,2
 PORTO_HEADER = (
     '"TRIP_ID","CALL_TYPE","ORIGIN_CALL","ORIGIN_STAND","TAXI_ID","TIMESTAMP","DAY_TYPE","MISSING_DATA","POLYLINE"'
 )
-MC_HEADER = "BaseDateTime,LON,LAT,MMSI,SOG,COG,Heading,VesselName,IMO,CallSign,VesselType,Status,Length,Width,Draft,Cargo,TranscieverClass,ETA"
+MC_HEADER = (
+    "BaseDateTime,LON,LAT,MMSI,SOG,COG,Heading,VesselName,IMO,CallSign,VesselType,Status,"
+    "Length,Width,Draft,Cargo,TranscieverClass,ETA"
+)
 GENERIC = {"traj_id": "id", "t": "t", "lon": "lon", "lat": "lat"}
 UTC = "UTC"
 

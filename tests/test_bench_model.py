@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.model import forecast_errors, linear_extrapolation
 from synthetic_tracks import (
     make_windows,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     straight_track,
     windows_from_tracks,
 )
-from trajfm.bench.model import forecast_errors, linear_extrapolation
 from trajfm.evaluate.forecast import constant_velocity, forecastable
 from trajfm.geo import haversine_m
 
@@ -40,7 +40,7 @@ def test_linear_extrapolation_is_exact_on_a_straight_track_and_cv_with_two_point
 
 def test_the_transformers_twin_computes_the_same_loss():
     pytest.importorskip("transformers")
-    from trajfm.bench.model import HFTrajGPT2, speed_batch
+    from benchmarks.model_speed import HFTrajGPT2, speed_batch
     from trajfm.model import GPTConfig, TrajGPT
 
     config = GPTConfig(n_layer=2, n_head=4, d_model=32, block_size=24, dropout=0.0)
@@ -50,7 +50,7 @@ def test_the_transformers_twin_computes_the_same_loss():
     ours = TrajGPT(config).eval()
     ours.set_normalization(mean.tolist(), std.tolist())
     with torch.no_grad():
-        for name, p in hf.gpt2.named_parameters():
+        for _name, p in hf.gpt2.named_parameters():
             p.normal_(0.0, 0.1)
         for name, p in ours.transformer.named_parameters():
             src = hf.gpt2.get_parameter(name)
@@ -66,7 +66,7 @@ def test_the_transformers_twin_computes_the_same_loss():
 def test_mfu_script_refuses_without_cuda(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    from trajfm.bench import mfu_gpu
+    from benchmarks import mfu_gpu
 
     assert mfu_gpu.main(["--out", str(tmp_path / "mfu.json")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
@@ -78,7 +78,7 @@ def test_mfu_script_measures_the_largest_preset_end_to_end_on_cpu(tmp_path, caps
     the day a GPU is lent it runs the code this test ran."""
     import json
 
-    from trajfm.bench import mfu_gpu
+    from benchmarks import mfu_gpu
     from trajfm.model import TrajGPT, list_presets, load_preset
 
     sizes = {p: TrajGPT(load_preset(p)).num_params() for p in list_presets()}
@@ -133,7 +133,7 @@ def _quality(presets: dict, val: dict | None = None, test_windows: int = 100, st
 
 
 def test_summarize_picks_the_best_preset_and_measures_it_against_the_targets():
-    from trajfm.bench.model import summarize
+    from benchmarks.model_results import summarize
 
     q = summarize(
         _quality(
@@ -147,7 +147,7 @@ def test_summarize_picks_the_best_preset_and_measures_it_against_the_targets():
 
 
 def test_merge_adds_new_presets_and_keeps_the_others():
-    from trajfm.bench.model import merge_quality
+    from benchmarks.model_results import merge_quality
 
     old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
     del old["val_results"]["a"]  # measured before validation errors were recorded
@@ -175,7 +175,7 @@ def test_merge_adds_new_presets_and_keeps_the_others():
 
 @pytest.mark.parametrize("change", ["windows", "budget"])
 def test_merge_refuses_results_measured_another_way(change):
-    from trajfm.bench.model import BenchError, merge_quality
+    from benchmarks.model_results import BenchError, merge_quality
 
     old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200})
     new = _quality(
@@ -187,7 +187,7 @@ def test_merge_refuses_results_measured_another_way(change):
 
 
 def test_markdown_shows_merged_results_with_validation_column():
-    from trajfm.bench.model import markdown, merge_quality
+    from benchmarks.model_results import markdown, merge_quality
 
     old = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 700})
     q = merge_quality(
@@ -214,7 +214,8 @@ def test_markdown_shows_merged_results_with_validation_column():
 
 
 def test_cli_refuses_bad_requests_before_any_work(tmp_path, capsys, monkeypatch):
-    from trajfm.bench.model import ENV_PRESETS, main
+    from benchmarks.model import main
+    from benchmarks.model_budget import ENV_PRESETS
 
     monkeypatch.setenv(ENV_PRESETS, "tutorial,not-a-preset")  # what `trajfm bench model` reads
     with pytest.raises(SystemExit) as exc:
@@ -238,7 +239,7 @@ def test_cli_refuses_bad_requests_before_any_work(tmp_path, capsys, monkeypatch)
 
 
 def test_variants_are_reported_apart_and_never_win_the_preset_prize():
-    from trajfm.bench.model import markdown, merge_quality, summarize
+    from benchmarks.model_results import markdown, merge_quality, summarize
 
     q = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a": 800, "a-x": 600})
     q["variants"] = {"a-x": {"file": "/tmp/a-x.json", "comment": "a without x"}}
@@ -259,15 +260,17 @@ def test_variants_are_reported_apart_and_never_win_the_preset_prize():
 
 
 def test_train_stride_reaches_the_features_and_the_report(tmp_path, monkeypatch):
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
+    from benchmarks.model_budget import BUDGETS
+    from benchmarks.model_results import BenchError, markdown, merge_quality, summarize
 
     seen = {}
     monkeypatch.setattr(bm, "run", lambda out, budget, *a: seen.setdefault("budget", budget))
     bm.main(tmp_path / "m.json", ["--budget", "quick", "--train-stride", "8", "--parts", "quality"])
-    assert seen["budget"].train_stride == 8 and seen["budget"].threads == bm.BUDGETS["quick"].threads
-    assert seen["budget"].ais_steps == bm.BUDGETS["quick"].ais_steps
+    assert seen["budget"].train_stride == 8 and seen["budget"].threads == BUDGETS["quick"].threads
+    assert seen["budget"].ais_steps == BUDGETS["quick"].ais_steps
 
-    q = bm.summarize(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200}))
+    q = summarize(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200}))
     overlapped = {**q, "data": {**q["data"], "window_params": {"stride": 32, "train_stride": 8}}}
     r = {
         "budget": {"name": "quick"},
@@ -277,16 +280,16 @@ def test_train_stride_reaches_the_features_and_the_report(tmp_path, monkeypatch)
         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
         "quality": {"ais": overlapped},
     }
-    assert "training windows start every 8 points" in bm.markdown(r)
-    assert "training windows start every" not in bm.markdown({**r, "quality": {"ais": q}})
-    assert "Reused from the data root's cache" not in bm.markdown(r)
+    assert "training windows start every 8 points" in markdown(r)
+    assert "training windows start every" not in markdown({**r, "quality": {"ais": q}})
+    assert "Reused from the data root's cache" not in markdown(r)
     hit = {**q, "training": {**q["training"], "per_preset": {"tutorial": {"train_s": 0.1, "cached": True}}}}
-    assert "the lookup): `tutorial`." in bm.markdown({**r, "quality": {"ais": hit}})
+    assert "the lookup): `tutorial`." in markdown({**r, "quality": {"ais": hit}})
     disjoint = {**q, "data": {**q["data"], "window_params": {"stride": 32}}}  # results from before the option
-    with pytest.raises(bm.BenchError, match="cannot merge"):  # another stride is another training set
-        bm.merge_quality(disjoint, overlapped)
+    with pytest.raises(BenchError, match="cannot merge"):  # another stride is another training set
+        merge_quality(disjoint, overlapped)
     unset = {**q, "data": {**q["data"], "window_params": {"stride": 32, "train_stride": None}}}
-    assert bm.merge_quality(disjoint, unset)["data"]["window_params"]["stride"] == 32
+    assert merge_quality(disjoint, unset)["data"]["window_params"]["stride"] == 32
 
 
 def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
@@ -294,10 +297,12 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     seed's kept, the report showing the spread; a one-seed file refuses to merge them."""
     import dataclasses
 
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
+    from benchmarks.model_budget import BUDGETS
+    from benchmarks.model_results import BenchError, markdown, merge_quality, seed_std
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
-    budget = dataclasses.replace(bm.BUDGETS["quick"], seeds=(0, 1), max_test_windows=32)
+    budget = dataclasses.replace(BUDGETS["quick"], seeds=(0, 1), max_test_windows=32)
     q = bm.evaluate_dataset(
         "ais",
         [str(p) for p in embedded_files(SMALL_SLICE)],
@@ -337,9 +342,9 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
         "quality": {"ais": q},
         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
     }
-    md = bm.markdown(r)
+    md = markdown(r)
     assert "mean over 2 training seeds (0, 1)" in md
-    assert f"{q['results']['tutorial']['fde_10_m']:,.1f} ± {bm.seed_std(runs, 'fde_10_m'):,.1f}" in md
+    assert f"{q['results']['tutorial']['fde_10_m']:,.1f} ± {seed_std(runs, 'fde_10_m'):,.1f}" in md
 
     # each test window's error at 10 steps is kept (seeds: their mean), and they add up to the table
     we = q["window_errors"]
@@ -368,13 +373,14 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
             "train_overrides": {k: v for k, v in q["training"]["train_overrides"].items() if k != "seeds"},
         },
     }  # a file from before --seeds
-    with pytest.raises(bm.BenchError, match="training budget differ.*seeds"):
-        bm.merge_quality(one_seed, q)
-    assert bm.merge_quality(q, q)["seed_results"] == q["seed_results"]
+    with pytest.raises(BenchError, match="training budget differ.*seeds"):
+        merge_quality(one_seed, q)
+    assert merge_quality(q, q)["seed_results"] == q["seed_results"]
 
 
 def test_cli_seeds_reach_the_budget(tmp_path, monkeypatch, capsys):
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
+    from benchmarks.model_budget import BUDGETS
 
     seen = {}
     monkeypatch.setattr(bm, "run", lambda out, budget, *a: seen.setdefault("budget", budget))
@@ -382,7 +388,7 @@ def test_cli_seeds_reach_the_budget(tmp_path, monkeypatch, capsys):
         tmp_path / "m.json",
         ["--budget", "quick", "--seeds", "0,1,2", "--ema", "0.99", "--select", "fde", "--parts", "quality"],
     )
-    assert seen["budget"].seeds == (0, 1, 2) and seen["budget"].ais_steps == bm.BUDGETS["quick"].ais_steps
+    assert seen["budget"].seeds == (0, 1, 2) and seen["budget"].ais_steps == BUDGETS["quick"].ais_steps
     assert seen["budget"].ema_decay == 0.99 and seen["budget"].select_by == "fde"
     for bad, text in (
         (["--seeds", "0,x"], "comma-separated integers"),
@@ -397,10 +403,12 @@ def test_cli_seeds_reach_the_budget(tmp_path, monkeypatch, capsys):
 def test_weight_average_and_selection_reach_training_the_report_and_the_merge_check(tmp_path, monkeypatch):
     import dataclasses
 
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
+    from benchmarks.model_budget import BUDGETS
+    from benchmarks.model_results import BenchError, markdown, merge_quality
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
-    budget = dataclasses.replace(bm.BUDGETS["quick"], ema_decay=0.9, select_by="fde", max_test_windows=16)
+    budget = dataclasses.replace(BUDGETS["quick"], ema_decay=0.9, select_by="fde", max_test_windows=16)
     q = bm.evaluate_dataset(
         "ais",
         [str(p) for p in embedded_files(SMALL_SLICE)],
@@ -423,7 +431,7 @@ def test_weight_average_and_selection_reach_training_the_report_and_the_merge_ch
         "quality": {"ais": q},
         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
     }
-    assert "epoch with the best validation FDE @10 kept; weights averaged, ema_decay 0.9)" in bm.markdown(r)
+    assert "epoch with the best validation FDE @10 kept; weights averaged, ema_decay 0.9)" in markdown(r)
     for option in ("ema_decay", "select_by"):
         plain = {
             **q,
@@ -432,8 +440,8 @@ def test_weight_average_and_selection_reach_training_the_report_and_the_merge_ch
                 "train_overrides": {k: v for k, v in q["training"]["train_overrides"].items() if k != option},
             },
         }
-        with pytest.raises(bm.BenchError, match=f"training budget differ.*{option}"):
-            bm.merge_quality(plain, q)
+        with pytest.raises(BenchError, match=f"training budget differ.*{option}"):
+            merge_quality(plain, q)
 
 
 def _heavy_tailed_errors(n: int, seed: int = 0) -> np.ndarray:
@@ -443,7 +451,7 @@ def _heavy_tailed_errors(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_paired_bootstrap_brackets_the_improvement_and_narrows_with_more_windows():
-    from trajfm.bench.model import paired_improvement
+    from benchmarks.model_results import paired_improvement
 
     ref = _heavy_tailed_errors(2000)
     noise = np.random.default_rng(1).normal(1.0, 0.2, size=ref.size).clip(0.1)
@@ -468,7 +476,7 @@ def test_paired_bootstrap_brackets_the_improvement_and_narrows_with_more_windows
 
 
 def test_merge_keeps_each_predictors_window_errors_and_the_report_shows_the_intervals():
-    from trajfm.bench.model import markdown, merge_quality
+    from benchmarks.model_results import markdown, merge_quality
 
     def with_windows(q: dict, scale: dict) -> dict:
         ref = _heavy_tailed_errors(400)
@@ -527,7 +535,7 @@ def test_merge_keeps_each_predictors_window_errors_and_the_report_shows_the_inte
 def test_results_json_keeps_number_lists_on_one_line_and_round_trips():
     import json
 
-    from trajfm.bench.model import dumps
+    from benchmarks.model_results import dumps
 
     result = {
         "quality": {"ais": {"window_errors": {"errors": {"cv": [1.5, 2.0, -3.25e-05, 1200.0]}}}},

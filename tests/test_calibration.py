@@ -26,7 +26,7 @@ CONTEXT, H = 20, 10
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tutorial model trained 30 steps on one real day of New York Harbor AIS (tracktable-data)."""
-    from trajfm.bench.model import prepare_features
+    from benchmarks.model import prepare_features
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
     from trajfm.train import run_training
 
@@ -221,10 +221,12 @@ def test_evaluate_stage_and_demo_summary_show_cv_kalman_and_model_at_1_5_10(trai
 def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_path):
     import dataclasses
 
-    import trajfm.bench.model as bm
+    import benchmarks.model as bm
+    from benchmarks.model_budget import BUDGETS
+    from benchmarks.model_results import markdown, merge_quality
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
-    budget = dataclasses.replace(bm.BUDGETS["quick"], max_test_windows=48)
+    budget = dataclasses.replace(BUDGETS["quick"], max_test_windows=48)
     q = bm.evaluate_dataset(
         "ais",
         [str(p) for p in embedded_files(SMALL_SLICE)],
@@ -260,10 +262,10 @@ def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_p
         "quality": {"ais": q},
         "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
     }
-    md = bm.markdown(r)
+    md = markdown(r)
     assert "Error (m) at each step ahead" in md and "| kalman |" in md and "CRPS m (mean)" in md
     assert "Kalman filter: q = " in md and "Steps where a blended preset is worse than constant velocity on test" in md
-    merged = bm.merge_quality(q, q)
+    merged = merge_quality(q, q)
     assert merged["step_errors"] == q["step_errors"] and merged["probabilistic"] == q["probabilistic"]
 
 

@@ -451,7 +451,7 @@ def test_movingpandas_engine_gives_the_same_output_on_synthetic_defects():
     params = {"vessel": {**STOPS, "min_points": 2, "min_duration_s": 0.0, "generalize_s": 90.0}}
     fast = clean_partition(df, params)
     ref = clean_partition(df, params, engine="movingpandas")
-    for pts, q, counts in (fast, ref):
+    for _pts, q, counts in (fast, ref):
         check_accounting(df, counts, q)
     assert fast[2] == ref[2]
     pd.testing.assert_frame_equal(fast[1].drop(columns="detail"), ref[1].drop(columns="detail"))

@@ -184,7 +184,10 @@ def test_travel_time_trips_are_cut_by_distance_not_by_fix_count():
 
 def test_travel_time_historical_speed_is_exact_at_one_speed_and_model_bookkeeping():
     NS = 1_000_000_000
-    mk = lambda k, t0: (f"s{k}", *straight_track(40, 50.0 * (1 + k % 2), 0.0, 20 * NS, lat0=40 + 0.1 * k, t0_ns=t0))
+
+    def mk(k, t0):
+        return (f"s{k}", *straight_track(40, 50.0 * (1 + k % 2), 0.0, 20 * NS, lat0=40 + 0.1 * k, t0_ns=t0))
+
     T0 = 1_593_475_200 * NS
     train = windows_from_tracks([mk(k, T0 + 3600 * NS * k) for k in range(8)], 40)
     test = windows_from_tracks([mk(k, T0 + 3600 * NS * k + 86_400 * NS) for k in range(8)], 40)

@@ -207,7 +207,8 @@ def test_source_failing_once_is_retried_and_one_always_failing_fails_cleanly(
 RUN = """
 import json, sys
 from flows.pipeline import pipeline
-r = pipeline(sources=json.loads(sys.argv[1]), data_root=sys.argv[2], preset="tutorial", epochs=1, batch_size=64, n_workers=1,
+r = pipeline(sources=json.loads(sys.argv[1]), data_root=sys.argv[2], preset="tutorial", epochs=1, batch_size=64,
+             n_workers=1,
              train_overrides={"warmup_steps": 2, "max_steps": 6}, context_len=12, horizon=6)
 print("RESULT " + json.dumps(r, default=str))
 """
@@ -239,7 +240,9 @@ def test_two_pipelines_at_once_on_one_data_root_both_complete_consistently(prefe
         for p in procs:
             out, err = p.communicate(timeout=400)
             assert p.returncode == 0, err[-3000:]
-            outputs.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT ") :]))
+            outputs.append(
+                json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
+            )
     finally:
         for p in procs:
             if p.poll() is None:

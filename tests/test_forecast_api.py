@@ -99,7 +99,8 @@ def test_load_from_the_registry_and_without_mlflow_for_a_path(trained):
     code = (
         "import sys, pandas as pd, trajfm\n"
         f"fc = trajfm.load({str(train_dir)!r})\n"
-        f"fc.forecast(pd.read_parquet({str(sorted(root.glob('preprocess/*/points.parquet'))[0])!r}).head(200), horizon=2)\n"
+        f"fc.forecast(pd.read_parquet({str(sorted(root.glob('preprocess/*/points.parquet'))[0])!r})"
+        ".head(200), horizon=2)\n"
         "print('mlflow' in sys.modules)\n"
     )
     proc = subprocess.run(

@@ -27,7 +27,7 @@ CONTEXT, H = 20, 10
 @pytest.fixture(scope="module")
 def ais(tmp_path_factory):
     """Train and test windows of one real day of New York Harbor AIS, through the real stages."""
-    from trajfm.bench.model import prepare_features
+    from benchmarks.model import prepare_features
     from trajfm.data.catalog import SMALL_SLICE, embedded_files
 
     features, _ = prepare_features([str(p) for p in embedded_files(SMALL_SLICE)], tmp_path_factory.mktemp("ais"))

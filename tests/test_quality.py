@@ -19,14 +19,15 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-import numpy as np
-import pandas as pd
-import pytest
+# The imports below come after the switches above: the libraries read them when first imported.
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
-from trajfm.data.schema import to_canonical
-from trajfm.geo import offset_lonlat
-from trajfm.quality import ValidationFailed, gate, validate_points
-from trajfm.quality.suites import derive_columns, processed_suite, raw_points_suite, resolve_params
+from trajfm.data.schema import to_canonical  # noqa: E402
+from trajfm.geo import offset_lonlat  # noqa: E402
+from trajfm.quality import ValidationFailed, gate, validate_points  # noqa: E402
+from trajfm.quality.suites import derive_columns, processed_suite, raw_points_suite, resolve_params  # noqa: E402
 
 V_MAX = 30.0  # m/s, a generous vessel limit
 T0 = pd.Timestamp("2020-06-30T00:00:00Z")

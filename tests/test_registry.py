@@ -16,11 +16,12 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-from pathlib import Path
+# The imports below come after the switches above: the libraries read them when first imported.
+from pathlib import Path  # noqa: E402
 
-import numpy as np
-import pandas as pd
-import pytest
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 mlflow = pytest.importorskip("mlflow")
 

@@ -138,7 +138,8 @@ FRESH = r"""
 import sys
 # No repository: drop the editable install's finder and any path into the checkout.
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-sys.path[:] = [p for p in sys.path if p and (not p.startswith(REPO) or p.startswith(sys.prefix))]  # the venv may live in the checkout
+# (the venv may live in the checkout)
+sys.path[:] = [p for p in sys.path if p and (not p.startswith(REPO) or p.startswith(sys.prefix))]
 import mlflow, pandas as pd
 model = mlflow.pyfunc.load_model(MODEL)
 import trajfm

@@ -6,7 +6,7 @@
     trajfm flows                             list the flows
     trajfm presets                           list the model presets
     trajfm train --preset NAME [--features-dir DIR] [--epochs N]
-    trajfm bench NAME --out FILE.json        run a benchmark (preprocess, model)
+    trajfm bench NAME --out FILE.json        run a benchmark of benchmarks/ (preprocess, model, pretrain)
     trajfm evaluate --model URI --data PATH  evaluate any model on any data (trajfm/evaluate/cli.py)
     trajfm report ...                        markdown + PNG report of an evaluation (trajfm/evaluate/report.py)
     trajfm registry list|show|promote|rollback   the MLflow registry (trajfm/registry/cli.py)
@@ -413,14 +413,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_bench(args, extra: list[str] | None = None) -> int:
-    """``trajfm.bench.<name>.main(out=Path, argv=[...])`` writes JSON + a markdown table; the
-    arguments after NAME and --out go to the benchmark (e.g. ``trajfm bench pretrain --scale 0.01``)."""
+    """``benchmarks.<name>.main(out=Path, argv=[...])`` writes JSON + a markdown table; the
+    arguments after NAME and --out go to the benchmark (e.g. ``trajfm bench pretrain --scale 0.01``).
+    The benchmarks live outside the library (``benchmarks/``): loaded by name, never imported by it."""
     import importlib
 
     try:
-        module = importlib.import_module(f"trajfm.bench.{args.name}")
+        module = importlib.import_module(f"benchmarks.{args.name}")
     except ModuleNotFoundError as exc:
-        raise SystemExit(f"no benchmark named {args.name!r} (trajfm/bench/{args.name}.py): {exc}")
+        raise SystemExit(f"no benchmark named {args.name!r} (benchmarks/{args.name}.py): {exc}") from exc
     if extra:
         return int(module.main(out=Path(args.out), argv=extra) or 0)
     return int(module.main(out=Path(args.out)) or 0)
@@ -497,7 +498,7 @@ def _main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--batch-size", type=int, default=128)
     bench = sub.add_parser("bench", help="run a benchmark: trajfm bench NAME --out FILE.json")
-    bench.add_argument("name", help="a module of trajfm.bench, e.g. preprocess or model")
+    bench.add_argument("name", help="a module of benchmarks/, e.g. preprocess, model, pretrain or mfu_gpu")
     bench.add_argument("--out", required=True, help="JSON results file (a markdown table is written beside it)")
     for name, module in DELEGATED.items():
         sub.add_parser(name, help=f"see: trajfm {name} --help ({module})", add_help=False)

@@ -1,6 +1,6 @@
 """Model FLOPs utilization (MFU) of a training step on one CUDA GPU, bf16 autocast.
 
-    python -m trajfm.bench.mfu_gpu --out benchmarks/results/mfu_gpu.json [--preset NAME]
+    python -m benchmarks.mfu_gpu --out benchmarks/results/mfu_gpu.json [--preset NAME]
         [--seq 512] [--batch 64] [--steps 20] [--warmup 5] [--peak-tflops 989.5] [--compile]
 
 Without a CUDA device it prints why and exits with status 2, writing nothing.
@@ -140,8 +140,12 @@ def measure(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trajfm.bench.mfu_gpu", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, out: Path | None = None) -> int:
+    """``python -m benchmarks.mfu_gpu --out FILE [ARGS]``; ``trajfm bench mfu_gpu --out FILE [ARGS]``
+    passes ``out`` and the other arguments as ``argv``."""
+    if out is not None:
+        argv = ["--out", str(out), *(argv or [])]
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.mfu_gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON results file")
     parser.add_argument("--preset", default=None, help="default: the largest preset")
     parser.add_argument("--seq", type=int, default=512, help="points per window")

@@ -57,7 +57,7 @@ ROW_GROUP_ROWS = 65_536
 
 def shared_geolife_dir() -> Path:
     """``../shared/data/geolife`` next to the project checkout (where the tests look too)."""
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "geolife"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geolife"
 
 
 def load_real_points(geolife: Path | None = None) -> pd.DataFrame:
@@ -363,8 +363,8 @@ def run(out: Path, repeats: int = 3, replica: int = 16, mpd_points: int = 4000, 
             f"worker processes x 1 thread, replica of {replica} copies of the real set ({n_replica} fixes); "
             "cluster start-up and a warm-up run excluded from the timed section",
             "speedup_vs_movingpandas": "trajfm 1 worker (whole stage) / MovingPandas, both on one core",
-            "chain_points_per_s_per_core_in_memory": "clean_partition (speed, outliers, gap split, resample) on the real "
-            "set in memory, one process: the chain without Parquet I/O",
+            "chain_points_per_s_per_core_in_memory": "clean_partition (speed, outliers, gap split, resample) "
+            "on the real set in memory, one process: the chain without Parquet I/O",
             "machine": _machine_note(load_before, load_after),
         },
         "targets": {
@@ -501,7 +501,8 @@ def markdown(r: dict) -> str:
         f"- scaling 2 workers / 1 worker (replica): **{r['scaling_2_vs_1']:.2f}x** (target >= 1.7x); real set: "
         f"{s['real_2']['points_per_s'] / s['real_1']['points_per_s']:.2f}x",
         f"- per CPU-second (user + system, all processes; less sensitive to other jobs): MovingPandas "
-        f"{r['points_per_cpu_s']['movingpandas']:,.0f}, trajfm stage 1 worker {r['points_per_cpu_s']['trajfm_stage_1worker']:,.0f}, "
+        f"{r['points_per_cpu_s']['movingpandas']:,.0f}, "
+        f"trajfm stage 1 worker {r['points_per_cpu_s']['trajfm_stage_1worker']:,.0f}, "
         f"2 workers {r['points_per_cpu_s']['trajfm_stage_2workers']:,.0f}, chain in memory "
         f"{r['points_per_cpu_s']['trajfm_chain_in_memory']:,.0f} fixes/CPU-s",
         f"- machine: {m['cpu_count']} cores ({m['processor']}), load average {m['load_average_before']} before, "
@@ -529,4 +530,6 @@ def main(out: Path, argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("benchmarks/results/preprocess.json"), sys.argv[2:]))
+    from benchmarks import run_as_script
+
+    sys.exit(run_as_script(main, "python -m benchmarks.preprocess"))

@@ -44,7 +44,7 @@ WINDOW = 64
 
 
 def _shared_corpus() -> Path:
-    here = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[1]
     for d in (here.parent / "shared" / "data" / "corpus", here / ".." / "shared" / "data" / "corpus"):
         if d.is_dir():
             return d
@@ -97,7 +97,7 @@ def _shard(sources, out: Path, max_windows: int = 4096) -> Path:
     return out
 
 
-def _train_cfg(steps: int, batch: int):
+def train_cfg(steps: int, batch: int):
     from trajfm.train import TrainConfig
 
     return TrainConfig(
@@ -117,7 +117,7 @@ def speed(shards: Path, steps: int, batch: int, work: Path) -> dict:
     torch.set_num_threads(1)
     tr = load_split(shards, "train")
     stats = json.loads((shards / "stats.json").read_text())
-    cfg = _train_cfg(steps, batch)
+    cfg = train_cfg(steps, batch)
     results = {"stream": [], "memory": []}
     for rep in range(2):
         t0 = time.perf_counter()
@@ -150,17 +150,17 @@ def _peak_rss_child(shards: Path, steps: int, batch: int, work: Path) -> int:
     code = (
         "import json, resource, sys, torch\n"
         "torch.set_num_threads(1)\n"
-        "from trajfm.bench.pretrain import MODEL, _train_cfg\n"
+        "from benchmarks.pretrain import MODEL, train_cfg\n"
         "from trajfm.model import GPTConfig\n"
         "from trajfm.pretrain import pretrain_stream\n"
-        f"pretrain_stream({str(shards)!r}, GPTConfig(**MODEL), _train_cfg({steps}, {batch}), {str(work)!r})\n"
+        f"pretrain_stream({str(shards)!r}, GPTConfig(**MODEL), train_cfg({steps}, {batch}), {str(work)!r})\n"
         "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
         "print(json.dumps({'maxrss_kib': hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
     )
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return int(json.loads(out.stdout.strip().splitlines()[-1])["maxrss_kib"]) * 1024
@@ -195,11 +195,13 @@ def ddp(shards: Path, steps: int, work: Path) -> dict:
     code = (
         "import json, os, sys, torch\n"
         "torch.set_num_threads(1)\n"
-        "from trajfm.bench.pretrain import MODEL, _train_cfg\n"
+        "from benchmarks.pretrain import MODEL, train_cfg\n"
         "from trajfm.model import GPTConfig\n"
         "from trajfm.pretrain import pretrain_stream\n"
         "data_ranks = int(sys.argv[3]) if len(sys.argv) > 3 else None\n"
-        "r = pretrain_stream(sys.argv[1], GPTConfig(**MODEL), _train_cfg(int(sys.argv[4]), 8), sys.argv[2], data_ranks=data_ranks)\n"
+        "r = pretrain_stream(\n"
+        "    sys.argv[1], GPTConfig(**MODEL), train_cfg(int(sys.argv[4]), 8), sys.argv[2], data_ranks=data_ranks\n"
+        ")\n"
         "if int(os.environ.get('RANK', '0')) == 0: print(json.dumps([h['train_loss'] for h in r.history]))\n"
     )
     script = work / "ddp_worker.py"
@@ -207,7 +209,7 @@ def ddp(shards: Path, steps: int, work: Path) -> dict:
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
     )
     two = subprocess.run(
         [
@@ -277,12 +279,15 @@ def markdown(r: dict) -> str:
         "",
         "| measure | value | bar |",
         "|---|---|---|",
-        f"| stream_vs_memory_speed | {r['stream_vs_memory_speed']:.3f} ({r['stream_points_per_s']:.0f} vs {r['memory_points_per_s']:.0f} points/s) | >= 0.9 |",
-        f"| rss_growth_10x | {r['rss_growth_10x']:.3f} ({c['1']['peak_rss_bytes'] / 2**20:.0f} MiB at {c['1']['points']:,} points, "
+        f"| stream_vs_memory_speed | {r['stream_vs_memory_speed']:.3f} ({r['stream_points_per_s']:.0f} vs "
+        f"{r['memory_points_per_s']:.0f} points/s) | >= 0.9 |",
+        f"| rss_growth_10x | {r['rss_growth_10x']:.3f} ({c['1']['peak_rss_bytes'] / 2**20:.0f} MiB at "
+        f"{c['1']['points']:,} points, "
         f"{c['10']['peak_rss_bytes'] / 2**20:.0f} MiB at {c['10']['points']:,}) | <= 1.1 |",
         f"| ddp_matches_single | {r['ddp_matches_single']} (max loss difference {r['ddp_max_loss_diff']:.2e}) | true |",
         "",
-        f"{r['steps']} steps of {r['batch_size']} windows of {r['window']} points, model {r['model']}, shards of at most "
+        f"{r['steps']} steps of {r['batch_size']} windows of {r['window']} points, model {r['model']}, "
+        "shards of at most "
         f"{r['max_windows']} windows; {r['seconds']:.0f} s in all.",
     ]
     return "\n".join(lines) + "\n"
@@ -317,7 +322,6 @@ def main(out: Path, argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--out", required=True)
-    known, rest = first.parse_known_args()
-    sys.exit(main(Path(known.out), rest))
+    from benchmarks import run_as_script
+
+    sys.exit(run_as_script(main, "python -m benchmarks.pretrain"))
