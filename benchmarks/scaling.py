@@ -1,8 +1,9 @@
 """Scaling table: validation loss of the streamed pre-trainer for several model sizes x corpus
 fractions, at the same compute (optimizer steps x batch), on the shards of a real pre-training run.
 
-    python -m benchmarks.scaling --shards <data root>/shards/<key> [--steps 300] [--batch-size 32]
-        [--fractions 0.01,1.0] [--sizes tiny,small,base-small] [--out benchmarks/results/scaling.json]
+    python -m benchmarks.scaling --out benchmarks/results/scaling.json --shards <data root>/shards/<key>
+        [--steps 300] [--batch-size 32] [--fractions 0.01,1.0] [--sizes tiny,small,base-small]
+    (or: trajfm bench scaling --out ... --shards ...)
 
 A corpus fraction ``f`` keeps the first ``ceil(f * windows)`` windows of every train shard (every
 source and sampling view keeps the same share, so the mixing stays the corpus's); the streamed
@@ -56,6 +57,28 @@ def subset_shards(shards_dir: Path, out: Path, fraction: float, val_windows: int
     return sub
 
 
+def window_losses(model, shards_dir: Path) -> dict[str, np.ndarray]:
+    """Per source, the loss of each validation window on its own (the pooled loss weights windows
+    by their pairs and is dominated by a few heavy-tailed sources: the table shows both)."""
+    import torch
+
+    manifest = json.loads((shards_dir / "shards.json").read_text())
+    out: dict[str, list[float]] = {}
+    model.eval()
+    L = model.config.block_size
+    with torch.no_grad():
+        for sh in manifest["shards"]:
+            if sh["split"] != "val":
+                continue
+            with np.load(shards_dir / sh["path"]) as z:
+                x = torch.from_numpy(np.ascontiguousarray(z["x"][:, :L], dtype=np.float32))
+                mask = torch.from_numpy(np.ascontiguousarray(z["mask"][:, :L]))
+            for i in range(len(x)):
+                if int((mask[i, :-1] & mask[i, 1:]).sum()):
+                    out.setdefault(sh["source"], []).append(float(model.loss(x[i : i + 1], mask[i : i + 1])))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
 def run_one(shards_dir: Path, size: str, steps: int, batch_size: int, lr: float, seed: int, work: Path) -> dict:
     from trajfm.model.config import load_preset
     from trajfm.pretrain import pretrain_stream
@@ -80,6 +103,8 @@ def run_one(shards_dir: Path, size: str, steps: int, batch_size: int, lr: float,
     result = pretrain_stream(shards_dir, model_config, cfg, work / f"ckpt-{size}")
     seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in result.model.parameters())
+    losses = window_losses(result.model, shards_dir)
+    every = np.concatenate(list(losses.values()))
     return {
         "size": size,
         "n_params": n_params,
@@ -90,6 +115,8 @@ def run_one(shards_dir: Path, size: str, steps: int, batch_size: int, lr: float,
         # the trainer's own validation (every nominal epoch and at the last step); the kept weights are the best
         "val_loss": min(h["val_loss"] for h in result.history),
         "val_loss_last": result.history[-1]["val_loss"],
+        "val_window_loss_median": float(np.median(every)),
+        "val_source_mean_loss": {k: float(v.mean()) for k, v in sorted(losses.items())},
         "train_loss_last": result.history[-1].get("train_loss") if result.history else None,
         "seconds": seconds,
     }
@@ -98,14 +125,23 @@ def run_one(shards_dir: Path, size: str, steps: int, batch_size: int, lr: float,
 def table(rows: list[dict], fractions: list[float], sizes: list[str]) -> str:
     by = {(r["size"], r["fraction"]): r for r in rows}
     head = "| size | parameters | " + " | ".join(f"{f:g} of the corpus" for f in fractions) + " |"
-    lines = [head, "|---|---|" + "---|" * len(fractions)]
+    lines = [
+        "Validation loss, pooled (the trainer's) / median over windows; passes over the kept train windows.",
+        "",
+        head,
+        "|---|---|" + "---|" * len(fractions),
+    ]
     for s in sizes:
-        cells = [f"{by[(s, f)]['val_loss']:.4f} ({by[(s, f)]['passes_over_data']:.2g} passes)" for f in fractions]
+        cells = [
+            f"{by[(s, f)]['val_loss']:.3f} / {by[(s, f)]['val_window_loss_median']:.4f} "
+            f"({by[(s, f)]['passes_over_data']:.2g} passes)"
+            for f in fractions
+        ]
         lines.append(f"| {s} | {by[(s, fractions[0])]['n_params']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None, out: Path | None = None) -> int:
+def main(out: Path | None = None, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", required=True, type=Path, help="a shards stage directory (trajfm pretrain)")
     parser.add_argument("--steps", type=int, default=300)
@@ -115,8 +151,8 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> int:
     parser.add_argument("--fractions", default="0.01,1.0")
     parser.add_argument("--sizes", default="tiny,small,base-small")
     parser.add_argument("--val-windows", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=out or Path("benchmarks/results/scaling.json"))
     args = parser.parse_args(argv)
+    args.out = Path(out or "benchmarks/results/scaling.json")
     fractions = [float(f) for f in args.fractions.split(",")]
     sizes = args.sizes.split(",")
     unknown = sorted(set(sizes) - set(SIZES))
@@ -132,7 +168,7 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> int:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     result = {
-        "command": "python -m benchmarks.scaling " + " ".join(argv or []),
+        "command": f"python -m benchmarks.scaling --out {args.out} " + " ".join(argv or []),
         "shards": str(args.shards),
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -149,4 +185,6 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks import run_as_script
+
+    raise SystemExit(run_as_script(main, "python -m benchmarks.scaling"))
