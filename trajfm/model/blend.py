@@ -85,7 +85,7 @@ def mix(weights: np.ndarray, last_lon, last_lat, a_lon, a_lat, b_lon, b_lat) -> 
 def apply_blend(config, prev_lon, prev_lat, last_lon, last_lat, model_lon, model_lat) -> tuple[np.ndarray, np.ndarray]:
     """The model's (N, H) forecast positions after the config's ``forecast_blend`` (unchanged
     when it has none)."""
-    w = per_step(config.forecast_blend, model_lon.shape[1], grow=False)
+    w = per_step(config.calibration.forecast_blend, model_lon.shape[1], grow=False)
     if w is None:
         return model_lon, model_lat
     cv_lon, cv_lat = cv_positions(prev_lon, prev_lat, last_lon, last_lat, model_lon.shape[1])
@@ -171,7 +171,7 @@ def region_radius_m(config, horizon: int, level: float) -> np.ndarray:
     position with probability ``level`` (the model's calibrated error model)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    return radius_at(radius_table(config.forecast_radius_m, horizon), level)
+    return radius_at(radius_table(config.calibration.forecast_radius_m, horizon), level)
 
 
 def marginal_samples(table: np.ndarray, n: int = MARGINAL_SAMPLES) -> np.ndarray:
@@ -186,7 +186,7 @@ def marginal_samples(table: np.ndarray, n: int = MARGINAL_SAMPLES) -> np.ndarray
 def quantile_offsets_m(config, horizon: int, levels=QUANTILE_LEVELS) -> np.ndarray:
     """(horizon, len(levels)) per-axis quantile offsets in metres: east (or north) of the
     forecast, the ``level`` quantile of the true position lies this far (negative: west/south)."""
-    s = marginal_samples(radius_table(config.forecast_radius_m, horizon))
+    s = marginal_samples(radius_table(config.calibration.forecast_radius_m, horizon))
     return np.quantile(s, levels, axis=1).T
 
 
