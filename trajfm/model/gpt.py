@@ -329,6 +329,8 @@ class TrajGPT(nn.Module):
         ``inputs.norm`` from ``context_scale`` (default: computed from these points; required with
         a cache, whose calls see only the new points).
         """
+        if not isinstance(inputs, ModelInputs):
+            raise TypeError(f"TrajGPT.forward takes a ModelInputs (trajfm.model.inputs), got {type(inputs).__name__}")
         c, P = self.config, self.config.patching.patch_in
         x_raw, mask, lonlat, coords, norm = inputs.x_raw, inputs.mask, inputs.lonlat, inputs.coords, inputs.norm
         if c.normalisation.norm == "context":
