@@ -213,7 +213,7 @@ def test_evaluate_stage_and_demo_summary_show_cv_kalman_and_model_at_1_5_10(trai
         assert all(m[f"{p}fde{h}_m"] > 0 for h in (1, 5, 10))
         assert 0 < m[f"{p}coverage80"] <= 1 and m[f"{p}crps_m"] > 0
     assert m["fde10_m"] == pytest.approx(m["fde_m"]) and m["kf_q_m2_s3"] > 0 and m["kf_mle_r_m2"] > 0
-    assert m["blend"] == list(load_model(model_dir / "model.pt").config.forecast_blend)
+    assert m["blend"] == list(load_model(model_dir / "model.pt").config.calibration.forecast_blend)
     rows = forecast_rows(m, 30)
     assert [r.split()[0] for r in rows[1:4]] == ["constant", "Kalman", "model"] and "@5 (m)" in rows[0]
     assert f"{m['kf_fde5_m']:.1f}" in rows[2] and "blends with constant velocity" in rows[-1]
@@ -279,7 +279,7 @@ def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champi
     stale = run_training(
         features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(calibrated)}
     )
-    assert load_model(stale / "model.pt").config.forecast_blend is not None  # fine-tuning inherits the old rule
+    assert load_model(stale / "model.pt").config.calibration.forecast_blend is not None  # fine-tuning inherits the old rule
     plain = uncalibrated_checkpoint(calibrated, root)
     assert plain != calibrated and uncalibrated_checkpoint(train_dir / "model.pt", root) == train_dir / "model.pt"
     m = load_model(plain)
@@ -289,7 +289,7 @@ def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champi
     tuned = run_training(
         features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(plain)}
     )
-    assert load_model(tuned / "model.pt").config.forecast_blend is None  # the retrain flow calibrates it afresh
+    assert load_model(tuned / "model.pt").config.calibration.forecast_blend is None  # the retrain flow calibrates it afresh
 
 
 def test_blend_falls_back_to_constant_velocity_when_the_gain_is_within_the_noise():

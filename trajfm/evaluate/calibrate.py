@@ -14,7 +14,6 @@ as they take a train directory.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -32,7 +31,7 @@ from trajfm.model.gpt import TrajGPT
 def with_calibration(model: TrajGPT, blend=None, radius_m=None) -> TrajGPT:
     """A view of ``model`` (same weights, shared) whose config carries ``blend`` / ``radius_m``."""
     out = copy.copy(model)
-    out.config = dataclasses.replace(model.config, forecast_blend=blend, forecast_radius_m=radius_m)
+    out.config = model.config.with_overrides(forecast_blend=blend, forecast_radius_m=radius_m)
     return out
 
 
