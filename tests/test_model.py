@@ -342,6 +342,26 @@ def test_checkpoints_written_before_the_new_options_still_load(model, windows, t
         assert torch.equal(loaded(ModelInputs(x, mask)), model(ModelInputs(x, mask)))
 
 
+def test_version_1_checkpoints_with_a_flat_config_are_converted(model, windows, tmp_path):
+    """Checkpoints written before the sub-configs (version 1) held a flat config dict: it loads
+    into the nested config, with the same weights and outputs."""
+    path = save_checkpoint(tmp_path / "v2.pt", model)
+    ckpt = torch.load(path, weights_only=True)
+    flat = {k: v for k, v in ckpt["config"].items() if not isinstance(v, dict)}
+    for sub in ckpt["config"].values():
+        flat.update(sub if isinstance(sub, dict) else {})
+    torch.save({**ckpt, "version": 1, "config": {**flat, "head": "mse"}}, tmp_path / "v1.pt")
+    assert load_checkpoint(tmp_path / "v1.pt")["config"] == model.config.to_dict()
+    loaded = load_model(tmp_path / "v1.pt")
+    assert loaded.config == model.config
+    x, mask = batch(windows, slice(0, 3))
+    with torch.no_grad():
+        assert torch.equal(loaded(ModelInputs(x, mask)), model(ModelInputs(x, mask)))
+    torch.save({**ckpt, "version": 1, "config": {**flat, "heads": "mse"}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="version 1 checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
 @pytest.mark.parametrize("options", VARIANTS[:2], ids=["rope", "st-rope+mixture"])
 def test_bf16_autocast_trains_and_generates_with_a_cache(options, windows):
     """What CUDA training uses (bf16 autocast), checked on the CPU: finite loss and gradients,

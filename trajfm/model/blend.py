@@ -34,7 +34,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from trajfm.geo import displacement_m, offset_lonlat
+from trajfm.geo import displacement_m, haversine_m, offset_lonlat
 from trajfm.model.config import RADIUS_LEVELS
 
 BLEND_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # candidate model weights, steps of 0.05
@@ -109,8 +109,6 @@ def fit_blend(
     velocity itself) wherever that blend's gain over constant velocity is not clear: the mean
     per-window gain less ``margin_z`` standard errors is not above 0. A gain the validation split
     cannot tell from noise would not hold on new data, and constant velocity is the safe side."""
-    from trajfm.geo import haversine_m
-
     H = model_lon.shape[1]
     best = np.zeros(H)
     score = np.full(H, np.inf)

@@ -119,7 +119,8 @@ def cell_centres(cells) -> tuple[np.ndarray, np.ndarray]:
 def _check(model) -> None:
     if model.config.output.head != "cell":
         raise ValueError(
-            f"this model has a {model.config.output.head!r} head, not 'cell': build it with output=HeadConfig(head='cell')"
+            f"this model has a {model.config.output.head!r} head, not 'cell': "
+            "build it with output=HeadConfig(head='cell')"
         )
 
 
