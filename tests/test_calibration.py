@@ -279,7 +279,8 @@ def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champi
     stale = run_training(
         features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(calibrated)}
     )
-    assert load_model(stale / "model.pt").config.calibration.forecast_blend is not None  # fine-tuning inherits the old rule
+    # fine-tuning inherits the old rule
+    assert load_model(stale / "model.pt").config.calibration.forecast_blend is not None
     plain = uncalibrated_checkpoint(calibrated, root)
     assert plain != calibrated and uncalibrated_checkpoint(train_dir / "model.pt", root) == train_dir / "model.pt"
     m = load_model(plain)
@@ -289,7 +290,8 @@ def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champi
     tuned = run_training(
         features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(plain)}
     )
-    assert load_model(tuned / "model.pt").config.calibration.forecast_blend is None  # the retrain flow calibrates it afresh
+    # the retrain flow calibrates it afresh
+    assert load_model(tuned / "model.pt").config.calibration.forecast_blend is None
 
 
 def test_blend_falls_back_to_constant_velocity_when_the_gain_is_within_the_noise():
