@@ -108,8 +108,8 @@ def measure(
         step_s = start.elapsed_time(end) / 1000 / steps
     else:
         step_s = (time.perf_counter() - t0) / steps
-    tokens = batch * (seq // config.patch_in)
-    fpt, n = flops_per_token(model, seq // config.patch_in)
+    tokens = batch * (seq // config.patching.patch_in)
+    fpt, n = flops_per_token(model, seq // config.patching.patch_in)
     achieved = fpt * tokens / step_s
     return {
         "benchmark": "mfu_gpu",
@@ -123,7 +123,7 @@ def measure(
         "compile": compile,
         "batch_windows": batch,
         "seq_points": seq,
-        "seq_tokens": seq // config.patch_in,
+        "seq_tokens": seq // config.patching.patch_in,
         "params": model.num_params(),
         "params_in_flops": n,
         "flops_per_token": fpt,

@@ -19,12 +19,12 @@ from synthetic_tracks import stats_of
 
 
 def seeded_model(ws, seed: int = 0, **config):
-    """``TrajGPT(GPTConfig(**config))`` after ``torch.manual_seed(seed)``, normalized by ``ws``'s
+    """``TrajGPT(GPTConfig.from_dict(config))`` after ``torch.manual_seed(seed)``, normalized by ``ws``'s
     statistics; in train mode (call ``.eval()`` for inference)."""
     from trajfm.model import GPTConfig, TrajGPT
 
     torch.manual_seed(seed)
-    m = TrajGPT(GPTConfig(**config))
+    m = TrajGPT(GPTConfig.from_dict(config))
     st = stats_of(ws)
     m.set_normalization(st["mean"], st["std"])
     return m

@@ -100,12 +100,12 @@ def track_frame(tracks: list[tuple]) -> pd.DataFrame:
 
 
 def jittered_model(ws: WindowSet, **config):
-    """An eval-mode ``TrajGPT`` of ``GPTConfig(**config)`` with ``ws``'s statistics and weights
+    """An eval-mode ``TrajGPT`` of ``GPTConfig.from_dict(config)`` with ``ws``'s statistics and weights
     moved off GPT-2's init (nearly constant in its input), so equality tests can fail."""
     from trajfm.model import GPTConfig, TrajGPT
 
     torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(**config))
+    m = TrajGPT(GPTConfig.from_dict(config))
     st = stats_of(ws)
     m.set_normalization(st["mean"], st["std"])
     with torch.no_grad():

@@ -92,7 +92,7 @@ def test_mfu_script_measures_the_largest_preset_end_to_end_on_cpu(tmp_path, caps
     )
     r = json.loads(out.read_text())
     cfg = r["config"]
-    assert r["preset"] == mfu_gpu.largest_preset() and r["seq_tokens"] == 64 // cfg["patch_in"]
+    assert r["preset"] == mfu_gpu.largest_preset() and r["seq_tokens"] == 64 // cfg["patching"]["patch_in"]
     model = TrajGPT(load_preset(r["preset"], block_size=64))
     wpe = model.transformer.wpe.weight.numel() if hasattr(model.transformer, "wpe") else 0
     assert r["params_in_flops"] == model.num_params() - wpe

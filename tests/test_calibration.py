@@ -60,8 +60,8 @@ def test_blend_is_never_worse_than_cv_or_the_model_on_the_split_it_was_chosen_on
     assert np.all((blended <= raw + 1e-6)[w > 0])  # and where the model has a weight, no worse than it
     assert len(info["blend"]) == H and len(info["radius_m"]) == H
     np.testing.assert_allclose(info["val_error_m"]["blended"], blended, atol=0.01)
-    assert calibrated.config.forecast_blend == tuple(info["blend"])  # in the model, not beside it
-    assert model.config.forecast_blend is None  # the original is left alone
+    assert calibrated.config.calibration.forecast_blend == tuple(info["blend"])  # in the model, not beside it
+    assert model.config.calibration.forecast_blend is None  # the original is left alone
 
 
 def test_a_zero_blend_is_constant_velocity_exactly(trained):
@@ -79,7 +79,9 @@ def test_calibration_travels_in_the_checkpoint_to_forecast_points(trained, tmp_p
     root, features, train_dir, model = trained
     out = calibrate_stage(features, train_dir, root=root)
     loaded = load_model(out / "model.pt")
-    assert loaded.config.forecast_blend is not None and loaded.config.forecast_radius_m is not None
+    assert (
+        loaded.config.calibration.forecast_blend is not None and loaded.config.calibration.forecast_radius_m is not None
+    )
     test = WindowSet.load(features / "test.npz")
     i = forecastable(test, CONTEXT, H)[:6]
     points = pd.concat(
@@ -101,7 +103,7 @@ def test_calibration_travels_in_the_checkpoint_to_forecast_points(trained, tmp_p
     np.testing.assert_allclose(zero["lon"].to_numpy().reshape(-1, H), cl, atol=1e-9)
     np.testing.assert_allclose(zero["lat"].to_numpy().reshape(-1, H), ca, atol=1e-9)
     raw = forecast_points(model, points, H)
-    w = np.asarray(loaded.config.forecast_blend)
+    w = np.asarray(loaded.config.calibration.forecast_blend)
     moved = np.abs(a["lon"].to_numpy() - raw["lon"].to_numpy()).reshape(-1, H).max(axis=0)
     assert np.all(moved[w == 1.0] == 0) and np.all(moved[w < 1.0] > 0)  # the blend applied where it is not 1
     q = add_quantiles(a, loaded.config)
@@ -114,15 +116,15 @@ def test_calibration_travels_in_the_checkpoint_to_forecast_points(trained, tmp_p
 
 def test_config_round_trips_and_refuses_bad_values():
     table = [[float(i + 1) for i in range(len(RADIUS_LEVELS))]] * 3
-    cfg = GPTConfig(forecast_blend=[0.0, 0.5, 1.0], forecast_radius_m=table)
-    assert GPTConfig.from_dict(cfg.to_dict()) == cfg and cfg.forecast_blend == (0.0, 0.5, 1.0)
-    assert "forecast_blend" not in GPTConfig().to_dict()  # older configs keep their dict (cache keys)
+    cfg = GPTConfig.from_dict(dict(forecast_blend=[0.0, 0.5, 1.0], forecast_radius_m=table))
+    assert GPTConfig.from_dict(cfg.to_dict()) == cfg and cfg.calibration.forecast_blend == (0.0, 0.5, 1.0)
+    assert GPTConfig().to_dict()["calibration"] == {"forecast_blend": None, "forecast_radius_m": None}
     with pytest.raises(ValueError, match="forecast_blend needs one weight in"):
-        GPTConfig(forecast_blend=[1.5])
+        GPTConfig.from_dict(dict(forecast_blend=[1.5]))
     with pytest.raises(ValueError, match="increasing radii"):
-        GPTConfig(forecast_radius_m=[list(reversed(table[0]))])
+        GPTConfig.from_dict(dict(forecast_radius_m=[list(reversed(table[0]))]))
     with pytest.raises(ValueError, match="increasing radii"):
-        GPTConfig(forecast_radius_m=[[1.0, 2.0]])
+        GPTConfig.from_dict(dict(forecast_radius_m=[[1.0, 2.0]]))
     np.testing.assert_allclose(per_step((0.2, 0.7), 4, grow=False), [0.2, 0.7, 0.7, 0.7])
     np.testing.assert_allclose(radius_table(table, 6)[-1], np.asarray(table[0]) * 2)  # past the fitted steps: linear
     np.testing.assert_allclose(region_radius_m(cfg, 3, 0.5), table[0][RADIUS_LEVELS.index(0.5)])
@@ -162,14 +164,14 @@ def test_radial_error_model_is_calibrated_at_every_level_on_heavy_tailed_errors(
     assert abs(coverage(fresh, isotropic_cov(rms, len(fresh)), 0.5)[0] - 0.5) > 0.1
     # Gaussian errors: the per-axis quantile offsets are sigma * z
     g = rng.normal(size=(100_000, 1, 2)) * 20.0
-    cfg = GPTConfig(forecast_radius_m=fit_radius(np.hypot(g[..., 0], g[..., 1])))
+    cfg = GPTConfig.from_dict(dict(forecast_radius_m=fit_radius(np.hypot(g[..., 0], g[..., 1]))))
     from statistics import NormalDist
 
     z = np.array([NormalDist().inv_cdf(p) for p in (0.1, 0.5, 0.9)])
     np.testing.assert_allclose(quantile_offsets_m(cfg, 1, (0.1, 0.5, 0.9))[0], 20.0 * z, atol=0.6)
     # and the CRPS of that table is the Gaussian's (closed form) to 1%
     np.testing.assert_allclose(
-        radial_scores(g[:5000], np.asarray(cfg.forecast_radius_m))["crps_m"][0],
+        radial_scores(g[:5000], np.asarray(cfg.calibration.forecast_radius_m))["crps_m"][0],
         crps_m(g[:5000], isotropic_cov([20.0], 5000))[0],
         rtol=0.01,
     )
@@ -211,7 +213,7 @@ def test_evaluate_stage_and_demo_summary_show_cv_kalman_and_model_at_1_5_10(trai
         assert all(m[f"{p}fde{h}_m"] > 0 for h in (1, 5, 10))
         assert 0 < m[f"{p}coverage80"] <= 1 and m[f"{p}crps_m"] > 0
     assert m["fde10_m"] == pytest.approx(m["fde_m"]) and m["kf_q_m2_s3"] > 0 and m["kf_mle_r_m2"] > 0
-    assert m["blend"] == list(load_model(model_dir / "model.pt").config.forecast_blend)
+    assert m["blend"] == list(load_model(model_dir / "model.pt").config.calibration.forecast_blend)
     rows = forecast_rows(m, 30)
     assert [r.split()[0] for r in rows[1:4]] == ["constant", "Kalman", "model"] and "@5 (m)" in rows[0]
     assert f"{m['kf_fde5_m']:.1f}" in rows[2] and "blends with constant velocity" in rows[-1]
@@ -279,7 +281,8 @@ def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champi
     stale = run_training(
         features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(calibrated)}
     )
-    assert load_model(stale / "model.pt").config.forecast_blend is not None  # fine-tuning inherits the old rule
+    # fine-tuning inherits the old rule
+    assert load_model(stale / "model.pt").config.calibration.forecast_blend is not None
     plain = uncalibrated_checkpoint(calibrated, root)
     assert plain != calibrated and uncalibrated_checkpoint(train_dir / "model.pt", root) == train_dir / "model.pt"
     m = load_model(plain)
@@ -289,7 +292,8 @@ def test_fine_tuning_starts_from_the_uncalibrated_weights_of_a_calibrated_champi
     tuned = run_training(
         features, root=root, preset="tutorial", train_overrides={**overrides, "init_checkpoint": str(plain)}
     )
-    assert load_model(tuned / "model.pt").config.forecast_blend is None  # the retrain flow calibrates it afresh
+    # the retrain flow calibrates it afresh
+    assert load_model(tuned / "model.pt").config.calibration.forecast_blend is None
 
 
 def test_blend_falls_back_to_constant_velocity_when_the_gain_is_within_the_noise():

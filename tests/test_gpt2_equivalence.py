@@ -19,6 +19,7 @@ from synthetic_tracks import (
     stats_of,
 )
 from trajfm.model import GPTConfig, TrajGPT
+from trajfm.model.inputs import ModelInputs
 
 transformers = pytest.importorskip("transformers")
 
@@ -121,6 +122,6 @@ def test_whole_model_is_gpt2_between_its_input_projection_and_head():
     with torch.no_grad():
         emb = ours.in_proj(ours.normalize(x, mask))
         ref = ours.head(hf(inputs_embeds=emb, attention_mask=mask.long()).last_hidden_state)
-        out = ours(x, mask)
+        out = ours(ModelInputs(x, mask))
     torch.testing.assert_close(out[mask], ref[mask], rtol=1e-5, atol=1e-5)
     assert np.isfinite(out.numpy()).all()

@@ -16,6 +16,7 @@ from synthetic_tracks import (
 from trajfm.features.encode import N_FEATURES, N_TARGETS
 from trajfm.model import GPTConfig, TrajGPT, describe_presets, list_presets, load_model, load_preset, save_checkpoint
 from trajfm.model.checkpoint import load_checkpoint
+from trajfm.model.inputs import ModelInputs
 
 SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)
 
@@ -28,7 +29,7 @@ def windows():
 @pytest.fixture
 def model(windows):
     torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(**SMALL))
+    m = TrajGPT(GPTConfig.from_dict(SMALL))
     st = stats_of(windows)
     m.set_normalization(st["mean"], st["std"])
     return m.eval()
@@ -54,13 +55,20 @@ def test_presets_are_listed_and_load():
     tut = load_preset("tutorial")
     assert (tut.n_layer, tut.n_head, tut.d_model, tut.block_size) == (2, 4, 96, 64)
     assert (tut.n_features, tut.n_targets) == (N_FEATURES, N_TARGETS)
-    assert (tut.position, tut.head, tut.patch_in, tut.patch_out) == ("learned", "mse", 1, 1)
-    assert (tut.space_encoding, tut.time_encoding, tut.n_kinds) == ("none", "none", 0)
-    assert tut == GPTConfig(**{**GPTConfig().to_dict(), "n_layer": 2, "n_head": 4, "d_model": 96})  # the defaults
+    assert (tut.positions.position, tut.output.head, tut.patching.patch_in, tut.patching.patch_out) == (
+        "learned",
+        "mse",
+        1,
+        1,
+    )
+    assert (tut.inputs.space_encoding, tut.inputs.time_encoding, tut.inputs.n_kinds) == ("none", "none", 0)
+    assert tut == GPTConfig.from_dict(
+        {**GPTConfig().to_dict(), "n_layer": 2, "n_head": 4, "d_model": 96}
+    )  # the defaults
     rope = load_preset("trajfm-rope")
-    assert (rope.position, rope.head) == ("st-rope", "mixture")
+    assert (rope.positions.position, rope.output.head) == ("st-rope", "mixture")
     patch = load_preset("timesfm-patch")
-    assert patch.patch_out > patch.patch_in > 1
+    assert patch.patching.patch_out > patch.patching.patch_in > 1
     small = load_preset("trajgpt2-small")
     assert small.n_layer >= tut.n_layer and small.d_model >= tut.d_model
     assert load_preset("tutorial", dropout=0.0, block_size=16).block_size == 16
@@ -77,11 +85,11 @@ def test_bad_overrides_and_configs_are_rejected():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(d_model=30, n_head=4)
     with pytest.raises(ValueError, match="position must be one of"):
-        GPTConfig(position="alibi")
+        GPTConfig.from_dict(dict(position="alibi"))
     with pytest.raises(ValueError, match="multiple of patch_in"):
-        GPTConfig(block_size=30, patch_in=4)
+        GPTConfig.from_dict(dict(block_size=30, patch_in=4))
     with pytest.raises(ValueError, match="even head size"):
-        GPTConfig(d_model=36, n_head=4, position="rope")
+        GPTConfig.from_dict(dict(d_model=36, n_head=4, position="rope"))
 
 
 def test_preset_from_json_path(tmp_path):
@@ -116,7 +124,7 @@ def test_gpt2_init_scales_residual_projections():
 def test_longer_than_block_size_is_an_error(model):
     x = torch.zeros(1, 33, N_FEATURES)
     with pytest.raises(ValueError, match="block_size"):
-        model(x, torch.ones(1, 33, dtype=torch.bool))
+        model(ModelInputs(x, torch.ones(1, 33, dtype=torch.bool)))
 
 
 # --- causality and padding -----------------------------------------------------------------
@@ -126,11 +134,11 @@ def test_causal_later_points_never_change_earlier_outputs(model, windows):
     full = windows.mask.all(axis=1)
     x, mask = batch(windows, np.flatnonzero(full)[:4])
     with torch.no_grad():
-        ref = model(x, mask)
+        ref = model(ModelInputs(x, mask))
         for k in (1, 10, 31):
             x2 = x.clone()
             x2[:, k:] = torch.randn_like(x2[:, k:]) * 500
-            out = model(x2, mask)
+            out = model(ModelInputs(x2, mask))
             assert torch.equal(out[:, :k], ref[:, :k])
             assert not torch.allclose(out[:, k:], ref[:, k:])
 
@@ -147,16 +155,16 @@ def test_padding_never_changes_real_outputs_or_loss(model, windows):
     nan = x.clone()
     nan[~mask] = float("nan")
     with torch.no_grad():
-        ref = model(x, mask)
+        ref = model(ModelInputs(x, mask))
         for other in (garbage, nan):
-            out = model(other, mask)
+            out = model(ModelInputs(other, mask))
             assert torch.equal(out[mask], ref[mask])
             assert torch.isfinite(out).all()
             assert model.loss(other, mask) == model.loss(x, mask)
             assert torch.equal(model.predict_next(other, mask), model.predict_next(x, mask))
         # the same sequences without any padding give the same outputs
         for i, n in enumerate(n_real.tolist()):
-            alone = model(x[i : i + 1, :n], mask[i : i + 1, :n])
+            alone = model(ModelInputs(x[i : i + 1, :n], mask[i : i + 1, :n]))
             torch.testing.assert_close(alone[0], ref[i, :n], rtol=1e-5, atol=1e-5)
 
 
@@ -173,7 +181,7 @@ VARIANTS = [
 def test_every_variant_is_causal_and_blind_to_padding(options, windows):
     """NaN or garbage in padded points (features and lon/lat) never reaches a real output."""
     torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(**{**SMALL, **options}))
+    m = TrajGPT(GPTConfig.from_dict({**SMALL, **options}))
     st = stats_of(windows)
     m.set_normalization(st["mean"], st["std"])
     m.eval()
@@ -185,16 +193,16 @@ def test_every_variant_is_causal_and_blind_to_padding(options, windows):
     mask[2, 9:] = False
     nan_x, nan_ll = x.clone(), lonlat.clone()
     nan_x[~mask], nan_ll[~mask] = float("nan"), float("nan")
-    P = m.config.patch_in
+    P = m.config.patching.patch_in
     with torch.no_grad():
-        ref = m(x, mask, lonlat=lonlat)
-        out = m(nan_x, mask, lonlat=nan_ll)
+        ref = m(ModelInputs(x, mask, lonlat=lonlat))
+        out = m(ModelInputs(nan_x, mask, lonlat=nan_ll))
         real_tokens = mask[:, P - 1 :: P]
         assert torch.equal(out[real_tokens], ref[real_tokens]) and torch.isfinite(out).all()
         assert m.loss(nan_x, mask, lonlat=nan_ll) == m.loss(x, mask, lonlat=lonlat)
         later = x.clone()
         later[:, 16:] = torch.randn_like(later[:, 16:]) * 300  # points 16.. change: tokens before stay
-        out2 = m(later, mask, lonlat=lonlat)
+        out2 = m(ModelInputs(later, mask, lonlat=lonlat))
         n_before = 16 // P
         assert torch.equal(out2[:, :n_before], ref[:, :n_before])
 
@@ -205,7 +213,7 @@ def test_loss_counts_only_real_consecutive_pairs(model, windows):
     mask[0, 10:] = False
     mask[1, 1:] = False  # one real point: no pair
     with torch.no_grad():
-        pred = model(x, mask)
+        pred = model(ModelInputs(x, mask))
         target = (x[..., :N_TARGETS] - model.feat_mean[:N_TARGETS]) / model.feat_std[:N_TARGETS]
         errs = [
             ((pred[b, i] - target[b, i + 1]) ** 2) for b in range(5) for i in range(31) if mask[b, i] and mask[b, i + 1]
@@ -224,7 +232,7 @@ def test_all_padding_rows_are_finite_and_carry_no_loss(model, windows):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     model.eval()
     with torch.no_grad():
-        assert torch.isfinite(model(x, mask)).all()
+        assert torch.isfinite(model(ModelInputs(x, mask))).all()
         assert torch.isfinite(model.predict_next(x, mask)).all()
         keep = torch.tensor([0, 2])
         torch.testing.assert_close(model.loss(x, mask), model.loss(x[keep], mask[keep]))
@@ -241,11 +249,11 @@ def test_predict_next_returns_raw_units_at_last_real_point(model, windows):
     model.set_normalization(mean, std)
     x, mask = batch(windows, slice(0, 2))
     with torch.no_grad():
-        pred_norm = model(x, mask)
+        pred_norm = model(ModelInputs(x, mask))
         mask = mask.clone()
         mask[1, 12:] = False
         nxt = model.predict_next(x, mask)
-        raw = model(x, mask)[1, 11] * torch.tensor(std[:3]) + torch.tensor(mean[:3])
+        raw = model(ModelInputs(x, mask))[1, 11] * torch.tensor(std[:3]) + torch.tensor(mean[:3])
         torch.testing.assert_close(nxt[1], raw)
         torch.testing.assert_close(nxt[0], pred_norm[0, -1] * torch.tensor(std[:3]) + torch.tensor(mean[:3]))
         # a head that outputs 0 (normalized) predicts exactly the mean step, in metres and log1p s
@@ -286,7 +294,7 @@ def test_checkpoint_round_trip_weights_only(model, windows, tmp_path):
     assert not loaded.training
     assert loaded.config == model.config
     with torch.no_grad():
-        assert torch.equal(loaded(x, mask), model(x, mask))
+        assert torch.equal(loaded(ModelInputs(x, mask)), model(ModelInputs(x, mask)))
         assert torch.equal(loaded.predict_next(x, mask), model.predict_next(x, mask))
     assert torch.equal(loaded.feat_mean, model.feat_mean)
 
@@ -317,7 +325,7 @@ def test_every_preset_trains_a_step_and_round_trips_weights_only(preset, windows
     assert loaded.config == cfg
     with torch.no_grad():
         assert torch.equal(loaded.predict(x, mask), m.predict(x, mask))
-        assert loaded.predict(x, mask).shape == (len(windows), cfg.patch_out, N_TARGETS)
+        assert loaded.predict(x, mask).shape == (len(windows), cfg.patching.patch_out, N_TARGETS)
 
 
 def test_checkpoints_written_before_the_new_options_still_load(model, windows, tmp_path):
@@ -331,7 +339,27 @@ def test_checkpoints_written_before_the_new_options_still_load(model, windows, t
     loaded = load_model(tmp_path / "old.pt")
     x, mask = batch(windows, slice(0, 3))
     with torch.no_grad():
-        assert torch.equal(loaded(x, mask), model(x, mask))
+        assert torch.equal(loaded(ModelInputs(x, mask)), model(ModelInputs(x, mask)))
+
+
+def test_version_1_checkpoints_with_a_flat_config_are_converted(model, windows, tmp_path):
+    """Checkpoints written before the sub-configs (version 1) held a flat config dict: it loads
+    into the nested config, with the same weights and outputs."""
+    path = save_checkpoint(tmp_path / "v2.pt", model)
+    ckpt = torch.load(path, weights_only=True)
+    flat = {k: v for k, v in ckpt["config"].items() if not isinstance(v, dict)}
+    for sub in ckpt["config"].values():
+        flat.update(sub if isinstance(sub, dict) else {})
+    torch.save({**ckpt, "version": 1, "config": {**flat, "head": "mse"}}, tmp_path / "v1.pt")
+    assert load_checkpoint(tmp_path / "v1.pt")["config"] == model.config.to_dict()
+    loaded = load_model(tmp_path / "v1.pt")
+    assert loaded.config == model.config
+    x, mask = batch(windows, slice(0, 3))
+    with torch.no_grad():
+        assert torch.equal(loaded(ModelInputs(x, mask)), model(ModelInputs(x, mask)))
+    torch.save({**ckpt, "version": 1, "config": {**flat, "heads": "mse"}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="version 1 checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
 
 
 @pytest.mark.parametrize("options", VARIANTS[:2], ids=["rope", "st-rope+mixture"])
@@ -341,7 +369,7 @@ def test_bf16_autocast_trains_and_generates_with_a_cache(options, windows):
     from trajfm.model import Rollout
 
     torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(**{**SMALL, **options}))
+    m = TrajGPT(GPTConfig.from_dict({**SMALL, **options}))
     st = stats_of(windows)
     m.set_normalization(st["mean"], st["std"])
     x, mask = batch(windows, slice(0, 4))

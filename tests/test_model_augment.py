@@ -78,11 +78,11 @@ def test_augment_changes_the_training_loss_only(windows):
 
 def test_augment_is_refused_with_absolute_position():
     with pytest.raises(ValueError, match="augment"):
-        GPTConfig(augment="rotate", space_encoding="sinusoidal")
+        GPTConfig.from_dict(dict(augment="rotate", space_encoding="sinusoidal"))
     with pytest.raises(ValueError, match="augment"):
-        GPTConfig(augment="spin")
-    assert "augment" not in GPTConfig().to_dict()  # older configs keep their cache keys
-    assert GPTConfig(augment="rotate").to_dict()["augment"] == "rotate"
+        GPTConfig.from_dict(dict(augment="spin"))
+    assert GPTConfig().to_dict()["inputs"]["augment"] == "none"  # every field in the nested dict
+    assert GPTConfig.from_dict(dict(augment="rotate")).to_dict()["inputs"]["augment"] == "rotate"
 
 
 def test_augmented_training_resumes_bit_for_bit(windows, tmp_path):

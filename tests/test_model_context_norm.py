@@ -17,6 +17,7 @@ from synthetic_tracks import (
     stats_of,
 )
 from trajfm.model import GPTConfig, Rollout, TrajGPT, load_preset
+from trajfm.model.inputs import ModelInputs
 from trajfm.train import TrainConfig, train
 
 SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)
@@ -90,7 +91,7 @@ def test_units_come_from_the_early_steps_only(windows):
     m = make_model(windows, norm="context", norm_points=6)
     x, mask = torch.from_numpy(windows.x[:4]), torch.from_numpy(windows.mask[:4])
     units = m.context_scale(x, mask)
-    steps = x[:, 1:7, :2].double().norm(dim=-1).mean(1) + m.config.norm_floor_m
+    steps = x[:, 1:7, :2].double().norm(dim=-1).mean(1) + m.config.normalisation.norm_floor_m
     torch.testing.assert_close(units[:, 0].double(), steps, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(units[:, 1], x[:, 1:7, 2].mean(1), rtol=1e-5, atol=1e-5)
     later = x.clone()
@@ -98,7 +99,7 @@ def test_units_come_from_the_early_steps_only(windows):
     assert torch.equal(m.context_scale(later, mask), units)
     short = mask.clone()
     short[:, 1:] = False  # a single point: the floor alone, no time shift
-    assert torch.equal(m.context_scale(x, short), torch.tensor([[m.config.norm_floor_m, 0.0]] * 4))
+    assert torch.equal(m.context_scale(x, short), torch.tensor([[m.config.normalisation.norm_floor_m, 0.0]] * 4))
     # the model's stored statistics no longer hold metres for the steps
     assert m.feat_mean[:3].abs().max() == 0 and torch.equal(m.feat_std[:3], torch.ones(3))
 
@@ -109,7 +110,7 @@ def test_the_loss_skips_tokens_whose_units_include_their_targets(windows):
     for patch in ((1, 1), (4, 8)):
         m = make_model(windows, norm="context", patch_in=patch[0], patch_out=patch[1])
         first = m.config.first_scored_token
-        assert first == -(-(m.config.norm_points + 1) // patch[0]) - 1 > 0
+        assert first == -(-(m.config.normalisation.norm_points + 1) // patch[0]) - 1 > 0
         x, mask = torch.from_numpy(windows.x[:8]), torch.from_numpy(windows.mask[:8]).clone()
         mask[5, 20:] = False
         mask[6, 5:] = False  # too short to be scored at all
@@ -126,13 +127,13 @@ def test_decoding_and_caching_without_units_are_clear_errors(windows):
     m = make_model(windows, norm="context")
     x, mask = torch.from_numpy(windows.x[:2]), torch.from_numpy(windows.mask[:2])
     with torch.no_grad():
-        out = m(x, mask)
+        out = m(ModelInputs(x, mask))
         with pytest.raises(ValueError, match="norm"):
             m.decode(out[:, -1])
         r = Rollout(m, x[:, :10], torch.tensor([10, 7]))
         assert r.uses_cache and r.norm is not None
         with pytest.raises(ValueError, match="KV cache"):
-            m(x[:, 10:11], mask[:, 10:11], cache=r.cache)
+            m(ModelInputs(x[:, 10:11], mask[:, 10:11]), cache=r.cache)
         # the rollout's units are its contexts', and its first prediction is predict's
         torch.testing.assert_close(
             r.predict(), m.predict(x[:, :10], mask[:, :10] & (torch.arange(10) < torch.tensor([[10], [7]])))
@@ -154,7 +155,7 @@ def test_decoding_and_caching_without_units_are_clear_errors(windows):
 )
 def test_unsupported_combinations_are_refused(bad):
     with pytest.raises(ValueError, match="norm"):
-        GPTConfig(**{"norm": "context", **bad})
+        GPTConfig.from_dict({"norm": "context", **bad})
 
 
 def test_a_vessel_model_forecasts_slower_movers_in_their_own_units(windows, tmp_path):
@@ -183,10 +184,16 @@ def test_a_vessel_model_forecasts_slower_movers_in_their_own_units(windows, tmp_
 
 
 def test_context_configs_name_their_loss_in_cache_keys():
-    """Context-normalized models trained before ``norm_loss`` existed were unweighted: a config
-    with ``norm="context"`` always carries ``norm_loss`` in its dict (cache keys, identities);
-    other configs keep the dicts they always had."""
-    assert GPTConfig(norm="context").to_dict()["norm_loss"] == "metres"
-    assert GPTConfig(norm="context", norm_loss="units").to_dict()["norm_loss"] == "units"
-    assert "norm_loss" not in GPTConfig().to_dict() and "norm" not in GPTConfig().to_dict()
-    assert GPTConfig.from_dict(GPTConfig(norm="context").to_dict()) == GPTConfig(norm="context")
+    """Every config carries ``norm`` and ``norm_loss`` in its nested dict (cache keys, identities),
+    and the dict loads back to the same config."""
+    assert GPTConfig.from_dict(dict(norm="context")).to_dict()["normalisation"]["norm_loss"] == "metres"
+    units = GPTConfig.from_dict(dict(norm="context", norm_loss="units"))
+    assert units.to_dict()["normalisation"]["norm_loss"] == "units"
+    assert GPTConfig().to_dict()["normalisation"] == {
+        "norm": "global",
+        "norm_points": 8,
+        "norm_floor_m": 5.0,
+        "norm_loss": "metres",
+    }
+    context = GPTConfig.from_dict(dict(norm="context"))
+    assert GPTConfig.from_dict(context.to_dict()) == context

@@ -21,6 +21,7 @@ from trajfm.features.encode import calendar_features, encode_points
 from trajfm.geo import offset_lonlat
 from trajfm.model import GPTConfig, TrajGPT
 from trajfm.model.embeddings import SpaceEncoding, Time2Vec, time_scalars
+from trajfm.model.inputs import ModelInputs
 from trajfm.model.positions import point_coords
 from trajfm.train import TrainConfig, train
 
@@ -29,7 +30,7 @@ MONDAY_UTC_NS = 1_593_388_800_000_000_000  # 2020-06-29 00:00 UTC, a Monday
 
 def small(ws, **kw) -> TrajGPT:
     torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, **kw))
+    m = TrajGPT(GPTConfig.from_dict(dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, **kw)))
     st = stats_of(ws)
     m.set_normalization(st["mean"], st["std"])
     return m.eval()
@@ -61,7 +62,9 @@ def test_time2vec_has_one_linear_and_periodic_terms():
 
 
 def test_space_encoding_is_smooth_at_metre_scale_far_from_the_origin():
-    enc = SpaceEncoding(GPTConfig(space_encoding="sinusoidal", space_min_m=100.0, space_max_m=1e6, space_scales=8))
+    enc = SpaceEncoding(
+        GPTConfig.from_dict(dict(space_encoding="sinusoidal", space_min_m=100.0, space_max_m=1e6, space_scales=8))
+    )
     lon, lat = np.array([-170.123456789, 116.4, -74.0]), np.array([60.5, 39.9, 40.6])
     lon1, lat1 = offset_lonlat(lon, lat, 1.0, 0.0)  # 1 m east
     a = enc(torch.from_numpy(np.stack([lon, lat], -1))[None])
@@ -78,10 +81,10 @@ def test_space_model_needs_lonlat_and_sees_where_a_track_is():
     x, mask = torch.from_numpy(ws.x), torch.from_numpy(ws.mask)
     lonlat = torch.from_numpy(np.stack([ws.lon, ws.lat], -1))
     with pytest.raises(ValueError, match="lonlat"):
-        m(x, mask)
+        m(ModelInputs(x, mask))
     with torch.no_grad():
-        here = m(x, mask, lonlat=lonlat)
-        there = m(x, mask, lonlat=lonlat + torch.tensor([0.3, 0.2], dtype=torch.float64))
+        here = m(ModelInputs(x, mask, lonlat=lonlat))
+        there = m(ModelInputs(x, mask, lonlat=lonlat + torch.tensor([0.3, 0.2], dtype=torch.float64)))
     assert not torch.allclose(here[mask], there[mask], atol=1e-4)  # unlike st-rope: it learns places
 
 
@@ -92,9 +95,9 @@ def test_kind_embedding_changes_outputs_and_defaults_to_unknown():
         m.kind_emb.weight.normal_()
     x, mask = torch.from_numpy(ws.x), torch.from_numpy(ws.mask)
     with torch.no_grad():
-        default = m(x, mask)
-        unknown = m(x, mask, kind=torch.zeros(len(ws), dtype=torch.long))
-        vessel = m(x, mask, kind=torch.full((len(ws),), 2))
+        default = m(ModelInputs(x, mask))
+        unknown = m(ModelInputs(x, mask, kind=torch.zeros(len(ws), dtype=torch.long)))
+        vessel = m(ModelInputs(x, mask, kind=torch.full((len(ws),), 2)))
     assert torch.equal(default, unknown)
     assert not torch.allclose(vessel, default, atol=1e-4)
 
@@ -103,14 +106,16 @@ def test_space_and_time_encodings_train_and_forecast(tmp_path):
     tr = make_windows(n_tracks=16, points=90, window=32, seed=10, stride=16)
     va = make_windows(n_tracks=4, points=90, window=32, seed=11)
     st = stats_of(tr)
-    cfg = GPTConfig(
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        block_size=32,
-        dropout=0.0,
-        space_encoding="sinusoidal",
-        time_encoding="time2vec",
+    cfg = GPTConfig.from_dict(
+        dict(
+            n_layer=2,
+            n_head=2,
+            d_model=32,
+            block_size=32,
+            dropout=0.0,
+            space_encoding="sinusoidal",
+            time_encoding="time2vec",
+        )
     )
     res = train(tr, va, cfg, st, TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_steps=2, device="cpu"), tmp_path)
     assert res.history[-1]["val_loss"] < res.history[0]["val_loss"]

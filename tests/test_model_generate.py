@@ -15,6 +15,7 @@ from synthetic_tracks import (
 from trajfm.evaluate.forecast import rollout
 from trajfm.geo import haversine_m
 from trajfm.model import KVCache, Rollout, TrajGPT
+from trajfm.model.inputs import ModelInputs
 
 BLOCK = 24
 VARIANTS = {
@@ -43,7 +44,7 @@ def lonlat_of(ws):
 def teacher_forced(model, ws, n0: np.ndarray, steps: int, use_cache: bool, **predict):
     """Predictions (steps, B, Q, T) while feeding each row's TRUE next points one at a time."""
     x, ll = torch.from_numpy(ws.x), lonlat_of(ws)
-    kind = torch.arange(len(n0)) % 3 if model.config.n_kinds else None
+    kind = torch.arange(len(n0)) % 3 if model.config.inputs.n_kinds else None
     state = Rollout(
         model, x[:, : n0.max()], torch.from_numpy(n0), lonlat=ll[:, : n0.max()], kind=kind, use_cache=use_cache
     )
@@ -122,7 +123,7 @@ def test_a_full_cache_is_a_clear_error(tracks):
     model = make_model(tracks)
     cache = KVCache(model.config, 1, torch.device("cpu"))
     x = torch.from_numpy(tracks.x[:1, :BLOCK])
-    model(x, torch.ones(1, BLOCK, dtype=torch.bool), cache=cache)
+    model(ModelInputs(x, torch.ones(1, BLOCK, dtype=torch.bool)), cache=cache)
     with pytest.raises(ValueError, match="KV cache full"):
         cache.begin(1)
 

@@ -17,10 +17,13 @@ from synthetic_tracks import (
 )
 from trajfm.evaluate import evaluate_forecast, rollout
 from trajfm.model import GPTConfig, TrajGPT, heads
+from trajfm.model.inputs import ModelInputs
 from trajfm.train import TrainConfig, evaluate_loss, train
 
 K, T = 3, 3
-CFG = GPTConfig(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, head="mixture", n_mixture=K)
+CFG = GPTConfig.from_dict(
+    dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0, head="mixture", n_mixture=K)
+)
 
 
 def test_nll_is_the_mixture_log_likelihood():
@@ -77,7 +80,7 @@ def test_mixture_loss_counts_only_real_pairs_whatever_the_padding_holds():
     with torch.no_grad():
         loss = m.loss(x, mask)
         assert m.loss(nan, mask) == loss
-        out = m(x, mask)[:, :-1]
+        out = m(ModelInputs(x, mask))[:, :-1]
         target = m.normalize(x, mask)[:, 1:, :T]
         pair = mask[:, :-1] & mask[:, 1:]
         manual = heads.mixture_nll(out, target, K)[pair].mean()
@@ -91,7 +94,7 @@ def test_mixture_model_learns_on_tracks_and_rolls_out(tmp_path):
     va = make_windows(n_tracks=6, points=90, window=32, seed=11)
     st = stats_of(tr)
     cfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, warmup_steps=3, device="cpu")
-    model_cfg = GPTConfig(**{**CFG.to_dict(), "position": "st-rope"})
+    model_cfg = GPTConfig.from_dict({**CFG.to_dict(), "position": "st-rope"})
     torch.manual_seed(0)
     untrained = TrajGPT(model_cfg)
     untrained.set_normalization(st["mean"], st["std"])

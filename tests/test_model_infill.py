@@ -15,8 +15,8 @@ from synthetic_tracks import (
 )
 from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, TrajGPT, load_model, save_checkpoint
-from trajfm.model.gpt import TYPE_ANS, TYPE_MASK, TYPE_NO_TIME, TYPE_POINT, TYPE_SEP
 from trajfm.model.infill import build_sequences, infill, infill_loss, linear_interpolation, sample_spans
+from trajfm.model.inputs import TYPE_ANS, TYPE_MASK, TYPE_NO_TIME, TYPE_POINT, TYPE_SEP, ModelInputs
 from trajfm.model.positions import point_coords
 
 SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)
@@ -47,24 +47,24 @@ def perturbed(ws, rows_cols, rng):
 
 
 def test_objective_config_and_tokens():
-    assert GPTConfig().objective == "next" and not hasattr(TrajGPT(GPTConfig(**SMALL)), "special")
-    assert TrajGPT(GPTConfig(**SMALL, objective="mixed")).special.weight.shape == (5, 32)
+    assert GPTConfig().infilling.objective == "next" and not hasattr(TrajGPT(GPTConfig.from_dict(SMALL)), "special")
+    assert TrajGPT(GPTConfig.from_dict(dict(**SMALL, objective="mixed"))).special.weight.shape == (5, 32)
     with pytest.raises(ValueError, match="objective must be one of"):
-        GPTConfig(objective="bert")
+        GPTConfig.from_dict(dict(objective="bert"))
     with pytest.raises(ValueError, match="patch_in = 1"):
-        GPTConfig(objective="infill", patch_in=4, block_size=32)
+        GPTConfig.from_dict(dict(objective="infill", patch_in=4, block_size=32))
     with pytest.raises(ValueError, match="infill_min_span"):
-        GPTConfig(objective="infill", infill_min_span=5, infill_max_span=2)
+        GPTConfig.from_dict(dict(objective="infill", infill_min_span=5, infill_max_span=2))
 
 
 def test_next_models_refuse_to_infill(windows):
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="not trained to infill"):
-        infill(TrajGPT(GPTConfig(**SMALL)), windows, (3, 6))
+        infill(TrajGPT(GPTConfig.from_dict(SMALL)), windows, (3, 6))
 
 
 def test_spans_are_interior_within_bounds_and_reproducible():
-    cfg = GPTConfig(objective="infill", infill_min_span=2, infill_max_span=6, infill_time_prob=0.5)
+    cfg = GPTConfig.from_dict(dict(objective="infill", infill_min_span=2, infill_max_span=6, infill_time_prob=0.5))
     n = torch.tensor([2, 3, 4, 5, 9, 24, 30] * 50)
     s, e, hide = sample_spans(n, cfg, torch.Generator().manual_seed(1))
     ok = n >= 3
@@ -146,11 +146,11 @@ def test_answers_are_causal(windows):
         x, mask, torch.full((4,), 4), torch.full((4,), 10), torch.zeros(4, dtype=torch.bool), model.feat_mean
     )
     with torch.no_grad():
-        ref = model(seq.x, seq.mask, coords=seq.coords, types=seq.types)
+        ref = model(ModelInputs(seq.x, seq.mask, coords=seq.coords, types=seq.types))
         for k in (int(seq.sep[0]) + 1, int(seq.sep[0]) + 4):
             x2 = seq.x.clone()
             x2[:, k:] = torch.randn_like(x2[:, k:]) * 300
-            out = model(x2, seq.mask, coords=seq.coords, types=seq.types)
+            out = model(ModelInputs(x2, seq.mask, coords=seq.coords, types=seq.types))
             torch.testing.assert_close(out[:, :k], ref[:, :k])
 
 

@@ -19,6 +19,7 @@ from synthetic_tracks import (
 from trajfm.evaluate import evaluate_forecast, rollout
 from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, TrajGPT
+from trajfm.model.inputs import ModelInputs
 from trajfm.model.patching import next_points
 
 P, Q = 4, 8
@@ -54,16 +55,16 @@ def test_patched_model_is_causal_over_patches_and_ignores_padding(windows):
     full = np.flatnonzero(windows.mask.all(axis=1))[:3]
     x, mask = torch.from_numpy(windows.x[full]), torch.from_numpy(windows.mask[full]).clone()
     with torch.no_grad():
-        ref = m(x, mask)  # (B, 8 tokens, Q * T)
+        ref = m(ModelInputs(x, mask))  # (B, 8 tokens, Q * T)
         assert ref.shape == (3, 32 // P, Q * 3)
         x2 = x.clone()
         x2[:, 12:] = torch.randn_like(x2[:, 12:]) * 300  # tokens 3.. change
-        out = m(x2, mask)
+        out = m(ModelInputs(x2, mask))
         assert torch.equal(out[:, :3], ref[:, :3]) and not torch.allclose(out[:, 3:], ref[:, 3:])
         mask[1, 22:] = False  # token 5 (points 20..23) is partial: not real, nor anything after it
         nan = x.clone()
         nan[~mask] = float("nan")
-        a, b = m(x, mask), m(nan, mask)
+        a, b = m(ModelInputs(x, mask)), m(ModelInputs(nan, mask))
         assert torch.equal(a[1, :5], b[1, :5]) and torch.isfinite(b).all()
         assert m.loss(nan, mask) == m.loss(x, mask)
 
@@ -85,7 +86,9 @@ def test_oracle_patched_model_rolls_a_straight_track_out_exactly():
     tracks = [(f"s{k}", *straight_track(60, 80.0, 60.0, 60 * NS, lon0=-74 + k)) for k in range(3)]
     ws = windows_from_tracks(tracks, window=60)
     torch.manual_seed(0)
-    m = TrajGPT(GPTConfig(n_layer=1, n_head=2, d_model=16, block_size=32, dropout=0.0, patch_in=P, patch_out=Q))
+    m = TrajGPT(
+        GPTConfig.from_dict(dict(n_layer=1, n_head=2, d_model=16, block_size=32, dropout=0.0, patch_in=P, patch_out=Q))
+    )
     m.set_normalization([80.0, 60.0, math.log1p(60.0), 0, 0, 0, 0], [100.0, 100.0, 1, 1, 1, 1, 1])
     with torch.no_grad():
         m.head.weight.zero_()
@@ -103,16 +106,18 @@ def test_patched_model_trains_and_forecasts(windows, tmp_path):
 
     tr = make_windows(n_tracks=16, points=90, window=32, seed=10, stride=16)
     st = stats_of(tr)
-    cfg = GPTConfig(
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        block_size=32,
-        dropout=0.0,
-        patch_in=P,
-        patch_out=Q,
-        head="mixture",
-        n_mixture=2,
+    cfg = GPTConfig.from_dict(
+        dict(
+            n_layer=2,
+            n_head=2,
+            d_model=32,
+            block_size=32,
+            dropout=0.0,
+            patch_in=P,
+            patch_out=Q,
+            head="mixture",
+            n_mixture=2,
+        )
     )
     res = train(
         tr, None, cfg, st, TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_steps=2, device="cpu"), tmp_path

@@ -13,6 +13,7 @@ from synthetic_tracks import (
     one_torch_thread,  # noqa: F401 (autouse fixture)
 )
 from trajfm.model import GPTConfig, TrajGPT
+from trajfm.model.inputs import ModelInputs
 from trajfm.model.positions import Rotary, apply_rotary, point_coords
 
 
@@ -31,7 +32,7 @@ def model(windows, **kw) -> TrajGPT:
 
 
 def test_rope_scores_depend_only_on_index_differences():
-    rot = Rotary(GPTConfig(d_model=64, n_head=2, position="rope"))
+    rot = Rotary(GPTConfig.from_dict(dict(d_model=64, n_head=2, position="rope")))
     torch.manual_seed(0)
     q, k = torch.randn(2, 2, 16, 32), torch.randn(2, 2, 16, 32)
     index = torch.arange(16)[None].expand(2, 16)
@@ -56,7 +57,9 @@ def test_rope_model_outputs_ignore_where_the_index_starts(windows):
 
 
 def test_st_rope_scores_depend_only_on_displacement_and_elapsed_time():
-    rot = Rotary(GPTConfig(d_model=96, n_head=4, position="st-rope"))  # 12 pairs: 4 east, 4 north, 4 time
+    rot = Rotary(
+        GPTConfig.from_dict(dict(d_model=96, n_head=4, position="st-rope"))
+    )  # 12 pairs: 4 east, 4 north, 4 time
     torch.manual_seed(1)
     q, k = torch.randn(1, 4, 20, 24), torch.randn(1, 4, 20, 24)
     coords = torch.cumsum(torch.randn(1, 20, 3, dtype=torch.float64) * torch.tensor([300.0, 300.0, 60.0]), dim=1)
@@ -77,13 +80,13 @@ def test_st_rope_model_is_translation_invariant_on_real_tracks(windows):
     x, mask = torch.from_numpy(windows.x), torch.from_numpy(windows.mask)
     coords = point_coords(x, mask)  # east, north metres and seconds from each window's first point
     with torch.no_grad():
-        ref = m(x, mask)
-        torch.testing.assert_close(m(x, mask, coords=coords), ref)  # the default is these coordinates
+        ref = m(ModelInputs(x, mask))
+        torch.testing.assert_close(m(ModelInputs(x, mask, coords=coords)), ref)  # the default is these coordinates
         for shift in ([2_500.0, -800.0, 0.0], [-3.0e6, 4.5e6, 1.59e9]):
-            out = m(x, mask, coords=coords + torch.tensor(shift, dtype=torch.float64))
+            out = m(ModelInputs(x, mask, coords=coords + torch.tensor(shift, dtype=torch.float64)))
             torch.testing.assert_close(out[mask], ref[mask], rtol=1e-4, atol=1e-4)
         # ...but the geometry inside the trajectory matters: stretch it and the outputs move
-        stretched = m(x, mask, coords=coords * torch.tensor([1.5, 1.5, 1.0], dtype=torch.float64))
+        stretched = m(ModelInputs(x, mask, coords=coords * torch.tensor([1.5, 1.5, 1.0], dtype=torch.float64)))
         assert not torch.allclose(stretched[mask], ref[mask], atol=1e-3)
 
 
@@ -108,11 +111,11 @@ def test_rotary_models_are_causal_and_ignore_padding(windows, kind):
     x, mask = torch.from_numpy(windows.x[full]), torch.from_numpy(windows.mask[full]).clone()
     mask[1, 12:] = False
     with torch.no_grad():
-        ref = m(x, mask)
+        ref = m(ModelInputs(x, mask))
         x2 = x.clone()
         x2[:, 20:] = torch.randn_like(x2[:, 20:]) * 300
         x2[~mask] = float("nan")
-        out = m(x2, mask)
+        out = m(ModelInputs(x2, mask))
     assert torch.equal(out[:, :20][mask[:, :20]], ref[:, :20][mask[:, :20]])
     assert torch.isfinite(out).all()
     assert "transformer.wpe.weight" not in m.state_dict()  # no position table to outgrow

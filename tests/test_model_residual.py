@@ -21,7 +21,8 @@ from synthetic_tracks import (
 from trajfm.evaluate.forecast import evaluate_forecast, rollout
 from trajfm.geo import haversine_m
 from trajfm.model import GPTConfig, TrajGPT, load_model, load_preset, save_checkpoint, targets
-from trajfm.model.config import ADDED_DEFAULTS
+from trajfm.model.config import TargetConfig
+from trajfm.model.inputs import ModelInputs
 
 SMALL = dict(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.0)
 FRAMES = [("velocity", "absolute"), ("velocity", "heading"), ("none", "heading")]
@@ -39,20 +40,25 @@ def make_model(windows, seed=0, **cfg):
 def test_defaults_keep_the_plain_targets():
     for name in ("tutorial", "trajgpt2-small", "trajfm-rope", "timesfm-patch"):
         cfg = load_preset(name)
-        assert (cfg.anchor, cfg.frame, cfg.point_loss, cfg.objective) == ("none", "absolute", "mse", "next")
+        assert (cfg.target.anchor, cfg.target.frame, cfg.output.point_loss, cfg.infilling.objective) == (
+            "none",
+            "absolute",
+            "mse",
+            "next",
+        )
         assert targets.is_plain(cfg)
     with pytest.raises(ValueError, match="anchor must be one of"):
-        GPTConfig(anchor="acceleration")
+        GPTConfig.from_dict(dict(anchor="acceleration"))
     with pytest.raises(ValueError, match="frame must be one of"):
-        GPTConfig(frame="polar")
+        GPTConfig.from_dict(dict(frame="polar"))
     with pytest.raises(ValueError, match="huber_delta"):
-        GPTConfig(point_loss="huber", huber_delta=0.0)
+        GPTConfig.from_dict(dict(point_loss="huber", huber_delta=0.0))
 
 
 @pytest.mark.parametrize("step_scale", ["std", "speed"])
 @pytest.mark.parametrize("anchor,frame", FRAMES)
 def test_encode_decode_round_trip(anchor, frame, step_scale):
-    cfg = GPTConfig(anchor=anchor, frame=frame, step_scale=step_scale)
+    cfg = GPTConfig.from_dict(dict(anchor=anchor, frame=frame, step_scale=step_scale))
     g = torch.Generator().manual_seed(0)
     mean, std = torch.tensor([0.5, -1.0, 4.1, 0, 0, 0, 0]), torch.tensor([160.0, 170.0, 0.25, 1, 1, 1, 1])
     target = torch.randn(50, 4, 3, generator=g) * torch.tensor([300.0, 300.0, 0.3]) + torch.tensor([0, 0, 4.1])
@@ -64,7 +70,7 @@ def test_encode_decode_round_trip(anchor, frame, step_scale):
 
 
 def test_heading_frame_is_rotation_invariant():
-    cfg = GPTConfig(anchor="velocity", frame="heading")
+    cfg = GPTConfig.from_dict(dict(anchor="velocity", frame="heading"))
     mean, std = torch.zeros(7), torch.ones(7) * 150.0
     cur = torch.tensor([[200.0, 50.0, 4.1, 0, 0, 0, 0]])
     target = torch.tensor([[230.0, 120.0, 4.1]])  # turning to the left
@@ -141,18 +147,24 @@ def test_anchored_checkpoint_round_trip_and_old_configs_load(windows, tmp_path):
     assert back.config == model.config
     x, mask = torch.from_numpy(windows.x[:3, :16]), torch.from_numpy(windows.mask[:3, :16])
     assert torch.equal(back.predict(x, mask), model.predict(x, mask))
-    assert back.config.to_dict()["anchor"] == "velocity"
+    assert back.config.to_dict()["target"]["anchor"] == "velocity"
 
 
-def test_configs_from_before_these_fields_keep_their_dicts():
-    """The new fields stay out of ``to_dict`` at their defaults: same train keys, resume
-    identities and checkpoint configs as before; such a dict loads back to the same config."""
+def test_config_dicts_are_nested_and_flat_names_map_into_them():
+    """``to_dict`` is nested (the core sizes, one dict per sub-config, every field), loads back to
+    the same config, and flat field names given to ``from_dict`` land in their sub-config."""
     tut = load_preset("tutorial")
     d = tut.to_dict()
-    assert not set(d) & set(ADDED_DEFAULTS)
-    assert set(d) | set(ADDED_DEFAULTS) == {f.name for f in dataclasses.fields(GPTConfig)}
+    assert set(d) == {f.name for f in dataclasses.fields(GPTConfig)}
+    assert set(d["target"]) == {f.name for f in dataclasses.fields(TargetConfig)}
     assert GPTConfig.from_dict(d) == tut
-    assert GPTConfig(**{**SMALL, "objective": "mixed"}).to_dict()["objective"] == "mixed"
+    assert GPTConfig.from_dict({**SMALL, "objective": "mixed"}).to_dict()["infilling"]["objective"] == "mixed"
+    nested = GPTConfig.from_dict({**SMALL, "infilling": {"objective": "mixed"}})
+    assert nested == GPTConfig.from_dict({**SMALL, "objective": "mixed"})
+    assert tut.with_overrides(target={"anchor": "velocity"}) == tut.with_overrides(anchor="velocity")
+    assert load_preset("tutorial", head="mixture").output == load_preset("tutorial", output={"head": "mixture"}).output
+    with pytest.raises(ValueError, match="unknown GPTConfig fields"):
+        GPTConfig.from_dict({"target": {"head": "mse"}})
 
 
 def test_anchor_learns_straight_lines_faster_than_the_plain_head():
@@ -207,11 +219,11 @@ def test_turn_inputs_cache_padding_and_checkpoint(windows, tmp_path):
     assert haversine_m(a[0], a[1], b[0], b[1]).max() < 0.05
     x, mask = torch.from_numpy(windows.x[:4]).clone(), torch.from_numpy(windows.mask[:4]).clone()
     mask[:, 20:] = False
-    ref = model(x, mask)[:, :20]
+    ref = model(ModelInputs(x, mask))[:, :20]
     x[:, 20:] = float("nan")
-    torch.testing.assert_close(model(x, mask)[:, :20], ref, rtol=0, atol=0)
+    torch.testing.assert_close(model(ModelInputs(x, mask))[:, :20], ref, rtol=0, atol=0)
     back = load_model(save_checkpoint(tmp_path / "t.pt", model))
-    assert torch.equal(back(x, mask)[:, :20], ref)
+    assert torch.equal(back(ModelInputs(x, mask))[:, :20], ref)
 
 
 # --- distance loss and position scoring --------------------------------------------------------
@@ -220,7 +232,7 @@ def test_turn_inputs_cache_padding_and_checkpoint(windows, tmp_path):
 def test_distance_loss_is_the_smoothed_length_of_the_error():
     from trajfm.model.heads import head_loss
 
-    cfg = GPTConfig(point_loss="distance", huber_delta=0.1)
+    cfg = GPTConfig.from_dict(dict(point_loss="distance", huber_delta=0.1))
     out = torch.tensor([[[[3.0, 4.0, 0.5]], [[0.0, 0.0, 0.0]]]])  # (B=1, Lt=2, Q=1, T=3)
     target = torch.zeros_like(out)
     valid = torch.tensor([[[True], [False]]])
@@ -233,13 +245,13 @@ def test_distance_loss_is_the_smoothed_length_of_the_error():
 def test_score_positions_sums_the_step_errors():
     from trajfm.model.heads import head_loss
 
-    cfg = GPTConfig(patch_out=3, score_positions=True)
+    cfg = GPTConfig.from_dict(dict(patch_out=3, score_positions=True))
     out = torch.zeros(1, 1, 3, 3)
     target = torch.tensor([[[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [-2.0, 0.0, 0.0]]]])  # back where it started
     valid = torch.ones(1, 1, 3, dtype=torch.bool)
     # positions reached: 1, 2, 0 -> squared errors 1, 4, 0 over 3 points x 3 targets
     assert float(head_loss(cfg, out, target, valid)) == pytest.approx(5 / 9)
-    assert float(head_loss(GPTConfig(patch_out=3), out, target, valid)) == pytest.approx(6 / 9)
+    assert float(head_loss(GPTConfig.from_dict(dict(patch_out=3)), out, target, valid)) == pytest.approx(6 / 9)
     valid[..., 2] = False  # the third point is past the window
     assert float(head_loss(cfg, out, target, valid)) == pytest.approx(5 / 6)
 
@@ -247,21 +259,21 @@ def test_score_positions_sums_the_step_errors():
 def test_length_input_tells_jitter_from_drift():
     from trajfm.model.embeddings import extra_inputs
 
-    cfg = GPTConfig(length_input=True)
+    cfg = GPTConfig.from_dict(dict(length_input=True))
     x = torch.zeros(1, 4, 7)
     x[0, :, :2] = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 20.0], [160.0, 0.0]])
     mask = torch.tensor([[True, True, True, False]])
     v = extra_inputs(cfg, x, mask, torch.tensor(160.0))[0, :, 0]
     assert v[0] == 0 and v[3] == 0  # no step; padding
     assert 0.15 < v[1] < 0.25 and 0.55 < v[2] < 0.65  # log1p(2) / log1p(160), log1p(20) / log1p(160)
-    assert GPTConfig(length_input=True, turn_inputs=True).n_inputs == 10
+    assert GPTConfig.from_dict(dict(length_input=True, turn_inputs=True)).n_inputs == 10
 
 
 def test_point_losses_belong_to_the_regression_head():
     with pytest.raises(ValueError, match="head 'mse'"):
-        GPTConfig(head="mixture", point_loss="distance")
+        GPTConfig.from_dict(dict(head="mixture", point_loss="distance"))
     with pytest.raises(ValueError, match="head 'mse'"):
-        GPTConfig(head="mixture", patch_out=4, score_positions=True)
+        GPTConfig.from_dict(dict(head="mixture", patch_out=4, score_positions=True))
 
 
 def test_forecast_preset_loads_and_forecasts_points(windows):
@@ -269,14 +281,20 @@ def test_forecast_preset_loads_and_forecasts_points(windows):
     from trajfm.evaluate.forecast import forecast_points
 
     cfg = load_preset("trajfm-forecast")
-    assert (cfg.anchor, cfg.frame, cfg.patch_out, cfg.turn_inputs, cfg.length_input) == (
+    assert (
+        cfg.target.anchor,
+        cfg.target.frame,
+        cfg.patching.patch_out,
+        cfg.inputs.turn_inputs,
+        cfg.inputs.length_input,
+    ) == (
         "velocity",
         "heading",
         10,
         True,
         True,
     )
-    assert cfg.space_encoding == "sinusoidal" and cfg.objective == "next"
+    assert cfg.inputs.space_encoding == "sinusoidal" and cfg.infilling.objective == "next"
     small = load_preset("trajfm-forecast", n_layer=1, d_model=32, n_head=2, block_size=32)
     torch.manual_seed(0)
     model = TrajGPT(small)
@@ -290,7 +308,7 @@ def test_forecast_preset_loads_and_forecasts_points(windows):
 
 
 def test_speed_scale_measures_corrections_in_units_of_the_current_step():
-    cfg = GPTConfig(anchor="velocity", frame="heading", step_scale="speed", step_scale_floor_m=10.0)
+    cfg = GPTConfig.from_dict(dict(anchor="velocity", frame="heading", step_scale="speed", step_scale_floor_m=10.0))
     mean, std = torch.zeros(7), torch.full((7,), 160.0)
     cur = torch.tensor([[0.0, 2.0, 4.1, 0, 0, 0, 0], [300.0, 0.0, 4.1, 0, 0, 0, 0]])  # moored; 300 m east per step
     target = torch.tensor([[0.0, 0.0, 4.1], [300.0, 31.0, 4.1]])  # stops; turns 31 m to the left
@@ -298,4 +316,4 @@ def test_speed_scale_measures_corrections_in_units_of_the_current_step():
     torch.testing.assert_close(z[:, :2], torch.tensor([[-2.0 / 12.0, 0.0], [0.0, 0.1]]))
     torch.testing.assert_close(targets.decode(cfg, z, cur, mean, std), target)
     with pytest.raises(ValueError, match="step_scale must be one of"):
-        GPTConfig(step_scale="log")
+        GPTConfig.from_dict(dict(step_scale="log"))

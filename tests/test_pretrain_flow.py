@@ -158,7 +158,7 @@ def test_pipeline_fine_tunes_from_the_base_model(pretrained):
     from trajfm.model.checkpoint import load_checkpoint
 
     registered = Path(r["model_dir"]) / "model.pt"
-    assert load_checkpoint(registered)["config"]["forecast_blend"] is not None
+    assert load_checkpoint(registered)["config"]["calibration"]["forecast_blend"] is not None
     init = uncalibrated_checkpoint(registered, root)
     assert train["init_checkpoint_sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
     import torch

@@ -439,6 +439,6 @@ def test_select_by_fde_keeps_the_epoch_that_forecasts_best(data, tmp_path, monke
         train(
             tr, va, MODEL, st, cfg(epochs=1, select_by="fde", select_context=30, select_horizon=5), tmp_path / "short"
         )
-    infill = GPTConfig(n_layer=1, n_head=2, d_model=16, block_size=32, objective="infill")
+    infill = GPTConfig.from_dict(dict(n_layer=1, n_head=2, d_model=16, block_size=32, objective="infill"))
     with pytest.raises(ValueError, match="needs a model that forecasts"):
         train(tr, va, infill, st, cfg(epochs=1, select_by="fde"), tmp_path / "infill")

@@ -122,7 +122,7 @@ class Forecaster:
             self.check_cadence(df)
         out = forecast_points(self.model, df, horizon, batch_size=self.batch_size)
         out["traj_id"] = out["traj_id"].astype("string")
-        if self.model.config.head == "mixture" and n_samples > 0:
+        if self.model.config.output.head == "mixture" and n_samples > 0:
             extra = self._sampled_quantiles(df, out, horizon, n_samples, seed)
         else:
             extra = self._backtest_radii(df, horizon, n_backtests, len(out) // horizon)

@@ -136,7 +136,7 @@ def _streamed_val_loss(
         group.rank,
         group.world,
         block_size=model_config.block_size,
-        lonlat=model_config.space_encoding != "none",
+        lonlat=model_config.inputs.space_encoding != "none",
     )
     if stream.n_windows == 0:
         return None
@@ -196,8 +196,8 @@ def _pretrain(
     stats = _plain_stats(stats, model_config.n_features)
     amp_dtype = autocast_dtype(cfg.amp, device)
     per_epoch, total_steps = planned_stream_steps(manifest["windows"]["train"], cfg)
-    P, Q, first = model_config.patch_in, model_config.patch_out, model_config.first_scored_token
-    spatial = model_config.space_encoding != "none"
+    P, Q, first = model_config.patching.patch_in, model_config.patching.patch_out, model_config.first_scored_token
+    spatial = model_config.inputs.space_encoding != "none"
     per_process = data_ranks // group.world
     streams = [
         ShardStream(shards_dir, "train", v, data_ranks, cfg.seed, probabilities, model_config.block_size, spatial)

@@ -667,12 +667,12 @@ def _train(
     else:
         vx = vmask = None
     val_fde = _forecast_selection(val, model_config, cfg) if vx is not None else None
-    spatial = model_config.space_encoding != "none"  # the model reads absolute (lon, lat)
+    spatial = model_config.inputs.space_encoding != "none"  # the model reads absolute (lon, lat)
     lonlat = _lonlat(train, model_config.block_size) if spatial else None
     vlonlat = _lonlat(val, model_config.block_size) if spatial and vx is not None else None
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total_steps = planned_steps(len(x), cfg)
-    P, Q, first = model_config.patch_in, model_config.patch_out, model_config.first_scored_token
+    P, Q, first = model_config.patching.patch_in, model_config.patching.patch_out, model_config.first_scored_token
 
     torch.manual_seed(cfg.seed)
     model = TrajGPT(model_config)
@@ -879,7 +879,7 @@ def _forecast_selection(val, model_config: GPTConfig, cfg: TrainConfig):
         return None
     from trajfm.evaluate.forecast import evaluate_forecast, forecastable
 
-    if model_config.objective == "infill":
+    if model_config.infilling.objective == "infill":
         raise ValueError("select_by 'fde' needs a model that forecasts (objective 'next' or 'mixed'), not 'infill'")
     if len(forecastable(val, cfg.select_context, cfg.select_horizon)) == 0:
         raise ValueError(

@@ -14,7 +14,6 @@ as they take a train directory.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -32,7 +31,7 @@ from trajfm.model.gpt import TrajGPT
 def with_calibration(model: TrajGPT, blend=None, radius_m=None) -> TrajGPT:
     """A view of ``model`` (same weights, shared) whose config carries ``blend`` / ``radius_m``."""
     out = copy.copy(model)
-    out.config = dataclasses.replace(model.config, forecast_blend=blend, forecast_radius_m=radius_m)
+    out.config = model.config.with_overrides(forecast_blend=blend, forecast_radius_m=radius_m)
     return out
 
 
@@ -102,7 +101,7 @@ def calibrate_stage(
         return out
     ckpt = load_checkpoint(Path(train_dir) / "model.pt")
     model = model_from_checkpoint(ckpt)
-    if model.config.objective == "infill":
+    if model.config.infilling.objective == "infill":
         raise ValueError("an infill-only model does not forecast: nothing to calibrate")
     val = WindowSet.load(Path(features_dir) / "val.npz")
     if len(forecastable(val, context_len, horizon)):
@@ -202,10 +201,10 @@ def uncalibrated_checkpoint(path: str | Path, root=None) -> Path:
     from trajfm.store import data_root
 
     ckpt = load_checkpoint(path)
-    config = dict(ckpt["config"])
-    if config.pop("forecast_blend", None) is None and config.pop("forecast_radius_m", None) is None:
+    calibration = ckpt["config"]["calibration"]
+    if calibration["forecast_blend"] is None and calibration["forecast_radius_m"] is None:
         return Path(path)
-    config.pop("forecast_radius_m", None)
+    config = {**ckpt["config"], "calibration": {"forecast_blend": None, "forecast_radius_m": None}}
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     out = data_root(root) / "calibrate" / "uncalibrated" / f"{digest}.pt"
     if not out.is_file():

@@ -98,7 +98,7 @@ def rollout(
     its point forecasts blended with constant velocity step by step (``trajfm.model.blend``).
     """
     sel = forecastable(ws, context_len, horizon)
-    if model.config.forecast_blend is not None and context_len < 2:
+    if model.config.calibration.forecast_blend is not None and context_len < 2:
         raise ValueError("a model with a forecast_blend blends with constant velocity: needs context_len >= 2")
     out_lon, out_lat = np.zeros((len(sel), horizon)), np.zeros((len(sel), horizon))
     out_t = np.zeros((len(sel), horizon), dtype=np.int64)
@@ -220,9 +220,10 @@ def evaluate_forecast(
             "cv_": radial_scores(error_vectors_m(c_lon, c_lat, true_lon, true_lat), cv_table),
             "kf_": probabilistic_scores(error_vectors_m(l_lon, l_lat, true_lon, true_lat), l_cov),
         }
-        if model.config.forecast_radius_m is not None:
+        if model.config.calibration.forecast_radius_m is not None:
             scores[""] = radial_scores(
-                error_vectors_m(m_lon, m_lat, true_lon, true_lat), radius_table(model.config.forecast_radius_m, horizon)
+                error_vectors_m(m_lon, m_lat, true_lon, true_lat),
+                radius_table(model.config.calibration.forecast_radius_m, horizon),
             )
         for prefix, sc in scores.items():
             out.update({f"{prefix}coverage{p}": float(np.mean(v)) for p, v in sc["coverage"].items()})
@@ -323,7 +324,7 @@ def forecast_points(
 def can_forecast(model: TrajGPT) -> bool:
     """True when the model was trained to predict the next point (objective "next" or "mixed");
     an "infill"-only model's next-point head is untrained, so its forecasts are not reported."""
-    return model.config.objective != "infill"
+    return model.config.infilling.objective != "infill"
 
 
 def position_at(

@@ -36,6 +36,7 @@ from trajfm.evaluate.metrics import rank_metrics
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, haversine_m, offset_lonlat
 from trajfm.model.gpt import TrajGPT
+from trajfm.model.inputs import ModelInputs
 
 
 def auto_resolution(ws: WindowSet) -> int:
@@ -71,7 +72,7 @@ def pairs_of(ws: WindowSet, min_context: int, patch: int = 1) -> tuple[np.ndarra
 @torch.no_grad()
 def model_next_points(model: TrajGPT, ws: WindowSet, rows, cols, samples: int, seed: int, batch_size: int = 256):
     """Mode (lon, lat) (n,) and ``samples`` draws (n, S) of the next point after each (row, col)."""
-    P, device = model.config.patch_in, next(model.parameters()).device
+    P, device = model.config.patching.patch_in, next(model.parameters()).device
     n, S = len(rows), max(samples, 1)
     mode = np.zeros((n, 2))
     draws = np.zeros((n, S, 2))
@@ -91,8 +92,9 @@ def model_next_points(model: TrajGPT, ws: WindowSet, rows, cols, samples: int, s
                 if model.needs_lonlat
                 else None
             )
-            norm = model.context_scale(x, mask) if model.config.norm == "context" else None  # (B, 2) or None
-            out = model(x, mask, ll, norm=norm)  # (B, Lt, Q*W)
+            context = model.config.normalisation.norm == "context"
+            norm = model.context_scale(x, mask) if context else None  # (B, 2) or None
+            out = model(ModelInputs(x, mask, ll, norm=norm))  # (B, Lt, Q*W)
             r, tok = torch.from_numpy(rows[sel] - w0).to(device), torch.from_numpy(cols[sel] // P).to(device)
             o, cur = out[r, tok], x[r, torch.from_numpy(cols[sel]).to(device)]  # (n, Q*W), (n, F) the point i
             lon0, lat0 = ws.lon[rows[sel], cols[sel]], ws.lat[rows[sel], cols[sel]]
@@ -163,7 +165,7 @@ def next_location_task(
             eval_ws.t_ns[:, :k],
             eval_ws.traj_id,
         )
-    rows, cols = pairs_of(eval_ws, min_context, model.config.patch_in if use_model else 1)
+    rows, cols = pairs_of(eval_ws, min_context, model.config.patching.patch_in if use_model else 1)
     if len(rows) == 0:
         raise ValueError(f"no window has {min_context + 1} real points: no next location to predict")
     cells = window_cells(eval_ws, res)
@@ -182,7 +184,7 @@ def next_location_task(
     }
     if use_model:
         mode, draws = model_next_points(
-            model, eval_ws, rows, cols, samples if model.config.head == "mixture" else 1, seed, batch_size
+            model, eval_ws, rows, cols, samples if model.config.output.head == "mixture" else 1, seed, batch_size
         )
         ranks = {"model": point_ranks(mode, draws, truth, res, k_ring), **ranks}
     out = {

@@ -34,7 +34,7 @@ from trajfm.model.infill import infill, linear_interpolation
 
 def can_infill(model: TrajGPT) -> bool:
     """True for models trained to infill (objective "infill" or "mixed")."""
-    return model.config.objective != "next"
+    return model.config.infilling.objective != "next"
 
 
 def random_hidden(n: np.ndarray, ratio: float, rng: np.random.Generator) -> list[np.ndarray]:

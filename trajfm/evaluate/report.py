@@ -91,7 +91,7 @@ def collect_plot_data(
     true_lon, true_lat, true_t = sub.lon[:, truth], sub.lat[:, truth], sub.t_ns[:, truth]
     m_lon, m_lat = model_all[0][idx], model_all[1][idx]
     cv_lon, cv_lat = cv_all[0][idx], cv_all[1][idx]
-    mixture = model.config.head == "mixture"
+    mixture = model.config.output.head == "mixture"
     g = torch.Generator().manual_seed(int(seed))
     draws = [
         rollout(model, sub, context_len, horizon, how="sample", generator=g) for _ in range(n_samples if mixture else 1)

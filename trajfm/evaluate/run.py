@@ -65,7 +65,7 @@ def run_evaluation(
         "horizon": horizon,
         "preset": train_manifest.get("preset", "?"),
         **errors_by_step(model, ws, context_len, horizon, batch_size),
-        "blend": list(model.config.forecast_blend) if model.config.forecast_blend is not None else None,
+        "blend": list(model.config.calibration.forecast_blend or ()) or None,
     }
     with StageWriter(root, "evaluate", key) as w:
         w.write_json("metrics", metrics)

@@ -28,13 +28,14 @@ from trajfm.evaluate.baselines import resampled_path_embedding
 from trajfm.features.encode import encode_points
 from trajfm.features.windows import WindowSet, stack_windows
 from trajfm.model.gpt import TrajGPT
+from trajfm.model.inputs import ModelInputs
 from trajfm.model.patching import pad_to_patches
 
 
 @torch.no_grad()
 def trajectory_embedding(model: TrajGPT, ws: WindowSet, batch_size: int = 256) -> np.ndarray:
     """(N, d_model) float64 mean of the final hidden states over each window's real tokens."""
-    P, device = model.config.patch_in, next(model.parameters()).device
+    P, device = model.config.patching.patch_in, next(model.parameters()).device
     width = int(ws.mask.sum(axis=1).max()) if len(ws) else 0
     if width > model.config.block_size:
         raise ValueError(f"tracks of {width} points are longer than block_size {model.config.block_size}")
@@ -52,7 +53,7 @@ def trajectory_embedding(model: TrajGPT, ws: WindowSet, batch_size: int = 256) -
             mask = torch.from_numpy(ws.mask[b]).to(device)
             ll = torch.from_numpy(np.stack([ws.lon[b], ws.lat[b]], -1)).to(device) if model.needs_lonlat else None
             hidden.clear()
-            model(torch.from_numpy(ws.x[b]).to(device), mask, ll)
+            model(ModelInputs(torch.from_numpy(ws.x[b]).to(device), mask, ll))
             h = hidden[-1].double()  # (B, Lt, D)
             real = pad_to_patches(mask, P).unflatten(1, (-1, P)).any(-1)  # (B, Lt) tokens holding a real point
             w = real[..., None].double()

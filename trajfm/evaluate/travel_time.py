@@ -90,7 +90,7 @@ def od_distance_m(tr: WindowSet) -> np.ndarray:
 def can_time_paths(model: TrajGPT) -> bool:
     """True if the model can walk a route from its first point and give absolute time gaps: a
     next-point model with global statistics (``norm="context"`` has no time scale at one point)."""
-    return can_forecast(model) and model.config.norm != "context"
+    return can_forecast(model) and model.config.normalisation.norm != "context"
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from trajfm.geo import displacement_m, offset_lonlat
+from trajfm.geo import displacement_m, haversine_m, offset_lonlat
 from trajfm.model.config import RADIUS_LEVELS
 
 BLEND_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # candidate model weights, steps of 0.05
@@ -85,7 +85,7 @@ def mix(weights: np.ndarray, last_lon, last_lat, a_lon, a_lat, b_lon, b_lat) -> 
 def apply_blend(config, prev_lon, prev_lat, last_lon, last_lat, model_lon, model_lat) -> tuple[np.ndarray, np.ndarray]:
     """The model's (N, H) forecast positions after the config's ``forecast_blend`` (unchanged
     when it has none)."""
-    w = per_step(config.forecast_blend, model_lon.shape[1], grow=False)
+    w = per_step(config.calibration.forecast_blend, model_lon.shape[1], grow=False)
     if w is None:
         return model_lon, model_lat
     cv_lon, cv_lat = cv_positions(prev_lon, prev_lat, last_lon, last_lat, model_lon.shape[1])
@@ -109,8 +109,6 @@ def fit_blend(
     velocity itself) wherever that blend's gain over constant velocity is not clear: the mean
     per-window gain less ``margin_z`` standard errors is not above 0. A gain the validation split
     cannot tell from noise would not hold on new data, and constant velocity is the safe side."""
-    from trajfm.geo import haversine_m
-
     H = model_lon.shape[1]
     best = np.zeros(H)
     score = np.full(H, np.inf)
@@ -171,7 +169,7 @@ def region_radius_m(config, horizon: int, level: float) -> np.ndarray:
     position with probability ``level`` (the model's calibrated error model)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    return radius_at(radius_table(config.forecast_radius_m, horizon), level)
+    return radius_at(radius_table(config.calibration.forecast_radius_m, horizon), level)
 
 
 def marginal_samples(table: np.ndarray, n: int = MARGINAL_SAMPLES) -> np.ndarray:
@@ -186,7 +184,7 @@ def marginal_samples(table: np.ndarray, n: int = MARGINAL_SAMPLES) -> np.ndarray
 def quantile_offsets_m(config, horizon: int, levels=QUANTILE_LEVELS) -> np.ndarray:
     """(horizon, len(levels)) per-axis quantile offsets in metres: east (or north) of the
     forecast, the ``level`` quantile of the true position lies this far (negative: west/south)."""
-    s = marginal_samples(radius_table(config.forecast_radius_m, horizon))
+    s = marginal_samples(radius_table(config.calibration.forecast_radius_m, horizon))
     return np.quantile(s, levels, axis=1).T
 
 

@@ -9,7 +9,7 @@ The classes are the same few dozen everywhere on Earth, so the head is region-ag
 idea, like the displacement inputs), unlike a vocabulary of absolute cells; the direction one
 class stands for is fixed within the IJ frame of an icosahedron face (a city, a harbour).
 
-``GPTConfig(head="cell", cell_resolution=r, cell_radius=R)`` gives TrajGPT a head of
+``GPTConfig(output=HeadConfig(head="cell", cell_resolution=r, cell_radius=R))`` gives TrajGPT a head of
 ``n_cell_classes(R)`` logits per point (``heads.output_width``). ``cell_loss`` is the cross
 entropy on real (point, next point) pairs (padding carries no loss); ``predict_cells`` ranks the
 candidate cells after each sequence's last point (a distribution for next-location Acc@k / MRR);
@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from trajfm.model.inputs import ModelInputs
 
 IGNORE = -100  # class of a pair that carries no loss (padding, or the last real point)
 
@@ -115,8 +117,11 @@ def cell_centres(cells) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check(model) -> None:
-    if model.config.head != "cell":
-        raise ValueError(f"this model has a {model.config.head!r} head, not 'cell': use GPTConfig(head='cell')")
+    if model.config.output.head != "cell":
+        raise ValueError(
+            f"this model has a {model.config.output.head!r} head, not 'cell': "
+            "build it with output=HeadConfig(head='cell')"
+        )
 
 
 def cell_loss(
@@ -129,9 +134,11 @@ def cell_loss(
     mask = mask.to(torch.bool)
     c = model.config
     if classes is None:
-        classes = step_classes(lonlat.detach().cpu().numpy(), mask.cpu().numpy(), c.cell_resolution, c.cell_radius)
+        classes = step_classes(
+            lonlat.detach().cpu().numpy(), mask.cpu().numpy(), c.output.cell_resolution, c.output.cell_radius
+        )
     classes = torch.as_tensor(classes, dtype=torch.long, device=x_raw.device)
-    logits = model(x_raw, mask, lonlat if model.needs_lonlat else None, kind)  # (B, L, C)
+    logits = model(ModelInputs(x_raw, mask, lonlat if model.needs_lonlat else None, kind))  # (B, L, C)
     valid = classes != IGNORE
     ce = F.cross_entropy(logits.flatten(0, 1), classes.clamp_min(0).flatten(), reduction="none").view_as(classes)
     return torch.where(valid, ce, torch.zeros((), dtype=ce.dtype, device=ce.device)).sum() / valid.sum().clamp_min(1)
@@ -146,17 +153,19 @@ def predict_cells(model, x_raw: torch.Tensor, mask: torch.Tensor, lonlat: torch.
     _check(model)
     mask = mask.to(torch.bool)
     c = model.config
-    logits = model(x_raw, mask, lonlat if model.needs_lonlat else None, kind)  # (B, L, C)
+    logits = model(ModelInputs(x_raw, mask, lonlat if model.needs_lonlat else None, kind))  # (B, L, C)
     rows = torch.arange(len(mask), device=mask.device)
     last = (mask.sum(1) - 1).clamp_min(0)
     probs = logits[rows, last].float().softmax(-1).cpu().numpy()  # (B, C)
-    origin = cell_ids(lonlat[rows, last, 0].cpu().numpy(), lonlat[rows, last, 1].cpu().numpy(), c.cell_resolution)
+    origin = cell_ids(
+        lonlat[rows, last, 0].cpu().numpy(), lonlat[rows, last, 1].cpu().numpy(), c.output.cell_resolution
+    )
     cells_out, probs_out = [], np.zeros((len(probs), k))
     for b, p in enumerate(probs):
         order = np.argsort(-p[:-1], kind="stable")  # FARTHER is not a place
         found = [
             (cell, p[o])
-            for o, cell in zip(order, decode_classes([origin[b]] * len(order), order, c.cell_radius))
+            for o, cell in zip(order, decode_classes([origin[b]] * len(order), order, c.output.cell_radius))
             if cell is not None
         ][:k]
         cells_out.append([cell for cell, _ in found])

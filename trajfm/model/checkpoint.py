@@ -1,7 +1,9 @@
 """Checkpoints that load with ``torch.load(weights_only=True)``: tensors and plain Python only.
 
-Layout: ``{"format", "version", "config" (GPTConfig as dict), "model" (state_dict),
-"optimizer" (optional state_dict), "extra" (dict)}``. Writes are atomic (temporary file in the
+Layout: ``{"format", "version", "config" (``GPTConfig.to_dict``: nested, one dict per
+sub-config), "model" (state_dict), "optimizer" (optional state_dict), "extra" (dict)}``.
+Version 1 checkpoints (written before the sub-configs, with a flat config dict) are converted on
+load: ``load_checkpoint`` returns them with the nested config and version 2. Writes are atomic (temporary file in the
 same directory, fsync, ``os.replace``), so a crash never leaves a half-written checkpoint.
 """
 
@@ -18,7 +20,8 @@ from trajfm.model.config import GPTConfig
 from trajfm.model.gpt import TrajGPT
 
 FORMAT = "trajfm.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: nested config (GPTConfig sub-configs); 1: flat config, converted on load
+FLAT_CONFIG_VERSION = 1
 
 
 def _plain(obj: Any, where: str = "extra") -> Any:
@@ -91,6 +94,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path}: not a readable checkpoint, truncated or corrupt ({first[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a trajfm checkpoint")
+    if ckpt.get("version") == FLAT_CONFIG_VERSION:  # a flat config dict: GPTConfig.from_dict reads flat names
+        try:
+            ckpt = {**ckpt, "version": VERSION, "config": GPTConfig.from_dict(ckpt["config"]).to_dict()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: version 1 checkpoint whose flat model config does not convert ({exc})") from None
     if ckpt.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (want {VERSION})")
     return ckpt

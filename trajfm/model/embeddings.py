@@ -69,12 +69,12 @@ class SpaceEncoding(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        n = config.space_scales
-        lo, hi = math.log(config.space_min_m), math.log(config.space_max_m)
+        n = config.inputs.space_scales
+        lo, hi = math.log(config.inputs.space_min_m), math.log(config.inputs.space_max_m)
         self.wavelength_m = (
             torch.exp(torch.linspace(lo, hi, n, dtype=torch.float64))
             if n > 1
-            else torch.tensor([config.space_min_m], dtype=torch.float64)
+            else torch.tensor([config.inputs.space_min_m], dtype=torch.float64)
         )
         angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3], dtype=torch.float64)
         self.directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (3, 2) unit vectors
@@ -118,9 +118,9 @@ def extra_inputs(
 ) -> torch.Tensor:
     """(B, L, 2 * turn_inputs + length_input) extra inputs per point (see the module docstring)."""
     parts = []
-    if config.turn_inputs:
+    if config.inputs.turn_inputs:
         parts.append(turn_frame_steps(x_raw, mask, prev) / scale_m)
-    if config.length_input:
+    if config.inputs.length_input:
         step = torch.where(mask[..., None], x_raw[..., :2], torch.zeros((), dtype=x_raw.dtype, device=x_raw.device))
         parts.append(torch.log1p(step.norm(dim=-1, keepdim=True)) / torch.log1p(scale_m))
     return torch.cat(parts, dim=-1)

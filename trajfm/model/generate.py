@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trajfm.model.inputs import ModelInputs
 from trajfm.model.patching import last_points
 
 
@@ -120,10 +121,10 @@ class Rollout:
         self.rows = torch.arange(self.x.shape[0], device=device)
         self.cache, self._out = None, None
         self.norm = None  # norm="context": each row's units, from its context, kept for the whole rollout
-        if self.config.norm == "context":
+        if self.config.normalisation.norm == "context":
             width = self.x.shape[1]
             self.norm = model.context_scale(self.x, torch.arange(width, device=device)[None, :] < self.n[:, None])
-        if use_cache and self.config.patch_in == 1 and int(self.n.max()) <= self.config.n_tokens:
+        if use_cache and self.config.patching.patch_in == 1 and int(self.n.max()) <= self.config.n_tokens:
             self.cache = KVCache(self.config, self.x.shape[0], device, self.x.dtype)
             width = int(self.n.max())
             mask = torch.arange(width, device=device)[None, :] < self.n[:, None]
@@ -167,17 +168,17 @@ class Rollout:
         self.n = self.n + k
 
     def _cached(self, x: torch.Tensor, mask: torch.Tensor, lonlat) -> torch.Tensor:
-        return self.model(x, mask, lonlat, self.kind, cache=self.cache, norm=self.norm)  # (B, Lt, Q*W)
+        return self.model(ModelInputs(x, mask, lonlat, self.kind, norm=self.norm), cache=self.cache)  # (B, Lt, Q*W)
 
     def _recompute(self) -> torch.Tensor:
         """(B, Q*W) head outputs after each row's last point, from its last block_size points."""
-        P = self.config.patch_in
+        P = self.config.patching.patch_in
         keep = self.n.clamp(max=self.config.block_size)
         if P > 1:  # whole patches ending at the last point; one left-padded patch if too short
             keep = torch.where(keep >= P, (keep // P) * P, torch.full_like(keep, P))
         x, mask = last_points(self.x, self.n, keep)
         lonlat = None if self.lonlat is None else last_points(self.lonlat, self.n, keep)[0]
-        out = self.model(x, mask, lonlat, self.kind, norm=self.norm)  # (B, Lt, Q*W)
+        out = self.model(ModelInputs(x, mask, lonlat, self.kind, norm=self.norm))  # (B, Lt, Q*W)
         return out[self.rows, keep // P - 1]
 
     def _grow(self, width: int) -> None:

@@ -41,15 +41,10 @@ import torch.nn.functional as F
 from trajfm.model import heads, targets
 from trajfm.model.config import GPTConfig
 from trajfm.model.embeddings import SpaceEncoding, Time2Vec, extra_inputs, time_scalars
+from trajfm.model.infill import infill_loss
+from trajfm.model.inputs import N_TO_GO, N_TOKEN_TYPES, TYPE_MASK, TYPE_POINT, TYPE_SEP, ModelInputs
 from trajfm.model.patching import ResidualMLP, last_points, next_points, pad_to_patches, patchify, token_mask
 from trajfm.model.positions import Rotary, apply_rotary, point_coords
-
-# Token types of infilling sequences (``types`` argument; see infill.py): an ordinary point, the
-# MASK standing for a hidden span, SEP before the answers, ANS on every answer point, NO_TIME on
-# points whose time features are hidden (travel-time estimation).
-TYPE_POINT, TYPE_MASK, TYPE_SEP, TYPE_ANS, TYPE_NO_TIME = range(5)
-N_TOKEN_TYPES = 5
-N_TO_GO = 3  # per answer token: the even-pace step to the far end (east, north) and the points left
 
 
 class CausalSelfAttention(nn.Module):
@@ -151,31 +146,31 @@ class TrajGPT(nn.Module):
         # Normalization of the raw inputs; targets use the first n_targets entries.
         self.register_buffer("feat_mean", torch.zeros(c.n_features))
         self.register_buffer("feat_std", torch.ones(c.n_features))
-        if c.norm == "context":  # metres of one unit of the training steps (rms of their east/north stds)
+        if c.normalisation.norm == "context":  # metres of one unit of the training steps (rms of their east/north stds)
             self.register_buffer("step_unit_m", torch.ones(()))
-        if c.patch_in == 1:
+        if c.patching.patch_in == 1:
             self.in_proj = nn.Linear(c.n_inputs, c.d_model, bias=c.bias)  # replaces wte
         else:  # TimesFM: P points (features + mask bit) -> one token
-            self.in_proj = ResidualMLP(c.patch_in * (c.n_inputs + 1), c.d_model, c.d_model, c.bias, c.dropout)
-        if c.time_encoding == "time2vec":
-            self.time2vec = Time2Vec(2, c.time2vec_dim)
-            self.time_proj = nn.Linear(2 * c.time2vec_dim, c.d_model, bias=False)
-        if c.space_encoding == "sinusoidal":
+            self.in_proj = ResidualMLP(c.patching.patch_in * (c.n_inputs + 1), c.d_model, c.d_model, c.bias, c.dropout)
+        if c.inputs.time_encoding == "time2vec":
+            self.time2vec = Time2Vec(2, c.inputs.time2vec_dim)
+            self.time_proj = nn.Linear(2 * c.inputs.time2vec_dim, c.d_model, bias=False)
+        if c.inputs.space_encoding == "sinusoidal":
             self.space_enc = SpaceEncoding(c)
             self.space_proj = nn.Linear(self.space_enc.width, c.d_model, bias=False)
-        if c.n_kinds > 0:
-            self.kind_emb = nn.Embedding(c.n_kinds, c.d_model)
+        if c.inputs.n_kinds > 0:
+            self.kind_emb = nn.Embedding(c.inputs.n_kinds, c.d_model)
         trunk = dict(
             drop=nn.Dropout(c.dropout),
             h=nn.ModuleList([Block(c) for _ in range(c.n_layer)]),
             ln_f=nn.LayerNorm(c.d_model, bias=c.bias),
         )
-        if c.position == "learned":
+        if c.positions.position == "learned":
             trunk = dict(wpe=nn.Embedding(c.n_tokens, c.d_model), **trunk)  # learned absolute positions
         self.transformer = nn.ModuleDict(trunk)
-        self.rotary = Rotary(c) if c.position != "learned" else None
-        self.head = nn.Linear(c.d_model, c.patch_out * heads.output_width(c), bias=c.bias)
-        if c.objective != "next":  # infilling (infill.py): MASK / SEP / ANS / NO_TIME vectors, the way to go
+        self.rotary = Rotary(c) if c.positions.position != "learned" else None
+        self.head = nn.Linear(c.d_model, c.patching.patch_out * heads.output_width(c), bias=c.bias)
+        if c.infilling.objective != "next":  # infilling (infill.py): MASK / SEP / ANS / NO_TIME vectors, the way to go
             self.special = nn.Embedding(N_TOKEN_TYPES, c.d_model)
             self.to_go_proj = nn.Linear(N_TO_GO, c.d_model, bias=False)
         self.apply(self._init_weights)
@@ -198,7 +193,7 @@ class TrajGPT(nn.Module):
     @property
     def needs_lonlat(self) -> bool:
         """True when inputs must include absolute (lon, lat) degrees per point."""
-        return self.config.space_encoding != "none"
+        return self.config.inputs.space_encoding != "none"
 
     @torch.no_grad()
     def set_normalization(self, mean, std, min_std: float = 1e-6) -> None:
@@ -211,7 +206,7 @@ class TrajGPT(nn.Module):
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
             raise ValueError("normalization statistics must be finite")
         std = torch.where(std.abs() < min_std, torch.ones_like(std), std.abs())
-        if self.config.norm == "context":  # the steps are in each sequence's own units (context_scale)
+        if self.config.normalisation.norm == "context":  # the steps are in each sequence's own units (context_scale)
             self.step_unit_m.copy_(std[:2].square().mean().sqrt())
             mean[:3], std[:3] = 0.0, 1.0
         self.feat_mean.copy_(mean)
@@ -224,14 +219,14 @@ class TrajGPT(nn.Module):
         walkers at 10 s and one of vessels at 60 s then look alike when their paths do: only
         earlier points set the units, so nothing of the future leaks into them."""
         c = self.config
-        K = min(c.norm_points + 1, x_raw.shape[1])
+        K = min(c.normalisation.norm_points + 1, x_raw.shape[1])
         m = mask[:, 1:K].to(torch.bool)  # (B, K-1) point 0's step comes from before the sequence
         w = m.to(torch.float64)
         n = w.sum(1).clamp_min(1.0)
         step = x_raw[:, 1:K, :2].double().norm(dim=-1)  # (B, K-1) metres
         step = torch.where(m, step, torch.zeros((), dtype=step.dtype, device=step.device))  # padding may hold garbage
         ldt = torch.where(m, x_raw[:, 1:K, 2].double(), torch.zeros((), dtype=torch.float64, device=step.device))
-        unit = step.sum(1) / n + c.norm_floor_m
+        unit = step.sum(1) / n + c.normalisation.norm_floor_m
         shift = ldt.sum(1) / n
         return torch.stack([unit, shift], dim=-1).to(x_raw.dtype)  # (B, 2)
 
@@ -261,7 +256,7 @@ class TrajGPT(nn.Module):
         (B, L) long infilling token types (``TYPE_POINT`` .. ``TYPE_NO_TIME``) and ``to_go``
         (B, L, N_TO_GO) what is left to the far end of the gap (``infill.to_go_features``),
         ``prev_step`` (B, 2) raw step before the first point (``turn_inputs`` with a KV cache)."""
-        c, P = self.config, self.config.patch_in
+        c, P = self.config, self.config.patching.patch_in
         x = self.normalize(x_raw, mask)  # (B, L, F)
         if c.n_inputs > c.n_features:  # turn_inputs / length_input: (B, L, n_inputs)
             scale_m = self.feat_std[:2].square().mean().sqrt()
@@ -273,17 +268,17 @@ class TrajGPT(nn.Module):
             h = h + self.to_go_proj(to_go)
         last = slice(P - 1, None, P)  # the point that closes each token
         real = mask[:, last, None]  # (B, Lt, 1): padded tokens get 0, never NaN (0 * NaN leaks through attention)
-        if c.time_encoding == "time2vec":
+        if c.inputs.time_encoding == "time2vec":
             tau = time_scalars(x_raw[:, last], coords[:, last])  # (B, Lt, 2) hours
             h = h + self.time_proj(
                 self.time2vec(torch.where(real, tau, torch.zeros((), dtype=tau.dtype, device=tau.device)))
             )
-        if c.space_encoding == "sinusoidal":
+        if c.inputs.space_encoding == "sinusoidal":
             if lonlat is None:
                 raise ValueError("this model encodes absolute position: pass lonlat (B, L, 2) degrees")
             ll = torch.where(real, lonlat[:, last].double(), torch.zeros((), dtype=torch.float64, device=h.device))
             h = h + self.space_proj(self.space_enc(ll))
-        if c.n_kinds > 0:
+        if c.inputs.n_kinds > 0:
             kinds = torch.zeros(h.shape[0], dtype=torch.long, device=h.device) if kind is None else kind
             h = h + self.kind_emb(kinds)[:, None, :]
         return h
@@ -313,44 +308,32 @@ class TrajGPT(nn.Module):
             attn_mask = attention_mask(tmask)  # (B, 1, Lt, Lt)
         if index is None:
             index = torch.arange(Lt, device=h.device)[None, :]  # (1, Lt)
-        if c.position == "learned":
+        if c.positions.position == "learned":
             h = h + self.transformer.wpe(index)
             rotary = None
         else:
-            rotary = self.rotary(index if c.position == "rope" else tok_coords)
+            rotary = self.rotary(index if c.positions.position == "rope" else tok_coords)
         h = self.transformer.drop(h)
         for i, block in enumerate(self.transformer.h):
             h = block(h, attn_mask, rotary, cache.layer(i) if cache is not None else None)
         return self.transformer.ln_f(h)
 
-    def forward(
-        self,
-        x_raw: torch.Tensor,
-        mask: torch.Tensor,
-        lonlat=None,
-        kind=None,
-        coords=None,
-        cache=None,
-        types=None,
-        to_go=None,
-        norm=None,
-    ) -> torch.Tensor:
-        """(B, Lt, Q*W) normalized head outputs from raw (B, L, F) features and a (B, L) mask.
+    def forward(self, inputs: ModelInputs, cache=None) -> torch.Tensor:
+        """(B, Lt, Q*W) normalized head outputs from ``inputs`` (raw (B, L, F) features, a (B, L)
+        mask and the optional inputs some models need: ``inputs.ModelInputs``).
 
         By default (one point per token, MSE head) that is (B, L, T): the normalized prediction
-        of the NEXT point's targets at every point. ``lonlat`` (B, L, 2) float64 degrees is
-        needed only with ``space_encoding``; ``kind`` (B,) long only with ``n_kinds``;
-        ``coords`` (B, L, 3) east m, north m, seconds from any origin replaces the default
-        running sums of the steps (st-rope and time2vec read it). With ``cache`` (a
-        ``generate.KVCache``), these points continue the cached sequences (see ``Rollout``).
-        ``types`` (B, L) long marks infilling's special tokens and ``to_go`` (B, L, N_TO_GO) gives
-        the answers the way to the far end of the gap (``infill.py``; P = 1 only).
-        L is padded up to whole patches. With ``norm="context"`` the steps are first put in the
-        sequence's own units: ``norm`` (B, 2) from ``context_scale`` (default: computed from these
-        points; required with a cache, whose calls see only the new points).
+        of the NEXT point's targets at every point. With ``cache`` (a ``generate.KVCache``), these
+        points continue the cached sequences (see ``Rollout``). L is padded up to whole patches.
+        With ``norm="context"`` the steps are first put in the sequence's own units:
+        ``inputs.norm`` from ``context_scale`` (default: computed from these points; required with
+        a cache, whose calls see only the new points).
         """
-        c, P = self.config, self.config.patch_in
-        if c.norm == "context":
+        if not isinstance(inputs, ModelInputs):
+            raise TypeError(f"TrajGPT.forward takes a ModelInputs (trajfm.model.inputs), got {type(inputs).__name__}")
+        c, P = self.config, self.config.patching.patch_in
+        x_raw, mask, lonlat, coords, norm = inputs.x_raw, inputs.mask, inputs.lonlat, inputs.coords, inputs.norm
+        if c.normalisation.norm == "context":
             if norm is None:
                 if cache is not None:
                     raise ValueError(
@@ -363,12 +346,12 @@ class TrajGPT(nn.Module):
         coords = None if coords is None else pad_to_patches(coords, P)
         if x_raw.shape[1] // P > c.n_tokens:
             raise ValueError(f"sequence of {x_raw.shape[1]} points is longer than block_size {c.block_size}")
-        if coords is None and (c.position == "st-rope" or c.time_encoding != "none"):
+        if coords is None and (c.positions.position == "st-rope" or c.inputs.time_encoding != "none"):
             coords = point_coords(x_raw, mask)  # (B, L, 3) float64
             if cache is not None:
                 coords = coords + cache.last_coords[:, None, :]  # continue from the cached points
         prev_step = cache.last_step if cache is not None else None
-        h = self.embed(x_raw, mask, coords, lonlat, kind, types, to_go, prev_step)  # (B, Lt, D)
+        h = self.embed(x_raw, mask, coords, lonlat, inputs.kind, inputs.types, inputs.to_go, prev_step)  # (B, Lt, D)
         tmask = token_mask(mask, P)  # (B, Lt)
         tok_coords = coords[:, P - 1 :: P] if coords is not None else None
         out = self.head(self.backbone(h, tmask, tok_coords=tok_coords, cache=cache))
@@ -377,25 +360,23 @@ class TrajGPT(nn.Module):
         return out
 
     def loss(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None, generator=None) -> torch.Tensor:
-        """The training loss of ``config.objective`` on raw windows (B, L, F), masks (B, L) prefixes.
+        """The training loss of ``config.infilling.objective`` on raw windows (B, L, F), masks (B, L) prefixes.
 
         "next": ``next_loss``; "infill": ``infill.infill_loss`` (spans drawn from ``generator``,
         else from the global RNG in training mode (checkpointed with the training state) and
         from a fixed seed in eval mode, so validation losses are comparable); "mixed": their sum,
-        the infill part weighted by ``infill_weight``. In training mode with ``config.augment``
+        the infill part weighted by ``infill_weight``. In training mode with ``config.inputs.augment``
         each window's steps are first turned (and mirrored) by ``augment_steps``.
         """
         c = self.config
-        if c.augment != "none" and self.training:
-            x_raw = augment_steps(x_raw, c.augment, generator)
-        if c.objective == "next":
+        if c.inputs.augment != "none" and self.training:
+            x_raw = augment_steps(x_raw, c.inputs.augment, generator)
+        if c.infilling.objective == "next":
             return self.next_loss(x_raw, mask, lonlat, kind)
-        from trajfm.model.infill import infill_loss  # infill.py builds sequences for this model
-
         fill = infill_loss(self, x_raw, mask, lonlat, kind, generator)
-        if c.objective == "infill":
+        if c.infilling.objective == "infill":
             return fill
-        return self.next_loss(x_raw, mask, lonlat, kind) + c.infill_weight * fill
+        return self.next_loss(x_raw, mask, lonlat, kind) + c.infilling.infill_weight * fill
 
     def next_loss(self, x_raw: torch.Tensor, mask: torch.Tensor, lonlat=None, kind=None) -> torch.Tensor:
         """Next-point loss in normalized units: MSE / Huber (per target value) or mixture NLL (per point).
@@ -404,16 +385,18 @@ class TrajGPT(nn.Module):
         the token and the target point are real count; a batch with no pair gives 0. Targets
         are in the head's frame (``targets.py``: relative to the current step with an anchor).
         """
-        c, P, Q = self.config, self.config.patch_in, self.config.patch_out
+        c, P, Q = self.config, self.config.patching.patch_in, self.config.patching.patch_out
         mask = mask.to(torch.bool)
         norm = weight = None
-        if c.norm == "context":  # targets in the sequence's units too; forward must not rescale again
+        if c.normalisation.norm == "context":  # targets in the sequence's units too; forward must not rescale again
             units = self.context_scale(x_raw, mask)  # (B, 2)
             x_raw = self.scale_steps(x_raw, units)
             norm = torch.tensor([1.0, 0.0], dtype=x_raw.dtype, device=x_raw.device).expand(x_raw.shape[0], 2)
-            if c.norm_loss == "metres" and c.head == "mse":  # (a mixture's NLL only shifts by log(unit) per sequence)
+            if (
+                c.normalisation.norm_loss == "metres" and c.output.head == "mse"
+            ):  # (a mixture's NLL only shifts by log(unit) per sequence)
                 weight = units[:, 0] / self.step_unit_m  # (B,) each sequence's unit in training-step units
-        out = self(x_raw, mask, lonlat, kind, norm=norm)  # (B, Lt, Q*W)
+        out = self(ModelInputs(x_raw, mask, lonlat, kind, norm=norm))  # (B, Lt, Q*W)
         x_raw, mask = pad_to_patches(x_raw, P), pad_to_patches(mask, P)
         if targets.is_plain(c):
             target, valid = next_points(self.normalize(x_raw, mask)[..., : c.n_targets], mask, P, Q)  # (B, Lt, Q, T)
@@ -446,14 +429,14 @@ class TrajGPT(nn.Module):
         ``out`` then has B rows).
         """
         c = self.config
-        if c.norm == "context" and norm is not _UNIT:
+        if c.normalisation.norm == "context" and norm is not _UNIT:
             if norm is None:
                 raise ValueError(
                     "this model works in each sequence's own units: pass norm (context_scale of its context)"
                 )
             cur = None if cur is None else self.scale_steps(cur, norm)
             return self.scale_steps(self.decode(out, how, temperature, generator, cur, _UNIT), norm, inverse=True)
-        out = out.unflatten(-1, (c.patch_out, -1))  # (..., Q, W)
+        out = out.unflatten(-1, (c.patching.patch_out, -1))  # (..., Q, W)
         if how == "sample":
             p = heads.sample(c, out, temperature, generator)
         else:
@@ -472,15 +455,17 @@ class TrajGPT(nn.Module):
         at its last real point. A row without any real point gets a finite, meaningless answer.
         """
         mask = mask.to(torch.bool)
-        P = self.config.patch_in
-        norm = self.context_scale(x_raw, mask) if self.config.norm == "context" else None  # from the whole context
+        P = self.config.patching.patch_in
+        norm = (
+            self.context_scale(x_raw, mask) if self.config.normalisation.norm == "context" else None
+        )  # from the whole context
         if P > 1:
             n = mask.sum(1)
             keep = torch.where(n >= P, (n // P) * P, torch.full_like(n, P))
             x_raw, mask = last_points(x_raw, n, keep)
             if lonlat is not None:
                 lonlat, _ = last_points(lonlat, n, keep)
-        out = self(x_raw, mask, lonlat, kind, norm=norm)  # (B, Lt, Q*W)
+        out = self(ModelInputs(x_raw, mask, lonlat, kind, norm=norm))  # (B, Lt, Q*W)
         tmask = token_mask(mask, P)  # every width here is a whole number of patches
         idx = torch.arange(tmask.shape[1], device=mask.device)
         last = torch.where(tmask, idx, -1).max(dim=1).values.clamp_min(0)  # (B,)

@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from trajfm.model.cells import n_cell_classes
 from trajfm.model.config import GPTConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -7.0, 7.0  # keeps the NLL finite whatever the head outputs
@@ -38,15 +39,13 @@ POINT_ESTIMATES = ("mode", "mean")
 def output_width(config: GPTConfig) -> int:
     """Numbers per predicted point: T (mse), K * (1 + 2T) (mixture) or the cell classes (cell)."""
     T = config.n_targets
-    if config.head == "cell":
-        from trajfm.model.cells import n_cell_classes
-
-        return n_cell_classes(config.cell_radius)
-    return T if config.head == "mse" else config.n_mixture * (1 + 2 * T)
+    if config.output.head == "cell":
+        return n_cell_classes(config.output.cell_radius)
+    return T if config.output.head == "mse" else config.output.n_mixture * (1 + 2 * T)
 
 
 def _not_cell(config: GPTConfig) -> None:
-    if config.head == "cell":
+    if config.output.head == "cell":
         raise ValueError(
             "the cell head's classes come from positions: train with trajfm.model.cells.cell_loss "
             "and decode with trajfm.model.cells.predict_cells"
@@ -78,19 +77,19 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor, per: int = 1) -> torc
 def head_loss(config: GPTConfig, out: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Scalar loss of head outputs (B, Lt, Q, W) against targets (B, Lt, Q, T) where ``valid``."""
     _not_cell(config)
-    if config.head == "mse":
+    if config.output.head == "mse":
         err = out - target  # (B, Lt, Q, T)
-        if config.score_positions:  # Q steps -> Q positions (valid is a prefix along Q)
+        if config.output.score_positions:  # Q steps -> Q positions (valid is a prefix along Q)
             err = torch.cat([err[..., :2].cumsum(-2), err[..., 2:]], dim=-1)
-        if config.point_loss == "distance":
-            d = config.huber_delta
+        if config.output.point_loss == "distance":
+            d = config.output.huber_delta
             return masked_mean(_smooth_norm(err[..., :2], d) + _smooth_norm(err[..., 2:], d), valid)
-        if config.point_loss == "huber":
-            err = F.huber_loss(err, torch.zeros_like(err), reduction="none", delta=config.huber_delta)
+        if config.output.point_loss == "huber":
+            err = F.huber_loss(err, torch.zeros_like(err), reduction="none", delta=config.output.huber_delta)
         else:
             err = err.square()
         return masked_mean(err, valid[..., None], per=config.n_targets)
-    return masked_mean(mixture_nll(out, target, config.n_mixture), valid)
+    return masked_mean(mixture_nll(out, target, config.output.n_mixture), valid)
 
 
 def _smooth_norm(v: torch.Tensor, delta: float) -> torch.Tensor:
@@ -103,9 +102,9 @@ def point_estimate(config: GPTConfig, out: torch.Tensor, how: str = "mode") -> t
     if how not in POINT_ESTIMATES:
         raise ValueError(f"point estimate must be one of {POINT_ESTIMATES}, got {how!r}")
     _not_cell(config)
-    if config.head == "mse":
+    if config.output.head == "mse":
         return out
-    logits, mean, _ = split_mixture(out, config.n_mixture, config.n_targets)
+    logits, mean, _ = split_mixture(out, config.output.n_mixture, config.n_targets)
     if how == "mean":
         return (logits.softmax(-1)[..., None] * mean).sum(-2)
     best = logits.argmax(-1, keepdim=True)[..., None].expand(*mean.shape[:-2], 1, mean.shape[-1])
@@ -117,10 +116,10 @@ def sample(config: GPTConfig, out: torch.Tensor, temperature: float = 1.0, gener
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     _not_cell(config)
-    if config.head == "mse" or temperature == 0:
+    if config.output.head == "mse" or temperature == 0:
         return point_estimate(config, out, "mode")
-    logits, mean, log_std = split_mixture(out, config.n_mixture, config.n_targets)
-    probs = (logits.float() / temperature).softmax(-1).reshape(-1, config.n_mixture)
+    logits, mean, log_std = split_mixture(out, config.output.n_mixture, config.n_targets)
+    probs = (logits.float() / temperature).softmax(-1).reshape(-1, config.output.n_mixture)
     k = torch.multinomial(probs, 1, generator=generator).view(*logits.shape[:-1], 1, 1)  # (..., 1, 1)
     k = k.expand(*mean.shape[:-2], 1, mean.shape[-1])
     mu, log_sigma = mean.gather(-2, k).squeeze(-2), log_std.gather(-2, k).squeeze(-2)  # (..., T)

@@ -42,11 +42,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from trajfm.features.encode import decode_step, next_point_features
 from trajfm.geo import displacement_m
 from trajfm.model import heads, targets
-from trajfm.model.gpt import TYPE_ANS, TYPE_MASK, TYPE_NO_TIME, TYPE_POINT, TYPE_SEP, TrajGPT
+from trajfm.model.inputs import TYPE_ANS, TYPE_MASK, TYPE_NO_TIME, TYPE_POINT, TYPE_SEP, ModelInputs
 
 DX, DY, LOG_DT = 0, 1, 2  # raw feature columns of the step
 CALENDAR = slice(3, None)  # time-of-day and day-of-week cycles
@@ -58,7 +59,7 @@ class InfillSequences:
 
     x: torch.Tensor  # (B, W, F) raw features (MASK / SEP rows hold the feature means)
     mask: torch.Tensor  # (B, W) bool real tokens
-    types: torch.Tensor  # (B, W) long token types (gpt.TYPE_*)
+    types: torch.Tensor  # (B, W) long token types (inputs.TYPE_*)
     coords: torch.Tensor  # (B, W, 3) float64 east m, north m, elapsed s
     lonlat: torch.Tensor | None  # (B, W, 2) float64 degrees, when given
     target: torch.Tensor  # (B, W, T) raw targets of each token's prediction (0 where not scored)
@@ -79,13 +80,13 @@ def sample_spans(n_real: torch.Tensor, config, generator=None) -> tuple[torch.Te
     """
     n = n_real.cpu().long()
     u = torch.rand(len(n), 3, generator=generator)
-    hi = (n - 2).clamp(min=1).clamp(max=config.infill_max_span)  # longest span each row allows
-    lo = torch.minimum(torch.full_like(hi, config.infill_min_span), hi)
+    hi = (n - 2).clamp(min=1).clamp(max=config.infilling.infill_max_span)  # longest span each row allows
+    lo = torch.minimum(torch.full_like(hi, config.infilling.infill_min_span), hi)
     m = lo + (u[:, 0] * (hi - lo + 1)).long().clamp(max=(hi - lo))
     start = 1 + (u[:, 1] * (n - 1 - m).clamp(min=1)).long().clamp(max=(n - 2 - m).clamp(min=0))
     ok = n >= 3
     start, end = torch.where(ok, start, 0), torch.where(ok, start + m, 0)
-    hide = (u[:, 2] < config.infill_time_prob) & ok
+    hide = (u[:, 2] < config.infilling.infill_time_prob) & ok
     return start, end, hide
 
 
@@ -175,13 +176,20 @@ def _with_even_pace(cur: torch.Tensor, remain: torch.Tensor, left: torch.Tensor)
     return torch.cat([torch.where((left > 0)[..., None], pace, cur[..., :2]), cur[..., 2:]], dim=-1)
 
 
-def to_go_features(model: TrajGPT, seq: InfillSequences) -> torch.Tensor:
+def to_go_features(model: nn.Module, seq: InfillSequences) -> torch.Tensor:
     """(B, W, N_TO_GO) model inputs of the way to go: even-pace step / scale, points left / max span."""
     scale_m = model.feat_std[:2].square().mean().sqrt()
     pace = seq.cur[..., :2] / scale_m
-    left = seq.left.to(pace.dtype)[..., None] / (model.config.infill_max_span + 1)
+    left = seq.left.to(pace.dtype)[..., None] / (model.config.infilling.infill_max_span + 1)
     zero = torch.zeros((), dtype=pace.dtype, device=pace.device)
     return torch.where(seq.valid[..., None], torch.cat([pace, left], dim=-1), zero)
+
+
+def sequence_inputs(model: nn.Module, seq: InfillSequences, kind=None) -> ModelInputs:
+    """The ``ModelInputs`` of infilling sequences for ``model`` (a ``TrajGPT``)."""
+    return ModelInputs(
+        seq.x, seq.mask, seq.lonlat, kind, coords=seq.coords, types=seq.types, to_go=to_go_features(model, seq)
+    )
 
 
 def _steps(x: torch.Tensor) -> torch.Tensor:
@@ -194,11 +202,11 @@ def _at(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     return t.gather(1, i.clamp(0, t.shape[1] - 1)[:, :, None].expand(-1, 1, t.shape[2]))[:, 0]
 
 
-def _scored(model: TrajGPT, seq: InfillSequences, kind=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _scored(model: nn.Module, seq: InfillSequences, kind=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, W, W_out) head outputs for the first predicted point of every token, and targets in head units."""
     c = model.config
-    out = model(seq.x, seq.mask, seq.lonlat, kind, coords=seq.coords, types=seq.types, to_go=to_go_features(model, seq))
-    out = out.unflatten(-1, (c.patch_out, -1))[:, :, 0]  # (B, W, W_out): infilling scores one point per token
+    out = model(sequence_inputs(model, seq, kind))
+    out = out.unflatten(-1, (c.patching.patch_out, -1))[:, :, 0]  # (B, W, W_out): infilling scores one point per token
     if targets.is_plain(c):
         tgt = (seq.target - model.feat_mean[:3]) / model.feat_std[:3]
     else:
@@ -206,7 +214,7 @@ def _scored(model: TrajGPT, seq: InfillSequences, kind=None) -> tuple[torch.Tens
     return out, tgt
 
 
-def infill_loss(model: TrajGPT, x_raw, mask, lonlat=None, kind=None, generator=None) -> torch.Tensor:
+def infill_loss(model: nn.Module, x_raw, mask, lonlat=None, kind=None, generator=None) -> torch.Tensor:
     """Head loss (MSE / Huber per value, or mixture NLL per point) of the answers of one random
     span per window. Spans come from ``generator``; without one, from the global RNG while
     training and from a fixed seed in eval mode (comparable validation losses)."""
@@ -251,7 +259,7 @@ def _spans(span, N: int) -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def infill(
-    model: TrajGPT, ws, span, *, hide_time: bool = False, how: str = "mode", batch_size: int = 256
+    model: nn.Module, ws, span, *, hide_time: bool = False, how: str = "mode", batch_size: int = 256
 ) -> InfillResult:
     """Reconstruct hidden spans of the windows ``ws`` (a ``WindowSet``) with an infilling model.
 
@@ -323,9 +331,7 @@ def _infill_batch(model, ws, b, start, end, hide_time, how, res: InfillResult, d
     for q in range(int(m.max()) + 1):  # q < m: hidden point s+q; q = m: the step that reaches e
         cols = torch.from_numpy(np.minimum(sep + q, seq.x.shape[1] - 1)).to(device)  # rows past their span: unused
         rr = torch.from_numpy(rows).to(device)
-        out = model(
-            seq.x, seq.mask, seq.lonlat, None, coords=seq.coords, types=seq.types, to_go=to_go_features(model, seq)
-        )
+        out = model(sequence_inputs(model, seq))
         step = model.decode(out[rr, cols], how, cur=seq.cur[rr, cols])[:, 0].double().cpu().numpy()  # (B, T) raw
         lon2, lat2, t2 = decode_step(lon, lat, t_ns, step[:, 0], step[:, 1], step[:, 2])
         live = q < m  # rows still inside their span

@@ -50,15 +50,15 @@ class Rotary(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.kind = config.position
+        self.kind = config.positions.position
         half = config.head_dim // 2
         if self.kind == "rope":
-            inv = config.rope_base ** (-torch.arange(half, dtype=torch.float64) / half)  # radians per token
+            inv = config.positions.rope_base ** (-torch.arange(half, dtype=torch.float64) / half)  # radians per token
             self.axis = None
         else:  # st-rope: pairs [0, n) east, [n, 2n) north, [2n, 3n) time, the rest unrotated
             n = half // 3
-            m = torch.tensor([config.st_rope_min_m, config.st_rope_max_m], dtype=torch.float64)
-            s = torch.tensor([config.st_rope_min_s, config.st_rope_max_s], dtype=torch.float64)
+            m = torch.tensor([config.positions.st_rope_min_m, config.positions.st_rope_max_m], dtype=torch.float64)
+            s = torch.tensor([config.positions.st_rope_min_s, config.positions.st_rope_max_s], dtype=torch.float64)
             per_m = 2 * math.pi / _geomspace(m[0], m[1], n)  # radians per metre
             per_s = 2 * math.pi / _geomspace(s[0], s[1], n)  # radians per second
             inv = torch.cat([per_m, per_m, per_s, torch.zeros(half - 3 * n, dtype=torch.float64)])

@@ -30,7 +30,7 @@ HEADING_MIN_M = 1.0  # a step shorter than this has no heading (north is used)
 
 def is_plain(config: GPTConfig) -> bool:
     """True for the original targets, ``(target - mean) / std`` (no anchor, east/north frame)."""
-    return config.anchor == "none" and config.frame == "absolute" and config.step_scale == "std"
+    return config.target.anchor == "none" and config.target.frame == "absolute" and config.target.step_scale == "std"
 
 
 def heading_basis(step_xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,9 +48,9 @@ def _units(config: GPTConfig, cur: torch.Tensor, std: torch.Tensor) -> torch.Ten
     frame: rotation keeps distances), or with ``step_scale="speed"`` the current step's length
     plus ``step_scale_floor_m`` (a moored vessel's forecast is then exact to decimetres, a fast
     one's in units of its own step)."""
-    if config.step_scale == "speed":
-        return (cur[..., :2].norm(dim=-1, keepdim=True) + config.step_scale_floor_m).expand(*cur.shape[:-1], 2)
-    if config.frame == "heading":
+    if config.target.step_scale == "speed":
+        return (cur[..., :2].norm(dim=-1, keepdim=True) + config.target.step_scale_floor_m).expand(*cur.shape[:-1], 2)
+    if config.target.frame == "heading":
         return std[:2].square().mean().sqrt().expand(2)
     return std[:2]
 
@@ -64,9 +64,9 @@ def encode(
     plain = (target - mean[:T]) / std[:T]
     if is_plain(config):
         return plain
-    base = cur[..., :2] if config.anchor == "velocity" else torch.zeros_like(cur[..., :2])
+    base = cur[..., :2] if config.target.anchor == "velocity" else torch.zeros_like(cur[..., :2])
     d = target[..., :2] - base  # metres east/north, relative to the anchor
-    if config.frame == "heading":
+    if config.target.frame == "heading":
         ux, uy = heading_basis(cur[..., :2])
         d = torch.stack([d[..., 0] * ux + d[..., 1] * uy, -d[..., 0] * uy + d[..., 1] * ux], dim=-1)  # along, left
     return torch.cat([d / _units(config, cur, std), plain[..., 2:]], dim=-1)
@@ -82,10 +82,10 @@ def decode(
     if cur is None:
         raise ValueError("this model predicts relative to the current step: pass the current point's raw features")
     rest = pred[..., 2:] * std[2:T] + mean[2:T]
-    base = cur[..., :2] if config.anchor == "velocity" else torch.zeros_like(cur[..., :2])
+    base = cur[..., :2] if config.target.anchor == "velocity" else torch.zeros_like(cur[..., :2])
     xy = pred[..., :2] * _units(config, cur, std)  # metres
-    if config.frame == "heading":
+    if config.target.frame == "heading":
         ux, uy = heading_basis(cur[..., :2])
-        a, l = xy[..., 0], xy[..., 1]
-        xy = torch.stack([a * ux - l * uy, a * uy + l * ux], dim=-1)
+        a, left = xy[..., 0], xy[..., 1]
+        xy = torch.stack([a * ux - left * uy, a * uy + left * ux], dim=-1)
     return torch.cat([base + xy, rest], dim=-1)
