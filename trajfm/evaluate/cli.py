@@ -33,8 +33,9 @@ def _json_arg(text: str | None, what: str) -> dict:
 
 def _task_params(text: str | None) -> dict:
     """``--params``: per-task parameters, checked against the tasks and their keywords
-    (``trajfm.params.EvaluateParams``): a typo is a one-line error naming the known keys."""
-    from trajfm.params import EvaluateParams, parse
+    (``trajfm.evaluate.params.EvaluateParams``): a typo is a one-line error naming the known keys."""
+    from trajfm.evaluate.params import EvaluateParams
+    from trajfm.params import parse
 
     value = _json_arg(text, "--params")
     return parse(EvaluateParams, value, "--params").to_params() if value else {}

@@ -35,7 +35,7 @@ from datetime import timedelta
 
 import numpy as np
 
-from trajfm.evaluate.forecast import forecastable
+from trajfm.evaluate.baselines import forecastable
 from trajfm.features.encode import NS_PER_S
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, offset_lonlat

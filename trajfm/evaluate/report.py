@@ -305,7 +305,7 @@ def _accounting_lines(acc: dict) -> list[str]:
 
 
 def _evaluate_section(path: Path, res: dict, out_dir: Path, prefix: str) -> tuple[list[str], list[Path]]:
-    from trajfm.evaluate.suite import metrics_table_markdown
+    from trajfm.evaluate.tables import metrics_table_markdown
 
     m = res.get("model", {})
     lines = [
@@ -369,7 +369,7 @@ def transfer_horizon_figure(summary: dict):
 
 
 def _transfer_section(path: Path, res: dict, out_dir: Path, prefix: str) -> list[str]:
-    from trajfm.evaluate.transfer import summary_markdown
+    from trajfm.evaluate.tables import metrics_table_markdown
 
     s = res.get("settings", {})
     lines = [
@@ -383,7 +383,7 @@ def _transfer_section(path: Path, res: dict, out_dir: Path, prefix: str) -> list
         + ", ".join(f"{k} {v}" for k, v in (res.get("heldout_windows") or {}).items())
         + ".",
         "",
-        summary_markdown(res["summary"]),
+        metrics_table_markdown(res["summary"]),
         "",
     ]
     fig = transfer_horizon_figure(res["summary"])
@@ -424,11 +424,6 @@ def render_report(results: list[str | Path], out_dir: str | Path) -> Path:
     return report
 
 
-def _metric_name(key: str) -> str:
-    """An MLflow-legal metric name (alphanumerics, _ - . / : and spaces)."""
-    return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", key.replace("@", "_at_"))
-
-
 def log_report(
     out_dir: str | Path,
     root=None,
@@ -441,7 +436,7 @@ def log_report(
     flat ``metrics`` given); returns the run id."""
     import mlflow
 
-    from trajfm.registry.tracking import setup_mlflow
+    from trajfm.mlflow_store import mlflow_metric_name, setup_mlflow
 
     experiment_id = setup_mlflow(root, experiment)
     with mlflow.start_run(
@@ -451,7 +446,7 @@ def log_report(
         nested=mlflow.active_run() is not None,
     ) as run:
         numeric = {
-            _metric_name(k): float(v)
+            mlflow_metric_name(k): float(v)
             for k, v in (metrics or {}).items()
             if isinstance(v, (int, float)) and math.isfinite(v)
         }

@@ -244,13 +244,13 @@ def summarize(runs: dict) -> dict:
 
 
 def summary_text(summary: dict) -> str:
-    from trajfm.evaluate.suite import metrics_table_text
+    from trajfm.evaluate.tables import metrics_table_text
 
     return metrics_table_text(summary)
 
 
 def summary_markdown(summary: dict) -> str:
-    from trajfm.evaluate.suite import metrics_table_markdown
+    from trajfm.evaluate.tables import metrics_table_markdown
 
     return metrics_table_markdown(summary)
 

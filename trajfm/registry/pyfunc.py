@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from trajfm.mlflow_store import CHECKPOINT_ARTIFACT
+
 INPUT_COLUMNS = ["traj_id", "t", "lon", "lat"]
 DEFAULT_HORIZON = 10
-CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 class TrajFMPyfunc(PythonModel):

@@ -104,7 +104,7 @@ def model_card(train_manifest: dict, features_manifest: dict, metrics: dict, tag
         if worse_than_constant_velocity(metrics)
         else "Better than constant velocity on its evaluation set."
     )
-    rows = [("ADE (m)", "ade_m", "cv_ade_m"), ("FDE (m)", "fde_m", "cv_fde_m"), ("step 1 (m)", "step1_m", "cv_step1_m")]
+    rows = [("ADE (m)", "ade_m", "cv_ade_m"), ("FDE (m)", "fde_m", "cv_fde_m"), ("step 1 (m)", "fde_m@1", "cv_fde_m@1")]
     table = "\n".join(
         f"| {label} | {metrics[m]:,.1f} | {metrics[c]:,.1f} |" for label, m, c in rows if m in metrics and c in metrics
     )
@@ -183,14 +183,15 @@ def register_training(
     flow run's id and URL) go on the run and the version. A version whose ADE is above constant
     velocity's is tagged ``trajfm.worse_than_constant_velocity=true`` and a warning is logged.
     """
+    from trajfm.mlflow_store import mlflow_metric_name
     from trajfm.registry.tracking import log_and_register, tracking_uri
 
     train_manifest = read_manifest(train_dir)
     features_manifest = read_manifest(features_dir)
     history = json.loads((Path(train_dir) / "history.json").read_text())
     split = metrics.get("split", "test")
-    test_metrics = {
-        f"{split}_{k}": v
+    test_metrics = {  # MLflow names: test_ade_m, test_fde_m_at_5 (trajfm.evaluate.metrics keys)
+        mlflow_metric_name(f"{split}_{k}"): v
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in EVAL_SETTINGS
     }
