@@ -160,6 +160,67 @@ def training_datasets(features_dir: str | Path, features_manifest: dict, split: 
     return out
 
 
+def _run_params(train_manifest: dict, features_manifest: dict, metrics: dict, split: str) -> dict:
+    """The run's params: preset, model, train and features configs, evaluation settings."""
+    return {
+        "preset": train_manifest["preset"],
+        "model": train_manifest["model_config"],
+        "train": train_manifest["train_config"],
+        "features": features_manifest.get("params", {}),
+        "eval": {"context_len": metrics.get("context_len"), "horizon": metrics.get("horizon"), "split": split},
+    }
+
+
+def _lineage_tags(train_manifest: dict, features_manifest: dict, params: dict, root, extra_tags: dict | None) -> dict:
+    """The run's and version's lineage tags: stage keys, data hash, config, preset, code, device."""
+    return {
+        "trajfm.features_key": features_manifest["key"],
+        "trajfm.train_key": train_manifest["key"],
+        "trajfm.data_hash": _data_hash(features_manifest, root),
+        "trajfm.config": json.dumps(params, sort_keys=True, default=str),
+        "trajfm.preset": train_manifest["preset"],
+        "trajfm.code_version": code_version(),
+        "trajfm.device": train_manifest.get("device", "?"),
+        **{str(k): str(v) for k, v in (extra_tags or {}).items() if v is not None},
+    }
+
+
+def _flag_if_worse(metrics: dict, tags: dict, preset: str, split: str) -> bool:
+    """Tag ``WORSE_THAN_CV_TAG`` in ``tags`` (true or false) and warn when it is true."""
+    worse = worse_than_constant_velocity(metrics)
+    tags[WORSE_THAN_CV_TAG] = str(worse).lower()
+    if worse:
+        log.warning(
+            "%s: %s ADE %.1f m is worse than constant velocity's %.1f m on the same windows; registered and flagged (%s=true)",
+            preset,
+            split,
+            metrics["ade_m"],
+            metrics["cv_ade_m"],
+            WORSE_THAN_CV_TAG,
+        )
+    return worse
+
+
+def _registration(r, name: str, uri: str, root, lineage_key: str, worse: bool) -> Registration:
+    """The stage's ``Registration`` from ``log_and_register``'s result."""
+    return Registration(
+        name=name,
+        version=r.version,
+        champion_version=r.champion_version,
+        promoted=r.promoted,
+        metric_value=r.metric_value,
+        previous_champion_metric=r.previous_champion_metric,
+        run_id=r.run_id,
+        model_uri=r.model_uri,
+        run_url=_run_url(uri, r.run_id, root),
+        reused=r.reused,
+        decision=r.decision,
+        reason=r.reason,
+        lineage_key=lineage_key,
+        worse_than_constant_velocity=worse,
+    )
+
+
 def register_training(
     train_dir: str | Path,
     features_dir: str | Path,
@@ -195,13 +256,7 @@ def register_training(
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in EVAL_SETTINGS
     }
-    params = {
-        "preset": train_manifest["preset"],
-        "model": train_manifest["model_config"],
-        "train": train_manifest["train_config"],
-        "features": features_manifest.get("params", {}),
-        "eval": {"context_len": metrics.get("context_len"), "horizon": metrics.get("horizon"), "split": split},
-    }
+    params = _run_params(train_manifest, features_manifest, metrics, split)
     eval_id = eval_identity(features_manifest, metrics)
     promote_metric = f"{split}_ade_m"
     lineage_key = stable_hash(
@@ -212,27 +267,8 @@ def register_training(
             "metric": promote_metric,
         }
     )
-    tags = {
-        "trajfm.features_key": features_manifest["key"],
-        "trajfm.train_key": train_manifest["key"],
-        "trajfm.data_hash": _data_hash(features_manifest, root),
-        "trajfm.config": json.dumps(params, sort_keys=True, default=str),
-        "trajfm.preset": train_manifest["preset"],
-        "trajfm.code_version": code_version(),
-        "trajfm.device": train_manifest.get("device", "?"),
-        **{str(k): str(v) for k, v in (extra_tags or {}).items() if v is not None},
-    }
-    worse = worse_than_constant_velocity(metrics)
-    tags[WORSE_THAN_CV_TAG] = str(worse).lower()
-    if worse:
-        log.warning(
-            "%s: %s ADE %.1f m is worse than constant velocity's %.1f m on the same windows; registered and flagged (%s=true)",
-            train_manifest["preset"],
-            split,
-            metrics["ade_m"],
-            metrics["cv_ade_m"],
-            WORSE_THAN_CV_TAG,
-        )
+    tags = _lineage_tags(train_manifest, features_manifest, params, root, extra_tags)
+    worse = _flag_if_worse(metrics, tags, train_manifest["preset"], split)
     card = model_card({**train_manifest, "_dir": str(train_dir)}, features_manifest, metrics, tags)
     datasets = training_datasets(features_dir, features_manifest, split)
     measure = _champion_on_eval(features_dir, split, metrics, name) if reevaluate_champion else None
@@ -260,22 +296,7 @@ def register_training(
         from trajfm.registry.plots import log_training_artifacts
 
         log_training_artifacts(tracking_uri(root), r.run_id, params, metrics)
-    return Registration(
-        name=name,
-        version=r.version,
-        champion_version=r.champion_version,
-        promoted=r.promoted,
-        metric_value=r.metric_value,
-        previous_champion_metric=r.previous_champion_metric,
-        run_id=r.run_id,
-        model_uri=r.model_uri,
-        run_url=_run_url(tracking_uri(root), r.run_id, root),
-        reused=r.reused,
-        decision=r.decision,
-        reason=r.reason,
-        lineage_key=lineage_key,
-        worse_than_constant_velocity=worse,
-    )
+    return _registration(r, name, tracking_uri(root), root, lineage_key, worse)
 
 
 def _champion_on_eval(features_dir, split: str, metrics: dict, name: str):

@@ -259,6 +259,70 @@ def _log_run(
     return run.info.run_id, info.model_uri
 
 
+def _reused_result(client, name: str, existing, promote_metric: str, metric_value: float) -> RegistrationResult:
+    """What ``log_and_register`` returns for a version that already holds the lineage (decided)."""
+    from trajfm.registry.manage import DECISION, aliases_of
+
+    champion = aliases_of(client, name).get(CHAMPION)
+    return RegistrationResult(
+        run_id=existing.run_id,
+        model_uri=f"models:/{name}/{existing.version}",
+        version=int(existing.version),
+        promoted=False,
+        champion_version=int(champion) if champion is not None else int(existing.version),
+        previous_champion_metric=None,
+        metric_value=_as_float(existing.tags.get(promote_metric)) or metric_value,
+        reused=True,
+        decision=existing.tags.get(DECISION + "decision", ""),
+        reason="same lineage: no new version",
+    )
+
+
+def _version_tags(
+    tags: dict | None,
+    promote_metric: str,
+    metric_value: float,
+    lower_is_better: bool,
+    eval_id: str | None,
+    lineage_key: str | None,
+) -> dict[str, str]:
+    """The tags of a new version: the caller's, the promotion metric's value and direction, the
+    evaluation set's id and the lineage key (when given)."""
+    from trajfm.registry.manage import EVAL_ID_TAG, LINEAGE_TAG
+
+    version_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    version_tags.update({promote_metric: repr(metric_value), "trajfm.lower_is_better": str(bool(lower_is_better))})
+    if eval_id:
+        version_tags[EVAL_ID_TAG] = eval_id
+    if lineage_key:
+        version_tags[LINEAGE_TAG] = lineage_key
+    return version_tags
+
+
+def _register_version(client, model_uri: str, name: str, version_tags: dict, description: str | None) -> int:
+    """Register ``model_uri`` as a new version of ``name`` with its tags (one call, so a version
+    never lacks its lineage) and its description; returns the version number."""
+    import mlflow
+
+    version = int(mlflow.register_model(model_uri, name, tags=version_tags).version)
+    if description:
+        client.update_model_version(name, str(version), description=description)
+    return version
+
+
+def _checked_inputs(metrics: dict, promote_metric: str, checkpoint_path) -> tuple[float, Path]:
+    """(the finite value of ``promote_metric`` in ``metrics``, the checkpoint path that exists)."""
+    metric_value = _as_float(_flatten(metrics).get(promote_metric))
+    if metric_value is None or not math.isfinite(metric_value):
+        raise ValueError(
+            f"metrics must hold a finite {promote_metric!r} to decide promotion; got {metrics.get(promote_metric)!r}"
+        )
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist")
+    return metric_value, checkpoint_path
+
+
 def log_and_register(
     root: str | os.PathLike | None,
     run_name: str,
@@ -297,66 +361,25 @@ def log_and_register(
     ``description`` (markdown, e.g. a model card) becomes the version's description and the
     run's note; ``datasets``: ``(mlflow Dataset, context)`` pairs logged with ``log_input``.
     """
-    import mlflow
+    from trajfm.registry.manage import DECISION, decide, find_by_lineage
 
-    from trajfm.registry.manage import DECISION, EVAL_ID_TAG, LINEAGE_TAG, aliases_of, decide, find_by_lineage
-
-    metric_value = _as_float(_flatten(metrics).get(promote_metric))
-    if metric_value is None or not math.isfinite(metric_value):
-        raise ValueError(
-            f"metrics must hold a finite {promote_metric!r} to decide promotion; got {metrics.get(promote_metric)!r}"
-        )
-    checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist")
-
+    metric_value, checkpoint_path = _checked_inputs(metrics, promote_metric, checkpoint_path)
     experiment_id = setup_mlflow(root, experiment)
     client = _client(root)
     with registry_lock(root):  # find, register and decide as one step per data root
         existing = find_by_lineage(client, name, lineage_key) if lineage_key else None
         if existing is not None and (existing.tags or {}).get(DECISION + "decision"):
             log.info("%s v%s already holds lineage %s: no new version", name, existing.version, lineage_key)
-            champion = aliases_of(client, name).get(CHAMPION)
-            return RegistrationResult(
-                run_id=existing.run_id,
-                model_uri=f"models:/{name}/{existing.version}",
-                version=int(existing.version),
-                promoted=False,
-                champion_version=int(champion) if champion is not None else int(existing.version),
-                previous_champion_metric=None,
-                metric_value=_as_float(existing.tags.get(promote_metric)) or metric_value,
-                reused=True,
-                decision=existing.tags.get(DECISION + "decision", ""),
-                reason="same lineage: no new version",
-            )
+            return _reused_result(client, name, existing, promote_metric, metric_value)
 
-        version_tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        version_tags.update({promote_metric: repr(metric_value), "trajfm.lower_is_better": str(bool(lower_is_better))})
-        if eval_id:
-            version_tags[EVAL_ID_TAG] = eval_id
-        if lineage_key:
-            version_tags[LINEAGE_TAG] = lineage_key
+        version_tags = _version_tags(tags, promote_metric, metric_value, lower_is_better, eval_id, lineage_key)
         if existing is not None:  # registered, but stopped before the decision: decide now
             version, run_id = int(existing.version), existing.run_id
         else:
-            run_id, model_uri = _log_run(
-                experiment_id,
-                client,
-                run_name,
-                {**version_tags, "trajfm.promote_metric": promote_metric, "trajfm.registered_model": name},
-                params,
-                metrics,
-                history,
-                checkpoint_path,
-                input_example,
-                pip_requirements,
-                description,
-                datasets,
-            )
-            # One call creates the version with its tags, so a version never lacks its lineage.
-            version = int(mlflow.register_model(model_uri, name, tags=version_tags).version)
-            if description:
-                client.update_model_version(name, str(version), description=description)
+            run_tags = {**version_tags, "trajfm.promote_metric": promote_metric, "trajfm.registered_model": name}
+            logged = (params, metrics, history, checkpoint_path, input_example, pip_requirements, description, datasets)
+            run_id, model_uri = _log_run(experiment_id, client, run_name, run_tags, *logged)
+            version = _register_version(client, model_uri, name, version_tags, description)
 
         d = decide(
             client, name, version, promote_metric, metric_value, lower_is_better, eval_id, champion_metric_on_eval
