@@ -196,18 +196,8 @@ def evaluate_forecast(
     return out
 
 
-def forecast_points(
-    model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256, **options
-) -> pd.DataFrame:
-    """Forecast ``horizon`` next fixes of every trajectory in ``points``; ``options`` go to
-    ``rollout_points`` (e.g. ``how="sample", generator=g`` for a sampled future).
-
-    ``points`` has columns ``traj_id, t`` (datetime; tz-aware, or naive meaning UTC), ``lon, lat``
-    (WGS84 degrees). Each trajectory is sorted by time and encoded whole; its last (up to)
-    ``block_size`` points are the context. Returns columns ``traj_id, step`` (1..horizon), ``t``
-    (datetime64[ns, UTC]), ``lon, lat`` (degrees), sorted by traj_id then step. The model's
-    ``forecast_blend`` applies as in ``rollout``; its quantiles: ``trajfm.model.blend.add_quantiles``.
-    """
+def _points_frame(points: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """``traj_id, t_ns`` (int64 UTC ns), ``lon, lat`` (float64 degrees) of ``points``, checked."""
     missing = [c for c in ("traj_id", "t", "lon", "lat") if c not in points.columns]
     if missing:
         raise ValueError(f"points is missing columns {missing}; need traj_id, t, lon, lat")
@@ -223,6 +213,22 @@ def forecast_points(
             "lat": points["lat"].to_numpy(dtype=np.float64),
         }
     )
+    return df
+
+
+def forecast_points(
+    model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256, **options
+) -> pd.DataFrame:
+    """Forecast ``horizon`` next fixes of every trajectory in ``points``; ``options`` go to
+    ``rollout_points`` (e.g. ``how="sample", generator=g`` for a sampled future).
+
+    ``points`` has columns ``traj_id, t`` (datetime; tz-aware, or naive meaning UTC), ``lon, lat``
+    (WGS84 degrees). Each trajectory is sorted by time and encoded whole; its last (up to)
+    ``block_size`` points are the context. Returns columns ``traj_id, step`` (1..horizon), ``t``
+    (datetime64[ns, UTC]), ``lon, lat`` (degrees), sorted by traj_id then step. The model's
+    ``forecast_blend`` applies as in ``rollout``; its quantiles: ``trajfm.model.blend.add_quantiles``.
+    """
+    df = _points_frame(points, horizon)
     groups = df.sort_values(["traj_id", "t_ns"], kind="stable").groupby("traj_id", sort=True)
     sizes = groups.size()
     short = sizes.index[sizes < 2].tolist()
