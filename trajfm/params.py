@@ -172,7 +172,9 @@ class _PreprocessBase(KindPreprocess):
 PreprocessOptions = create_model(
     "PreprocessOptions",
     __base__=_PreprocessBase,
-    __doc__="Cleaning thresholds: the fields here apply to every kind; an entry per kind overrides that kind's defaults.",
+    __doc__=(
+        "Cleaning thresholds: the fields here apply to every kind; an entry per kind overrides that kind's defaults."
+    ),
     **{kind: (Optional[KindPreprocess], Field(None, description=_kind_defaults_text(kind))) for kind in KINDS},
     other_kinds=(
         Optional[KindPreprocess],

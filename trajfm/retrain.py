@@ -76,7 +76,10 @@ def missing_watch_dir(watch_dir: str | os.PathLike) -> str | None:
     if exists:
         return None
     where = Path(os.path.expanduser(text)).resolve() if file.is_local and not has_glob else text
-    return f"watch_dir {watch_dir!s} ({where}) does not exist yet: nothing new to retrain on (create it and drop new files there)"
+    return (
+        f"watch_dir {watch_dir!s} ({where}) does not exist yet: nothing new to retrain on "
+        "(create it and drop new files there)"
+    )
 
 
 def new_files(watch_dir: str | os.PathLike, root=None, format: str | None = None) -> list[dict]:

@@ -153,7 +153,8 @@ def _evaluate(args) -> int:
         else ""
     )
     print(
-        f"data  {read}preprocess in {pre['rows_in']:,} = kept {pre['rows_kept']:,} + quarantined {pre['rows_quarantined']:,};"
+        f"data  {read}preprocess in {pre['rows_in']:,} = kept {pre['rows_kept']:,} "
+        f"+ quarantined {pre['rows_quarantined']:,};"
         f" windows fit/eval {result['split']['fit_windows']}/{result['split']['eval_windows']}"
     )
     print(metrics_table_text(result["metrics"]))

@@ -140,6 +140,7 @@ def forecast_rows(m: dict, w: int) -> list[str]:
         )
     if m.get("blend") is not None:
         lines.append(
-            f"            (the model blends with constant velocity per step, weights {m['blend']}: chosen on validation)"
+            f"            (the model blends with constant velocity per step, weights {m['blend']}: "
+            "chosen on validation)"
         )
     return lines

@@ -101,7 +101,8 @@ def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu")
             info["source"] = "checkpoint"
         if not path.is_file():
             raise FileNotFoundError(
-                f"model {uri!r}: no such checkpoint; give models:/NAME@ALIAS, models:/NAME/VERSION, a model.pt or a train stage directory"
+                f"model {uri!r}: no such checkpoint; give models:/NAME@ALIAS, models:/NAME/VERSION, "
+                "a model.pt or a train stage directory"
             )
         info["checkpoint"] = str(path.resolve())
         info["checkpoint_sha256"] = file_sha256(path)
@@ -161,7 +162,8 @@ def ingest_and_clean(
     m = read_manifest(ingest_dir)
     if m["rows_kept"] == 0:
         raise ValueError(
-            f"no valid point in {data!r}: read {m['rows_read']}, quarantined {m['rows_quarantined']} {m.get('quarantined_by_reason')}"
+            f"no valid point in {data!r}: read {m['rows_read']}, "
+            f"quarantined {m['rows_quarantined']} {m.get('quarantined_by_reason')}"
         )
     pre_dir = preprocess(ingest_dir, root=root, params=preprocess_params, scheduler="sync")
     return Path(ingest_dir), Path(pre_dir)
@@ -428,7 +430,8 @@ def evaluate_model(
     fit_ws, eval_ws = sets["train"], sets["test"]
     if len(eval_ws) == 0:
         raise ValueError(
-            f"no evaluation window from {data!r}: the data after the fit part ({fit_frac:.0%} of its time span) is too short"
+            f"no evaluation window from {data!r}: the data after the fit part "
+            f"({fit_frac:.0%} of its time span) is too short"
         )
     metrics = run_suite(loaded.model, eval_ws, fit_ws, tasks, seed=seed, params=params)
     result = {

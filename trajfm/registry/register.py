@@ -108,6 +108,14 @@ def model_card(train_manifest: dict, features_manifest: dict, metrics: dict, tag
     table = "\n".join(
         f"| {label} | {metrics[m]:,.1f} | {metrics[c]:,.1f} |" for label, m, c in rows if m in metrics and c in metrics
     )
+    trained = (
+        f"trained {final.get('epoch', '?')} epochs ({final.get('step', '?')} steps) on "
+        f"{train_manifest.get('device', '?')}; {final.get('n_params', 0):,} parameters"
+    )
+    scored = (
+        f"{metrics.get('n_windows', '?')} windows, context {metrics.get('context_len')} points, "
+        f"horizon {metrics.get('horizon')} steps"
+    )
     return f"""# trajfm model: preset `{train_manifest.get("preset")}`
 
 {verdict}
@@ -124,10 +132,10 @@ Python: `trajfm.load("models:/NAME@champion").forecast(points, horizon=10)`; see
 ## Data it saw
 - features stage `{features_manifest.get("key")}` (windows: {windows}); data hash `{tags.get("trajfm.data_hash", "?")}`
 - feature params: `{json.dumps(features_manifest.get("params", {}), sort_keys=True, default=str)[:400]}`
-- trained {final.get("epoch", "?")} epochs ({final.get("step", "?")} steps) on {train_manifest.get("device", "?")}; {final.get("n_params", 0):,} parameters
+- {trained}
 - code `{tags.get("trajfm.code_version", "?")}`
 
-## Score on the {split} split ({metrics.get("n_windows", "?")} windows, context {metrics.get("context_len")} points, horizon {metrics.get("horizon")} steps)
+## Score on the {split} split ({scored})
 {gain}
 
 | metric | model | constant velocity |
@@ -191,7 +199,8 @@ def _flag_if_worse(metrics: dict, tags: dict, preset: str, split: str) -> bool:
     tags[WORSE_THAN_CV_TAG] = str(worse).lower()
     if worse:
         log.warning(
-            "%s: %s ADE %.1f m is worse than constant velocity's %.1f m on the same windows; registered and flagged (%s=true)",
+            "%s: %s ADE %.1f m is worse than constant velocity's %.1f m on the same windows; "
+            "registered and flagged (%s=true)",
             preset,
             split,
             metrics["ade_m"],
