@@ -199,7 +199,7 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
     )
 
 
-def _features(
+def source_features(
     sources: list[SourceSpec], root: Path, window: int, train_frac: float, val_frac: float
 ) -> tuple[Path, dict]:
     """ingest + preprocess each source, select, window: (features dir, accounting per source)."""
@@ -375,8 +375,10 @@ def run_protocol(
     tasks = check_tasks(tasks) if tasks is not None else proto.tasks
     params = {**proto.params, **(params or {})}
     root = data_root(root)
-    train_feat, train_acc = _features(proto.train, root, proto.window, *proto.train_split)
-    held_feat, held_acc = _features(proto.heldout, root, proto.window, proto.fine_tune_frac, proto.fine_tune_val_frac)
+    train_feat, train_acc = source_features(proto.train, root, proto.window, *proto.train_split)
+    held_feat, held_acc = source_features(
+        proto.heldout, root, proto.window, proto.fine_tune_frac, proto.fine_tune_val_frac
+    )
     held, _ = load_features(held_feat)
     n_train = len(load_features(train_feat)[0]["train"])
     fit_ws, eval_ws = held["train"], held["test"]

@@ -62,7 +62,8 @@ class RegistrationResult:
     reason: str = ""
 
 
-def _client(root):
+def registry_client(root):
+    """An MLflow client of the data root's tracking store and registry (a new store migrated once)."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(root)
@@ -365,7 +366,7 @@ def log_and_register(
 
     metric_value, checkpoint_path = _checked_inputs(metrics, promote_metric, checkpoint_path)
     experiment_id = setup_mlflow(root, experiment)
-    client = _client(root)
+    client = registry_client(root)
     with registry_lock(root):  # find, register and decide as one step per data root
         existing = find_by_lineage(client, name, lineage_key) if lineage_key else None
         if existing is not None and (existing.tags or {}).get(DECISION + "decision"):
@@ -407,7 +408,7 @@ def champion_info(root: str | os.PathLike | None = None, name: str = DEFAULT_MOD
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         return None
-    client = _client(root)
+    client = registry_client(root)
     champion, raw = _current_champion(client, name)
     if champion is None:
         return None
