@@ -373,7 +373,8 @@ def prepare_features(sources: list, root: Path, train_stride: int | None = None)
 
 
 def forecast_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true_lat: np.ndarray) -> dict:
-    """ADE/FDE in metres at each of ``HORIZONS`` from (N, H) forecasts and truth."""
+    """``ade_m@k`` / ``fde_m@k`` in metres at each of ``HORIZONS`` from (N, H) forecasts and truth
+    (``trajfm.evaluate.metrics.forecast_errors``, to 0.01 m)."""
     return errors_and_final(lon, lat, true_lon, true_lat)[0]
 
 
@@ -382,15 +383,23 @@ def errors_and_final(
 ) -> tuple[dict, np.ndarray]:
     """``forecast_errors`` and each window's error in metres at the last step (the target
     metric, window by window), from one distance computation."""
-    from trajfm.geo import haversine_m
+    from trajfm.evaluate.metrics import distance_errors_m, horizon_errors
 
-    err = haversine_m(lon, lat, true_lon, true_lat)  # (N, H) metres
-    out = {}
-    for k in HORIZONS:
-        if k <= err.shape[1]:
-            out[f"ade_{k}_m"] = round(float(err[:, :k].mean()), 2)
-            out[f"fde_{k}_m"] = round(float(err[:, k - 1].mean()), 2)
-    return out, err[:, -1]
+    err = distance_errors_m(lon, lat, true_lon, true_lat)  # (N, H) metres
+    return {k: round(v, 2) for k, v in horizon_errors(err, HORIZONS).items()}, err[:, -1]
+
+
+_LEGACY_KEY = re.compile(r"^(ade|fde)_(\d+)_m$")  # results written before the one key scheme: fde_10_m
+
+
+def upgrade_keys(value):
+    """Results JSON with the error keys of ``trajfm.evaluate.metrics`` (``fde_m@10``): older
+    files (``fde_10_m``) are read as if written today; anything else is left as it is."""
+    if isinstance(value, dict):
+        return {_LEGACY_KEY.sub(r"\1_m@\2", k): upgrade_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [upgrade_keys(v) for v in value]
+    return _LEGACY_KEY.sub(r"\1_m@\2", value) if isinstance(value, str) else value
 
 
 def paired_improvement(
@@ -574,7 +583,7 @@ def evaluate_dataset(
             )
             log(
                 f"{name}: {label} seed {seed} test {errors['test']} val fde@{horizon} "
-                f"{errors['val'].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)"
+                f"{errors['val'].get(f'fde_m@{horizon}')} ({train_s:.0f} s training)"
             )
         per_window[label] = np.mean([r["windows"] for r in runs], axis=0)
         per_window[f"{label}+blend"] = np.mean([r["blended"]["windows"] for r in runs], axis=0)
@@ -661,7 +670,7 @@ def evaluate_dataset(
             "val_results": results["val"],
             **({"seed_results": by_seed} if len(budget.seeds) > 1 else {}),
             "window_errors": {
-                "metric": f"fde_{horizon}_m",
+                "metric": f"fde_m@{horizon}",
                 "split": "test",
                 "errors": {k: [round(float(e), 1) for e in v] for k, v in per_window.items()},
             },
@@ -682,9 +691,9 @@ BASELINES = ("constant_velocity", "linear_extrapolation", "kalman", "kalman_mle"
 
 def step_errors(lon, lat, true_lon, true_lat) -> list[float]:
     """Mean great-circle error (m) at each forecast step of (N, H) forecasts."""
-    from trajfm.geo import haversine_m
+    from trajfm.evaluate.metrics import step_errors_m
 
-    return haversine_m(lon, lat, true_lon, true_lat).mean(axis=0).tolist()
+    return step_errors_m(lon, lat, true_lon, true_lat)
 
 
 def _mean_lists(lists: list[list[float]]) -> list[float]:
@@ -758,7 +767,7 @@ def summarize(q: dict) -> dict:
     """Adds ``best_preset`` (lowest test FDE at the longest horizon, the issue's target), the
     preset a reader would pick without seeing the test split (``best_preset_by_val``, when every
     preset has validation errors) and ``targets`` to one dataset's quality section."""
-    key = f"fde_{max(HORIZONS)}_m"
+    key = f"fde_m@{max(HORIZONS)}"
     presets = [p for p in q["results"] if p not in BASELINES and p not in q.get("variants", {})]
     out = {k: v for k, v in q.items() if k not in ("best_preset", "best_preset_by_val", "targets")}
     if not presets:
@@ -910,7 +919,7 @@ def _previous(out: Path, budget: Budget) -> dict | None:
     """The results already in ``out`` to merge into (None if there are none)."""
     if not out.is_file():
         return None
-    previous = json.loads(out.read_text())
+    previous = upgrade_keys(json.loads(out.read_text()))
     if previous.get("benchmark") != "model":
         raise BenchError(f"{out} is not a model benchmark result; use --fresh or another --out")
     if previous["budget"]["name"] != budget.name:
@@ -1111,8 +1120,8 @@ def markdown(r: dict) -> str:
             lines += [f"## Forecast quality: {name}", "", f"Skipped: {q['skipped']}", ""]
             continue
         d, t = q["data"], q["training"]
-        keys = [f"{a}_{k}_m" for k in HORIZONS for a in ("ade", "fde")]
-        tg_key = f"fde_{max(HORIZONS)}_m"
+        keys = [f"{a}_m@{k}" for k in HORIZONS for a in ("ade", "fde")]
+        tg_key = f"fde_m@{max(HORIZONS)}"
         lines += [
             f"## Forecast quality: {name}, test split (latest 15% of the time span)",
             "",
@@ -1126,8 +1135,8 @@ def markdown(r: dict) -> str:
         ]
         header = [
             "| predictor | "
-            + " | ".join(k.replace("_m", "").replace("_", "@", 1).upper().replace("@", " @") for k in keys)
-            + f" | val {tg_key.replace('_m', '').replace('_', ' @', 1).upper()} | train s |",
+            + " | ".join(k.replace("_m", "").upper().replace("@", " @") for k in keys)
+            + f" | val {tg_key.replace('_m', '').upper().replace('@', ' @')} | train s |",
             "|---|" + "---:|" * (len(keys) + 2),
         ]
         lines += header
