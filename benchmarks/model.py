@@ -80,7 +80,16 @@ import torch
 
 from benchmarks import run_as_script
 from benchmarks.model_budget import BUDGETS, DATASETS, DEFAULT_ROOT, PARTS, Budget, csv_list, parse_options
-from benchmarks.model_results import HORIZONS, BenchError, dumps, markdown, merge_quality, previous_results, summarize
+from benchmarks.model_results import (  # noqa: F401 (upgrade_keys: part of this module's interface)
+    HORIZONS,
+    BenchError,
+    dumps,
+    markdown,
+    merge_quality,
+    previous_results,
+    summarize,
+    upgrade_keys,
+)
 from benchmarks.model_speed import measure_generation, measure_train_speed
 from trajfm.evaluate.baselines import LINEAR_FIT_POINTS, linear_extrapolation
 
@@ -121,7 +130,8 @@ def prepare_features(sources: list, root: Path, train_stride: int | None = None)
 
 
 def forecast_errors(lon: np.ndarray, lat: np.ndarray, true_lon: np.ndarray, true_lat: np.ndarray) -> dict:
-    """ADE/FDE in metres at each of ``HORIZONS`` from (N, H) forecasts and truth."""
+    """``ade_m@k`` / ``fde_m@k`` in metres at each of ``HORIZONS`` from (N, H) forecasts and truth
+    (``trajfm.evaluate.metrics.forecast_errors``, to 0.01 m)."""
     return errors_and_final(lon, lat, true_lon, true_lat)[0]
 
 
@@ -130,15 +140,10 @@ def errors_and_final(
 ) -> tuple[dict, np.ndarray]:
     """``forecast_errors`` and each window's error in metres at the last step (the target
     metric, window by window), from one distance computation."""
-    from trajfm.geo import haversine_m
+    from trajfm.evaluate.metrics import distance_errors_m, horizon_errors
 
-    err = haversine_m(lon, lat, true_lon, true_lat)  # (N, H) metres
-    out = {}
-    for k in HORIZONS:
-        if k <= err.shape[1]:
-            out[f"ade_{k}_m"] = round(float(err[:, :k].mean()), 2)
-            out[f"fde_{k}_m"] = round(float(err[:, k - 1].mean()), 2)
-    return out, err[:, -1]
+    err = distance_errors_m(lon, lat, true_lon, true_lat)  # (N, H) metres
+    return {k: round(v, 2) for k, v in horizon_errors(err, HORIZONS).items()}, err[:, -1]
 
 
 # (the paired bootstrap over these errors and their spread over seeds: benchmarks.model_results)
@@ -282,7 +287,7 @@ def evaluate_dataset(
             )
             log(
                 f"{name}: {label} seed {seed} test {errors['test']} val fde@{horizon} "
-                f"{errors['val'].get(f'fde_{horizon}_m')} ({train_s:.0f} s training)"
+                f"{errors['val'].get(f'fde_m@{horizon}')} ({train_s:.0f} s training)"
             )
         per_window[label] = np.mean([r["windows"] for r in runs], axis=0)
         per_window[f"{label}+blend"] = np.mean([r["blended"]["windows"] for r in runs], axis=0)
@@ -374,7 +379,7 @@ def evaluate_dataset(
             "val_results": results["val"],
             **({"seed_results": by_seed} if len(budget.seeds) > 1 else {}),
             "window_errors": {
-                "metric": f"fde_{horizon}_m",
+                "metric": f"fde_m@{horizon}",
                 "split": "test",
                 "errors": {k: [round(float(e), 1) for e in v] for k, v in per_window.items()},
             },
@@ -395,9 +400,9 @@ def evaluate_dataset(
 
 def step_errors(lon, lat, true_lon, true_lat) -> list[float]:
     """Mean great-circle error (m) at each forecast step of (N, H) forecasts."""
-    from trajfm.geo import haversine_m
+    from trajfm.evaluate.metrics import step_errors_m
 
-    return haversine_m(lon, lat, true_lon, true_lat).mean(axis=0).tolist()
+    return step_errors_m(lon, lat, true_lon, true_lat)
 
 
 def _mean_lists(lists: list[list[float]]) -> list[float]:

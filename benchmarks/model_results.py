@@ -72,7 +72,7 @@ def summarize(q: dict) -> dict:
     """Adds ``best_preset`` (lowest test FDE at the longest horizon, the issue's target), the
     preset a reader would pick without seeing the test split (``best_preset_by_val``, when every
     preset has validation errors) and ``targets`` to one dataset's quality section."""
-    key = f"fde_{max(HORIZONS)}_m"
+    key = f"fde_m@{max(HORIZONS)}"
     presets = [p for p in q["results"] if p not in BASELINES and p not in q.get("variants", {})]
     out = {k: v for k, v in q.items() if k not in ("best_preset", "best_preset_by_val", "targets")}
     if not presets:
@@ -193,11 +193,24 @@ def merge_quality(old: dict | None, new: dict) -> dict:
     )
 
 
+_LEGACY_KEY = re.compile(r"^(ade|fde)_(\d+)_m$")  # results written before the one key scheme: fde_10_m
+
+
+def upgrade_keys(value):
+    """Results JSON with the error keys of ``trajfm.evaluate.metrics`` (``fde_m@10``): older
+    files (``fde_10_m``) are read as if written today; anything else is left as it is."""
+    if isinstance(value, dict):
+        return {_LEGACY_KEY.sub(r"\1_m@\2", k): upgrade_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [upgrade_keys(v) for v in value]
+    return _LEGACY_KEY.sub(r"\1_m@\2", value) if isinstance(value, str) else value
+
+
 def previous_results(out: Path, budget: Budget) -> dict | None:
     """The results already in ``out`` to merge into (None if there are none)."""
     if not out.is_file():
         return None
-    previous = json.loads(out.read_text())
+    previous = upgrade_keys(json.loads(out.read_text()))
     if previous.get("benchmark") != "model":
         raise BenchError(f"{out} is not a model benchmark result; use --fresh or another --out")
     if previous["budget"]["name"] != budget.name:
@@ -309,8 +322,8 @@ def markdown(r: dict) -> str:
             lines += [f"## Forecast quality: {name}", "", f"Skipped: {q['skipped']}", ""]
             continue
         d, t = q["data"], q["training"]
-        keys = [f"{a}_{k}_m" for k in HORIZONS for a in ("ade", "fde")]
-        tg_key = f"fde_{max(HORIZONS)}_m"
+        keys = [f"{a}_m@{k}" for k in HORIZONS for a in ("ade", "fde")]
+        tg_key = f"fde_m@{max(HORIZONS)}"
         lines += [
             f"## Forecast quality: {name}, test split (latest 15% of the time span)",
             "",
@@ -327,8 +340,8 @@ def markdown(r: dict) -> str:
         ]
         header = [
             "| predictor | "
-            + " | ".join(k.replace("_m", "").replace("_", "@", 1).upper().replace("@", " @") for k in keys)
-            + f" | val {tg_key.replace('_m', '').replace('_', ' @', 1).upper()} | train s |",
+            + " | ".join(k.replace("_m", "").upper().replace("@", " @") for k in keys)
+            + f" | val {tg_key.replace('_m', '').upper().replace('@', ' @')} | train s |",
             "|---|" + "---:|" * (len(keys) + 2),
         ]
         lines += header

@@ -3,7 +3,8 @@ from __future__ import annotations
 from flows._params import documented
 from flows._redact import flow
 from tasks.evaluate import evaluate_model_task, evaluate_task, report_task
-from trajfm.params import EvaluateParams, Split, as_dict
+from trajfm.evaluate.params import EvaluateParams
+from trajfm.params import Split, as_dict
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{split}", log_prints=True)

@@ -24,7 +24,7 @@ def test_linear_extrapolation_is_exact_on_a_straight_track_and_cv_with_two_point
     ws = windows_from_tracks([("a", lon, lat, t)], window=32)
     pred_lon, pred_lat, pred_t = linear_extrapolation(ws, context_len=20, horizon=10)
     err = forecast_errors(pred_lon, pred_lat, ws.lon[:, 20:30], ws.lat[:, 20:30])
-    assert err["fde_10_m"] < 0.05 and set(err) == {f"{a}_{k}_m" for k in (1, 5, 10) for a in ("ade", "fde")}
+    assert err["fde_m@10"] < 0.05 and set(err) == {f"{a}_m@{k}" for k in (1, 5, 10) for a in ("ade", "fde")}
     assert np.array_equal(pred_t, ws.t_ns[:, 20:30])
 
     noisy = make_windows(n_tracks=6, points=60, window=32, seed=3)
@@ -109,7 +109,7 @@ def _quality(presets: dict, val: dict | None = None, test_windows: int = 100, st
     """A dataset's quality section as ``evaluate_dataset`` writes it, errors given per predictor."""
 
     def errs(v):
-        return {"ade_10_m": v / 2, "fde_10_m": float(v)}
+        return {"ade_m@10": v / 2, "fde_m@10": float(v)}
 
     val = val or presets
     return {
@@ -155,8 +155,8 @@ def test_merge_adds_new_presets_and_keeps_the_others():
     new["data"]["seconds"] = 9.0  # timings differ between runs, windows do not
     q = merge_quality(old, new)
     assert list(q["results"]) == ["constant_velocity", "linear_extrapolation", "a", "c", "tutorial"]
-    assert q["results"]["tutorial"]["fde_10_m"] == 1100  # the rerun replaces
-    assert q["results"]["a"]["fde_10_m"] == 700 and set(q["training"]["per_preset"]) == {"tutorial", "a", "c"}
+    assert q["results"]["tutorial"]["fde_m@10"] == 1100  # the rerun replaces
+    assert q["results"]["a"]["fde_m@10"] == 700 and set(q["training"]["per_preset"]) == {"tutorial", "a", "c"}
     assert q["best_preset"] == "c" and q["best_preset_by_val"] is None  # "a" has no validation errors
     assert merge_quality(None, new) is new
 
@@ -316,9 +316,9 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     assert len(set(tr["train_dirs"])) == 2 and tr["train_dir"] == tr["train_dirs"][0]
     assert q["training"]["train_overrides"]["seeds"] == [0, 1]
     runs = q["seed_results"]["test"]["tutorial"]
-    assert len(runs) == 2 and runs[0]["fde_10_m"] != runs[1]["fde_10_m"]  # another seed, another model
-    assert q["results"]["tutorial"]["fde_10_m"] == pytest.approx(
-        (runs[0]["fde_10_m"] + runs[1]["fde_10_m"]) / 2, abs=0.01
+    assert len(runs) == 2 and runs[0]["fde_m@10"] != runs[1]["fde_m@10"]  # another seed, another model
+    assert q["results"]["tutorial"]["fde_m@10"] == pytest.approx(
+        (runs[0]["fde_m@10"] + runs[1]["fde_m@10"]) / 2, abs=0.01
     )
     assert q["val_results"]["tutorial"] == bm.mean_errors(q["seed_results"]["val"]["tutorial"])
     assert "constant_velocity" not in q["seed_results"]["test"]  # baselines do not train
@@ -344,11 +344,11 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     }
     md = markdown(r)
     assert "mean over 2 training seeds (0, 1)" in md
-    assert f"{q['results']['tutorial']['fde_10_m']:,.1f} ± {seed_std(runs, 'fde_10_m'):,.1f}" in md
+    assert f"{q['results']['tutorial']['fde_m@10']:,.1f} ± {seed_std(runs, 'fde_m@10'):,.1f}" in md
 
     # each test window's error at 10 steps is kept (seeds: their mean), and they add up to the table
     we = q["window_errors"]
-    assert we["metric"] == "fde_10_m" and set(we["errors"]) == {
+    assert we["metric"] == "fde_m@10" and set(we["errors"]) == {
         "constant_velocity",
         "linear_extrapolation",
         "kalman",
@@ -358,7 +358,7 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     }
     for label, errs in we["errors"].items():
         assert len(errs) == q["data"]["test_windows_evaluated"] == 32
-        assert np.mean(errs) == pytest.approx(q["results"][label]["fde_10_m"], abs=0.05)  # kept to 0.1 m
+        assert np.mean(errs) == pytest.approx(q["results"][label]["fde_m@10"], abs=0.05)  # kept to 0.1 m
     boot = q["targets"]["bootstrap"]["best_vs_constant_velocity"]
     assert boot["windows"] == 32 and boot["ci_low"] <= q["targets"]["best_vs_constant_velocity"] <= boot["ci_high"]
     vs_tut = q["targets"]["bootstrap"]["best_vs_tutorial"]
@@ -481,7 +481,7 @@ def test_merge_keeps_each_predictors_window_errors_and_the_report_shows_the_inte
     def with_windows(q: dict, scale: dict) -> dict:
         ref = _heavy_tailed_errors(400)
         q["window_errors"] = {
-            "metric": "fde_10_m",
+            "metric": "fde_m@10",
             "split": "test",
             "errors": {k: list(ref * f) for k, f in scale.items()},
         }
@@ -547,3 +547,14 @@ def test_results_json_keeps_number_lists_on_one_line_and_round_trips():
     assert json.loads(text) == result
     assert '"cv": [1.5, 2.0, -3.25e-05, 1200.0]' in text and '"load": [0.5, 1]' in text
     assert '"names": [\n' in text  # lists of strings keep the indented layout
+
+
+def test_results_written_with_the_old_error_keys_read_with_the_one_key_scheme():
+    from benchmarks.model_results import upgrade_keys
+
+    old = {"results": {"tutorial": {"ade_10_m": 1.5, "fde_1_m": 2.0}}, "window_errors": {"metric": "fde_10_m"}}
+    assert upgrade_keys(old) == {
+        "results": {"tutorial": {"ade_m@10": 1.5, "fde_m@1": 2.0}},
+        "window_errors": {"metric": "fde_m@10"},
+    }
+    assert upgrade_keys({"best_val_fde_m": 3.0, "preset": "tutorial"}) == {"best_val_fde_m": 3.0, "preset": "tutorial"}

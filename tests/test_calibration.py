@@ -203,20 +203,19 @@ def test_crps_matches_its_definition_and_limits():
 
 
 def test_evaluate_stage_and_demo_summary_show_cv_kalman_and_model_at_1_5_10(trained):
-    from trajfm.cli import forecast_rows
-    from trajfm.evaluate.run import metrics_table, run_evaluation
+    from trajfm.evaluate.run import forecast_rows, metrics_table, run_evaluation
 
     root, features, train_dir, _ = trained
     model_dir = calibrate_stage(features, train_dir, root=root)
     m = run_evaluation(features, model_dir, root=root, context_len=CONTEXT, horizon=H)
     for p in ("", "cv_", "kf_"):
-        assert all(m[f"{p}fde{h}_m"] > 0 for h in (1, 5, 10))
+        assert all(m[f"{p}fde_m@{h}"] > 0 for h in (1, 5, 10))
         assert 0 < m[f"{p}coverage80"] <= 1 and m[f"{p}crps_m"] > 0
-    assert m["fde10_m"] == pytest.approx(m["fde_m"]) and m["kf_q_m2_s3"] > 0 and m["kf_mle_r_m2"] > 0
+    assert m["fde_m@10"] == pytest.approx(m["fde_m"]) and m["kf_q_m2_s3"] > 0 and m["kf_mle_r_m2"] > 0
     assert m["blend"] == list(load_model(model_dir / "model.pt").config.calibration.forecast_blend)
     rows = forecast_rows(m, 30)
     assert [r.split()[0] for r in rows[1:4]] == ["constant", "Kalman", "model"] and "@5 (m)" in rows[0]
-    assert f"{m['kf_fde5_m']:.1f}" in rows[2] and "blends with constant velocity" in rows[-1]
+    assert f"{m['kf_fde_m@5']:.1f}" in rows[2] and "blends with constant velocity" in rows[-1]
     assert [r["predictor"] for r in metrics_table(m)] == ["model (tutorial)", "constant velocity", "Kalman filter"]
 
 

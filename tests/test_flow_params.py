@@ -13,6 +13,7 @@ import yaml
 
 from trajfm import params as P
 from trajfm.cli import FLOWS, _load_flow, check_params, flow_help, main
+from trajfm.evaluate.params import EvaluateParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,10 +126,10 @@ def test_flat_thresholds_with_kind_entries_apply_to_every_kind():
 
 def test_evaluate_params_check_task_names_and_task_keys():
     with pytest.raises(P.ParamsError, match=r"unknown key\(s\) \['forecst'\].*known: \['forecast'"):
-        P.parse(P.EvaluateParams, {"forecst": {"horizons": [1]}})
+        P.parse(EvaluateParams, {"forecst": {"horizons": [1]}})
     with pytest.raises(P.ParamsError, match=r"unknown key\(s\) \['horizon'\] for task 'forecast'.*horizons"):
-        P.parse(P.EvaluateParams, {"forecast": {"horizon": 5}})
-    ok = P.parse(P.EvaluateParams, {"forecast": {"horizons": [1, 5]}})
+        P.parse(EvaluateParams, {"forecast": {"horizon": 5}})
+    ok = P.parse(EvaluateParams, {"forecast": {"horizons": [1, 5]}})
     assert ok.to_params() == {"forecast": {"horizons": [1, 5]}}
 
 

@@ -24,7 +24,7 @@ from trajfm.evaluate.run import run_evaluation  # noqa: E402
 from trajfm.registry import log_and_register  # noqa: E402
 from trajfm.registry.manage import CHALLENGER, CHAMPION, HISTORY_TAG, aliases_of  # noqa: E402
 from trajfm.registry.register import register_training  # noqa: E402
-from trajfm.registry.tracking import _client, tracking_uri  # noqa: E402
+from trajfm.registry.tracking import registry_client, tracking_uri  # noqa: E402
 from trajfm.store import StageWriter  # noqa: E402
 from trajfm.train import run_training  # noqa: E402
 
@@ -101,7 +101,7 @@ def test_champion_and_challenger_with_decision_tags(env):
     name = "rule"
     r = [_register(env, name, ade) for ade in (500.0, 400.0, 450.0, 400.0)]
     assert [x.decision for x in r] == ["champion", "champion", "challenger", "challenger"]  # a tie does not promote
-    client = _client(env["root"])
+    client = registry_client(env["root"])
     assert aliases_of(client, name) == {CHAMPION: 2, CHALLENGER: 4}  # challenger = latest non-champion
     tags = client.get_model_version(name, "3").tags
     assert tags["trajfm.promotion.decision"] == "challenger"
@@ -122,7 +122,7 @@ def test_other_evaluation_set_is_not_compared_blindly(env):
     # When the caller can measure the champion on the new set, the comparison is made there.
     measured = _register(env, name, 100.0, eval_id="set-B", champion_metric_on_eval=lambda v: 120.0)
     assert measured.promoted and measured.previous_champion_metric == 120.0 and "re-measured" in measured.reason
-    assert aliases_of(_client(env["root"]), name) == {CHAMPION: 3, CHALLENGER: 2}
+    assert aliases_of(registry_client(env["root"]), name) == {CHAMPION: 3, CHALLENGER: 2}
 
 
 def test_cli_list_show_promote_rollback(env, capsys):
@@ -152,7 +152,7 @@ def test_cli_list_show_promote_rollback(env, capsys):
 
     code, out, _ = _cli(capsys, env, "promote", "3", "--name", name, "--reason", "better on the harbour", "--by", "ops")
     assert code == 0 and "champion -> version 3 (was 2)" in out
-    client = _client(env["root"])
+    client = registry_client(env["root"])
     assert aliases_of(client, name) == {CHAMPION: 3}  # never both champion and challenger
     manual = json.loads(client.get_model_version(name, "3").tags["trajfm.promotion.manual"])
     assert manual["by"] == "ops" and manual["reason"] == "better on the harbour" and manual["previous"] == 2
@@ -193,7 +193,7 @@ def test_lineage_tags_and_no_new_version_for_the_same_inputs(env, capsys):
     again = register_training(train_a, env["features"], _metrics(env, train_a), root=env["root"], name=name)
     assert first.version == 1 and not first.reused and first.promoted
     assert again.version == 1 and again.reused and not again.promoted and again.run_id == first.run_id
-    client = _client(env["root"])
+    client = registry_client(env["root"])
     assert len(client.search_model_versions(f"name='{name}'")) == 1
     tags = client.get_model_version(name, "1").tags
     config = json.loads(tags["trajfm.config"])
@@ -228,7 +228,7 @@ def test_registration_interrupted_before_the_decision_is_finished_by_the_retry(e
     monkeypatch.setattr(manage, "decide", real)
     done = register_training(train_a, env["features"], _metrics(env, train_a), root=env["root"], name=name)
     assert done.version == 1 and done.promoted and not done.reused  # the same version, now decided
-    assert len(_client(env["root"]).search_model_versions(f"name='{name}'")) == 1
+    assert len(registry_client(env["root"]).search_model_versions(f"name='{name}'")) == 1
 
 
 def _closed_port() -> int:
@@ -301,7 +301,7 @@ def test_two_registrations_at_once_register_one_version(env):
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: _register(env, "race", 250.0, lineage_key="same-inputs"), range(2)))
     assert sorted(r.reused for r in results) == [False, True] and {r.version for r in results} == {1}
-    assert len(_client(env["root"]).search_model_versions("name='race'")) == 1
+    assert len(registry_client(env["root"]).search_model_versions("name='race'")) == 1
 
 
 NEW_STORE = """

@@ -114,12 +114,12 @@ def test_clean_overrides_reach_preprocessing(tmp_path):
     instead of the vessel default 60 s, every step of the windows is 120 s apart."""
     import numpy as np
 
-    from trajfm.evaluate.transfer import SourceSpec, _features
+    from trajfm.evaluate.transfer import SourceSpec, source_features
     from trajfm.features.windows import load_features
 
     gaps = {}
     for clean in ({}, {"interval_s": 120.0}):
-        feat, acc = _features([SourceSpec(["embedded:small"], clean=clean)], tmp_path, 32, 0.8, 0.15)
+        feat, acc = source_features([SourceSpec(["embedded:small"], clean=clean)], tmp_path, 32, 0.8, 0.15)
         sets, _ = load_features(feat)
         ws = sets["train"]
         inner = ws.mask.copy()

@@ -6,7 +6,7 @@
     trajfm flows                             list the flows
     trajfm presets                           list the model presets
     trajfm train --preset NAME [--features-dir DIR] [--epochs N]
-    trajfm bench NAME --out FILE.json        run a benchmark of benchmarks/ (preprocess, model, pretrain)
+    trajfm bench NAME --out FILE.json        run a benchmark of benchmarks/ (preprocess, model, pretrain, scaling, mfu_gpu)
     trajfm evaluate --model URI --data PATH  evaluate any model on any data (trajfm/evaluate/cli.py)
     trajfm report ...                        markdown + PNG report of an evaluation (trajfm/evaluate/report.py)
     trajfm registry list|show|promote|rollback   the MLflow registry (trajfm/registry/cli.py)
@@ -122,37 +122,9 @@ def _parse_params(tokens: list[str]) -> dict:
     return params
 
 
-def forecast_rows(m: dict, w: int) -> list[str]:
-    """The demo's forecast table: error (m) at steps 1, 5 and 10 (those within the horizon) and
-    ADE, of constant velocity, the Kalman filter (when measured) and the model; then the model's
-    never-worse rule and the coverage of each one's 80% region (when measured)."""
-    steps = [h for h in (1, 5, 10) if f"fde{h}_m" in m]
-    head = (
-        "".join(f"{f'@{h} (m)':>10}" for h in steps)
-        + f"{'ADE (m)':>10}"
-        + (f"{'80% cov':>9}" if "coverage80" in m or "cv_coverage80" in m else "")
-    )
-    lines = [f"            {'':{w}}{head}"]
-    for label, p in (("constant velocity", "cv_"), ("Kalman filter", "kf_"), ("model " + m["preset"], "")):
-        if f"{p}ade_m" not in m:
-            continue
-        cov = f"{100 * m[f'{p}coverage80']:8.0f}%" if f"{p}coverage80" in m else ""
-        lines.append(
-            f"            {label:{w}}"
-            + "".join(f"{m[f'{p}fde{h}_m']:10.1f}" for h in steps)
-            + f"{m[f'{p}ade_m']:10.1f}"
-            + cov
-        )
-    if m.get("blend") is not None:
-        lines.append(
-            f"            (the model blends with constant velocity per step, weights {m['blend']}: "
-            "chosen on validation)"
-        )
-    return lines
-
-
 def summary_text(result: dict, root: Path, seconds: float, title: str = "trajfm demo") -> str:
     """The demo's closing summary: row accounting, metrics vs baseline, registry, UI commands."""
+    from trajfm.evaluate.run import forecast_rows
     from trajfm.store import read_manifest
 
     ing = read_manifest(result["ingest_dir"])

@@ -53,7 +53,7 @@ class ParamsError(ValueError):
     """A parameter mapping that does not validate; the message is one line."""
 
 
-class _Model(BaseModel):
+class ParamsModel(BaseModel):
     """Unknown keys are an error that lists the known ones; NaN and infinity are refused."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True, validate_default=False)
@@ -102,7 +102,7 @@ def as_dict(value: Any) -> dict | None:
     """A model (or a plain dict, or None) as the library's plain dict."""
     if value is None:
         return None
-    if isinstance(value, _Model):
+    if isinstance(value, ParamsModel):
         return value.to_params()
     if isinstance(value, BaseModel):
         return value.model_dump(exclude_none=True)
@@ -113,7 +113,7 @@ def as_dict(value: Any) -> dict | None:
 # Preprocessing: cleaning thresholds, for every kind or per kind (trajfm.data.clean)
 
 
-class KindPreprocess(_Model):
+class KindPreprocess(ParamsModel):
     """Cleaning thresholds (overrides of a kind's defaults; a field left out keeps the default)."""
 
     what: ClassVar[str] = "preprocess params"
@@ -172,7 +172,9 @@ class _PreprocessBase(KindPreprocess):
 PreprocessOptions = create_model(
     "PreprocessOptions",
     __base__=_PreprocessBase,
-    __doc__="Cleaning thresholds: the fields here apply to every kind; an entry per kind overrides that kind's defaults.",
+    __doc__=(
+        "Cleaning thresholds: the fields here apply to every kind; an entry per kind overrides that kind's defaults."
+    ),
     **{kind: (Optional[KindPreprocess], Field(None, description=_kind_defaults_text(kind))) for kind in KINDS},
     other_kinds=(
         Optional[KindPreprocess],
@@ -185,7 +187,7 @@ PreprocessOptions = create_model(
 # Windows (trajfm.features.windows.WindowParams)
 
 
-class WindowOptions(_Model):
+class WindowOptions(ParamsModel):
     """Windows cut from the cleaned trajectories and the chronological train/val/test split."""
 
     what: ClassVar[str] = "window params"
@@ -215,7 +217,7 @@ class WindowOptions(_Model):
 # Training (trajfm.train.TrainConfig)
 
 
-class TrainOverrides(_Model):
+class TrainOverrides(ParamsModel):
     """Overrides of the training configuration; a field left out keeps the default."""
 
     what: ClassVar[str] = "train overrides"
@@ -274,7 +276,7 @@ class TrainOverrides(_Model):
 # Reader options (trajfm.data.ingest) and quality gates (trajfm.quality.suites)
 
 
-class IngestOptions(_Model):
+class IngestOptions(ParamsModel):
     """Reader options for every source file."""
 
     what: ClassVar[str] = "ingest params"
@@ -302,7 +304,7 @@ class IngestOptions(_Model):
 QUALITY_CHECKS = ("not_null", "lon_range", "lat_range", "time_range", "time_increasing", "speed", "traj_length")
 
 
-class QualityOptions(_Model):
+class QualityOptions(ParamsModel):
     """Overrides of the Great Expectations gates (raw and processed)."""
 
     what: ClassVar[str] = "quality params"
@@ -323,76 +325,3 @@ class QualityOptions(_Model):
             if not 0.0 <= frac <= 1.0:
                 raise ValueError(f"mostly[{check!r}] must be in [0, 1], got {frac}")
         return self
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation tasks (trajfm.evaluate.tasks): per-task params
-
-
-def _finite(value: Any) -> bool:
-    """No NaN or infinity anywhere in ``value`` (numbers, lists and dicts of them)."""
-    import math
-
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, (list, tuple)):
-        return all(_finite(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(_finite(v) for v in value.values())
-    return True
-
-
-def _task_params() -> dict[str, tuple[str, ...]]:
-    """Each evaluation task's keyword parameters (not the model, windows or seed)."""
-    import inspect
-
-    from trajfm.evaluate.tasks import TASKS
-
-    skip = {"model", "ws", "seed", "train_ws"}
-    return {name: tuple(p for p in inspect.signature(fn).parameters if p not in skip) for name, fn in TASKS.items()}
-
-
-def _evaluate_params_model() -> type[_Model]:
-    task_params = _task_params()
-
-    class _EvaluateBase(_Model):
-        what: ClassVar[str] = "evaluate params"
-
-        @model_validator(mode="after")
-        def _task_keys(self):
-            for task, known in task_params.items():
-                given = getattr(self, task) or {}
-                unknown = sorted(set(given) - set(known))
-                if unknown:
-                    raise ValueError(f"unknown key(s) {unknown} for task {task!r}; known: {sorted(known)}")
-                bad = sorted(k for k, v in given.items() if not _finite(v))
-                if bad:
-                    raise ValueError(f"{task}: {bad} must be finite numbers (NaN and infinity are refused)")
-            return self
-
-    return create_model(
-        "EvaluateParams",
-        __base__=_EvaluateBase,
-        __doc__='Per-task parameters of the evaluation suite, e.g. {"forecast": {"horizons": [1, 5]}}.',
-        __module__=__name__,
-        **{
-            task: (
-                Optional[dict[str, Any]],
-                Field(None, description=f"{task} task: {', '.join(keys) or 'no parameters'}"),
-            )
-            for task, keys in task_params.items()
-        },
-    )
-
-
-_LAZY: dict[str, Any] = {}
-
-
-def __getattr__(name: str):
-    """``EvaluateParams`` is built on first use: it reads the evaluation tasks' signatures, and
-    importing them (torch) would slow every command that only needs the other models."""
-    if name == "EvaluateParams":
-        if name not in _LAZY:
-            _LAZY[name] = _evaluate_params_model()
-        return _LAZY[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,18 +21,17 @@ import glob
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from trajfm.mlflow_store import CHAMPIONS, download_checkpoint  # noqa: F401 - part of this module's API
 from trajfm.store import data_root, stable_hash
 
 log = logging.getLogger(__name__)
 
 LEDGER = Path("retrain") / "ledger.json"
-CHAMPIONS = Path("retrain") / "champions"  # downloaded champion checkpoints, one folder per version
 
 
 def file_id(fp: dict) -> str:
@@ -77,7 +76,10 @@ def missing_watch_dir(watch_dir: str | os.PathLike) -> str | None:
     if exists:
         return None
     where = Path(os.path.expanduser(text)).resolve() if file.is_local and not has_glob else text
-    return f"watch_dir {watch_dir!s} ({where}) does not exist yet: nothing new to retrain on (create it and drop new files there)"
+    return (
+        f"watch_dir {watch_dir!s} ({where}) does not exist yet: nothing new to retrain on "
+        "(create it and drop new files there)"
+    )
 
 
 def new_files(watch_dir: str | os.PathLike, root=None, format: str | None = None) -> list[dict]:
@@ -142,46 +144,6 @@ def champion_lineage(root=None, name: str = "trajfm") -> ChampionLineage | None:
         horizon=int(params.get("eval.horizon") or 10),
         metric=info.get("metrics", {}).get(f"{split}_ade_m"),
     )
-
-
-def download_checkpoint(root, name: str, version: int) -> Path:
-    """The ``.pt`` checkpoint of ``models:/<name>/<version>``, downloaded once under the data root."""
-    import mlflow
-
-    from trajfm.registry.tracking import tracking_uri
-
-    dest = data_root(root) / CHAMPIONS / f"{name}-v{version}"
-    found = sorted(dest.rglob("*.pt")) if dest.is_dir() else []
-    if found:
-        return found[0]
-    uri = tracking_uri(root)
-    tmp = Path(
-        tempfile.mkdtemp(
-            prefix=f".{name}-v{version}.", dir=dest.parent if dest.parent.exists() else _mkdir(dest.parent)
-        )
-    )
-    previous = mlflow.get_registry_uri()
-    try:
-        mlflow.set_registry_uri(uri)  # models:/ URIs resolve through the registry URI
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp), tracking_uri=uri
-        )
-    finally:
-        mlflow.set_registry_uri(previous)
-    found = sorted(tmp.rglob("*.pt"))
-    if not found:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FileNotFoundError(f"models:/{name}/{version} holds no .pt checkpoint")
-    try:
-        os.rename(tmp, dest)
-    except OSError:  # another run downloaded it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return sorted(dest.rglob("*.pt"))[0]
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _client(root):

@@ -93,7 +93,7 @@ def _metrics_section(m: dict, see) -> list[str]:
             "| metric | model | constant velocity | model vs baseline |",
             "|---|---|---|---|",
         ]
-        for label, key in (("ADE", "ade_m"), ("FDE", "fde_m"), ("step 1", "step1_m")):
+        for label, key in (("ADE", "ade_m"), ("FDE", "fde_m"), ("step 1", "fde_m@1")):
             if key in m and f"cv_{key}" in m:
                 gain = (1 - m[key] / m[f"cv_{key}"]) * 100 if m[f"cv_{key}"] else float("nan")
                 lines.append(f"| {label} | {m[key]:,.1f} | {m[f'cv_{key}']:,.1f} | {gain:+.1f}% |")

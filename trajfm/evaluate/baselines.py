@@ -1,7 +1,8 @@
 """Baselines every task reports next to the model, on exactly the same windows.
 
-- ``constant_velocity`` (forecast, generation): repeat the last step and time gap
-  (``trajfm.evaluate.forecast.constant_velocity``).
+- ``constant_velocity`` (forecast, generation): repeat the last step and time gap (defined
+  here with ``forecastable``, the windows a forecast is scored on; ``trajfm.evaluate.forecast``
+  re-exports both next to the model's rollout).
 - ``linear_extrapolation`` (forecast): the least-squares velocity of the last fixes.
 - ``kalman`` (forecast): a constant-velocity Kalman filter tuned on the fit windows
   (``trajfm.evaluate.kalman``).
@@ -23,13 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from trajfm.evaluate.forecast import constant_velocity, forecastable
 from trajfm.features.encode import NS_PER_S
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, haversine_m, offset_lonlat
 from trajfm.model.infill import linear_interpolation
 
-__all__ = [  # constant_velocity and linear_interpolation live with the code they are baselines for
+__all__ = [  # linear_interpolation lives with the code it is a baseline for
     "HistoricalSpeed",
     "MarkovChain",
     "constant_velocity",
@@ -43,6 +43,35 @@ __all__ = [  # constant_velocity and linear_interpolation live with the code the
     "resampled_steps",
     "split_for_fitting",
 ]
+
+
+def forecastable(ws: WindowSet, context_len: int, horizon: int) -> np.ndarray:
+    """Indices of windows with at least ``context_len + horizon`` real points."""
+    if context_len < 1 or horizon < 1:
+        raise ValueError(f"need context_len >= 1 and horizon >= 1, got {context_len}, {horizon}")
+    return np.flatnonzero(ws.mask.sum(axis=1) >= context_len + horizon)
+
+
+def constant_velocity(ws: WindowSet, context_len: int, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Baseline forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
+
+    Repeats the last displacement (east/north metres in the tangent plane at the previous fix)
+    and the last time gap (exact int64 ns) of the context.
+    """
+    if context_len < 2:
+        raise ValueError("constant velocity needs context_len >= 2 (a last displacement)")
+    sel = forecastable(ws, context_len, horizon)
+    a, b = context_len - 2, context_len - 1
+    east, north = displacement_m(ws.lon[sel, a], ws.lat[sel, a], ws.lon[sel, b], ws.lat[sel, b])
+    dt_ns = ws.t_ns[sel, b] - ws.t_ns[sel, a]
+    lon, lat, t_ns = ws.lon[sel, b].astype(np.float64), ws.lat[sel, b].astype(np.float64), ws.t_ns[sel, b]
+    out_lon, out_lat = np.zeros((len(sel), horizon)), np.zeros((len(sel), horizon))
+    out_t = np.zeros((len(sel), horizon), dtype=np.int64)
+    for h in range(horizon):
+        lon, lat = offset_lonlat(lon, lat, east, north)
+        t_ns = t_ns + dt_ns
+        out_lon[:, h], out_lat[:, h], out_t[:, h] = lon, lat, t_ns
+    return out_lon, out_lat, out_t
 
 
 def split_for_fitting(ws: WindowSet, train_ws: WindowSet | None) -> tuple[WindowSet, WindowSet]:

@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     a trained model, run the evaluate stage on it and print the demo summary's forecast table."""
     import argparse
 
-    from trajfm.cli import forecast_rows
-    from trajfm.evaluate.run import run_evaluation
+    from trajfm.evaluate.run import forecast_rows, run_evaluation
 
     parser = argparse.ArgumentParser(
         prog="python -m trajfm.evaluate.calibrate", description=main.__doc__.split("\n")[0]
@@ -241,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     m = run_evaluation(args.features, out, root=args.root, context_len=args.context_len, horizon=args.horizon)
     print(f"calibrated model: {out / 'model.pt'}")
     print(
-        f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, {m['horizon']} steps ahead"
+        f"evaluate    test split, {m['n_windows']:,} windows, {m['context_len']} points of context, "
+        f"{m['horizon']} steps ahead"
     )
     print("\n".join(forecast_rows(m, max(18, len(m["preset"]) + 7))))
     print(json.dumps({k: v for k, v in m.items() if "coverage" in k or "crps" in k}, indent=1))

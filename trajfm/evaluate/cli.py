@@ -33,8 +33,9 @@ def _json_arg(text: str | None, what: str) -> dict:
 
 def _task_params(text: str | None) -> dict:
     """``--params``: per-task parameters, checked against the tasks and their keywords
-    (``trajfm.params.EvaluateParams``): a typo is a one-line error naming the known keys."""
-    from trajfm.params import EvaluateParams, parse
+    (``trajfm.evaluate.params.EvaluateParams``): a typo is a one-line error naming the known keys."""
+    from trajfm.evaluate.params import EvaluateParams
+    from trajfm.params import parse
 
     value = _json_arg(text, "--params")
     return parse(EvaluateParams, value, "--params").to_params() if value else {}
@@ -152,7 +153,8 @@ def _evaluate(args) -> int:
         else ""
     )
     print(
-        f"data  {read}preprocess in {pre['rows_in']:,} = kept {pre['rows_kept']:,} + quarantined {pre['rows_quarantined']:,};"
+        f"data  {read}preprocess in {pre['rows_in']:,} = kept {pre['rows_kept']:,} "
+        f"+ quarantined {pre['rows_quarantined']:,};"
         f" windows fit/eval {result['split']['fit_windows']}/{result['split']['eval_windows']}"
     )
     print(metrics_table_text(result["metrics"]))

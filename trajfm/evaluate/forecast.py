@@ -16,19 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from trajfm.evaluate.baselines import constant_velocity, forecastable
+from trajfm.evaluate.metrics import SUMMARY_STEPS, distance_errors_m, forecast_errors, horizon_errors
 from trajfm.features.encode import NS_PER_S, decode_step, encode_points, next_point_features
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, haversine_m, offset_lonlat
 from trajfm.model.blend import apply_blend
 from trajfm.model.generate import Rollout
 from trajfm.model.gpt import TrajGPT
-
-
-def forecastable(ws: WindowSet, context_len: int, horizon: int) -> np.ndarray:
-    """Indices of windows with at least ``context_len + horizon`` real points."""
-    if context_len < 1 or horizon < 1:
-        raise ValueError(f"need context_len >= 1 and horizon >= 1, got {context_len}, {horizon}")
-    return np.flatnonzero(ws.mask.sum(axis=1) >= context_len + horizon)
 
 
 @torch.no_grad()
@@ -56,7 +51,6 @@ def rollout_points(
     ``use_cache``: KV-cache generation (``trajfm.model.generate``); same numbers either way.
     ``context_lonlat`` (B, L, 2) degrees: needed by models that encode absolute position.
     """
-    device = next(model.parameters()).device
     lon, lat, t_ns = np.asarray(lon, np.float64), np.asarray(lat, np.float64), np.asarray(t_ns, np.int64)
     B = len(lon)
     if model.needs_lonlat and context_lonlat is None:
@@ -133,37 +127,6 @@ def rollout(
     return out_lon, out_lat, out_t
 
 
-def constant_velocity(ws: WindowSet, context_len: int, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Baseline forecasts (lon, lat, t_ns) each (N, horizon) for the ``forecastable`` windows.
-
-    Repeats the last displacement (east/north metres in the tangent plane at the previous fix)
-    and the last time gap (exact int64 ns) of the context.
-    """
-    if context_len < 2:
-        raise ValueError("constant velocity needs context_len >= 2 (a last displacement)")
-    sel = forecastable(ws, context_len, horizon)
-    a, b = context_len - 2, context_len - 1
-    east, north = displacement_m(ws.lon[sel, a], ws.lat[sel, a], ws.lon[sel, b], ws.lat[sel, b])
-    dt_ns = ws.t_ns[sel, b] - ws.t_ns[sel, a]
-    lon, lat, t_ns = ws.lon[sel, b].astype(np.float64), ws.lat[sel, b].astype(np.float64), ws.t_ns[sel, b]
-    out_lon, out_lat = np.zeros((len(sel), horizon)), np.zeros((len(sel), horizon))
-    out_t = np.zeros((len(sel), horizon), dtype=np.int64)
-    for h in range(horizon):
-        lon, lat = offset_lonlat(lon, lat, east, north)
-        t_ns = t_ns + dt_ns
-        out_lon[:, h], out_lat[:, h], out_t[:, h] = lon, lat, t_ns
-    return out_lon, out_lat, out_t
-
-
-SUMMARY_STEPS = (1, 5, 10)  # forecast steps every summary reports (those within the horizon)
-
-
-def _errors(pred_lon, pred_lat, true_lon, true_lat) -> dict:
-    err = haversine_m(pred_lon, pred_lat, true_lon, true_lat)  # (N, horizon) metres, float64
-    out = {"ade_m": float(err.mean()), "fde_m": float(err[:, -1].mean()), "step1_m": float(err[:, 0].mean())}
-    return {**out, **{f"fde{h}_m": float(err[:, h - 1].mean()) for h in SUMMARY_STEPS if h <= err.shape[1]}}
-
-
 def evaluate_forecast(
     model: TrajGPT,
     ws: WindowSet,
@@ -175,8 +138,9 @@ def evaluate_forecast(
     """ADE, FDE and 1-step error in metres of the model and of constant velocity, same windows;
     with ``fit_ws`` (the training windows) also of the Kalman filter fitted on them.
 
-    Keys: ``n_windows, ade_m, fde_m, step1_m, cv_ade_m, cv_fde_m, cv_step1_m``, the error at each
-    of ``SUMMARY_STEPS`` within the horizon (``fde5_m``, ``cv_fde5_m``, ...); with ``fit_ws``:
+    Keys (``trajfm.evaluate.metrics.forecast_errors``): ``n_windows``, ``ade_m, fde_m`` over the
+    whole horizon, ``ade_m@h, fde_m@h`` at each of ``SUMMARY_STEPS`` within it, the same with
+    ``cv_`` (``cv_ade_m``, ``cv_fde_m@5``, ...); with ``fit_ws``:
     ``kf_*`` the same for the Kalman filter tuned on them for its forecasts, ``kf_q_m2_s3`` /
     ``kf_r_m2`` its noise, and the probabilistic scores averaged over steps 1..horizon
     (``trajfm.evaluate.scores``): ``coverage50/80/90`` and ``crps_m`` of the model (when it has a
@@ -196,8 +160,8 @@ def evaluate_forecast(
     c_lon, c_lat, _ = constant_velocity(ws, context_len, horizon)
     out = {
         "n_windows": int(len(sel)),
-        **_errors(m_lon, m_lat, true_lon, true_lat),
-        **{f"cv_{k}": v for k, v in _errors(c_lon, c_lat, true_lon, true_lat).items()},
+        **forecast_errors(m_lon, m_lat, true_lon, true_lat, SUMMARY_STEPS, whole_horizon=True),
+        **{f"cv_{k}": v for k, v in forecast_errors(c_lon, c_lat, true_lon, true_lat, SUMMARY_STEPS, True).items()},
     }
     if fit_ws is None:
         return out
@@ -207,7 +171,9 @@ def evaluate_forecast(
 
     params = fit_kalman(fit_ws, context_len, horizon)  # tuned for its forecasts: the point reference
     k_lon, k_lat, _ = kalman_forecast(ws, context_len, horizon, params)
-    out.update({f"kf_{k}": v for k, v in _errors(k_lon, k_lat, true_lon, true_lat).items()})
+    out.update(
+        {f"kf_{k}": v for k, v in forecast_errors(k_lon, k_lat, true_lon, true_lat, SUMMARY_STEPS, True).items()}
+    )
     out.update(kf_q_m2_s3=params.q_m2_s3, kf_r_m2=params.r_m2)
     mle = fit_kalman(fit_ws, context_len, horizon, objective="likelihood")  # its covariance: the filter's error model
     l_lon, l_lat, _, l_cov = kalman_forecast(ws, context_len, horizon, mle, with_cov=True)
@@ -231,18 +197,8 @@ def evaluate_forecast(
     return out
 
 
-def forecast_points(
-    model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256, **options
-) -> pd.DataFrame:
-    """Forecast ``horizon`` next fixes of every trajectory in ``points``; ``options`` go to
-    ``rollout_points`` (e.g. ``how="sample", generator=g`` for a sampled future).
-
-    ``points`` has columns ``traj_id, t`` (datetime; tz-aware, or naive meaning UTC), ``lon, lat``
-    (WGS84 degrees). Each trajectory is sorted by time and encoded whole; its last (up to)
-    ``block_size`` points are the context. Returns columns ``traj_id, step`` (1..horizon), ``t``
-    (datetime64[ns, UTC]), ``lon, lat`` (degrees), sorted by traj_id then step. The model's
-    ``forecast_blend`` applies as in ``rollout``; its quantiles: ``trajfm.model.blend.add_quantiles``.
-    """
+def _points_frame(points: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """``traj_id, t_ns`` (int64 UTC ns), ``lon, lat`` (float64 degrees) of ``points``, checked."""
     missing = [c for c in ("traj_id", "t", "lon", "lat") if c not in points.columns]
     if missing:
         raise ValueError(f"points is missing columns {missing}; need traj_id, t, lon, lat")
@@ -258,6 +214,22 @@ def forecast_points(
             "lat": points["lat"].to_numpy(dtype=np.float64),
         }
     )
+    return df
+
+
+def forecast_points(
+    model: TrajGPT, points: pd.DataFrame, horizon: int, batch_size: int = 256, **options
+) -> pd.DataFrame:
+    """Forecast ``horizon`` next fixes of every trajectory in ``points``; ``options`` go to
+    ``rollout_points`` (e.g. ``how="sample", generator=g`` for a sampled future).
+
+    ``points`` has columns ``traj_id, t`` (datetime; tz-aware, or naive meaning UTC), ``lon, lat``
+    (WGS84 degrees). Each trajectory is sorted by time and encoded whole; its last (up to)
+    ``block_size`` points are the context. Returns columns ``traj_id, step`` (1..horizon), ``t``
+    (datetime64[ns, UTC]), ``lon, lat`` (degrees), sorted by traj_id then step. The model's
+    ``forecast_blend`` applies as in ``rollout``; its quantiles: ``trajfm.model.blend.add_quantiles``.
+    """
+    df = _points_frame(points, horizon)
     groups = df.sort_values(["traj_id", "t_ns"], kind="stable").groupby("traj_id", sort=True)
     sizes = groups.size()
     short = sizes.index[sizes < 2].tolist()
@@ -409,10 +381,8 @@ def forecast_task(
     for m in minutes:
         out[f"forecast.n_windows@{_minutes_label(m)}"] = float((true_t[:, -1] - t0 >= round(m * 60 * NS_PER_S)).sum())
     for name, (lon, lat, t_ns) in preds.items():
-        err = haversine_m(lon, lat, true_lon, true_lat)  # (N, H) metres
-        for h in horizons:
-            out[f"forecast.ade_m@{h}.{name}"] = float(err[:, :h].mean())
-            out[f"forecast.fde_m@{h}.{name}"] = float(err[:, h - 1].mean())
+        err = distance_errors_m(lon, lat, true_lon, true_lat)  # (N, H) metres
+        out.update({f"forecast.{k}.{name}": v for k, v in horizon_errors(err, horizons).items()})
         e = err[:, :mae_points]
         out[f"forecast.mae_m@{mae_points}.{name}"] = float(e.mean())
         out[f"forecast.rmse_m@{mae_points}.{name}"] = float(np.sqrt(np.square(e).mean()))

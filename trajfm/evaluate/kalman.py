@@ -19,10 +19,10 @@ Parameters (``KalmanParams``):
 ``fit_kalman`` chooses both on training windows (a coarse log grid, then finer ones around its
 best point; no randomness: the same windows give the same parameters), by default for the lowest
 error of its own ``horizon``-step forecasts (a filter tuned to forecast, the honest reference),
-or by maximum likelihood of the innovations (``objective="likelihood"``). ``kalman_forecast`` filters each window's context and predicts ``horizon``
-steps, each as long as the context's last time gap (as constant velocity does), with the
-predicted covariance of the next fixes (state covariance + ``r``): the baseline's own error model
-for the calibration tables.
+or by maximum likelihood of the innovations (``objective="likelihood"``). ``kalman_forecast``
+filters each window's context and predicts ``horizon`` steps, each as long as the context's last
+time gap (as constant velocity does), with the predicted covariance of the next fixes (state
+covariance + ``r``): the baseline's own error model for the calibration tables.
 
 Positions are east/north metres in the tangent plane at each window's last context fix
 (``trajfm.geo.displacement_m``); forecasts go back to degrees with ``offset_lonlat``.
@@ -35,7 +35,7 @@ from datetime import timedelta
 
 import numpy as np
 
-from trajfm.evaluate.forecast import forecastable
+from trajfm.evaluate.baselines import forecastable
 from trajfm.features.encode import NS_PER_S
 from trajfm.features.windows import WindowSet
 from trajfm.geo import displacement_m, offset_lonlat

@@ -3,6 +3,19 @@
 Everything is numpy float64; distances are great-circle metres (``trajfm.geo.haversine_m``),
 times seconds. Functions take arrays and return plain Python floats (JSON-able), so a task can
 put their results straight into its metrics dict.
+
+Forecast errors have one function and one key scheme (``forecast_errors``), used by the pipeline's
+evaluate stage, the evaluation suite, the model benchmark and the registry:
+
+- ``ade_m@h``: average displacement error, the mean great-circle error in metres over steps 1..h;
+- ``fde_m@h``: final displacement error, the mean error in metres at step h;
+- ``ade_m`` / ``fde_m`` (no ``@``, ``whole_horizon=True``): the same over the whole forecast
+  horizon (``ade_m`` is the registry's promotion metric, ``test_ade_m`` in MLflow);
+- ``step_errors_m``: the mean error at each step 1..H, a list (the error-vs-horizon plot).
+
+A caller puts its own prefix or suffix around a key (``cv_fde_m@5``, ``forecast.ade_m@10.model``).
+MLflow metric names cannot hold ``@``: ``trajfm.mlflow_store.mlflow_metric_name`` writes it
+``_at_`` at that boundary.
 """
 
 from __future__ import annotations
@@ -12,11 +25,37 @@ import numpy as np
 from trajfm.geo import displacement_m, haversine_m
 
 NS_PER_S = 1_000_000_000
+SUMMARY_STEPS = (1, 5, 10)  # forecast steps every summary reports (those within the horizon)
 
 
 def distance_errors_m(pred_lon, pred_lat, true_lon, true_lat) -> np.ndarray:
     """Great-circle error in metres of each predicted point (any shape; degrees in)."""
     return haversine_m(pred_lon, pred_lat, true_lon, true_lat)
+
+
+def horizon_errors(err: np.ndarray, horizons=SUMMARY_STEPS, whole_horizon: bool = False) -> dict[str, float]:
+    """``ade_m@h`` and ``fde_m@h`` (module docstring) for each ``h`` of ``horizons`` within the
+    horizon of ``err`` (N, H) metres; with ``whole_horizon`` first ``ade_m`` and ``fde_m`` over
+    all H steps. Averaged in float64, window by window at each step."""
+    out = {"ade_m": float(err.mean()), "fde_m": float(err[:, -1].mean())} if whole_horizon else {}
+    for h in horizons:
+        if h <= err.shape[1]:
+            out[f"ade_m@{h}"] = float(err[:, :h].mean())
+            out[f"fde_m@{h}"] = float(err[:, h - 1].mean())
+    return out
+
+
+def forecast_errors(
+    pred_lon, pred_lat, true_lon, true_lat, horizons=SUMMARY_STEPS, whole_horizon: bool = False
+) -> dict[str, float]:
+    """Forecast errors in metres of (N, H) predicted fixes against the true ones (degrees):
+    ``horizon_errors`` of their great-circle distances (keys in the module docstring)."""
+    return horizon_errors(distance_errors_m(pred_lon, pred_lat, true_lon, true_lat), horizons, whole_horizon)
+
+
+def step_errors_m(pred_lon, pred_lat, true_lon, true_lat) -> list[float]:
+    """Mean great-circle error in metres at each step 1..H of (N, H) forecasts (degrees in)."""
+    return [float(e) for e in distance_errors_m(pred_lon, pred_lat, true_lon, true_lat).mean(axis=0)]
 
 
 def mae_rmse(err: np.ndarray) -> tuple[float, float]:

@@ -73,8 +73,7 @@ def collect_plot_data(
     import torch
 
     from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
-    from trajfm.evaluate.metrics import motion_statistics
-    from trajfm.geo import haversine_m
+    from trajfm.evaluate.metrics import step_errors_m
 
     sel = forecastable(ws, context_len, horizon)
     if len(sel) == 0:
@@ -82,8 +81,6 @@ def collect_plot_data(
     truth = slice(context_len, context_len + horizon)
     all_lon, all_lat = ws.lon[sel, truth], ws.lat[sel, truth]
     model_all, cv_all = rollout(model, ws, context_len, horizon), constant_velocity(ws, context_len, horizon)
-    err_model = haversine_m(model_all[0], model_all[1], all_lon, all_lat)  # (N, H) metres
-    err_cv = haversine_m(cv_all[0], cv_all[1], all_lon, all_lat)
     idx = np.unique(np.linspace(0, len(sel) - 1, min(max_windows, len(sel))).round().astype(int))
     pick = sel[idx]
     sub = ws.subset(pick)
@@ -105,8 +102,8 @@ def collect_plot_data(
         "horizon": np.array(horizon),
         "mixture": np.array(mixture),
         "seed": np.array(seed),
-        "err_model_m": err_model.mean(axis=0),  # (H,) over all forecastable windows
-        "err_constant_velocity_m": err_cv.mean(axis=0),
+        "err_model_m": np.array(step_errors_m(model_all[0], model_all[1], all_lon, all_lat)),  # (H,) all windows
+        "err_constant_velocity_m": np.array(step_errors_m(cv_all[0], cv_all[1], all_lon, all_lat)),
     }
     ex = np.unique(np.linspace(0, len(pick) - 1, min(n_examples, len(pick))).round().astype(int))
     data.update(
@@ -122,13 +119,28 @@ def collect_plot_data(
     )
     if mixture:
         data.update(ex_sample_lon=s_lon[:, ex], ex_sample_lat=s_lat[:, ex])
-        d_samples = haversine_m(s_lon, s_lat, m_lon[None], m_lat[None])  # (S, N, H) spread around the forecast
-        d_true = haversine_m(true_lon, true_lat, m_lon, m_lat)  # (N, H)
-        radius = np.quantile(d_samples, LEVELS, axis=0)  # (levels, N, H)
-        data.update(
-            calibration_levels=LEVELS, calibration_coverage=(d_true[None] <= radius).mean(axis=1)
-        )  # (levels, H)
-    # motion statistics of real and generated continuations, each starting at the last context fix
+        data.update(_calibration(s_lon, s_lat, m_lon, m_lat, true_lon, true_lat))
+    data.update(_motion(sub, context_len, (true_lon, true_lat, true_t), (s_lon, s_lat, s_t)))
+    return data
+
+
+def _calibration(s_lon, s_lat, m_lon, m_lat, true_lon, true_lat) -> dict:
+    """Coverage (levels, H) of the sampled futures' ``LEVELS`` distance quantiles around the forecast."""
+    from trajfm.geo import haversine_m
+
+    d_samples = haversine_m(s_lon, s_lat, m_lon[None], m_lat[None])  # (S, N, H) spread around the forecast
+    d_true = haversine_m(true_lon, true_lat, m_lon, m_lat)  # (N, H)
+    radius = np.quantile(d_samples, LEVELS, axis=0)  # (levels, N, H)
+    return {"calibration_levels": LEVELS, "calibration_coverage": (d_true[None] <= radius).mean(axis=1)}
+
+
+def _motion(sub, context_len: int, truth: tuple, samples: tuple) -> dict:
+    """``real_*`` / ``gen_*`` motion statistics of the real continuations and of the sampled ones
+    (``(lon, lat, t_ns)`` each), every track starting at the last context fix."""
+    from trajfm.evaluate.metrics import motion_statistics
+
+    true_lon, true_lat, true_t = truth
+    s_lon, s_lat, s_t = samples
     last = (
         sub.lon[:, context_len - 1 : context_len],
         sub.lat[:, context_len - 1 : context_len],
@@ -141,6 +153,7 @@ def collect_plot_data(
     gen_lat = np.concatenate([np.hstack([last[1], s]) for s in s_lat])
     gen_t = np.concatenate([np.hstack([last[2], s]) for s in s_t])
     gen = motion_statistics(gen_lon, gen_lat, gen_t)
+    data = {}
     for name in MOTION:
         data[f"real_{name}"], data[f"gen_{name}"] = real[name], gen[name]
     return data
@@ -183,7 +196,7 @@ def trajectories_figure(d: dict):
         ax = fig.add_subplot(rows, cols, i + 1)
         lon0, lat0 = d["ex_context_lon"][i, -1], d["ex_context_lat"][i, -1]
 
-        def xy(lon, lat):
+        def xy(lon, lat, lon0=lon0, lat0=lat0):
             return _metres(lon0, lat0, lon, lat)
 
         if "ex_sample_lon" in d:
@@ -305,7 +318,7 @@ def _accounting_lines(acc: dict) -> list[str]:
 
 
 def _evaluate_section(path: Path, res: dict, out_dir: Path, prefix: str) -> tuple[list[str], list[Path]]:
-    from trajfm.evaluate.suite import metrics_table_markdown
+    from trajfm.evaluate.tables import metrics_table_markdown
 
     m = res.get("model", {})
     lines = [
@@ -316,7 +329,8 @@ def _evaluate_section(path: Path, res: dict, out_dir: Path, prefix: str) -> tupl
         + f", {m.get('n_params', 0):,} parameters)",
         f"- data: {', '.join(f'`{s}`' for s in res.get('data', {}).get('sources', []))}",
         f"- split: the earliest {res['split']['fit_frac']:.0%} of the time span fits the learning baselines "
-        f"({res['split']['fit_windows']} windows); metrics on the later {res['split']['eval_windows']} windows; seed {res.get('seed')}",
+        f"({res['split']['fit_windows']} windows); metrics on the later {res['split']['eval_windows']} windows; "
+        f"seed {res.get('seed')}",
         *_accounting_lines(res.get("accounting", {})),
         "",
         metrics_table_markdown(res["metrics"]),
@@ -369,7 +383,7 @@ def transfer_horizon_figure(summary: dict):
 
 
 def _transfer_section(path: Path, res: dict, out_dir: Path, prefix: str) -> list[str]:
-    from trajfm.evaluate.transfer import summary_markdown
+    from trajfm.evaluate.tables import metrics_table_markdown
 
     s = res.get("settings", {})
     lines = [
@@ -383,7 +397,7 @@ def _transfer_section(path: Path, res: dict, out_dir: Path, prefix: str) -> list
         + ", ".join(f"{k} {v}" for k, v in (res.get("heldout_windows") or {}).items())
         + ".",
         "",
-        summary_markdown(res["summary"]),
+        metrics_table_markdown(res["summary"]),
         "",
     ]
     fig = transfer_horizon_figure(res["summary"])
@@ -424,11 +438,6 @@ def render_report(results: list[str | Path], out_dir: str | Path) -> Path:
     return report
 
 
-def _metric_name(key: str) -> str:
-    """An MLflow-legal metric name (alphanumerics, _ - . / : and spaces)."""
-    return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", key.replace("@", "_at_"))
-
-
 def log_report(
     out_dir: str | Path,
     root=None,
@@ -441,7 +450,7 @@ def log_report(
     flat ``metrics`` given); returns the run id."""
     import mlflow
 
-    from trajfm.registry.tracking import setup_mlflow
+    from trajfm.mlflow_store import mlflow_metric_name, setup_mlflow
 
     experiment_id = setup_mlflow(root, experiment)
     with mlflow.start_run(
@@ -451,7 +460,7 @@ def log_report(
         nested=mlflow.active_run() is not None,
     ) as run:
         numeric = {
-            _metric_name(k): float(v)
+            mlflow_metric_name(k): float(v)
             for k, v in (metrics or {}).items()
             if isinstance(v, (int, float)) and math.isfinite(v)
         }

@@ -3,7 +3,7 @@
 ``evaluate_model(model_uri, data, ...)``:
 
 1. **Model**: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/RUN_ID/model`` (the
-   MLflow store of the data root, ``trajfm.registry.tracking_uri``; the logged pyfunc carries the
+   MLflow store of the data root, ``trajfm.mlflow_store.tracking_uri``; the logged pyfunc carries the
    checkpoint as its ``checkpoint`` artifact, which is downloaded and loaded with
    ``weights_only=True``), a checkpoint file (``model.pt``), or a train stage directory. The checkpoint
    holds the weights and the normalization statistics of the model's own training data, so the
@@ -43,6 +43,12 @@ import numpy as np
 import pandas as pd
 
 from trajfm.data.catalog import EMBEDDED_PREFIX, expand_data  # noqa: F401 - part of this module's API
+from trajfm.evaluate.tables import (  # noqa: F401 - the suite's tables, part of this module's API
+    format_value,
+    metrics_rows,
+    metrics_table_markdown,
+    metrics_table_text,
+)
 from trajfm.store import StageWriter, data_root, file_sha256, is_complete, read_manifest, stable_hash
 
 RESULTS_FORMAT = "trajfm.evaluate"
@@ -64,65 +70,9 @@ class LoadedModel:
     info: dict = field(default_factory=dict)  # uri, source, version, preset, config, checkpoint sha256
 
 
-def _registry_version(uri: str, root) -> dict:
-    """Name, version and run of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from trajfm.registry.tracking import tracking_uri
-
-    body = uri[len("models:/") :].strip("/")
-    tracking = tracking_uri(root)
-    if tracking.startswith("sqlite:///") and not Path(tracking[len("sqlite:///") :]).is_file():
-        raise ValueError(
-            f"{uri!r}: there is no MLflow store at {tracking} (wrong --data-root, or nothing registered yet)"
-        )
-    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-    try:
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, version = body.partition("/")
-            if not version.isdigit():
-                raise ValueError(f"{uri!r}: expected models:/NAME/VERSION (a number) or models:/NAME@ALIAS")
-            mv = client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise ValueError(f"{uri!r} is not in the model registry at {tracking}: {exc.message}") from None
-    return {"name": mv.name, "version": int(mv.version), "run_id": mv.run_id, "tracking_uri": tracking}
-
-
-def _download_registered_checkpoint(uri: str, root, into: Path) -> Path:
-    """Download a logged pyfunc model (``models:/`` or ``runs:/<run_id>/model``) and return its
-    ``checkpoint`` artifact file."""
-    import mlflow.artifacts
-    import yaml
-    from mlflow.exceptions import MlflowException
-
-    from trajfm.registry.pyfunc import CHECKPOINT_ARTIFACT
-    from trajfm.registry.tracking import global_uris, tracking_uri
-
-    tracking = tracking_uri(root)
-    try:
-        with global_uris(tracking):  # MLflow resolves the version's logged model through the global store
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri, dst_path=str(into), tracking_uri=tracking, registry_uri=tracking
-                )
-            )
-    except MlflowException as exc:
-        raise ValueError(f"{uri!r} cannot be downloaded from {tracking}: {exc.message}") from None
-    if not (local / "MLmodel").is_file():
-        raise ValueError(f"{uri!r} is not an MLflow model (no MLmodel file); for a run give runs:/<run_id>/model")
-    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
-    artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {}) or {}
-    if CHECKPOINT_ARTIFACT not in artifacts:
-        raise ValueError(f"{uri}: the registered model has no {CHECKPOINT_ARTIFACT!r} artifact; is it a trajfm model?")
-    return local / artifacts[CHECKPOINT_ARTIFACT]["path"]
-
-
 def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu") -> LoadedModel:
     """Load a model from the registry (``models:/...``), a checkpoint file or a train stage directory."""
+    from trajfm.mlflow_store import download_registered_checkpoint, registered_version
     from trajfm.model.checkpoint import load_checkpoint, model_from_checkpoint
 
     uri = str(model_uri)
@@ -130,14 +80,14 @@ def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu")
     if uri.startswith(("models:/", "runs:/")):
         info.update(
             **(
-                {"source": "registry", **_registry_version(uri, root)}
+                {"source": "registry", **registered_version(uri, root)}
                 if uri.startswith("models:/")
                 else {"source": "run"}
             )
         )
         tmp = Path(tempfile.mkdtemp(prefix="trajfm-model-"))
         try:
-            path = _download_registered_checkpoint(uri, root, tmp)
+            path = download_registered_checkpoint(uri, root, tmp)
             info["checkpoint_sha256"] = file_sha256(path)
             ckpt = load_checkpoint(path, map_location=device)
         finally:
@@ -151,7 +101,8 @@ def load_any_model(model_uri: str | os.PathLike, root=None, device: str = "cpu")
             info["source"] = "checkpoint"
         if not path.is_file():
             raise FileNotFoundError(
-                f"model {uri!r}: no such checkpoint; give models:/NAME@ALIAS, models:/NAME/VERSION, a model.pt or a train stage directory"
+                f"model {uri!r}: no such checkpoint; give models:/NAME@ALIAS, models:/NAME/VERSION, "
+                "a model.pt or a train stage directory"
             )
         info["checkpoint"] = str(path.resolve())
         info["checkpoint_sha256"] = file_sha256(path)
@@ -211,7 +162,8 @@ def ingest_and_clean(
     m = read_manifest(ingest_dir)
     if m["rows_kept"] == 0:
         raise ValueError(
-            f"no valid point in {data!r}: read {m['rows_read']}, quarantined {m['rows_quarantined']} {m.get('quarantined_by_reason')}"
+            f"no valid point in {data!r}: read {m['rows_read']}, "
+            f"quarantined {m['rows_quarantined']} {m.get('quarantined_by_reason')}"
         )
     pre_dir = preprocess(ingest_dir, root=root, params=preprocess_params, scheduler="sync")
     return Path(ingest_dir), Path(pre_dir)
@@ -478,7 +430,8 @@ def evaluate_model(
     fit_ws, eval_ws = sets["train"], sets["test"]
     if len(eval_ws) == 0:
         raise ValueError(
-            f"no evaluation window from {data!r}: the data after the fit part ({fit_frac:.0%} of its time span) is too short"
+            f"no evaluation window from {data!r}: the data after the fit part "
+            f"({fit_frac:.0%} of its time span) is too short"
         )
     metrics = run_suite(loaded.model, eval_ws, fit_ws, tasks, seed=seed, params=params)
     result = {
@@ -545,88 +498,3 @@ def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def metrics_rows(metrics: dict) -> tuple[list[str], list[str], dict]:
-    """(metric rows ``task.metric``, predictor columns, {(row, column): value}) of flat metrics."""
-    cells: dict = {}
-    rows: list[str] = []
-    cols: list[str] = []
-    for key, value in metrics.items():
-        parts = key.split(".")
-        if len(parts) < 3:  # a count or setting (forecast.n_windows): no predictor
-            continue
-        row, predictor = ".".join(parts[:-1]), parts[-1]
-        if row not in rows:
-            rows.append(row)
-        if predictor not in cols:
-            cols.append(predictor)
-        cells[(row, predictor)] = value
-    # the model (or models) first, baselines after, in first-seen order
-    cols.sort(key=lambda c: 0 if c == "model" or "@" in c else 1)
-    return rows, cols, cells
-
-
-def format_value(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, dict):  # mean/std over seeds
-        if value.get("mean") is None:
-            return "-"
-        return f"{format_value(value['mean'])} ± {format_value(value.get('std') or 0.0)}"
-    v = float(value)
-    if v != v:
-        return "nan"
-    if v.is_integer() and abs(v) < 1e15:
-        return f"{int(v):,}"
-    a = abs(v)
-    return f"{v:,.1f}" if a >= 100 else f"{v:.2f}" if a >= 1 else f"{v:.3f}" if a >= 0.01 else f"{v:.2e}"
-
-
-def _task_blocks(metrics: dict):
-    """Per task: (rows, predictor columns that have a value for that task, cells)."""
-    rows, cols, cells = metrics_rows(metrics)
-    tasks: list[str] = []
-    for r in rows:
-        if r.split(".")[0] not in tasks:
-            tasks.append(r.split(".")[0])
-    for task in tasks:
-        task_rows = [r for r in rows if r.split(".")[0] == task]
-        task_cols = [c for c in cols if any((r, c) in cells for r in task_rows)]
-        yield task_rows, task_cols, cells
-
-
-def metrics_table_text(metrics: dict) -> str:
-    """Fixed-width tables, one per task: metric rows x predictor columns (model(s) first)."""
-    blocks = []
-    for rows, cols, cells in _task_blocks(metrics):
-        width0 = max([len("metric")] + [len(r) for r in rows])
-        texts = {(r, c): format_value(cells.get((r, c))) for r in rows for c in cols}
-        widths = [max([len(c)] + [len(texts[(r, c)]) for r in rows]) for c in cols]
-        head = f"{'metric':<{width0}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths))
-        lines = [head, "-" * len(head)]
-        for r in rows:
-            lines.append(f"{r:<{width0}}  " + "  ".join(f"{texts[(r, c)]:>{w}}" for c, w in zip(cols, widths)))
-        blocks.append("\n".join(lines))
-    counts = _counts(metrics)
-    if counts:
-        blocks.append("counts: " + ", ".join(f"{k} {format_value(v)}" for k, v in counts.items()))
-    return "\n\n".join(blocks)
-
-
-def _counts(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if len(k.split(".")) < 3}
-
-
-def metrics_table_markdown(metrics: dict) -> str:
-    """Markdown tables, one per task: metric rows x predictor columns."""
-    blocks = []
-    for rows, cols, cells in _task_blocks(metrics):
-        lines = ["| metric | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-        for r in rows:
-            lines.append(f"| {r} | " + " | ".join(format_value(cells.get((r, c))) for c in cols) + " |")
-        blocks.append("\n".join(lines))
-    counts = _counts(metrics)
-    if counts:
-        blocks.append("Counts: " + ", ".join(f"`{k}` {format_value(v)}" for k, v in counts.items()))
-    return "\n\n".join(blocks)

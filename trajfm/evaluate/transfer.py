@@ -32,7 +32,8 @@ again; the baselines (which learn only from the fine-tune split) run on the same
 ``<task>.<metric>.<predictor>`` with predictors ``<preset>@zero-shot``, ``<preset>@fine-tuned``,
 ``<preset>+blend@zero-shot`` (forecast only: the zero-shot model with its never-worse-than-
 constant-velocity blend fitted on the TRAIN sources' validation split, ``trajfm.evaluate.calibrate``)
-and the baselines' names (``kalman`` among them: fitted on the fine-tune split, as the others); ``summary`` holds mean ± std (population std) over seeds.
+and the baselines' names (``kalman`` among them: fitted on the fine-tune split, as the others);
+``summary`` holds mean ± std (population std) over seeds.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
     )
 
 
-def _features(
+def source_features(
     sources: list[SourceSpec], root: Path, window: int, train_frac: float, val_frac: float
 ) -> tuple[Path, dict]:
     """ingest + preprocess each source, select, window: (features dir, accounting per source)."""
@@ -244,13 +245,13 @@ def summarize(runs: dict) -> dict:
 
 
 def summary_text(summary: dict) -> str:
-    from trajfm.evaluate.suite import metrics_table_text
+    from trajfm.evaluate.tables import metrics_table_text
 
     return metrics_table_text(summary)
 
 
 def summary_markdown(summary: dict) -> str:
-    from trajfm.evaluate.suite import metrics_table_markdown
+    from trajfm.evaluate.tables import metrics_table_markdown
 
     return metrics_table_markdown(summary)
 
@@ -274,6 +275,76 @@ def _train_overrides(
     }
 
 
+def _check_budget(fine_tune_steps: int, epochs: int, seeds, fine_tune_lr: float | None) -> None:
+    if fine_tune_steps < 0 or epochs < 1 or not seeds:
+        raise ValueError(
+            f"need fine_tune_steps >= 0, epochs >= 1 and at least one seed, got {fine_tune_steps}, {epochs}, {seeds}"
+        )
+    if fine_tune_lr is not None and not fine_tune_lr > 0:
+        raise ValueError(f"fine_tune_lr must be > 0 (or None for the training learning rate), got {fine_tune_lr}")
+
+
+@dataclass
+class _PresetRun:
+    """One preset and seed of a protocol: trained on the train sources, scored zero-shot, with
+    its never-worse blend (forecast) and fine-tuned on the held-out fine-tune split."""
+
+    name: str
+    seed: int
+    root: Path
+    train_feat: Path
+    held_feat: Path
+    n_train: int
+    fit_ws: object
+    eval_ws: object
+    tasks: list[str] | None
+    params: dict
+
+    def score(self, model_dir: Path, predictor: str, tasks=None) -> dict:
+        """The suite's model metrics of ``model_dir/model.pt`` under the name ``predictor``."""
+        from trajfm.evaluate.suite import run_suite
+        from trajfm.model.checkpoint import load_model
+
+        model = load_model(model_dir / "model.pt")
+        return _renamed(
+            run_suite(model, self.eval_ws, self.fit_ws, tasks or self.tasks, seed=self.seed, params=self.params),
+            predictor,
+        )
+
+    def evaluate(self, metrics, epochs, max_steps, batch_size, device, fine_tune_steps, fine_tune_lr) -> dict:
+        """Train, score zero-shot, with the blend and fine-tuned (in that order) into ``metrics``;
+        returns the model directories."""
+        from trajfm.evaluate.calibrate import calibrate_stage
+        from trajfm.train import run_training
+
+        name, seed, root = self.name, self.seed, self.root
+        overrides = _train_overrides(self.n_train, epochs, max_steps, batch_size, seed, device)
+        base = Path(run_training(self.train_feat, root, name, train_overrides=overrides))
+        metrics.update(self.score(base, f"{name}@zero-shot"))
+        dirs = {"zero-shot": str(base)}
+        if "forecast" in (self.tasks or ["forecast"]):
+            # the never-worse rule, chosen on the TRAIN sources' validation split: still zero-shot
+            shape = self.params.get("forecast") or {}
+            calibrated = calibrate_stage(
+                self.train_feat,
+                base,
+                root=root,
+                context_len=int(shape.get("context_len", 20)),
+                horizon=max(int(h) for h in shape.get("horizons", (1, 5, 10))),
+            )
+            metrics.update(self.score(calibrated, f"{name}+blend@zero-shot", ["forecast"]))
+            dirs["zero-shot+blend"] = str(calibrated)
+        if fine_tune_steps > 0:
+            ft = _train_overrides(len(self.fit_ws), fine_tune_steps, fine_tune_steps, batch_size, seed, device)
+            if fine_tune_lr is not None:
+                ft["lr"] = fine_tune_lr
+            ft = {**ft, "init_checkpoint": str(base / "model.pt")}
+            tuned = Path(run_training(self.held_feat, root, name, train_overrides=ft))
+            metrics.update(self.score(tuned, f"{name}@fine-tuned"))
+            dirs["fine-tuned"] = str(tuned)
+        return dirs
+
+
 def run_protocol(
     path: str | os.PathLike,
     preset: str,
@@ -294,32 +365,27 @@ def run_protocol(
 
     ``fine_tune_lr`` is the peak learning rate of fine-tuning (None: the training one, 1e-3);
     a lower one keeps more of what the model learned on the train sources."""
-    from trajfm.evaluate.calibrate import calibrate_stage
     from trajfm.evaluate.suite import check_tasks, run_suite
     from trajfm.features.windows import load_features
-    from trajfm.model.checkpoint import load_model
     from trajfm.model.config import load_preset
-    from trajfm.train import run_training
 
     proto = load_protocol(path)
     load_preset(preset)  # an unknown preset fails before any work
-    if fine_tune_steps < 0 or epochs < 1 or not seeds:
-        raise ValueError(
-            f"need fine_tune_steps >= 0, epochs >= 1 and at least one seed, got {fine_tune_steps}, {epochs}, {seeds}"
-        )
-    if fine_tune_lr is not None and not fine_tune_lr > 0:
-        raise ValueError(f"fine_tune_lr must be > 0 (or None for the training learning rate), got {fine_tune_lr}")
+    _check_budget(fine_tune_steps, epochs, seeds, fine_tune_lr)
     tasks = check_tasks(tasks) if tasks is not None else proto.tasks
     params = {**proto.params, **(params or {})}
     root = data_root(root)
-    train_feat, train_acc = _features(proto.train, root, proto.window, *proto.train_split)
-    held_feat, held_acc = _features(proto.heldout, root, proto.window, proto.fine_tune_frac, proto.fine_tune_val_frac)
+    train_feat, train_acc = source_features(proto.train, root, proto.window, *proto.train_split)
+    held_feat, held_acc = source_features(
+        proto.heldout, root, proto.window, proto.fine_tune_frac, proto.fine_tune_val_frac
+    )
     held, _ = load_features(held_feat)
     n_train = len(load_features(train_feat)[0]["train"])
     fit_ws, eval_ws = held["train"], held["test"]
     if len(eval_ws) == 0 or len(fit_ws) == 0:
         raise ValueError(
-            f"protocol {proto.name}: the held-out data gives {len(fit_ws)} fine-tune and {len(eval_ws)} evaluation windows; both must be > 0"
+            f"protocol {proto.name}: the held-out data gives {len(fit_ws)} fine-tune and {len(eval_ws)} "
+            "evaluation windows; both must be > 0"
         )
     presets = [preset] + (["tutorial"] if compare_tutorial and preset != "tutorial" else [])
     runs: dict[str, dict] = {}
@@ -327,57 +393,10 @@ def run_protocol(
     for seed in seeds:
         metrics = _baselines(run_suite(None, eval_ws, fit_ws, tasks, seed=seed, params=params))
         for name in presets:
-            base = Path(
-                run_training(
-                    train_feat,
-                    root,
-                    name,
-                    train_overrides=_train_overrides(n_train, epochs, max_steps, batch_size, seed, device),
-                )
+            run = _PresetRun(name, seed, root, train_feat, held_feat, n_train, fit_ws, eval_ws, tasks, params)
+            trained[f"{seed}/{name}"] = run.evaluate(
+                metrics, epochs, max_steps, batch_size, device, fine_tune_steps, fine_tune_lr
             )
-            metrics.update(
-                _renamed(
-                    run_suite(load_model(base / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params),
-                    f"{name}@zero-shot",
-                )
-            )
-            dirs = {"zero-shot": str(base)}
-            if "forecast" in (tasks or ["forecast"]):
-                # the never-worse rule, chosen on the TRAIN sources' validation split: still zero-shot
-                shape = params.get("forecast") or {}
-                calibrated = calibrate_stage(
-                    train_feat,
-                    base,
-                    root=root,
-                    context_len=int(shape.get("context_len", 20)),
-                    horizon=max(int(h) for h in shape.get("horizons", (1, 5, 10))),
-                )
-                metrics.update(
-                    _renamed(
-                        run_suite(
-                            load_model(calibrated / "model.pt"), eval_ws, fit_ws, ["forecast"], seed=seed, params=params
-                        ),
-                        f"{name}+blend@zero-shot",
-                    )
-                )
-                dirs["zero-shot+blend"] = str(calibrated)
-            if fine_tune_steps > 0:
-                ft = _train_overrides(len(fit_ws), fine_tune_steps, fine_tune_steps, batch_size, seed, device)
-                if fine_tune_lr is not None:
-                    ft["lr"] = fine_tune_lr
-                tuned = Path(
-                    run_training(
-                        held_feat, root, name, train_overrides={**ft, "init_checkpoint": str(base / "model.pt")}
-                    )
-                )
-                metrics.update(
-                    _renamed(
-                        run_suite(load_model(tuned / "model.pt"), eval_ws, fit_ws, tasks, seed=seed, params=params),
-                        f"{name}@fine-tuned",
-                    )
-                )
-                dirs["fine-tuned"] = str(tuned)
-            trained[f"{seed}/{name}"] = dirs
         runs[str(seed)] = metrics
     return {
         "format": RESULTS_FORMAT,

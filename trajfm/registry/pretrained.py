@@ -130,8 +130,7 @@ def resolve_init_checkpoint(init: str, root=None) -> str:
         return str(init)
     from mlflow import MlflowClient
 
-    from trajfm.registry.tracking import tracking_uri
-    from trajfm.retrain import download_checkpoint
+    from trajfm.mlflow_store import download_checkpoint, tracking_uri
 
     ref = str(init)[len("models:/") :]
     uri = tracking_uri(root)

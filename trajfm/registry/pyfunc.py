@@ -2,10 +2,11 @@
 
 The same input and output as ``trajfm.load(uri).forecast`` (``trajfm.forecaster``): a points
 DataFrame (JSON or CSV when served) with columns ``traj_id`` (string), ``t`` (ISO-8601 text, as
-JSON and CSV deliver it; a naive time means UTC), ``lon, lat`` (WGS84 degrees, float64); other columns are dropped by MLflow's schema enforcement. Each trajectory
-needs at least 2 points at the model's cadence (else a clear error; param ``resample_s``:
-"model" or seconds resamples first). Param ``horizon`` (int, default 10): steps to forecast.
-Output: ``traj_id, step`` (1..horizon), ``t`` (datetime64[ns, UTC]), ``lon, lat`` (degrees) and
+JSON and CSV deliver it; a naive time means UTC), ``lon, lat`` (WGS84 degrees, float64); other
+columns are dropped by MLflow's schema enforcement. Each trajectory needs at least 2 points at the
+model's cadence (else a clear error; param ``resample_s``: "model" or seconds resamples first).
+Param ``horizon`` (int, default 10): steps to forecast. Output: ``traj_id, step`` (1..horizon),
+``t`` (datetime64[ns, UTC]), ``lon, lat`` (degrees) and
 the error radii ``radius_m_q10..radius_m_q90`` (metres; plus ``lon_q*/lat_q*`` for a mixture head).
 Requests are bounded and checked before any rollout (``trajfm.registry.request``: horizon,
 points, trajectories x horizon, WGS84 ranges); a refused one is HTTP 400 with the reason in
@@ -28,9 +29,10 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from trajfm.mlflow_store import CHECKPOINT_ARTIFACT
+
 INPUT_COLUMNS = ["traj_id", "t", "lon", "lat"]
 DEFAULT_HORIZON = 10
-CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 class TrajFMPyfunc(PythonModel):

@@ -104,9 +104,17 @@ def model_card(train_manifest: dict, features_manifest: dict, metrics: dict, tag
         if worse_than_constant_velocity(metrics)
         else "Better than constant velocity on its evaluation set."
     )
-    rows = [("ADE (m)", "ade_m", "cv_ade_m"), ("FDE (m)", "fde_m", "cv_fde_m"), ("step 1 (m)", "step1_m", "cv_step1_m")]
+    rows = [("ADE (m)", "ade_m", "cv_ade_m"), ("FDE (m)", "fde_m", "cv_fde_m"), ("step 1 (m)", "fde_m@1", "cv_fde_m@1")]
     table = "\n".join(
         f"| {label} | {metrics[m]:,.1f} | {metrics[c]:,.1f} |" for label, m, c in rows if m in metrics and c in metrics
+    )
+    trained = (
+        f"trained {final.get('epoch', '?')} epochs ({final.get('step', '?')} steps) on "
+        f"{train_manifest.get('device', '?')}; {final.get('n_params', 0):,} parameters"
+    )
+    scored = (
+        f"{metrics.get('n_windows', '?')} windows, context {metrics.get('context_len')} points, "
+        f"horizon {metrics.get('horizon')} steps"
     )
     return f"""# trajfm model: preset `{train_manifest.get("preset")}`
 
@@ -124,10 +132,10 @@ Python: `trajfm.load("models:/NAME@champion").forecast(points, horizon=10)`; see
 ## Data it saw
 - features stage `{features_manifest.get("key")}` (windows: {windows}); data hash `{tags.get("trajfm.data_hash", "?")}`
 - feature params: `{json.dumps(features_manifest.get("params", {}), sort_keys=True, default=str)[:400]}`
-- trained {final.get("epoch", "?")} epochs ({final.get("step", "?")} steps) on {train_manifest.get("device", "?")}; {final.get("n_params", 0):,} parameters
+- {trained}
 - code `{tags.get("trajfm.code_version", "?")}`
 
-## Score on the {split} split ({metrics.get("n_windows", "?")} windows, context {metrics.get("context_len")} points, horizon {metrics.get("horizon")} steps)
+## Score on the {split} split ({scored})
 {gain}
 
 | metric | model | constant velocity |
@@ -160,6 +168,68 @@ def training_datasets(features_dir: str | Path, features_manifest: dict, split: 
     return out
 
 
+def _run_params(train_manifest: dict, features_manifest: dict, metrics: dict, split: str) -> dict:
+    """The run's params: preset, model, train and features configs, evaluation settings."""
+    return {
+        "preset": train_manifest["preset"],
+        "model": train_manifest["model_config"],
+        "train": train_manifest["train_config"],
+        "features": features_manifest.get("params", {}),
+        "eval": {"context_len": metrics.get("context_len"), "horizon": metrics.get("horizon"), "split": split},
+    }
+
+
+def _lineage_tags(train_manifest: dict, features_manifest: dict, params: dict, root, extra_tags: dict | None) -> dict:
+    """The run's and version's lineage tags: stage keys, data hash, config, preset, code, device."""
+    return {
+        "trajfm.features_key": features_manifest["key"],
+        "trajfm.train_key": train_manifest["key"],
+        "trajfm.data_hash": _data_hash(features_manifest, root),
+        "trajfm.config": json.dumps(params, sort_keys=True, default=str),
+        "trajfm.preset": train_manifest["preset"],
+        "trajfm.code_version": code_version(),
+        "trajfm.device": train_manifest.get("device", "?"),
+        **{str(k): str(v) for k, v in (extra_tags or {}).items() if v is not None},
+    }
+
+
+def _flag_if_worse(metrics: dict, tags: dict, preset: str, split: str) -> bool:
+    """Tag ``WORSE_THAN_CV_TAG`` in ``tags`` (true or false) and warn when it is true."""
+    worse = worse_than_constant_velocity(metrics)
+    tags[WORSE_THAN_CV_TAG] = str(worse).lower()
+    if worse:
+        log.warning(
+            "%s: %s ADE %.1f m is worse than constant velocity's %.1f m on the same windows; "
+            "registered and flagged (%s=true)",
+            preset,
+            split,
+            metrics["ade_m"],
+            metrics["cv_ade_m"],
+            WORSE_THAN_CV_TAG,
+        )
+    return worse
+
+
+def _registration(r, name: str, uri: str, root, lineage_key: str, worse: bool) -> Registration:
+    """The stage's ``Registration`` from ``log_and_register``'s result."""
+    return Registration(
+        name=name,
+        version=r.version,
+        champion_version=r.champion_version,
+        promoted=r.promoted,
+        metric_value=r.metric_value,
+        previous_champion_metric=r.previous_champion_metric,
+        run_id=r.run_id,
+        model_uri=r.model_uri,
+        run_url=_run_url(uri, r.run_id, root),
+        reused=r.reused,
+        decision=r.decision,
+        reason=r.reason,
+        lineage_key=lineage_key,
+        worse_than_constant_velocity=worse,
+    )
+
+
 def register_training(
     train_dir: str | Path,
     features_dir: str | Path,
@@ -183,24 +253,19 @@ def register_training(
     flow run's id and URL) go on the run and the version. A version whose ADE is above constant
     velocity's is tagged ``trajfm.worse_than_constant_velocity=true`` and a warning is logged.
     """
+    from trajfm.mlflow_store import mlflow_metric_name
     from trajfm.registry.tracking import log_and_register, tracking_uri
 
     train_manifest = read_manifest(train_dir)
     features_manifest = read_manifest(features_dir)
     history = json.loads((Path(train_dir) / "history.json").read_text())
     split = metrics.get("split", "test")
-    test_metrics = {
-        f"{split}_{k}": v
+    test_metrics = {  # MLflow names: test_ade_m, test_fde_m_at_5 (trajfm.evaluate.metrics keys)
+        mlflow_metric_name(f"{split}_{k}"): v
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in EVAL_SETTINGS
     }
-    params = {
-        "preset": train_manifest["preset"],
-        "model": train_manifest["model_config"],
-        "train": train_manifest["train_config"],
-        "features": features_manifest.get("params", {}),
-        "eval": {"context_len": metrics.get("context_len"), "horizon": metrics.get("horizon"), "split": split},
-    }
+    params = _run_params(train_manifest, features_manifest, metrics, split)
     eval_id = eval_identity(features_manifest, metrics)
     promote_metric = f"{split}_ade_m"
     lineage_key = stable_hash(
@@ -211,27 +276,8 @@ def register_training(
             "metric": promote_metric,
         }
     )
-    tags = {
-        "trajfm.features_key": features_manifest["key"],
-        "trajfm.train_key": train_manifest["key"],
-        "trajfm.data_hash": _data_hash(features_manifest, root),
-        "trajfm.config": json.dumps(params, sort_keys=True, default=str),
-        "trajfm.preset": train_manifest["preset"],
-        "trajfm.code_version": code_version(),
-        "trajfm.device": train_manifest.get("device", "?"),
-        **{str(k): str(v) for k, v in (extra_tags or {}).items() if v is not None},
-    }
-    worse = worse_than_constant_velocity(metrics)
-    tags[WORSE_THAN_CV_TAG] = str(worse).lower()
-    if worse:
-        log.warning(
-            "%s: %s ADE %.1f m is worse than constant velocity's %.1f m on the same windows; registered and flagged (%s=true)",
-            train_manifest["preset"],
-            split,
-            metrics["ade_m"],
-            metrics["cv_ade_m"],
-            WORSE_THAN_CV_TAG,
-        )
+    tags = _lineage_tags(train_manifest, features_manifest, params, root, extra_tags)
+    worse = _flag_if_worse(metrics, tags, train_manifest["preset"], split)
     card = model_card({**train_manifest, "_dir": str(train_dir)}, features_manifest, metrics, tags)
     datasets = training_datasets(features_dir, features_manifest, split)
     measure = _champion_on_eval(features_dir, split, metrics, name) if reevaluate_champion else None
@@ -259,22 +305,7 @@ def register_training(
         from trajfm.registry.plots import log_training_artifacts
 
         log_training_artifacts(tracking_uri(root), r.run_id, params, metrics)
-    return Registration(
-        name=name,
-        version=r.version,
-        champion_version=r.champion_version,
-        promoted=r.promoted,
-        metric_value=r.metric_value,
-        previous_champion_metric=r.previous_champion_metric,
-        run_id=r.run_id,
-        model_uri=r.model_uri,
-        run_url=_run_url(tracking_uri(root), r.run_id, root),
-        reused=r.reused,
-        decision=r.decision,
-        reason=r.reason,
-        lineage_key=lineage_key,
-        worse_than_constant_velocity=worse,
-    )
+    return _registration(r, name, tracking_uri(root), root, lineage_key, worse)
 
 
 def _champion_on_eval(features_dir, split: str, metrics: dict, name: str):

@@ -19,25 +19,31 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from trajfm.mlflow_store import (  # noqa: F401 - the store's location is part of this module's API
+    ARTIFACTS_DIR,
+    DEFAULT_EXPERIMENT,
+    global_uris,
+    rebase_moved_store,
+    recorded_root,
+    setup_mlflow,
+    sqlite_init_lock,
+    tracking_uri,
+)
 from trajfm.store import data_root
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "trajfm"
 DEFAULT_MODEL_NAME = "trajfm"
 CHAMPION = "champion"
 MODEL_ARTIFACT_NAME = "model"
 LOSS_CURVE_ARTIFACT = "plots/loss_curve.png"
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
-_SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
-_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 @dataclass
@@ -56,194 +62,8 @@ class RegistrationResult:
     reason: str = ""
 
 
-def tracking_uri(root: str | os.PathLike | None = None) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` (absolute path).
-
-    A data root that was moved or copied is rebased here on first use (``rebase_moved_store``),
-    so its store names its own artifacts, never the original root's."""
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if env:
-        return env
-    root_path = data_root(root)
-    rebase_moved_store(root_path)
-    return f"sqlite:///{root_path / 'mlflow.db'}"
-
-
-# --- a movable data root ------------------------------------------------------------------
-# MLflow's SQL store makes every artifact location absolute (a relative one is resolved against
-# the current directory when it is stored), and MLflow 3 writes the model's absolute artifact
-# URI into its MLmodel. A copied data root would therefore still read, and write, the original.
-# So a store whose locations point under another root is rewritten once, in place, to point
-# under the root it now lives in: the copy then works on its own, the original is never opened.
-
-ARTIFACTS_DIR = "mlartifacts"
-_REBASED: set[tuple[str, int]] = set()  # (database, inode) checked by this process
-# (table, column) holding artifact locations; values of params and tags are rebased too.
-_LOCATION_COLUMNS = (
-    ("experiments", "artifact_location"),
-    ("runs", "artifact_uri"),
-    ("logged_models", "artifact_location"),
-    ("model_versions", "storage_location"),
-    ("model_versions", "source"),
-    ("params", "value"),
-    ("tags", "value"),
-    ("model_version_tags", "value"),
-)
-
-
-def recorded_root(database: Path) -> str | None:
-    """The data root path a store's experiments were created under (from their artifact
-    locations ``file://<root>/mlartifacts/...``), or None when there is none."""
-    import sqlite3
-
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as con:
-        try:
-            rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
-        except sqlite3.OperationalError:  # a store MLflow has not created its tables in yet
-            return None
-    marker = f"/{ARTIFACTS_DIR}/"
-    for (location,) in rows:
-        text = (location or "").removeprefix("file://")
-        if marker in text:
-            return text.split(marker, 1)[0]
-    return None
-
-
-def rebase_moved_store(root: Path) -> str | None:
-    """If ``<root>/mlflow.db`` was written under another root path (the root was moved or
-    copied), rewrite every artifact location in it, and the MLmodel files under
-    ``<root>/mlartifacts``, from the old root to ``root``. Returns the old root path when it
-    rebased, else None. Checked once per process and database; a no-op for a store in place."""
-    import sqlite3
-
-    database = Path(root) / "mlflow.db"
-    try:
-        key = (str(database), database.stat().st_ino)
-    except FileNotFoundError:
-        return None
-    if key in _REBASED:
-        return None
-    old = recorded_root(database)
-    new = str(Path(root))
-    if old is None or old == new:
-        _REBASED.add(key)
-        return None
-    with sqlite_init_lock(f"sqlite:///{database}"):
-        old = recorded_root(database)  # another process may have rebased it meanwhile
-        if old is not None and old != new:
-            with sqlite3.connect(database) as con:
-                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                for table, column in _LOCATION_COLUMNS:
-                    if table not in tables:
-                        continue
-                    for before, after in ((f"file://{old}", f"file://{new}"), (old, new)):
-                        con.execute(
-                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
-                            (after, len(before) + 1, before, len(before) + 1, before + "/"),
-                        )
-            for mlmodel in (Path(root) / ARTIFACTS_DIR).rglob("MLmodel"):
-                text = mlmodel.read_text()
-                if old + "/" in text:
-                    mlmodel.write_text(text.replace(old + "/", new + "/"))
-            log.warning(
-                "data root moved: %s was written under %s; its MLflow locations now point under %s", database, old, new
-            )
-    _REBASED.add(key)
-    return old
-
-
-def _server_stores_artifacts(uri: str) -> bool:
-    """True for a tracking server (it has its own artifact root); False for a database store."""
-    return uri.split(":", 1)[0].lower() in _SERVER_SCHEMES
-
-
-def setup_mlflow(root: str | os.PathLike | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str:
-    """Point MLflow (tracking and registry) at ``tracking_uri(root)`` and select ``experiment``.
-
-    A new experiment gets the artifact location ``<root>/mlartifacts/<experiment>`` when the store
-    is a database (so nothing lands in ``./mlruns``); with a tracking server the server decides.
-    Returns the experiment id. Sets MLflow's process-global tracking URI and experiment.
-    """
-    import mlflow
-
-    uri = tracking_uri(root)
-    _set_global_uris(uri, uri)  # the process-global URI is what start_run uses
-    with sqlite_init_lock(uri):  # a new database is migrated and the experiment created once
-        existing = mlflow.get_experiment_by_name(experiment)
-        if existing is not None:
-            if existing.lifecycle_stage == "deleted":
-                mlflow.MlflowClient().restore_experiment(existing.experiment_id)
-            experiment_id = existing.experiment_id
-        else:
-            artifact_location = None
-            if not _server_stores_artifacts(uri):
-                artifacts = data_root(root) / ARTIFACTS_DIR / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
-                artifacts.mkdir(parents=True, exist_ok=True)
-                artifact_location = artifacts.as_uri()
-            experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
-        mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
-
-
-@contextmanager
-def global_uris(uri: str):
-    """MLflow's process-global tracking and registry URIs set to ``uri`` inside the block, as
-    they were after it (the environment too). For MLflow calls that take URIs as arguments but
-    resolve a registered model's logged-model source through the global store: without it, a
-    fresh process downloading ``models:/NAME@ALIAS`` looked in ``./mlflow.db`` (and created it)."""
-    import mlflow
-
-    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    _set_global_uris(uri, uri)
-    try:
-        yield
-    finally:
-        _set_global_uris(*before)
-
-
-def _set_global_uris(tracking: str, registry: str) -> None:
-    """Set MLflow's process-global tracking and registry URIs, leaving the environment as it was:
-    mlflow.set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ, which
-    would make every later ``tracking_uri(other_root)`` answer this one."""
-    import mlflow
-
-    saved = {key: os.environ.get(key) for key in _URI_ENV}
-    try:
-        mlflow.set_tracking_uri(tracking)
-        mlflow.set_registry_uri(registry)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextmanager
-def sqlite_init_lock(uri: str):
-    """For a ``sqlite:///`` store: an exclusive lock on ``<database>.init.lock`` while MLflow
-    creates and migrates the database. Two processes opening a new ``mlflow.db`` at once would
-    otherwise both run MLflow's migrations and one fails (``table _alembic_tmp_tags already
-    exists``). Other stores (a tracking server) need no lock. Not reentrant across calls with the
-    same database in one process (a separate file from ``registry_lock``, so it nests in it)."""
-    import fcntl
-
-    if not uri.lower().startswith("sqlite:///"):
-        yield
-        return
-    database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".init.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _client(root):
+def registry_client(root):
+    """An MLflow client of the data root's tracking store and registry (a new store migrated once)."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(root)
@@ -440,6 +260,70 @@ def _log_run(
     return run.info.run_id, info.model_uri
 
 
+def _reused_result(client, name: str, existing, promote_metric: str, metric_value: float) -> RegistrationResult:
+    """What ``log_and_register`` returns for a version that already holds the lineage (decided)."""
+    from trajfm.registry.manage import DECISION, aliases_of
+
+    champion = aliases_of(client, name).get(CHAMPION)
+    return RegistrationResult(
+        run_id=existing.run_id,
+        model_uri=f"models:/{name}/{existing.version}",
+        version=int(existing.version),
+        promoted=False,
+        champion_version=int(champion) if champion is not None else int(existing.version),
+        previous_champion_metric=None,
+        metric_value=_as_float(existing.tags.get(promote_metric)) or metric_value,
+        reused=True,
+        decision=existing.tags.get(DECISION + "decision", ""),
+        reason="same lineage: no new version",
+    )
+
+
+def _version_tags(
+    tags: dict | None,
+    promote_metric: str,
+    metric_value: float,
+    lower_is_better: bool,
+    eval_id: str | None,
+    lineage_key: str | None,
+) -> dict[str, str]:
+    """The tags of a new version: the caller's, the promotion metric's value and direction, the
+    evaluation set's id and the lineage key (when given)."""
+    from trajfm.registry.manage import EVAL_ID_TAG, LINEAGE_TAG
+
+    version_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    version_tags.update({promote_metric: repr(metric_value), "trajfm.lower_is_better": str(bool(lower_is_better))})
+    if eval_id:
+        version_tags[EVAL_ID_TAG] = eval_id
+    if lineage_key:
+        version_tags[LINEAGE_TAG] = lineage_key
+    return version_tags
+
+
+def _register_version(client, model_uri: str, name: str, version_tags: dict, description: str | None) -> int:
+    """Register ``model_uri`` as a new version of ``name`` with its tags (one call, so a version
+    never lacks its lineage) and its description; returns the version number."""
+    import mlflow
+
+    version = int(mlflow.register_model(model_uri, name, tags=version_tags).version)
+    if description:
+        client.update_model_version(name, str(version), description=description)
+    return version
+
+
+def _checked_inputs(metrics: dict, promote_metric: str, checkpoint_path) -> tuple[float, Path]:
+    """(the finite value of ``promote_metric`` in ``metrics``, the checkpoint path that exists)."""
+    metric_value = _as_float(_flatten(metrics).get(promote_metric))
+    if metric_value is None or not math.isfinite(metric_value):
+        raise ValueError(
+            f"metrics must hold a finite {promote_metric!r} to decide promotion; got {metrics.get(promote_metric)!r}"
+        )
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist")
+    return metric_value, checkpoint_path
+
+
 def log_and_register(
     root: str | os.PathLike | None,
     run_name: str,
@@ -478,66 +362,25 @@ def log_and_register(
     ``description`` (markdown, e.g. a model card) becomes the version's description and the
     run's note; ``datasets``: ``(mlflow Dataset, context)`` pairs logged with ``log_input``.
     """
-    import mlflow
+    from trajfm.registry.manage import DECISION, decide, find_by_lineage
 
-    from trajfm.registry.manage import DECISION, EVAL_ID_TAG, LINEAGE_TAG, aliases_of, decide, find_by_lineage
-
-    metric_value = _as_float(_flatten(metrics).get(promote_metric))
-    if metric_value is None or not math.isfinite(metric_value):
-        raise ValueError(
-            f"metrics must hold a finite {promote_metric!r} to decide promotion; got {metrics.get(promote_metric)!r}"
-        )
-    checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist")
-
+    metric_value, checkpoint_path = _checked_inputs(metrics, promote_metric, checkpoint_path)
     experiment_id = setup_mlflow(root, experiment)
-    client = _client(root)
+    client = registry_client(root)
     with registry_lock(root):  # find, register and decide as one step per data root
         existing = find_by_lineage(client, name, lineage_key) if lineage_key else None
         if existing is not None and (existing.tags or {}).get(DECISION + "decision"):
             log.info("%s v%s already holds lineage %s: no new version", name, existing.version, lineage_key)
-            champion = aliases_of(client, name).get(CHAMPION)
-            return RegistrationResult(
-                run_id=existing.run_id,
-                model_uri=f"models:/{name}/{existing.version}",
-                version=int(existing.version),
-                promoted=False,
-                champion_version=int(champion) if champion is not None else int(existing.version),
-                previous_champion_metric=None,
-                metric_value=_as_float(existing.tags.get(promote_metric)) or metric_value,
-                reused=True,
-                decision=existing.tags.get(DECISION + "decision", ""),
-                reason="same lineage: no new version",
-            )
+            return _reused_result(client, name, existing, promote_metric, metric_value)
 
-        version_tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        version_tags.update({promote_metric: repr(metric_value), "trajfm.lower_is_better": str(bool(lower_is_better))})
-        if eval_id:
-            version_tags[EVAL_ID_TAG] = eval_id
-        if lineage_key:
-            version_tags[LINEAGE_TAG] = lineage_key
+        version_tags = _version_tags(tags, promote_metric, metric_value, lower_is_better, eval_id, lineage_key)
         if existing is not None:  # registered, but stopped before the decision: decide now
             version, run_id = int(existing.version), existing.run_id
         else:
-            run_id, model_uri = _log_run(
-                experiment_id,
-                client,
-                run_name,
-                {**version_tags, "trajfm.promote_metric": promote_metric, "trajfm.registered_model": name},
-                params,
-                metrics,
-                history,
-                checkpoint_path,
-                input_example,
-                pip_requirements,
-                description,
-                datasets,
-            )
-            # One call creates the version with its tags, so a version never lacks its lineage.
-            version = int(mlflow.register_model(model_uri, name, tags=version_tags).version)
-            if description:
-                client.update_model_version(name, str(version), description=description)
+            run_tags = {**version_tags, "trajfm.promote_metric": promote_metric, "trajfm.registered_model": name}
+            logged = (params, metrics, history, checkpoint_path, input_example, pip_requirements, description, datasets)
+            run_id, model_uri = _log_run(experiment_id, client, run_name, run_tags, *logged)
+            version = _register_version(client, model_uri, name, version_tags, description)
 
         d = decide(
             client, name, version, promote_metric, metric_value, lower_is_better, eval_id, champion_metric_on_eval
@@ -565,7 +408,7 @@ def champion_info(root: str | os.PathLike | None = None, name: str = DEFAULT_MOD
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         return None
-    client = _client(root)
+    client = registry_client(root)
     champion, raw = _current_champion(client, name)
     if champion is None:
         return None
