@@ -6,7 +6,7 @@
     trajfm flows                             list the flows
     trajfm presets                           list the model presets
     trajfm train --preset NAME [--features-dir DIR] [--epochs N]
-    trajfm bench NAME --out FILE.json        run a benchmark of benchmarks/ (preprocess, model, pretrain, scaling, mfu_gpu)
+    trajfm bench NAME --out FILE.json        a benchmark of benchmarks/ (preprocess, model, pretrain, scaling, mfu_gpu)
     trajfm evaluate --model URI --data PATH  evaluate any model on any data (trajfm/evaluate/cli.py)
     trajfm report ...                        markdown + PNG report of an evaluation (trajfm/evaluate/report.py)
     trajfm registry list|show|promote|rollback   the MLflow registry (trajfm/registry/cli.py)
