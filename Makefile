@@ -25,12 +25,9 @@ demo: $(STAMP)
 pretrain: $(STAMP)
 	$(BIN)/trajfm run pretrain --corpus base --preset base-small $(PRETRAIN_ARGS)
 
-# Style and import contracts first (config in pyproject.toml), then the docs site (offline,
-# warnings are errors; output in the ignored site/), then the tests.
+# The docs site first (offline, warnings are errors; output in the ignored site/), then the tests.
+# Lint (`make lint`) joins once the train/ and data/ branches are merged (issue 17).
 test: $(STAMP)
-	$(BIN)/ruff check
-	$(BIN)/ruff format --check
-	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 	$(BIN)/python -m pytest -q -ra
 
