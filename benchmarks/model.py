@@ -80,16 +80,7 @@ import torch
 
 from benchmarks import run_as_script
 from benchmarks.model_budget import BUDGETS, DATASETS, DEFAULT_ROOT, PARTS, Budget, csv_list, parse_options
-from benchmarks.model_results import (  # noqa: F401 (upgrade_keys: part of this module's interface)
-    HORIZONS,
-    BenchError,
-    dumps,
-    markdown,
-    merge_quality,
-    previous_results,
-    summarize,
-    upgrade_keys,
-)
+from benchmarks.model_results import HORIZONS, BenchError, dumps, markdown, merge_quality, previous_results, summarize
 from benchmarks.model_speed import measure_generation, measure_train_speed
 from trajfm.evaluate.baselines import LINEAR_FIT_POINTS, linear_extrapolation
 

@@ -89,3 +89,16 @@ def kill_after_line(proc, marker: str, sig: int, result: dict) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def bench_result(quality: dict, budget: str = "quick", **fields) -> dict:
+    """A model benchmark results document around one dataset's ``quality`` section (AIS), for
+    ``markdown``/merge tests: a made-up machine, created ``t0``; ``fields`` adds e.g. ``runs``."""
+    return {
+        "budget": {"name": budget},
+        "created": "t0",
+        "elapsed_s": 9,
+        "quality": {"ais": quality},
+        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
+        **fields,
+    }

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmarks.model import forecast_errors, linear_extrapolation
+from helpers import bench_result
 from synthetic_tracks import (
     make_windows,
     one_torch_thread,  # noqa: F401 (autouse fixture)
@@ -200,14 +201,7 @@ def test_markdown_shows_merged_results_with_validation_column():
         "load_average_before": [1.0],
         "elapsed_s": 5,
     }
-    r = {
-        "budget": {"name": "default"},
-        "created": "t0",
-        "elapsed_s": 9,
-        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-        "runs": [{**run, "created": "t0"}, run],
-        "quality": {"ais": q},
-    }
+    r = bench_result(q, "default", runs=[{**run, "created": "t0"}, run])
     md = markdown(r)
     assert "| **c** |" in md and "| a |" in md and "val FDE @10" in md
     assert "Later runs merged into these results: t1 (quality; presets tutorial, c" in md
@@ -245,13 +239,7 @@ def test_variants_are_reported_apart_and_never_win_the_preset_prize():
     q["variants"] = {"a-x": {"file": "/tmp/a-x.json", "comment": "a without x"}}
     q = summarize(q)
     assert q["best_preset"] == "a" and q["best_preset_by_val"] == "a"
-    r = {
-        "budget": {"name": "default"},
-        "created": "t0",
-        "elapsed_s": 9,
-        "quality": {"ais": q},
-        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-    }
+    r = bench_result(q, "default")
     main_table, variants_table = markdown(r).split("Variants tried")
     assert "| a-x |" not in main_table and "| a-x |" in variants_table and "a without x" in variants_table
     adopted = _quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200, "a-x": 600})
@@ -272,14 +260,7 @@ def test_train_stride_reaches_the_features_and_the_report(tmp_path, monkeypatch)
 
     q = summarize(_quality({"constant_velocity": 1000, "linear_extrapolation": 900, "tutorial": 1200}))
     overlapped = {**q, "data": {**q["data"], "window_params": {"stride": 32, "train_stride": 8}}}
-    r = {
-        "budget": {"name": "quick"},
-        "created": "t0",
-        "elapsed_s": 9,
-        "runs": [],
-        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-        "quality": {"ais": overlapped},
-    }
+    r = bench_result(overlapped, runs=[])
     assert "training windows start every 8 points" in markdown(r)
     assert "training windows start every" not in markdown({**r, "quality": {"ais": q}})
     assert "Reused from the data root's cache" not in markdown(r)
@@ -334,14 +315,7 @@ def test_each_seed_trains_its_own_model_and_the_errors_are_their_mean(tmp_path):
     )
     assert again["results"] == q["results"] and again["training"]["per_preset"]["tutorial"]["cached"]  # deterministic
 
-    r = {
-        "budget": {"name": "quick"},
-        "created": "t0",
-        "elapsed_s": 9,
-        "runs": [],
-        "quality": {"ais": q},
-        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-    }
+    r = bench_result(q, runs=[])
     md = markdown(r)
     assert "mean over 2 training seeds (0, 1)" in md
     assert f"{q['results']['tutorial']['fde_m@10']:,.1f} ± {seed_std(runs, 'fde_m@10'):,.1f}" in md
@@ -423,14 +397,7 @@ def test_weight_average_and_selection_reach_training_the_report_and_the_merge_ch
     manifest = read_manifest(q["training"]["per_preset"]["tutorial"]["train_dir"])
     assert manifest["train_config"]["ema_decay"] == 0.9 and manifest["train_config"]["select_by"] == "fde"
     assert manifest["final"]["best_val_fde_m"] > 0
-    r = {
-        "budget": {"name": "quick"},
-        "created": "t0",
-        "elapsed_s": 9,
-        "runs": [],
-        "quality": {"ais": q},
-        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-    }
+    r = bench_result(q, runs=[])
     assert "epoch with the best validation FDE @10 kept; weights averaged, ema_decay 0.9)" in markdown(r)
     for option in ("ema_decay", "select_by"):
         plain = {
@@ -508,14 +475,7 @@ def test_merge_keeps_each_predictors_window_errors_and_the_report_shows_the_inte
         "load_average_before": [1.0],
         "elapsed_s": 5,
     }
-    r = {
-        "budget": {"name": "default"},
-        "created": "t0",
-        "elapsed_s": 9,
-        "runs": [run],
-        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-        "quality": {"ais": q},
-    }
+    r = bench_result(q, "default", runs=[run])
     assert "95% intervals of the improvement over the 400 test windows" in markdown(r)
     assert "vs `tutorial` 50.0 to 50.0% (target 20% reached in 100.0% of draws)" in markdown(r)
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import bench_result
 from synthetic_tracks import one_torch_thread  # noqa: F401 (autouse fixture)
 from trajfm.evaluate.calibrate import calibrate_model, calibrate_stage, with_calibration
 from trajfm.evaluate.forecast import constant_velocity, forecast_points, forecastable, rollout
@@ -255,14 +256,7 @@ def test_model_benchmark_reports_blended_presets_per_step_and_their_scores(tmp_p
     assert set(pr) == {"constant_velocity", "constant_velocity (val fit)", "kalman_mle", "tutorial+blend"}
     assert all(0 <= c <= 1 for p in pr.values() for lv in ("50", "80", "90") for c in p["coverage"][lv])
     assert q["kalman"]["q_m2_s3"] > 0 and q["kalman"]["forecast_s"]["test"] >= 0
-    r = {
-        "budget": {"name": "quick"},
-        "created": "t0",
-        "elapsed_s": 9,
-        "runs": [],
-        "quality": {"ais": q},
-        "machine": {"cpu_count": 2, "processor": "x", "torch": "2", "torch_threads": 1, "load_average_before": [1.0]},
-    }
+    r = bench_result(q, runs=[])
     md = markdown(r)
     assert "Error (m) at each step ahead" in md and "| kalman |" in md and "CRPS m (mean)" in md
     assert "Kalman filter: q = " in md and "Steps where a blended preset is worse than constant velocity on test" in md

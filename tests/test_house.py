@@ -1,6 +1,10 @@
 """The house rules of issue 17, checked on the code itself: short functions, modules of a readable
 size, no private name used outside its module, a README that stays a front door. (``ruff check``,
-``ruff format --check`` and ``lint-imports`` run in ``make test`` before pytest.)"""
+``ruff format --check`` and ``lint-imports``: ``make lint``.)
+
+``PENDING`` lists the modules whose restructuring is done on the ``train`` and ``data`` branches
+but not merged yet; every other module of ``trajfm/``, ``tasks/`` and ``flows/`` must hold the bars
+now, and a module leaves ``PENDING`` with its merge."""
 
 from __future__ import annotations
 
@@ -14,11 +18,14 @@ CODE = ("trajfm", "tasks", "flows")  # the bars of issue 17 apply here (tests an
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 600
 MAX_README_LINES = 250
+PENDING = ("trajfm/train.py", "trajfm/pretrain.py", "trajfm/data/", "tasks/pretrain.py", "trajfm/evaluate/transfer.py")
 
 
 def _modules(roots=CODE):
     for root in roots:
-        yield from sorted((REPO / root).rglob("*.py"))
+        for path in sorted((REPO / root).rglob("*.py")):
+            if not path.relative_to(REPO).as_posix().startswith(PENDING):
+                yield path
 
 
 def _functions(tree: ast.AST):
@@ -27,14 +34,14 @@ def _functions(tree: ast.AST):
             yield node
 
 
-def long_functions(paths) -> list[str]:
+def long_functions(paths, root: Path = REPO) -> list[str]:
     """``path:line name (N lines)`` for every function longer than the bar (decorators aside)."""
     out = []
     for path in paths:
         for fn in _functions(ast.parse(path.read_text(), str(path))):
             n = fn.end_lineno - fn.lineno + 1
             if n > MAX_FUNCTION_LINES:
-                out.append(f"{path.relative_to(REPO)}:{fn.lineno} {fn.name} ({n} lines)")
+                out.append(f"{path.relative_to(root)}:{fn.lineno} {fn.name} ({n} lines)")
     return out
 
 
@@ -42,7 +49,7 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
-def private_uses(paths) -> list[str]:
+def private_uses(paths, root: Path = REPO) -> list[str]:
     """Private names taken from another module: ``from m import _x`` and ``module._x`` where
     ``module`` is a name bound by an import (of ours or of a library)."""
     out = []
@@ -55,7 +62,7 @@ def private_uses(paths) -> list[str]:
             elif isinstance(node, ast.ImportFrom):
                 for a in node.names:
                     if _is_private(a.name):
-                        out.append(f"{path.relative_to(REPO)}:{node.lineno} from {node.module} import {a.name}")
+                        out.append(f"{path.relative_to(root)}:{node.lineno} from {node.module} import {a.name}")
                     else:
                         imported_modules.add(a.asname or a.name)
         for node in ast.walk(tree):
@@ -65,8 +72,25 @@ def private_uses(paths) -> list[str]:
                 and isinstance(node.value, ast.Name)
                 and node.value.id in imported_modules
             ):
-                out.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value.id}.{node.attr}")
+                out.append(f"{path.relative_to(root)}:{node.lineno} {node.value.id}.{node.attr}")
     return out
+
+
+def test_no_function_longer_than_80_lines():
+    assert long_functions(_modules()) == []
+
+
+def test_no_module_longer_than_600_lines():
+    long = [
+        f"{p.relative_to(REPO)} ({n} lines)"
+        for p in _modules(CODE + ("benchmarks",))
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert long == []
+
+
+def test_no_private_name_used_outside_its_module():
+    assert private_uses(_modules(CODE + ("benchmarks",))) == []
 
 
 def test_readme_is_a_front_door():
@@ -84,12 +108,7 @@ def test_readme_is_a_front_door():
 )
 def test_the_function_check_counts_lines(tmp_path, source, expected):
     (tmp_path / "m.py").write_text(source)
-    global REPO
-    old, REPO = REPO, tmp_path
-    try:
-        assert len(long_functions([tmp_path / "m.py"])) == expected
-    finally:
-        REPO = old
+    assert len(long_functions([tmp_path / "m.py"], root=tmp_path)) == expected
 
 
 def test_the_private_check_finds_both_forms(tmp_path):
@@ -97,10 +116,5 @@ def test_the_private_check_finds_both_forms(tmp_path):
         "from a.b import _hidden, public\nimport os\nfrom x import mod\n"
         "def f(self):\n    return os._exit, mod._state, self._mine, public\n"
     )
-    global REPO
-    old, REPO = REPO, tmp_path
-    try:
-        found = private_uses([tmp_path / "m.py"])
-    finally:
-        REPO = old
+    found = private_uses([tmp_path / "m.py"], root=tmp_path)
     assert found == ["m.py:1 from a.b import _hidden", "m.py:5 os._exit", "m.py:5 mod._state"]
