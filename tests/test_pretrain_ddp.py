@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,10 +33,17 @@ TRAIN = dict(
 MIX = {"ships": 0.5, "boats": 0.3, "ferries": 0.2}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _torchrun(*args: str) -> subprocess.Popen:
+    """This file under torchrun, 2 gloo processes on the loopback rendezvous the train task uses."""
+    from tasks.train import launch_command
+
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = launch_command([__file__, *args], nproc=2)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run(shards: Path, out: Path, data_ranks=None):
@@ -51,28 +57,7 @@ def run(shards: Path, out: Path, data_ranks=None):
 def test_two_gloo_processes_reach_the_loss_of_one(tmp_path):
     generated_shards(tmp_path)
     shards = tmp_path / "shards"
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{_free_port()}",
-        __file__,
-        str(shards),
-        str(tmp_path / "ddp"),
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _torchrun(str(shards), str(tmp_path / "ddp"))
     try:
         single = run(shards, tmp_path / "single", data_ranks=2)
         stdout, stderr = proc.communicate(timeout=150)
@@ -118,28 +103,7 @@ def test_in_memory_ddp_with_a_last_batch_smaller_than_the_group(tmp_path):
     from trajfm.model import GPTConfig
     from trajfm.train import TrainConfig, train
 
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{_free_port()}",
-        __file__,
-        "memory",
-        str(tmp_path / "ddp"),
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _torchrun("memory", str(tmp_path / "ddp"))
     try:
         tr, va, st = in_memory_data()
         assert len(tr) % IN_MEMORY["batch_size"] == 1
