@@ -29,6 +29,7 @@ from trajfm.mlflow_store import (  # noqa: F401 - the store's location is part o
     ARTIFACTS_DIR,
     DEFAULT_EXPERIMENT,
     global_uris,
+    mlflow_metric_name,
     rebase_moved_store,
     recorded_root,
     setup_mlflow,
@@ -108,13 +109,14 @@ def _as_float(value: Any) -> float | None:
 
 
 def _numeric_metrics(metrics: dict) -> dict[str, float]:
+    """The numbers of ``metrics`` (flattened) under MLflow-legal names (``fde_m@5`` -> ``fde_m_at_5``)."""
     out = {}
     for key, value in _flatten(metrics).items():
         number = _as_float(value)
         if number is None:
             log.warning("metric %s=%r is not a number; not logged", key, value)
         else:
-            out[key] = number
+            out[mlflow_metric_name(key)] = number
     return out
 
 
