@@ -33,27 +33,19 @@ from typing import Iterator
 
 import numpy as np
 
-from trajfm.data.readers.base import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNK_ROWS,
-    Format,
-    LineChunk,
-    ReadResult,
-    SourceFile,
-    SourceFormatError,
+from trajfm.data.readers.checks import numeric_optional, split_checked, validate_fixes
+from trajfm.data.readers.formats import Format
+from trajfm.data.readers.lines import LineChunk, gc_paused, iter_line_chunks, non_blank
+from trajfm.data.readers.parsing import (
     columns_of,
     fast_fields,
     field_count_problems,
     flag_undecodable,
-    gc_paused,
-    iter_line_chunks,
-    non_blank,
-    numeric_optional,
     raw_lines,
-    split_checked,
     split_fields,
-    validate_fixes,
 )
+from trajfm.data.readers.result import ReadResult
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile, SourceFormatError
 
 FORMAT = "geolife"
 SOURCE = "geolife"

@@ -35,23 +35,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trajfm.data.readers.base import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNK_ROWS,
-    Format,
-    ReadResult,
-    SourceFile,
-    SourceFormatError,
-    columns_of,
-    empty_quarantine,
-    gc_paused,
-    header_then_chunks,
-    non_blank,
-    quarantine_frame,
-    split_checked,
-    split_fields,
-    validate_fixes,
-)
+from trajfm.data.readers.checks import split_checked, validate_fixes
+from trajfm.data.readers.formats import Format
+from trajfm.data.readers.lines import gc_paused, header_then_chunks, non_blank
+from trajfm.data.readers.parsing import columns_of, split_fields
+from trajfm.data.readers.result import ReadResult, empty_quarantine, quarantine_frame
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile, SourceFormatError
 
 FORMAT = "porto"
 SOURCE = "porto"
