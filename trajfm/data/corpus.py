@@ -112,14 +112,15 @@ class CorpusSource:
         """
         from dataclasses import replace
 
-        from trajfm.data.clean import _FIELD_NAMES, KIND_DEFAULTS, normalize_params
+        from trajfm.data.clean import KIND_DEFAULTS, normalize_params
+        from trajfm.data.clean_params import FIELD_NAMES
         from trajfm.data.sampling import NATIVE_RESAMPLING
 
         if not native:
             return normalize_params(self.clean or None)
         table = {k: replace(p, **NATIVE_RESAMPLING) for k, p in KIND_DEFAULTS.items()}
         clean = self.clean or {}
-        if clean and set(clean) <= _FIELD_NAMES:
+        if clean and set(clean) <= FIELD_NAMES:
             return {k: replace(p, **clean) for k, p in table.items()}
         star = clean.get("*")
         if star is not None:
@@ -315,12 +316,12 @@ def _source(entry, i: int, where: str, base: Path, check_data: bool) -> CorpusSo
     clean = entry.get("clean") or {}
     if not isinstance(clean, dict):
         raise CorpusError(f"{at}: clean must be a mapping of cleaning parameters, got {clean!r}")
-    from trajfm.data.clean import _FIELD_NAMES
+    from trajfm.data.clean_params import FIELD_NAMES
 
-    stray = sorted(k for k in clean if k not in _FIELD_NAMES and k not in KIND_DEFAULTS and k != "*")
+    stray = sorted(k for k in clean if k not in FIELD_NAMES and k not in KIND_DEFAULTS and k != "*")
     if stray:
         raise CorpusError(
-            f"{at}: clean: unknown parameter(s) {stray}; known: {sorted(_FIELD_NAMES)} "
+            f"{at}: clean: unknown parameter(s) {stray}; known: {sorted(FIELD_NAMES)} "
             f"(or a kind mapping to them: {sorted(KIND_DEFAULTS)})"
         )
     try:

@@ -31,8 +31,9 @@ Schedulers: ``"distributed"`` (default) starts a ``LocalCluster`` (processes, ``
 thread each, dashboard on a free port) and closes it afterwards, or connects to ``dask_address``
 (``tcp://host:port``) when given (the data root must then be reachable from the workers at the
 same path); LocalCluster workers start with :data:`WORKER_ENV` (malloc that reuses memory
-instead of faulting in fresh pages per partition, one thread per numeric library); ``"threads"`` and ``"sync"`` use Dask's local schedulers (sync runs everything in this
-process: for tests and debugging).
+instead of faulting in fresh pages per partition, one thread per numeric library); ``"threads"``
+and ``"sync"`` use Dask's local schedulers (sync runs everything in this process: for tests and
+debugging).
 """
 
 from __future__ import annotations

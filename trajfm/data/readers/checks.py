@@ -119,14 +119,7 @@ def validate_fixes(
     lon, lon_empty, lon_bad = _numeric(lon_text)
     lat, lat_empty, lat_bad = _numeric(lat_text)
     id_empty = ids == ""
-    if t_parsed is None:
-        t, t_why = parse_times(t_text, time_formats, timezone)
-    else:
-        t = finest_times(pd.Series(t_parsed).reset_index(drop=True))
-        t_why = np.full(n, None, dtype=object) if t_detail is None else np.asarray(t_detail, dtype=object)
-    t_nat = t.isna().to_numpy()
-    t_empty = np.zeros(n, dtype=bool)
-    t_empty[t_nat] = _is_blank(t_text[t_nat]) & pd.isna(t_why[t_nat])
+    t, t_why, t_nat, t_empty = _fix_times(t_text, time_formats, timezone, t_parsed, t_detail)
 
     flag(id_empty, "missing_value", "object id is empty")
     flag(t_empty, "missing_value", "timestamp is empty")
@@ -155,14 +148,32 @@ def validate_fixes(
     flag(early, "bad_time", f"timestamp before {floor.date()}")
     flag(late, "bad_time", f"timestamp more than {MAX_TIME_AHEAD} in the future")
 
-    good = unset
+    return _parsed_frame(ids, t, lon, lat, good=unset), reason, detail
+
+
+def _fix_times(t_text: np.ndarray, time_formats, timezone, t_parsed, t_detail):
+    """``(t, why, nat, empty)`` for ``validate_fixes``: the times (parsed here unless the reader
+    did), why a time was turned down (or ``None``), which are NaT, and which of those are empty."""
+    n = len(t_text)
+    if t_parsed is None:
+        t, t_why = parse_times(t_text, time_formats, timezone)
+    else:
+        t = finest_times(pd.Series(t_parsed).reset_index(drop=True))
+        t_why = np.full(n, None, dtype=object) if t_detail is None else np.asarray(t_detail, dtype=object)
+    t_nat = t.isna().to_numpy()
+    t_empty = np.zeros(n, dtype=bool)
+    t_empty[t_nat] = _is_blank(t_text[t_nat]) & pd.isna(t_why[t_nat])
+    return t, t_why, t_nat, t_empty
+
+
+def _parsed_frame(ids, t: pd.Series, lon, lat, good: np.ndarray) -> pd.DataFrame:
+    """``obj_id, t, lon, lat`` of every row; ``t`` is NaT in the rows that are not ``good``."""
     t_ns = pd.Series(pd.NaT, index=t.index, dtype="datetime64[ns, UTC]")
     if good.all():
         t_ns = t.astype("datetime64[ns, UTC]")
     else:
         t_ns[good] = t[good].astype("datetime64[ns, UTC]")
-    parsed = pd.DataFrame({"obj_id": ids, "t": t_ns, "lon": lon, "lat": lat})
-    return parsed, reason, detail
+    return pd.DataFrame({"obj_id": ids, "t": t_ns, "lon": lon, "lat": lat})
 
 
 def split_checked(
