@@ -276,13 +276,6 @@ def params_to_json(params: ParamsLike = None) -> dict[str, dict]:
     return {kind: p.to_dict() for kind, p in sorted(normalize_params(params).items())}
 
 
-def params_for_kind(table: Mapping[str, PreprocessParams], kind: str) -> PreprocessParams:
-    found = find_kind_params(table, kind)
-    if found is None:
-        raise ValueError(f"no preprocessing parameters for kind {kind!r}; pass params for it (known: {sorted(table)})")
-    return found
-
-
 def find_kind_params(table: Mapping[str, PreprocessParams], kind: str) -> PreprocessParams | None:
     """The parameters for ``kind``: its entry, else its canonical spelling's (``"Vessel"`` finds
     ``"vessel"``, see ``schema.normalize_kind``), else the ``"*"`` entry; ``None`` when none applies."""

@@ -58,14 +58,6 @@ def missing_columns(file: "SourceFile | str") -> list[str]:
     return [c for c in REQUIRED if c not in names]
 
 
-def is_canonical(file: "SourceFile | str") -> bool:
-    """True when ``file`` is Parquet with every contract column (``REQUIRED``)."""
-    try:
-        return not missing_columns(file)
-    except SourceFormatError:
-        return False
-
-
 def iter_canonical(
     file: SourceFile,
     kind: str | None = None,

@@ -40,7 +40,6 @@ row), raises ``SourceFormatError`` naming the file (and the header line).
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -417,9 +416,3 @@ GENERIC = Format(
     detectable=False,
     description="any CSV/Parquet table of fixes with a column mapping (columns=, timezone=, time_format=)",
 )
-
-
-def read_generic(path: str | Path, columns: dict, kind: str | None = None, **kwargs) -> ReadResult:
-    """Read a CSV/Parquet table of fixes (see the module docstring); ``kwargs``: ``timezone``,
-    ``time_format``, ``delimiter``, ``source``, ``chunk_rows``, ``chunk_bytes``."""
-    return GENERIC.read(path, kind=kind, columns=columns, **kwargs)

@@ -28,7 +28,6 @@ header alone reads zero rows.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -175,9 +174,3 @@ GEOLIFE = Format(
     namespace=traj_id_of,
     description="GeoLife .plt: 6 header lines, then lat,lon,0,alt_ft,days,date,time (UTC)",
 )
-
-
-def read_geolife(path: str | Path, kind: str = "person", **kwargs) -> ReadResult:
-    """Read one GeoLife ``.plt`` file (see the module docstring); ``kwargs``: ``source``,
-    ``chunk_rows``, ``chunk_bytes``."""
-    return GEOLIFE.read(path, kind=kind, **kwargs)

@@ -29,7 +29,6 @@ True/False there is ``parse_error``. A file without a MISSING_DATA column is rea
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -302,9 +301,3 @@ PORTO = Format(
     sniff=_looks_like_porto,
     description="Porto taxi trips CSV (ECML/PKDD 2015): TRIP_ID, TAXI_ID, TIMESTAMP, POLYLINE, ...",
 )
-
-
-def read_porto(path: str | Path, kind: str = "vehicle", **kwargs) -> ReadResult:
-    """Read a Porto taxi trips CSV (see the module docstring); ``kwargs``: ``source``,
-    ``chunk_rows``, ``chunk_bytes``."""
-    return PORTO.read(path, kind=kind, **kwargs)

@@ -18,7 +18,6 @@ taxi's fixes form one track until preprocessing splits it), ``source`` ``"tdrive
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Iterator
 
 from trajfm.data.readers.checks import split_checked, validate_fixes
@@ -93,9 +92,3 @@ TDRIVE = Format(
     options=("timezone",),
     description="T-Drive text: taxi_id,YYYY-MM-DD HH:MM:SS (Beijing time),lon,lat per line",
 )
-
-
-def read_tdrive(path: str | Path, kind: str = "vehicle", **kwargs) -> ReadResult:
-    """Read one T-Drive file (see the module docstring); ``kwargs``: ``source``, ``timezone``,
-    ``chunk_rows``, ``chunk_bytes``."""
-    return TDRIVE.read(path, kind=kind, **kwargs)
