@@ -53,7 +53,7 @@ def _rows(traj) -> np.ndarray:
 
 
 def split(t, lon, lat, codes, kinds, kind_params) -> Pieces:
-    """Speed outliers, gap split and stop split through MovingPandas (see ``clean.split_vectorized``)."""
+    """Speed outliers, gap split and stop split through MovingPandas (see ``clean_steps.split_vectorized``)."""
     mpd = _mpd()
     n = len(t)
     drop = np.zeros(n, dtype=np.int8)
