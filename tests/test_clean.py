@@ -12,10 +12,9 @@ from trajfm.data.clean import (
     KNOWN_REASONS,
     PreprocessParams,
     clean_partition,
-    min_time_delta,
     normalize_params,
-    speed_outliers,
 )
+from trajfm.data.clean_steps import min_time_delta, speed_outliers
 from trajfm.data.schema import POINT_COLUMNS
 from trajfm.data.stops import detect_stops
 from trajfm.geo import haversine_m, offset_lonlat
@@ -164,9 +163,9 @@ def test_speed_outliers_match_the_sequential_loop_on_random_tracks():
 
 
 def _window_size() -> int:
-    from trajfm.data import clean
+    from trajfm.data import clean_steps
 
-    return clean._SEARCH_WINDOW
+    return clean_steps.SEARCH_WINDOW
 
 
 def test_gap_splits_into_two_segments():
@@ -585,7 +584,7 @@ def test_interpolation_of_pieces_spanning_centuries_does_not_overflow():
     end-to-end time axis, which overflowed and put icebergs at latitude -101."""
     import numpy as np
 
-    from trajfm.data.clean import interpolate_at
+    from trajfm.data.clean_steps import interpolate_at
 
     day = 86_400 * 1_000_000_000
     t = np.concatenate([np.arange(0, 150 * 365, 30) * day - 60 * 365 * day for _ in range(3)]).astype(np.int64)

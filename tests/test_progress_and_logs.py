@@ -91,8 +91,8 @@ def test_ingest_and_dask_preprocessing_draw_bars_when_on(features_dir, monkeypat
     from distributed import Client, LocalCluster
 
     from trajfm.data.catalog import embedded_files
+    from trajfm.data.dask_runner import Runner
     from trajfm.data.ingest import ingest
-    from trajfm.data.preprocess import _Runner
     from trajfm.store import read_manifest
 
     root, _ = features_dir
@@ -103,6 +103,6 @@ def test_ingest_and_dask_preprocessing_draw_bars_when_on(features_dir, monkeypat
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        runner = _Runner("distributed", client=client)
+        runner = Runner("distributed", client=client)
         assert runner.gather(runner.map(lambda x: 2 * x, [1, 2, 3])) == [2, 4, 6]  # results in order
     assert "preprocess" in capsys.readouterr().err

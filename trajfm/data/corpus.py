@@ -112,14 +112,14 @@ class CorpusSource:
         """
         from dataclasses import replace
 
-        from trajfm.data.clean import _FIELD_NAMES, KIND_DEFAULTS, normalize_params
+        from trajfm.data.clean import FIELD_NAMES, KIND_DEFAULTS, normalize_params
         from trajfm.data.sampling import NATIVE_RESAMPLING
 
         if not native:
             return normalize_params(self.clean or None)
         table = {k: replace(p, **NATIVE_RESAMPLING) for k, p in KIND_DEFAULTS.items()}
         clean = self.clean or {}
-        if clean and set(clean) <= _FIELD_NAMES:
+        if clean and set(clean) <= FIELD_NAMES:
             return {k: replace(p, **clean) for k, p in table.items()}
         star = clean.get("*")
         if star is not None:
@@ -266,7 +266,7 @@ def _coarsen(value, where: str) -> tuple[int, ...]:
 
 
 def _source(entry, i: int, where: str, base: Path, check_data: bool) -> CorpusSource:
-    from trajfm.data.clean import KIND_DEFAULTS, normalize_params
+    from trajfm.data.clean import KIND_DEFAULTS
     from trajfm.data.readers import READERS
 
     label = f"sources[{i}]"
@@ -301,32 +301,8 @@ def _source(entry, i: int, where: str, base: Path, check_data: bool) -> CorpusSo
         and "kind" not in ((entry.get("reader_params") or {}).get("columns") or {})
     ):
         raise CorpusError(f"{at}: format {fmt!r} has no default kind: give kind: (one of {sorted(KIND_DEFAULTS)})")
-    reader_params = entry.get("reader_params") or {}
-    if not isinstance(reader_params, dict):
-        raise CorpusError(f"{at}: reader_params must be a mapping, got {reader_params!r}")
-    try:
-        READERS[fmt].check_options(reader_params)
-        if fmt == "generic":
-            from trajfm.data.readers.generic import check_mapping
-
-            check_mapping(reader_params.get("columns"), kind, reader_params.get("time_format") or "auto")
-    except ValueError as exc:
-        raise CorpusError(f"{at}: reader_params: {exc}") from None
-    clean = entry.get("clean") or {}
-    if not isinstance(clean, dict):
-        raise CorpusError(f"{at}: clean must be a mapping of cleaning parameters, got {clean!r}")
-    from trajfm.data.clean import _FIELD_NAMES
-
-    stray = sorted(k for k in clean if k not in _FIELD_NAMES and k not in KIND_DEFAULTS and k != "*")
-    if stray:
-        raise CorpusError(
-            f"{at}: clean: unknown parameter(s) {stray}; known: {sorted(_FIELD_NAMES)} "
-            f"(or a kind mapping to them: {sorted(KIND_DEFAULTS)})"
-        )
-    try:
-        normalize_params(clean)
-    except (ValueError, TypeError) as exc:
-        raise CorpusError(f"{at}: clean: {exc}") from None
+    reader_params = _reader_params(entry, fmt, kind, at)
+    clean = _clean_params(entry, at)
     raw_paths = entry["paths"]
     if isinstance(raw_paths, str):
         raw_paths = [raw_paths]
@@ -352,6 +328,44 @@ def _source(entry, i: int, where: str, base: Path, check_data: bool) -> CorpusSo
         if fmt == "canonical":
             _check_canonical(files, kind, at)
     return src
+
+
+def _reader_params(entry: dict, fmt: str, kind: str | None, at: str) -> dict:
+    """A source's ``reader_params``, checked against its reader's options (and column mapping)."""
+    from trajfm.data.readers import READERS
+
+    reader_params = entry.get("reader_params") or {}
+    if not isinstance(reader_params, dict):
+        raise CorpusError(f"{at}: reader_params must be a mapping, got {reader_params!r}")
+    try:
+        READERS[fmt].check_options(reader_params)
+        if fmt == "generic":
+            from trajfm.data.readers.generic import check_mapping
+
+            check_mapping(reader_params.get("columns"), kind, reader_params.get("time_format") or "auto")
+    except ValueError as exc:
+        raise CorpusError(f"{at}: reader_params: {exc}") from None
+    return reader_params
+
+
+def _clean_params(entry: dict, at: str) -> dict:
+    """A source's ``clean`` mapping, checked as ``clean.normalize_params`` would take it."""
+    from trajfm.data.clean import FIELD_NAMES, KIND_DEFAULTS, normalize_params
+
+    clean = entry.get("clean") or {}
+    if not isinstance(clean, dict):
+        raise CorpusError(f"{at}: clean must be a mapping of cleaning parameters, got {clean!r}")
+    stray = sorted(k for k in clean if k not in FIELD_NAMES and k not in KIND_DEFAULTS and k != "*")
+    if stray:
+        raise CorpusError(
+            f"{at}: clean: unknown parameter(s) {stray}; known: {sorted(FIELD_NAMES)} "
+            f"(or a kind mapping to them: {sorted(KIND_DEFAULTS)})"
+        )
+    try:
+        normalize_params(clean)
+    except (ValueError, TypeError) as exc:
+        raise CorpusError(f"{at}: clean: {exc}") from None
+    return clean
 
 
 def _check_canonical(files: list[str], kind: str | None, at: str) -> None:

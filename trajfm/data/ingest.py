@@ -34,9 +34,11 @@ import numpy as np
 import pandas as pd
 
 from trajfm.data.readers import READERS, SourceFile
-from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, check_timezone, empty_quarantine
 from trajfm.data.readers.generic import check_mapping
+from trajfm.data.readers.result import empty_quarantine
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS
 from trajfm.data.readers.sources import Source, resolve_sources
+from trajfm.data.readers.times import check_timezone
 from trajfm.data.schema import OPTIONAL_COLUMNS, POINT_COLUMNS, empty_points, normalize_kinds, to_canonical
 from trajfm.store import (
     SCHEMA_VERSION,

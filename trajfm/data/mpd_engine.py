@@ -29,7 +29,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from trajfm.data.clean import _CODE, NS_PER_S, Pieces, _speed_notes
+from trajfm.data.clean_params import NS_PER_S
+from trajfm.data.clean_steps import CODE, Pieces, speed_notes
 from trajfm.geo import haversine_m
 
 CRS = "EPSG:4326"
@@ -52,7 +53,7 @@ def _rows(traj) -> np.ndarray:
 
 
 def split(t, lon, lat, codes, kinds, kind_params) -> Pieces:
-    """Speed outliers, gap split and stop split through MovingPandas (see ``clean.split_vectorized``)."""
+    """Speed outliers, gap split and stop split through MovingPandas (see ``clean_steps.split_vectorized``)."""
     mpd = _mpd()
     n = len(t)
     drop = np.zeros(n, dtype=np.int8)
@@ -78,11 +79,11 @@ def split(t, lon, lat, codes, kinds, kind_params) -> Pieces:
         kept = np.concatenate([_rows(tr) for tr in cleaned]) if len(cleaned.trajectories) else np.zeros(0, np.int64)
         outlier = np.setdiff1d(sub["row"].to_numpy(), kept)
         if len(outlier):
-            drop[outlier] = _CODE["speed_outlier"]
+            drop[outlier] = CODE["speed_outlier"]
             notes.append(
                 (
                     outlier,
-                    _speed_notes(
+                    speed_notes(
                         _speed_from_previous_kept(t, lon, lat, codes, outlier, kept), np.full(len(outlier), p.v_max_mps)
                     ),
                 )
@@ -95,7 +96,7 @@ def split(t, lon, lat, codes, kinds, kind_params) -> Pieces:
         in_segment = np.concatenate([_rows(g) for g in gaps]) if len(gaps.trajectories) else np.zeros(0, np.int64)
         lost = np.setdiff1d(kept, in_segment)  # gap segments MovingPandas dropped: 1 fix or 0 m
         if len(lost):
-            drop[lost] = _CODE["short_trajectory"]
+            drop[lost] = CODE["short_trajectory"]
             notes.append((lost, "gap segment dropped by ObservationGapSplitter: a single fix or 0 m long"))
         for code, segments in by_traj.items():
             k = 0
@@ -141,7 +142,7 @@ def _stop_pieces(mpd, seg, code, k, p, pieces, drop, notes) -> int:
     for stop in stops:
         inside = rows[(t_index > stop.t_0) & (t_index < stop.t_n)]
         if len(inside):
-            drop[inside] = _CODE["stop"]
+            drop[inside] = CODE["stop"]
             notes.append((inside, "inside a stop"))
     for j, tr in enumerate(between):
         part = rows[(t_index >= tr.t_0) & (t_index <= tr.t_n)]
@@ -150,7 +151,7 @@ def _stop_pieces(mpd, seg, code, k, p, pieces, drop, notes) -> int:
                 warnings.simplefilter("ignore")
                 length = seg.get_segment_between(tr.t_0, tr.t_n).get_length()
             if not length > 0:  # StopSplitter's collection split keeps only pieces longer than 0 m
-                drop[part] = _CODE["short_trajectory"]
+                drop[part] = CODE["short_trajectory"]
                 notes.append((part, "piece of 0 m: every fix at one position"))
                 continue
         pieces.append((code, k + j, part))

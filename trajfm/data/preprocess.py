@@ -31,8 +31,9 @@ Schedulers: ``"distributed"`` (default) starts a ``LocalCluster`` (processes, ``
 thread each, dashboard on a free port) and closes it afterwards, or connects to ``dask_address``
 (``tcp://host:port``) when given (the data root must then be reachable from the workers at the
 same path); LocalCluster workers start with :data:`WORKER_ENV` (malloc that reuses memory
-instead of faulting in fresh pages per partition, one thread per numeric library); ``"threads"`` and ``"sync"`` use Dask's local schedulers (sync runs everything in this
-process: for tests and debugging).
+instead of faulting in fresh pages per partition, one thread per numeric library); ``"threads"``
+and ``"sync"`` use Dask's local schedulers (sync runs everything in this process: for tests and
+debugging).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ from trajfm.data.clean import (
     normalize_params,
     params_to_json,
 )
+
+# The cluster helpers live in dask_runner; WORKER_ENV and local_cluster are re-exported from here.
+from trajfm.data.dask_runner import WORKER_ENV as WORKER_ENV
+from trajfm.data.dask_runner import Runner, dask_runner
+from trajfm.data.dask_runner import local_cluster as local_cluster
 from trajfm.data.schema import OPTIONAL_COLUMNS, empty_points, to_canonical
 from trajfm.store import (
     SCHEMA_VERSION,
@@ -198,146 +204,6 @@ def read_preprocess_counts(path: str | os.PathLike) -> dict:
     m = read_manifest(path)
     keys = ("rows_in", "rows_kept", "rows_quarantined", "quarantined_by_reason", "rows_out", "n_trajectories")
     return {k: m[k] for k in keys}
-
-
-# ----------------------------------------------------------------------------------------------
-# Schedulers
-
-
-class _Runner:
-    """Runs a function over arguments on Dask's local schedulers or a distributed cluster.
-
-    ``map`` returns handles (results, or futures that stay on the workers); ``gather`` fetches.
-    """
-
-    def __init__(self, scheduler: str, client=None, cluster=None):
-        self.scheduler, self.client, self.cluster = scheduler, client, cluster
-        self.info: dict = {"scheduler": scheduler}
-        self.n_workers = 1
-        if client is not None:
-            self.n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-            self.info["n_workers"] = self.n_workers
-
-    def map(self, fn, *iterables):
-        if self.client is not None:
-            return self.client.map(fn, *iterables, pure=False)
-        import dask
-
-        tasks = [dask.delayed(fn)(*args) for args in zip(*iterables)]
-        return list(dask.compute(*tasks, scheduler=self.scheduler))
-
-    def gather(self, handles, desc: str = "preprocess"):
-        if self.client is None:
-            return handles
-        from trajfm.progress import progress_bar, progress_enabled
-
-        if progress_enabled():  # a bar over the partitions as the workers finish them
-            from distributed import as_completed
-
-            with progress_bar(len(handles), desc, unit="part") as bar:
-                for _ in as_completed(handles):
-                    bar.update(1)
-        return self.client.gather(handles)
-
-    def __enter__(self) -> "_Runner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
-
-
-# Environment of LocalCluster worker processes, set before they start (glibc reads it then).
-# distributed's default, MALLOC_TRIM_THRESHOLD_=64 KiB, hands freed memory back to the system at
-# once and pins glibc's mmap threshold at 128 KiB, so each array of each partition lands on fresh
-# pages: page faults were a third of a worker's CPU time. Here arrays up to 32 MiB come from a
-# reused heap, Arrow allocates through the same malloc, and numeric libraries use one thread
-# (one worker process per core).
-WORKER_ENV = {
-    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
-    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-    "ARROW_DEFAULT_MEMORY_POOL": "system",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-}
-
-
-def local_cluster(n_workers: int):
-    """A LocalCluster of ``n_workers`` processes x 1 thread on 127.0.0.1 (dashboard on a free
-    loopback port, logs at warning level) whose workers start with :data:`WORKER_ENV`.
-
-    Dask's nanny puts the pre-spawn variables into this process's ``os.environ`` before it
-    spawns a worker (that is how the worker gets them) and never takes them out; left there, every
-    later child (the trainer) would run with one BLAS thread and another malloc, so its speed and
-    last digits would depend on whether preprocessing ran or came from a cache. (It also sets
-    ``PYTHONHASHSEED`` and ``__DASK_PARENT_PID``.) The environment is restored once the workers
-    have started and again when the cluster closes."""
-    import logging
-
-    before = dict(os.environ)
-    import dask
-    from distributed import LocalCluster
-
-    env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-            cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-                silence_logs=logging.WARNING,
-            )
-    finally:
-        touched = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
-        restore_environ(before, touched)
-    close = cluster.close
-    touched |= set(env) | DASK_SETS
-
-    def close_and_restore(*args, **kwargs):  # a restarted worker sets the variables again
-        try:
-            return close(*args, **kwargs)
-        finally:
-            restore_environ(before, touched)
-
-    cluster.close = close_and_restore
-    return cluster
-
-
-# Variables distributed writes into the client's os.environ (nanny, scheduler, proctitle).
-DASK_SETS = {"PYTHONHASHSEED", "__DASK_PARENT_PID", "DASK_SCHEDULER_ADDRESS"}
-
-
-def restore_environ(saved: dict[str, str], keys: set[str]) -> None:
-    """Give each of ``keys`` its value in ``saved`` again (removed when ``saved`` lacks it)."""
-    for key in keys:
-        if key not in saved:
-            os.environ.pop(key, None)
-        elif os.environ.get(key) != saved[key]:
-            os.environ[key] = saved[key]
-
-
-def dask_runner(scheduler: str, address: str | None, n_workers: int) -> _Runner:
-    """A runner on Dask's local ``sync``/``threads`` scheduler, the cluster at ``address``, or a new
-    LocalCluster of ``n_workers`` processes x 1 thread (closed with the runner)."""
-    if scheduler in ("sync", "threads") and address is None:
-        runner = _Runner(scheduler)
-        if scheduler == "threads":
-            runner.n_workers = max(1, int(n_workers))
-        return runner
-    from distributed import Client
-
-    if address is not None:
-        runner = _Runner("distributed", client=Client(address))
-        runner.info["address"] = address
-        return runner
-    cluster = local_cluster(n_workers)
-    runner = _Runner("distributed-local", client=Client(cluster), cluster=cluster)
-    return runner
 
 
 # ----------------------------------------------------------------------------------------------
@@ -576,7 +442,7 @@ def _with_categories(frame: pd.DataFrame, categories: dict) -> pd.DataFrame:
     return frame
 
 
-def _run_ranges(runner: _Runner, job: _Job, n_rows: int, parts: int) -> _Written | None:
+def _run_ranges(runner: Runner, job: _Job, n_rows: int, parts: int) -> _Written | None:
     """Range partitions, each read, cleaned and written by one task on its worker (no barrier, one
     partition in memory per worker); None when the input turns out not to be sorted by trajectory."""
     bounds = [round(i * n_rows / parts) for i in range(parts + 1)]
@@ -630,7 +496,7 @@ def _stage_categories(path: str) -> dict:
     return out
 
 
-def _run_movers(runner: _Runner, job: _Job, parts: int) -> _Written:
+def _run_movers(runner: Runner, job: _Job, parts: int) -> _Written:
     """Shuffle by ``obj_id`` with Dask, clean each partition, sort on the client, write one part."""
     import dask.dataframe as dd
 

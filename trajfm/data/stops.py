@@ -189,11 +189,11 @@ def detect_stops(
     cls[p == first_p[seg_of_row]] = MOVING  # a window of one fix is never a stop
 
     for s in np.flatnonzero(np.bincount(seg_of_row[cls != MOVING], minlength=len(seg_start)) > 0):
-        f, l = _segment_stops(
+        first, last = _segment_stops(
             t, x, y, a, cls, rx, ry, int(first_p[s]), int(end_p[s]), float(diam[first_p[s]]), int(dur[first_p[s]])
         )
-        firsts.append(row_of[f])
-        lasts.append(row_of[l])
+        firsts.append(row_of[first])
+        lasts.append(row_of[last])
     if not firsts:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(firsts), np.concatenate(lasts)

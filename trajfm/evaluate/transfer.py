@@ -89,7 +89,7 @@ def _resolve(item: str, base: Path) -> str:
 
 
 def _source(raw, where: str, base: Path, path) -> SourceSpec:
-    from trajfm.data.clean import _FIELD_NAMES as CLEAN_FIELDS
+    from trajfm.data.clean import FIELD_NAMES as CLEAN_FIELDS
     from trajfm.data.clean import normalize_params
     from trajfm.data.readers import READERS
     from trajfm.evaluate.suite import check_selection, ingest_params

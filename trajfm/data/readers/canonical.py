@@ -26,14 +26,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from trajfm.data.readers.base import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNK_ROWS,
-    Format,
-    ReadResult,
-    SourceFile,
-    SourceFormatError,
-)
+from trajfm.data.readers import generic
+from trajfm.data.readers.formats import Format
+from trajfm.data.readers.result import ReadResult
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile, SourceFormatError
+from trajfm.data.readers.times import check_timezone
 
 FORMAT = "canonical"
 EXTENSIONS = (".parquet", ".pq")
@@ -61,14 +58,6 @@ def missing_columns(file: "SourceFile | str") -> list[str]:
     return [c for c in REQUIRED if c not in names]
 
 
-def is_canonical(file: "SourceFile | str") -> bool:
-    """True when ``file`` is Parquet with every contract column (``REQUIRED``)."""
-    try:
-        return not missing_columns(file)
-    except SourceFormatError:
-        return False
-
-
 def iter_canonical(
     file: SourceFile,
     kind: str | None = None,
@@ -80,9 +69,6 @@ def iter_canonical(
     """Read canonical Parquet in batches of ``chunk_rows`` rows (see the module docstring)."""
     import numpy as np
     import pyarrow.parquet as pq
-
-    from trajfm.data.readers import generic
-    from trajfm.data.readers.base import check_timezone
 
     check_timezone(timezone)
     names = parquet_columns(file)
@@ -115,7 +101,7 @@ def iter_canonical(
                 if value is not None:
                     batch_opts[opt] = value
                     batch_keys.remove(col)
-            values = {k: generic._arrow_values(k, batch.column(batch.schema.get_field_index(k))) for k in batch_keys}
+            values = {k: generic.arrow_values(k, batch.column(batch.schema.get_field_index(k))) for k in batch_keys}
             line_nos = np.arange(first_row, first_row + n, dtype=np.int64)
             first_row += n
             kinds = values["kind"] if "kind" in values else [batch_opts["kind"]]
@@ -134,7 +120,7 @@ def iter_canonical(
                 m = len(part_lines)
                 reason = np.full(m, None, dtype=object)
                 detail = np.full(m, None, dtype=object)
-                chunk = generic._check_chunk(
+                chunk = generic.check_chunk(
                     file, part, part_lines, reason, detail, raw_of, {**batch_opts, "min_time": floor}
                 )
                 chunk.format = FORMAT

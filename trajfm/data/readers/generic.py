@@ -31,46 +31,36 @@ CSV: the first non-blank line is the header (a column named in ``columns`` that 
 it raises ``SourceFormatError``); each non-blank line after it is one row read; a line with a
 different field count than the header is ``parse_error``; quoted fields may hold the delimiter but
 not a line break: a record whose quoted field holds one (``"a<newline>b",...``) is quarantined
-whole, every line of it ``parse_error`` (none of its lines becomes a point). Parquet: read in batches of ``chunk_rows`` rows (memory: one row
-group); ``line`` in the quarantine is the 1-based row number. A mapped column missing from the
-file, or holding lists or structs (not one value per row), raises ``SourceFormatError`` naming the
-file (and the header line).
+whole, every line of it ``parse_error`` (none of its lines becomes a point). Parquet: read in
+batches of ``chunk_rows`` rows (memory: one row group); ``line`` in the quarantine is the 1-based
+row number. A mapped column missing from the file, or holding lists or structs (not one value per
+row), raises ``SourceFormatError`` naming the file (and the header line).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from trajfm.data.readers.base import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNK_ROWS,
-    Format,
-    ReadResult,
-    SourceFile,
-    SourceFormatError,
-    check_timezone,
+from trajfm.data.readers.checks import numeric_optional, split_checked, validate_fixes
+from trajfm.data.readers.formats import Format
+from trajfm.data.readers.lines import header_then_chunks, non_blank
+from trajfm.data.readers.parsing import (
     columns_of,
     fast_fields,
     field_count_problems,
-    finest_times,
     flag_multiline_records,
     flag_undecodable,
-    header_then_chunks,
     multiline_records,
-    non_blank,
-    numeric_optional,
-    parse_times,
     raw_lines,
-    split_checked,
     split_fields,
-    validate_fixes,
-    wall_time_to_utc,
 )
+from trajfm.data.readers.result import ReadResult
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile, SourceFormatError
+from trajfm.data.readers.times import check_timezone, finest_times, parse_times, wall_time_to_utc
 
 FORMAT = "generic"
 CSV_EXTENSIONS = (".csv", ".tsv")
@@ -196,7 +186,7 @@ def _iter_csv(file, mapping, chunk_rows, chunk_bytes, delimiter, opts) -> Iterat
             flag_multiline_records(reason, detail, in_record, first, line_nos)
             raw_of = raw_lines(lines)
         if len(line_nos):
-            yield _check_chunk(file, dict(zip(keys, values)), line_nos, reason, detail, raw_of, opts)
+            yield check_chunk(file, dict(zip(keys, values)), line_nos, reason, detail, raw_of, opts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +225,8 @@ def _iter_parquet(file, mapping, chunk_rows, opts) -> Iterator[ReadResult]:
             raise SourceFormatError(
                 str(file),
                 None,
-                f"time column {mapping['t']!r} holds numbers ({t_field.type}); pass time_format= one of {sorted(EPOCH_NS)}",
+                f"time column {mapping['t']!r} holds numbers ({t_field.type}); "
+                f"pass time_format= one of {sorted(EPOCH_NS)}",
             )
         wanted = list(dict.fromkeys(mapping.values()))
         first_row = 1
@@ -244,7 +235,7 @@ def _iter_parquet(file, mapping, chunk_rows, opts) -> Iterator[ReadResult]:
             if n == 0:
                 continue
             values = {
-                k: _arrow_values(k, batch.column(batch.schema.get_field_index(name))) for k, name in mapping.items()
+                k: arrow_values(k, batch.column(batch.schema.get_field_index(name))) for k, name in mapping.items()
             }
             line_nos = np.arange(first_row, first_row + n, dtype=np.int64)
             first_row += n
@@ -255,7 +246,7 @@ def _iter_parquet(file, mapping, chunk_rows, opts) -> Iterator[ReadResult]:
 
             reason = np.full(n, None, dtype=object)
             detail = np.full(n, None, dtype=object)
-            yield _check_chunk(file, values, line_nos, reason, detail, raw_of, opts)
+            yield check_chunk(file, values, line_nos, reason, detail, raw_of, opts)
 
 
 def _is_number_type(t) -> bool:
@@ -264,8 +255,8 @@ def _is_number_type(t) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
-def _arrow_values(key: str, arr):
-    """An Arrow column as what ``_check_chunk`` takes: text (object, ``None`` for null), float64,
+def arrow_values(key: str, arr):
+    """An Arrow column as what ``check_chunk`` takes: text (object, ``None`` for null), float64,
     or (times) a pandas datetime Series."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -368,7 +359,7 @@ def _epoch(values, time_format: str) -> tuple[pd.Series, np.ndarray, np.ndarray]
     return t, detail, text
 
 
-def _check_chunk(file: SourceFile, values: dict, line_nos, reason, detail, raw_of, opts) -> ReadResult:
+def check_chunk(file: SourceFile, values: dict, line_nos, reason, detail, raw_of, opts) -> ReadResult:
     n = len(line_nos)
     traj_text = _text(values["traj_id"] if "traj_id" in values else values["obj_id"])
     obj_text = _text(values["obj_id"]) if "obj_id" in values else traj_text
@@ -425,9 +416,3 @@ GENERIC = Format(
     detectable=False,
     description="any CSV/Parquet table of fixes with a column mapping (columns=, timezone=, time_format=)",
 )
-
-
-def read_generic(path: str | Path, columns: dict, kind: str | None = None, **kwargs) -> ReadResult:
-    """Read a CSV/Parquet table of fixes (see the module docstring); ``kwargs``: ``timezone``,
-    ``time_format``, ``delimiter``, ``source``, ``chunk_rows``, ``chunk_bytes``."""
-    return GENERIC.read(path, kind=kind, columns=columns, **kwargs)

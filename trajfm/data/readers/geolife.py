@@ -28,32 +28,23 @@ header alone reads zero rows.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from trajfm.data.readers.base import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNK_ROWS,
-    Format,
-    LineChunk,
-    ReadResult,
-    SourceFile,
-    SourceFormatError,
+from trajfm.data.readers.checks import numeric_optional, split_checked, validate_fixes
+from trajfm.data.readers.formats import Format
+from trajfm.data.readers.lines import LineChunk, gc_paused, iter_line_chunks, non_blank
+from trajfm.data.readers.parsing import (
     columns_of,
     fast_fields,
     field_count_problems,
     flag_undecodable,
-    gc_paused,
-    iter_line_chunks,
-    non_blank,
-    numeric_optional,
     raw_lines,
-    split_checked,
     split_fields,
-    validate_fixes,
 )
+from trajfm.data.readers.result import ReadResult
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile, SourceFormatError
 
 FORMAT = "geolife"
 SOURCE = "geolife"
@@ -183,9 +174,3 @@ GEOLIFE = Format(
     namespace=traj_id_of,
     description="GeoLife .plt: 6 header lines, then lat,lon,0,alt_ft,days,date,time (UTC)",
 )
-
-
-def read_geolife(path: str | Path, kind: str = "person", **kwargs) -> ReadResult:
-    """Read one GeoLife ``.plt`` file (see the module docstring); ``kwargs``: ``source``,
-    ``chunk_rows``, ``chunk_bytes``."""
-    return GEOLIFE.read(path, kind=kind, **kwargs)

@@ -31,23 +31,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trajfm.data.readers.base import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNK_ROWS,
-    Format,
-    ReadResult,
-    SourceFile,
-    SourceFormatError,
-    columns_of,
-    field_count_problems,
-    flag_undecodable,
-    header_then_chunks,
-    non_blank,
-    raw_lines,
-    split_checked,
-    split_fields,
-    validate_fixes,
-)
+from trajfm.data.readers.checks import split_checked, validate_fixes
+from trajfm.data.readers.formats import Format
+from trajfm.data.readers.lines import header_then_chunks, non_blank
+from trajfm.data.readers.parsing import columns_of, field_count_problems, flag_undecodable, raw_lines, split_fields
+from trajfm.data.readers.result import ReadResult
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile, SourceFormatError
 
 FORMAT = "marinecadastre"
 EXTENSIONS = (".csv",)

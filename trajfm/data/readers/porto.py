@@ -29,29 +29,18 @@ True/False there is ``parse_error``. A file without a MISSING_DATA column is rea
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from trajfm.data.readers.base import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNK_ROWS,
-    Format,
-    ReadResult,
-    SourceFile,
-    SourceFormatError,
-    columns_of,
-    empty_quarantine,
-    gc_paused,
-    header_then_chunks,
-    non_blank,
-    quarantine_frame,
-    split_checked,
-    split_fields,
-    validate_fixes,
-)
+from trajfm.data.readers.checks import split_checked, validate_fixes
+from trajfm.data.readers.formats import Format
+from trajfm.data.readers.lines import gc_paused, header_then_chunks, non_blank
+from trajfm.data.readers.parsing import columns_of, split_fields
+from trajfm.data.readers.result import ReadResult, empty_quarantine, quarantine_frame
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile, SourceFormatError
+from trajfm.data.schema import empty_points
 
 FORMAT = "porto"
 SOURCE = "porto"
@@ -159,12 +148,12 @@ def iter_porto(
             yield _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kind, tag)
 
 
-def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kind, tag) -> ReadResult:
-    columns, counts = columns_of(split_fields(lines), n_fields, [header.index(c) for c in names])
-    col = dict(zip(names, columns))
+def _parse_polylines(counts, undecodable, polylines, n_fields: int) -> _Trips:
+    """Each line's POLYLINE parsed into a trip, or the whole line rejected (field count, bytes,
+    JSON, an empty trip); a point that is not ``[lon, lat]`` is noted in ``bad_points``."""
     trips = _Trips()
     with gc_paused():
-        for i, (count, bad_bytes, poly) in enumerate(zip(counts, undecodable, col["POLYLINE"])):
+        for i, (count, bad_bytes, poly) in enumerate(zip(counts, undecodable, polylines)):
             if count != n_fields:
                 why = "unbalanced quotes" if count < 0 else f"{count} fields, header has {n_fields}"
                 trips.reject_trip(i, "parse_error", why + " (truncated or shifted line?)")
@@ -186,6 +175,39 @@ def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kin
                         else:
                             trips.bad_points[(i, j)] = json.dumps(element)[:200]
                     trips.add(i, pairs)
+    return trips
+
+
+def _flag_trip_fields(col: dict, trip: np.ndarray, trip_id: np.ndarray, reason: np.ndarray, detail: np.ndarray) -> None:
+    """Trip-level checks spread over the trip's points: MISSING_DATA, an empty TRIP_ID."""
+    if "MISSING_DATA" in col:
+        flag_text = pd.Series(col["MISSING_DATA"], dtype=object).str.strip().str.lower()
+        flagged = (flag_text == "true").to_numpy()
+        bad_flag = ~flag_text.isin(["true", "false"]).to_numpy()
+        fresh = bad_flag[trip] & pd.isna(reason)
+        reason[fresh], detail[fresh] = "parse_error", "MISSING_DATA is not True or False"
+        fresh = flagged[trip] & pd.isna(reason)
+        reason[fresh], detail[fresh] = "source_flagged", "MISSING_DATA=True: points are missing, later times unknown"
+    empty_trip = (trip_id == "")[trip] & pd.isna(reason)
+    reason[empty_trip], detail[empty_trip] = "missing_value", "TRIP_ID is empty"
+
+
+def _point_times(start_s: np.ndarray, trip: np.ndarray, pos: np.ndarray) -> pd.Series:
+    """Each point's time: its trip's start plus ``SAMPLING_S`` per point before it (NaT where the
+    trip has no usable start)."""
+    ok_start = ~np.isnan(start_s)
+    t_ns = np.zeros(len(trip), dtype=np.int64)
+    pt_ok = ok_start[trip]
+    t_ns[pt_ok] = start_s[trip][pt_ok].astype(np.int64) * NS_PER_S + pos[pt_ok] * (SAMPLING_S * NS_PER_S)
+    t = pd.Series(t_ns.view("datetime64[ns]")).dt.tz_localize("UTC")
+    t[~pt_ok] = pd.NaT
+    return t
+
+
+def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kind, tag) -> ReadResult:
+    columns, counts = columns_of(split_fields(lines), n_fields, [header.index(c) for c in names])
+    col = dict(zip(names, columns))
+    trips = _parse_polylines(counts, undecodable, col["POLYLINE"], n_fields)
 
     n_points = sum(trips.lengths)
     rows_read = n_points + len(trips.row_trip)
@@ -201,8 +223,6 @@ def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kin
         else empty_quarantine()
     )
     if n_points == 0:
-        from trajfm.data.schema import empty_points
-
         return ReadResult(empty_points(), whole_rows, rows_read, file.display(), FORMAT)
 
     trip, pos = trips.point_index()
@@ -219,23 +239,8 @@ def _read_trips(file, lines, line_nos, undecodable, header, names, n_fields, kin
     trip_id = np.asarray([s.strip() for s in col["TRIP_ID"]], dtype=object)
     stamp_text = col["TIMESTAMP"]
     start_s, start_detail = _start_seconds(stamp_text)
-    if "MISSING_DATA" in col:
-        flag_text = pd.Series(col["MISSING_DATA"], dtype=object).str.strip().str.lower()
-        flagged = (flag_text == "true").to_numpy()
-        bad_flag = ~flag_text.isin(["true", "false"]).to_numpy()
-        fresh = bad_flag[trip] & pd.isna(reason)
-        reason[fresh], detail[fresh] = "parse_error", "MISSING_DATA is not True or False"
-        fresh = flagged[trip] & pd.isna(reason)
-        reason[fresh], detail[fresh] = "source_flagged", "MISSING_DATA=True: points are missing, later times unknown"
-    empty_trip = (trip_id == "")[trip] & pd.isna(reason)
-    reason[empty_trip], detail[empty_trip] = "missing_value", "TRIP_ID is empty"
-
-    ok_start = ~np.isnan(start_s)
-    t_ns = np.zeros(n_points, dtype=np.int64)
-    pt_ok = ok_start[trip]
-    t_ns[pt_ok] = start_s[trip][pt_ok].astype(np.int64) * NS_PER_S + pos[pt_ok] * (SAMPLING_S * NS_PER_S)
-    t = pd.Series(t_ns.view("datetime64[ns]")).dt.tz_localize("UTC")
-    t[~pt_ok] = pd.NaT
+    _flag_trip_fields(col, trip, trip_id, reason, detail)
+    t = _point_times(start_s, trip, pos)
     parsed, reason, detail = validate_fixes(
         col["TAXI_ID"][trip],
         stamp_text[trip],
@@ -296,9 +301,3 @@ PORTO = Format(
     sniff=_looks_like_porto,
     description="Porto taxi trips CSV (ECML/PKDD 2015): TRIP_ID, TAXI_ID, TIMESTAMP, POLYLINE, ...",
 )
-
-
-def read_porto(path: str | Path, kind: str = "vehicle", **kwargs) -> ReadResult:
-    """Read a Porto taxi trips CSV (see the module docstring); ``kwargs``: ``source``,
-    ``chunk_rows``, ``chunk_bytes``."""
-    return PORTO.read(path, kind=kind, **kwargs)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from trajfm.data.readers.base import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, ReadResult, SourceFile, SourceFormatError
+from trajfm.data.readers.registry import READERS, detect_format, known_extensions
+from trajfm.data.readers.result import ReadResult
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile, SourceFormatError
 from trajfm.store import redact_url
 
 _GLOB_CHARS = set("*?[")
@@ -80,8 +82,8 @@ def resolve_sources(
     A directory or glob contributes its files with the extensions of ``format`` (of every format
     when ``None``, see ``readers.known_extensions``); those whose format cannot be detected are
     skipped and listed (``{"path", "why"}``), never read half-way; a file that cannot be opened
-    (a truncated or corrupt ``.gz``) raises ``SourceFormatError`` naming it, never skipped. A file named directly must be
-    readable: an unknown format raises ``ValueError``. Sorting makes the output and the cache key
+    (a truncated or corrupt ``.gz``) raises ``SourceFormatError`` naming it, never skipped. A file
+    named directly must be readable: an unknown format raises ``ValueError``. Sorting makes the output and the cache key
     independent of the order sources are given in.
 
     Raises ``FileNotFoundError`` for a missing path or an empty glob, and ``ValueError`` when two
@@ -90,8 +92,6 @@ def resolve_sources(
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    from trajfm.data.readers import READERS, detect_format, known_extensions
-
     extensions = known_extensions(format)
     scanned: set[str] = set()
     named: set[str] = set()
@@ -139,8 +139,6 @@ def iter_sources(
     Each ``ReadResult`` is one chunk of one file (``result.path`` says which). ``options`` go to
     each file's reader (``source``, and e.g. ``timezone`` for tdrive / generic).
     """
-    from trajfm.data.readers import READERS
-
     files, _skipped = resolve_sources(sources, format)
     for s in files:
         yield from READERS[s.format].chunks(

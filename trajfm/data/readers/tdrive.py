@@ -18,27 +18,22 @@ taxi's fixes form one track until preprocessing splits it), ``source`` ``"tdrive
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Iterator
 
-from trajfm.data.readers.base import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNK_ROWS,
-    Format,
-    ReadResult,
-    SourceFile,
-    check_timezone,
+from trajfm.data.readers.checks import split_checked, validate_fixes
+from trajfm.data.readers.formats import Format
+from trajfm.data.readers.lines import iter_line_chunks, non_blank
+from trajfm.data.readers.parsing import (
     columns_of,
     fast_fields,
     field_count_problems,
     flag_undecodable,
-    iter_line_chunks,
-    non_blank,
     raw_lines,
-    split_checked,
     split_fields,
-    validate_fixes,
 )
+from trajfm.data.readers.result import ReadResult
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile
+from trajfm.data.readers.times import check_timezone
 
 FORMAT = "tdrive"
 SOURCE = "tdrive"
@@ -97,9 +92,3 @@ TDRIVE = Format(
     options=("timezone",),
     description="T-Drive text: taxi_id,YYYY-MM-DD HH:MM:SS (Beijing time),lon,lat per line",
 )
-
-
-def read_tdrive(path: str | Path, kind: str = "vehicle", **kwargs) -> ReadResult:
-    """Read one T-Drive file (see the module docstring); ``kwargs``: ``source``, ``timezone``,
-    ``chunk_rows``, ``chunk_bytes``."""
-    return TDRIVE.read(path, kind=kind, **kwargs)

@@ -30,19 +30,11 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trajfm.data.readers.base import (
-    DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNK_ROWS,
-    Format,
-    ReadResult,
-    SourceFile,
-    constant_category,
-    empty_quarantine,
-    gc_paused,
-    iter_line_chunks,
-    quarantine_frame,
-    validate_fixes,
-)
+from trajfm.data.readers.checks import validate_fixes
+from trajfm.data.readers.formats import Format
+from trajfm.data.readers.lines import gc_paused, iter_line_chunks
+from trajfm.data.readers.result import ReadResult, constant_category, empty_quarantine, quarantine_frame
+from trajfm.data.readers.source_file import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, SourceFile
 from trajfm.data.schema import empty_points
 
 FORMAT = "tracktable"
