@@ -61,7 +61,7 @@ def pretrain(
         horizon: forecast steps of that evaluation.
     """
     from trajfm.data.corpus import load_corpus
-    from trajfm.pretrain import corpus_mixing, source_preprocess_params
+    from trajfm.train.pretrain import corpus_mixing, source_preprocess_params
 
     c = load_corpus(corpus)
     chosen = [s for s in c.sources if sources is None or s.name in sources]

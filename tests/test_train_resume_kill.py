@@ -92,7 +92,7 @@ def test_killed_process_resumes_bit_for_bit(sig, runs):
 
 
 def _worker(out: str) -> None:
-    import trajfm.train as train_mod
+    import trajfm.train.checkpoint as train_mod
     from trajfm.model.gpt import TrajGPT
 
     torch.set_num_threads(1)
