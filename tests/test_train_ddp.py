@@ -39,7 +39,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     from trajfm.model import GPTConfig
     from trajfm.train import TrainConfig, train
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=str(Path(__file__).parent))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
     cmd = [
         sys.executable,
         "-m",
