@@ -179,7 +179,7 @@ def evaluate_dataset(
     split's errors come with them (``val_results``: the split to choose variants on). Each preset
     trains once per seed of ``budget.seeds``; its errors are the mean over seeds, and with more
     than one seed ``seed_results`` keeps each seed's (per split, in seed order)."""
-    from trajfm.evaluate.forecast import constant_velocity, forecastable, rollout
+    from trajfm.evaluate.forecast import constant_velocity, evaluate_forecast, forecastable, rollout
     from trajfm.evaluate.kalman import FIT_MAX_WINDOWS, fit_kalman, kalman_forecast
     from trajfm.features.windows import WindowSet
     from trajfm.model import list_presets, load_model
@@ -250,6 +250,7 @@ def evaluate_dataset(
                 preset=preset,
                 train_overrides={**train_overrides, "seed": seed},
                 on_epoch=lambda record, fraction, epochs_run=epochs_run: epochs_run.append(record["epoch"]),
+                forecast_evaluator=evaluate_forecast,  # for select_by "fde"
             )
             train_s = time.perf_counter() - t0
             model = load_model(train_dir / "model.pt")

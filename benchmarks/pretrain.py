@@ -4,7 +4,7 @@ grows 10x, and data parallel against one process.
 ``trajfm bench pretrain --out benchmarks/results/pretrain.json [--scale S]`` writes the JSON and a
 markdown table beside it:
 
-- ``stream_vs_memory_speed``: points/s of ``trajfm.pretrain.pretrain_stream`` over the shards of
+- ``stream_vs_memory_speed``: points/s of ``trajfm.train.pretrain.pretrain_stream`` over the shards of
   a corpus divided by points/s of ``trajfm.train.train`` on the same windows in memory (same
   model, batch and steps; one torch thread each, timed after a warm-up run). Bar: >= 0.9.
 - ``rss_growth_10x``: peak resident memory of a streamed training process (its own
@@ -111,8 +111,8 @@ def speed(shards: Path, steps: int, batch: int, work: Path) -> dict:
 
     from trajfm.features.shards import load_split
     from trajfm.model import GPTConfig
-    from trajfm.pretrain import pretrain_stream
     from trajfm.train import train
+    from trajfm.train.pretrain import pretrain_stream
 
     torch.set_num_threads(1)
     tr = load_split(shards, "train")
@@ -152,7 +152,7 @@ def _peak_rss_child(shards: Path, steps: int, batch: int, work: Path) -> int:
         "torch.set_num_threads(1)\n"
         "from benchmarks.pretrain import MODEL, train_cfg\n"
         "from trajfm.model import GPTConfig\n"
-        "from trajfm.pretrain import pretrain_stream\n"
+        "from trajfm.train.pretrain import pretrain_stream\n"
         f"pretrain_stream({str(shards)!r}, GPTConfig(**MODEL), train_cfg({steps}, {batch}), {str(work)!r})\n"
         "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
         "print(json.dumps({'maxrss_kib': hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
@@ -197,7 +197,7 @@ def ddp(shards: Path, steps: int, work: Path) -> dict:
         "torch.set_num_threads(1)\n"
         "from benchmarks.pretrain import MODEL, train_cfg\n"
         "from trajfm.model import GPTConfig\n"
-        "from trajfm.pretrain import pretrain_stream\n"
+        "from trajfm.train.pretrain import pretrain_stream\n"
         "data_ranks = int(sys.argv[3]) if len(sys.argv) > 3 else None\n"
         "r = pretrain_stream(\n"
         "    sys.argv[1], GPTConfig(**MODEL), train_cfg(int(sys.argv[4]), 8), sys.argv[2], data_ranks=data_ranks\n"

@@ -81,8 +81,8 @@ def window_losses(model, shards_dir: Path) -> dict[str, np.ndarray]:
 
 def run_one(shards_dir: Path, size: str, steps: int, batch_size: int, lr: float, seed: int, work: Path) -> dict:
     from trajfm.model.config import load_preset
-    from trajfm.pretrain import pretrain_stream
     from trajfm.train import TrainConfig
+    from trajfm.train.pretrain import pretrain_stream
 
     manifest = json.loads((shards_dir / "shards.json").read_text())
     per_epoch = max(math.ceil(manifest["windows"]["train"] / batch_size), 1)

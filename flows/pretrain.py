@@ -55,7 +55,7 @@ def pretrain(
         horizon: forecast steps of that evaluation.
     """
     from trajfm.data.corpus import load_corpus
-    from trajfm.pretrain import source_preprocess_params
+    from trajfm.train.pretrain import source_preprocess_params
 
     c = load_corpus(corpus)
     chosen = _chosen_sources(c, sources)
@@ -145,7 +145,7 @@ def _calibrate_and_register(
 
 def _shards_and_mixing(c, chosen, sources, processed: dict, data_root, window: int, max_windows: int):
     """The shards of every processed source (native and coarser views) and the mixing probabilities."""
-    from trajfm.pretrain import corpus_mixing
+    from trajfm.train.pretrain import corpus_mixing
 
     shards_dir = shards_task(
         [[k, v] for k, v in processed.items()],

@@ -1,7 +1,7 @@
-"""Prefect tasks over ``trajfm.features.shards``, ``trajfm.pretrain`` and ``trajfm.registry.pretrained``:
+"""Prefect tasks over ``trajfm.features.shards``, ``trajfm.train.pretrain`` and ``trajfm.registry.pretrained``:
 shards, streamed pre-training in a child process (torchrun when ``nproc > 1``), registration.
 
-Pre-training runs as ``python -m trajfm.pretrain`` like ``tasks/train.py`` runs ``trajfm.train``:
+Pre-training runs as ``python -m trajfm.train.pretrain`` like ``tasks/train.py`` runs ``trajfm.train``:
 a crash of the training process is an ordinary task failure, and the retry resumes from
 ``<root>/checkpoints/pretrain-<key>/last.pt`` (loader state included) because the key is the same.
 """
@@ -19,7 +19,7 @@ from prefect.artifacts import (
 )
 
 from tasks._common import REGISTRY_RETRIED, STAGE_TASK
-from tasks.train import _supervise, launch_command
+from tasks.train import launch_command, supervise
 from trajfm.store import read_manifest
 
 
@@ -77,13 +77,13 @@ def pretraining_command(
     nproc: int = 1,
     torchrun_args: list[str] | None = None,
 ) -> list[str]:
-    """The child's command line: ``python -m trajfm.pretrain``, or torchrun with ``nproc`` processes
+    """The child's command line: ``python -m trajfm.train.pretrain``, or torchrun with ``nproc`` processes
     per node (rendezvous on 127.0.0.1 for one node; ``torchrun_args`` for several)."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     args = [
         "-m",
-        "trajfm.pretrain",
+        "trajfm.train.pretrain",
         "--shards-dir",
         str(shards_dir),
         "--preset",
@@ -130,7 +130,7 @@ def pretrain_task(
         torchrun_args,
     )
     logger.info("pretrain: %s", " ".join(cmd))
-    out = _supervise(cmd, progress, logger)
+    out = supervise(cmd, progress, logger)
     update_progress_artifact(progress, 100.0)
     logger.info("pretrain: %s", read_manifest(out).get("final", {}))
     return str(out)
@@ -170,8 +170,10 @@ def register_base_task(
         pretrain_dir, shards_dir, metrics, corpus_sha256, root=data_root, name=name, corpus_name=corpus_name
     )
     create_markdown_artifact(
-        f"**{name}** version **{reg['version']}** ({reg['decision'] or 'reused'}); `champion` is version {reg['champion_version']}.\n\n"
-        f"test ADE {metrics['ade_m']:.1f} m (constant velocity {metrics['cv_ade_m']:.1f} m) on {metrics['n_windows']} windows; "
+        f"**{name}** version **{reg['version']}** ({reg['decision'] or 'reused'}); "
+        f"`champion` is version {reg['champion_version']}.\n\n"
+        f"test ADE {metrics['ade_m']:.1f} m (constant velocity {metrics['cv_ade_m']:.1f} m) "
+        f"on {metrics['n_windows']} windows; "
         f"corpus sha256 `{corpus_sha256[:16]}`",
         key="registration-base",
     )

@@ -28,7 +28,11 @@ from tasks._common import STAGE_TASK
 from trajfm.params import DEFAULT_PRESET
 from trajfm.progress import progress_bar
 from trajfm.store import read_manifest
-from trajfm.train import CONFIG_ERROR_EXIT, EPOCH_PREFIX, PROGRESS_PREFIX
+from trajfm.train.stage import CONFIG_ERROR_EXIT, EPOCH_PREFIX, PROGRESS_PREFIX
+
+# What measures the validation forecast error when ``select_by`` is "fde" (the child resolves it;
+# the training layer sits below ``trajfm.evaluate`` and does not import it).
+FORECAST_EVALUATOR = "trajfm.evaluate.forecast:evaluate_forecast"
 
 STOP_GRACE_S = 60  # after SIGTERM, the child finishes its step and writes last.pt
 
@@ -44,8 +48,10 @@ def training_command(
 ) -> list[str]:
     """The child's command line: one process, or torchrun with ``nproc`` processes per node.
 
-    ``torchrun_args`` replace the single-node loopback rendezvous (``single_node_launcher``) for multi-node runs, e.g. ``["--nnodes", "2",
-    "--rdzv-backend", "c10d", "--rdzv-endpoint", "head:29400", "--rdzv-id", "trajfm"]``."""
+    ``torchrun_args`` replace the single-node loopback rendezvous (``single_node_launcher``) for
+    multi-node runs, e.g. ``["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+    "head:29400", "--rdzv-id", "trajfm"]``. With ``select_by`` "fde" the child is told which
+    forecast evaluator measures the validation error (``FORECAST_EVALUATOR``)."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     args = [
@@ -63,6 +69,8 @@ def training_command(
     ]
     if data_root:
         args += ["--root", str(data_root)]
+    if train_overrides.get("select_by") == "fde":
+        args += ["--forecast-evaluator", FORECAST_EVALUATOR]
     return launch_command(args, nproc, torchrun_args)
 
 
@@ -113,14 +121,14 @@ def train_task(
         features_dir, data_root, preset, model_overrides or {}, train_overrides or {}, nproc, torchrun_args
     )
     logger.info("train: %s", " ".join(cmd))
-    out = _supervise(cmd, progress, logger)
+    out = supervise(cmd, progress, logger)
     update_progress_artifact(progress, 100.0)
     manifest = read_manifest(out)
     logger.info("train: %s (resumed from step %s)", manifest.get("final", {}), manifest.get("resumed_from_step"))
     return str(out)
 
 
-def _supervise(cmd: list[str], progress, logger) -> Path:
+def supervise(cmd: list[str], progress, logger) -> Path:
     """Run the training child to the end; return the stage directory it printed. Raises
     ``RuntimeError`` (naming the exit code or signal, with the end of its log) if it fails.
 

@@ -136,11 +136,11 @@ def test_training_child_refusing_its_configuration_is_a_value_error(tmp_path):
     import logging
 
     from tasks._common import is_deterministic
-    from tasks.train import _supervise, training_command
+    from tasks.train import supervise, training_command
 
     cmd = training_command(str(tmp_path / "features"), str(tmp_path / "root"), "nope", {}, {})
     with pytest.raises(ValueError, match="unknown model preset 'nope'") as info:
-        _supervise(cmd, progress=None, logger=logging.getLogger("test"))
+        supervise(cmd, progress=None, logger=logging.getLogger("test"))
     assert is_deterministic(info.value)
 
 

@@ -10,7 +10,7 @@ import pytest
 from pretrain_data import generated_shards
 
 from trajfm.data.clean import KIND_DEFAULTS, normalize_params
-from trajfm.pretrain import corpus_mixing, source_preprocess_params
+from trajfm.train.pretrain import corpus_mixing, source_preprocess_params
 
 
 def Source(name="s", clean=None, weight=1.0):  # noqa: N802 (a corpus source, as load_corpus makes them)

@@ -48,8 +48,8 @@ def _torchrun(*args: str) -> subprocess.Popen:
 
 def run(shards: Path, out: Path, data_ranks=None):
     from trajfm.model import GPTConfig
-    from trajfm.pretrain import pretrain_stream
     from trajfm.train import TrainConfig
+    from trajfm.train.pretrain import pretrain_stream
 
     return pretrain_stream(shards, GPTConfig(**MODEL), TrainConfig(**TRAIN), out, MIX, data_ranks=data_ranks)
 

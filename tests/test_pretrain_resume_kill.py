@@ -33,8 +33,8 @@ MIX = {"ships": 0.5, "boats": 0.3, "ferries": 0.2}
 
 def run(shards: Path, out: Path):
     from trajfm.model import GPTConfig
-    from trajfm.pretrain import pretrain_stream
     from trajfm.train import TrainConfig
+    from trajfm.train.pretrain import pretrain_stream
 
     return pretrain_stream(shards, GPTConfig(**MODEL), TrainConfig(**TRAIN), out, MIX)
 
@@ -92,8 +92,8 @@ def test_killed_pretraining_resumes_bit_for_bit(sig, runs):
 
 def test_a_checkpoint_of_other_mixing_weights_is_not_resumed(runs, tmp_path, caplog):
     from trajfm.model import GPTConfig
-    from trajfm.pretrain import pretrain_stream
     from trajfm.train import TrainConfig
+    from trajfm.train.pretrain import pretrain_stream
 
     shards, uninterrupted, _ = runs
     import shutil
@@ -106,7 +106,7 @@ def test_a_checkpoint_of_other_mixing_weights_is_not_resumed(runs, tmp_path, cap
 
 
 def _worker(shards: str, out: str) -> None:
-    import trajfm.pretrain as pre
+    import trajfm.train.checkpoint as pre
     from trajfm.model.gpt import TrajGPT
 
     torch.set_num_threads(1)

@@ -119,8 +119,12 @@ def test_streamed_training_learns_what_in_memory_training_learns_from_one_source
 
     from trajfm.features.shards import ShardParams
     from trajfm.model import GPTConfig
-    from trajfm.pretrain import pretrain_stream
-    from trajfm.train import TrainConfig, _accumulate, _Group, _LossModule, _param_groups, lr_factor
+    from trajfm.train import TrainConfig, lr_factor
+    from trajfm.train.config import param_groups as _param_groups
+    from trajfm.train.distributed import Group as _Group
+    from trajfm.train.distributed import LossModule as _LossModule
+    from trajfm.train.loop import accumulate as _accumulate
+    from trajfm.train.pretrain import pretrain_stream
 
     generated_shards(tmp_path, sources=(("ships", 8, 90, 4),), params=ShardParams(PARAMS.windows, max_windows=1000))
     shards = tmp_path / "shards"

@@ -78,7 +78,7 @@ def test_each_training_epoch_is_logged_once(features_dir, monkeypatch, capsys):
         1,
     )
     logger = _Logger()
-    out = train_task_module._supervise(cmd, progress=None, logger=logger)
+    out = train_task_module.supervise(cmd, progress=None, logger=logger)
     assert (out / "model.pt").is_file()
     for epoch in (1, 2):
         lines = [line for line in logger.lines if re.search(rf"\bepoch {epoch}\b", line)]

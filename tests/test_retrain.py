@@ -97,14 +97,15 @@ def test_init_checkpoint_starts_from_its_weights_and_normalization(data, tmp_pat
 
 
 def test_init_checkpoint_counts_by_content_not_path(data, tmp_path):
-    from trajfm.train import TrainConfig, _config_identity
+    from trajfm.train import TrainConfig
+    from trajfm.train import config_identity as _config_identity
 
     a = _train(tmp_path / "a", data).last_checkpoint
     b = _train(tmp_path / "b", data, seed=1).last_checkpoint
     copy = shutil.copy(a, tmp_path / "copy.pt")
     ident = lambda p: _config_identity(TrainConfig(**TRAIN, init_checkpoint=str(p)))  # noqa: E731
     assert ident(a) == ident(copy) != ident(b)
-    assert "init_checkpoint" not in _config_identity(TrainConfig(**TRAIN))  # old keys unchanged
+    assert _config_identity(TrainConfig(**TRAIN))["init_checkpoint"] is None  # no checkpoint: None
 
 
 def test_init_checkpoint_of_another_architecture_is_refused(data, tmp_path):
@@ -134,8 +135,7 @@ def test_retrain_flow_from_scratch_then_nothing_new_then_fine_tunes_the_champion
 
     from flows.retrain import NOTHING_NEW, retrain
     from trajfm.registry.tracking import champion_info
-    from trajfm.store import read_manifest
-    from trajfm.train import file_sha256
+    from trajfm.store import file_sha256, read_manifest
 
     watch, root = tmp_path / "incoming", tmp_path / "root"
     watch.mkdir()

@@ -8,13 +8,17 @@ import pytest
 import torch
 
 import trajfm.train as train_mod
+import trajfm.train.checkpoint as ckpt_mod
 from synthetic_tracks import (
     make_windows,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     stats_of,
 )
+from trajfm.evaluate.forecast import evaluate_forecast
 from trajfm.model import GPTConfig, TrajGPT, load_model, load_preset
 from trajfm.train import TrainConfig, evaluate_loss, lr_factor, train
+from trajfm.train.config import RESUME_IGNORES
+from trajfm.train.memory import window_tensors
 
 # dropout on, so resuming must also restore the RNG that draws the dropout masks
 MODEL = GPTConfig(n_layer=2, n_head=2, d_model=32, block_size=32, dropout=0.1)
@@ -115,21 +119,21 @@ def test_resume_mid_epoch_matches_uninterrupted(data, tmp_path, monkeypatch, ema
         select_context=20,
         select_horizon=5,
     )
-    full = train(tr, va, MODEL, st, config, tmp_path / "full")
+    full = train(tr, va, MODEL, st, config, tmp_path / "full", forecast_evaluator=evaluate_forecast)
     assert full.history[-1]["step"] == 2 * n
 
-    real_save = train_mod.save_checkpoint
+    real_save = ckpt_mod.save_checkpoint
 
     def save_then_crash(path, model, optimizer=None, extra=None):
         real_save(path, model, optimizer, extra)
         if extra and extra.get("kind") == "train_state" and extra["step"] == n:
             raise Crash
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
-        train(tr, va, MODEL, st, config, tmp_path / "run")
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    resumed = train(tr, va, MODEL, st, config, tmp_path / "run")
+        train(tr, va, MODEL, st, config, tmp_path / "run", forecast_evaluator=evaluate_forecast)
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", real_save)
+    resumed = train(tr, va, MODEL, st, config, tmp_path / "run", forecast_evaluator=evaluate_forecast)
     assert losses(resumed.history) == losses(full.history)
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
@@ -322,24 +326,17 @@ def test_bf16_autocast_on_cpu_when_asked(data, tmp_path):
         TrainConfig(amp="fp8")
 
 
-def test_added_settings_keep_old_checkpoints_and_keys():
-    """Settings added after the first release stay out of resume identities at their defaults."""
-    ident = train_mod._config_identity(TrainConfig())
-    first_release = {
-        "epochs",
-        "batch_size",
-        "lr",
-        "min_lr_ratio",
-        "weight_decay",
-        "warmup_steps",
-        "grad_clip",
-        "seed",
-        "max_steps",
-    }
-    assert set(ident) == first_release
-    assert "grad_accum_steps" in train_mod._config_identity(TrainConfig(grad_accum_steps=2))
-    assert train_mod._config_identity(TrainConfig(ema_decay=0.99))["ema_decay"] == 0.99
-    assert train_mod._config_identity(TrainConfig(log_every=3, progress=False, checkpoint_every=9)) == ident
+def test_config_identity_is_every_setting_that_changes_the_numbers():
+    """Resume identities and stage keys hold every setting but those that change nothing in the
+    numbers, defaults included (the stage key's version, ``STAGE_KEY_VERSION``, marks the change)."""
+    from dataclasses import fields
+
+    ident = train_mod.config_identity(TrainConfig())
+    assert set(ident) == {f.name for f in fields(TrainConfig)} - set(RESUME_IGNORES)
+    assert train_mod.STAGE_KEY_VERSION == 2
+    assert train_mod.config_identity(TrainConfig(grad_accum_steps=2))["grad_accum_steps"] == 2
+    assert train_mod.config_identity(TrainConfig(ema_decay=0.99))["ema_decay"] == 0.99
+    assert train_mod.config_identity(TrainConfig(log_every=3, progress=False, checkpoint_every=9)) == ident
 
 
 @pytest.mark.slow
@@ -384,7 +381,7 @@ def test_ema_validates_keeps_and_returns_the_average(data, tmp_path):
     assert [h["train_loss"] for h in ema.history] == [h["train_loss"] for h in plain.history]  # same training path
     assert ema.checkpoint == tmp_path / "ema" / "best.pt"
     best = min(h["val_loss"] for h in ema.history)
-    vx, vm = train_mod._tensors(va, MODEL.block_size, MODEL.n_features)
+    vx, vm = window_tensors(va, MODEL.block_size, MODEL.n_features)
     assert evaluate_loss(ema.model, vx, vm, 64, torch.device("cpu")) == pytest.approx(
         best, rel=1e-5
     )  # the validated weights
@@ -407,10 +404,16 @@ def test_ema_validates_keeps_and_returns_the_average(data, tmp_path):
 def test_select_by_fde_keeps_the_epoch_that_forecasts_best(data, tmp_path, monkeypatch):
     """``select_by="fde"``: each epoch's validation forecast error is in the history, and the kept
     model is the epoch with the lowest one (checked by forecasting again, outside training)."""
-    from trajfm.evaluate.forecast import evaluate_forecast
-
     tr, va, st = data
-    res = train(tr, va, MODEL, st, cfg(epochs=4, select_by="fde", select_context=20, select_horizon=5), tmp_path)
+    res = train(
+        tr,
+        va,
+        MODEL,
+        st,
+        cfg(epochs=4, select_by="fde", select_context=20, select_horizon=5),
+        tmp_path,
+        forecast_evaluator=evaluate_forecast,
+    )
     fdes = [h["val_fde_m"] for h in res.history]
     assert len(fdes) == 4 and all(f > 0 for f in fdes)
     kept = evaluate_forecast(load_model(res.checkpoint), va, 20, 5)["fde_m"]
@@ -418,9 +421,10 @@ def test_select_by_fde_keeps_the_epoch_that_forecasts_best(data, tmp_path, monke
     best = torch.load(res.checkpoint, weights_only=True)["extra"]
     assert best["val_fde_m"] == pytest.approx(min(fdes)) and best["epoch"] == 1 + fdes.index(min(fdes))
     scores = iter([3.0, 1.0, 2.0, 5.0])  # a forecast error that disagrees with the falling validation loss
-    with monkeypatch.context() as m:
-        m.setattr(train_mod, "_forecast_selection", lambda val, model_config, c: lambda model: next(scores))
-        chosen = train(tr, va, MODEL, st, cfg(epochs=4, select_by="fde"), tmp_path / "scripted")
+    scripted = lambda model, ws, context_len, horizon: {"fde_m": next(scores)}  # noqa: E731
+    chosen = train(
+        tr, va, MODEL, st, cfg(epochs=4, select_by="fde"), tmp_path / "scripted", forecast_evaluator=scripted
+    )
     assert torch.load(chosen.checkpoint, weights_only=True)["extra"]["epoch"] == 2  # not the lowest loss (epoch 4)
     assert [h["val_loss"] for h in chosen.history] == sorted((h["val_loss"] for h in chosen.history), reverse=True)
     by_loss = train(tr, va, MODEL, st, cfg(epochs=4), tmp_path / "by_loss")
@@ -437,8 +441,24 @@ def test_select_by_fde_keeps_the_epoch_that_forecasts_best(data, tmp_path, monke
             cfg(**bad)
     with pytest.raises(ValueError, match="no validation window has"):
         train(
-            tr, va, MODEL, st, cfg(epochs=1, select_by="fde", select_context=30, select_horizon=5), tmp_path / "short"
+            tr,
+            va,
+            MODEL,
+            st,
+            cfg(epochs=1, select_by="fde", select_context=30, select_horizon=5),
+            tmp_path / "short",
+            forecast_evaluator=evaluate_forecast,
         )
     infill = GPTConfig.from_dict(dict(n_layer=1, n_head=2, d_model=16, block_size=32, objective="infill"))
     with pytest.raises(ValueError, match="needs a model that forecasts"):
-        train(tr, va, infill, st, cfg(epochs=1, select_by="fde"), tmp_path / "infill")
+        train(
+            tr,
+            va,
+            infill,
+            st,
+            cfg(epochs=1, select_by="fde"),
+            tmp_path / "infill",
+            forecast_evaluator=evaluate_forecast,
+        )
+    with pytest.raises(ValueError, match="needs a forecast evaluator"):  # trajfm.train never imports trajfm.evaluate
+        train(tr, va, MODEL, st, cfg(epochs=1, select_by="fde"), tmp_path / "no_evaluator")

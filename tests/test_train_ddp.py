@@ -39,7 +39,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     from trajfm.model import GPTConfig
     from trajfm.train import TrainConfig, train
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONPATH=str(Path(__file__).parent))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -95,17 +100,18 @@ def _worker(out: str, train_overrides: str) -> None:
     import torch.distributed as dist
 
     import trajfm.train as train_mod
+    import trajfm.train.checkpoint as ckpt_mod
     from trajfm.model import GPTConfig
 
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
-    real_save = train_mod.save_checkpoint
+    real_save = ckpt_mod.save_checkpoint
 
     def spy(path, *args, **kwargs):
         Path(out, f"saved-by-rank{rank}").touch()
         return real_save(path, *args, **kwargs)
 
-    train_mod.save_checkpoint = spy
+    ckpt_mod.save_checkpoint = spy
     tr, va, st = data()
     t0 = time.perf_counter()
     res = train_mod.train(tr, va, GPTConfig(**MODEL), st, train_mod.TrainConfig(**json.loads(train_overrides)), out)

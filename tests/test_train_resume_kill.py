@@ -51,7 +51,11 @@ def run(out: Path, **kw):
 def runs(tmp_path_factory):
     """The uninterrupted run here while both workers run (and are killed) at once: each spends
     most of its time starting Python and torch."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
     runs, threads = {}, []
     for sig in (signal.SIGTERM, signal.SIGKILL):
         out = tmp_path_factory.mktemp(sig.name)
@@ -92,7 +96,7 @@ def test_killed_process_resumes_bit_for_bit(sig, runs):
 
 
 def _worker(out: str) -> None:
-    import trajfm.train as train_mod
+    import trajfm.train.checkpoint as train_mod
     from trajfm.model.gpt import TrajGPT
 
     torch.set_num_threads(1)
