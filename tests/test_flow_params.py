@@ -267,3 +267,18 @@ def test_run_summary_is_short_lines_not_json(tmp_path):
     assert "  status: registered" in lines and "  new_files: 2 item(s): a.csv, b.csv" in lines
     assert any(line.startswith("  metrics: ade_m 812.3, fde_m 1500.0, n_windows 30") for line in lines)
     assert "{" not in text and "[" not in text
+
+
+def test_the_library_entry_points_default_to_the_one_preset_constant():
+    """``run_training``, ``python -m trajfm.train`` and the protocol runner of ``trajfm evaluate``
+    take their default preset from ``trajfm.defaults`` (once: "tutorial" in seven signatures)."""
+    import inspect
+
+    from trajfm.defaults import DEFAULT_PRESET
+    from trajfm.evaluate import cli as evaluate_cli
+    from trajfm.train import stage
+
+    assert P.DEFAULT_PRESET == DEFAULT_PRESET
+    assert inspect.signature(stage.run_training).parameters["preset"].default == DEFAULT_PRESET
+    assert evaluate_cli.build_parser().get_default("preset") == DEFAULT_PRESET
+    assert '"--preset", default=DEFAULT_PRESET' in inspect.getsource(stage.main)

@@ -31,13 +31,9 @@ from pydantic import (
 )
 
 from trajfm.data.clean import KIND_DEFAULTS, PreprocessParams
+from trajfm.defaults import DEFAULT_PRESET, DEFAULT_PRETRAIN_PRESET  # noqa: F401  (re-exported for flows)
 
-# The preset every flow, `trajfm demo`, `trajfm train` and the deployments train by default:
-# the patched GPT-2 in per-context units, at par in-domain with the others and the one that
-# transfers to movers, regions and sampling rates it never saw (README "How sure").
-DEFAULT_PRESET = "timesfm-patch-context"
-# The pre-training flow's default: the foundation model preset that trains on 2 CPU cores.
-DEFAULT_PRETRAIN_PRESET = "base-small"
+# DEFAULT_PRESET (and DEFAULT_PRETRAIN_PRESET) live in trajfm/defaults.py.
 # The bundled presets (trajfm.model.config.list_presets, read without importing torch).
 PRESETS: tuple[str, ...] = tuple(sorted(p.stem for p in (Path(__file__).parent / "model" / "presets").glob("*.json")))
 assert DEFAULT_PRESET in PRESETS, f"DEFAULT_PRESET {DEFAULT_PRESET!r} is not a bundled preset: {PRESETS}"

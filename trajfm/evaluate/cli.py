@@ -18,6 +18,8 @@ import argparse
 import json
 import os
 
+from trajfm.defaults import DEFAULT_PRESET
+
 
 def _json_arg(text: str | None, what: str) -> dict:
     if not text:
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--protocol", default=None, help="a transfer protocol file (protocols/*.yaml)")
-    p.add_argument("--preset", default="tutorial", help="protocol: the preset trained on the train sources")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help="protocol: the preset trained on the train sources")
     p.add_argument("--epochs", type=int, default=5, help="protocol: training epochs")
     p.add_argument("--max-steps", type=int, default=None, help="protocol: cap on training steps")
     p.add_argument(

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from trajfm.defaults import DEFAULT_PRESET
 from trajfm.model.checkpoint import save_checkpoint
 from trajfm.model.config import GPTConfig
 from trajfm.store import file_sha256
@@ -89,7 +90,7 @@ def write_model_stage(root, stage: str, key: str, result: TrainResult, final: di
 def run_training(
     features_dir: str | Path,
     root=None,
-    preset: str = "tutorial",
+    preset: str = DEFAULT_PRESET,
     model_overrides: dict | None = None,
     train_overrides: dict | None = None,
     on_epoch: Callable[[dict, float], None] | None = None,
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trajfm.train", description=main.__doc__)
     parser.add_argument("--features-dir", required=True, help="a features stage directory")
     parser.add_argument("--root", default=None, help="data root (default: $TRAJFM_HOME or ./.trajfm)")
-    parser.add_argument("--preset", default="tutorial")
+    parser.add_argument("--preset", default=DEFAULT_PRESET)
     parser.add_argument("--model", default="{}", help="GPTConfig overrides as JSON, e.g. '{\"dropout\": 0}'")
     parser.add_argument("--train", default="{}", help="TrainConfig overrides as JSON, e.g. '{\"epochs\": 2}'")
     parser.add_argument(
