@@ -7,6 +7,7 @@ parse and point at real data.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -239,6 +240,80 @@ def test_fine_tune_learning_rate_reaches_the_fine_tune_only(tmp_path):
     assert low["runs"]["0"][key] != default["runs"]["0"][key]
     with pytest.raises(ValueError, match="fine_tune_lr must be > 0"):
         run_protocol(path, "tutorial", fine_tune_lr=0.0, **kw)
+
+
+@pytest.mark.slow
+def test_a_base_model_is_scored_zero_shot_and_fine_tuned_beside_an_in_domain_model(tmp_path, capsys):
+    """A base model (here: the protocol's own zero-shot model, so its rows must equal that model's)
+    scored on the held-out windows; without training on the train sources; bars per model."""
+    from trajfm.evaluate.cli import main
+
+    path = _write(tmp_path, TINY)
+    kw = dict(epochs=1, max_steps=6, fine_tune_steps=4, batch_size=16, compare_tutorial=False, seeds=(0,))
+    first = run_protocol(path, "tutorial", root=tmp_path / "r", **kw)
+    zero_shot_dir = Path(first["trained"]["0/tutorial"]["zero-shot"])
+    assert "forecast.ade_m@10.tutorial@in-domain" in first["summary"]  # the held-out data alone
+    assert first["trained"]["0/tutorial"]["in-domain"] != str(zero_shot_dir)
+    # the YAML's model: key, relative to the file, and no training on the train sources
+    with_model = _write(tmp_path, TINY + f"model: {zero_shot_dir.relative_to(tmp_path)}\n", "m.yaml")
+    res = run_protocol(with_model, "tutorial", root=tmp_path / "r", train_sources=False, **kw)
+    run = res["runs"]["0"]
+    for metric in ("ade_m@10", "fde_m@1", "fde_m@10"):
+        assert run[f"forecast.{metric}.base@zero-shot"] == first["runs"]["0"][f"forecast.{metric}.tutorial@zero-shot"]
+        assert run[f"forecast.{metric}.base@fine-tuned"] == first["runs"]["0"][f"forecast.{metric}.tutorial@fine-tuned"]
+        assert (
+            run[f"forecast.{metric}.tutorial@in-domain"] == first["runs"]["0"][f"forecast.{metric}.tutorial@in-domain"]
+        )
+    assert not any(k.endswith("tutorial@zero-shot") for k in run)  # not trained on the train sources
+    assert res["accounting"]["train"] is None and res["settings"]["train_sources"] is False
+    assert res["base_model"]["checkpoint_sha256"] and Path(res["trained"]["0/base"]["zero-shot"]).is_file()
+    bars = res["bars"]["base@zero-shot"]
+    cv = res["summary"]["forecast.ade_m@10.constant_velocity"]["mean"]
+    assert bars["ade_m@10_vs_constant_velocity"] == pytest.approx(
+        1 - res["summary"]["forecast.ade_m@10.base@zero-shot"]["mean"] / cv
+    )
+    # the command line: --base-model overrides the file's key; the bars are printed
+    out = tmp_path / "b.json"
+    args = ["--protocol", str(path), "--preset", "tutorial", "--epochs", "1", "--max-steps", "6"]
+    args += ["--fine-tune-steps", "4", "--batch-size", "16", "--seeds", "0", "--data-root", str(tmp_path / "r")]
+    args += ["--base-model", str(zero_shot_dir), "--no-train-sources", "--no-in-domain", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "base@zero-shot" in printed and "zero-shot bars, base@zero-shot: ADE@10" in printed
+    assert not any("in-domain" in k for k in json.loads(out.read_text())["summary"])
+
+
+def test_zero_shot_bars_read_the_means_over_seeds():
+    from trajfm.evaluate.transfer import zero_shot_bars
+
+    def entry(v):
+        return {"mean": v, "std": 0.0, "n": 3}
+
+    summary = {
+        "forecast.ade_m@10.constant_velocity": entry(100.0),
+        "forecast.ade_m@10.base@zero-shot": entry(70.0),
+        "forecast.fde_m@1.constant_velocity": entry(10.0),
+        "forecast.fde_m@1.base@zero-shot": entry(11.0),
+        "forecast.fde_m@10.constant_velocity": entry(200.0),
+        "forecast.fde_m@10.base@zero-shot": entry(150.0),
+        "forecast.fde_m@5min.base@zero-shot": entry(1e9),  # minutes are not steps
+    }
+    bars = zero_shot_bars(summary, "base@zero-shot")
+    assert bars["ade_m@10_vs_constant_velocity"] == pytest.approx(0.3)
+    assert bars["worse_than_constant_velocity_at_steps"] == [1] and bars["meets_bars"] is False
+    summary["forecast.fde_m@1.base@zero-shot"] = entry(9.0)
+    assert zero_shot_bars(summary, "base@zero-shot")["meets_bars"] is True
+    assert zero_shot_bars(summary, "other@zero-shot") is None
+
+
+def test_a_protocol_model_key_must_name_a_model(tmp_path):
+    with pytest.raises(ProtocolError, match="model must be a model URI or path"):
+        load_protocol(_write(tmp_path, TINY + "model: 3\n"))
+    assert load_protocol(_write(tmp_path, TINY + "model: models:/trajfm-base@champion\n")).model == (
+        "models:/trajfm-base@champion"
+    )
+    with pytest.raises(ValueError, match="nothing to score"):
+        run_protocol(_write(tmp_path, TINY), "tutorial", root=tmp_path / "x", train_sources=False, in_domain=False)
 
 
 def test_select_stage_accounts_rows_and_refuses_overlapping_entries(tmp_path):

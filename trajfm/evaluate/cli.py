@@ -88,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--protocol", default=None, help="a transfer protocol file (protocols/*.yaml)")
     p.add_argument("--preset", default=DEFAULT_PRESET, help="protocol: the preset trained on the train sources")
+    p.add_argument(
+        "--base-model",
+        default=None,
+        help="protocol: a pre-trained base model scored zero-shot and fine-tuned (models:/NAME@ALIAS or a path; "
+        "default: the protocol's model: key)",
+    )
+    p.add_argument(
+        "--no-train-sources",
+        dest="train_sources",
+        action="store_false",
+        help="protocol: do not train --preset on the train sources (the base model stands for it)",
+    )
+    p.add_argument(
+        "--no-in-domain",
+        dest="in_domain",
+        action="store_false",
+        help="protocol: do not train --preset on the held-out fine-tune split alone",
+    )
     p.add_argument("--epochs", type=int, default=5, help="protocol: training epochs")
     p.add_argument("--max-steps", type=int, default=None, help="protocol: cap on training steps")
     p.add_argument(
@@ -181,6 +199,9 @@ def _protocol(args) -> int:
         device=args.device,
         tasks=args.tasks,
         params=_task_params(args.params),
+        base_model=args.base_model,
+        train_sources=args.train_sources,
+        in_domain=args.in_domain,
     )
     from pathlib import Path
 
@@ -189,5 +210,11 @@ def _protocol(args) -> int:
     write_json(out, result)
     print(f"protocol {result['protocol']}: preset {result['preset']}, seeds {result['seeds']}")
     print(summary_text(result["summary"]))
+    for predictor, bars in result["bars"].items():
+        gain, worse = bars["ade_m@10_vs_constant_velocity"], bars["worse_than_constant_velocity_at_steps"]
+        print(
+            f"zero-shot bars, {predictor}: ADE@10 {100 * gain:+.1f}% vs constant velocity (bar +25%), "
+            f"worse than constant velocity at steps {worse or 'none'} (bar: none)"
+        )
     print(f"wrote {args.out}")
     return 0

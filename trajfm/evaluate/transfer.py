@@ -22,6 +22,8 @@ A protocol file (YAML, ``protocols/*.yaml``) declares::
                                  # picks the best fine-tune step, the rest is evaluated
     window: 32                   # optional: points per window
     tasks: [forecast, recovery]  # optional: default all; params: {task: {...}} optional too
+    model: models:/trajfm-base@champion   # optional: a pre-trained base model, scored as well
+                                 # (``--base-model`` overrides it; a path is relative to the file)
 
 Relative paths are relative to the protocol file. ``run_protocol`` reuses the pipeline's
 library stages (ingest -> preprocess -> select -> features -> ``trajfm.train.run_training``),
@@ -32,8 +34,19 @@ again; the baselines (which learn only from the fine-tune split) run on the same
 ``<task>.<metric>.<predictor>`` with predictors ``<preset>@zero-shot``, ``<preset>@fine-tuned``,
 ``<preset>+blend@zero-shot`` (forecast only: the zero-shot model with its never-worse-than-
 constant-velocity blend fitted on the TRAIN sources' validation split, ``trajfm.evaluate.calibrate``)
-and the baselines' names (``kalman`` among them: fitted on the fine-tune split, as the others);
-``summary`` holds mean ± std (population std) over seeds.
+and the baselines' names (``kalman`` among them: fitted on the fine-tune split, as the others).
+``<preset>@in-domain`` (``in_domain=True``) is the same preset trained from scratch on the
+held-out fine-tune split only, for the same budget: what the held-out data alone teaches.
+
+A base model (the protocol's ``model:`` key, or ``base_model=``: ``models:/NAME@ALIAS``,
+``models:/NAME/VERSION``, ``runs:/ID/model``, a ``model.pt`` or a train stage directory) adds
+``base@zero-shot`` (its forecasts as registered: a calibrated model blends with constant velocity
+as it does when served) and ``base@fine-tuned`` (``fine_tune_steps`` on the fine-tune split from
+its weights). The base model must not have seen the held-out sources (a leave-out protocol needs
+a base pre-trained without them: docs/corpus.md "Protocols"); ``train_sources=False`` then skips
+training ``preset`` on the train sources (hours on a corpus), keeping the base model, the
+in-domain model and the baselines. ``bars`` checks the zero-shot bars of issue 15 per model
+(``zero_shot_bars``). ``summary`` holds mean ± std (population std) over seeds.
 """
 
 from __future__ import annotations
@@ -44,7 +57,18 @@ from pathlib import Path
 
 from trajfm.store import data_root
 
-PROTOCOL_KEYS = {"name", "description", "train", "heldout", "train_split", "fine_tune", "window", "tasks", "params"}
+PROTOCOL_KEYS = {
+    "name",
+    "description",
+    "train",
+    "heldout",
+    "train_split",
+    "fine_tune",
+    "window",
+    "tasks",
+    "params",
+    "model",
+}
 SOURCE_KEYS = {"data", "format", "kind", "options", "bbox", "exclude_bbox", "time_range", "clean"}
 RESULTS_FORMAT = "trajfm.transfer"
 
@@ -72,6 +96,7 @@ class Protocol:
     tasks: list[str] | None = None
     params: dict = field(default_factory=dict)
     path: str = ""
+    model: str | None = None  # a base model URI or path (resolved against the file)
 
 
 class ProtocolError(ValueError):
@@ -184,6 +209,9 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
     params = raw.get("params") or {}
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ProtocolError(path, f"params must map task names to parameter mappings, got {params!r}")
+    model = raw.get("model")
+    if model is not None and not (isinstance(model, str) and model.strip()):
+        raise ProtocolError(path, f"model must be a model URI or path, got {model!r}")
     return Protocol(
         name=str(raw.get("name") or path.stem),
         description=str(raw.get("description") or ""),
@@ -196,6 +224,7 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
         tasks=tasks,
         params=params,
         path=str(path),
+        model=None if model is None else (model if model.startswith(("models:/", "runs:/")) else _resolve(model, base)),
     )
 
 
@@ -284,15 +313,83 @@ def _check_budget(fine_tune_steps: int, epochs: int, seeds, fine_tune_lr: float 
         raise ValueError(f"fine_tune_lr must be > 0 (or None for the training learning rate), got {fine_tune_lr}")
 
 
+BASE = "base"  # the predictor name of a protocol's pre-trained base model
+BASE_MODELS = "base_models"  # data-root folder of the base models' checkpoints, by content
+
+
+def base_checkpoint(uri: str, root: Path) -> tuple[Path, dict]:
+    """A local copy of a base model's checkpoint, ``<root>/base_models/<sha256[:16]>/model.pt``
+    (by content: a moved alias gives another folder, and fine-tuning's stage key follows the
+    weights), and what was resolved (uri, registered version, sha256)."""
+    import shutil
+    import tempfile
+
+    from trajfm.mlflow_store import download_registered_checkpoint, registered_version
+    from trajfm.store import file_sha256
+
+    info: dict = {"uri": str(uri)}
+    tmp = None
+    try:
+        if str(uri).startswith(("models:/", "runs:/")):
+            tmp = Path(tempfile.mkdtemp(prefix="trajfm-base-"))
+            src = download_registered_checkpoint(str(uri), root, tmp)
+            if str(uri).startswith("models:/"):
+                info.update(registered_version(str(uri), root))
+        else:
+            src = Path(uri).expanduser()
+            src = src / "model.pt" if src.is_dir() else src
+            if not src.is_file():
+                raise FileNotFoundError(
+                    f"base model {uri!r}: no such checkpoint (a model.pt or a train stage directory)"
+                )
+        sha = file_sha256(src)
+        dest = root / BASE_MODELS / sha[:16] / "model.pt"
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest.with_suffix(".tmp"))
+            dest.with_suffix(".tmp").replace(dest)
+        return dest, {**info, "checkpoint_sha256": sha}
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def zero_shot_bars(summary: dict, predictor: str, horizon: int = 10) -> dict | None:
+    """Issue 15's zero-shot bars for ``predictor`` on one protocol (means over seeds): its ADE@h
+    improvement over constant velocity (bar: >= 25%) and the steps ``horizons`` where its mean
+    FDE is worse than constant velocity's (bar: none); None without forecast keys."""
+
+    def mean(metric: str, who: str):
+        v = summary.get(f"forecast.{metric}.{who}")
+        return None if v is None else v["mean"]
+
+    model, cv = mean(f"ade_m@{horizon}", predictor), mean(f"ade_m@{horizon}", "constant_velocity")
+    if model is None or cv is None:
+        return None
+    steps = sorted(
+        int(k.split(".")[1].split("@")[1])
+        for k in summary
+        if k.startswith("forecast.fde_m@") and k.endswith(f".{predictor}") and k.split("@")[1].split(".")[0].isdigit()
+    )
+    worse = [h for h in steps if mean(f"fde_m@{h}", predictor) > mean(f"fde_m@{h}", "constant_velocity")]
+    gain = 1.0 - model / cv
+    return {
+        f"ade_m@{horizon}_vs_constant_velocity": gain,
+        "worse_than_constant_velocity_at_steps": worse,
+        "meets_bars": bool(gain >= 0.25 and not worse),
+    }
+
+
 @dataclass
 class _PresetRun:
     """One preset and seed of a protocol: trained on the train sources, scored zero-shot, with
-    its never-worse blend (forecast) and fine-tuned on the held-out fine-tune split."""
+    its never-worse blend (forecast) and fine-tuned on the held-out fine-tune split; the same
+    preset trained on the held-out fine-tune split alone; a base model zero-shot and fine-tuned."""
 
     name: str
     seed: int
     root: Path
-    train_feat: Path
+    train_feat: Path | None
     held_feat: Path
     n_train: int
     fit_ws: object
@@ -301,14 +398,25 @@ class _PresetRun:
     params: dict
 
     def score(self, model_dir: Path, predictor: str, tasks=None) -> dict:
-        """The suite's model metrics of ``model_dir/model.pt`` under the name ``predictor``."""
+        """The suite's model metrics of ``model_dir/model.pt`` (or a checkpoint file) as ``predictor``."""
         from trajfm.evaluate.suite import run_suite
         from trajfm.model.checkpoint import load_model
 
-        model = load_model(model_dir / "model.pt")
+        model = load_model(model_dir / "model.pt" if model_dir.is_dir() else model_dir)
         return _renamed(
             run_suite(model, self.eval_ws, self.fit_ws, tasks or self.tasks, seed=self.seed, params=self.params),
             predictor,
+        )
+
+    def fine_tune(self, start: Path, label: str, steps: int, lr: float | None, batch_size: int, device: str) -> Path:
+        """``steps`` steps on the held-out fine-tune split from the checkpoint ``start``."""
+        from trajfm.train import run_training
+
+        ft = _train_overrides(len(self.fit_ws), steps, steps, batch_size, self.seed, device)
+        if lr is not None:
+            ft["lr"] = lr
+        return Path(
+            run_training(self.held_feat, self.root, label, train_overrides={**ft, "init_checkpoint": str(start)})
         )
 
     def evaluate(self, metrics, epochs, max_steps, batch_size, device, fine_tune_steps, fine_tune_lr) -> dict:
@@ -335,14 +443,53 @@ class _PresetRun:
             metrics.update(self.score(calibrated, f"{name}+blend@zero-shot", ["forecast"]))
             dirs["zero-shot+blend"] = str(calibrated)
         if fine_tune_steps > 0:
-            ft = _train_overrides(len(self.fit_ws), fine_tune_steps, fine_tune_steps, batch_size, seed, device)
-            if fine_tune_lr is not None:
-                ft["lr"] = fine_tune_lr
-            ft = {**ft, "init_checkpoint": str(base / "model.pt")}
-            tuned = Path(run_training(self.held_feat, root, name, train_overrides=ft))
+            tuned = self.fine_tune(base / "model.pt", name, fine_tune_steps, fine_tune_lr, batch_size, device)
             metrics.update(self.score(tuned, f"{name}@fine-tuned"))
             dirs["fine-tuned"] = str(tuned)
         return dirs
+
+    def in_domain(self, metrics, epochs, max_steps, batch_size, device) -> str:
+        """The preset trained from scratch on the held-out fine-tune split only (its val split
+        picks the best epoch), scored as ``<preset>@in-domain``."""
+        from trajfm.train import run_training
+
+        overrides = _train_overrides(len(self.fit_ws), epochs, max_steps, batch_size, self.seed, device)
+        trained = Path(run_training(self.held_feat, self.root, self.name, train_overrides=overrides))
+        metrics.update(self.score(trained, f"{self.name}@in-domain"))
+        return str(trained)
+
+    def base_model(self, metrics, checkpoint: Path, fine_tune_steps, fine_tune_lr, batch_size, device) -> dict:
+        """The base model zero-shot and fine-tuned, scored as ``base@zero-shot`` / ``base@fine-tuned``."""
+        metrics.update(self.score(checkpoint, f"{BASE}@zero-shot"))
+        dirs = {"zero-shot": str(checkpoint)}
+        if fine_tune_steps > 0:
+            tuned = self.fine_tune(checkpoint, BASE, fine_tune_steps, fine_tune_lr, batch_size, device)
+            metrics.update(self.score(tuned, f"{BASE}@fine-tuned"))
+            dirs["fine-tuned"] = str(tuned)
+        return dirs
+
+
+@dataclass
+class _Budget:
+    epochs: int
+    max_steps: int | None
+    batch_size: int
+    device: str
+    fine_tune_steps: int
+    fine_tune_lr: float | None
+
+
+def _run_seed(run: _PresetRun, budget: _Budget, metrics: dict, train_sources: bool, in_domain: bool) -> dict:
+    """One preset and seed: every model the protocol asks for, scored into ``metrics``."""
+    b = budget
+    dirs = {}
+    if train_sources:
+        dirs.update(
+            run.evaluate(metrics, b.epochs, b.max_steps, b.batch_size, b.device, b.fine_tune_steps, b.fine_tune_lr)
+        )
+    if in_domain:
+        dirs["in-domain"] = run.in_domain(metrics, b.epochs, b.max_steps, b.batch_size, b.device)
+    return dirs
 
 
 def run_protocol(
@@ -360,11 +507,15 @@ def run_protocol(
     tasks: list[str] | str | None = None,
     params: dict | None = None,
     compare_tutorial: bool = True,
+    base_model: str | None = None,
+    train_sources: bool = True,
+    in_domain: bool = True,
 ) -> dict:
     """Run a transfer protocol (see the module docstring); returns the results dict.
 
     ``fine_tune_lr`` is the peak learning rate of fine-tuning (None: the training one, 1e-3);
-    a lower one keeps more of what the model learned on the train sources."""
+    a lower one keeps more of what the model learned on the train sources. ``base_model``
+    (default: the protocol's ``model:``) adds the pre-trained model's rows."""
     from trajfm.evaluate.suite import check_tasks, run_suite
     from trajfm.features.windows import load_features
     from trajfm.model.config import load_preset
@@ -372,15 +523,21 @@ def run_protocol(
     proto = load_protocol(path)
     load_preset(preset)  # an unknown preset fails before any work
     _check_budget(fine_tune_steps, epochs, seeds, fine_tune_lr)
+    base_model = base_model or proto.model
+    if not (train_sources or in_domain or base_model):
+        raise ValueError("nothing to score: give a base model, or train on the train sources or in-domain")
     tasks = check_tasks(tasks) if tasks is not None else proto.tasks
     params = {**proto.params, **(params or {})}
     root = data_root(root)
-    train_feat, train_acc = source_features(proto.train, root, proto.window, *proto.train_split)
+    base = base_checkpoint(base_model, root) if base_model else None
+    train_feat, train_acc = (
+        source_features(proto.train, root, proto.window, *proto.train_split) if train_sources else (None, None)
+    )
     held_feat, held_acc = source_features(
         proto.heldout, root, proto.window, proto.fine_tune_frac, proto.fine_tune_val_frac
     )
     held, _ = load_features(held_feat)
-    n_train = len(load_features(train_feat)[0]["train"])
+    n_train = len(load_features(train_feat)[0]["train"]) if train_sources else 0
     fit_ws, eval_ws = held["train"], held["test"]
     if len(eval_ws) == 0 or len(fit_ws) == 0:
         raise ValueError(
@@ -388,38 +545,53 @@ def run_protocol(
             "evaluation windows; both must be > 0"
         )
     presets = [preset] + (["tutorial"] if compare_tutorial and preset != "tutorial" else [])
+    budget = _Budget(epochs, max_steps, batch_size, device, fine_tune_steps, fine_tune_lr)
     runs: dict[str, dict] = {}
     trained: dict[str, dict] = {}
     for seed in seeds:
         metrics = _baselines(run_suite(None, eval_ws, fit_ws, tasks, seed=seed, params=params))
         for name in presets:
             run = _PresetRun(name, seed, root, train_feat, held_feat, n_train, fit_ws, eval_ws, tasks, params)
-            trained[f"{seed}/{name}"] = run.evaluate(
-                metrics, epochs, max_steps, batch_size, device, fine_tune_steps, fine_tune_lr
+            trained[f"{seed}/{name}"] = _run_seed(run, budget, metrics, train_sources, in_domain)
+        if base is not None:
+            run = _PresetRun(BASE, seed, root, train_feat, held_feat, n_train, fit_ws, eval_ws, tasks, params)
+            trained[f"{seed}/{BASE}"] = run.base_model(
+                metrics, base[0], fine_tune_steps, fine_tune_lr, batch_size, device
             )
         runs[str(seed)] = metrics
+    settings = {**vars(budget), "train_sources": train_sources, "in_domain": in_domain}
+    return _results(proto, preset, seeds, settings, tasks, params, held, runs, trained, root, base, train_acc, held_acc)
+
+
+def _results(proto, preset, seeds, settings, tasks, params, held, runs, trained, root, base, train_acc, held_acc):
+    """The results dict of ``run_protocol`` (format ``trajfm.transfer``)."""
+    summary = summarize(runs)
+    predictors = sorted({k.rsplit(".", 1)[1] for k in summary if "@" in k.rsplit(".", 1)[1]})
+    bars = {p: b for p in predictors if "zero-shot" in p and (b := zero_shot_bars(summary, p)) is not None}
     return {
         "format": RESULTS_FORMAT,
         "protocol": proto.name,
         "description": proto.description,
         "protocol_file": proto.path,
         "preset": preset,
+        "base_model": base[1] if base is not None else None,
         "seeds": [int(s) for s in seeds],
         "settings": {
-            "epochs": epochs,
-            "max_steps": max_steps,
-            "fine_tune_steps": fine_tune_steps,
-            "fine_tune_lr": fine_tune_lr,
-            "batch_size": batch_size,
+            **settings,
             "window": proto.window,
             "train_split": list(proto.train_split),
             "fine_tune": {"frac": proto.fine_tune_frac, "val_frac": proto.fine_tune_val_frac},
             "tasks": tasks,
             "params": params,
         },
-        "heldout_windows": {"fine_tune": len(fit_ws), "fine_tune_val": len(held["val"]), "eval": len(eval_ws)},
+        "heldout_windows": {
+            "fine_tune": len(held["train"]),
+            "fine_tune_val": len(held["val"]),
+            "eval": len(held["test"]),
+        },
         "accounting": {"train": train_acc, "heldout": held_acc},
-        "summary": summarize(runs),
+        "summary": summary,
+        "bars": bars,
         "runs": runs,
         "trained": trained,
         "data_root": str(root),
