@@ -262,3 +262,28 @@ def test_importing_library_does_not_import_gx_or_mlflow():
     subprocess.run(
         [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     )
+
+
+def test_a_file_context_is_validated_by_one_process_at_a_time(tmp_path):
+    """Two pipelines on one data root share its GX file context: the second validation waits for
+    the first (GX's file stores are not safe for concurrent writers: tests/test_faults.py)."""
+    import threading
+    import time
+
+    from trajfm.quality.gate import context_lock
+
+    order = []
+
+    def second():
+        with context_lock(tmp_path / "gx"):
+            order.append("second")
+
+    with context_lock(tmp_path / "gx"):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)  # long enough for the thread to reach the lock, which it must not pass
+        order.append("first done")
+    t.join(10)
+    assert order == ["first done", "second"]
+    with context_lock(None):  # an ephemeral context: nothing to lock
+        pass

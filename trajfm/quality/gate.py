@@ -19,6 +19,7 @@ considered; table-level expectations by exact rules). The merged report equals t
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -331,13 +332,35 @@ def validate_stage(
     return _report(stage, results, n_rows, n_trajectories, resolved, data_docs)
 
 
+@contextmanager
+def context_lock(context_root: Path | None):
+    """Hold an exclusive lock on the file context at ``context_root`` (``<context_root>.lock``
+    beside it) while one validation builds its suite and runs: GX's file stores are not safe for
+    concurrent writers (two pipelines on one data root once read a validation definition whose
+    suite the other was rewriting). Nothing to lock for an ephemeral context (None)."""
+    if context_root is None:
+        yield
+        return
+    import fcntl
+
+    lock = Path(context_root)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock.with_name(lock.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _validate_whole(frame, stage, resolved, context_root, extra) -> tuple[list[dict], str | None]:
     """One GX run on the whole frame (the checkpoint writes Data Docs in a file context)."""
-    context, definition, checkpoint = _build(stage, resolved, context_root, extra)
-    if checkpoint is not None:
-        suite_results = list(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values())
-    else:
-        suite_results = [definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")]
+    with context_lock(context_root):
+        context, definition, checkpoint = _build(stage, resolved, context_root, extra)
+        if checkpoint is not None:
+            suite_results = list(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values())
+        else:
+            suite_results = [definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")]
     acc: dict[tuple, dict] = {}
     for suite_result in suite_results:
         accumulate(acc, suite_result, frame)
@@ -362,6 +385,12 @@ def _record(context_root, stage, resolved, extra, results: list[dict], n_partiti
     """
     if context_root is None:
         return None
+    with context_lock(context_root):
+        return _record_locked(context_root, stage, resolved, extra, results, n_partitions)
+
+
+def _record_locked(context_root, stage, resolved, extra, results: list[dict], n_partitions: int) -> str | None:
+    """``_record`` under the context's lock."""
     import datetime as dt
 
     from great_expectations.core.run_identifier import RunIdentifier
