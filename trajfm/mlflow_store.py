@@ -204,19 +204,14 @@ def sqlite_init_lock(uri: str):
     otherwise both run MLflow's migrations and one fails (``table _alembic_tmp_tags already
     exists``). Other stores (a tracking server) need no lock. Not reentrant across calls with the
     same database in one process (a separate file from ``registry_lock``, so it nests in it)."""
-    import fcntl
+    from trajfm.store import file_lock
 
     if not uri.lower().startswith("sqlite:///"):
         yield
         return
     database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".init.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(database.with_name(database.name + ".init.lock")):
+        yield
 
 
 def mlflow_metric_name(key: str) -> str:

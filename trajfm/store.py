@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,19 @@ def root_identity(root: str | os.PathLike | None = None) -> str:
         finally:
             tmp.unlink(missing_ok=True)
     return marker.read_text().strip()
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike):
+    """An exclusive ``fcntl`` lock on the file ``path`` (created, with its folder, if absent) for
+    the ``with`` block: processes on this machine sharing a data root take turns."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

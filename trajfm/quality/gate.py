@@ -341,16 +341,10 @@ def context_lock(context_root: Path | None):
     if context_root is None:
         yield
         return
-    import fcntl
+    from trajfm.store import file_lock
 
-    lock = Path(context_root)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock.with_name(lock.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(Path(context_root).with_name(Path(context_root).name + ".lock")):
+        yield
 
 
 def _validate_whole(frame, stage, resolved, context_root, extra) -> tuple[list[dict], str | None]:

@@ -194,14 +194,10 @@ def registry_lock(root: str | os.PathLike | None):
     """An exclusive lock on ``<root>/mlflow.lock``: two pipeline runs on one data root register
     one at a time, so a lineage is never registered twice and ``champion`` never moves on a
     stale comparison. (Processes on other machines sharing a tracking server are not covered.)"""
-    import fcntl
+    from trajfm.store import file_lock
 
-    with open(data_root(root) / "mlflow.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(data_root(root) / "mlflow.lock"):
+        yield
 
 
 def _current_champion(client, name: str) -> tuple[int | None, Any]:
